@@ -1,0 +1,11 @@
+"""amos-onnx: turn any ONNX network into its AMOS spiking twin (at most one spike per neuron)."""
+
+from __future__ import annotations
+
+from . import errors
+from .api import convert, fit, inspect, session, validate
+from .errors import AmosError
+from .neuron import GateParams, preset, simulate
+
+__all__ = ["convert", "inspect", "validate", "fit", "session", "errors", "AmosError", "GateParams", "preset", "simulate"]
+__version__ = "0.1.0"

@@ -1,0 +1,75 @@
+"""Run the original model on calibration data and keep a bounded sample of what each site sees."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .find import Site
+from .inputs import batch_size, batches
+from .runtime import session
+
+DEFAULT_CAP = 100_000  # values kept per site tensor, a uniform random sample of all it saw
+
+
+@dataclass
+class Reservoir:
+    """A uniform random sample of at most `cap` values of a stream, plus exact min, max and count."""
+
+    cap: int
+    rng: np.random.Generator
+    values: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
+    keys: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    seen: int = 0
+    lo: float = np.inf
+    hi: float = -np.inf
+
+    def add(self, batch: np.ndarray) -> None:
+        flat = np.asarray(batch, np.float32).ravel()
+        flat = flat[np.isfinite(flat)]
+        if flat.size == 0:
+            return
+        self.seen += flat.size
+        self.lo, self.hi = min(self.lo, float(flat.min())), max(self.hi, float(flat.max()))
+        keys = self.rng.random(flat.size)
+        values = np.concatenate([self.values, flat])
+        keys = np.concatenate([self.keys, keys])
+        if values.size > self.cap:
+            keep = np.argpartition(keys, self.cap - 1)[: self.cap]
+            keep.sort()
+            values, keys = values[keep], keys[keep]
+        self.values, self.keys = values, keys
+
+
+def _exposed(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of the model that also outputs each named intermediate tensor."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    present = {o.name for o in exposed.graph.output} | {i.name for i in exposed.graph.input}
+    for name in tensors:
+        if name not in present:
+            exposed.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return exposed
+
+
+def calibrate(
+    model: onnx.ModelProto, sites: list[Site], feeds: dict[str, np.ndarray], *, cap: int = DEFAULT_CAP, seed: int = 0
+) -> dict[str, Reservoir]:
+    """Sample the input tensor of every converting site over all of `feeds`, batch by batch."""
+    tensors = sorted({s.input for s in sites if s.converts})
+    if not tensors:
+        return {}
+    rng = np.random.default_rng(seed)
+    reservoirs = {name: Reservoir(cap, rng) for name in tensors}
+    sess = session(_exposed(model, tensors), native=False)
+    outputs = [name for name in tensors if name not in feeds]
+    for feed in batches(feeds, batch_size(model)):
+        for name, value in zip(outputs, sess.run(outputs, feed) if outputs else []):
+            reservoirs[name].add(value)
+        for name in tensors:
+            if name in feed:
+                reservoirs[name].add(feed[name])
+    return reservoirs

@@ -1,0 +1,102 @@
+"""The amos-onnx command line: parses options, calls the public API, prints. No graph code here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from . import api
+from .errors import AmosError, OptionError
+
+EXIT_FAILED = 1
+
+
+def _ops(value: str | None, option: str) -> set[str] | None:
+    if value is None:
+        return None
+    ops = {v.strip() for v in value.split(",") if v.strip()}
+    if not ops:
+        raise OptionError(f"{option}: give a comma-separated list of op types, e.g. Relu,Sigmoid")
+    return ops
+
+
+def _run(action: Callable[[], Any]) -> Any:
+    """Run an API call; a user error becomes one line on stderr and exit code 2."""
+    try:
+        return action()
+    except AmosError as exc:
+        click.echo(f"amos-onnx: error: {exc.one_line()}", err=True)
+        sys.exit(exc.exit_code)
+
+
+@click.group()
+@click.version_option(package_name="amos-onnx")
+@click.option("-v", "--verbose", is_flag=True, help="Log what each stage does.")
+def main(verbose: bool) -> None:
+    """Convert ONNX networks into AMOS spiking networks (at most one spike per neuron)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--k", "k", type=int, default=None, help="Neurons per gate for every site (default: per activation).")
+@click.option("--calib", type=click.Path(dir_okay=False), default=None, help=".npz with one array per model input.")
+@click.option("--emit", type=str, default="function", show_default=True, help="function (local function per K) or inline.")
+@click.option("--only", type=str, default=None, help="Convert only these op types (comma-separated).")
+@click.option("--skip", type=str, default=None, help="Leave these op types analog (comma-separated).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration sampling.")
+def convert(model: str, output: str, k: int | None, calib: str | None, emit: str, only: str | None, skip: str | None, seed: int) -> None:
+    """Convert MODEL into its spiking twin and write it to OUTPUT."""
+    report = _run(
+        lambda: api.convert(model, output, k=k, calib=calib, emit=emit, only=_ops(only, "--only"), skip=_ops(skip, "--skip"), seed=seed)
+    )
+    for line in report.kind_lines() + report.notes:
+        click.echo(line)
+    click.echo(report.summary())
+    click.echo(f"wrote {output} ({report.emit} form)")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--only", type=str, default=None, help="Consider only these op types.")
+@click.option("--skip", type=str, default=None, help="Leave these op types analog.")
+@click.option("--json", "as_json", is_flag=True, help="Print the sites as JSON.")
+def inspect(model: str, only: str | None, skip: str | None, as_json: bool) -> None:
+    """List MODEL's activation sites and whether each would convert; writes nothing."""
+    report = _run(lambda: api.inspect(model, only=_ops(only, "--only"), skip=_ops(skip, "--skip")))
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    for site in report.sites:
+        detail = site.reason if site.status == "skipped" else site.function
+        click.echo(f"{site.node}\t{site.op}\t{site.status}\t{detail}")
+    for line in report.kind_lines():
+        click.echo(line)
+    click.echo(report.summary())
+
+
+@main.command()
+@click.argument("original", type=click.Path(dir_okay=False))
+@click.argument("converted", type=click.Path(dir_okay=False))
+@click.option("--data", type=click.Path(dir_okay=False), default=None, help=".npz of inputs (and optional labels).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON here.")
+@click.option("--atol", type=float, default=None, help="Absolute error bound (also for classifier outputs when given).")
+@click.option("--rtol", type=float, default=None, help="Error bound relative to max |original output|.")
+@click.option("--min-agreement", type=float, default=None, help="Top-1 agreement floor for classifier outputs (0.95).")
+@click.option("--no-native", is_flag=True, help="Run the function form even when the native op is built.")
+def validate(original: str, converted: str, data: str | None, json_path: str | None, atol: float | None,
+             rtol: float | None, min_agreement: float | None, no_native: bool) -> None:
+    """Run ORIGINAL and CONVERTED on the same inputs; one PASSED/FAILED line per output (exit 1 on FAILED)."""
+    report = _run(lambda: api.validate(original, converted, data, atol=atol, rtol=rtol, min_agreement=min_agreement,
+                                       native=False if no_native else None))
+    for line in report.lines():
+        click.echo(line)
+    if json_path:
+        report.write_json(json_path)
+    sys.exit(0 if report.passed else EXIT_FAILED)

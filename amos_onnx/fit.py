@@ -1,0 +1,93 @@
+"""The fit stage: gate parameters for every converting site, on its calibration samples or data-free."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .calibrate import Reservoir
+from .find import Site
+from .fitter import FitResult, fit, solve_weights
+from .gates import Activation
+from .neuron import MAX_K, GateParams, simulate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SiteFit:
+    """A site's gate and how it was obtained; error and spikes on the fitted range's dense grid."""
+
+    params: GateParams
+    source: str  # "calibrated" or "data-free"
+    lo: float
+    hi: float
+    mse: float
+    max_error: float
+    mean_spikes: float
+    samples: int = 0
+
+
+def _range(act: Activation, res: Reservoir | None) -> tuple[float, float]:
+    if res is None or res.seen == 0:
+        return act.lo, act.hi
+    lo, hi = res.lo, res.hi
+    if act.relu_like:
+        lo = min(lo, 0.0)
+    if hi - lo < 1e-3:
+        lo, hi = lo - 0.5, hi + 0.5
+    return lo, hi
+
+
+@functools.lru_cache(maxsize=256)
+def _data_free(act: Activation, k: int) -> FitResult:
+    return fit(act.func, k, act.lo, act.hi, relu_like=act.relu_like)
+
+
+def _per_channel(act: Activation, shared: FitResult, samples: np.ndarray | None) -> GateParams:
+    """Shared T and h, one least-squares d per channel (the spike pattern does not depend on the slope)."""
+    assert act.channel_funcs is not None
+    grid = np.linspace(shared.lo, shared.hi, 4001)
+    x = grid if samples is None else np.concatenate([samples.astype(np.float64), grid])
+    w = np.full(x.size, 1.0 / x.size)
+    T, h = shared.params.thresholds.astype(np.float64), shared.params.resets.astype(np.float64)
+    d = np.stack([solve_weights(T, h, x, f(x), w) for f in act.channel_funcs])
+    c = len(act.channel_funcs)
+    return GateParams(np.tile(T, (c, 1)), np.tile(h, (c, 1)), d, axis=act.axis)
+
+
+def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0) -> SiteFit:
+    """Fit one site's gate: cached data-free fit, or a fit weighted by the site's samples."""
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"K must be in 1..{MAX_K}")
+    lo, hi = _range(act, res)
+    if res is None or res.seen == 0:
+        result, source, samples = _data_free(act, k), "data-free", None
+    else:
+        samples = res.values
+        result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, seed=seed)
+        source = "calibrated"
+    params = result.params if act.channel_funcs is None else _per_channel(act, result, samples)
+    mse, max_err, spikes = result.mse, result.max_error, result.mean_spikes
+    if samples is not None:
+        y, s = simulate(result.params, samples)
+        err = y.astype(np.float64) - act.func(samples.astype(np.float64))
+        mse, max_err, spikes = float(np.mean(err**2)), float(np.max(np.abs(err))), float(np.mean(s))
+    return SiteFit(params, source, lo, hi, mse, max_err, spikes, 0 if res is None else res.seen)
+
+
+def fit_sites(
+    sites: list[Site], reservoirs: dict[str, Reservoir], k: int | None, seed: int = 0
+) -> dict[str, SiteFit]:
+    """One SiteFit per converting site, keyed by site name."""
+    fits = {}
+    for site in sites:
+        if not site.converts or site.activation is None:
+            continue
+        act = site.activation
+        fits[site.name] = fit_site(act, k or act.k, reservoirs.get(site.input), seed)
+        log.info("%s %s: %s, mse %.3g", site.name, act.label, fits[site.name].source, fits[site.name].mse)
+    return fits

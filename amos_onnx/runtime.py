@@ -1,0 +1,52 @@
+"""onnxruntime sessions for original and converted models, with the native gate op when built."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+NATIVE_ENV = "AMOS_ONNX_NATIVE"  # set to 0 to run the function form even when the library is built
+_LIBRARY_NAMES = ("libamos_gate.so", "libamos_gate.dylib", "amos_gate.dll")
+
+
+def native_library() -> Path | None:
+    """Path of the built native gate library, or None when it is not built or turned off."""
+    if os.environ.get(NATIVE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    folder = Path(__file__).parent / "_native"
+    for name in _LIBRARY_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def session(
+    model: str | Path | onnx.ModelProto | bytes, *, native: bool | None = None, threads: int | None = None
+) -> ort.InferenceSession:
+    """An onnxruntime CPU session; registers the native gate library when built (native=None: if available)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    library = native_library() if native is not False else None
+    if native and library is None:
+        raise RuntimeError(f"native gate library is not built (or {NATIVE_ENV}=0); run 'make ops'")
+    if library is not None:
+        options.register_custom_ops_library(str(library))
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    if isinstance(source, Path):
+        source = str(source)
+    sess = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    sess._amos_native = library is not None  # type: ignore[attr-defined]
+    return sess
+
+
+def uses_native(sess: ort.InferenceSession) -> bool:
+    """Whether this session was created with the native gate library registered."""
+    return bool(getattr(sess, "_amos_native", False))

@@ -1,0 +1,173 @@
+"""Run the original and the converted model on the same inputs and compare them, output by output.
+
+Default verdicts (a spiking model never matches exactly):
+- a classifier output (2-D, at least 2 columns) PASSES when the top-1 class agrees
+  on at least `min_agreement` of the samples (default 0.95);
+- any other output PASSES when max |conv - orig| <= atol + rtol * max |orig|
+  (defaults atol 1e-3, rtol 0.1); a given --atol/--rtol also applies to classifiers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from . import emit
+from .inputs import batch_size, batches, load_npz, random_feeds
+from .load import load_model
+from .neuron import GateParams, simulate
+from .runtime import session, uses_native
+
+DEFAULT_ATOL = 1e-3
+DEFAULT_RTOL = 0.1
+DEFAULT_MIN_AGREEMENT = 0.95
+
+
+@dataclass(frozen=True)
+class OutputVerdict:
+    name: str
+    passed: bool
+    max_abs_error: float
+    mean_abs_error: float
+    agreement: float | None  # top-1 agreement for classifier outputs
+    criterion: str
+
+    def line(self) -> str:
+        agree = f" top1-agreement={self.agreement:.4f}" if self.agreement is not None else ""
+        verdict = "PASSED" if self.passed else "FAILED"
+        return f"{verdict} {self.name}: max-abs-err={self.max_abs_error:.4g} mean-abs-err={self.mean_abs_error:.4g}{agree} ({self.criterion})"
+
+
+@dataclass
+class ValidationReport:
+    original: str
+    converted: str
+    data: str  # the npz path, or a note that inputs were random
+    samples: int
+    native: bool
+    outputs: list[OutputVerdict] = field(default_factory=list)
+    accuracy_original: float | None = None
+    accuracy_converted: float | None = None
+    mean_spikes_per_gate: float | None = None
+    spikes_per_site: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+    def lines(self) -> list[str]:
+        lines = [f"inputs: {self.data}, {self.samples} samples; converted model ran the {'native op' if self.native else 'function form'}"]
+        lines += [o.line() for o in self.outputs]
+        if self.accuracy_original is not None:
+            lines.append(f"accuracy: original {100 * self.accuracy_original:.2f}%, spiking {100 * (self.accuracy_converted or 0):.2f}%")
+        if self.mean_spikes_per_gate is not None:
+            lines.append(f"mean spikes per gate: {self.mean_spikes_per_gate:.3f} over {len(self.spikes_per_site)} gate nodes")
+        return lines
+
+    def write_json(self, path: str | Path) -> None:
+        data = asdict(self)
+        data["passed"] = self.passed
+        Path(path).write_text(json.dumps(data, indent=2))
+
+
+def gate_params(node: onnx.NodeProto) -> GateParams:
+    """The GateParams stored on a converted node's attributes."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    k, axis = int(attrs["k"]), attrs.get("axis")
+    arrays = [np.asarray(attrs[name], np.float32) for name in emit.PARAM_ATTRS]
+    if axis is not None:
+        arrays = [a.reshape(-1, k) for a in arrays]
+    return GateParams(*arrays, axis=axis)
+
+
+def _gates(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.domain == emit.DOMAIN and n.op_type == emit.OP_TYPE]
+
+
+def _verdict(name: str, ref: np.ndarray, out: np.ndarray, atol: float | None, rtol: float | None, min_agree: float | None) -> OutputVerdict:
+    ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
+    diff = np.abs(out64 - ref64)
+    max_err = float(diff.max()) if diff.size else 0.0
+    mean_err = float(diff.mean()) if diff.size else 0.0
+    checks, passed, agreement = [], True, None
+    classifier = ref.ndim == 2 and ref.shape[1] >= 2 and ref.dtype.kind == "f"
+    if classifier:
+        agreement = float(np.mean(ref.argmax(1) == out.argmax(1))) if ref.shape[0] else 1.0
+        floor = DEFAULT_MIN_AGREEMENT if min_agree is None else min_agree
+        passed &= agreement >= floor
+        checks.append(f"top-1 agreement >= {floor:g}")
+    if not classifier or atol is not None or rtol is not None:
+        a = DEFAULT_ATOL if atol is None else atol
+        r = DEFAULT_RTOL if rtol is None else rtol
+        bound = a + r * (float(np.abs(ref64).max()) if ref64.size else 0.0)
+        passed &= max_err <= bound
+        checks.append(f"max-abs-err <= atol {a:g} + rtol {r:g} * max|orig| = {bound:.4g}")
+    return OutputVerdict(name, bool(passed), max_err, mean_err, agreement, "; ".join(checks))
+
+
+def validate(
+    original: str | Path,
+    converted: str | Path,
+    data: str | Path | None = None,
+    *,
+    atol: float | None = None,
+    rtol: float | None = None,
+    min_agreement: float | None = None,
+    native: bool | None = None,
+    seed: int = 0,
+) -> ValidationReport:
+    """Compare a converted model with its original on data (or random inputs) and measure its spikes."""
+    orig_model, conv_model = load_model(original), load_model(converted)
+    if data is not None:
+        feeds, labels = load_npz(data, orig_model)
+        source = str(data)
+    else:
+        feeds, labels = random_feeds(orig_model, seed), None
+        source = f"random inputs drawn from the input specs (seed {seed}); pass --data for real ones"
+    names = [o.name for o in orig_model.graph.output]
+    gates = _gates(conv_model)
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(conv_model)
+    present = {o.name for o in exposed.graph.output}
+    for gate in gates:
+        if gate.input[0] not in present and gate.input[0] not in feeds:
+            exposed.graph.output.append(helper.make_tensor_value_info(gate.input[0], TensorProto.FLOAT, None))
+            present.add(gate.input[0])
+    orig_sess = session(orig_model, native=False)
+    conv_sess = session(exposed, native=native)
+    conv_names = list(dict.fromkeys(names + [g.input[0] for g in gates if g.input[0] not in feeds]))
+    refs: list[list[np.ndarray]] = [[] for _ in names]
+    outs: list[list[np.ndarray]] = [[] for _ in names]
+    spikes = {g.name: [0, 0] for g in gates}
+    params = {g.name: gate_params(g) for g in gates}
+    for feed in batches(feeds, batch_size(orig_model)):
+        ref = orig_sess.run(names, feed)
+        got = dict(zip(conv_names, conv_sess.run(conv_names, feed)))
+        for i, name in enumerate(names):
+            refs[i].append(ref[i])
+            outs[i].append(got[name])
+        for gate in gates:
+            x = got.get(gate.input[0], feed.get(gate.input[0]))
+            _, s = simulate(params[gate.name], x)
+            spikes[gate.name][0] += int(s.sum())
+            spikes[gate.name][1] += s.size
+    n = next(iter(feeds.values())).shape[0] if feeds else 1
+    report = ValidationReport(str(original), str(converted), source, n, uses_native(conv_sess))
+    for i, name in enumerate(names):
+        ref_all = np.concatenate([np.atleast_1d(r) for r in refs[i]])
+        out_all = np.concatenate([np.atleast_1d(o) for o in outs[i]])
+        report.outputs.append(_verdict(name, ref_all, out_all, atol, rtol, min_agreement))
+        if labels is not None and i == 0 and ref_all.ndim == 2:
+            report.accuracy_original = float(np.mean(ref_all.argmax(1) == labels))
+            report.accuracy_converted = float(np.mean(out_all.argmax(1) == labels))
+    if gates:
+        report.spikes_per_site = {name: total / max(count, 1) for name, (total, count) in spikes.items()}
+        total = sum(t for t, _ in spikes.values())
+        count = sum(c for _, c in spikes.values())
+        report.mean_spikes_per_gate = total / max(count, 1)
+    return report
