@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 
@@ -42,9 +41,15 @@ def _range(act: Activation, res: Reservoir | None) -> tuple[float, float]:
     return lo, hi
 
 
-@functools.lru_cache(maxsize=256)
+_DATA_FREE: dict[tuple[str, float, float, bool, int], FitResult] = {}
+
+
 def _data_free(act: Activation, k: int) -> FitResult:
-    return fit(act.func, k, act.lo, act.hi, relu_like=act.relu_like)
+    """Data-free fits depend only on the function (its label), range and K: fit each once per process."""
+    key = (act.label, act.lo, act.hi, act.relu_like, k)
+    if key not in _DATA_FREE:
+        _DATA_FREE[key] = fit(act.func, k, act.lo, act.hi, relu_like=act.relu_like)
+    return _DATA_FREE[key]
 
 
 def _per_channel(act: Activation, shared: FitResult, samples: np.ndarray | None) -> GateParams:

@@ -172,20 +172,43 @@ def _descend(p: _Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, scale: fl
 
 
 def _binary_start(func: Func, k: int, lo: float, hi: float, relu_like: bool) -> tuple[np.ndarray, ...]:
-    """Binary successive approximation over [lo, hi] (over [0, hi] for ReLU-like f), rounding."""
-    if relu_like and lo <= 0 < hi:
-        start, n, head = 0.0, k, []
-    else:
-        start, n = lo, k - 1
-        head = [(lo - (hi - lo), lo, float(func(np.array([lo]))[0]))]
-    width = hi - start
+    """Binary successive approximation (rounding) over the part of [lo, hi] where f is not flat.
+
+    ReLU-like f start at 0 (nothing fires below). A neuron that always fires carries
+    f's value at the bottom when it is not 0, and one firing at the start of the
+    ladder carries a jump there (ThresholdedRelu); flat tops saturate for free.
+    """
+    start = 0.0 if relu_like and lo <= 0 < hi else lo
+    grid = np.linspace(start, hi, 4097)
+    f = func(grid)
+    tol = 1e-9 * max(1.0, float(np.max(np.abs(f))))
+    moving = np.flatnonzero(np.abs(np.diff(f)) > tol)
+    if moving.size == 0:
+        return np.full(k, hi + (hi - lo)), np.zeros(k), np.zeros(k)
+    a, b = grid[moving[0]], grid[moving[-1] + 1]
+    head: list[tuple[float, float, float]] = []
+    base = float(f[0])
+    if base != 0.0 and not relu_like:
+        head.append((lo - (hi - lo), 0.0, base))
+    after = float(f[moving[0] + 1])
+    width = b - a
+    slope = (float(f[moving[-1] + 1]) - after) / width
+    if abs(after - base) > 8 * abs(slope) * (grid[1] - grid[0]) + tol:
+        head.append((a, 0.0, after - base))
+    n = max(k - len(head), 1)
     steps = width * np.exp2(-np.arange(1, n + 1, dtype=np.float64))
-    half = width * 2.0**-n / 2
-    T = np.array([t for t, _, _ in head] + list(steps - half))
+    T = np.array([t for t, _, _ in head] + list(a + steps - width * 2.0**-n / 2))
     h = np.array([r for _, r, _ in head] + list(steps))
-    slope = (float(func(np.array([hi]))[0]) - float(func(np.array([start]))[0])) / width
     d = np.array([dd for _, _, dd in head] + list(steps * slope))
-    return T, h, d
+    return T[:k], h[:k], d[:k]
+
+
+def _split_start(func: Func, k: int, lo: float, hi: float) -> tuple[np.ndarray, ...]:
+    """Two binary ladders: one over [0, hi] (nothing fires for x <= 0), then one over [lo, 0] with an offset."""
+    n_pos = (k + 1) // 2
+    T1, h1, d1 = _binary_start(func, n_pos, min(lo, -1e-9), hi, True)
+    T2, h2, d2 = _binary_start(func, k - n_pos, lo, 0.0, False)
+    return np.concatenate([T1, T2]), np.concatenate([h1, h2]), np.concatenate([d1, d2])
 
 
 def _staircase_start(func: Func, k: int, lo: float, hi: float) -> tuple[np.ndarray, ...]:
@@ -246,6 +269,8 @@ def fit(
     starts = [_binary_start(func, k, lo, hi, relu_like), _staircase_start(func, k, lo, hi)]
     if not relu_like:
         starts.append(_binary_start(func, k, lo, hi, True))
+        if lo < 0 < hi and k >= 4:
+            starts.append(_split_start(func, k, lo, hi))
     best: tuple[float, tuple[np.ndarray, ...]] | None = None
     for T, h, d in starts:
         T, h, d = T.astype(np.float64), h.astype(np.float64), d.astype(np.float64)

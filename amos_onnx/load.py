@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import onnx
+import onnx.version_converter
 from google.protobuf.message import DecodeError
 
 from .errors import ModelLoadError
@@ -13,6 +14,7 @@ from .errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 9
+FUNCTION_MIN_OPSET = 12  # the gate function reads its attributes with Constant(value_floats), opset 12
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -63,3 +65,18 @@ def with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as exc:
         log.info("shape inference failed, continuing without shapes: %s", exc)
         return model
+
+
+def raise_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
+    """The model converted to opset `target` (when lower), or a ModelLoadError saying why not."""
+    if default_opset(model) >= target:
+        return model
+    try:
+        raised = onnx.version_converter.convert_version(model, target)
+        onnx.checker.check_model(raised)
+    except Exception as exc:  # the converter raises many types; the user gets one line either way
+        raise ModelLoadError(
+            f"opset {default_opset(model)} model could not be raised to opset {target} for the function form: {exc}",
+            hint="use --emit inline, which keeps the model's opset",
+        ) from None
+    return raised

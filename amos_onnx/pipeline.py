@@ -13,7 +13,7 @@ from .find import Site, find_sites
 from .fit import fit_sites
 from .gates import registered_ops
 from .inputs import load_npz
-from .load import default_opset, load_model, with_shapes
+from .load import FUNCTION_MIN_OPSET, default_opset, load_model, raise_opset, with_shapes
 from .neuron import MAX_K
 from .report import ConversionReport, rewrite_notes, site_reports
 from .rewrite import EMIT_FORMS, rewrite
@@ -71,6 +71,9 @@ def convert(
     inputs = [model_path] + ([calib] if calib else [])
     output_path = check_output_path(output_path, inputs)
     model = load_model(model_path)
+    opset_before = default_opset(model)
+    if emit == "function":
+        model = raise_opset(model, FUNCTION_MIN_OPSET)
     sites, ranks = _find(model, only, skip)
     reservoirs = {}
     if calib is not None:
@@ -85,4 +88,6 @@ def convert(
         report.calibration_samples = next(iter(feeds.values())).shape[0]
     report.ir_version = result.ir_version
     report.notes += rewrite_notes(result)
+    if default_opset(model) != opset_before:
+        report.notes.insert(0, f"opset raised from {opset_before} to {default_opset(model)} (the gate function needs {FUNCTION_MIN_OPSET})")
     return report
