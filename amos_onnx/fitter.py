@@ -226,6 +226,15 @@ def _staircase_start(func: Func, k: int, lo: float, hi: float) -> tuple[np.ndarr
     return T, np.zeros(k), d
 
 
+def _starts(func: Func, k: int, lo: float, hi: float, relu_like: bool) -> list[tuple[np.ndarray, ...]]:
+    starts = [_binary_start(func, k, lo, hi, relu_like), _staircase_start(func, k, lo, hi)]
+    if not relu_like:
+        starts.append(_binary_start(func, k, lo, hi, True))
+        if lo < 0 < hi and k >= 4:
+            starts.append(_split_start(func, k, lo, hi))
+    return starts
+
+
 def _problem(func: Func, lo: float, hi: float, samples: np.ndarray | None, lam: float, seed: int) -> _Problem:
     grid = np.linspace(lo, hi, 8193)
     if samples is None or samples.size == 0:
@@ -266,21 +275,22 @@ def fit(
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise ValueError(f"fit range must be finite with lo < hi, got [{lo}, {hi}]")
     p = _problem(func, lo, hi, samples, spike_penalty, seed)
-    starts = [_binary_start(func, k, lo, hi, relu_like), _staircase_start(func, k, lo, hi)]
-    if not relu_like:
-        starts.append(_binary_start(func, k, lo, hi, True))
-        if lo < 0 < hi and k >= 4:
-            starts.append(_split_start(func, k, lo, hi))
-    best: tuple[float, tuple[np.ndarray, ...]] | None = None
-    for T, h, d in starts:
+    starts = _starts(func, k, lo, hi, relu_like)
+    if samples is not None and samples.size:
+        # Starts on the range where the data really is, too; the best one wins.
+        core_lo, core_hi = np.quantile(samples[np.isfinite(samples)], [0.001, 0.999])
+        if core_hi > core_lo and (core_lo > lo or core_hi < hi):
+            starts += _starts(func, k, float(core_lo), float(core_hi), relu_like)
+    # Every start gets a short descent; the best one gets the full budget.
+    ranked = []
+    for i, (T, h, d) in enumerate(starts):
         T, h, d = T.astype(np.float64), h.astype(np.float64), d.astype(np.float64)
         if spike_penalty == 0.0:
             d = solve_weights(T, h, p.x, p.target, p.w)
-        cost = _descend(p, T, h, d, scale=hi - lo, sweeps=sweeps)
-        if best is None or cost < best[0]:
-            best = (cost, (T, h, d))
-    assert best is not None
-    params = GateParams(*best[1])
+        ranked.append((_descend(p, T, h, d, scale=hi - lo, sweeps=2), i, (T, h, d)))
+    T, h, d = min(ranked, key=lambda r: (r[0], r[1]))[2]
+    _descend(p, T, h, d, scale=hi - lo, sweeps=sweeps)
+    params = GateParams(T, h, d)
     mse, max_err, spikes = evaluate(params, func, lo, hi)
     log.debug("fit K=%d on [%g, %g]: mse %.3g max %.3g spikes %.2f", k, lo, hi, mse, max_err, spikes)
     return FitResult(params, mse, max_err, spikes, lo, hi)

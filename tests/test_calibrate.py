@@ -1,0 +1,58 @@
+"""Calibration: bounded uniform samples per site, deterministic, and fits that use them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from conftest import ROOT
+
+import amos_onnx
+from amos_onnx.calibrate import Reservoir, calibrate
+from amos_onnx.inputs import load_npz
+from amos_onnx.pipeline import _find
+from amos_onnx.validate import gate_params
+
+DIGITS = ROOT / "examples/digits/digits_cnn.onnx"
+TRAIN = ROOT / "examples/digits/digits_train.npz"
+
+
+def test_reservoir_is_bounded_uniform_and_exact_at_the_edges() -> None:
+    res = Reservoir(1000, np.random.default_rng(0))
+    stream = np.arange(100_000, dtype=np.float32)
+    for chunk in np.split(stream, 50):
+        res.add(chunk)
+        assert res.values.size <= 1000
+    assert res.seen == 100_000 and res.lo == 0 and res.hi == 99_999
+    # a uniform sample of 0..99999 has mean near 50000 (std of the mean ~ 913)
+    assert abs(res.values.mean() - 49_999.5) < 4 * 913
+
+
+def test_calibration_on_digits_is_bounded_and_deterministic() -> None:
+    model = onnx.load(str(DIGITS))
+    sites, _ = _find(model, None, None)
+    feeds, _ = load_npz(TRAIN, model)
+    first = calibrate(model, sites, feeds, cap=5000, seed=3)
+    again = calibrate(model, sites, feeds, cap=5000, seed=3)
+    assert set(first) == {s.input for s in sites}
+    for name, res in first.items():
+        assert res.values.size <= 5000 and res.seen > 5000
+        assert np.array_equal(res.values, again[name].values)
+
+
+def test_calibrated_conversion_is_repeatable_and_uses_the_data(tmp_path: Path) -> None:
+    a, b, free = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "free.onnx"
+    report = amos_onnx.convert(DIGITS, a, calib=TRAIN)
+    amos_onnx.convert(DIGITS, b, calib=TRAIN)
+    amos_onnx.convert(DIGITS, free)
+    assert report.calibration == str(TRAIN) and report.calibration_samples == 1437
+    assert {s.source for s in report.sites} == {"calibrated"}
+    gates = [[n for n in onnx.load(str(p)).graph.node if n.op_type == "AmosGate"] for p in (a, b, free)]
+    assert len(gates[0]) == 3
+    for x, y in zip(gates[0], gates[1]):
+        assert x.attribute == y.attribute
+    # calibrated ranges follow the data, not the data-free [-10, 10]
+    assert any(gate_params(x).thresholds.max() != gate_params(z).thresholds.max() for x, z in zip(gates[0], gates[2]))
+    for site in report.sites:
+        assert site.fit_range is not None and site.fit_range[1] != 10.0
