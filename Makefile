@@ -21,8 +21,9 @@ $(TRAIN): $(CORE)
 
 venv: $(CORE)
 
+# The native AmosGate kernel; without a compiler or headers everything still runs through the function form.
 ops: $(CORE)
-	@$(MAKE) --no-print-directory -C custom_ops PYTHON=$(abspath $(BIN)/python) || echo "notice: native op not built; everything runs through the function form"
+	@$(MAKE) --no-print-directory -C custom_ops || echo "notice: native op not built; converted models run through the function form"
 
 demo: $(CORE) ops
 	@mkdir -p $(OUT)

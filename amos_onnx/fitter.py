@@ -123,9 +123,9 @@ def _update_reset(p: _Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: i
     z = v > T[t]
     if not z.any():
         return
-    factors = np.array([0.0, 0.25, 0.5, 0.7, 0.85, 0.95, 1.0, 1.05, 1.15, 1.4, 2.0, 4.0])
-    extra = scale * np.exp2(-np.arange(0, 12))
-    cands = np.unique(np.concatenate([h[t] * factors, extra, -extra[:4]]))
+    factors = np.array([0.0, 0.5, 0.85, 0.95, 1.0, 1.05, 1.15, 2.0])
+    extra = scale * np.exp2(-np.arange(0, 12, 2))
+    cands = np.unique(np.concatenate([h[t] * factors, extra, -extra[:2]]))
     vf = v[z][None, :] - cands[:, None]
     rf, sf = _rest(T, h, d, vf, t + 1)
     yf = yb[z][None, :] + d[t] + rf
@@ -243,8 +243,8 @@ def _problem(func: Func, lo: float, hi: float, samples: np.ndarray | None, lam: 
         rng = np.random.default_rng(seed)
         s = samples.astype(np.float64).ravel()
         s = s[np.isfinite(s)]
-        if s.size > 12000:
-            s = rng.choice(s, 12000, replace=False)
+        if s.size > 6000:
+            s = rng.choice(s, 6000, replace=False)
         # Calibration samples carry 95% of the weight; the range grid keeps a floor in the tails.
         x = np.concatenate([s, grid])
         w = np.concatenate([np.full(s.size, 0.95 / s.size), np.full(grid.size, 0.05 / grid.size)])

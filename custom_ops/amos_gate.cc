@@ -1,0 +1,223 @@
+// The AMOS spiking gate as a fused onnxruntime CPU kernel: op "AmosGate" in domain "amos".
+//
+// Same node, attributes and float32 arithmetic as the model-local function the
+// converter writes (amos_onnx/emit.py), so outputs are bit-identical:
+//
+//   v = x; y = 0
+//   for t in 0..K-1:  z = v > T[t];  y = z ? y + d[t] : y;  v = z ? v - h[t] : v   (h[K-1] unused)
+//
+// Attributes: k (int), thresholds, resets, weights (floats, K or C*K values),
+// axis (int, only for per-channel gates: parameters for channel c are [c*K, c*K+K)).
+// Inputs: x (float32, any shape). Outputs: y (float32, x's shape) and, optional,
+// spikes (int32, x's shape: how many of the K neurons fired for each element).
+// NaN inputs fire nothing (y = 0); +inf fires every neuron; -inf fires none.
+// Attribute problems are reported when the session is created, as an onnxruntime error.
+
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kMaxK = 64;            // amos_onnx.neuron.MAX_K
+constexpr int64_t kBlock = 1024;         // elements processed together (vectorised over them)
+constexpr int64_t kTaskElements = 16384; // elements per thread-pool task
+
+struct GateParams {
+  int64_t k = 0;
+  int64_t channels = 1;
+  int64_t axis = -1;  // -1: one shared gate
+  std::vector<float> thresholds, resets, weights;
+};
+
+// One run of elements that share a channel's parameters.
+template <bool kCountSpikes>
+void run_gate(const float* x, float* y, int32_t* spikes, int64_t n, const float* T, const float* h, const float* d,
+              int64_t k) {
+  float v[kBlock];
+  float acc[kBlock];
+  int32_t count[kBlock];
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t m = std::min(kBlock, n - start);
+    for (int64_t i = 0; i < m; ++i) {
+      v[i] = x[start + i];
+      acc[i] = 0.0f;
+      count[i] = 0;
+    }
+    for (int64_t t = 0; t < k; ++t) {
+      const float threshold = T[t], weight = d[t], reset = h[t];
+      const bool last = t == k - 1;
+      for (int64_t i = 0; i < m; ++i) {
+        const bool z = v[i] > threshold;
+        acc[i] = z ? acc[i] + weight : acc[i];
+        if (!last) v[i] = z ? v[i] - reset : v[i];
+        if (kCountSpikes) count[i] += z ? 1 : 0;
+      }
+    }
+    for (int64_t i = 0; i < m; ++i) y[start + i] = acc[i];
+    if (kCountSpikes)
+      for (int64_t i = 0; i < m; ++i) spikes[start + i] = count[i];
+  }
+}
+
+struct Work {
+  const GateParams* params;
+  const float* x;
+  float* y;
+  int32_t* spikes;
+  int64_t total, inner, pieces;  // per-channel: runs of `inner` elements, each split into `pieces` tasks
+};
+
+void run_task(void* data, size_t task) {
+  const Work& w = *static_cast<const Work*>(data);
+  const GateParams& p = *w.params;
+  int64_t start, end, channel = 0;
+  if (p.axis < 0) {
+    start = static_cast<int64_t>(task) * kTaskElements;
+    end = std::min(w.total, start + kTaskElements);
+  } else {
+    const int64_t run = static_cast<int64_t>(task) / w.pieces, piece = static_cast<int64_t>(task) % w.pieces;
+    channel = run % p.channels;
+    start = run * w.inner + piece * kTaskElements;
+    end = std::min(run * w.inner + w.inner, start + kTaskElements);
+  }
+  if (end <= start) return;
+  const int64_t off = channel * p.k;
+  const float *T = p.thresholds.data() + off, *h = p.resets.data() + off, *d = p.weights.data() + off;
+  if (w.spikes)
+    run_gate<true>(w.x + start, w.y + start, w.spikes + start, end - start, T, h, d, p.k);
+  else
+    run_gate<false>(w.x + start, w.y + start, nullptr, end - start, T, h, d, p.k);
+}
+
+Ort::Status error(const std::string& message) { return Ort::Status(("AmosGate: " + message).c_str(), ORT_INVALID_ARGUMENT); }
+
+struct AmosGateKernel {
+  GateParams params;
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
+    try {
+      Ort::KernelContext ctx(raw);
+      auto input = ctx.GetInput(0);
+      const std::vector<int64_t> shape = input.GetTensorTypeAndShapeInfo().GetShape();
+      int64_t total = 1;
+      for (int64_t dim : shape) total *= dim;
+      Work w{&params, input.GetTensorData<float>(), nullptr, nullptr, total, total, 1};
+      if (params.axis >= 0) {
+        if (params.axis >= static_cast<int64_t>(shape.size()))
+          return error("axis " + std::to_string(params.axis) + " is out of range for an input of rank " +
+                       std::to_string(shape.size())).release();
+        if (shape[params.axis] != params.channels)
+          return error("input has " + std::to_string(shape[params.axis]) + " channels on axis " +
+                       std::to_string(params.axis) + ", the gate has " + std::to_string(params.channels)).release();
+        w.inner = 1;
+        for (size_t i = params.axis + 1; i < shape.size(); ++i) w.inner *= shape[i];
+        w.pieces = std::max<int64_t>(1, (w.inner + kTaskElements - 1) / kTaskElements);
+      }
+      w.y = ctx.GetOutput(0, shape).GetTensorMutableData<float>();
+      if (ctx.GetOutputCount() > 1) w.spikes = ctx.GetOutput(1, shape).GetTensorMutableData<int32_t>();
+      if (total == 0) return nullptr;
+      const int64_t tasks = params.axis < 0 ? (total + kTaskElements - 1) / kTaskElements
+                                            : (total / std::max<int64_t>(1, w.inner)) * w.pieces;
+      if (tasks <= 1) {
+        for (int64_t t = 0; t < tasks; ++t) run_task(&w, static_cast<size_t>(t));
+      } else {
+        ctx.ParallelFor(run_task, static_cast<size_t>(tasks), 0, &w);
+      }
+      return nullptr;
+    } catch (const Ort::Exception& exc) {
+      return Ort::Status(exc).release();
+    } catch (const std::exception& exc) {
+      return error(exc.what()).release();
+    }
+  }
+};
+
+Ort::Status read_params(const OrtKernelInfo* raw, GateParams& p) {
+  Ort::ConstKernelInfo info(raw);
+  p.k = info.GetAttribute<int64_t>("k");
+  p.thresholds = info.GetAttributes<float>("thresholds");
+  p.resets = info.GetAttributes<float>("resets");
+  p.weights = info.GetAttributes<float>("weights");
+  const std::string node = info.GetNodeName();
+  if (p.k < 1 || p.k > kMaxK)
+    return error("node '" + node + "': k = " + std::to_string(p.k) + " is outside 1.." + std::to_string(kMaxK));
+  const size_t n = p.thresholds.size();
+  if (p.resets.size() != n || p.weights.size() != n)
+    return error("node '" + node + "': thresholds, resets and weights have different lengths (" + std::to_string(n) +
+                 ", " + std::to_string(p.resets.size()) + ", " + std::to_string(p.weights.size()) + ")");
+  if (n == 0 || n % p.k != 0)
+    return error("node '" + node + "': " + std::to_string(n) + " parameters are not a multiple of k = " +
+                 std::to_string(p.k));
+  p.channels = static_cast<int64_t>(n) / p.k;
+  int64_t axis = -1;
+  OrtStatus* status = Ort::GetApi().KernelInfoGetAttribute_int64(raw, "axis", &axis);
+  if (status != nullptr) {
+    Ort::GetApi().ReleaseStatus(status);
+    axis = -1;
+  } else if (axis < 0) {
+    return error("node '" + node + "': axis must be >= 0, got " + std::to_string(axis));
+  }
+  if (axis < 0 && p.channels != 1)
+    return error("node '" + node + "': " + std::to_string(n) + " parameters for k = " + std::to_string(p.k) +
+                 " need an axis attribute (per-channel gate)");
+  p.axis = axis;
+  for (const auto* values : {&p.thresholds, &p.resets, &p.weights})
+    for (float value : *values)
+      if (!std::isfinite(value)) return error("node '" + node + "': parameters must be finite");
+  return Ort::Status(nullptr);
+}
+
+struct AmosGateOp : Ort::CustomOpBase<AmosGateOp, AmosGateKernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
+    try {
+      auto made = new AmosGateKernel();
+      Ort::Status status = read_params(info, made->params);
+      if (!status.IsOK()) {
+        delete made;
+        return status.release();
+      }
+      *kernel = made;
+      return nullptr;
+    } catch (const Ort::Exception& exc) {
+      return error(std::string("missing or malformed attribute: ") + exc.what()).release();
+    }
+  }
+  const char* GetName() const { return "AmosGate"; }
+  size_t GetInputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  size_t GetOutputTypeCount() const { return 2; }
+  ONNXTensorElementDataType GetOutputType(size_t index) const {
+    return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+  }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
+    return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+};
+
+const AmosGateOp kOp;
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
+                                                                                            const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) return nullptr;  // cannot even report: the runtime is older than the headers
+  Ort::InitApi(api);
+  try {
+    static Ort::CustomOpDomain domain{"amos"};
+    static std::once_flag once;
+    std::call_once(once, [] { domain.Add(&kOp); });
+    Ort::UnownedSessionOptions(options).Add(domain);
+    return nullptr;
+  } catch (const Ort::Exception& exc) {
+    return Ort::Status(exc).release();
+  }
+}
