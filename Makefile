@@ -7,7 +7,7 @@ TRAIN := $(VENV)/.train-installed
 DIGITS := examples/digits
 OUT := $(DIGITS)/out
 
-.PHONY: venv demo test test-fast test-slow ops bench clean
+.PHONY: venv demo test test-fast test-slow test-sanitize ops bench clean
 
 $(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,10 +36,20 @@ test-fast: $(CORE) ops
 test-slow: $(TRAIN) ops
 	$(BIN)/python -m pytest -q -m slow
 
-test: test-fast test-slow
+# The native kernel's parity tests again, against an address + undefined-behaviour sanitizer build.
+test-sanitize: $(CORE) ops
+	@if [ -f amos_onnx/_native/libamos_gate.so ]; then \
+		$(MAKE) --no-print-directory -C custom_ops sanitize && \
+		LD_PRELOAD="$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so)" \
+		ASAN_OPTIONS=detect_leaks=0 AMOS_ONNX_LIBRARY=custom_ops/build/libamos_gate_asan.so \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_native.py; \
+	else echo "notice: native op not built; sanitizer parity run skipped"; fi
+
+test: test-fast test-slow test-sanitize
 
 bench: $(TRAIN) ops
-	$(BIN)/python benchmarks/digits_activations.py
+	$(BIN)/python benchmarks/digits_activations.py --write
+	$(BIN)/python benchmarks/runtime.py --write
 
 clean:
 	rm -rf $(VENV) $(OUT) custom_ops/build amos_onnx/_native

@@ -12,6 +12,7 @@ import onnxruntime as ort
 log = logging.getLogger(__name__)
 
 NATIVE_ENV = "AMOS_ONNX_NATIVE"  # set to 0 to run the function form even when the library is built
+LIBRARY_ENV = "AMOS_ONNX_LIBRARY"  # path of another build of the library (the sanitizer build, say)
 _LIBRARY_NAMES = ("libamos_gate.so", "libamos_gate.dylib", "amos_gate.dll")
 
 
@@ -19,6 +20,8 @@ def native_library() -> Path | None:
     """Path of the built native gate library, or None when it is not built or turned off."""
     if os.environ.get(NATIVE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return None
+    if os.environ.get(LIBRARY_ENV):
+        return Path(os.environ[LIBRARY_ENV])
     folder = Path(__file__).parent / "_native"
     for name in _LIBRARY_NAMES:
         if (folder / name).is_file():

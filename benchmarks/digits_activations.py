@@ -11,7 +11,6 @@ one row per activation. --write puts the table into benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -24,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples/digits"))
 
 import train as digits  # noqa: E402
+
+from results import machine, write_section  # noqa: E402
 
 import amos_onnx  # noqa: E402
 
@@ -71,19 +72,6 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write_results(text: str) -> None:
-    """Replace this benchmark's section of benchmarks/RESULTS.md."""
-    path = ROOT / "benchmarks/RESULTS.md"
-    begin, end = "<!-- digits_activations:begin -->", "<!-- digits_activations:end -->"
-    current = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = f"{begin}\n{text}\n{end}"
-    if begin in current:
-        current = current[: current.index(begin)] + section + current[current.index(end) + len(end):]
-    else:
-        current = current.rstrip() + "\n\n" + section + "\n"
-    path.write_text(current)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--activations", default=",".join(ACTIVATIONS))
@@ -97,13 +85,13 @@ def main() -> None:
     text = (
         "## Digits CNN per activation, calibrated conversion\n\n"
         f"Command: `.venv/bin/python benchmarks/digits_activations.py --write` "
-        f"({time.strftime('%Y-%m-%d')}, {platform.machine()}, {platform.python_version()}, seed 0; "
+        f"({machine()}; seed 0; "
         "trained on 1437 digits, calibrated on the same 1437, tested on the other 360; default K per activation, "
         "function form in onnxruntime).\n\n" + table(rows)
     )
     print(text)
     if args.write:
-        write_results(text)
+        write_section("digits_activations", text)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,9 @@ struct GateParams {
 };
 
 // One run of elements that share a channel's parameters.
+// Built for AVX2 and for the baseline; the loader picks what the CPU has.
 template <bool kCountSpikes>
-void run_gate(const float* x, float* y, int32_t* spikes, int64_t n, const float* T, const float* h, const float* d,
+__attribute__((target_clones("avx2", "default"))) void run_gate(const float* x, float* y, int32_t* spikes, int64_t n, const float* T, const float* h, const float* d,
               int64_t k) {
   float v[kBlock];
   float acc[kBlock];
@@ -51,15 +52,23 @@ void run_gate(const float* x, float* y, int32_t* spikes, int64_t n, const float*
       acc[i] = 0.0f;
       count[i] = 0;
     }
-    for (int64_t t = 0; t < k; ++t) {
+    // Branch-free over a block, so gcc vectorises it (with -fno-trapping-math). With z in {0, 1},
+    // acc + d*z and v - h*z equal the function form's Where(z, acc + d, acc) and Where(z, v - h, v)
+    // bit for bit: d*1 = d, and adding a zero leaves acc (never -0) unchanged; parameters are finite.
+    for (int64_t t = 0; t + 1 < k; ++t) {
       const float threshold = T[t], weight = d[t], reset = h[t];
-      const bool last = t == k - 1;
       for (int64_t i = 0; i < m; ++i) {
-        const bool z = v[i] > threshold;
-        acc[i] = z ? acc[i] + weight : acc[i];
-        if (!last) v[i] = z ? v[i] - reset : v[i];
-        if (kCountSpikes) count[i] += z ? 1 : 0;
+        const float z = v[i] > threshold ? 1.0f : 0.0f;
+        acc[i] += weight * z;
+        v[i] -= reset * z;
+        if (kCountSpikes) count[i] += static_cast<int32_t>(z);
       }
+    }
+    const float threshold = T[k - 1], weight = d[k - 1];  // the last neuron: its reset is never used
+    for (int64_t i = 0; i < m; ++i) {
+      const float z = v[i] > threshold ? 1.0f : 0.0f;
+      acc[i] += weight * z;
+      if (kCountSpikes) count[i] += static_cast<int32_t>(z);
     }
     for (int64_t i = 0; i < m; ++i) y[start + i] = acc[i];
     if (kCountSpikes)

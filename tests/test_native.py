@@ -1,0 +1,168 @@
+"""The native AmosGate kernel: bit-identical to the function form, validated attributes, really used."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import ROOT, activation_model, save
+from gate_cases import CASES, PRELU_SLOPES
+from onnx import TensorProto, helper
+
+import amos_onnx
+from amos_onnx import emit
+from amos_onnx.neuron import GateParams, simulate
+from amos_onnx.runtime import native_library, session
+
+pytestmark = pytest.mark.skipif(native_library() is None, reason="native library not built (make ops)")
+
+
+def gate_model(params: GateParams, shape: list, spikes: bool = False, rank: int | None = None) -> onnx.ModelProto:
+    """One AmosGate node (function form, as the converter writes it), optionally with the spike output."""
+    node = emit.gate_node("x", "y", params, rank if rank is not None else len(shape), "g/amos", "test gate")
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if spikes:
+        node.output.append("s")
+        outputs.append(helper.make_tensor_value_info("s", TensorProto.INT32, None))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)], outputs)
+    opsets = [helper.make_opsetid("", 17)]
+    fn = emit.function_proto(node.overload, opsets)
+    return helper.make_model(graph, opset_imports=opsets + [helper.make_opsetid("amos", 1)], functions=[fn],
+                             ir_version=10)
+
+
+def both(model: onnx.ModelProto | Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    feed = {"x": x}
+    return session(model, native=False).run(["y"], feed)[0], session(model, native=True).run(["y"], feed)[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_every_gate_case_is_bit_identical(case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = activation_model(case.op, case.opset, case.attrs, list(case.consts), list(case.shape))
+    amos_onnx.convert(save(model, tmp_path / "o.onnx"), tmp_path / "c.onnx")
+    x = np.linspace(-12, 12, 4096, dtype=np.float32).reshape(-1, 16)
+    function, native = both(tmp_path / "c.onnx", x)
+    assert np.array_equal(function, native)
+
+
+def test_per_channel_prelu_is_bit_identical(tmp_path: Path) -> None:
+    model = activation_model("PRelu", 16, consts=[PRELU_SLOPES], shape=["N", 4, 5, 5])
+    amos_onnx.convert(save(model, tmp_path / "o.onnx"), tmp_path / "c.onnx")
+    x = np.random.default_rng(0).uniform(-10, 10, (3, 4, 5, 5)).astype(np.float32)
+    function, native = both(tmp_path / "c.onnx", x)
+    assert np.array_equal(function, native)
+
+
+def test_digits_example_is_bit_identical(tmp_path: Path) -> None:
+    amos_onnx.convert(ROOT / "examples/digits/digits_cnn.onnx", tmp_path / "c.onnx",
+                      calib=ROOT / "examples/digits/digits_train.npz")
+    x = np.load(ROOT / "examples/digits/digits_test.npz")["image"]
+    feed = {"image": x}
+    a = session(tmp_path / "c.onnx", native=False).run(None, feed)[0]
+    b = session(tmp_path / "c.onnx", native=True).run(None, feed)[0]
+    assert np.array_equal(a, b)
+
+
+def random_params(rng: np.random.Generator, k: int, channels: int | None) -> GateParams:
+    shape = (k,) if channels is None else (channels, k)
+    return GateParams(rng.normal(0, 3, shape), rng.normal(0, 3, shape), rng.normal(0, 2, shape),
+                      axis=None if channels is None else 1)
+
+
+SHAPES = [(0,), (0, 3), (1,), (7,), (5, 3), (2, 3, 17, 1), (1, 3, 64, 129), (4, 3, 1, 1), (1, 3, 0, 5)]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_property_random_parameters_and_inputs(seed: int) -> None:
+    """Kernel, function form and numpy reference agree bit for bit, including +-inf and NaN."""
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, 65))
+    shape = SHAPES[seed % len(SHAPES)]
+    channels = 3 if len(shape) >= 2 and shape[1] == 3 and seed % 2 else None
+    params = random_params(rng, k, channels)
+    x = rng.normal(0, 6, shape).astype(np.float32)
+    flat = x.reshape(-1)
+    if flat.size >= 4:
+        flat[:4] = [np.inf, -np.inf, np.nan, 0.0]
+    model = gate_model(params, ["N"] * len(shape) if channels is None else ["N", 3] + ["M"] * (len(shape) - 2))
+    function, native = both(model, x)
+    reference, _ = simulate(params, x)
+    assert function.shape == native.shape == x.shape
+    assert np.array_equal(function, native, equal_nan=True)
+    assert np.array_equal(native, reference, equal_nan=True)
+    if flat.size >= 4:
+        out = native.reshape(-1)
+        assert out[1] == 0.0 and out[2] == 0.0  # -inf and NaN fire nothing
+        assert out[0] == reference.reshape(-1)[0]  # +inf fires every neuron
+
+
+def test_spike_output_counts_spikes() -> None:
+    rng = np.random.default_rng(5)
+    params = random_params(rng, 10, None)
+    x = rng.normal(0, 5, (8, 100)).astype(np.float32)
+    y, s = session(gate_model(params, ["N", 100], spikes=True), native=True).run(["y", "s"], {"x": x})
+    ref_y, ref_s = simulate(params, x)
+    assert np.array_equal(y, ref_y) and np.array_equal(s, ref_s) and s.dtype == np.int32
+
+
+def bad_gate(**attrs: object) -> onnx.ModelProto:
+    node = helper.make_node("AmosGate", ["x"], ["y"], domain="amos", name="bad/amos", **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("amos", 1)])
+
+
+@pytest.mark.parametrize(
+    "attrs, message",
+    [
+        (dict(k=2, thresholds=[1.0, 2.0], resets=[1.0], weights=[1.0, 1.0]), "different lengths"),
+        (dict(k=0, thresholds=[1.0], resets=[1.0], weights=[1.0]), "k = 0 is outside 1..64"),
+        (dict(k=65, thresholds=[1.0] * 65, resets=[1.0] * 65, weights=[1.0] * 65), "k = 65 is outside 1..64"),
+        (dict(k=2, thresholds=[1.0, float("inf")], resets=[1.0, 1.0], weights=[1.0, 1.0]), "must be finite"),
+        (dict(k=2, thresholds=[1.0, float("nan")], resets=[1.0, 1.0], weights=[1.0, 1.0]), "must be finite"),
+        (dict(k=2, thresholds=[1.0] * 3, resets=[1.0] * 3, weights=[1.0] * 3), "not a multiple of k"),
+        (dict(k=1, thresholds=[1.0] * 2, resets=[1.0] * 2, weights=[1.0] * 2), "need an axis"),
+        (dict(k=1, thresholds=[1.0]), "missing or malformed attribute"),
+    ],
+)
+def test_bad_attributes_fail_session_creation_cleanly(attrs: dict, message: str) -> None:
+    with pytest.raises(Exception, match=message):
+        session(bad_gate(**attrs), native=True)
+
+
+def test_channel_mismatch_is_a_run_error() -> None:
+    params = random_params(np.random.default_rng(0), 4, 3)
+    sess = session(gate_model(params, ["N", "C"], rank=2), native=True)
+    with pytest.raises(Exception, match="input has 5 channels on axis 1, the gate has 3"):
+        sess.run(None, {"x": np.zeros((2, 5), np.float32)})
+
+
+def test_profile_shows_the_kernel_not_the_function(tmp_path: Path) -> None:
+    def profiled_ops(native: bool) -> set[str]:
+        options = ort.SessionOptions()
+        options.enable_profiling = True
+        options.profile_file_prefix = str(tmp_path / f"prof_{native}")
+        if native:
+            options.register_custom_ops_library(str(native_library()))
+        model = gate_model(random_params(np.random.default_rng(1), 6, None), ["N", 8])
+        sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        sess.run(None, {"x": np.ones((2, 8), np.float32)})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+        return {e["args"]["op_name"] for e in events if e.get("cat") == "Node" and "op_name" in e.get("args", {})}
+
+    assert profiled_ops(True) == {"AmosGate"}
+    inlined = profiled_ops(False)
+    assert "AmosGate" not in inlined and {"Greater", "Where"} <= inlined
+
+
+def test_session_reports_which_path_ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = gate_model(random_params(np.random.default_rng(2), 3, None), ["N"])
+    assert session(model).__dict__["_amos_native"] is True
+    monkeypatch.setenv("AMOS_ONNX_NATIVE", "0")
+    assert session(model).__dict__["_amos_native"] is False
+    with pytest.raises(RuntimeError, match="not built"):
+        session(model, native=True)
