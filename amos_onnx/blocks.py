@@ -1,0 +1,149 @@
+"""Exact block updates of a gate's parameters for the fitter (numpy, float64).
+
+- threshold and weight of one neuron, others fixed: every sample either skips or
+  fires the neuron, so after sorting by membrane value the best split and its
+  weight follow from prefix and suffix sums;
+- reset of one neuron: a vectorised scan over candidate values;
+- all weights at once: a weighted least-squares solve for the fixed spike pattern.
+
+Each update never increases the cost (weighted squared error plus a spike penalty).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Problem:
+    x: np.ndarray  # training inputs, float64
+    target: np.ndarray
+    w: np.ndarray  # weights summing to 1
+    lam: float  # spike penalty per mean spike
+
+
+def rest(T: np.ndarray, h: np.ndarray, d: np.ndarray, v: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """Output and spike count of neurons start..K-1 from membrane v (any shape)."""
+    y = np.zeros_like(v)
+    s = np.zeros_like(v)
+    for j in range(start, len(T)):
+        z = v > T[j]
+        y += d[j] * z
+        s += z
+        v = v - h[j] * z
+    return y, s
+
+
+def total_cost(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray) -> float:
+    y, s = rest(T, h, d, p.x.copy(), 0)
+    return float(np.sum(p.w * ((p.target - y) ** 2 + p.lam * s)))
+
+
+def update_threshold(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int) -> None:
+    """Exact best (T_t, d_t) with all other parameters fixed."""
+    v = p.x.copy()
+    yb = np.zeros_like(v)
+    sb = np.zeros_like(v)
+    for j in range(t):
+        z = v > T[j]
+        yb += d[j] * z
+        sb += z
+        v = v - h[j] * z
+    r0, s0 = rest(T, h, d, v.copy(), t + 1)
+    r1, s1 = rest(T, h, d, v - h[t], t + 1)
+    order = np.argsort(v, kind="stable")
+    vs, w = v[order], p.w[order]
+    e0 = (p.target - yb - r0)[order]
+    e1 = (p.target - yb - r1)[order]
+    pen0 = p.lam * s0[order]
+    pen1 = p.lam * (1.0 + s1[order])
+    prefix = np.concatenate([[0.0], np.cumsum(w * (e0**2 + pen0))])
+
+    def suffix(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.cumsum(a[::-1])[::-1], [0.0]])
+
+    sw, se, see = suffix(w), suffix(w * e1), suffix(w * (e1**2 + pen1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fire_cost = np.where(sw > 0, see - se**2 / np.where(sw > 0, sw, 1.0), 0.0)
+    cost = prefix + fire_cost
+    n = len(vs)
+    valid = np.ones(n + 1, dtype=bool)
+    valid[1:n] = vs[1:] > vs[:-1]
+    cost[~valid] = np.inf
+    i = int(np.argmin(cost))
+    span = max(float(vs[-1] - vs[0]), 1.0)
+    if i == 0:
+        T[t] = min(T[t], vs[0] - span)
+    elif i == n:
+        T[t] = max(T[t], vs[-1] + span)
+    else:
+        T[t] = 0.5 * (vs[i - 1] + vs[i])
+        # float32 rounding must not move the threshold onto a training point.
+        if not vs[i - 1] < np.float32(T[t]) < vs[i]:
+            T[t] = vs[i - 1] if np.float32(vs[i - 1]) < np.float32(vs[i]) else T[t]
+    d[t] = se[i] / sw[i] if i < n and sw[i] > 0 else 0.0
+
+
+def update_reset(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int, scale: float) -> None:
+    """Best h_t among candidates around the current value and on the range's scale."""
+    v = p.x.copy()
+    yb = np.zeros_like(v)
+    sb = np.zeros_like(v)
+    for j in range(t):
+        z = v > T[j]
+        yb += d[j] * z
+        sb += z
+        v = v - h[j] * z
+    z = v > T[t]
+    if not z.any():
+        return
+    factors = np.array([0.0, 0.5, 0.85, 0.95, 1.0, 1.05, 1.15, 2.0])
+    extra = scale * np.exp2(-np.arange(0, 12, 2))
+    cands = np.unique(np.concatenate([h[t] * factors, extra, -extra[:2]]))
+    vf = v[z][None, :] - cands[:, None]
+    rf, sf = rest(T, h, d, vf, t + 1)
+    yf = yb[z][None, :] + d[t] + rf
+    costs = np.sum(p.w[z][None, :] * ((p.target[z][None, :] - yf) ** 2 + p.lam * sf), axis=1)
+    h[t] = cands[int(np.argmin(costs))]
+
+
+def spike_matrix(T: np.ndarray, h: np.ndarray, x: np.ndarray) -> np.ndarray:
+    v = x.copy()
+    cols = []
+    for j in range(len(T)):
+        z = v > T[j]
+        cols.append(z.astype(np.float64))
+        v = v - h[j] * z
+    return np.stack(cols, axis=1)
+
+
+def solve_weights(T: np.ndarray, h: np.ndarray, x: np.ndarray, target: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least-squares d for fixed T and h (the spike pattern is then fixed)."""
+    Z = spike_matrix(np.asarray(T, np.float64), np.asarray(h, np.float64), np.asarray(x, np.float64))
+    sw = np.sqrt(w)[:, None]
+    d, *_ = np.linalg.lstsq(Z * sw, target * sw[:, 0], rcond=None)
+    return d
+
+
+def descend(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, scale: float, sweeps: int) -> float:
+    best = total_cost(p, T, h, d)
+    for _ in range(sweeps):
+        for t in range(len(T)):
+            update_threshold(p, T, h, d, t)
+            if t < len(T) - 1:
+                update_reset(p, T, h, d, t, scale)
+                update_threshold(p, T, h, d, t)
+        if p.lam == 0.0:
+            d_new = solve_weights(T, h, p.x, p.target, p.w)
+            if total_cost(p, T, h, d_new) < total_cost(p, T, h, d):
+                d[:] = d_new
+        cost = total_cost(p, T, h, d)
+        if cost > best * (1.0 - 1e-6):
+            best = min(best, cost)
+            break
+        best = cost
+    return best
+
+
