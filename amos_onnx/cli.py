@@ -58,6 +58,8 @@ def convert(model: str, output: str, k: int | None, calib: str | None, emit: str
     )
     for line in report.kind_lines() + report.notes:
         click.echo(line)
+    if report.near_misses:
+        click.echo(f"{len(report.near_misses)} lookalikes left as they are (see 'amos-onnx inspect')")
     click.echo(report.summary())
     click.echo(f"wrote {output} ({report.emit} form)")
 
@@ -76,6 +78,8 @@ def inspect(model: str, only: str | None, skip: str | None, as_json: bool) -> No
     for site in report.sites:
         detail = site.reason if site.status == "skipped" else site.function
         click.echo(f"{site.node}\t{site.op}\t{site.status}\t{detail}")
+    for node, reason in report.near_misses:
+        click.echo(f"{node}\tnot an activation: {reason}")
     for line in report.kind_lines():
         click.echo(line)
     click.echo(report.summary())

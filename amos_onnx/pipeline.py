@@ -11,7 +11,8 @@ from .calibrate import calibrate
 from .errors import OptionError
 from .find import Site, find_sites
 from .fit import fit_sites
-from .gates import registered_ops
+from .composite import NearMiss
+from .gates import selectable_ops
 from .inputs import load_npz
 from .load import FUNCTION_MIN_OPSET, default_opset, load_model, raise_opset, with_shapes
 from .neuron import MAX_K
@@ -21,7 +22,7 @@ from .save import check_output_path, save_model
 
 
 def _check_ops(option: str, ops: set[str] | None) -> None:
-    known = set(registered_ops())
+    known = set(selectable_ops())
     unknown = sorted((ops or set()) - known)
     if unknown:
         raise OptionError(f"{option}: unknown activation op {', '.join(unknown)}", hint=f"known: {', '.join(sorted(known))}")
@@ -37,22 +38,26 @@ def check_options(k: int | None, emit: str, only: set[str] | None, skip: set[str
     _check_ops("--skip", skip)
 
 
-def _find(model: onnx.ModelProto, only: set[str] | None, skip: set[str] | None) -> tuple[list[Site], dict[str, int | None]]:
+def _find(
+    model: onnx.ModelProto, only: set[str] | None, skip: set[str] | None
+) -> tuple[list[Site], list[NearMiss], dict[str, int | None]]:
     graph = gs.import_onnx(with_shapes(model))
-    sites = find_sites(graph, default_opset(model), only, skip)
+    sites, misses = find_sites(graph, default_opset(model), only, skip)
     tensors = graph.tensors()
     ranks = {}
     for site in sites:
         shape = tensors[site.input].shape if site.input in tensors else None
         ranks[site.name] = len(shape) if shape is not None else None
-    return sites, ranks
+    return sites, misses, ranks
 
 
 def inspect(model_path: str | Path, *, only: set[str] | None = None, skip: set[str] | None = None) -> ConversionReport:
     """The activation sites of a model and whether each would convert; writes nothing."""
     check_options(None, "function", only, skip)
-    sites, _ = _find(load_model(model_path), only, skip)
-    return ConversionReport(str(model_path), None, site_reports(sites, {}, "would convert"))
+    sites, misses, _ = _find(load_model(model_path), only, skip)
+    report = ConversionReport(str(model_path), None, site_reports(sites, {}, "would convert"))
+    report.near_misses = [(m.node, m.reason) for m in misses]
+    return report
 
 
 def convert(
@@ -74,7 +79,7 @@ def convert(
     opset_before = default_opset(model)
     if emit == "function":
         model = raise_opset(model, FUNCTION_MIN_OPSET)
-    sites, ranks = _find(model, only, skip)
+    sites, misses, ranks = _find(model, only, skip)
     reservoirs = {}
     if calib is not None:
         feeds, _ = load_npz(calib, model)
@@ -87,6 +92,7 @@ def convert(
         report.calibration = str(calib)
         report.calibration_samples = next(iter(feeds.values())).shape[0]
     report.ir_version = result.ir_version
+    report.near_misses = [(m.node, m.reason) for m in misses]
     report.notes += rewrite_notes(result)
     if default_opset(model) != opset_before:
         report.notes.insert(0, f"opset raised from {opset_before} to {default_opset(model)} (the gate function needs {FUNCTION_MIN_OPSET})")

@@ -49,6 +49,7 @@ class ConversionReport:
     calibration_samples: int = 0
     ir_version: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)
+    near_misses: list[tuple[str, str]] = field(default_factory=list)  # (node, why it is not a composite)
 
     @property
     def converted(self) -> int:

@@ -88,10 +88,15 @@ def rewrite(
     graph = model.graph
     names = Names(graph)
     by_index = {s.index: s for s in sites if s.converts}
+    # A composite's other nodes go; its gate takes the place of the node that wrote the output.
+    removed = {i for s in by_index.values() for i in s.nodes if i != s.index}
     new_nodes: list[onnx.NodeProto] = []
     orphan_candidates: set[str] = set()
     overloads: set[str] = set()
     for index, node in enumerate(graph.node):
+        if index in removed:
+            orphan_candidates.update(node.input)
+            continue
         site = by_index.get(index)
         if site is None:
             new_nodes.append(node)

@@ -31,7 +31,7 @@ def test_reservoir_is_bounded_uniform_and_exact_at_the_edges() -> None:
 
 def test_calibration_on_digits_is_bounded_and_deterministic() -> None:
     model = onnx.load(str(DIGITS))
-    sites, _ = _find(model, None, None)
+    sites, _, _ = _find(model, None, None)
     feeds, _ = load_npz(TRAIN, model)
     first = calibrate(model, sites, feeds, cap=5000, seed=3)
     again = calibrate(model, sites, feeds, cap=5000, seed=3)

@@ -103,6 +103,11 @@ def registered_ops() -> list[str]:
     return sorted({op for _, op in _REGISTRY})
 
 
+def selectable_ops() -> list[str]:
+    """What --only and --skip accept: the registered op types and "Composite"."""
+    return registered_ops() + ["Composite"]
+
+
 def fmt(value: float) -> str:
     """A float as it appears in labels: short and exact enough to tell functions apart."""
     return f"{float(value):.6g}"
