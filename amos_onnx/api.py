@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from .errors import DataError, OptionError
+from .neuron import MAX_K
+
 from .fit import fit_site
-from .fitter import fit
+from .fitter import FitResult, fit
+from .library import named_activations
 from .pipeline import convert, inspect
 from .runtime import session
 from .validate import validate
 
-__all__ = ["convert", "inspect", "validate", "fit", "fit_site", "session"]
+__all__ = ["convert", "inspect", "validate", "fit", "fit_function", "fit_site", "session", "named_activations"]
+
+
+def fit_function(
+    name: str, k: int, lo: float | None = None, hi: float | None = None, samples: np.ndarray | None = None,
+    spike_penalty: float = 0.0, seed: int = 0,
+) -> FitResult:
+    """Fit a gate for a named function (e.g. "Sigmoid", "SiLU") on a range and/or samples."""
+    named = named_activations()
+    if name not in named:
+        raise OptionError(f"unknown function {name!r}", hint=f"known: {', '.join(sorted(named))}")
+    if not 1 <= k <= MAX_K:
+        raise OptionError(f"--k {k}: K must be between 1 and {MAX_K}")
+    act = named[name]
+    if samples is not None:
+        samples = np.asarray(samples, np.float64).ravel()
+        if samples.size == 0 or not np.all(np.isfinite(samples)):
+            raise DataError("samples must be a non-empty array of finite values")
+    if lo is None or hi is None:
+        lo, hi = (float(samples.min()), float(samples.max())) if samples is not None else (act.lo, act.hi)
+    if not lo < hi:
+        raise OptionError(f"--range {lo} {hi}: LO must be below HI")
+    return fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, spike_penalty=spike_penalty, seed=seed)

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 from .find import Site
 from .inputs import batch_size, batches
-from .runtime import session
+from .runtime import run_checked, user_session
 
 DEFAULT_CAP = 100_000  # values kept per site tensor, a uniform random sample of all it saw
 
@@ -56,7 +56,8 @@ def _exposed(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
 
 
 def calibrate(
-    model: onnx.ModelProto, sites: list[Site], feeds: dict[str, np.ndarray], *, cap: int = DEFAULT_CAP, seed: int = 0
+    model: onnx.ModelProto, sites: list[Site], feeds: dict[str, np.ndarray], *, cap: int = DEFAULT_CAP, seed: int = 0,
+    label: str = "model",
 ) -> dict[str, Reservoir]:
     """Sample the input tensor of every converting site over all of `feeds`, batch by batch."""
     tensors = sorted({s.input for s in sites if s.converts})
@@ -64,10 +65,10 @@ def calibrate(
         return {}
     rng = np.random.default_rng(seed)
     reservoirs = {name: Reservoir(cap, rng) for name in tensors}
-    sess = session(_exposed(model, tensors), native=False)
+    sess = user_session(_exposed(model, tensors), label, native=False)
     outputs = [name for name in tensors if name not in feeds]
     for feed in batches(feeds, batch_size(model)):
-        for name, value in zip(outputs, sess.run(outputs, feed) if outputs else []):
+        for name, value in zip(outputs, run_checked(sess, outputs, feed, label) if outputs else []):
             reservoirs[name].add(value)
         for name in tensors:
             if name in feed:

@@ -34,7 +34,22 @@ def _run(action: Callable[[], Any]) -> Any:
         sys.exit(exc.exit_code)
 
 
-@click.group()
+class _OneLineErrors(click.Group):
+    """Usage errors (unknown option, bad value, missing argument) as one line and exit code 2, like ours."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.ClickException as exc:
+            click.echo(f"amos-onnx: error: {exc.format_message()}", err=True)
+            sys.exit(2)
+        except click.exceptions.Abort:
+            click.echo("amos-onnx: aborted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_OneLineErrors)
 @click.version_option(package_name="amos-onnx")
 @click.option("-v", "--verbose", is_flag=True, help="Log what each stage does.")
 def main(verbose: bool) -> None:
@@ -104,3 +119,42 @@ def validate(original: str, converted: str, data: str | None, json_path: str | N
     if json_path:
         report.write_json(json_path)
     sys.exit(0 if report.passed else EXIT_FAILED)
+
+
+@main.command("fit")
+@click.argument("function")
+@click.option("--k", "k", type=int, required=True, help="Neurons in the gate (1..64).")
+@click.option("--range", "bounds", type=float, nargs=2, default=None, help="LO HI: the input range to fit.")
+@click.option("--samples", type=click.Path(dir_okay=False), default=None, help=".npy of input samples to weight by.")
+@click.option("--spike-penalty", type=float, default=0.0, show_default=True, help="Cost per mean spike.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print parameters and figures as JSON.")
+def fit_command(function: str, k: int, bounds: tuple[float, float] | None, samples: str | None,
+                spike_penalty: float, seed: int, as_json: bool) -> None:
+    """Fit a K-neuron gate for FUNCTION (Relu, Sigmoid, SiLU, GELU, ...) and print T, h, d and its quality."""
+    values = _run(lambda: _load_samples(samples)) if samples else None
+    lo, hi = bounds if bounds else (None, None)
+    result = _run(lambda: api.fit_function(function, k, lo, hi, values, spike_penalty, seed))
+    data = {**result.params.to_dict(), "function": function, "range": [result.lo, result.hi], "mse": result.mse,
+            "max_error": result.max_error, "mean_spikes": result.mean_spikes}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for name in ("thresholds", "resets", "weights"):
+        click.echo(f"{name}: {' '.join(f'{v:.8g}' for v in data[name])}")
+    click.echo(f"{function} K={k} on [{result.lo:g}, {result.hi:g}]: mse {result.mse:.3g}, "
+               f"max error {result.max_error:.3g}, mean spikes {result.mean_spikes:.3f} (dense grid of 200,001 points)")
+
+
+def _load_samples(path: str) -> Any:
+    import numpy as np
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise OptionError(f"--samples {path}: not a readable .npy/.npz file ({exc})") from None
+    if hasattr(data, "files"):
+        if len(data.files) != 1:
+            raise OptionError(f"--samples {path}: the .npz must hold exactly one array, has {len(data.files)}")
+        return data[data.files[0]]
+    return data

@@ -44,6 +44,7 @@ class Composite:
     x: str
     y: str
     activation: Activation
+    kind: str  # e.g. "SiLU[Sigmoid·Mul]": the function's name and the ops that wrote it
 
 
 @dataclass(frozen=True)
@@ -207,16 +208,17 @@ KNOWN = {
 _PROBE = np.linspace(-10, 10, 2001)
 
 
-def describe(g: Callable[[np.ndarray], np.ndarray], ops: list[str]) -> tuple[str, bool]:
-    """A label for g (a known name when it matches one to float32 precision) and whether it is ReLU-like."""
+def describe(g: Callable[[np.ndarray], np.ndarray], ops: list[str]) -> tuple[str, str, bool]:
+    """Name, label and ReLU-likeness of g: a known name when g matches one to float32 precision (the label is
+    then that name, so equal functions share fits), else "Composite" with a label made of its ops and values."""
     values = g(_PROBE)
     scale = max(1.0, float(np.max(np.abs(values))))
     name = next((n for n, f in KNOWN.items() if np.max(np.abs(f(_PROBE) - values)) <= 1e-5 * scale), None)
     digest = hashlib.sha1(np.round(values, 5).tobytes()).hexdigest()[:8]
-    label = f"{name or 'Composite'}[{'·'.join(ops)}]#{digest}"
+    label = name or f"Composite[{'·'.join(ops)}]#{digest}"
     kinks = np.sum(np.abs(np.diff(values, 2)) > 1e-5 * scale)
     relu_like = bool(np.all(values[_PROBE <= 0] == 0) and kinks <= 4)
-    return label, relu_like
+    return name or "Composite", label, relu_like
 
 
 def find_composites(graph: gs.Graph, opset: int) -> tuple[list[Composite], list[NearMiss]]:
@@ -242,8 +244,8 @@ def find_composites(graph: gs.Graph, opset: int) -> tuple[list[Composite], list[
             continue
         g = evaluator(region_model(graph, region, x, y, opset))
         ops = [graph.nodes[i].op for i in region]
-        label, relu_like = describe(g, ops)
+        name, label, relu_like = describe(g, ops)
         act = Activation(label, g, COMPOSITE_K, DEFAULT_RANGE[0], DEFAULT_RANGE[1], relu_like=relu_like)
-        found.append(Composite(tuple(region), x.name, y.name, act))
+        found.append(Composite(tuple(region), x.name, y.name, act, f"{name}[{'·'.join(ops)}]"))
         claimed.update(region)
     return found, misses

@@ -77,8 +77,7 @@ def find_sites(
             out = c.nodes[-1]
             node = graph.nodes[out]
             name = node.name or f"{node.op}_{out}"
-            op = c.activation.label.split("#")[0]
-            sites.append(Site(out, name, op, c.x, c.y, c.activation, _dtype_reason(tensors.get(c.x)), c.nodes))
+            sites.append(Site(out, name, c.kind, c.x, c.y, c.activation, _dtype_reason(tensors.get(c.x)), c.nodes))
             claimed.update(c.nodes)
     for index, node in enumerate(graph.nodes):
         if index in claimed:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import library
 from .calibrate import Reservoir
 from .find import Site
 from .fitter import FitResult, fit, solve_weights
@@ -48,7 +49,8 @@ def _data_free(act: Activation, k: int) -> FitResult:
     """Data-free fits depend only on the function (its label), range and K: fit each once per process."""
     key = (act.label, act.lo, act.hi, act.relu_like, k)
     if key not in _DATA_FREE:
-        _DATA_FREE[key] = fit(act.func, k, act.lo, act.hi, relu_like=act.relu_like)
+        shipped = library.lookup(act, k)
+        _DATA_FREE[key] = shipped or fit(act.func, k, act.lo, act.hi, relu_like=act.relu_like)
     return _DATA_FREE[key]
 
 
@@ -73,7 +75,9 @@ def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0) -> S
         result, source, samples = _data_free(act, k), "data-free", None
     else:
         samples = res.values
-        result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, seed=seed)
+        shipped = library.lookup(act, k)  # a warm start for the refit on the site's own samples
+        warm = [shipped.params] if shipped is not None else []
+        result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=warm, seed=seed)
         source = "calibrated"
     params = result.params if act.channel_funcs is None else _per_channel(act, result, samples)
     mse, max_err, spikes = result.mse, result.max_error, result.mean_spikes

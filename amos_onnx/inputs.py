@@ -15,6 +15,7 @@ from .errors import DataError
 
 LABELS = "labels"  # reserved npz key: class labels for accuracy
 DEFAULT_BATCH = 64
+MAX_RANDOM_ELEMENTS = 1 << 26  # random inputs beyond this per input need --data instead
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,8 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 16) -> dict
     for spec in input_specs(model):
         dims = spec.shape if spec.shape is not None else (batch,)
         shape = [d if isinstance(d, int) and d > 0 else (batch if i == 0 else 32) for i, d in enumerate(dims)]
+        if int(np.prod(shape, dtype=np.float64)) > MAX_RANDOM_ELEMENTS:
+            raise DataError(f"input '{spec.name}' declares shape {shape}, too large for random inputs; pass --data")
         if spec.dtype.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         elif spec.dtype.kind in "iu":

@@ -14,7 +14,7 @@ from .fit import fit_sites
 from .composite import NearMiss
 from .gates import selectable_ops
 from .inputs import load_npz
-from .load import FUNCTION_MIN_OPSET, default_opset, load_model, raise_opset, with_shapes
+from .load import FUNCTION_MIN_OPSET, default_opset, load_model, raise_opset, read_model, with_shapes
 from .neuron import MAX_K
 from .report import ConversionReport, rewrite_notes, site_reports
 from .rewrite import EMIT_FORMS, rewrite
@@ -75,7 +75,8 @@ def convert(
     check_options(k, emit, only, skip)
     inputs = [model_path] + ([calib] if calib else [])
     output_path = check_output_path(output_path, inputs)
-    model = load_model(model_path)
+    model, files = read_model(model_path)
+    check_output_path(output_path, inputs + files)
     opset_before = default_opset(model)
     if emit == "function":
         model = raise_opset(model, FUNCTION_MIN_OPSET)
@@ -83,7 +84,7 @@ def convert(
     reservoirs = {}
     if calib is not None:
         feeds, _ = load_npz(calib, model)
-        reservoirs = calibrate(model, sites, feeds, seed=seed)
+        reservoirs = calibrate(model, sites, feeds, seed=seed, label=f"{model_path} with {calib}")
     fits = fit_sites(sites, reservoirs, k, seed)
     result = rewrite(model, sites, {name: f.params for name, f in fits.items()}, ranks, emit)
     save_model(model, output_path)

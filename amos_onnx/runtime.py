@@ -9,6 +9,8 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
+from .errors import DataError, ModelLoadError
+
 log = logging.getLogger(__name__)
 
 NATIVE_ENV = "AMOS_ONNX_NATIVE"  # set to 0 to run the function form even when the library is built
@@ -53,3 +55,21 @@ def session(
 def uses_native(sess: ort.InferenceSession) -> bool:
     """Whether this session was created with the native gate library registered."""
     return bool(getattr(sess, "_amos_native", False))
+
+
+def user_session(model: str | Path | onnx.ModelProto, label: str, **kwargs: object) -> ort.InferenceSession:
+    """session() for a model the user gave: onnxruntime's refusal becomes one line naming `label`."""
+    try:
+        return session(model, **kwargs)  # type: ignore[arg-type]
+    except Exception as exc:  # onnxruntime raises several pybind types; the user gets one line
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{label}: onnxruntime cannot load the model: {text}") from None
+
+
+def run_checked(sess: ort.InferenceSession, outputs: list[str], feed: dict, label: str) -> list:
+    """sess.run, with onnxruntime's failure on the user's data as one line naming `label`."""
+    try:
+        return sess.run(outputs, feed)
+    except Exception as exc:  # as above
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{label}: onnxruntime failed on the data: {text}") from None

@@ -31,11 +31,18 @@ def save_model(model: onnx.ModelProto, out: str | Path) -> None:
     """Run the full checker, then write to a temporary file beside `out` and rename it into place."""
     out = Path(out)
     onnx.checker.check_model(model, full_check=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
+    data = model.SerializeToString()
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:
+        raise OutputPathError(f"{out}: cannot write there ({exc.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(model.SerializeToString())
+            handle.write(data)
         os.replace(tmp, out)
-    except BaseException:
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputPathError(f"{out}: writing failed ({exc.strerror}); nothing was written") from None
+    except BaseException:  # an interrupt: leave no partial file behind
         Path(tmp).unlink(missing_ok=True)
         raise

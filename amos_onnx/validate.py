@@ -21,7 +21,7 @@ from . import emit
 from .inputs import batch_size, batches, load_npz, random_feeds
 from .load import load_model
 from .neuron import GateParams, simulate
-from .runtime import session, uses_native
+from .runtime import run_checked, user_session, uses_native
 
 DEFAULT_ATOL = 1e-3
 DEFAULT_RTOL = 0.1
@@ -138,16 +138,16 @@ def validate(
         if gate.input[0] not in present and gate.input[0] not in feeds:
             exposed.graph.output.append(helper.make_tensor_value_info(gate.input[0], TensorProto.FLOAT, None))
             present.add(gate.input[0])
-    orig_sess = session(orig_model, native=False)
-    conv_sess = session(exposed, native=native)
+    orig_sess = user_session(orig_model, str(original), native=False)
+    conv_sess = user_session(exposed, str(converted), native=native)
     conv_names = list(dict.fromkeys(names + [g.input[0] for g in gates if g.input[0] not in feeds]))
     refs: list[list[np.ndarray]] = [[] for _ in names]
     outs: list[list[np.ndarray]] = [[] for _ in names]
     spikes = {g.name: [0, 0] for g in gates}
     params = {g.name: gate_params(g) for g in gates}
     for feed in batches(feeds, batch_size(orig_model)):
-        ref = orig_sess.run(names, feed)
-        got = dict(zip(conv_names, conv_sess.run(conv_names, feed)))
+        ref = run_checked(orig_sess, names, feed, str(original))
+        got = dict(zip(conv_names, run_checked(conv_sess, conv_names, feed, str(converted))))
         for i, name in enumerate(names):
             refs[i].append(ref[i])
             outs[i].append(got[name])
