@@ -1,0 +1,125 @@
+"""Mutation fuzzing of `inspect` and `convert`: randomly corrupted copies of valid models.
+
+    .venv/bin/python benchmarks/fuzz.py [--cases 3000] [--seed 0] [--write]
+
+Each case takes one valid model (the digits CNN and small single-activation
+models built here), corrupts its bytes (flip bytes, overwrite a run, truncate,
+duplicate or delete a slice, splice two models) and runs `amos-onnx inspect`
+and `amos-onnx convert` on it in-process. A crash is any exit other than 0 or 2,
+or any exception escaping as a traceback; the target is zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results import machine, write_section  # noqa: E402
+
+from amos_onnx.cli import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def seeds() -> list[bytes]:
+    """Valid models to corrupt."""
+    models = [(ROOT / "examples/digits/digits_cnn.onnx").read_bytes()]
+    for op, opset in (("Relu", 13), ("Sigmoid", 13), ("Gelu", 20), ("HardSwish", 14)):
+        graph = helper.make_graph([helper.make_node(op, ["x"], ["y"], name="act")], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+        models.append(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]).SerializeToString())
+    silu = helper.make_graph([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])],
+                             "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    models.append(helper.make_model(silu, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    return models
+
+
+def mutate(data: bytes, other: bytes, rng: np.random.Generator) -> tuple[bytes, str]:
+    buf = bytearray(data)
+    kind = ["flip", "overwrite", "truncate", "duplicate", "delete", "splice"][int(rng.integers(6))]
+    n = len(buf)
+    if kind == "flip":
+        for i in rng.integers(0, n, int(rng.integers(1, 9))):
+            buf[i] ^= 1 << int(rng.integers(8))
+    elif kind == "overwrite":
+        start, length = int(rng.integers(n)), int(rng.integers(1, 33))
+        buf[start:start + length] = rng.integers(0, 256, min(length, n - start), dtype=np.uint8).tobytes()
+    elif kind == "truncate":
+        buf = buf[: int(rng.integers(n))]
+    elif kind == "duplicate":
+        start = int(rng.integers(n))
+        buf[start:start] = buf[start:start + int(rng.integers(1, 257))]
+    elif kind == "delete":
+        start = int(rng.integers(n))
+        del buf[start:start + int(rng.integers(1, 257))]
+    else:
+        cut = int(rng.integers(n))
+        buf = buf[:cut] + other[int(rng.integers(len(other))):]
+    return bytes(buf), kind
+
+
+def run(cases: int, seed: int, folder: Path) -> tuple[Counter, list[str]]:
+    """Outcomes by kind and exit code, and a description of every crash."""
+    rng = np.random.default_rng(seed)
+    models = seeds()
+    outcomes: Counter = Counter()
+    crashes = []
+    runner = CliRunner()
+    for case in range(cases):
+        data, kind = mutate(models[case % len(models)], models[int(rng.integers(len(models)))], rng)
+        path = folder / "fuzz.onnx"
+        path.write_bytes(data)
+        for command in (["inspect", str(path)], ["convert", str(path), str(folder / "out.onnx")]):
+            result = runner.invoke(main, command)
+            crashed = result.exit_code not in (0, 2) or (
+                result.exception is not None and not isinstance(result.exception, SystemExit))
+            outcomes[(command[0], "crash" if crashed else result.exit_code)] += 1
+            if crashed:
+                crashes.append(f"case {case} ({kind}) {command[0]}: {type(result.exception).__name__}: "
+                               f"{str(result.exception)[:200]}")
+        (folder / "out.onnx").unlink(missing_ok=True)
+    return outcomes, crashes
+
+
+def main_() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        outcomes, crashes = run(args.cases, args.seed, Path(tmp))
+    seconds = time.perf_counter() - start
+    for line in crashes[:20]:
+        print(line)
+    total_crashes = sum(v for (_, code), v in outcomes.items() if code == "crash")
+    rows = "\n".join(f"| {cmd} | {code} | {count} |" for (cmd, code), count in sorted(outcomes.items(), key=str))
+    text = (
+        "## Mutation fuzzing of inspect and convert\n\n"
+        f"Command: `.venv/bin/python benchmarks/fuzz.py --cases {args.cases} --seed {args.seed} --write` "
+        f"({machine()}; {args.cases} corrupted models from {len(seeds())} valid ones, each through inspect and "
+        f"convert, {seconds:.0f} s).\n\n"
+        f"**Crashes: {total_crashes}** of {2 * args.cases} runs (target 0; a crash is an exit other than 0 or 2, "
+        "or a traceback).\n\n| command | exit code | runs |\n|---|---|---|\n" + rows
+    )
+    print(text)
+    if args.write:
+        write_section("fuzz", text)
+    sys.exit(1 if total_crashes else 0)
+
+
+if __name__ == "__main__":
+    main_()
