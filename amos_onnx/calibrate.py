@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper
 
 from .find import Site
 from .inputs import batch_size, batches
@@ -44,15 +44,15 @@ class Reservoir:
         self.values, self.keys = values, keys
 
 
-def _exposed(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    """A copy of the model that also outputs each named intermediate tensor."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    present = {o.name for o in exposed.graph.output} | {i.name for i in exposed.graph.input}
-    for name in tensors:
+def exposed(model: onnx.ModelProto, tensors: dict[str, int]) -> onnx.ModelProto:
+    """A copy of the model that also outputs each named intermediate tensor (name: ONNX element type)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    present = {o.name for o in copy.graph.output} | {i.name for i in copy.graph.input}
+    for name, dtype in tensors.items():
         if name not in present:
-            exposed.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    return exposed
+            copy.graph.output.append(helper.make_tensor_value_info(name, dtype, None))
+    return copy
 
 
 def calibrate(
@@ -60,12 +60,13 @@ def calibrate(
     label: str = "model",
 ) -> dict[str, Reservoir]:
     """Sample the input tensor of every converting site over all of `feeds`, batch by batch."""
-    tensors = sorted({s.input for s in sites if s.converts})
+    types = {s.input: s.dtype for s in sites if s.converts}
+    tensors = sorted(types)
     if not tensors:
         return {}
     rng = np.random.default_rng(seed)
     reservoirs = {name: Reservoir(cap, rng) for name in tensors}
-    sess = user_session(_exposed(model, tensors), label, native=False)
+    sess = user_session(exposed(model, types), label, native=False)
     outputs = [name for name in tensors if name not in feeds]
     for feed in batches(feeds, batch_size(model)):
         for name, value in zip(outputs, run_checked(sess, outputs, feed, label) if outputs else []):

@@ -152,12 +152,23 @@ class _Walker:
         return None
 
 
+def elem_type(tensor: gs.Tensor | None) -> int | None:
+    """The ONNX element type of a graphsurgeon tensor, None when unknown."""
+    dtype = tensor.dtype if tensor is not None else None
+    if dtype is None:
+        return None
+    if isinstance(dtype, int):  # graphsurgeon keeps types numpy lacks (bfloat16) as ONNX enums
+        return dtype
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
 def _attr_value(value: object) -> object:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def region_model(graph: gs.Graph, region: list[int], x: gs.Tensor, y: gs.Tensor, opset: int) -> onnx.ModelProto:
-    """The region alone as a model from a 1-D float32 x to y, with its scalar constants."""
+def region_model(graph: gs.Graph, region: list[int], x: gs.Tensor, y: gs.Tensor, opset: int,
+                 dtype: int = TensorProto.FLOAT) -> onnx.ModelProto:
+    """The region alone as a model from a 1-D x to y (element type `dtype`), with its scalar constants."""
     names = {x.name: "x", y.name: "y"}
     nodes, inits = [], []
 
@@ -177,8 +188,8 @@ def region_model(graph: gs.Graph, region: list[int], x: gs.Tensor, y: gs.Tensor,
         outputs = [name_of(t) for t in node.outputs]
         attrs = {k: _attr_value(v) for k, v in node.attrs.items()}
         nodes.append(helper.make_node(node.op, inputs, outputs, **attrs))
-    sub = helper.make_graph(nodes, "region", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
-                            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])], inits)
+    sub = helper.make_graph(nodes, "region", [helper.make_tensor_value_info("x", dtype, ["N"])],
+                            [helper.make_tensor_value_info("y", dtype, ["N"])], inits)
     return helper.make_model(sub, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -187,10 +198,11 @@ def evaluator(model: onnx.ModelProto) -> Callable[[np.ndarray], np.ndarray]:
     from .runtime import session
 
     sess = session(model, native=False)
+    np_type = helper.tensor_dtype_to_np_dtype(model.graph.input[0].type.tensor_type.elem_type)
 
     def g(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
-        flat = x.astype(np.float32).ravel()
+        flat = x.astype(np.float32).astype(np_type).ravel()
         return sess.run(["y"], {"x": flat})[0].astype(np.float64).reshape(x.shape)
 
     return g
@@ -242,7 +254,12 @@ def find_composites(graph: gs.Graph, opset: int) -> tuple[list[Composite], list[
         if leak is not None:
             misses.append(NearMiss(node.name or f"{node.op}_{out}", leak))
             continue
-        g = evaluator(region_model(graph, region, x, y, opset))
+        dtype = elem_type(x) or TensorProto.FLOAT
+        if dtype not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE):
+            misses.append(NearMiss(node.name or f"{node.op}_{out}", f"composite on {TensorProto.DataType.Name(dtype)}"
+                                   " inputs is not supported (float, float16 and double are)"))
+            continue
+        g = evaluator(region_model(graph, region, x, y, opset, dtype))
         ops = [graph.nodes[i].op for i in region]
         name, label, relu_like = describe(g, ops)
         act = Activation(label, g, COMPOSITE_K, DEFAULT_RANGE[0], DEFAULT_RANGE[1], relu_like=relu_like)

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx import TensorProto
 
-from .composite import COMPOSITE, NearMiss, find_composites
+from .composite import COMPOSITE, NearMiss, elem_type, find_composites
 from .gates import Activation, NodeContext, NoMatch, lookup
 
-FLOAT_TYPES = (np.float32,)
+# The gate always runs in float32; other float types get casts at its edges.
+FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
 
 
 @dataclass(frozen=True)
@@ -29,23 +31,20 @@ class Site:
     activation: Activation | None
     reason: str | None = None  # None: the site converts
     nodes: tuple[int, ...] = ()  # every node the gate replaces (a composite has several)
+    dtype: int = TensorProto.FLOAT  # ONNX element type of input and output
 
     @property
     def converts(self) -> bool:
         return self.reason is None
 
 
-def _dtype_reason(tensor: gs.Tensor | None) -> str | None:
-    dtype = tensor.dtype if tensor is not None else None
-    if dtype is None:
-        return None
-    try:
-        if np.dtype(dtype) in FLOAT_TYPES:
-            return None
-        name = np.dtype(dtype).name
-    except TypeError:
-        name = str(dtype)
-    return f"input type is {name}; only float32 activations convert"
+def _dtype(tensor: gs.Tensor | None) -> tuple[int, str | None]:
+    """(element type, reason it cannot convert or None)."""
+    kind = elem_type(tensor)
+    if kind is None or kind in FLOAT_TYPES:
+        return kind or TensorProto.FLOAT, None
+    name = TensorProto.DataType.Name(kind).lower()
+    return kind, f"input type is {name}; only floating-point activations convert"
 
 
 def _site(index: int, node: gs.Node, opset: int, only: set[str] | None, skip: set[str]) -> Site | None:
@@ -61,7 +60,8 @@ def _site(index: int, node: gs.Node, opset: int, only: set[str] | None, skip: se
     result = matcher(NodeContext(node, opset))
     if isinstance(result, NoMatch):
         return Site(index, name, node.op, x, y, None, result.reason, (index,))
-    return Site(index, name, node.op, x, y, result, _dtype_reason(node.inputs[0]), (index,))
+    dtype, reason = _dtype(node.inputs[0])
+    return Site(index, name, node.op, x, y, result, reason, (index,), dtype)
 
 
 def find_sites(
@@ -77,7 +77,8 @@ def find_sites(
             out = c.nodes[-1]
             node = graph.nodes[out]
             name = node.name or f"{node.op}_{out}"
-            sites.append(Site(out, name, c.kind, c.x, c.y, c.activation, _dtype_reason(tensors.get(c.x)), c.nodes))
+            dtype, reason = _dtype(tensors.get(c.x))
+            sites.append(Site(out, name, c.kind, c.x, c.y, c.activation, reason, c.nodes, dtype))
             claimed.update(c.nodes)
     for index, node in enumerate(graph.nodes):
         if index in claimed:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import onnx
-from onnx import helper
+from onnx import TensorProto, helper
 
 from . import emit
 from .find import Site
@@ -104,13 +104,21 @@ def rewrite(
         orphan_candidates.update(node.input[1:])
         gate, rank = params[site.name], ranks.get(site.name)
         doc = f"AMOS spiking gate (K={gate.k}) replacing {site.op} node '{site.name}'"
+        x, y = site.input, site.output
+        if site.dtype != TensorProto.FLOAT:  # the gate runs in float32, with casts at its edges
+            x, y = names.make(f"{site.name}/amos/x32"), names.make(f"{site.name}/amos/y32")
+            new_nodes.append(helper.make_node("Cast", [site.input], [x], to=TensorProto.FLOAT,
+                                              name=names.make(f"{site.name}/amos/cast_in")))
         if form == "function":
-            new_nodes.append(emit.gate_node(site.input, site.output, gate, rank, names.make(f"{site.name}/amos"), doc))
+            new_nodes.append(emit.gate_node(x, y, gate, rank, names.make(f"{site.name}/amos"), doc))
             overloads.add(emit.overload_name(gate, rank))
         else:
-            nodes, inits = emit.inline_nodes(site.input, site.output, gate, rank, names.scoped(site.name))
+            nodes, inits = emit.inline_nodes(x, y, gate, rank, names.scoped(site.name))
             new_nodes.extend(nodes)
             graph.initializer.extend(inits)
+        if site.dtype != TensorProto.FLOAT:
+            new_nodes.append(helper.make_node("Cast", [y], [site.output], to=site.dtype,
+                                              name=names.make(f"{site.name}/amos/cast_out")))
     del graph.node[:]
     graph.node.extend(new_nodes)
     _prune(graph, orphan_candidates)

@@ -18,6 +18,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from . import emit
+from .calibrate import exposed
 from .inputs import batch_size, batches, load_npz, random_feeds
 from .load import load_model
 from .neuron import GateParams, simulate
@@ -131,15 +132,9 @@ def validate(
         source = f"random inputs drawn from the input specs (seed {seed}); pass --data for real ones"
     names = [o.name for o in orig_model.graph.output]
     gates = _gates(conv_model)
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(conv_model)
-    present = {o.name for o in exposed.graph.output}
-    for gate in gates:
-        if gate.input[0] not in present and gate.input[0] not in feeds:
-            exposed.graph.output.append(helper.make_tensor_value_info(gate.input[0], TensorProto.FLOAT, None))
-            present.add(gate.input[0])
+    probe = exposed(conv_model, {g.input[0]: TensorProto.FLOAT for g in gates if g.input[0] not in feeds})
     orig_sess = user_session(orig_model, str(original), native=False)
-    conv_sess = user_session(exposed, str(converted), native=native)
+    conv_sess = user_session(probe, str(converted), native=native)
     conv_names = list(dict.fromkeys(names + [g.input[0] for g in gates if g.input[0] not in feeds]))
     refs: list[list[np.ndarray]] = [[] for _ in names]
     outs: list[list[np.ndarray]] = [[] for _ in names]

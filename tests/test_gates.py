@@ -94,17 +94,6 @@ def test_constant_node_operands_are_read(tmp: Path) -> None:
     assert np.abs(run(fn, GRID) - run(src, GRID)).max() <= 0.01
 
 
-def test_float16_activation_is_reported_not_converted(tmp: Path) -> None:
-    graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Relu", ["x"], ["y"], name="r")], "g",
-        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT16, ["N"])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, ["N"])],
-    )
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
-    report = amos_onnx.inspect(save(model, tmp / "m.onnx"))
-    assert report.sites[0].status == "skipped" and "float16" in (report.sites[0].reason or "")
-
-
 def test_k_option_sets_every_gate(tmp: Path) -> None:
     model = activation_model("Sigmoid", 13)
     src = save(model, tmp / "m.onnx")
