@@ -11,7 +11,7 @@ OUT := $(DIGITS)/out
 
 $(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot]'
 	touch $@
 
 # torch (CPU wheel) and scikit-learn: only for training examples and the slow test tier.

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from . import errors
-from .api import convert, fit, inspect, session, validate
+from .api import convert, fit, inspect, report, session, validate
 from .errors import AmosError
 from .neuron import GateParams, preset, simulate
 
-__all__ = ["convert", "inspect", "validate", "fit", "session", "errors", "AmosError", "GateParams", "preset", "simulate"]
+__all__ = ["convert", "inspect", "validate", "report", "fit", "session", "errors", "AmosError", "GateParams", "preset", "simulate"]
 __version__ = "0.1.0"

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from pathlib import Path
+
+from . import report_files
 from .errors import DataError, OptionError
+from .load import load_model
+from .report import ConversionReport
 from .neuron import MAX_K
 
 from .fit import fit_site
@@ -14,7 +19,17 @@ from .pipeline import convert, inspect
 from .runtime import session
 from .validate import validate
 
-__all__ = ["convert", "inspect", "validate", "fit", "fit_function", "fit_site", "session", "named_activations"]
+__all__ = ["convert", "inspect", "validate", "report", "fit", "fit_function", "fit_site", "session",
+           "named_activations"]
+
+
+def report(
+    original: str | Path, converted: str | Path, data: str | Path | None, out: str | Path,
+    conversion: ConversionReport | None = None, native: bool | None = None,
+) -> dict[str, object]:
+    """Run both models on data, measure the spiking one, and write report.json, report.md and pictures to out."""
+    result = validate(original, converted, data, native=native)
+    return report_files.write(out, result, load_model(original), load_model(converted), conversion)
 
 
 def fit_function(

@@ -66,11 +66,17 @@ def main(verbose: bool) -> None:
 @click.option("--only", type=str, default=None, help="Convert only these op types (comma-separated).")
 @click.option("--skip", type=str, default=None, help="Leave these op types analog (comma-separated).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration sampling.")
-def convert(model: str, output: str, k: int | None, calib: str | None, emit: str, only: str | None, skip: str | None, seed: int) -> None:
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write report.json, report.md and pictures here (run on the calibration data).")
+def convert(model: str, output: str, k: int | None, calib: str | None, emit: str, only: str | None, skip: str | None,
+            seed: int, report_dir: str | None) -> None:
     """Convert MODEL into its spiking twin and write it to OUTPUT."""
     report = _run(
         lambda: api.convert(model, output, k=k, calib=calib, emit=emit, only=_ops(only, "--only"), skip=_ops(skip, "--skip"), seed=seed)
     )
+    if report_dir:
+        _run(lambda: api.report(model, output, calib, report_dir, conversion=report))
+        click.echo(f"report: {report_dir}/report.md")
     for line in report.kind_lines() + report.notes:
         click.echo(line)
     if report.near_misses:
@@ -119,6 +125,21 @@ def validate(original: str, converted: str, data: str | None, json_path: str | N
     if json_path:
         report.write_json(json_path)
     sys.exit(0 if report.passed else EXIT_FAILED)
+
+
+@main.command("report")
+@click.argument("original", type=click.Path(dir_okay=False))
+@click.argument("converted", type=click.Path(dir_okay=False))
+@click.option("--data", type=click.Path(dir_okay=False), default=None, help=".npz of inputs (and optional labels).")
+@click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Folder for the report.")
+def report_command(original: str, converted: str, data: str | None, out: str) -> None:
+    """Measure CONVERTED against ORIGINAL on data and write report.json, report.md and pictures to OUT."""
+    result = _run(lambda: api.report(original, converted, data, out))
+    totals = result["totals"]
+    click.echo(f"mean spikes per gate {totals['mean_spikes_per_gate']:.3f}, spikes per input "
+               f"{totals['spikes_per_input']:.1f}, latency {totals['latency_steps']} steps "
+               f"(pipelined: one input every {totals['pipelined_interval_steps']} steps)")
+    click.echo(f"wrote {out}/report.json and {out}/report.md ({len(result['pictures'])} pictures)")
 
 
 @main.command("fit")

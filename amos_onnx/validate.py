@@ -10,18 +10,17 @@ Default verdicts (a spiking model never matches exactly):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from . import emit
 from .calibrate import exposed
 from .inputs import batch_size, batches, load_npz, random_feeds
 from .load import load_model
-from .neuron import GateParams, simulate
+from .spikes import SpikeCounter
 from .runtime import run_checked, user_session, uses_native
 
 DEFAULT_ATOL = 1e-3
@@ -56,6 +55,8 @@ class ValidationReport:
     accuracy_converted: float | None = None
     mean_spikes_per_gate: float | None = None
     spikes_per_site: dict[str, float] = field(default_factory=dict)
+    gates: list[dict[str, object]] = field(default_factory=list)  # per gate node: spikes, silent share, neurons
+    counter: SpikeCounter | None = field(default=None, repr=False, compare=False)
 
     @property
     def passed(self) -> bool:
@@ -71,23 +72,10 @@ class ValidationReport:
         return lines
 
     def write_json(self, path: str | Path) -> None:
-        data = asdict(self)
+        data = asdict(replace(self, counter=None))
+        del data["counter"]
         data["passed"] = self.passed
         Path(path).write_text(json.dumps(data, indent=2))
-
-
-def gate_params(node: onnx.NodeProto) -> GateParams:
-    """The GateParams stored on a converted node's attributes."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    k, axis = int(attrs["k"]), attrs.get("axis")
-    arrays = [np.asarray(attrs[name], np.float32) for name in emit.PARAM_ATTRS]
-    if axis is not None:
-        arrays = [a.reshape(-1, k) for a in arrays]
-    return GateParams(*arrays, axis=axis)
-
-
-def _gates(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    return [n for n in model.graph.node if n.domain == emit.DOMAIN and n.op_type == emit.OP_TYPE]
 
 
 def _verdict(name: str, ref: np.ndarray, out: np.ndarray, atol: float | None, rtol: float | None, min_agree: float | None) -> OutputVerdict:
@@ -131,26 +119,20 @@ def validate(
         feeds, labels = random_feeds(orig_model, seed), None
         source = f"random inputs drawn from the input specs (seed {seed}); pass --data for real ones"
     names = [o.name for o in orig_model.graph.output]
-    gates = _gates(conv_model)
-    probe = exposed(conv_model, {g.input[0]: TensorProto.FLOAT for g in gates if g.input[0] not in feeds})
+    counter = SpikeCounter(conv_model)
+    probe = exposed(conv_model, {x: TensorProto.FLOAT for x in counter.inputs if x not in feeds})
     orig_sess = user_session(orig_model, str(original), native=False)
     conv_sess = user_session(probe, str(converted), native=native)
-    conv_names = list(dict.fromkeys(names + [g.input[0] for g in gates if g.input[0] not in feeds]))
+    conv_names = list(dict.fromkeys(names + [x for x in counter.inputs if x not in feeds]))
     refs: list[list[np.ndarray]] = [[] for _ in names]
     outs: list[list[np.ndarray]] = [[] for _ in names]
-    spikes = {g.name: [0, 0] for g in gates}
-    params = {g.name: gate_params(g) for g in gates}
     for feed in batches(feeds, batch_size(orig_model)):
         ref = run_checked(orig_sess, names, feed, str(original))
         got = dict(zip(conv_names, run_checked(conv_sess, conv_names, feed, str(converted))))
         for i, name in enumerate(names):
             refs[i].append(ref[i])
             outs[i].append(got[name])
-        for gate in gates:
-            x = got.get(gate.input[0], feed.get(gate.input[0]))
-            _, s = simulate(params[gate.name], x)
-            spikes[gate.name][0] += int(s.sum())
-            spikes[gate.name][1] += s.size
+        counter.add({**feed, **got})
     n = next(iter(feeds.values())).shape[0] if feeds else 1
     report = ValidationReport(str(original), str(converted), source, n, uses_native(conv_sess))
     for i, name in enumerate(names):
@@ -160,9 +142,8 @@ def validate(
         if labels is not None and i == 0 and ref_all.ndim == 2:
             report.accuracy_original = float(np.mean(ref_all.argmax(1) == labels))
             report.accuracy_converted = float(np.mean(out_all.argmax(1) == labels))
-    if gates:
-        report.spikes_per_site = {name: total / max(count, 1) for name, (total, count) in spikes.items()}
-        total = sum(t for t, _ in spikes.values())
-        count = sum(c for _, c in spikes.values())
-        report.mean_spikes_per_gate = total / max(count, 1)
+    report.mean_spikes_per_gate = counter.mean_spikes()
+    report.spikes_per_site = {name: st.mean_spikes for name, st in counter.stats.items()}
+    report.gates = [st.to_dict(n) for st in counter.stats.values()]
+    report.counter = counter
     return report

@@ -12,7 +12,7 @@ import amos_onnx
 from amos_onnx.calibrate import Reservoir, calibrate
 from amos_onnx.inputs import load_npz
 from amos_onnx.pipeline import _find
-from amos_onnx.validate import gate_params
+from amos_onnx.spikes import gate_params
 
 DIGITS = ROOT / "examples/digits/digits_cnn.onnx"
 TRAIN = ROOT / "examples/digits/digits_train.npz"

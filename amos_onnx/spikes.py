@@ -1,0 +1,85 @@
+"""Spike statistics measured on a converted model's real gate inputs, per gate node."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from . import emit
+from .calibrate import Reservoir
+from .neuron import GateParams, simulate
+
+SAMPLE_CAP = 20_000  # gate inputs kept per gate for the pictures
+
+
+def gate_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The converted nodes (function form) of a model's top-level graph."""
+    return [n for n in model.graph.node if n.domain == emit.DOMAIN and n.op_type == emit.OP_TYPE]
+
+
+def gate_params(node: onnx.NodeProto) -> GateParams:
+    """The GateParams stored on a converted node's attributes."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    k, axis = int(attrs["k"]), attrs.get("axis")
+    arrays = [np.asarray(attrs[name], np.float32) for name in emit.PARAM_ATTRS]
+    if axis is not None:
+        arrays = [a.reshape(-1, k) for a in arrays]
+    return GateParams(*arrays, axis=axis)
+
+
+@dataclass
+class GateStats:
+    """Counts for one gate node over every input it saw."""
+
+    node: str
+    input: str
+    k: int
+    spikes: int = 0  # neurons that fired, summed over all gate evaluations
+    evaluations: int = 0  # gate evaluations: elements times samples
+    silent: int = 0  # evaluations in which no neuron fired
+    samples: Reservoir = field(default_factory=lambda: Reservoir(SAMPLE_CAP, np.random.default_rng(0)), repr=False)
+
+    @property
+    def mean_spikes(self) -> float:
+        return self.spikes / max(self.evaluations, 1)
+
+    @property
+    def silent_share(self) -> float:
+        return self.silent / max(self.evaluations, 1)
+
+    def to_dict(self, samples: int) -> dict[str, object]:
+        per_input = self.evaluations / max(samples, 1)
+        return {"node": self.node, "input": self.input, "k": self.k, "gates_per_input": per_input,
+                "neurons_per_input": per_input * self.k, "spikes_per_input": self.spikes / max(samples, 1),
+                "mean_spikes_per_gate": self.mean_spikes, "silent_share": self.silent_share}
+
+
+class SpikeCounter:
+    """Counts spikes of every gate node from the inputs the gates receive, batch by batch."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.nodes = gate_nodes(model)
+        self.params = {n.name: gate_params(n) for n in self.nodes}
+        self.stats = {n.name: GateStats(n.name, n.input[0], self.params[n.name].k) for n in self.nodes}
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(dict.fromkeys(n.input[0] for n in self.nodes))
+
+    def add(self, values: dict[str, np.ndarray]) -> None:
+        for node in self.nodes:
+            x = values[node.input[0]]
+            _, s = simulate(self.params[node.name], x)
+            stats = self.stats[node.name]
+            stats.spikes += int(s.sum())
+            stats.evaluations += s.size
+            stats.silent += int(np.count_nonzero(s == 0))
+            stats.samples.add(x)
+
+    def mean_spikes(self) -> float | None:
+        if not self.nodes:
+            return None
+        return sum(s.spikes for s in self.stats.values()) / max(sum(s.evaluations for s in self.stats.values()), 1)

@@ -1,0 +1,91 @@
+"""The conversion report: spike totals checked against the native op's own spike output, latency by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from conftest import ROOT
+from onnx import TensorProto, helper
+
+import amos_onnx
+from amos_onnx import emit, report_files
+from amos_onnx.cli import main
+from amos_onnx.neuron import GateParams
+from amos_onnx.runtime import native_library, session
+
+DIGITS = ROOT / "examples/digits/digits_cnn.onnx"
+TRAIN = ROOT / "examples/digits/digits_train.npz"
+TEST = ROOT / "examples/digits/digits_test.npz"
+
+
+@pytest.fixture(scope="module")
+def digits_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("report")
+    result = CliRunner().invoke(main, ["convert", str(DIGITS), str(folder / "s.onnx"), "--calib", str(TRAIN),
+                                       "--report", str(folder / "calib")])
+    assert result.exit_code == 0, result.output
+    data = amos_onnx.report(DIGITS, folder / "s.onnx", TEST, folder / "test")
+    return folder, data
+
+
+def test_report_files_and_numbers(digits_report: tuple[Path, dict]) -> None:
+    folder, data = digits_report
+    saved = json.loads((folder / "test/report.json").read_text())
+    assert saved["totals"] == json.loads(json.dumps(data["totals"]))
+    assert [g["node"] for g in saved["gates"]] == ["/1/Relu/amos", "/3/Relu/amos", "/7/Relu/amos"]
+    assert [g["gates_per_input"] for g in saved["gates"]] == [1024, 2048, 64]  # 16x8x8, 32x8x8, 64
+    assert saved["totals"]["neurons_per_input"] == (1024 + 2048 + 64) * 10
+    assert saved["totals"]["latency_steps"] == 30 and saved["totals"]["pipelined_interval_steps"] == 10
+    text = (folder / "test/report.md").read_text()
+    assert "| /1/Relu/amos | 10 | 1024 |" in text and "Accuracy: original" in text
+    calib = json.loads((folder / "calib/report.json").read_text())
+    assert {s["source"] for s in calib["conversion"]["sites"]} == {"calibrated"}
+
+
+def test_pictures_or_the_hint(digits_report: tuple[Path, dict]) -> None:
+    folder, data = digits_report
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "pip install amos-onnx[plot]" in (folder / "test/report.md").read_text()
+        return
+    assert data["pictures"] == ["spikes_per_layer.png", "gate_000.png", "gate_001.png", "gate_002.png"]
+    for name in data["pictures"]:
+        assert (folder / "test" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(native_library() is None, reason="native library not built (make ops)")
+def test_spike_totals_match_the_native_spike_output(digits_report: tuple[Path, dict]) -> None:
+    """Independent count: give every gate node the native kernel's optional spike output and sum it."""
+    folder, data = digits_report
+    model = onnx.load(str(folder / "s.onnx"))
+    for node in model.graph.node:
+        if node.op_type == "AmosGate":
+            node.output.append(f"{node.name}/spikes")
+            model.graph.output.append(helper.make_tensor_value_info(f"{node.name}/spikes", TensorProto.INT32, None))
+    sess = session(model, native=True)
+    images = np.load(TEST)["image"]
+    names = [f"{g['node']}/spikes" for g in data["gates"]]
+    counts = [int(c.sum()) for c in sess.run(names, {"image": images})]
+    for gate, count in zip(data["gates"], counts):
+        assert gate["spikes_per_input"] * len(images) == pytest.approx(count, abs=0.5)
+    assert data["totals"]["spikes_per_input"] * len(images) == pytest.approx(sum(counts), abs=0.5)
+
+
+def test_latency_is_the_deepest_path_of_gates() -> None:
+    """x -> g1(K=3) -> g2(K=5) -> Add <- g3(K=4) <- x; then g4(K=2): deepest path 3 + 5 + 2 = 10."""
+    def gate(x: str, y: str, k: int) -> onnx.NodeProto:
+        p = GateParams(np.zeros(k), np.zeros(k), np.zeros(k))
+        return emit.gate_node(x, y, p, 2, f"g{y}", "")
+
+    nodes = [gate("x", "a", 3), gate("a", "b", 5), gate("x", "c", 4), helper.make_node("Add", ["b", "c"], ["d"]),
+             gate("d", "y", 2)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("amos", 1)])
+    assert report_files.latency(model) == {"latency_steps": 10, "pipelined_interval_steps": 5}
