@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from pathlib import Path
+
+import numpy as np
 
 from . import report_files
 from .errors import DataError, OptionError
-from .load import load_model
-from .report import ConversionReport
-from .neuron import MAX_K
-
 from .fit import fit_site
 from .fitter import FitResult, fit
 from .library import named_activations
+from .load import load_model
+from .neuron import MAX_K
 from .pipeline import convert, inspect
+from .report import ConversionReport
 from .runtime import session
 from .validate import validate
 

@@ -73,11 +73,13 @@ def update_threshold(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t:
     valid[1:n] = vs[1:] > vs[:-1]
     cost[~valid] = np.inf
     i = int(np.argmin(cost))
-    span = max(float(vs[-1] - vs[0]), 1.0)
-    if i == 0:
-        T[t] = min(T[t], vs[0] - span)
+    current = int(np.searchsorted(vs, T[t], side="right"))  # samples from here on fire now
+    if cost[i] >= cost[current] - 1e-15 * abs(cost[current]):
+        i = current  # ties keep the current threshold, so parameters do not drift
+    elif i == 0:
+        T[t] = vs[0] - max(float(vs[-1] - vs[0]), 1.0)
     elif i == n:
-        T[t] = max(T[t], vs[-1] + span)
+        T[t] = vs[-1] + max(float(vs[-1] - vs[0]), 1.0)
     else:
         T[t] = 0.5 * (vs[i - 1] + vs[i])
         # float32 rounding must not move the threshold onto a training point.
@@ -101,12 +103,15 @@ def update_reset(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int
         return
     factors = np.array([0.0, 0.5, 0.85, 0.95, 1.0, 1.05, 1.15, 2.0])
     extra = scale * np.exp2(-np.arange(0, 12, 2))
-    cands = np.unique(np.concatenate([h[t] * factors, extra, -extra[:2]]))
+    cands = np.concatenate([[h[t]], h[t] * factors, extra, -extra[:2]])
+    cands = cands[np.abs(cands) <= 4 * scale]  # resets beyond the range's scale only lose float32 precision
     vf = v[z][None, :] - cands[:, None]
     rf, sf = rest(T, h, d, vf, t + 1)
     yf = yb[z][None, :] + d[t] + rf
     costs = np.sum(p.w[z][None, :] * ((p.target[z][None, :] - yf) ** 2 + p.lam * sf), axis=1)
-    h[t] = cands[int(np.argmin(costs))]
+    best = int(np.argmin(costs))
+    if costs[best] < costs[0] * (1 - 1e-12):  # candidate 0 is the current value: ties keep it
+        h[t] = cands[best]
 
 
 def spike_matrix(T: np.ndarray, h: np.ndarray, x: np.ndarray) -> np.ndarray:

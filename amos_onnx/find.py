@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
@@ -69,7 +68,9 @@ def find_sites(
 ) -> tuple[list[Site], list[NearMiss]]:
     """Every activation in the graph's top level, in node order, and the near misses of composites."""
     skip = skip or set()
-    sites, claimed, misses = [], set(), []
+    sites: list[Site] = []
+    claimed: set[int] = set()
+    misses: list[NearMiss] = []
     if (only is None or COMPOSITE in only) and COMPOSITE not in skip:
         composites, misses = find_composites(graph, opset)
         tensors = graph.tensors()

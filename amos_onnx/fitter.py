@@ -142,21 +142,35 @@ def fit(
         if core_hi > core_lo and (core_lo > lo or core_hi < hi):
             starts += structured_starts(func, k, float(core_lo), float(core_hi), relu_like)
     starts += [_as_start(w, k, hi, hi - lo) for w in warm]
-    ranked = []
+    ranked, raw = [], []
     for i, (T, h, d) in enumerate(starts):
         T, h, d = T.astype(np.float64), h.astype(np.float64), d.astype(np.float64)
+        raw.append((T.copy(), h.copy(), d.copy()))
         if spike_penalty == 0.0:
             d = solve_weights(T, h, coarse.x, coarse.target, coarse.w)
         ranked.append((descend(coarse, T, h, d, hi - lo, sweeps=2), i, (T, h, d)))
-    start = min(ranked, key=lambda r: (r[0], r[1]))[2]
+    _, chosen, start = min(ranked, key=lambda r: (r[0], r[1]))
     # A rounding binary ladder is within about 1% of the quantisation bound for ReLU-like f: no search.
     T, h, d = _search(coarse, start, lo, hi, 0 if relu_like else kicks, deadline, rng)
     fine = _problem(func, lo, hi, samples, spike_penalty, 8193, rng)
-    before = (T.copy(), h.copy(), d.copy())
-    descend(fine, T, h, d, hi - lo, sweeps=4)
-    if total_cost(fine, T, h, d) > total_cost(fine, *before):
-        T, h, d = before
-    params = GateParams(T, h, d)
+    # The polished search result, or a polished warm start if that is better: a warm start padded with
+    # silent neurons computes its own function, so adding neurons never makes a fit worse.
+    # Candidates are judged on a denser set than they were fitted on: with 2^K levels a gate can
+    # overfit 8,193 points.
+    check = _problem(func, lo, hi, samples, spike_penalty, 65537, rng)
+    # The chosen start as it was also competes: a rounding binary ladder is already near-optimal for ReLU.
+    candidates = [(T, h, d), raw[chosen]] + [_as_start(w, k, hi, hi - lo) for w in warm]
+    best: tuple[float, Params] | None = None
+    for T, h, d in candidates:
+        options = [(T.copy(), h.copy(), d.copy())]
+        descend(fine, T, h, d, hi - lo, sweeps=4)
+        options.append((T, h, d))
+        for option in options:
+            cost = total_cost(check, *option)
+            if best is None or cost < best[0]:
+                best = (cost, option)
+    assert best is not None
+    params = GateParams(*best[1])
     mse, max_err, spikes = evaluate(params, func, lo, hi)
     log.debug("fit K=%d on [%g, %g]: mse %.3g max %.3g spikes %.2f", k, lo, hi, mse, max_err, spikes)
     return FitResult(params, mse, max_err, spikes, lo, hi)

@@ -29,7 +29,7 @@ from .neuron import GateParams
 log = logging.getLogger(__name__)
 
 PATH = Path(__file__).with_name("library.json")
-FITTER_VERSION = 2  # bump when the fitter's results change
+FITTER_VERSION = 5  # bump when the fitter's results change
 K_RANGE = range(4, 17)
 
 
@@ -61,7 +61,8 @@ def _representative_activations() -> list[Activation]:
     """The functions worth shipping: every registered op with default and common exporter attributes, and
     the named composites."""
     from .composite import KNOWN, describe
-    from .gates import NodeContext, lookup as registry_lookup
+    from .gates import NodeContext
+    from .gates import lookup as registry_lookup
 
     def single(op: str, opset: int, **attrs: object) -> Activation:
         import onnx_graphsurgeon as gs

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx.version_converter
-from onnx import numpy_helper
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
 
 from .errors import ModelLoadError
 

@@ -8,10 +8,10 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .calibrate import calibrate
+from .composite import NearMiss
 from .errors import OptionError
 from .find import Site, find_sites
 from .fit import fit_sites
-from .composite import NearMiss
 from .gates import selectable_ops
 from .inputs import load_npz
 from .load import FUNCTION_MIN_OPSET, default_opset, load_model, raise_opset, read_model, with_shapes
@@ -76,7 +76,7 @@ def convert(
     inputs = [model_path] + ([calib] if calib else [])
     output_path = check_output_path(output_path, inputs)
     model, files = read_model(model_path)
-    check_output_path(output_path, inputs + files)
+    check_output_path(output_path, [*inputs, *files])
     opset_before = default_opset(model)
     if emit == "function":
         model = raise_opset(model, FUNCTION_MIN_OPSET)

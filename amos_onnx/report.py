@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 
-from .fit import SiteFit
 from .find import Site
+from .fit import SiteFit
 from .rewrite import RewriteResult
 
 

@@ -27,7 +27,7 @@ def gate_params(node: onnx.NodeProto) -> GateParams:
     arrays = [np.asarray(attrs[name], np.float32) for name in emit.PARAM_ATTRS]
     if axis is not None:
         arrays = [a.reshape(-1, k) for a in arrays]
-    return GateParams(*arrays, axis=axis)
+    return GateParams(arrays[0], arrays[1], arrays[2], axis=axis)
 
 
 @dataclass

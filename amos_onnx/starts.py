@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-
 Func = Callable[[np.ndarray], np.ndarray]
 
 
@@ -31,7 +30,7 @@ def binary_start(func: Func, k: int, lo: float, hi: float, relu_like: bool) -> t
         head.append((lo - (hi - lo), 0.0, base))
     after = float(f[moving[0] + 1])
     width = b - a
-    slope = (float(f[moving[-1] + 1]) - after) / width
+    slope = (float(f[moving[-1] + 1]) - after) / max(b - grid[moving[0] + 1], 1e-12)
     if abs(after - base) > 8 * abs(slope) * (grid[1] - grid[0]) + tol:
         head.append((a, 0.0, after - base))
     n = max(k - len(head), 1)

@@ -14,14 +14,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from .calibrate import exposed
 from .inputs import batch_size, batches, load_npz, random_feeds
 from .load import load_model
-from .spikes import SpikeCounter
 from .runtime import run_checked, user_session, uses_native
+from .spikes import SpikeCounter
 
 DEFAULT_ATOL = 1e-3
 DEFAULT_RTOL = 0.1

@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples/digits"))
 
 import train as digits  # noqa: E402
-
 from results import machine, write_section  # noqa: E402
 
 import amos_onnx  # noqa: E402

@@ -1,0 +1,83 @@
+"""The pre-fitted gate library and `amos-onnx fit`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from amos_onnx import library
+from amos_onnx.cli import main
+from amos_onnx.fitter import evaluate
+from amos_onnx.neuron import simulate
+
+
+def test_every_shipped_gate_is_what_it_claims() -> None:
+    """Each library entry's recorded figures are its real figures on the dense grid."""
+    assert library.PATH.is_file(), "amos_onnx/library.json is missing: python -m amos_onnx.library"
+    data = json.loads(library.PATH.read_text())
+    assert data["fitter_version"] == library.FITTER_VERSION
+    acts = {a.label: a for a in library._representative_activations()}
+    keys = set(data["gates"])
+    for act in acts.values():
+        for k in library.K_RANGE:
+            assert library._key(act.label, act.lo, act.hi, act.relu_like, k) in keys, (act.label, k)
+    for label in ("Sigmoid", "SiLU", "Relu"):
+        act = acts[label]
+        shipped = library.lookup(act, 12)
+        assert shipped is not None
+        mse, max_err, spikes = evaluate(shipped.params, act.func, act.lo, act.hi)
+        assert mse == pytest.approx(shipped.mse, rel=1e-6) and spikes == pytest.approx(shipped.mean_spikes, rel=1e-6)
+
+
+def test_more_neurons_never_fit_worse() -> None:
+    """Growing K from the previous solution: error never rises with K."""
+    for act in library._representative_activations():
+        mses = [library.lookup(act, k).mse for k in library.K_RANGE]  # type: ignore[union-attr]
+        assert all(b <= a * 1.0001 + 1e-12 for a, b in zip(mses, mses[1:])), (act.label, mses)
+
+
+def test_library_of_another_fitter_version_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stale = tmp_path / "library.json"
+    stale.write_text(json.dumps({"fitter_version": -1, "gates": json.loads(library.PATH.read_text())["gates"]}))
+    monkeypatch.setattr(library, "PATH", stale)
+    library._entries.cache_clear()
+    try:
+        act = library.named_activations()["Sigmoid"]
+        assert library.lookup(act, 12) is None
+    finally:
+        library._entries.cache_clear()
+
+
+def test_fit_command_prints_parameters_and_figures(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["fit", "Sigmoid", "--k", "6", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["k"] == 6 and len(data["thresholds"]) == 6 and data["range"] == [-10.0, 10.0]
+    from amos_onnx.neuron import GateParams
+
+    params = GateParams(data["thresholds"], data["resets"], data["weights"])
+    x = np.linspace(-10, 10, 200_001, dtype=np.float32)
+    y, s = simulate(params, x)
+    mse = float(np.mean((y - 1 / (1 + np.exp(-x.astype(np.float64)))) ** 2))
+    assert mse == pytest.approx(data["mse"], rel=1e-6) and float(s.mean()) == pytest.approx(data["mean_spikes"])
+    np.save(tmp_path / "s.npy", np.random.default_rng(0).normal(0, 1, 2000))
+    text = CliRunner().invoke(main, ["fit", "Tanh", "--k", "5", "--samples", str(tmp_path / "s.npy")])
+    assert text.exit_code == 0 and "Tanh K=5 on [" in text.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fit", "Nope", "--k", "4"], "unknown function 'Nope'"),
+        (["fit", "Sigmoid", "--k", "0"], "--k 0: K must be between 1 and 64"),
+        (["fit", "Sigmoid", "--k", "4", "--range", "3", "1"], "--range 3.0 1.0: LO must be below HI"),
+        (["fit", "Sigmoid", "--k", "4", "--samples", "/nonexistent.npy"], "not a readable .npy/.npz file"),
+    ],
+)
+def test_fit_command_bad_input(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and message in result.stderr and result.stderr.count("\n") == 1
