@@ -41,16 +41,20 @@ def total_cost(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray) -> float
     return float(np.sum(p.w * ((p.target - y) ** 2 + p.lam * s)))
 
 
-def update_threshold(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int) -> None:
-    """Exact best (T_t, d_t) with all other parameters fixed."""
+def _before(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Membrane arriving at neuron t and the output of neurons 0..t-1, for every training point."""
     v = p.x.copy()
-    yb = np.zeros_like(v)
-    sb = np.zeros_like(v)
+    y = np.zeros_like(v)
     for j in range(t):
         z = v > T[j]
-        yb += d[j] * z
-        sb += z
+        y += d[j] * z
         v = v - h[j] * z
+    return v, y
+
+
+def update_threshold(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int) -> None:
+    """Exact best (T_t, d_t) with all other parameters fixed."""
+    v, yb = _before(p, T, h, d, t)
     r0, s0 = rest(T, h, d, v.copy(), t + 1)
     r1, s1 = rest(T, h, d, v - h[t], t + 1)
     order = np.argsort(v, kind="stable")
@@ -90,14 +94,7 @@ def update_threshold(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t:
 
 def update_reset(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int, scale: float) -> None:
     """Best h_t among candidates around the current value and on the range's scale."""
-    v = p.x.copy()
-    yb = np.zeros_like(v)
-    sb = np.zeros_like(v)
-    for j in range(t):
-        z = v > T[j]
-        yb += d[j] * z
-        sb += z
-        v = v - h[j] * z
+    v, yb = _before(p, T, h, d, t)
     z = v > T[t]
     if not z.any():
         return

@@ -52,7 +52,7 @@ def build(validation: ValidationReport, original: onnx.ModelProto, converted: on
         "mean_spikes_per_gate": validation.mean_spikes_per_gate,
         **latency(converted),
     }
-    validation_dict = json.loads(json.dumps(_plain(validation)))
+    validation_dict = json.loads(json.dumps(validation.to_dict()))
     return {
         "validation": validation_dict,
         "conversion": conversion.to_dict() if conversion else None,
@@ -61,15 +61,6 @@ def build(validation: ValidationReport, original: onnx.ModelProto, converted: on
         "totals": totals,
         "gates": gates,
     }
-
-
-def _plain(validation: ValidationReport) -> dict[str, object]:
-    from dataclasses import asdict, replace
-
-    data = asdict(replace(validation, counter=None))
-    del data["counter"]
-    data["passed"] = validation.passed
-    return data
 
 
 def markdown(data: dict, pictures: list[str], note: str | None) -> str:

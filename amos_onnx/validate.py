@@ -70,11 +70,15 @@ class ValidationReport:
             lines.append(f"mean spikes per gate: {self.mean_spikes_per_gate:.3f} over {len(self.spikes_per_site)} gate nodes")
         return lines
 
-    def write_json(self, path: str | Path) -> None:
+    def to_dict(self) -> dict[str, object]:
+        """Every figure, JSON-ready (the spike counter's raw samples left out)."""
         data = asdict(replace(self, counter=None))
         del data["counter"]
         data["passed"] = self.passed
-        Path(path).write_text(json.dumps(data, indent=2))
+        return data
+
+    def write_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
 
 def _verdict(name: str, ref: np.ndarray, out: np.ndarray, atol: float | None, rtol: float | None, min_agree: float | None) -> OutputVerdict:
