@@ -50,6 +50,7 @@ test: test-fast test-slow test-sanitize
 bench: $(TRAIN) ops
 	$(BIN)/python benchmarks/digits_activations.py --write
 	$(BIN)/python benchmarks/fit.py --write
+	$(BIN)/python benchmarks/auto_k.py --write
 	$(BIN)/python benchmarks/fuzz.py --cases 3000 --write
 	$(BIN)/python benchmarks/runtime.py --write
 

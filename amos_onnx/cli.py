@@ -25,6 +25,28 @@ def _ops(value: str | None, option: str) -> set[str] | None:
     return ops
 
 
+def _k(value: str | None) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise OptionError(f"--k {value}: give a number of neurons or 'auto'") from None
+
+
+def _k_per_op(value: str | None) -> dict[str, int] | None:
+    if value is None:
+        return None
+    result = {}
+    for item in value.split(","):
+        op, _, number = item.partition("=")
+        try:
+            result[op.strip()] = int(number)
+        except ValueError:
+            raise OptionError(f"--k-per-op {item}: expected OP=K, e.g. Relu=8") from None
+    return result
+
+
 def _run(action: Callable[[], Any]) -> Any:
     """Run an API call; a user error becomes one line on stderr and exit code 2."""
     try:
@@ -60,7 +82,11 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("output", type=click.Path(dir_okay=False))
-@click.option("--k", "k", type=int, default=None, help="Neurons per gate for every site (default: per activation).")
+@click.option("--k", "k", type=str, default=None,
+              help="Neurons per gate for every site, or 'auto' (smallest K meeting --target-mse); default per activation.")
+@click.option("--k-per-op", type=str, default=None, help="K per op type, e.g. Relu=8,Sigmoid=12,Composite=16.")
+@click.option("--target-mse", type=float, default=1e-4, show_default=True,
+              help="Per-site error target of --k auto (MSE on the site's calibration samples).")
 @click.option("--calib", type=click.Path(dir_okay=False), default=None, help=".npz with one array per model input.")
 @click.option("--emit", type=str, default="function", show_default=True, help="function (local function per K) or inline.")
 @click.option("--only", type=str, default=None, help="Convert only these op types (comma-separated).")
@@ -68,11 +94,12 @@ def main(verbose: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration sampling.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Also write report.json, report.md and pictures here (run on the calibration data).")
-def convert(model: str, output: str, k: int | None, calib: str | None, emit: str, only: str | None, skip: str | None,
-            seed: int, report_dir: str | None) -> None:
+def convert(model: str, output: str, k: str | None, k_per_op: str | None, target_mse: float, calib: str | None,
+            emit: str, only: str | None, skip: str | None, seed: int, report_dir: str | None) -> None:
     """Convert MODEL into its spiking twin and write it to OUTPUT."""
     report = _run(
-        lambda: api.convert(model, output, k=k, calib=calib, emit=emit, only=_ops(only, "--only"), skip=_ops(skip, "--skip"), seed=seed)
+        lambda: api.convert(model, output, k=_k(k), calib=calib, emit=emit, only=_ops(only, "--only"),
+                            skip=_ops(skip, "--skip"), seed=seed, k_per_op=_k_per_op(k_per_op), target_mse=target_mse)
     )
     if report_dir:
         _run(lambda: api.report(model, output, calib, report_dir, conversion=report))

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import library
 from .calibrate import Reservoir
+from .composite import COMPOSITE
 from .find import Site
 from .fitter import FitResult, fit, solve_weights
 from .gates import Activation
@@ -88,15 +89,60 @@ def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0) -> S
     return SiteFit(params, source, lo, hi, mse, max_err, spikes, 0 if res is None else res.seen)
 
 
+AUTO = "auto"
+DEFAULT_TARGET_MSE = 1e-4
+
+
+def auto_fit(act: Activation, res: Reservoir | None, target_mse: float, seed: int = 0) -> SiteFit:
+    """The fit with the smallest K in 4..16 whose MSE (on the site's samples, or its default range) meets the
+    target, found by bisection over K (error falls with K); the K = 16 fit when none does."""
+    lo, hi = library.K_RANGE.start, library.K_RANGE.stop - 1
+    fits: dict[int, SiteFit] = {}
+
+    def at(k: int) -> SiteFit:
+        if k not in fits:
+            fits[k] = fit_site(act, k, res, seed)
+        return fits[k]
+
+    if at(hi).mse > target_mse:
+        return at(hi)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if at(mid).mse <= target_mse:
+            hi = mid
+        else:
+            lo = mid + 1
+    return at(hi)
+
+
+def site_k(site: Site, k: int | str | None, k_per_op: dict[str, int]) -> int | str:
+    """K for one site: --k-per-op for its op, else --k (a number, or "auto"), else the activation's default."""
+    assert site.activation is not None
+    op = COMPOSITE if len(site.nodes) > 1 else site.op
+    if op in k_per_op:
+        return k_per_op[op]
+    if k == AUTO:
+        return AUTO
+    return int(k) if k is not None else site.activation.k
+
+
 def fit_sites(
-    sites: list[Site], reservoirs: dict[str, Reservoir], k: int | None, seed: int = 0
+    sites: list[Site], reservoirs: dict[str, Reservoir], k: int | str | None, seed: int = 0,
+    k_per_op: dict[str, int] | None = None, target_mse: float = DEFAULT_TARGET_MSE,
 ) -> dict[str, SiteFit]:
-    """One SiteFit per converting site, keyed by site name."""
-    fits = {}
+    """One SiteFit per converting site, keyed by site name; sites seeing the same tensor with the same
+    function and K share one fit."""
+    fits: dict[str, SiteFit] = {}
+    shared: dict[tuple[str, str, str], SiteFit] = {}
     for site in sites:
         if not site.converts or site.activation is None:
             continue
-        act = site.activation
-        fits[site.name] = fit_site(act, k or act.k, reservoirs.get(site.input), seed)
-        log.info("%s %s: %s, mse %.3g", site.name, act.label, fits[site.name].source, fits[site.name].mse)
+        act, res = site.activation, reservoirs.get(site.input)
+        kk = site_k(site, k, k_per_op or {})
+        key = (site.input, act.label, str(kk))
+        if key not in shared or act.channel_funcs is not None:
+            shared[key] = auto_fit(act, res, target_mse, seed) if kk == AUTO else fit_site(act, int(kk), res, seed)
+        fits[site.name] = shared[key]
+        log.info("%s %s: K=%d %s, mse %.3g", site.name, act.label, fits[site.name].params.k, fits[site.name].source,
+                 fits[site.name].mse)
     return fits

@@ -11,7 +11,7 @@ from .calibrate import calibrate
 from .composite import NearMiss
 from .errors import OptionError
 from .find import Site, find_sites
-from .fit import fit_sites
+from .fit import AUTO, DEFAULT_TARGET_MSE, fit_sites
 from .gates import selectable_ops
 from .inputs import load_npz
 from .load import FUNCTION_MIN_OPSET, default_opset, load_model, raise_opset, read_model, with_shapes
@@ -28,10 +28,19 @@ def _check_ops(option: str, ops: set[str] | None) -> None:
         raise OptionError(f"{option}: unknown activation op {', '.join(unknown)}", hint=f"known: {', '.join(sorted(known))}")
 
 
-def check_options(k: int | None, emit: str, only: set[str] | None, skip: set[str] | None) -> None:
+def check_options(k: int | str | None, emit: str, only: set[str] | None, skip: set[str] | None,
+                  k_per_op: dict[str, int] | None = None, target_mse: float = DEFAULT_TARGET_MSE) -> None:
     """Raise OptionError for an out-of-range K, an unknown emission form or unknown op names."""
-    if k is not None and not 1 <= k <= MAX_K:
+    if isinstance(k, str) and k != AUTO:
+        raise OptionError(f"--k {k}: give a number of neurons or 'auto'")
+    if isinstance(k, int) and not 1 <= k <= MAX_K:
         raise OptionError(f"--k {k}: K must be between 1 and {MAX_K}")
+    for op, value in (k_per_op or {}).items():
+        if not 1 <= value <= MAX_K:
+            raise OptionError(f"--k-per-op {op}={value}: K must be between 1 and {MAX_K}")
+    _check_ops("--k-per-op", set(k_per_op or {}))
+    if not target_mse > 0:
+        raise OptionError(f"--target-mse {target_mse}: must be positive")
     if emit not in EMIT_FORMS:
         raise OptionError(f"--emit {emit}: must be one of {', '.join(EMIT_FORMS)}")
     _check_ops("--only", only)
@@ -64,15 +73,21 @@ def convert(
     model_path: str | Path,
     output_path: str | Path,
     *,
-    k: int | None = None,
+    k: int | str | None = None,
     calib: str | Path | None = None,
     emit: str = "function",
     only: set[str] | None = None,
     skip: set[str] | None = None,
     seed: int = 0,
+    k_per_op: dict[str, int] | None = None,
+    target_mse: float = DEFAULT_TARGET_MSE,
 ) -> ConversionReport:
-    """Convert every activation of a model into an AMOS spiking gate and save the result."""
-    check_options(k, emit, only, skip)
+    """Convert every activation of a model into an AMOS spiking gate and save the result.
+
+    k: neurons per gate for every site, or "auto" (the smallest shipped K meeting target_mse on the
+    site's samples); k_per_op overrides it per op type ("Composite" for every composite activation).
+    """
+    check_options(k, emit, only, skip, k_per_op, target_mse)
     inputs = [model_path] + ([calib] if calib else [])
     output_path = check_output_path(output_path, inputs)
     model, files = read_model(model_path)
@@ -85,7 +100,7 @@ def convert(
     if calib is not None:
         feeds, _ = load_npz(calib, model)
         reservoirs = calibrate(model, sites, feeds, seed=seed, label=f"{model_path} with {calib}")
-    fits = fit_sites(sites, reservoirs, k, seed)
+    fits = fit_sites(sites, reservoirs, k, seed, k_per_op, target_mse)
     result = rewrite(model, sites, {name: f.params for name, f in fits.items()}, ranks, emit)
     save_model(model, output_path)
     report = ConversionReport(str(model_path), str(output_path), site_reports(sites, fits, "converted"), emit)

@@ -56,3 +56,23 @@ def test_calibrated_conversion_is_repeatable_and_uses_the_data(tmp_path: Path) -
     assert any(gate_params(x).thresholds.max() != gate_params(z).thresholds.max() for x, z in zip(gates[0], gates[2]))
     for site in report.sites:
         assert site.fit_range is not None and site.fit_range[1] != 10.0
+
+
+def test_k_per_op_and_auto_k(tmp_path: Path) -> None:
+    per_op = amos_onnx.convert(DIGITS, tmp_path / "p.onnx", k_per_op={"Relu": 6})
+    assert {s.k for s in per_op.sites} == {6}
+    auto = amos_onnx.convert(DIGITS, tmp_path / "a.onnx", calib=TRAIN, k="auto", target_mse=1e-3)
+    ks = [s.k for s in auto.sites]
+    assert all(4 <= k <= 16 for k in ks)
+    assert all(s.mse is not None and s.mse <= 1e-3 for s in auto.sites)
+    # the smallest such K: one neuron fewer misses the target on the same samples
+    from amos_onnx.calibrate import calibrate as sample
+    from amos_onnx.fit import fit_site
+    from amos_onnx.inputs import load_npz
+
+    model = onnx.load(str(DIGITS))
+    sites, _, _ = _find(model, None, None)
+    reservoirs = sample(model, sites, load_npz(TRAIN, model)[0])
+    for site, k in zip(sites, ks):
+        if k > 4:
+            assert fit_site(site.activation, k - 1, reservoirs[site.input]).mse > 1e-3

@@ -189,7 +189,11 @@ CORPUS: dict[str, tuple[Case, str]] = {
                                                         [vi("x", [100000, 100000])], [vi("y", [100000, 100000])]),
                                           validate=True), "too large for random inputs"),
     "unknown option": (_digits("--frobnicate"), "No such option '--frobnicate'"),
-    "K not a number": (_digits("--k", "ten"), "'ten' is not a valid integer"),
+    "K not a number": (_digits("--k", "ten"), "--k ten: give a number of neurons or 'auto'"),
+    "bad --k-per-op": (_digits("--k-per-op", "Relu:8"), "--k-per-op Relu:8: expected OP=K"),
+    "--k-per-op unknown op": (_digits("--k-per-op", "Frob=4"), "--k-per-op: unknown activation op Frob"),
+    "--k-per-op K out of range": (_digits("--k-per-op", "Relu=99"), "--k-per-op Relu=99: K must be between 1 and 64"),
+    "--target-mse not positive": (_digits("--k", "auto", "--target-mse", "0"), "--target-mse 0.0: must be positive"),
     "missing output argument": (lambda tmp: (["convert", str(DIGITS)], ""), "Missing argument 'OUTPUT'"),
 }
 
