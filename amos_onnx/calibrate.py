@@ -60,7 +60,7 @@ def calibrate(
     label: str = "model",
 ) -> dict[str, Reservoir]:
     """Sample the input tensor of every converting site over all of `feeds`, batch by batch."""
-    types = {s.input: s.dtype for s in sites if s.converts}
+    types = {s.input: s.dtype for s in sites if s.converts and not s.graph}  # subgraph tensors cannot be exposed
     tensors = sorted(types)
     if not tensors:
         return {}

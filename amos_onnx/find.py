@@ -6,7 +6,7 @@ are found first; every node they do not claim goes through the per-op registry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import onnx_graphsurgeon as gs
 from onnx import TensorProto
@@ -31,10 +31,17 @@ class Site:
     reason: str | None = None  # None: the site converts
     nodes: tuple[int, ...] = ()  # every node the gate replaces (a composite has several)
     dtype: int = TensorProto.FLOAT  # ONNX element type of input and output
+    rank: int | None = None  # rank of the input, when known
+    graph: tuple[tuple[int, str], ...] = ()  # path to a subgraph: (node index, attribute name) per level
 
     @property
     def converts(self) -> bool:
         return self.reason is None
+
+
+def _rank(tensor: gs.Tensor | None) -> int | None:
+    shape = tensor.shape if tensor is not None else None
+    return len(shape) if shape is not None else None
 
 
 def _dtype(tensor: gs.Tensor | None) -> tuple[int, str | None]:
@@ -60,13 +67,13 @@ def _site(index: int, node: gs.Node, opset: int, only: set[str] | None, skip: se
     if isinstance(result, NoMatch):
         return Site(index, name, node.op, x, y, None, result.reason, (index,))
     dtype, reason = _dtype(node.inputs[0])
-    return Site(index, name, node.op, x, y, result, reason, (index,), dtype)
+    return Site(index, name, node.op, x, y, result, reason, (index,), dtype, _rank(node.inputs[0]))
 
 
 def find_sites(
     graph: gs.Graph, opset: int, only: set[str] | None = None, skip: set[str] | None = None
 ) -> tuple[list[Site], list[NearMiss]]:
-    """Every activation in the graph's top level, in node order, and the near misses of composites."""
+    """Every activation in the graph, its subgraphs (If, Loop, Scan bodies) included, and the near misses."""
     skip = skip or set()
     sites: list[Site] = []
     claimed: set[int] = set()
@@ -79,7 +86,8 @@ def find_sites(
             node = graph.nodes[out]
             name = node.name or f"{node.op}_{out}"
             dtype, reason = _dtype(tensors.get(c.x))
-            sites.append(Site(out, name, c.kind, c.x, c.y, c.activation, reason, c.nodes, dtype))
+            sites.append(Site(out, name, c.kind, c.x, c.y, c.activation, reason, c.nodes, dtype,
+                              _rank(tensors.get(c.x))))
             claimed.update(c.nodes)
     for index, node in enumerate(graph.nodes):
         if index in claimed:
@@ -88,4 +96,11 @@ def find_sites(
         if site is not None:
             sites.append(site)
     sites.sort(key=lambda s: s.index)
+    for index, node in enumerate(graph.nodes):
+        for attr, value in node.attrs.items():
+            if isinstance(value, gs.Graph):
+                inner, inner_misses = find_sites(value, opset, only, skip)
+                prefix = f"{node.name or f'{node.op}_{index}'}/{attr}"
+                sites += [replace(s, name=f"{prefix}/{s.name}", graph=((index, attr), *s.graph)) for s in inner]
+                misses += [replace(m, node=f"{prefix}/{m.node}") for m in inner_misses]
     return sites, misses

@@ -137,7 +137,7 @@ def fit_sites(
     for site in sites:
         if not site.converts or site.activation is None:
             continue
-        act, res = site.activation, reservoirs.get(site.input)
+        act, res = site.activation, None if site.graph else reservoirs.get(site.input)
         kk = site_k(site, k, k_per_op or {})
         key = (site.input, act.label, str(kk))
         if key not in shared or act.channel_funcs is not None:

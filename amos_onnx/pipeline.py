@@ -52,12 +52,7 @@ def _find(
 ) -> tuple[list[Site], list[NearMiss], dict[str, int | None]]:
     graph = gs.import_onnx(with_shapes(model))
     sites, misses = find_sites(graph, default_opset(model), only, skip)
-    tensors = graph.tensors()
-    ranks = {}
-    for site in sites:
-        shape = tensors[site.input].shape if site.input in tensors else None
-        ranks[site.name] = len(shape) if shape is not None else None
-    return sites, misses, ranks
+    return sites, misses, {site.name: site.rank for site in sites}
 
 
 def inspect(model_path: str | Path, *, only: set[str] | None = None, skip: set[str] | None = None) -> ConversionReport:
@@ -110,6 +105,10 @@ def convert(
     report.ir_version = result.ir_version
     report.near_misses = [(m.node, m.reason) for m in misses]
     report.notes += rewrite_notes(result)
+    inner = sum(1 for s in sites if s.graph and s.converts)
+    if inner and calib is not None:
+        report.notes.append(f"{inner} sites inside subgraphs (If, Loop, Scan) use data-free ranges: calibration "
+                            "does not reach into subgraphs yet")
     if default_opset(model) != opset_before:
         report.notes.insert(0, f"opset raised from {opset_before} to {default_opset(model)} (the gate function needs {FUNCTION_MIN_OPSET})")
     return report

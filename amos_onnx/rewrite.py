@@ -35,10 +35,16 @@ class Names:
 
     def __init__(self, graph: onnx.GraphProto) -> None:
         self.taken: set[str] = set()
+        self._collect(graph)
+
+    def _collect(self, graph: onnx.GraphProto) -> None:
+        """Every name of the graph and its subgraphs: a subgraph sees its outer scopes' names."""
         for node in graph.node:
             self.taken.add(node.name)
             self.taken.update(node.input)
             self.taken.update(node.output)
+            for sub in _subgraphs(node):
+                self._collect(sub)
         self.taken.update(t.name for t in graph.initializer)
         self.taken.update(v.name for v in graph.input)
 
@@ -54,15 +60,25 @@ class Names:
         return lambda part: self.make(f"{site}/amos/{part}")
 
 
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [g for a in node.attribute for g in list(a.graphs) + ([a.g] if a.HasField("g") else [])]
+
+
 def _used_names(graph: onnx.GraphProto) -> set[str]:
     used = {o.name for o in graph.output}
     for node in graph.node:
         used.update(node.input)
-        for attr in node.attribute:
-            subgraphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
-            for sub in subgraphs:
-                used |= _used_names(sub)
+        for sub in _subgraphs(node):
+            used |= _used_names(sub)
     return used
+
+
+def _locate(model: onnx.ModelProto, path: tuple[tuple[int, str], ...]) -> onnx.GraphProto:
+    """The (sub)graph at a site's path: node index and attribute name per level."""
+    graph = model.graph
+    for index, attr in path:
+        graph = next(a.g for a in graph.node[index].attribute if a.name == attr)
+    return graph
 
 
 def _prune(graph: onnx.GraphProto, candidates: set[str]) -> None:
@@ -85,9 +101,25 @@ def rewrite(
     """Mutate `model`: each converting site's node becomes its gate (function node or inline ops)."""
     if form not in EMIT_FORMS:
         raise ValueError(f"unknown emission form {form!r}")
-    graph = model.graph
-    names = Names(graph)
-    by_index = {s.index: s for s in sites if s.converts}
+    names = Names(model.graph)
+    overloads: set[str] = set()
+    converting = [s for s in sites if s.converts]
+    # Deepest subgraphs first: rewriting a graph renumbers its nodes, which the paths of its subgraphs use.
+    for path in sorted({s.graph for s in converting}, key=len, reverse=True):
+        group = [s for s in converting if s.graph == path]
+        overloads |= _rewrite_graph(_locate(model, path), group, params, ranks, form, names)
+    before = model.ir_version
+    if overloads:
+        _add_functions(model, sorted(overloads))
+    return RewriteResult(form, len(converting), tuple(sorted(overloads)), (before, model.ir_version))
+
+
+def _rewrite_graph(
+    graph: onnx.GraphProto, sites: list[Site], params: dict[str, GateParams], ranks: dict[str, int | None],
+    form: str, names: Names,
+) -> set[str]:
+    """Replace the sites of one graph (not its subgraphs); returns the function overloads used."""
+    by_index = {s.index: s for s in sites}
     # A composite's other nodes go; its gate takes the place of the node that wrote the output.
     removed = {i for s in by_index.values() for i in s.nodes if i != s.index}
     new_nodes: list[onnx.NodeProto] = []
@@ -122,10 +154,7 @@ def rewrite(
     del graph.node[:]
     graph.node.extend(new_nodes)
     _prune(graph, orphan_candidates)
-    before = model.ir_version
-    if overloads:
-        _add_functions(model, sorted(overloads))
-    return RewriteResult(form, len(by_index), tuple(sorted(overloads)), (before, model.ir_version))
+    return overloads
 
 
 def _add_functions(model: onnx.ModelProto, overloads: list[str]) -> None:
