@@ -17,6 +17,8 @@ from .neuron import MAX_K, GateParams, simulate
 
 log = logging.getLogger(__name__)
 
+REFIT_KICKS = 6  # local-search moves of a calibrated refit (the shipped fits used 20)
+
 
 @dataclass(frozen=True)
 class SiteFit:
@@ -78,7 +80,8 @@ def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0) -> S
         samples = res.values
         shipped = library.lookup(act, k)  # a warm start for the refit on the site's own samples
         warm = [shipped.params] if shipped is not None else []
-        result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=warm, seed=seed)
+        # The warm start already carries the search; a short local search refits it to the samples.
+        result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=warm, kicks=REFIT_KICKS, seed=seed)
         source = "calibrated"
     params = result.params if act.channel_funcs is None else _per_channel(act, result, samples)
     mse, max_err, spikes = result.mse, result.max_error, result.mean_spikes

@@ -135,12 +135,14 @@ def fit(
     rng = np.random.default_rng(seed)
     # ReLU-like gates resolve 2^K levels: they need the fine set from the start.
     coarse = _problem(func, lo, hi, samples, spike_penalty, 8193 if relu_like else 2049, rng)
-    starts = structured_starts(func, k, lo, hi, relu_like)
+    starts = []
     if samples is not None and samples.size:
-        # Starts on the range where the data really is, too.
+        # Starts on the range where the data really is.
         core_lo, core_hi = np.quantile(samples[np.isfinite(samples)], [0.001, 0.999])
         if core_hi > core_lo and (core_lo > lo or core_hi < hi):
             starts += structured_starts(func, k, float(core_lo), float(core_hi), relu_like)
+    if not (starts and warm):  # a warm start stands in for the starts on the whole range
+        starts += structured_starts(func, k, lo, hi, relu_like)
     starts += [_as_start(w, k, hi, hi - lo) for w in warm]
     ranked, raw = [], []
     for i, (T, h, d) in enumerate(starts):
@@ -158,8 +160,8 @@ def fit(
     # Candidates are judged on a denser set than they were fitted on: with 2^K levels a gate can
     # overfit 8,193 points.
     check = _problem(func, lo, hi, samples, spike_penalty, 65537, rng)
-    # The chosen start as it was also competes: a rounding binary ladder is already near-optimal for ReLU.
-    candidates = [(T, h, d), raw[chosen]] + [_as_start(w, k, hi, hi - lo) for w in warm]
+    # For ReLU-like f the chosen start as it was also competes: a rounding binary ladder is near-optimal.
+    candidates = [(T, h, d)] + ([raw[chosen]] if relu_like else []) + [_as_start(w, k, hi, hi - lo) for w in warm]
     best: tuple[float, Params] | None = None
     for T, h, d in candidates:
         options = [(T.copy(), h.copy(), d.copy())]
