@@ -76,6 +76,12 @@ def _parse(path: Path) -> onnx.ModelProto:
 
 
 def _check_opset(path: Path, model: onnx.ModelProto) -> None:
+    seen: set[str] = set()
+    for entry in model.opset_import:
+        domain = "" if entry.domain == "ai.onnx" else entry.domain
+        if domain in seen:
+            raise ModelLoadError(f"{path}: imports an opset for domain '{domain or 'ai.onnx'}' more than once")
+        seen.add(domain)
     try:
         opset = default_opset(model)
     except ModelLoadError as exc:

@@ -149,6 +149,10 @@ CORPUS: dict[str, tuple[Case, str]] = {
                                                           opset_imports=[helper.make_opsetid("x.y", 1)])),
                          "imports no default ONNX opset"),
     "NaN weights": (_model(_nan_weights), "initializer 'w' contains NaN"),
+    "opset imported twice": (_model(lambda: helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [vi("x")], [vi("y")]),
+        opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("", 17)])),
+        "imports an opset for domain 'ai.onnx' more than once"),
     "external data missing": (_ext("weights.bin"), "no such file next to the model"),
     "external data ..": (_ext("../secret.bin", _outside_file), "only plain paths inside the model's folder"),
     "external data absolute": (_ext("/etc/hostname"), "only plain paths inside the model's folder"),
