@@ -68,53 +68,6 @@ def test_bad_model_files(kind: str, tmp: Path) -> None:
         assert str(path) in err
 
 
-def _npz(tmp: Path, **arrays: np.ndarray) -> Path:
-    path = tmp / "data.npz"
-    np.savez(path, **arrays)
-    return path
-
-
-IMAGES = np.zeros((4, 1, 8, 8), np.float32)
-
-
-@pytest.mark.parametrize(
-    "options, fragment",
-    [
-        (["--only", "Relu,Foo"], "--only: unknown activation op Foo"),
-        (["--skip", "Bar"], "--skip: unknown activation op Bar"),
-        (["--k", "0"], "--k 0: K must be between 1 and 64"),
-        (["--k", "65"], "--k 65: K must be between 1 and 64"),
-        (["--k", "-3"], "--k -3: K must be between 1 and 64"),
-        (["--emit", "fancy"], "--emit fancy: must be one of function, inline"),
-    ],
-)
-def test_bad_options(options: list[str], fragment: str, tmp: Path) -> None:
-    code, _, err = cli("convert", DIGITS, tmp / "out.onnx", *options)
-    assert_refused(code, err, fragment, tmp)
-
-
-@pytest.mark.parametrize(
-    "arrays, fragment",
-    [
-        ({"pixels": IMAGES}, "no array for model input 'image' (has: pixels)"),
-        ({"image": IMAGES.astype(np.float64)}, "input 'image' has dtype float64, the model expects float32"),
-        ({"image": IMAGES[:, 0]}, "input 'image' has shape [4, 8, 8], the model expects rank 4"),
-        ({"image": np.zeros((4, 1, 8, 7), np.float32)}, "the model expects [batch, 1, 8, 8]"),
-        ({"image": IMAGES[:0]}, "data has zero samples"),
-        ({"image": np.full((4, 1, 8, 8), np.nan, np.float32)}, "contains NaN or Inf"),
-    ],
-)
-def test_bad_calibration_data(arrays: dict[str, np.ndarray], fragment: str, tmp: Path) -> None:
-    code, _, err = cli("convert", DIGITS, tmp / "out.onnx", "--calib", _npz(tmp, **arrays))
-    assert_refused(code, err, fragment, tmp)
-
-
-def test_calibration_file_that_is_not_npz(tmp: Path) -> None:
-    (tmp / "data.npz").write_text("nope")
-    code, _, err = cli("convert", DIGITS, tmp / "out.onnx", "--calib", tmp / "data.npz")
-    assert_refused(code, err, "not a readable .npz file", tmp)
-
-
 def test_output_equal_to_input_is_refused(tmp: Path) -> None:
     model = tmp / "m.onnx"
     model.write_bytes(DIGITS.read_bytes())
