@@ -11,12 +11,12 @@ OUT := $(DIGITS)/out
 
 $(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot,images]'
 	touch $@
 
 # torch (CPU wheel) and scikit-learn: only for training examples and the slow test tier.
 $(TRAIN): $(CORE)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,train]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot,images,train]'
 	touch $@
 
 venv: $(CORE)

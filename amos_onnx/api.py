@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from . import report_files
+from .dataset import CalibrationDataReader, DataSource, open_data
 from .errors import DataError, OptionError
 from .fit import fit_site
 from .fitter import FitResult, fit
+from .images import ImageOptions
 from .library import named_activations
 from .load import load_model
 from .neuron import MAX_K
@@ -19,15 +21,16 @@ from .runtime import session
 from .validate import validate
 
 __all__ = ["convert", "inspect", "validate", "report", "fit", "fit_function", "fit_site", "session",
-           "named_activations"]
+           "named_activations", "ImageOptions", "CalibrationDataReader", "open_data"]
 
 
 def report(
-    original: str | Path, converted: str | Path, data: str | Path | None, out: str | Path,
-    conversion: ConversionReport | None = None, native: bool | None = None,
+    original: str | Path, converted: str | Path, data: DataSource | None, out: str | Path,
+    conversion: ConversionReport | None = None, native: bool | None = None, images: ImageOptions | None = None,
+    progress: bool | None = None,
 ) -> dict[str, object]:
     """Run both models on data, measure the spiking one, and write report.json, report.md and pictures to out."""
-    result = validate(original, converted, data, native=native)
+    result = validate(original, converted, data, native=native, images=images, progress=progress)
     return report_files.write(out, result, load_model(original), load_model(converted), conversion)
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .dataset import Dataset, sample_count
 from .find import Site
-from .inputs import batch_size, batches
+from .progress import Progress
 from .runtime import run_checked, user_session
 
 DEFAULT_CAP = 100_000  # values kept per site tensor, a uniform random sample of all it saw
@@ -56,22 +57,27 @@ def exposed(model: onnx.ModelProto, tensors: dict[str, int]) -> onnx.ModelProto:
 
 
 def calibrate(
-    model: onnx.ModelProto, sites: list[Site], feeds: dict[str, np.ndarray], *, cap: int = DEFAULT_CAP, seed: int = 0,
-    label: str = "model",
-) -> dict[str, Reservoir]:
-    """Sample the input tensor of every converting site over all of `feeds`, batch by batch."""
+    model: onnx.ModelProto, sites: list[Site], data: Dataset, *, cap: int = DEFAULT_CAP, seed: int = 0,
+    label: str = "model", progress: bool | None = None,
+) -> tuple[dict[str, Reservoir], int]:
+    """Sample the input tensor of every converting site over all of `data`, batch by batch: the reservoirs
+    and the number of samples seen. Memory stays at one batch plus `cap` values per site."""
     types = {s.input: s.dtype for s in sites if s.converts and not s.graph}  # subgraph tensors cannot be exposed
     tensors = sorted(types)
-    if not tensors:
-        return {}
+    if not tensors:  # nothing to sample: the data is not read
+        return {}, data.count or 0
     rng = np.random.default_rng(seed)
     reservoirs = {name: Reservoir(cap, rng) for name in tensors}
     sess = user_session(exposed(model, types), label, native=False)
-    outputs = [name for name in tensors if name not in feeds]
-    for feed in batches(feeds, batch_size(model)):
-        for name, value in zip(outputs, run_checked(sess, outputs, feed, label) if outputs else []):
-            reservoirs[name].add(value)
+    bar = Progress("calibrating", data.count, progress)
+    for feed in data.batches:
+        outputs = [name for name in tensors if name not in feed]
+        if outputs:
+            for name, value in zip(outputs, run_checked(sess, outputs, feed, label)):
+                reservoirs[name].add(value)
         for name in tensors:
             if name in feed:
                 reservoirs[name].add(feed[name])
-    return reservoirs
+        bar.advance(sample_count(feed))
+    bar.close()
+    return reservoirs, bar.done

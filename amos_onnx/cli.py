@@ -47,6 +47,56 @@ def _k_per_op(value: str | None) -> dict[str, int] | None:
     return result
 
 
+def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise OptionError(f"{option} {value}: give comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+
+
+def _size(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    height, _, width = value.lower().partition("x")
+    try:
+        return (int(height), int(width or height))
+    except ValueError:
+        raise OptionError(f"--image-size {value}: give HxW (e.g. 224x224) or one number") from None
+
+
+def image_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The preprocessing options for a folder of images, shared by convert, validate and report."""
+    options = [
+        click.option("--image-size", type=str, default=None, help="HxW images are resized to (default: the model's)."),
+        click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
+                     help="Image input layout (default: told from the model's input shape)."),
+        click.option("--scale", type=float, default=1 / 255, show_default="1/255", help="Pixel values are multiplied by this."),
+        click.option("--mean", type=str, default=None, help="Per-channel mean subtracted after scaling, e.g. 0.485,0.456,0.406."),
+        click.option("--std", type=str, default=None, help="Per-channel std divided by after the mean, e.g. 0.229,0.224,0.225."),
+        click.option("--bgr", is_flag=True, help="Feed channels in BGR order (default RGB)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _images(path: str | None, image_size: str | None, layout: str | None, scale: float, mean: str | None,
+            std: str | None, bgr: bool) -> Any:
+    """ImageOptions when the data path is a folder, else None (and no image option may be given)."""
+    from pathlib import Path
+
+    from .images import ImageOptions
+
+    given = image_size or layout or mean or std or bgr or scale != 1 / 255
+    if path is None or not Path(path).is_dir():
+        if given:
+            raise OptionError("image options (--image-size, --layout, --scale, --mean, --std, --bgr) need a folder of images as data")
+        return None
+    return ImageOptions(_size(image_size), layout, scale, _floats(mean, "--mean"), _floats(std, "--std"), bgr)
+
+
 def _run(action: Callable[[], Any]) -> Any:
     """Run an API call; a user error becomes one line on stderr and exit code 2."""
     try:
@@ -87,22 +137,29 @@ def main(verbose: bool) -> None:
 @click.option("--k-per-op", type=str, default=None, help="K per op type, e.g. Relu=8,Sigmoid=12,Composite=16.")
 @click.option("--target-mse", type=float, default=1e-4, show_default=True,
               help="Per-site error target of --k auto (MSE on the site's calibration samples).")
-@click.option("--calib", type=click.Path(dir_okay=False), default=None, help=".npz with one array per model input.")
+@click.option("--calib", type=click.Path(), default=None,
+              help=".npz (one array per model input), .npy (one-input model) or a folder of images.")
 @click.option("--emit", type=str, default="function", show_default=True, help="function (local function per K) or inline.")
 @click.option("--only", type=str, default=None, help="Convert only these op types (comma-separated).")
 @click.option("--skip", type=str, default=None, help="Leave these op types analog (comma-separated).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration sampling.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Also write report.json, report.md and pictures here (run on the calibration data).")
+@image_options
+@click.option("-q", "--quiet", is_flag=True, help="No progress line.")
 def convert(model: str, output: str, k: str | None, k_per_op: str | None, target_mse: float, calib: str | None,
-            emit: str, only: str | None, skip: str | None, seed: int, report_dir: str | None) -> None:
+            emit: str, only: str | None, skip: str | None, seed: int, report_dir: str | None, quiet: bool,
+            **image: Any) -> None:
     """Convert MODEL into its spiking twin and write it to OUTPUT."""
+    images = _run(lambda: _images(calib, **image))
+    progress = False if quiet else None
     report = _run(
         lambda: api.convert(model, output, k=_k(k), calib=calib, emit=emit, only=_ops(only, "--only"),
-                            skip=_ops(skip, "--skip"), seed=seed, k_per_op=_k_per_op(k_per_op), target_mse=target_mse)
+                            skip=_ops(skip, "--skip"), seed=seed, k_per_op=_k_per_op(k_per_op), target_mse=target_mse,
+                            images=images, progress=progress)
     )
     if report_dir:
-        _run(lambda: api.report(model, output, calib, report_dir, conversion=report))
+        _run(lambda: api.report(model, output, calib, report_dir, conversion=report, images=images, progress=progress))
         click.echo(f"report: {report_dir}/report.md")
     for line in report.kind_lines() + report.notes:
         click.echo(line)
@@ -136,17 +193,22 @@ def inspect(model: str, only: str | None, skip: str | None, as_json: bool) -> No
 @main.command()
 @click.argument("original", type=click.Path(dir_okay=False))
 @click.argument("converted", type=click.Path(dir_okay=False))
-@click.option("--data", type=click.Path(dir_okay=False), default=None, help=".npz of inputs (and optional labels).")
+@click.option("--data", type=click.Path(), default=None,
+              help=".npz of inputs (and optional labels), .npy, or a folder of images.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON here.")
 @click.option("--atol", type=float, default=None, help="Absolute error bound (also for classifier outputs when given).")
 @click.option("--rtol", type=float, default=None, help="Error bound relative to max |original output|.")
 @click.option("--min-agreement", type=float, default=None, help="Top-1 agreement floor for classifier outputs (0.95).")
 @click.option("--no-native", is_flag=True, help="Run the function form even when the native op is built.")
+@image_options
+@click.option("-q", "--quiet", is_flag=True, help="No progress line.")
 def validate(original: str, converted: str, data: str | None, json_path: str | None, atol: float | None,
-             rtol: float | None, min_agreement: float | None, no_native: bool) -> None:
+             rtol: float | None, min_agreement: float | None, no_native: bool, quiet: bool, **image: Any) -> None:
     """Run ORIGINAL and CONVERTED on the same inputs; one PASSED/FAILED line per output (exit 1 on FAILED)."""
+    images = _run(lambda: _images(data, **image))
     report = _run(lambda: api.validate(original, converted, data, atol=atol, rtol=rtol, min_agreement=min_agreement,
-                                       native=False if no_native else None))
+                                       native=False if no_native else None, images=images,
+                                       progress=False if quiet else None))
     for line in report.lines():
         click.echo(line)
     if json_path:
@@ -157,11 +219,15 @@ def validate(original: str, converted: str, data: str | None, json_path: str | N
 @main.command("report")
 @click.argument("original", type=click.Path(dir_okay=False))
 @click.argument("converted", type=click.Path(dir_okay=False))
-@click.option("--data", type=click.Path(dir_okay=False), default=None, help=".npz of inputs (and optional labels).")
+@click.option("--data", type=click.Path(), default=None,
+              help=".npz of inputs (and optional labels), .npy, or a folder of images.")
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Folder for the report.")
-def report_command(original: str, converted: str, data: str | None, out: str) -> None:
+@image_options
+@click.option("-q", "--quiet", is_flag=True, help="No progress line.")
+def report_command(original: str, converted: str, data: str | None, out: str, quiet: bool, **image: Any) -> None:
     """Measure CONVERTED against ORIGINAL on data and write report.json, report.md and pictures to OUT."""
-    result = _run(lambda: api.report(original, converted, data, out))
+    images = _run(lambda: _images(data, **image))
+    result = _run(lambda: api.report(original, converted, data, out, images=images, progress=False if quiet else None))
     totals = result["totals"]
     click.echo(f"mean spikes per gate {totals['mean_spikes_per_gate']:.3f}, spikes per input "
                f"{totals['spikes_per_input']:.1f}, latency {totals['latency_steps']} steps "

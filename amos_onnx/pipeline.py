@@ -13,7 +13,8 @@ from .errors import OptionError
 from .find import Site, find_sites
 from .fit import AUTO, DEFAULT_TARGET_MSE, fit_sites
 from .gates import selectable_ops
-from .inputs import load_npz
+from .dataset import DataSource, open_data
+from .images import ImageOptions
 from .load import FUNCTION_MIN_OPSET, default_opset, load_model, raise_opset, read_model, with_shapes
 from .neuron import MAX_K
 from .report import ConversionReport, rewrite_notes, site_reports
@@ -69,44 +70,49 @@ def convert(
     output_path: str | Path,
     *,
     k: int | str | None = None,
-    calib: str | Path | None = None,
+    calib: DataSource | None = None,
     emit: str = "function",
     only: set[str] | None = None,
     skip: set[str] | None = None,
     seed: int = 0,
     k_per_op: dict[str, int] | None = None,
     target_mse: float = DEFAULT_TARGET_MSE,
+    images: ImageOptions | None = None,
+    progress: bool | None = None,
 ) -> ConversionReport:
     """Convert every activation of a model into an AMOS spiking gate and save the result.
 
     k: neurons per gate for every site, or "auto" (the smallest shipped K meeting target_mse on the
     site's samples); k_per_op overrides it per op type ("Composite" for every composite activation).
+    calib: calibration data (see dataset.open_data: .npz/.npy path, image folder with `images` options,
+    dict of arrays, iterable of input dicts or a CalibrationDataReader). progress: a progress line on
+    stderr (None: when it is a terminal).
     """
     check_options(k, emit, only, skip, k_per_op, target_mse)
-    inputs = [model_path] + ([calib] if calib else [])
-    output_path = check_output_path(output_path, inputs)
+    output_path = check_output_path(output_path, [model_path])
     model, files = read_model(model_path)
-    check_output_path(output_path, [*inputs, *files])
+    data = open_data(calib, model, images) if calib is not None else None
+    check_output_path(output_path, [model_path, *files, *(data.paths if data else ())])
     opset_before = default_opset(model)
     if emit == "function":
         model = raise_opset(model, FUNCTION_MIN_OPSET)
     sites, misses, ranks = _find(model, only, skip)
-    reservoirs = {}
-    if calib is not None:
-        feeds, _ = load_npz(calib, model)
-        reservoirs = calibrate(model, sites, feeds, seed=seed, label=f"{model_path} with {calib}")
+    reservoirs, samples = {}, 0
+    if data is not None:
+        reservoirs, samples = calibrate(model, sites, data, seed=seed, label=f"{model_path} with {data.description}",
+                                        progress=progress)
     fits = fit_sites(sites, reservoirs, k, seed, k_per_op, target_mse)
     result = rewrite(model, sites, {name: f.params for name, f in fits.items()}, ranks, emit)
     save_model(model, output_path)
     report = ConversionReport(str(model_path), str(output_path), site_reports(sites, fits, "converted"), emit)
-    if calib is not None:
-        report.calibration = str(calib)
-        report.calibration_samples = next(iter(feeds.values())).shape[0]
+    if data is not None:
+        report.calibration = data.description
+        report.calibration_samples = samples
     report.ir_version = result.ir_version
     report.near_misses = [(m.node, m.reason) for m in misses]
     report.notes += rewrite_notes(result)
     inner = sum(1 for s in sites if s.graph and s.converts)
-    if inner and calib is not None:
+    if inner and data is not None:
         report.notes.append(f"{inner} sites inside subgraphs (If, Loop, Scan) use data-free ranges: calibration "
                             "does not reach into subgraphs yet")
     if default_opset(model) != opset_before:

@@ -45,7 +45,7 @@ class ConversionReport:
     output: str | None
     sites: list[SiteReport] = field(default_factory=list)
     emit: str | None = None
-    calibration: str | None = None  # npz path, or None for data-free ranges
+    calibration: str | None = None  # what the calibration data was, or None for data-free ranges
     calibration_samples: int = 0
     ir_version: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)

@@ -17,7 +17,10 @@ import numpy as np
 from onnx import TensorProto
 
 from .calibrate import exposed
-from .inputs import batch_size, batches, load_npz, random_feeds
+from .dataset import DataSource, Dataset, open_data, sample_count
+from .images import ImageOptions
+from .inputs import batch_size, batches, input_specs, random_feeds
+from .progress import Progress
 from .load import load_model
 from .runtime import run_checked, user_session, uses_native
 from .spikes import SpikeCounter
@@ -46,7 +49,7 @@ class OutputVerdict:
 class ValidationReport:
     original: str
     converted: str
-    data: str  # the npz path, or a note that inputs were random
+    data: str  # what the inputs were: a path, an image folder, or a note that they were random
     samples: int
     native: bool
     outputs: list[OutputVerdict] = field(default_factory=list)
@@ -105,39 +108,45 @@ def _verdict(name: str, ref: np.ndarray, out: np.ndarray, atol: float | None, rt
 def validate(
     original: str | Path,
     converted: str | Path,
-    data: str | Path | None = None,
+    data: DataSource | None = None,
     *,
     atol: float | None = None,
     rtol: float | None = None,
     min_agreement: float | None = None,
     native: bool | None = None,
     seed: int = 0,
+    images: ImageOptions | None = None,
+    progress: bool | None = None,
 ) -> ValidationReport:
     """Compare a converted model with its original on data (or random inputs) and measure its spikes."""
     orig_model, conv_model = load_model(original), load_model(converted)
     if data is not None:
-        feeds, labels = load_npz(data, orig_model)
-        source = str(data)
+        dataset = open_data(data, orig_model, images)
     else:
-        feeds, labels = random_feeds(orig_model, seed), None
-        source = f"random inputs drawn from the input specs (seed {seed}); pass --data for real ones"
+        feeds = random_feeds(orig_model, seed)
+        dataset = Dataset(f"random inputs drawn from the input specs (seed {seed}); pass --data for real ones",
+                          batches(feeds, batch_size(orig_model)), sample_count(feeds))
+    fed = {spec.name for spec in input_specs(orig_model)}
     names = [o.name for o in orig_model.graph.output]
     counter = SpikeCounter(conv_model)
-    probe = exposed(conv_model, {x: TensorProto.FLOAT for x in counter.inputs if x not in feeds})
+    probe = exposed(conv_model, {x: TensorProto.FLOAT for x in counter.inputs if x not in fed})
     orig_sess = user_session(orig_model, str(original), native=False)
     conv_sess = user_session(probe, str(converted), native=native)
-    conv_names = list(dict.fromkeys(names + [x for x in counter.inputs if x not in feeds]))
+    conv_names = list(dict.fromkeys(names + [x for x in counter.inputs if x not in fed]))
     refs: list[list[np.ndarray]] = [[] for _ in names]
     outs: list[list[np.ndarray]] = [[] for _ in names]
-    for feed in batches(feeds, batch_size(orig_model)):
+    bar = Progress("validating", dataset.count, progress)
+    for feed in dataset.batches:
         ref = run_checked(orig_sess, names, feed, str(original))
         got = dict(zip(conv_names, run_checked(conv_sess, conv_names, feed, str(converted))))
         for i, name in enumerate(names):
             refs[i].append(ref[i])
             outs[i].append(got[name])
         counter.add({**feed, **got})
-    n = next(iter(feeds.values())).shape[0] if feeds else 1
-    report = ValidationReport(str(original), str(converted), source, n, uses_native(conv_sess))
+        bar.advance(sample_count(feed))
+    bar.close()
+    labels = dataset.labels
+    report = ValidationReport(str(original), str(converted), dataset.description, bar.done, uses_native(conv_sess))
     for i, name in enumerate(names):
         ref_all = np.concatenate([np.atleast_1d(r) for r in refs[i]])
         out_all = np.concatenate([np.atleast_1d(o) for o in outs[i]])
@@ -147,6 +156,6 @@ def validate(
             report.accuracy_converted = float(np.mean(out_all.argmax(1) == labels))
     report.mean_spikes_per_gate = counter.mean_spikes()
     report.spikes_per_site = {name: st.mean_spikes for name, st in counter.stats.items()}
-    report.gates = [st.to_dict(n) for st in counter.stats.values()]
+    report.gates = [st.to_dict(bar.done) for st in counter.stats.values()]
     report.counter = counter
     return report

@@ -10,7 +10,7 @@ from conftest import ROOT
 
 import amos_onnx
 from amos_onnx.calibrate import Reservoir, calibrate
-from amos_onnx.inputs import load_npz
+from amos_onnx.dataset import open_data
 from amos_onnx.pipeline import _find
 from amos_onnx.spikes import gate_params
 
@@ -32,10 +32,9 @@ def test_reservoir_is_bounded_uniform_and_exact_at_the_edges() -> None:
 def test_calibration_on_digits_is_bounded_and_deterministic() -> None:
     model = onnx.load(str(DIGITS))
     sites, _, _ = _find(model, None, None)
-    feeds, _ = load_npz(TRAIN, model)
-    first = calibrate(model, sites, feeds, cap=5000, seed=3)
-    again = calibrate(model, sites, feeds, cap=5000, seed=3)
-    assert set(first) == {s.input for s in sites}
+    first, seen = calibrate(model, sites, open_data(TRAIN, model), cap=5000, seed=3)
+    again, _ = calibrate(model, sites, open_data(TRAIN, model), cap=5000, seed=3)
+    assert seen == 1437 and set(first) == {s.input for s in sites}
     for name, res in first.items():
         assert res.values.size <= 5000 and res.seen > 5000
         assert np.array_equal(res.values, again[name].values)
@@ -66,13 +65,11 @@ def test_k_per_op_and_auto_k(tmp_path: Path) -> None:
     assert all(4 <= k <= 16 for k in ks)
     assert all(s.mse is not None and s.mse <= 1e-3 for s in auto.sites)
     # the smallest such K: one neuron fewer misses the target on the same samples
-    from amos_onnx.calibrate import calibrate as sample
     from amos_onnx.fit import fit_site
-    from amos_onnx.inputs import load_npz
 
     model = onnx.load(str(DIGITS))
     sites, _, _ = _find(model, None, None)
-    reservoirs = sample(model, sites, load_npz(TRAIN, model)[0])
+    reservoirs, _ = calibrate(model, sites, open_data(TRAIN, model))
     for site, k in zip(sites, ks):
         if k > 4:
             assert fit_site(site.activation, k - 1, reservoirs[site.input]).mse > 1e-3

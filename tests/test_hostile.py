@@ -86,6 +86,27 @@ def _validate(**arrays: np.ndarray) -> Case:
     return lambda tmp: (["validate", str(DIGITS), str(DIGITS), "--data", str(_npz(tmp, **arrays))], "")
 
 
+def _image_folder(tmp: Path, junk: bool = False) -> Path:
+    """Four 8x8 grey PNGs (digits-sized), plus an undecodable .png when junk."""
+    from PIL import Image
+
+    folder = tmp / "imgs"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray((IMG[i, 0] * 255 / max(IMG[i].max(), 1)).astype(np.uint8)).save(folder / f"{i}.png")
+    if junk:
+        (folder / "broken.png").write_bytes(b"not a png at all")
+    return folder
+
+
+def _images(*options: str, junk: bool = False, empty: bool = False) -> Case:
+    def build(tmp: Path) -> tuple[list[str], str]:
+        folder = tmp / "imgs" if empty else _image_folder(tmp, junk)
+        folder.mkdir(exist_ok=True)
+        return ["convert", str(DIGITS), str(tmp / "out.onnx"), "--calib", str(folder), *options], ""
+    return build
+
+
 def _ext(location: str, setup: Callable[[Path], None] = lambda tmp: None) -> Case:
     def build(tmp: Path) -> tuple[list[str], str]:
         setup(tmp)
@@ -199,6 +220,18 @@ CORPUS: dict[str, tuple[Case, str]] = {
     "--k-per-op K out of range": (_digits("--k-per-op", "Relu=99"), "--k-per-op Relu=99: K must be between 1 and 64"),
     "--target-mse not positive": (_digits("--k", "auto", "--target-mse", "0"), "--target-mse 0.0: must be positive"),
     "missing output argument": (lambda tmp: (["convert", str(DIGITS)], ""), "Missing argument 'OUTPUT'"),
+    "images: std without mean": (_images("--std", "0.5"), "--std given without --mean"),
+    "images: mean without std": (_images("--mean", "0.5"), "--mean given without --std"),
+    "images: wrong layout": (_images("--layout", "NHWC"), "--layout NHWC does not fit input 'image' [?, 1, 8, 8]"),
+    "images: size against the model": (_images("--image-size", "16x16"), "--image-size 16x16 does not fit input 'image'"),
+    "images: three means for one channel": (_images("--mean", "0.4,0.5,0.6", "--std", "1"), "--mean: 3 values for 1 channels"),
+    "images: zero std": (_images("--mean", "0", "--std", "0"), "--std 0: every std must be positive"),
+    "images: bad mean list": (_images("--mean", "a,b", "--std", "1"), "--mean a,b: give comma-separated numbers"),
+    "images: bad size": (_images("--image-size", "big"), "--image-size big: give HxW"),
+    "images: folder without images": (_images(empty=True), "no image files"),
+    "images: undecodable image": (_images(junk=True), "broken.png: not a readable image"),
+    "images: options without a folder": (_digits("--calib", str(TRAIN), "--mean", "0", "--std", "1"),
+                                         "image options (--image-size, --layout, --scale, --mean, --std, --bgr) need a folder"),
 }
 
 

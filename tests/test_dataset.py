@@ -1,0 +1,188 @@
+"""Calibration and validation data in the forms users have: .npz/.npy, folders of images with explicit
+preprocessing (scikit-image's sample images), dicts of arrays, iterables and CalibrationDataReader objects."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from conftest import ROOT
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+import amos_onnx
+from amos_onnx.calibrate import calibrate
+from amos_onnx.cli import main
+from amos_onnx.dataset import open_data
+from amos_onnx.errors import DataError
+from amos_onnx.images import ImageOptions
+from amos_onnx.pipeline import _find
+from amos_onnx.progress import Progress
+from amos_onnx.spikes import gate_params
+
+skdata = pytest.importorskip("skimage.data")
+
+DIGITS = ROOT / "examples/digits/digits_cnn.onnx"
+TRAIN = ROOT / "examples/digits/digits_train.npz"
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CALIBRATION_IMAGES = ("chelsea", "coffee", "rocket", "astronaut")
+OTHER_IMAGES = ("retina", "hubble_deep_field", "immunohistochemistry")
+
+
+def image_cnn(layout: str = "NCHW", size: int = 32) -> onnx.ModelProto:
+    """A small seeded CNN for normalised RGB input: Relu on the input itself (so calibration sees the
+    preprocessed pixels), Conv, Sigmoid, global pooling, Gemm to 5 classes."""
+    rng = np.random.default_rng(0)
+    shape = ["N", 3, size, size] if layout == "NCHW" else ["N", size, size, 3]
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="input_relu")]
+    source = "r"
+    if layout == "NHWC":
+        nodes.append(helper.make_node("Transpose", ["r"], ["rt"], perm=[0, 3, 1, 2]))
+        source = "rt"
+    nodes += [
+        helper.make_node("Conv", [source, "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c"], ["s"], name="conv_sigmoid"),
+        helper.make_node("GlobalAveragePool", ["s"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in (
+        ("w", rng.normal(0, 0.3, (8, 3, 3, 3))), ("b", rng.normal(0, 0.1, 8)),
+        ("fw", rng.normal(0, 3, (8, 5))), ("fb", np.zeros(5)))]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def sample_folder(folder: Path, names: tuple[str, ...], size: int | None = None) -> Path:
+    """scikit-image sample images as PNG files, whole or as a top-left crop of size x size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        pixels = getattr(skdata, name)()
+        if pixels.ndim == 2:
+            pixels = np.stack([pixels] * 3, axis=-1)
+        pixels = pixels[..., :3]
+        if size is not None:
+            pixels = pixels[:size, :size]
+        Image.fromarray(pixels).save(folder / f"{name}.png")
+    return folder
+
+
+def test_image_folder_calibration_feeds_exactly_the_preprocessed_pixels(tmp_path: Path) -> None:
+    """Images already at the model's size are not resampled, so the calibration samples of the Relu on the
+    input must equal (pixel / 255 - mean) / std computed here independently."""
+    model = image_cnn()
+    folder = sample_folder(tmp_path / "calib", CALIBRATION_IMAGES, size=32)
+    options = ImageOptions(mean=MEAN, std=STD)
+    data = open_data(folder, model, options)
+    assert data.count == 4 and "4 images, NCHW 3x32x32" in data.description
+    sites, _, _ = _find(model, None, None)
+    reservoirs, seen = calibrate(model, sites, data, seed=0)
+    assert seen == 4
+    expected = np.stack([(getattr(skdata, n)()[:32, :32, :3] / 255.0 - MEAN) / STD for n in CALIBRATION_IMAGES])
+    values = reservoirs["x"].values
+    assert values.size == expected.size == 4 * 3 * 32 * 32
+    assert np.allclose(np.sort(values), np.sort(expected.astype(np.float32).ravel()), atol=1e-6)
+
+
+def test_nhwc_and_bgr_layouts_are_honoured(tmp_path: Path) -> None:
+    model = image_cnn("NHWC")
+    folder = sample_folder(tmp_path / "calib", ("coffee",), size=32)
+    batch = next(open_data(folder, model, ImageOptions(bgr=True, scale=1.0)).batches)["x"]
+    pixels = skdata.coffee()[:32, :32, :3].astype(np.float32)
+    assert batch.shape == (1, 32, 32, 3) and np.array_equal(batch[0], pixels[..., ::-1])
+    nchw = next(open_data(folder, image_cnn(), ImageOptions(scale=1.0)).batches)["x"]
+    assert nchw.shape == (1, 3, 32, 32) and np.array_equal(nchw[0], pixels.transpose(2, 0, 1))
+
+
+def test_calibrate_on_sample_images_then_validate_on_others(tmp_path: Path) -> None:
+    """Whole sample images resized to the model; the converted classifier agrees with the original on images
+    it never saw, through the CLI with explicit preprocessing options."""
+    model_path = tmp_path / "cnn.onnx"
+    onnx.save(image_cnn(), str(model_path))
+    calib = sample_folder(tmp_path / "calib", CALIBRATION_IMAGES)
+    other = sample_folder(tmp_path / "other", OTHER_IMAGES)
+    out = tmp_path / "cnn_spiking.onnx"
+    norm = ["--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD))]
+    result = CliRunner().invoke(main, ["convert", str(model_path), str(out), "--calib", str(calib), *norm])
+    assert result.exit_code == 0, result.output
+    assert "fitted on" in result.stdout and "(4 images, NCHW 3x32x32) (4 samples)" in result.stdout
+    result = CliRunner().invoke(main, ["validate", str(model_path), str(out), "--data", str(other), *norm, "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "3 samples" in result.stdout and "top1-agreement=1.0000" in result.stdout
+    # the fits followed the normalised data, not the data-free range
+    relu = next(n for n in onnx.load(str(out)).graph.node if n.op_type == "AmosGate")
+    assert gate_params(relu).thresholds.max() < 4
+
+
+def test_iterables_and_readers_calibrate_like_the_npz(tmp_path: Path) -> None:
+    """A list of dicts, a generator, a CalibrationDataReader and a dict of arrays, with the same 64-row
+    batches as the npz, sample the same values; a reader's conversion gives the npz's gates bit for bit."""
+    with np.load(TRAIN) as npz:
+        images = npz["image"]
+    chunks = [{"image": images[i : i + 64]} for i in range(0, len(images), 64)]
+
+    class Reader:
+        def __init__(self) -> None:
+            self.items = iter(chunks)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    model = onnx.load(str(DIGITS))
+    sites, _, _ = _find(model, None, None)
+    want, _ = calibrate(model, sites, open_data(TRAIN, model), cap=5000)
+    for name, source in (("list", chunks), ("generator", (c for c in chunks)), ("reader", Reader()),
+                         ("dict", {"image": images})):
+        got, seen = calibrate(model, sites, open_data(source, model), cap=5000)  # type: ignore[arg-type]
+        assert seen == 1437, name
+        for tensor, res in want.items():
+            assert np.array_equal(got[tensor].values, res.values), (name, tensor)
+    reference = amos_onnx.convert(DIGITS, tmp_path / "npz.onnx", calib=TRAIN)
+    report = amos_onnx.convert(DIGITS, tmp_path / "reader.onnx", calib=Reader())
+    assert report.calibration_samples == reference.calibration_samples == 1437
+    assert report.calibration == "batches from a Reader"
+    gates = [[n.attribute for n in onnx.load(str(tmp_path / f)).graph.node if n.op_type == "AmosGate"]
+             for f in ("npz.onnx", "reader.onnx")]
+    assert gates[0] == gates[1] and len(gates[0]) == 3
+
+
+@pytest.mark.parametrize("source, message", [
+    ([{"pixels": np.zeros((2, 1, 8, 8), np.float32)}], "item 0: no array for model input 'image'"),
+    ([np.zeros((2, 1, 8, 8), np.float32)], "item 0 is ndarray, not a dict of input arrays"),
+    ([], "yielded no inputs"),
+    (42, "data of type int is not supported"),
+])
+def test_bad_iterables_name_the_item(source: object, message: str, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        amos_onnx.convert(DIGITS, tmp_path / "out.onnx", calib=source)  # type: ignore[arg-type]
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_npy_for_a_one_input_model(tmp_path: Path) -> None:
+    with np.load(TRAIN) as npz:
+        np.save(tmp_path / "calib.npy", npz["image"][:100])
+    report = amos_onnx.convert(DIGITS, tmp_path / "out.onnx", calib=tmp_path / "calib.npy")
+    assert report.calibration_samples == 100
+
+
+def test_progress_line_counts_samples_and_is_quiet_when_asked() -> None:
+    stream = io.StringIO()
+    bar = Progress("calibrating", 10, enabled=True, stream=stream, interval=0.0)
+    for _ in range(5):
+        bar.advance(2)
+    bar.close()
+    text = stream.getvalue()
+    assert "\rcalibrating [" in text and "10/10 samples" in text and text.endswith("\n")
+    quiet = io.StringIO()
+    bar = Progress("calibrating", 10, enabled=False, stream=quiet)
+    bar.advance(10)
+    bar.close()
+    assert quiet.getvalue() == "" and bar.done == 10
+    assert Progress("x", None, stream=io.StringIO()).enabled is False  # not a terminal: silent by default
