@@ -32,6 +32,9 @@ UNARY = {
 }
 CONSTANT_OPERANDS = {"Clip", "PRelu"}  # elementwise when every input but the first is a scalar constant
 BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"}
+# A region is an activation when it holds one of these (or computes a known activation, e.g. Softplus as
+# Log(1+Exp(x))); Sqrt(var+eps) of a layer norm, say, is arithmetic and stays as it is.
+ACTIVATION_OPS = UNARY - {"Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Identity"} | {"Clip", "PRelu", "Max", "Min"}
 COMPOSITE_K = 16
 COMPOSITE = "Composite"  # the name --only/--skip use for composite activations
 
@@ -262,6 +265,10 @@ def find_composites(graph: gs.Graph, opset: int) -> tuple[list[Composite], list[
         g = evaluator(region_model(graph, region, x, y, opset, dtype))
         ops = [graph.nodes[i].op for i in region]
         name, label, relu_like = describe(g, ops)
+        if name == COMPOSITE and not ACTIVATION_OPS.intersection(ops):
+            misses.append(NearMiss(node.name or f"{node.op}_{out}", f"{'·'.join(ops)} is arithmetic on one tensor "
+                                   "(no activation op, not a known activation): left as it is"))
+            continue
         act = Activation(label, g, COMPOSITE_K, DEFAULT_RANGE[0], DEFAULT_RANGE[1], relu_like=relu_like)
         found.append(Composite(tuple(region), x.name, y.name, act, f"{name}[{'·'.join(ops)}]"))
         claimed.update(region)

@@ -150,3 +150,19 @@ def test_skip_composite_converts_the_parts(tmp_path: Path) -> None:
     src = save(graph_model(nodes), tmp_path / "m.onnx")
     amos_onnx.convert(src, tmp_path / "c.onnx", skip={"Composite"})
     assert [node.op_type for node in onnx.load(str(tmp_path / "c.onnx")).graph.node] == ["AmosGate", "Mul"]
+
+
+def test_arithmetic_on_one_tensor_is_not_an_activation(tmp_path: Path) -> None:
+    """A layer norm's Sqrt(var + eps) and Exp(-x*x) are functions of one tensor but hold no activation: they
+    are reported and left alone. Softplus as Log(1+Exp(x)) has none either, but is a known activation."""
+    nodes = [n("Add", ["x", "eps"], "v"), n("Sqrt", ["v"], "y")]
+    report = amos_onnx.convert(save(graph_model(nodes, {"eps": 1e-5}), tmp_path / "m.onnx"), tmp_path / "c.onnx")
+    assert report.sites == []
+    assert report.near_misses == [("sqrt_y", "Add·Sqrt is arithmetic on one tensor (no activation op, not a known "
+                                   "activation): left as it is")]
+    assert [node.op_type for node in onnx.load(str(tmp_path / "c.onnx")).graph.node] == ["Add", "Sqrt"]
+    bump = [n("Mul", ["x", "x"], "sq"), n("Neg", ["sq"], "nsq"), n("Exp", ["nsq"], "y")]
+    assert amos_onnx.inspect(save(graph_model(bump), tmp_path / "b.onnx")).sites == []
+    softplus = [n("Exp", ["x"], "e"), n("Add", ["e", "one"], "p"), n("Log", ["p"], "y")]
+    sites = amos_onnx.inspect(save(graph_model(softplus, {"one": 1.0}), tmp_path / "s.onnx")).sites
+    assert [s.op for s in sites] == ["Softplus[Exp·Add·Log]"]
