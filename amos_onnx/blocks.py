@@ -25,37 +25,41 @@ class Problem:
 
 
 def rest(T: np.ndarray, h: np.ndarray, d: np.ndarray, v: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
-    """Output and spike count of neurons start..K-1 from membrane v (any shape)."""
+    """Output and spike count (int8) of neurons start..K-1 from membrane v (any shape; not modified)."""
     y = np.zeros_like(v)
-    s = np.zeros_like(v)
-    for j in range(start, len(T)):
-        z = v > T[j]
-        y += d[j] * z
+    s = np.zeros(v.shape, np.int8)
+    v = v.copy()
+    z = np.empty(v.shape, bool)
+    tmp = np.empty_like(v)
+    for j in range(start, len(T)):  # in place: this loop is most of the fitter's time
+        np.greater(v, T[j], out=z)
+        np.multiply(z, d[j], out=tmp)
+        y += tmp
         s += z
-        v = v - h[j] * z
+        np.multiply(z, h[j], out=tmp)
+        v -= tmp
     return y, s
 
 
 def total_cost(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray) -> float:
-    y, s = rest(T, h, d, p.x.copy(), 0)
+    y, s = rest(T, h, d, p.x, 0)
     return float(np.sum(p.w * ((p.target - y) ** 2 + p.lam * s)))
 
 
 def _before(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
     """Membrane arriving at neuron t and the output of neurons 0..t-1, for every training point."""
+    y, _ = rest(T[:t], h[:t], d[:t], p.x, 0)
     v = p.x.copy()
-    y = np.zeros_like(v)
     for j in range(t):
-        z = v > T[j]
-        y += d[j] * z
-        v = v - h[j] * z
+        v -= h[j] * (v > T[j])
     return v, y
 
 
-def update_threshold(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int) -> None:
-    """Exact best (T_t, d_t) with all other parameters fixed."""
-    v, yb = _before(p, T, h, d, t)
-    r0, s0 = rest(T, h, d, v.copy(), t + 1)
+def update_threshold(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int,
+                     before: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Exact best (T_t, d_t) with all other parameters fixed (`before`: _before's result, when known)."""
+    v, yb = before if before is not None else _before(p, T, h, d, t)
+    r0, s0 = rest(T, h, d, v, t + 1)
     r1, s1 = rest(T, h, d, v - h[t], t + 1)
     order = np.argsort(v, kind="stable")
     vs, w = v[order], p.w[order]
@@ -92,9 +96,10 @@ def update_threshold(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t:
     d[t] = se[i] / sw[i] if i < n and sw[i] > 0 else 0.0
 
 
-def update_reset(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int, scale: float) -> None:
+def update_reset(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int, scale: float,
+                 before: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Best h_t among candidates around the current value and on the range's scale."""
-    v, yb = _before(p, T, h, d, t)
+    v, yb = before if before is not None else _before(p, T, h, d, t)
     z = v > T[t]
     if not z.any():
         return
@@ -132,11 +137,16 @@ def solve_weights(T: np.ndarray, h: np.ndarray, x: np.ndarray, target: np.ndarra
 def descend(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, scale: float, sweeps: int) -> float:
     best = total_cost(p, T, h, d)
     for _ in range(sweeps):
+        # Neurons 0..t-1 are final when neuron t is updated: carry their membrane and output forward.
+        v, y = p.x.copy(), np.zeros_like(p.x)
         for t in range(len(T)):
-            update_threshold(p, T, h, d, t)
+            update_threshold(p, T, h, d, t, (v, y))
             if t < len(T) - 1:
-                update_reset(p, T, h, d, t, scale)
-                update_threshold(p, T, h, d, t)
+                update_reset(p, T, h, d, t, scale, (v, y))
+                update_threshold(p, T, h, d, t, (v, y))
+            z = v > T[t]
+            y = y + d[t] * z
+            v = v - h[t] * z
         if p.lam == 0.0:
             d_new = solve_weights(T, h, p.x, p.target, p.w)
             if total_cost(p, T, h, d_new) < total_cost(p, T, h, d):
