@@ -37,10 +37,15 @@ class GateStats:
     node: str
     input: str
     k: int
+    output: str = ""
     spikes: int = 0  # neurons that fired, summed over all gate evaluations
     evaluations: int = 0  # gate evaluations: elements times samples
     silent: int = 0  # evaluations in which no neuron fired
     samples: Reservoir = field(default_factory=lambda: Reservoir(SAMPLE_CAP, np.random.default_rng(0)), repr=False)
+    # the gate's output against the original network's tensor of the same name (error accumulated upstream)
+    error_sq: float = 0.0
+    error_count: int = 0
+    error_max: float = 0.0
 
     @property
     def mean_spikes(self) -> float:
@@ -52,9 +57,13 @@ class GateStats:
 
     def to_dict(self, samples: int) -> dict[str, object]:
         per_input = self.evaluations / max(samples, 1)
-        return {"node": self.node, "input": self.input, "k": self.k, "gates_per_input": per_input,
-                "neurons_per_input": per_input * self.k, "spikes_per_input": self.spikes / max(samples, 1),
-                "mean_spikes_per_gate": self.mean_spikes, "silent_share": self.silent_share}
+        measured = self.error_count > 0
+        return {"node": self.node, "input": self.input, "output": self.output, "k": self.k,
+                "gates_per_input": per_input, "neurons_per_input": per_input * self.k,
+                "spikes_per_input": self.spikes / max(samples, 1), "mean_spikes_per_gate": self.mean_spikes,
+                "silent_share": self.silent_share,
+                "layer_rmse": float(np.sqrt(self.error_sq / self.error_count)) if measured else None,
+                "layer_max_error": self.error_max if measured else None}
 
 
 class SpikeCounter:
@@ -63,11 +72,26 @@ class SpikeCounter:
     def __init__(self, model: onnx.ModelProto) -> None:
         self.nodes = gate_nodes(model)
         self.params = {n.name: gate_params(n) for n in self.nodes}
-        self.stats = {n.name: GateStats(n.name, n.input[0], self.params[n.name].k) for n in self.nodes}
+        self.stats = {n.name: GateStats(n.name, n.input[0], self.params[n.name].k, n.output[0]) for n in self.nodes}
 
     @property
     def inputs(self) -> list[str]:
         return list(dict.fromkeys(n.input[0] for n in self.nodes))
+
+    @property
+    def outputs(self) -> list[str]:
+        return list(dict.fromkeys(n.output[0] for n in self.nodes))
+
+    def compare(self, converted: dict[str, np.ndarray], original: dict[str, np.ndarray]) -> None:
+        """Accumulate each gate output's error against the original network's tensor of the same name."""
+        for node in self.nodes:
+            name = node.output[0]
+            if name in converted and name in original and converted[name].shape == original[name].shape:
+                err = converted[name].astype(np.float64) - original[name].astype(np.float64)
+                stats = self.stats[node.name]
+                stats.error_sq += float(np.sum(err**2))
+                stats.error_count += err.size
+                stats.error_max = max(stats.error_max, float(np.max(np.abs(err), initial=0.0)))
 
     def add(self, values: dict[str, np.ndarray]) -> None:
         for node in self.nodes:

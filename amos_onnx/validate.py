@@ -129,20 +129,27 @@ def validate(
     fed = {spec.name for spec in input_specs(orig_model)}
     names = [o.name for o in orig_model.graph.output]
     counter = SpikeCounter(conv_model)
-    probe = exposed(conv_model, {x: TensorProto.FLOAT for x in counter.inputs if x not in fed})
-    orig_sess = user_session(orig_model, str(original), native=False)
+    # Gate inputs (for spikes) and outputs (for the per-layer error against the original's same tensor).
+    in_original = {name for node in orig_model.graph.node for name in node.output}
+    layer_names = [y for y in counter.outputs if y in in_original and y not in names]
+    watched = [x for x in counter.inputs if x not in fed] + layer_names
+    probe = exposed(conv_model, dict.fromkeys(watched, TensorProto.FLOAT))
+    orig_sess = user_session(exposed(orig_model, dict.fromkeys(layer_names, TensorProto.FLOAT)), str(original),
+                             native=False)
     conv_sess = user_session(probe, str(converted), native=native)
-    conv_names = list(dict.fromkeys(names + [x for x in counter.inputs if x not in fed]))
+    conv_names = list(dict.fromkeys(names + watched))
+    orig_names = names + layer_names
     refs: list[list[np.ndarray]] = [[] for _ in names]
     outs: list[list[np.ndarray]] = [[] for _ in names]
     bar = Progress("validating", dataset.count, progress)
     for feed in dataset.batches:
-        ref = run_checked(orig_sess, names, feed, str(original))
+        ref = dict(zip(orig_names, run_checked(orig_sess, orig_names, feed, str(original))))
         got = dict(zip(conv_names, run_checked(conv_sess, conv_names, feed, str(converted))))
         for i, name in enumerate(names):
-            refs[i].append(ref[i])
+            refs[i].append(ref[name])
             outs[i].append(got[name])
         counter.add({**feed, **got})
+        counter.compare(got, ref)
         bar.advance(sample_count(feed))
     bar.close()
     labels = dataset.labels

@@ -54,9 +54,40 @@ def test_pictures_or_the_hint(digits_report: tuple[Path, dict]) -> None:
     except ImportError:
         assert "pip install amos-onnx[plot]" in (folder / "test/report.md").read_text()
         return
-    assert data["pictures"] == ["spikes_per_layer.png", "gate_000.png", "gate_001.png", "gate_002.png"]
+    assert data["pictures"] == ["spikes_per_layer.png", "error_per_layer.png", "gate_000.png", "gate_001.png",
+                                "gate_002.png"]
     for name in data["pictures"]:
         assert (folder / "test" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_synaptic_operations_and_macs_by_hand(digits_report: tuple[Path, dict]) -> None:
+    """Digits CNN: Conv(1->16) Relu Conv(16->32) Relu MaxPool Flatten Gemm(512->64) Relu Gemm(64->10), 8x8 input.
+    Fan-outs: a first-Relu spike reaches 32 x 3x3 weights, a second-Relu spike (through MaxPool and Flatten) 64,
+    a third 10. MACs: 1024*9 + 2048*144 + 64*512 + 10*64."""
+    _, data = digits_report
+    assert [g["fan_out"] for g in data["gates"]] == [288, 64, 10]
+    for g in data["gates"]:
+        assert g["synaptic_ops_per_input"] == pytest.approx(g["spikes_per_input"] * g["fan_out"])
+    assert data["totals"]["synaptic_ops_per_input"] == pytest.approx(sum(g["synaptic_ops_per_input"] for g in data["gates"]))
+    assert data["original"]["macs_per_input"] == 1024 * 9 + 2048 * 144 + 64 * 512 + 10 * 64
+    assert data["original"]["weighted_ops_without_shapes"] == 0
+
+
+def test_layer_error_against_the_original_network(digits_report: tuple[Path, dict]) -> None:
+    """Each gate's output against the original's same tensor: recomputed here from both models' tensors."""
+    folder, data = digits_report
+    images = np.load(TEST)["image"]
+    names = [str(g["output"]) for g in data["gates"]]
+    exposed = []
+    for path in (DIGITS, folder / "s.onnx"):
+        model = onnx.load(str(path))
+        model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
+        exposed.append(session(model).run(names, {"image": images}))
+    for g, orig, conv in zip(data["gates"], *exposed):
+        err = conv.astype(np.float64) - orig
+        assert g["layer_rmse"] == pytest.approx(float(np.sqrt(np.mean(err**2))), rel=1e-6)
+        assert g["layer_max_error"] == pytest.approx(float(np.abs(err).max()), rel=1e-6)
+    assert "| synaptic ops/input | layer RMSE | fit | fit MSE |" in (folder / "test/report.md").read_text()
 
 
 @pytest.mark.skipif(native_library() is None, reason="native library not built (make ops)")

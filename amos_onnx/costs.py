@@ -1,0 +1,131 @@
+"""Operation counts from shapes: multiply-accumulates of the original network, synaptic operations of the
+spiking one.
+
+- MACs per input: Conv/ConvTranspose (output elements x input channels per group x kernel area),
+  Gemm and MatMul (output elements x inner dimension), with the graph inputs' batch set to 1 and
+  shapes inferred by onnx.
+- Synaptic operations (the figure SNN Toolbox and sinabs report): every spike of a gate travels to
+  the weights its output element feeds. A gate's fan-out is found by following its output through
+  ops that only move or combine values (pooling, reshapes, adds, concatenations) to the weighted
+  ops that consume it: Conv (output channels per group x kernel area / stride area), Gemm and
+  MatMul (output features). Spikes times fan-out, summed over gates, is the estimate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+PASS_THROUGH = {
+    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+    "Transpose", "Add", "Sub", "Concat", "Split", "Slice", "Identity", "Dropout", "Pad", "Resize", "Upsample",
+    "Cast", "BatchNormalization", "Mul", "Div",
+}
+
+
+def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Inferred tensor shapes with every free dimension of the graph inputs set to 1."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for value in copy.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.dim_value = 1
+    try:
+        inferred = shape_inference.infer_shapes(copy, data_prop=True)
+    except Exception:  # noqa: BLE001 - shape inference is best effort here
+        inferred = copy
+    shapes = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if value.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = [d.dim_value for d in dims]
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    return shapes
+
+
+def macs(model: onnx.ModelProto) -> dict[str, object]:
+    """Multiply-accumulates per input of the weighted ops whose shapes are known, and how many were not."""
+    shapes = _shapes(model)
+    total, unknown = 0, 0
+    for node in model.graph.node:
+        if node.op_type not in WEIGHTED:
+            continue
+        out = shapes.get(node.output[0])
+        w = shapes.get(node.input[1]) if len(node.input) > 1 else None
+        if out is None or w is None:
+            unknown += 1
+            continue
+        if node.op_type == "Conv":
+            total += math.prod(out) * math.prod(w[1:])
+        elif node.op_type == "ConvTranspose":
+            x = shapes.get(node.input[0])
+            if x is None:
+                unknown += 1
+                continue
+            total += math.prod(x) * math.prod(w[1:])
+        elif node.op_type == "Gemm":
+            total += math.prod(out) * (w[1] if _attr(node, "transB", 0) else w[0])
+        else:  # MatMul
+            total += math.prod(out) * (w[-2] if len(w) >= 2 else w[0])
+    return {"macs_per_input": total, "weighted_ops_without_shapes": unknown}
+
+
+def _fan_out_of(node: onnx.NodeProto, tensor: str, weights: dict[str, np.ndarray]) -> float | None:
+    """Weights one input element of a weighted node reaches, when it enters as the data input."""
+    if not node.input or node.input[0] != tensor:
+        if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] == tensor and node.input[0] in weights:
+            return float(weights[node.input[0]].shape[-2])  # W @ x: x's elements reach W's rows
+        return None
+    w = weights.get(node.input[1]) if len(node.input) > 1 else None
+    if w is None:
+        return None
+    if node.op_type in ("Conv", "ConvTranspose"):
+        group = int(_attr(node, "group", 1))  # type: ignore[arg-type]
+        out_channels = w.shape[0] if node.op_type == "Conv" else w.shape[1] * group
+        strides = _attr(node, "strides", [1] * (w.ndim - 2))
+        per_group = out_channels / group
+        kernel = math.prod(w.shape[2:])
+        if node.op_type == "Conv":
+            return per_group * kernel / math.prod(strides)  # type: ignore[arg-type]
+        return per_group * kernel
+    if node.op_type == "Gemm":
+        return float(w.shape[0] if _attr(node, "transB", 0) else w.shape[1])
+    return float(w.shape[-1])  # MatMul x @ W
+
+
+def fan_outs(model: onnx.ModelProto) -> dict[str, float]:
+    """Per gate output tensor: weights each of its elements reaches (0 when none is found)."""
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if len(t.dims) >= 2}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def reach(tensor: str, seen: set[str]) -> float:
+        total = 0.0
+        for node in consumers.get(tensor, []):
+            if node.op_type in WEIGHTED:
+                total += _fan_out_of(node, tensor, weights) or 0.0
+            elif node.op_type in PASS_THROUGH:
+                for out in node.output:
+                    if out and out not in seen:
+                        seen.add(out)
+                        total += reach(out, seen)
+        return total
+
+    from .spikes import gate_nodes
+
+    return {n.output[0]: reach(n.output[0], {n.output[0]}) for n in gate_nodes(model)}
