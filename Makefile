@@ -51,6 +51,7 @@ bench: $(TRAIN) ops
 	$(BIN)/python benchmarks/digits_activations.py --write
 	$(BIN)/python benchmarks/fit.py --write
 	$(BIN)/python benchmarks/auto_k.py --write
+	$(BIN)/python benchmarks/digits_report.py --write
 	$(BIN)/python benchmarks/fuzz.py --cases 20000 --write
 	$(BIN)/python benchmarks/runtime.py --write
 
