@@ -185,7 +185,7 @@ def inspect(model: str, only: str | None, skip: str | None, as_json: bool) -> No
         click.echo(f"{site.node}\t{site.op}\t{site.status}\t{detail}")
     for node, reason in report.near_misses:
         click.echo(f"{node}\tnot an activation: {reason}")
-    for line in report.kind_lines():
+    for line in report.kind_lines() + report.notes:
         click.echo(line)
     click.echo(report.summary())
 

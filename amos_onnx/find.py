@@ -16,6 +16,20 @@ from .gates import Activation, NodeContext, NoMatch, lookup
 
 # The gate always runs in float32; other float types get casts at its edges.
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+# Activations of quantized graphs (onnxruntime's com.microsoft QOperator ops): reported, left alone.
+QUANTIZED_ACTIVATIONS = {"QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax"}
+QUANTIZED_REASON = "quantized activation (integer in and out): left alone; convert the float model before quantizing"
+
+
+def quantized_ops(graph: gs.Graph) -> dict[str, int]:
+    """Quantized and integer ops of the graph (QLinear*, QGemm, *Integer, Quantize/DequantizeLinear), by type."""
+    counts: dict[str, int] = {}
+    for node in graph.nodes:
+        op = node.op
+        if op.startswith(("QLinear", "QGemm", "QAttention", "DynamicQuantize")) or op.endswith("Integer") or \
+                op in ("QuantizeLinear", "DequantizeLinear"):
+            counts[op] = counts.get(op, 0) + 1
+    return counts
 
 
 @dataclass(frozen=True)
@@ -54,10 +68,12 @@ def _dtype(tensor: gs.Tensor | None) -> tuple[int, str | None]:
 
 
 def _site(index: int, node: gs.Node, opset: int, only: set[str] | None, skip: set[str]) -> Site | None:
+    name = node.name or f"{node.op}_{index}"
+    if node.domain == "com.microsoft" and node.op in QUANTIZED_ACTIVATIONS and node.inputs and node.outputs:
+        return Site(index, name, node.op, node.inputs[0].name, node.outputs[0].name, None, QUANTIZED_REASON, (index,))
     matcher = lookup(node.domain or "", node.op, opset)
     if matcher is None:
         return None
-    name = node.name or f"{node.op}_{index}"
     x, y = node.inputs[0].name, node.outputs[0].name
     if only is not None and node.op not in only:
         return Site(index, name, node.op, x, y, None, "not in --only", (index,))

@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 from .calibrate import calibrate
 from .composite import NearMiss
 from .errors import OptionError
-from .find import Site, find_sites
+from .find import Site, find_sites, quantized_ops
 from .fit import AUTO, DEFAULT_TARGET_MSE, fit_sites
 from .gates import selectable_ops
 from .dataset import DataSource, open_data
@@ -50,18 +50,25 @@ def check_options(k: int | str | None, emit: str, only: set[str] | None, skip: s
 
 def _find(
     model: onnx.ModelProto, only: set[str] | None, skip: set[str] | None
-) -> tuple[list[Site], list[NearMiss], dict[str, int | None]]:
+) -> tuple[list[Site], list[NearMiss], dict[str, int | None], list[str]]:
     graph = gs.import_onnx(with_shapes(model))
     sites, misses = find_sites(graph, default_opset(model), only, skip)
-    return sites, misses, {site.name: site.rank for site in sites}
+    notes = []
+    quantized = quantized_ops(graph)
+    if quantized:
+        ops = ", ".join(f"{op} x{n}" for op, n in sorted(quantized.items()))
+        notes.append(f"quantized graph ({ops}) left alone: activations fused into quantized ops (a Relu folded into "
+                     "QLinearConv's output range, say) cannot convert; convert the float model before quantizing")
+    return sites, misses, {site.name: site.rank for site in sites}, notes
 
 
 def inspect(model_path: str | Path, *, only: set[str] | None = None, skip: set[str] | None = None) -> ConversionReport:
     """The activation sites of a model and whether each would convert; writes nothing."""
     check_options(None, "function", only, skip)
-    sites, misses, _ = _find(load_model(model_path), only, skip)
+    sites, misses, _, notes = _find(load_model(model_path), only, skip)
     report = ConversionReport(str(model_path), None, site_reports(sites, {}, "would convert"))
     report.near_misses = [(m.node, m.reason) for m in misses]
+    report.notes += notes
     return report
 
 
@@ -96,7 +103,7 @@ def convert(
     opset_before = default_opset(model)
     if emit == "function":
         model = raise_opset(model, FUNCTION_MIN_OPSET)
-    sites, misses, ranks = _find(model, only, skip)
+    sites, misses, ranks, find_notes = _find(model, only, skip)
     reservoirs, samples = {}, 0
     if data is not None:
         reservoirs, samples = calibrate(model, sites, data, seed=seed, label=f"{model_path} with {data.description}",
@@ -110,7 +117,7 @@ def convert(
         report.calibration_samples = samples
     report.ir_version = result.ir_version
     report.near_misses = [(m.node, m.reason) for m in misses]
-    report.notes += rewrite_notes(result)
+    report.notes += find_notes + rewrite_notes(result)
     inner = sum(1 for s in sites if s.graph and s.converts)
     if inner and data is not None:
         report.notes.append(f"{inner} sites inside subgraphs (If, Loop, Scan) use data-free ranges: calibration "

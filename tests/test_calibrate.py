@@ -31,7 +31,7 @@ def test_reservoir_is_bounded_uniform_and_exact_at_the_edges() -> None:
 
 def test_calibration_on_digits_is_bounded_and_deterministic() -> None:
     model = onnx.load(str(DIGITS))
-    sites, _, _ = _find(model, None, None)
+    sites, *_ = _find(model, None, None)
     first, seen = calibrate(model, sites, open_data(TRAIN, model), cap=5000, seed=3)
     again, _ = calibrate(model, sites, open_data(TRAIN, model), cap=5000, seed=3)
     assert seen == 1437 and set(first) == {s.input for s in sites}
@@ -68,7 +68,7 @@ def test_k_per_op_and_auto_k(tmp_path: Path) -> None:
     from amos_onnx.fit import fit_site
 
     model = onnx.load(str(DIGITS))
-    sites, _, _ = _find(model, None, None)
+    sites, *_ = _find(model, None, None)
     reservoirs, _ = calibrate(model, sites, open_data(TRAIN, model))
     for site, k in zip(sites, ks):
         if k > 4:

@@ -82,7 +82,7 @@ def test_image_folder_calibration_feeds_exactly_the_preprocessed_pixels(tmp_path
     options = ImageOptions(mean=MEAN, std=STD)
     data = open_data(folder, model, options)
     assert data.count == 4 and "4 images, NCHW 3x32x32" in data.description
-    sites, _, _ = _find(model, None, None)
+    sites, *_ = _find(model, None, None)
     reservoirs, seen = calibrate(model, sites, data, seed=0)
     assert seen == 4
     expected = np.stack([(getattr(skdata, n)()[:32, :32, :3] / 255.0 - MEAN) / STD for n in CALIBRATION_IMAGES])
@@ -136,7 +136,7 @@ def test_iterables_and_readers_calibrate_like_the_npz(tmp_path: Path) -> None:
             return next(self.items, None)
 
     model = onnx.load(str(DIGITS))
-    sites, _, _ = _find(model, None, None)
+    sites, *_ = _find(model, None, None)
     want, _ = calibrate(model, sites, open_data(TRAIN, model), cap=5000)
     for name, source in (("list", chunks), ("generator", (c for c in chunks)), ("reader", Reader()),
                          ("dict", {"image": images})):

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from conftest import ROOT, save
+from onnx import TensorProto, helper, numpy_helper
 
 import amos_onnx
 
@@ -66,3 +67,43 @@ def test_bfloat16_single_op_converts_and_integer_is_reported(tmp_path: Path) -> 
     onnx.save(model(TensorProto.INT8, [helper.make_node("Relu", ["x"], ["y"], name="r")]), str(tmp_path / "i.onnx"))
     site = amos_onnx.inspect(tmp_path / "i.onnx").sites[0]
     assert site.status == "skipped" and site.reason == "input type is int8; only floating-point activations convert"
+
+
+def test_quantized_graphs_are_left_alone_and_reported(tmp_path: Path) -> None:
+    """onnxruntime's own static quantizer on the digits CNN folds the Relus into QLinearConv/QGemm: nothing
+    converts, the report says why; a com.microsoft QLinearSigmoid is a skipped site with its reason."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    images = np.load(ROOT / "examples/digits/digits_train.npz")["image"][:64]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"image": images[i : i + 8]} for i in range(0, 64, 8)])
+
+        def get_next(self) -> dict | None:
+            return next(self.items, None)
+
+    quantized = tmp_path / "q.onnx"
+    quantize_static(str(ROOT / "examples/digits/digits_cnn.onnx"), str(quantized), Reader(),
+                    quant_format=QuantFormat.QOperator)
+    report = amos_onnx.convert(quantized, tmp_path / "q_out.onnx")
+    assert report.sites == []
+    assert any(n.startswith("quantized graph (") and "QLinearConv x2" in n and "convert the float model" in n
+               for n in report.notes), report.notes
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("QLinearSigmoid", ["q", "s", "z", "s", "z"], ["qy"], domain="com.microsoft", name="qsig"),
+             helper.make_node("DequantizeLinear", ["qy", "s", "z"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(128, np.uint8), "z")]
+    graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    src = save(model, tmp_path / "qsig.onnx")
+    inspected = amos_onnx.inspect(src)
+    assert [(s.node, s.op, s.status, s.reason) for s in inspected.sites] == [
+        ("qsig", "QLinearSigmoid", "skipped", "quantized activation (integer in and out): left alone; convert the float "
+         "model before quantizing")]
+    amos_onnx.convert(src, tmp_path / "qsig_out.onnx")
+    x = np.linspace(-5, 5, 40, dtype=np.float32).reshape(10, 4)
+    a = amos_onnx.session(src).run(None, {"x": x})[0]
+    b = amos_onnx.session(tmp_path / "qsig_out.onnx").run(None, {"x": x})[0]
+    assert np.array_equal(a, b)
