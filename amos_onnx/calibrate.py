@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -58,7 +59,7 @@ def exposed(model: onnx.ModelProto, tensors: dict[str, int]) -> onnx.ModelProto:
 
 def calibrate(
     model: onnx.ModelProto, sites: list[Site], data: Dataset, *, cap: int = DEFAULT_CAP, seed: int = 0,
-    label: str = "model", progress: bool | None = None,
+    label: str = "model", progress: bool | None = None, folder: str | Path | None = None,
 ) -> tuple[dict[str, Reservoir], int]:
     """Sample the input tensor of every converting site over all of `data`, batch by batch: the reservoirs
     and the number of samples seen. Memory stays at one batch plus `cap` values per site."""
@@ -68,7 +69,7 @@ def calibrate(
         return {}, data.count or 0
     rng = np.random.default_rng(seed)
     reservoirs = {name: Reservoir(cap, rng) for name in tensors}
-    sess = user_session(exposed(model, types), label, native=False)
+    sess = user_session(exposed(model, types), label, native=False, folder=folder)
     bar = Progress("calibrating", data.count, progress)
     for feed in data.batches:
         outputs = [name for name in tensors if name not in feed]

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import shape_inference
 
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 PASS_THROUGH = {
@@ -38,6 +37,13 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
     """Inferred tensor shapes with every free dimension of the graph inputs set to 1."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
+    # Weights left on disk become typed inputs: their shapes are all inference needs from them.
+    on_disk = [t for t in copy.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    kept = [t for t in copy.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
+    del copy.graph.initializer[:]
+    copy.graph.initializer.extend(kept)
+    for tensor in on_disk:
+        copy.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
     for value in copy.graph.input:
         for dim in value.type.tensor_type.shape.dim:
             if not dim.HasField("dim_value"):
@@ -83,32 +89,33 @@ def macs(model: onnx.ModelProto) -> dict[str, object]:
     return {"macs_per_input": total, "weighted_ops_without_shapes": unknown}
 
 
-def _fan_out_of(node: onnx.NodeProto, tensor: str, weights: dict[str, np.ndarray]) -> float | None:
-    """Weights one input element of a weighted node reaches, when it enters as the data input."""
+def _fan_out_of(node: onnx.NodeProto, tensor: str, weights: dict[str, tuple[int, ...]]) -> float | None:
+    """Weights one input element of a weighted node reaches, when it enters as the data input (from the
+    weight shapes alone: the weights themselves may stay on disk)."""
     if not node.input or node.input[0] != tensor:
         if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] == tensor and node.input[0] in weights:
-            return float(weights[node.input[0]].shape[-2])  # W @ x: x's elements reach W's rows
+            return float(weights[node.input[0]][-2])  # W @ x: x's elements reach W's rows
         return None
     w = weights.get(node.input[1]) if len(node.input) > 1 else None
     if w is None:
         return None
     if node.op_type in ("Conv", "ConvTranspose"):
         group = int(_attr(node, "group", 1))  # type: ignore[arg-type]
-        out_channels = w.shape[0] if node.op_type == "Conv" else w.shape[1] * group
-        strides = _attr(node, "strides", [1] * (w.ndim - 2))
+        out_channels = w[0] if node.op_type == "Conv" else w[1] * group
+        strides = _attr(node, "strides", [1] * (len(w) - 2))
         per_group = out_channels / group
-        kernel = math.prod(w.shape[2:])
+        kernel = math.prod(w[2:])
         if node.op_type == "Conv":
             return per_group * kernel / math.prod(strides)  # type: ignore[arg-type]
         return per_group * kernel
     if node.op_type == "Gemm":
-        return float(w.shape[0] if _attr(node, "transB", 0) else w.shape[1])
-    return float(w.shape[-1])  # MatMul x @ W
+        return float(w[0] if _attr(node, "transB", 0) else w[1])
+    return float(w[-1])  # MatMul x @ W
 
 
 def fan_outs(model: onnx.ModelProto) -> dict[str, float]:
     """Per gate output tensor: weights each of its elements reaches (0 when none is found)."""
-    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if len(t.dims) >= 2}
+    weights = {t.name: tuple(t.dims) for t in model.graph.initializer if len(t.dims) >= 2}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.external_data_helper
 import onnx.version_converter
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
@@ -17,6 +18,10 @@ log = logging.getLogger(__name__)
 
 MIN_OPSET = 9
 FUNCTION_MIN_OPSET = 12  # the gate function reads its attributes with Constant(value_floats), opset 12
+# External tensors up to this size are read into memory (scalar constants, slopes, shapes: what the finder
+# reads); larger ones stay on disk and are streamed where needed, so memory does not grow with the weights.
+SMALL_EXTERNAL = 1 << 16
+NAN_CHUNK = 1 << 24  # elements per step of the NaN scan over external weights
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -96,23 +101,71 @@ def _check_opset(path: Path, model: onnx.ModelProto) -> None:
         raise ModelLoadError(f"{path}: opset {opset} is newer than the newest this onnx knows ({newest})")
 
 
-def _check_weights(path: Path, model: onnx.ModelProto) -> None:
-    """NaN weights make every output meaningless; infinities are allowed (attention masks use them)."""
+def has_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def external_span(tensor: onnx.TensorProto) -> tuple[str, int, int | None]:
+    """(location, offset, length or None for "to the end") of an external tensor."""
+    entries = {e.key: e.value for e in tensor.external_data}
+    length = entries.get("length")
+    return entries["location"], int(entries.get("offset", 0)), int(length) if length is not None else None
+
+
+def _external_array(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
+    """An external tensor as a read-only memory map (nothing is read until it is used)."""
+    location, offset, _ = external_span(tensor)
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    count = int(np.prod(tensor.dims, dtype=np.int64))
+    if count == 0:
+        return np.empty(tuple(tensor.dims), dtype)
+    return np.memmap(folder / location, dtype=dtype, mode="r", offset=offset, shape=(count,))
+
+
+def _load_small_external(model: onnx.ModelProto, folder: Path) -> None:
+    """Read external tensors of at most SMALL_EXTERNAL bytes into the model; larger ones stay on disk."""
     for tensor in model.graph.initializer:
-        if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-                                onnx.TensorProto.BFLOAT16):
-            values = numpy_helper.to_array(tensor)
-            if values.dtype.kind == "f" and np.isnan(values).any():
-                raise ModelLoadError(f"{path}: initializer '{tensor.name}' contains NaN")
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        _, _, length = external_span(tensor)
+        if length is not None and length <= SMALL_EXTERNAL:
+            onnx.external_data_helper.load_external_data_for_tensor(tensor, str(folder))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
 
 
-def load_model(path: str | Path) -> onnx.ModelProto:
-    """Read, parse and fully check a model file (and its external data); raises ModelLoadError naming the file."""
-    return read_model(path)[0]
+def _check_weights(path: Path, model: onnx.ModelProto) -> None:
+    """NaN weights make every output meaningless; infinities are allowed (attention masks use them).
+    External weights are scanned through memory maps, a chunk at a time."""
+    for tensor in model.graph.initializer:
+        if tensor.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                                    onnx.TensorProto.BFLOAT16):
+            continue
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            values = _external_array(tensor, path.parent)
+            if tensor.data_type == onnx.TensorProto.BFLOAT16:  # as uint16: NaN is exponent all ones, mantissa set
+                bits = values.view(np.uint16)
+                nan = any(np.any((bits[i : i + NAN_CHUNK] & 0x7FFF) > 0x7F80) for i in range(0, bits.size, NAN_CHUNK))
+            else:
+                nan = any(np.isnan(values[i : i + NAN_CHUNK]).any() for i in range(0, values.size, NAN_CHUNK))
+        else:
+            array = numpy_helper.to_array(tensor)
+            nan = array.dtype.kind == "f" and bool(np.isnan(array).any())
+        if nan:
+            raise ModelLoadError(f"{path}: initializer '{tensor.name}' contains NaN")
 
 
-def read_model(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]:
-    """load_model, plus the external data files the model was read from (an output must not overwrite them)."""
+def load_model(path: str | Path, weights: bool = True) -> onnx.ModelProto:
+    """Read, parse and fully check a model file; raises ModelLoadError naming the file. Large external
+    tensors stay on disk (see read_model); weights=False skips the NaN scan of the weights."""
+    return read_model(path, weights)[0]
+
+
+def read_model(path: str | Path, weights: bool = True) -> tuple[onnx.ModelProto, list[Path]]:
+    """load_model, plus the external data files the model names (an output must not overwrite them).
+
+    External tensors larger than SMALL_EXTERNAL stay in their files: sessions read them from the model's
+    folder (runtime.session's `folder`) and save_model streams them next to the output."""
     path = Path(path)
     model = _parse(path)
     _check_opset(path, model)
@@ -121,14 +174,19 @@ def read_model(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]:
     except ModelLoadError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
     try:
-        onnx.load_external_data_for_model(model, str(path.parent))
+        _load_small_external(model, path.parent)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{path}: cannot read external data: {_first_line(exc)}") from None
     try:
-        onnx.checker.check_model(model, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError, RuntimeError) as exc:
+        onnx.checker.check_model(str(path), full_check=True)  # by path: external data is checked in place
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError, RuntimeError,
+            OSError) as exc:
         raise ModelLoadError(f"{path}: model fails the ONNX checker: {_first_line(exc)}") from None
-    _check_weights(path, model)
+    if weights:
+        try:
+            _check_weights(path, model)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: cannot read external data: {_first_line(exc)}") from None
     return model, files
 
 
@@ -147,7 +205,8 @@ def raise_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
         return model
     try:
         raised = onnx.version_converter.convert_version(model, target)
-        onnx.checker.check_model(raised)
+        if not has_external_data(raised):  # with weights on disk the saved file is checked by path instead
+            onnx.checker.check_model(raised)
     except Exception as exc:  # the converter raises many types; the user gets one line either way
         raise ModelLoadError(
             f"opset {default_opset(model)} model could not be raised to opset {target} for the function form: {exc}",

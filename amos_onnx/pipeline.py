@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 
 from .calibrate import calibrate
 from .composite import NearMiss
-from .errors import OptionError
+from .errors import OptionError, OutputPathError
 from .find import Site, find_sites, quantized_ops
 from .fit import AUTO, DEFAULT_TARGET_MSE, fit_sites
 from .gates import selectable_ops
@@ -19,7 +19,7 @@ from .load import FUNCTION_MIN_OPSET, default_opset, load_model, raise_opset, re
 from .neuron import MAX_K
 from .report import ConversionReport, rewrite_notes, site_reports
 from .rewrite import EMIT_FORMS, rewrite
-from .save import check_output_path, save_model
+from .save import check_output_path, data_path, save_model
 
 
 def _check_ops(option: str, ops: set[str] | None) -> None:
@@ -65,7 +65,7 @@ def _find(
 def inspect(model_path: str | Path, *, only: set[str] | None = None, skip: set[str] | None = None) -> ConversionReport:
     """The activation sites of a model and whether each would convert; writes nothing."""
     check_options(None, "function", only, skip)
-    sites, misses, _, notes = _find(load_model(model_path), only, skip)
+    sites, misses, _, notes = _find(load_model(model_path, weights=False), only, skip)
     report = ConversionReport(str(model_path), None, site_reports(sites, {}, "would convert"))
     report.near_misses = [(m.node, m.reason) for m in misses]
     report.notes += notes
@@ -100,6 +100,9 @@ def convert(
     model, files = read_model(model_path)
     data = open_data(calib, model, images) if calib is not None else None
     check_output_path(output_path, [model_path, *files, *(data.paths if data else ())])
+    if files and any(data_path(output_path).resolve() == f.resolve() for f in files):
+        raise OutputPathError(f"{output_path}: its weights file {data_path(output_path).name} would overwrite the "
+                              "model's external data; choose another output name")
     opset_before = default_opset(model)
     if emit == "function":
         model = raise_opset(model, FUNCTION_MIN_OPSET)
@@ -107,10 +110,10 @@ def convert(
     reservoirs, samples = {}, 0
     if data is not None:
         reservoirs, samples = calibrate(model, sites, data, seed=seed, label=f"{model_path} with {data.description}",
-                                        progress=progress)
+                                        progress=progress, folder=Path(model_path).parent)
     fits = fit_sites(sites, reservoirs, k, seed, k_per_op, target_mse)
     result = rewrite(model, sites, {name: f.params for name, f in fits.items()}, ranks, emit)
-    save_model(model, output_path)
+    save_model(model, output_path, Path(model_path).parent)
     report = ConversionReport(str(model_path), str(output_path), site_reports(sites, fits, "converted"), emit)
     if data is not None:
         report.calibration = data.description

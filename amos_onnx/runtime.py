@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 NATIVE_ENV = "AMOS_ONNX_NATIVE"  # set to 0 to run the function form even when the library is built
 LIBRARY_ENV = "AMOS_ONNX_LIBRARY"  # path of another build of the library (the sanitizer build, say)
 _LIBRARY_NAMES = ("libamos_gate.so", "libamos_gate.dylib", "amos_gate.dll")
+# onnxruntime's session option for the external data of a model given as bytes (onnxruntime >= 1.21)
+EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 
 
 def native_library() -> Path | None:
@@ -32,11 +34,15 @@ def native_library() -> Path | None:
 
 
 def session(
-    model: str | Path | onnx.ModelProto | bytes, *, native: bool | None = None, threads: int | None = None
+    model: str | Path | onnx.ModelProto | bytes, *, native: bool | None = None, threads: int | None = None,
+    folder: str | Path | None = None,
 ) -> ort.InferenceSession:
-    """An onnxruntime CPU session; registers the native gate library when built (native=None: if available)."""
+    """An onnxruntime CPU session; registers the native gate library when built (native=None: if available).
+    folder: where an in-memory model's external data files are (its model file's folder)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if folder is not None and not isinstance(model, str | Path):
+        options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(Path(folder).resolve()))
     if threads is not None:
         options.intra_op_num_threads = threads
     library = native_library() if native is not False else None

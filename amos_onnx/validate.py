@@ -135,8 +135,8 @@ def validate(
     watched = [x for x in counter.inputs if x not in fed] + layer_names
     probe = exposed(conv_model, dict.fromkeys(watched, TensorProto.FLOAT))
     orig_sess = user_session(exposed(orig_model, dict.fromkeys(layer_names, TensorProto.FLOAT)), str(original),
-                             native=False)
-    conv_sess = user_session(probe, str(converted), native=native)
+                             native=False, folder=Path(original).parent)
+    conv_sess = user_session(probe, str(converted), native=native, folder=Path(converted).parent)
     conv_names = list(dict.fromkeys(names + watched))
     orig_names = names + layer_names
     refs: list[list[np.ndarray]] = [[] for _ in names]

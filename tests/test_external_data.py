@@ -1,0 +1,110 @@
+"""Models with external data: large weights stay on disk through load, calibration and save; the output's
+weights go to one data file beside it; inspect never reads them."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import amos_onnx
+from amos_onnx.errors import ModelLoadError, OutputPathError
+from amos_onnx.load import SMALL_EXTERNAL, read_model
+
+WIDTH = 192  # 192 x 192 float32 = 144 KiB per weight: above SMALL_EXTERNAL, so it stays on disk
+
+
+def mlp(folder: Path, name: str = "mlp.onnx", nan: bool = False) -> Path:
+    """x -> MatMul -> Relu -> MatMul -> x*Sigmoid(x) -> MatMul -> y, every tensor saved as external data."""
+    rng = np.random.default_rng(0)
+    weights = [rng.normal(0, 1 / np.sqrt(WIDTH), (WIDTH, WIDTH)).astype(np.float32) for _ in range(3)]
+    if nan:
+        weights[2][5, 7] = np.nan
+    inits = [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["a"]), helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w1"], ["b"]), helper.make_node("Sigmoid", ["b"], ["s"]),
+             helper.make_node("Mul", ["b", "s"], ["m"], name="silu"), helper.make_node("MatMul", ["m", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", WIDTH])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", WIDTH])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(folder / name), save_as_external_data=True, location=f"{name}.weights", size_threshold=0)
+    return folder / name
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_weights_stay_on_disk_and_the_output_carries_its_own(tmp_path: Path) -> None:
+    src = mlp(tmp_path / "in")
+    weights_file = tmp_path / "in" / "mlp.onnx.weights"
+    before = digest(weights_file)
+    model, files = read_model(src)
+    assert files == [weights_file]
+    assert [t.data_location for t in model.graph.initializer] == [TensorProto.EXTERNAL] * 3  # 144 KiB > 64 KiB
+    assert WIDTH * WIDTH * 4 > SMALL_EXTERNAL
+    x = np.random.default_rng(1).normal(size=(64, WIDTH)).astype(np.float32)
+    inline = tmp_path / "inline.onnx"
+    onnx.save(onnx.load(str(src)), str(inline))
+    (tmp_path / "out").mkdir()
+    for calib in (None, {"x": x}):
+        out = tmp_path / "out" / ("cal.onnx" if calib else "free.onnx")
+        report = amos_onnx.convert(src, out, calib=calib)
+        assert [(s.op, s.status) for s in report.sites] == [("Relu", "converted"), ("SiLU[Sigmoid·Mul]", "converted")]
+        data = out.with_name(out.name + ".data")
+        assert data.stat().st_size == 3 * WIDTH * WIDTH * 4
+        converted = onnx.load(str(out), load_external_data=False)
+        assert {e.value for t in converted.graph.initializer for e in t.external_data if e.key == "location"} == {data.name}
+        assert [n.op_type for n in converted.graph.node] == ["MatMul", "AmosGate", "MatMul", "AmosGate", "MatMul"]
+        # the weights copied beside the output are the original weights, byte for byte
+        original = onnx.load(str(src))
+        copied = onnx.load(str(out))
+        for a, b in zip(original.graph.initializer, copied.graph.initializer):
+            assert np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+        # the same conversion of the model with its weights inside gives the same gates and outputs
+        amos_onnx.convert(inline, tmp_path / "inline_out.onnx", calib=calib)
+        reference = onnx.load(str(tmp_path / "inline_out.onnx"))
+        assert [n.attribute for n in converted.graph.node] == [n.attribute for n in reference.graph.node]
+        y_ref = amos_onnx.session(tmp_path / "inline_out.onnx").run(None, {"x": x})[0]
+        assert np.array_equal(amos_onnx.session(out).run(None, {"x": x})[0], y_ref)
+        result = amos_onnx.validate(src, out, {"x": x})
+        assert result.samples == 64 and len(result.gates) == 2
+    assert digest(weights_file) == before
+
+
+def test_inspect_does_not_read_the_weights(tmp_path: Path) -> None:
+    """The weights file is replaced by one of the same size full of NaN: inspect (which never reads it) still
+    lists the sites, while convert scans the weights and refuses them."""
+    src = mlp(tmp_path)
+    weights_file = tmp_path / "mlp.onnx.weights"
+    weights_file.write_bytes(np.full(weights_file.stat().st_size // 4, np.nan, np.float32).tobytes())
+    assert [s.op for s in amos_onnx.inspect(src).sites] == ["Relu", "SiLU[Sigmoid·Mul]"]
+    with pytest.raises(ModelLoadError, match="initializer 'w0' contains NaN"):
+        amos_onnx.convert(src, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists() and not (tmp_path / "out.onnx.data").exists()
+
+
+def test_nan_in_one_external_weight_is_found(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="initializer 'w2' contains NaN"):
+        amos_onnx.convert(mlp(tmp_path, nan=True), tmp_path / "out.onnx")
+
+
+def test_an_output_whose_data_file_is_the_input_weights_is_refused(tmp_path: Path) -> None:
+    """mlp.onnx keeps its weights in 'w.onnx.data'; writing w.onnx beside it would overwrite them."""
+    src = mlp(tmp_path)
+    (tmp_path / "mlp.onnx.weights").rename(tmp_path / "w.onnx.data")
+    model = onnx.load(str(src), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "w.onnx.data"
+    onnx.save(model, str(src))
+    before = digest(tmp_path / "w.onnx.data")
+    with pytest.raises(OutputPathError, match="would overwrite the model's external data"):
+        amos_onnx.convert(src, tmp_path / "w.onnx")
+    assert digest(tmp_path / "w.onnx.data") == before and not (tmp_path / "w.onnx").exists()
