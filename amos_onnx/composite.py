@@ -200,7 +200,9 @@ def evaluator(model: onnx.ModelProto) -> Callable[[np.ndarray], np.ndarray]:
     """g(x) in float64 for any array shape, computed by onnxruntime in float32 as the original graph does."""
     from .runtime import session
 
-    sess = session(model, native=False)
+    # One thread: the graph is a few elementwise ops, and a session without a thread pool keeps working in
+    # the forked processes that fit sites in parallel (fit.py).
+    sess = session(model, native=False, threads=1)
     np_type = helper.tensor_dtype_to_np_dtype(model.graph.input[0].type.tensor_type.elem_type)
 
     def g(x: np.ndarray) -> np.ndarray:

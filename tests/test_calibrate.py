@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from conftest import ROOT
 
 import amos_onnx
@@ -73,3 +74,13 @@ def test_k_per_op_and_auto_k(tmp_path: Path) -> None:
     for site, k in zip(sites, ks):
         if k > 4:
             assert fit_site(site.activation, k - 1, reservoirs[site.input]).mse > 1e-3
+
+
+def test_parallel_fitting_equals_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sites fitted in two forked processes get exactly the gates of a one-process run."""
+    gates = []
+    for jobs in ("1", "2"):
+        monkeypatch.setenv("AMOS_ONNX_JOBS", jobs)
+        amos_onnx.convert(DIGITS, tmp_path / f"j{jobs}.onnx", calib=TRAIN)
+        gates.append([n.attribute for n in onnx.load(str(tmp_path / f"j{jobs}.onnx")).graph.node if n.op_type == "AmosGate"])
+    assert len(gates[0]) == 3 and gates[0] == gates[1]
