@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .blocks import Problem, descend, solve_weights, total_cost
+from .blocks import Problem, descend, solve_weights, spike_matrix, total_cost
 from .neuron import GateParams, simulate
 from .starts import structured_starts
 
@@ -38,9 +38,30 @@ class FitResult:
     hi: float
 
 
+TAIL_WEIGHT = 0.02  # share of the loss on points beyond the range, for functions that saturate there
+_TAIL_STEPS = 2.0 ** np.arange(-4, 64, 2)  # distances beyond the range, in range widths: out to ~1e18 widths
+LOWEST = float(np.finfo(np.float32).min)  # threshold of a neuron that fires for every finite input
+
+
+def saturates(func: Func, lo: float, hi: float) -> tuple[bool, bool]:
+    """Whether f flattens below lo and above hi (bounded gates must then stay in range for any input)."""
+    width = hi - lo
+    with np.errstate(over="ignore"):
+        far = func(np.array([lo - 1e6 * width, lo, hi, hi + 1e6 * width]))
+    tol = 1e-3 * max(1.0, float(np.max(np.abs(far[1:3]))))
+    return bool(abs(far[0] - far[1]) <= tol), bool(abs(far[3] - far[2]) <= tol)
+
+
+def _tail_points(func: Func, lo: float, hi: float) -> np.ndarray:
+    below, above = saturates(func, lo, hi)
+    width = hi - lo
+    return np.concatenate([lo - width * _TAIL_STEPS if below else [], hi + width * _TAIL_STEPS if above else []])
+
+
 def _problem(func: Func, lo: float, hi: float, samples: np.ndarray | None, lam: float, points: int,
-             rng: np.random.Generator) -> Problem:
-    """Training points: the range grid alone, or samples (95% of the weight) plus the grid as a tail floor."""
+             rng: np.random.Generator, tails: bool = False) -> Problem:
+    """Training points: the range grid alone, or samples (95% of the weight) plus the grid as a tail floor;
+    with `tails`, where f saturates beyond the range, points out there too (TAIL_WEIGHT)."""
     grid = np.linspace(lo, hi, points)
     if samples is None or samples.size == 0:
         x, w = grid, np.full(grid.size, 1.0 / grid.size)
@@ -51,7 +72,39 @@ def _problem(func: Func, lo: float, hi: float, samples: np.ndarray | None, lam: 
             s = rng.choice(s, points, replace=False)
         x = np.concatenate([s, grid])
         w = np.concatenate([np.full(s.size, 0.95 / s.size), np.full(grid.size, 0.05 / grid.size)])
-    return Problem(x=x, target=func(x).astype(np.float64), w=w, lam=lam)
+    tail = _tail_points(func, lo, hi) if tails else np.empty(0)
+    if tail.size:
+        x = np.concatenate([x, tail])
+        w = np.concatenate([w * (1 - TAIL_WEIGHT), np.full(tail.size, TAIL_WEIGHT / tail.size)])
+    with np.errstate(over="ignore"):
+        target = func(x).astype(np.float64)
+    return Problem(x=x, target=target, w=w, lam=lam)
+
+
+def tail_excursion(params: GateParams, func: Func, lo: float, hi: float) -> float:
+    """How far the gate leaves f's range (over [lo, hi]) for inputs beyond the range where f saturates."""
+    below, above = saturates(func, lo, hi)
+    far = np.logspace(-3, 30, 400)  # distances beyond the range, out to 1e30
+    outside = np.concatenate([lo - far if below else [], hi + far if above else []])
+    if outside.size == 0:
+        return 0.0
+    f = func(np.linspace(lo, hi, 4097))
+    y, _ = simulate(params, outside.astype(np.float32))
+    return max(float(f.min() - y.min()), float(y.max() - f.max()), 0.0)
+
+
+def _open_bottom(params: GateParams, func: Func, lo: float, hi: float) -> GateParams:
+    """Neurons that fire for every input of the range fire for every finite input below it too, when f
+    saturates there (nothing firing far below the range would give 0, not f's lower level)."""
+    if not saturates(func, lo, hi)[0]:
+        return params
+    grid = np.linspace(lo, hi, 65537)
+    T = params.thresholds.astype(np.float64)
+    always = spike_matrix(T, params.resets.astype(np.float64), grid).min(axis=0) == 1
+    if not always.any():
+        return params
+    T[always] = LOWEST
+    return GateParams(T, params.resets, params.weights)
 
 
 def _kick(rng: np.random.Generator, T: np.ndarray, h: np.ndarray, d: np.ndarray, lo: float, hi: float) -> None:
@@ -121,11 +174,14 @@ def fit(
     time_budget: float | None = None,
     warm: Sequence[GateParams] = (),
     seed: int = 0,
+    tails: bool = False,
 ) -> FitResult:
     """Fit a K-neuron gate to func on [lo, hi], weighted by samples when given.
 
     `kicks` bounds the local search (deterministic for a seed); `time_budget`
     (seconds) may stop it earlier, at the price of run-to-run differences.
+    Where f saturates beyond the range, a fit whose gate leaves f's range out there by more than its
+    in-range max error is redone from itself with points beyond the range in the loss (`tails`).
     """
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise ValueError(f"fit range must be finite with lo < hi, got [{lo}, {hi}]")
@@ -134,7 +190,7 @@ def fit(
     deadline = time.perf_counter() + (time_budget if time_budget is not None else float("inf"))
     rng = np.random.default_rng(seed)
     # ReLU-like gates resolve 2^K levels: they need the fine set from the start.
-    coarse = _problem(func, lo, hi, samples, spike_penalty, 8193 if relu_like else 2049, rng)
+    coarse = _problem(func, lo, hi, samples, spike_penalty, 8193 if relu_like else 2049, rng, tails)
     starts = []
     if samples is not None and samples.size:
         # Starts on the range where the data really is.
@@ -154,12 +210,12 @@ def fit(
     _, chosen, start = min(ranked, key=lambda r: (r[0], r[1]))
     # A rounding binary ladder is within about 1% of the quantisation bound for ReLU-like f: no search.
     T, h, d = _search(coarse, start, lo, hi, 0 if relu_like else kicks, deadline, rng)
-    fine = _problem(func, lo, hi, samples, spike_penalty, 8193, rng)
+    fine = _problem(func, lo, hi, samples, spike_penalty, 8193, rng, tails)
     # The polished search result, or a polished warm start if that is better: a warm start padded with
     # silent neurons computes its own function, so adding neurons never makes a fit worse.
     # Candidates are judged on a denser set than they were fitted on: with 2^K levels a gate can
     # overfit 8,193 points.
-    check = _problem(func, lo, hi, samples, spike_penalty, 65537, rng)
+    check = _problem(func, lo, hi, samples, spike_penalty, 65537, rng, tails)
     # For ReLU-like f the chosen start as it was also competes: a rounding binary ladder is near-optimal.
     candidates = [(T, h, d)] + ([raw[chosen]] if relu_like else []) + [_as_start(w, k, hi, hi - lo) for w in warm]
     # Only the candidate best on the fine set is polished (polishing is most of a refit's time); every
@@ -167,7 +223,10 @@ def fit(
     polished = [a.copy() for a in min(candidates, key=lambda c: total_cost(fine, *c))]
     descend(fine, *polished, hi - lo, sweeps=4)
     costs = [total_cost(check, *c) for c in (*candidates, polished)]
-    params = GateParams(*(*candidates, polished)[int(np.argmin(costs))])
+    params = _open_bottom(GateParams(*(*candidates, polished)[int(np.argmin(costs))]), func, lo, hi)
     mse, max_err, spikes = evaluate(params, func, lo, hi)
+    if not tails and tail_excursion(params, func, lo, hi) > max_err:
+        return fit(func, k, lo, hi, samples, relu_like=relu_like, spike_penalty=spike_penalty, kicks=kicks,
+                   time_budget=time_budget, warm=[params], seed=seed, tails=True)
     log.debug("fit K=%d on [%g, %g]: mse %.3g max %.3g spikes %.2f", k, lo, hi, mse, max_err, spikes)
     return FitResult(params, mse, max_err, spikes, lo, hi)

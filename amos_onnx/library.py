@@ -29,7 +29,7 @@ from .neuron import GateParams
 log = logging.getLogger(__name__)
 
 PATH = Path(__file__).with_name("library.json")
-FITTER_VERSION = 6  # bump when the fitter's results change
+FITTER_VERSION = 7  # bump when the fitter's results change
 K_RANGE = range(4, 17)
 
 
@@ -97,26 +97,43 @@ def named_activations() -> dict[str, Activation]:
     return named
 
 
-def build(path: Path = PATH, ks: range = K_RANGE) -> None:
-    """Fit every representative function for every K and write the library (minutes on one core)."""
+_BUILD: list[tuple[Activation, range]] = []  # the forked workers' jobs, read by index (closures do not pickle)
+
+
+def _grow(index: int) -> tuple[dict[str, dict], float]:
+    """Every K of one function, each grown from the previous K's solution."""
+    act, ks = _BUILD[index]
+    start = time.perf_counter()
     gates: dict[str, dict] = {}
-    done: set[tuple[str, float, float, bool]] = set()
+    previous: list[GateParams] = []
+    for k in ks:
+        result = fit(act.func, k, act.lo, act.hi, relu_like=act.relu_like, warm=previous)
+        previous = [result.params]  # grow K from the previous solution
+        gates[_key(act.label, act.lo, act.hi, act.relu_like, k)] = {
+            "thresholds": result.params.thresholds.tolist(),
+            "resets": result.params.resets.tolist(),
+            "weights": result.params.weights.tolist(),
+            "mse": result.mse, "max_error": result.max_error, "mean_spikes": result.mean_spikes,
+        }
+    return gates, time.perf_counter() - start
+
+
+def build(path: Path = PATH, ks: range = K_RANGE) -> None:
+    """Fit every representative function for every K and write the library (minutes; one process per CPU)."""
+    import concurrent.futures
+    import multiprocessing
+    import os
+
+    acts: dict[tuple[str, float, float, bool], Activation] = {}
     for act in _representative_activations():
-        if (act.label, act.lo, act.hi, act.relu_like) in done:
-            continue
-        done.add((act.label, act.lo, act.hi, act.relu_like))
-        start = time.perf_counter()
-        previous: list[GateParams] = []
-        for k in ks:
-            result = fit(act.func, k, act.lo, act.hi, relu_like=act.relu_like, warm=previous)
-            previous = [result.params]  # grow K from the previous solution
-            gates[_key(act.label, act.lo, act.hi, act.relu_like, k)] = {
-                "thresholds": result.params.thresholds.tolist(),
-                "resets": result.params.resets.tolist(),
-                "weights": result.params.weights.tolist(),
-                "mse": result.mse, "max_error": result.max_error, "mean_spikes": result.mean_spikes,
-            }
-        print(f"{act.label}: K={ks.start}..{ks.stop - 1} in {time.perf_counter() - start:.0f} s", flush=True)
+        acts.setdefault((act.label, act.lo, act.hi, act.relu_like), act)
+    _BUILD[:] = [(act, ks) for act in acts.values()]
+    context = multiprocessing.get_context("fork")
+    gates: dict[str, dict] = {}
+    with concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1, mp_context=context) as pool:
+        for act, (found, seconds) in zip(acts.values(), pool.map(_grow, range(len(_BUILD)))):
+            gates.update(found)
+            print(f"{act.label}: K={ks.start}..{ks.stop - 1} in {seconds:.0f} s", flush=True)
     text = json.dumps({"fitter_version": FITTER_VERSION, "gates": gates}, indent=0)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from amos_onnx import library
 from amos_onnx.cli import main
-from amos_onnx.fitter import evaluate
+from amos_onnx.fitter import evaluate, saturates
 from amos_onnx.neuron import simulate
 
 
@@ -31,6 +31,30 @@ def test_every_shipped_gate_is_what_it_claims() -> None:
         assert shipped is not None
         mse, max_err, spikes = evaluate(shipped.params, act.func, act.lo, act.hi)
         assert mse == pytest.approx(shipped.mse, rel=1e-6) and spikes == pytest.approx(shipped.mean_spikes, rel=1e-6)
+
+
+def test_gates_keep_to_their_function_beyond_the_range() -> None:
+    """Every shipped gate, every K: where f saturates beyond the fitted range, the gate's output for any finite
+    input out there (out to 1e30) stays within f's range widened by the gate's in-range max error; at the top
+    of the range every gate reaches f(hi) within that error."""
+    magnitudes = np.logspace(-3, 30, 2000)
+    checked = 0
+    for act in library._representative_activations():
+        below, above = saturates(act.func, act.lo, act.hi)
+        grid = np.linspace(act.lo, act.hi, 200_001)
+        f = act.func(grid)
+        for k in library.K_RANGE:
+            shipped = library.lookup(act, k)
+            assert shipped is not None
+            slack = shipped.max_error * 1.0001 + 1e-6
+            top, _ = simulate(shipped.params, np.array([act.hi], np.float32))
+            assert top[0] >= f[-1] - slack, (act.label, k)
+            outside = np.concatenate([act.lo - magnitudes if below else [], act.hi + magnitudes if above else []])
+            if outside.size:
+                y, _ = simulate(shipped.params, outside.astype(np.float32))
+                assert f.min() - slack <= y.min() and y.max() <= f.max() + slack, (act.label, k, y.min(), y.max())
+                checked += 1
+    assert checked >= 6 * len(library.K_RANGE)  # Sigmoid, Tanh, Softsign, HardSigmoid (two), SiLU, GELU, ...
 
 
 def test_more_neurons_never_fit_worse() -> None:
