@@ -17,6 +17,7 @@ import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -59,6 +60,7 @@ class NearMiss:
 
 
 def _scalar_constant(tensor: gs.Tensor) -> np.ndarray | None:
+    values: np.ndarray | None
     if isinstance(tensor, gs.Constant):
         values = np.asarray(tensor.values)
     elif len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
@@ -189,7 +191,7 @@ def region_model(graph: gs.Graph, region: list[int], x: gs.Tensor, y: gs.Tensor,
         node = graph.nodes[i]
         inputs = [name_of(t) if t.name else "" for t in node.inputs]
         outputs = [name_of(t) for t in node.outputs]
-        attrs = {k: _attr_value(v) for k, v in node.attrs.items()}
+        attrs: dict[str, Any] = {k: _attr_value(v) for k, v in node.attrs.items()}
         nodes.append(helper.make_node(node.op, inputs, outputs, **attrs))
     sub = helper.make_graph(nodes, "region", [helper.make_tensor_value_info("x", dtype, ["N"])],
                             [helper.make_tensor_value_info("y", dtype, ["N"])], inits)

@@ -14,6 +14,7 @@ spiking one.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import onnx
 from onnx import shape_inference
@@ -26,7 +27,7 @@ PASS_THROUGH = {
 }
 
 
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
+def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     for a in node.attribute:
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
@@ -100,13 +101,13 @@ def _fan_out_of(node: onnx.NodeProto, tensor: str, weights: dict[str, tuple[int,
     if w is None:
         return None
     if node.op_type in ("Conv", "ConvTranspose"):
-        group = int(_attr(node, "group", 1))  # type: ignore[arg-type]
+        group = int(_attr(node, "group", 1))
         out_channels = w[0] if node.op_type == "Conv" else w[1] * group
         strides = _attr(node, "strides", [1] * (len(w) - 2))
         per_group = out_channels / group
         kernel = math.prod(w[2:])
         if node.op_type == "Conv":
-            return per_group * kernel / math.prod(strides)  # type: ignore[arg-type]
+            return per_group * kernel / math.prod(strides)
         return per_group * kernel
     if node.op_type == "Gemm":
         return float(w[0] if _attr(node, "transB", 0) else w[1])

@@ -8,6 +8,7 @@ function, or initializers in the main graph), so their outputs are identical.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -104,7 +105,7 @@ def function_proto(overload: str, opset_imports: list[onnx.OperatorSetIdProto]) 
 
 def gate_node(x: str, y: str, params: GateParams, rank: int | None, node_name: str, doc: str) -> onnx.NodeProto:
     """The converted node: one AmosGate with K and T, h, d as attributes."""
-    attrs: dict[str, object] = {
+    attrs: dict[str, Any] = {
         "k": params.k,
         "thresholds": params.thresholds.ravel().tolist(),
         "resets": params.resets.ravel().tolist(),

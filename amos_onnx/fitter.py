@@ -220,10 +220,11 @@ def fit(
     candidates = [(T, h, d)] + ([raw[chosen]] if relu_like else []) + [_as_start(w, k, hi, hi - lo) for w in warm]
     # Only the candidate best on the fine set is polished (polishing is most of a refit's time); every
     # candidate, polished or not, then competes on the check set.
-    polished = [a.copy() for a in min(candidates, key=lambda c: total_cost(fine, *c))]
-    descend(fine, *polished, hi - lo, sweeps=4)
-    costs = [total_cost(check, *c) for c in (*candidates, polished)]
-    params = _open_bottom(GateParams(*(*candidates, polished)[int(np.argmin(costs))]), func, lo, hi)
+    T, h, d = (a.copy() for a in min(candidates, key=lambda c: total_cost(fine, *c)))
+    descend(fine, T, h, d, hi - lo, sweeps=4)
+    options = [*candidates, (T, h, d)]
+    T, h, d = options[int(np.argmin([total_cost(check, *c) for c in options]))]
+    params = _open_bottom(GateParams(T, h, d), func, lo, hi)
     mse, max_err, spikes = evaluate(params, func, lo, hi)
     if not tails and tail_excursion(params, func, lo, hi) > max_err:
         return fit(func, k, lo, hi, samples, relu_like=relu_like, spike_penalty=spike_penalty, kicks=kicks,

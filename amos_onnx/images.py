@@ -115,9 +115,9 @@ def load_image(path: Path, image_plan: ImagePlan, options: ImageOptions) -> np.n
         raise DataError("reading images needs Pillow", hint="pip install 'amos-onnx[images]'") from None
     try:
         with Image.open(path) as image:
-            image = image.convert("L" if image_plan.channels == 1 else "RGB")
-            image = image.resize((image_plan.width, image_plan.height), Image.Resampling.BILINEAR)
-            pixels = np.asarray(image, np.float64)
+            converted = image.convert("L" if image_plan.channels == 1 else "RGB")
+            resized = converted.resize((image_plan.width, image_plan.height), Image.Resampling.BILINEAR)
+            pixels = np.asarray(resized, np.float64)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
     pixels = pixels.reshape(image_plan.height, image_plan.width, image_plan.channels)

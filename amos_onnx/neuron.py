@@ -134,7 +134,8 @@ def preset(name: str) -> GateParams:
     if name not in tables:
         raise KeyError(f"unknown preset {name!r}; known: relu-k10, silu-k16, sigmoid-k12")
     table = tables[name]
-    return GateParams(table["thresholds"], table["resets"], table["weights"])
+    T, h, d = (np.asarray(table[key], np.float32) for key in ("thresholds", "resets", "weights"))
+    return GateParams(T, h, d)
 
 
 PRESETS = ("relu-k10", "silu-k16", "sigmoid-k12")

@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 import onnx_graphsurgeon as gs
 
-from .calibrate import calibrate
+from .calibrate import Reservoir, calibrate
 from .composite import NearMiss
 from .errors import OptionError, OutputPathError
 from .find import Site, find_sites, quantized_ops
@@ -107,7 +107,8 @@ def convert(
     if emit == "function":
         model = raise_opset(model, FUNCTION_MIN_OPSET)
     sites, misses, ranks, find_notes = _find(model, only, skip)
-    reservoirs, samples = {}, 0
+    reservoirs: dict[str, Reservoir] = {}
+    samples = 0
     if data is not None:
         reservoirs, samples = calibrate(model, sites, data, seed=seed, label=f"{model_path} with {data.description}",
                                         progress=progress, folder=Path(model_path).parent)

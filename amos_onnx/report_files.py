@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -50,9 +51,10 @@ def build(validation: ValidationReport, original: onnx.ModelProto, converted: on
           conversion: ConversionReport | None = None) -> dict[str, object]:
     """Every number of the report, as one JSON-ready dict."""
     fan_out = fan_outs(converted)
-    gates = [{**g, "fan_out": fan_out.get(str(g["output"]), 0.0),
-              "synaptic_ops_per_input": g["spikes_per_input"] * fan_out.get(str(g["output"]), 0.0)}  # type: ignore[operator]
-             for g in validation.gates]
+    gates: list[dict[str, Any]] = [
+        {**g, "fan_out": fan_out.get(str(g["output"]), 0.0),
+         "synaptic_ops_per_input": float(g["spikes_per_input"]) * fan_out.get(str(g["output"]), 0.0)}  # type: ignore[arg-type]
+        for g in validation.gates]
     totals = {
         "gates_per_input": sum(g["gates_per_input"] for g in gates),
         "neurons_per_input": sum(g["neurons_per_input"] for g in gates),

@@ -15,7 +15,7 @@ _erf = np.frompyfunc(math.erf, 1, 1)
 
 def gelu(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
-    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)).astype(np.float64))
+    return 0.5 * x * (1.0 + np.asarray(_erf(x / math.sqrt(2.0)), np.float64))
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
