@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import logging
-import multiprocessing
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +14,7 @@ from .find import Site
 from .fitter import FitResult, fit, solve_weights
 from .gates import Activation
 from .neuron import MAX_K, GateParams, simulate
+from .parallel import fork_map
 
 log = logging.getLogger(__name__)
 
@@ -133,56 +130,9 @@ def site_k(site: Site, k: int | str | None, k_per_op: dict[str, int]) -> int | s
     return int(k) if k is not None else site.activation.k
 
 
-JOBS_ENV = "AMOS_ONNX_JOBS"  # processes fitting sites in parallel (default: the CPUs this process may use)
-
-
-def _jobs(count: int) -> int:
-    value = os.environ.get(JOBS_ENV, "").strip()
-    if value:
-        try:
-            return max(1, min(count, int(value)))
-        except ValueError:
-            log.warning("%s=%r is not a number; fitting in one process", JOBS_ENV, value)
-            return 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(count, cpus))
-
-
-# The work of the forked fitting processes: set before the pool starts, read by index (nothing is pickled
-# on the way in; each site's fit is seeded on its own, so results equal a sequential run).
-_WORK: list[tuple[Activation, int | str, Reservoir | None, float, int]] = []
-
-
-def _one_blas_thread() -> contextlib.AbstractContextManager[object]:
-    """BLAS limited to one thread while fitting (threadpoolctl, the `fast` extra): the fitter's least-squares
-    solves are small, and BLAS threads spinning beside the fitting processes cost more than they give."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
-
-
-def _fit_one(index: int) -> SiteFit:
-    act, kk, res, target_mse, seed = _WORK[index]
-    with _one_blas_thread():
-        return auto_fit(act, res, target_mse, seed) if kk == AUTO else fit_site(act, int(kk), res, seed)
-
-
-def _run_all(work: list[tuple[Activation, int | str, Reservoir | None, float, int]]) -> list[SiteFit]:
-    """Fit every job, in forked processes when there are several jobs and CPUs (fork only: the jobs'
-    functions are closures that cannot be pickled)."""
-    global _WORK
-    jobs = _jobs(len(work))
-    _WORK = work
-    try:
-        if jobs > 1 and "fork" in multiprocessing.get_all_start_methods():
-            context = multiprocessing.get_context("fork")
-            with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
-                return list(pool.map(_fit_one, range(len(work))))
-        return [_fit_one(i) for i in range(len(work))]
-    finally:
-        _WORK = []
+def _fit_job(job: tuple[Activation, int | str, Reservoir | None, float, int]) -> SiteFit:
+    act, kk, res, target_mse, seed = job
+    return auto_fit(act, res, target_mse, seed) if kk == AUTO else fit_site(act, int(kk), res, seed)
 
 
 def fit_sites(
@@ -203,7 +153,7 @@ def fit_sites(
             key = site.name
         keys[site.name] = key
         work.setdefault(key, (act, kk, res, target_mse, seed))
-    results = dict(zip(work, _run_all(list(work.values()))))
+    results = dict(zip(work, fork_map(_fit_job, list(work.values()))))  # each fit seeded alone: order-free
     fits = {name: results[key] for name, key in keys.items()}
     for name, fit_ in fits.items():
         log.info("%s: K=%d %s, mse %.3g", name, fit_.params.k, fit_.source, fit_.mse)

@@ -97,12 +97,9 @@ def named_activations() -> dict[str, Activation]:
     return named
 
 
-_BUILD: list[tuple[Activation, range]] = []  # the forked workers' jobs, read by index (closures do not pickle)
-
-
-def _grow(index: int) -> tuple[dict[str, dict], float]:
+def _grow(job: tuple[Activation, range]) -> tuple[dict[str, dict], float]:
     """Every K of one function, each grown from the previous K's solution."""
-    act, ks = _BUILD[index]
+    act, ks = job
     start = time.perf_counter()
     gates: dict[str, dict] = {}
     previous: list[GateParams] = []
@@ -120,20 +117,15 @@ def _grow(index: int) -> tuple[dict[str, dict], float]:
 
 def build(path: Path = PATH, ks: range = K_RANGE) -> None:
     """Fit every representative function for every K and write the library (minutes; one process per CPU)."""
-    import concurrent.futures
-    import multiprocessing
-    import os
+    from .parallel import fork_map
 
     acts: dict[tuple[str, float, float, bool], Activation] = {}
     for act in _representative_activations():
         acts.setdefault((act.label, act.lo, act.hi, act.relu_like), act)
-    _BUILD[:] = [(act, ks) for act in acts.values()]
-    context = multiprocessing.get_context("fork")
     gates: dict[str, dict] = {}
-    with concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1, mp_context=context) as pool:
-        for act, (found, seconds) in zip(acts.values(), pool.map(_grow, range(len(_BUILD)))):
-            gates.update(found)
-            print(f"{act.label}: K={ks.start}..{ks.stop - 1} in {seconds:.0f} s", flush=True)
+    for act, (found, seconds) in zip(acts.values(), fork_map(_grow, [(act, ks) for act in acts.values()])):
+        gates.update(found)
+        print(f"{act.label}: K={ks.start}..{ks.stop - 1} in {seconds:.0f} s", flush=True)
     text = json.dumps({"fitter_version": FITTER_VERSION, "gates": gates}, indent=0)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)

@@ -1,0 +1,67 @@
+"""Run a function over many jobs in forked processes, one per CPU (AMOS_ONNX_JOBS to change).
+
+The jobs hold closures (composite activations evaluated by onnxruntime sessions) that cannot be pickled,
+so they are not sent to the workers: they sit in a module-level list set before the fork, and the
+workers receive only indices. BLAS is held to one thread in each worker (threadpoolctl, the `fast`
+extra): the fitter's least-squares solves are small, and BLAS threads spinning beside the worker
+processes cost more than they give. Without fork (or with one job or CPU) everything runs here.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+JOBS_ENV = "AMOS_ONNX_JOBS"
+
+_TASK: tuple[Callable[[Any], Any], Sequence[Any]] | None = None
+
+
+def workers(count: int) -> int:
+    """Processes for `count` jobs: AMOS_ONNX_JOBS, else the CPUs this process may use, at most `count`."""
+    value = os.environ.get(JOBS_ENV, "").strip()
+    if value:
+        try:
+            return max(1, min(count, int(value)))
+        except ValueError:
+            log.warning("%s=%r is not a number; running in one process", JOBS_ENV, value)
+            return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(count, cpus))
+
+
+def _one_blas_thread() -> contextlib.AbstractContextManager[object]:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+def _run(index: int) -> Any:
+    assert _TASK is not None
+    func, jobs = _TASK
+    with _one_blas_thread():
+        return func(jobs[index])
+
+
+def fork_map(func: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
+    """[func(job) for job in jobs], in forked worker processes when that helps; results in job order."""
+    global _TASK
+    count = workers(len(jobs))
+    _TASK = (func, jobs)
+    try:
+        if count > 1 and "fork" in multiprocessing.get_all_start_methods():
+            context = multiprocessing.get_context("fork")
+            with concurrent.futures.ProcessPoolExecutor(count, mp_context=context) as pool:
+                return list(pool.map(_run, range(len(jobs))))
+        return [_run(i) for i in range(len(jobs))]
+    finally:
+        _TASK = None
