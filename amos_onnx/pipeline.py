@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -11,7 +12,7 @@ from .calibrate import Reservoir, calibrate
 from .composite import NearMiss
 from .errors import OptionError, OutputPathError
 from .find import Site, find_sites, quantized_ops
-from .fit import AUTO, DEFAULT_TARGET_MSE, fit_sites
+from .fit import AUTO, DEFAULT_TARGET_MSE, SiteFit, fit_sites
 from .gates import selectable_ops
 from .dataset import DataSource, open_data
 from .images import ImageOptions
@@ -72,6 +73,90 @@ def inspect(model_path: str | Path, *, only: set[str] | None = None, skip: set[s
     return report
 
 
+@dataclass
+class Plan:
+    """A model read, its sites found and (with data) calibrated: everything a conversion needs but the fits.
+    One plan can be written out with several sets of fits (K sweeps, say) without reading the data again."""
+
+    model_path: Path
+    model: onnx.ModelProto
+    emit: str
+    sites: list[Site]
+    misses: list[NearMiss]
+    ranks: dict[str, int | None]
+    notes: list[str]
+    files: list[Path]
+    opset_before: int
+    reservoirs: dict[str, Reservoir] = field(default_factory=dict)
+    samples: int = 0
+    calibration: str | None = None
+    inputs: list[Path] = field(default_factory=list)  # every file read: never to be overwritten
+
+
+def plan(
+    model_path: str | Path,
+    *,
+    calib: DataSource | None = None,
+    emit: str = "function",
+    only: set[str] | None = None,
+    skip: set[str] | None = None,
+    seed: int = 0,
+    images: ImageOptions | None = None,
+    progress: bool | None = None,
+) -> Plan:
+    """Load, find and calibrate (the stages before fitting)."""
+    check_options(None, emit, only, skip)
+    model, files = read_model(model_path)
+    data = open_data(calib, model, images) if calib is not None else None
+    opset_before = default_opset(model)
+    if emit == "function":
+        model = raise_opset(model, FUNCTION_MIN_OPSET)
+    sites, misses, ranks, find_notes = _find(model, only, skip)
+    result = Plan(Path(model_path), model, emit, sites, misses, ranks, find_notes, files, opset_before,
+                  inputs=[Path(model_path), *files, *(data.paths if data else ())])
+    if data is not None:
+        result.reservoirs, result.samples = calibrate(
+            model, sites, data, seed=seed, label=f"{model_path} with {data.description}", progress=progress,
+            folder=Path(model_path).parent)
+        result.calibration = data.description
+    return result
+
+
+def _check_output(p: Plan, output_path: str | Path) -> Path:
+    output_path = check_output_path(output_path, p.inputs)
+    if p.files and any(data_path(output_path).resolve() == f.resolve() for f in p.files):
+        raise OutputPathError(f"{output_path}: its weights file {data_path(output_path).name} would overwrite the "
+                              "model's external data; choose another output name")
+    return output_path
+
+
+def write(p: Plan, output_path: str | Path, fits: dict[str, SiteFit], in_place: bool = False) -> ConversionReport:
+    """Rewrite the plan's model with the given fits (one per converting site) and save it; the plan stays
+    usable for other fits unless in_place (which saves a copy of the weights held in memory)."""
+    output_path = _check_output(p, output_path)
+    model = p.model
+    if not in_place:
+        model = onnx.ModelProto()
+        model.CopyFrom(p.model)
+    result = rewrite(model, p.sites, {name: f.params for name, f in fits.items()}, p.ranks, p.emit)
+    save_model(model, output_path, p.model_path.parent)
+    report = ConversionReport(str(p.model_path), str(output_path), site_reports(p.sites, fits, "converted"), p.emit)
+    if p.calibration is not None:
+        report.calibration = p.calibration
+        report.calibration_samples = p.samples
+    report.ir_version = result.ir_version
+    report.near_misses = [(m.node, m.reason) for m in p.misses]
+    report.notes += p.notes + rewrite_notes(result)
+    inner = sum(1 for s in p.sites if s.graph and s.converts)
+    if inner and p.calibration is not None:
+        report.notes.append(f"{inner} sites inside subgraphs (If, Loop, Scan) use data-free ranges: calibration "
+                            "does not reach into subgraphs yet")
+    if default_opset(model) != p.opset_before:
+        report.notes.insert(0, f"opset raised from {p.opset_before} to {default_opset(model)} (the gate function "
+                               f"needs {FUNCTION_MIN_OPSET})")
+    return report
+
+
 def convert(
     model_path: str | Path,
     output_path: str | Path,
@@ -96,36 +181,8 @@ def convert(
     stderr (None: when it is a terminal).
     """
     check_options(k, emit, only, skip, k_per_op, target_mse)
-    output_path = check_output_path(output_path, [model_path])
-    model, files = read_model(model_path)
-    data = open_data(calib, model, images) if calib is not None else None
-    check_output_path(output_path, [model_path, *files, *(data.paths if data else ())])
-    if files and any(data_path(output_path).resolve() == f.resolve() for f in files):
-        raise OutputPathError(f"{output_path}: its weights file {data_path(output_path).name} would overwrite the "
-                              "model's external data; choose another output name")
-    opset_before = default_opset(model)
-    if emit == "function":
-        model = raise_opset(model, FUNCTION_MIN_OPSET)
-    sites, misses, ranks, find_notes = _find(model, only, skip)
-    reservoirs: dict[str, Reservoir] = {}
-    samples = 0
-    if data is not None:
-        reservoirs, samples = calibrate(model, sites, data, seed=seed, label=f"{model_path} with {data.description}",
-                                        progress=progress, folder=Path(model_path).parent)
-    fits = fit_sites(sites, reservoirs, k, seed, k_per_op, target_mse)
-    result = rewrite(model, sites, {name: f.params for name, f in fits.items()}, ranks, emit)
-    save_model(model, output_path, Path(model_path).parent)
-    report = ConversionReport(str(model_path), str(output_path), site_reports(sites, fits, "converted"), emit)
-    if data is not None:
-        report.calibration = data.description
-        report.calibration_samples = samples
-    report.ir_version = result.ir_version
-    report.near_misses = [(m.node, m.reason) for m in misses]
-    report.notes += find_notes + rewrite_notes(result)
-    inner = sum(1 for s in sites if s.graph and s.converts)
-    if inner and data is not None:
-        report.notes.append(f"{inner} sites inside subgraphs (If, Loop, Scan) use data-free ranges: calibration "
-                            "does not reach into subgraphs yet")
-    if default_opset(model) != opset_before:
-        report.notes.insert(0, f"opset raised from {opset_before} to {default_opset(model)} (the gate function needs {FUNCTION_MIN_OPSET})")
-    return report
+    check_output_path(output_path, [model_path])
+    p = plan(model_path, calib=calib, emit=emit, only=only, skip=skip, seed=seed, images=images, progress=progress)
+    _check_output(p, output_path)  # before the fits: they may take a while
+    fits = fit_sites(p.sites, p.reservoirs, k, seed, k_per_op, target_mse)
+    return write(p, output_path, fits, in_place=True)

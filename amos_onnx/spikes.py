@@ -107,3 +107,23 @@ class SpikeCounter:
         if not self.nodes:
             return None
         return sum(s.spikes for s in self.stats.values()) / max(sum(s.evaluations for s in self.stats.values()), 1)
+
+
+def with_spike_totals(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[tuple[str, str, str]]]:
+    """A copy of a converted model whose gates also give the native op's spike counts, each summed in the graph:
+    (model, [(gate node, spike-total output, element-count output)]). Runs only with the native op registered
+    (the function form has no spike output); per batch, totals must stay below 2^31 spikes per gate."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    probes = []
+    extra = []
+    for node in gate_nodes(copy):
+        spikes, total, count = f"{node.name}/spikes", f"{node.name}/spike_total", f"{node.name}/elements"
+        node.output.append(spikes)
+        extra += [helper.make_node("ReduceSum", [spikes], [total], keepdims=0, name=f"{node.name}/sum_spikes"),
+                  helper.make_node("Size", [node.output[0]], [count], name=f"{node.name}/count")]
+        copy.graph.output.extend([helper.make_tensor_value_info(total, onnx.TensorProto.INT32, []),
+                                  helper.make_tensor_value_info(count, onnx.TensorProto.INT64, [])])
+        probes.append((node.name, total, count))
+    copy.graph.node.extend(extra)
+    return copy, probes

@@ -12,7 +12,8 @@ from conftest import ROOT
 import amos_onnx
 from amos_onnx.calibrate import Reservoir, calibrate
 from amos_onnx.dataset import open_data
-from amos_onnx.pipeline import _find
+from amos_onnx.fit import fit_sites
+from amos_onnx.pipeline import _find, plan, write
 from amos_onnx.spikes import gate_params
 
 DIGITS = ROOT / "examples/digits/digits_cnn.onnx"
@@ -56,6 +57,20 @@ def test_calibrated_conversion_is_repeatable_and_uses_the_data(tmp_path: Path) -
     assert any(gate_params(x).thresholds.max() != gate_params(z).thresholds.max() for x, z in zip(gates[0], gates[2]))
     for site in report.sites:
         assert site.fit_range is not None and site.fit_range[1] != 10.0
+
+
+def test_one_plan_written_at_several_k_equals_convert_at_each_k(tmp_path: Path) -> None:
+    """plan() reads and calibrates once; write() with each K's fits gives convert()'s model for that K, and
+    the plan's model is left as it was (a K sweep reuses it)."""
+    p = plan(DIGITS, calib=TRAIN)
+    before = p.model.SerializeToString()
+    for k in (3, 7):
+        write(p, tmp_path / f"planned{k}.onnx", fit_sites(p.sites, p.reservoirs, k))
+        amos_onnx.convert(DIGITS, tmp_path / f"direct{k}.onnx", calib=TRAIN, k=k)
+        planned, direct = (onnx.load(str(tmp_path / f"{name}{k}.onnx")) for name in ("planned", "direct"))
+        assert planned.graph == direct.graph and planned.functions == direct.functions
+        assert [gate_params(n).k for n in planned.graph.node if n.op_type == "AmosGate"] == [k, k, k]
+    assert p.model.SerializeToString() == before
 
 
 def test_k_per_op_and_auto_k(tmp_path: Path) -> None:

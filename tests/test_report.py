@@ -17,6 +17,7 @@ from amos_onnx import emit, report_files
 from amos_onnx.cli import main
 from amos_onnx.neuron import GateParams
 from amos_onnx.runtime import native_library, session
+from amos_onnx.spikes import with_spike_totals
 
 DIGITS = ROOT / "examples/digits/digits_cnn.onnx"
 TRAIN = ROOT / "examples/digits/digits_train.npz"
@@ -106,6 +107,27 @@ def test_spike_totals_match_the_native_spike_output(digits_report: tuple[Path, d
     for gate, count in zip(data["gates"], counts):
         assert gate["spikes_per_input"] * len(images) == pytest.approx(count, abs=0.5)
     assert data["totals"]["spikes_per_input"] * len(images) == pytest.approx(sum(counts), abs=0.5)
+
+
+@pytest.mark.skipif(native_library() is None, reason="native library not built (make ops)")
+def test_spike_totals_summed_in_the_graph_match_the_report(digits_report: tuple[Path, dict]) -> None:
+    """spikes.with_spike_totals (the benchmarks' counter): the same totals, summed by ReduceSum per batch."""
+    folder, data = digits_report
+    model, probes = with_spike_totals(onnx.load(str(folder / "s.onnx")))
+    assert [p[0] for p in probes] == [g["node"] for g in data["gates"]]
+    sess = session(model, native=True)
+    images = np.load(TEST)["image"]
+    totals = {p[0]: [0, 0] for p in probes}
+    for start in (0, 100, 250):  # uneven batches: the sums add up
+        batch = images[start:{0: 100, 100: 250, 250: len(images)}[start]]
+        out = sess.run([n for p in probes for n in p[1:]], {"image": batch})
+        for i, p in enumerate(probes):
+            totals[p[0]][0] += int(out[2 * i])
+            totals[p[0]][1] += int(out[2 * i + 1])
+    for gate in data["gates"]:
+        spikes, elements = totals[gate["node"]]
+        assert elements == round(gate["gates_per_input"] * len(images))
+        assert spikes == pytest.approx(gate["spikes_per_input"] * len(images), abs=0.5)
 
 
 def test_latency_is_the_deepest_path_of_gates() -> None:
