@@ -137,6 +137,9 @@ def main(verbose: bool) -> None:
 @click.option("--k-per-op", type=str, default=None, help="K per op type, e.g. Relu=8,Sigmoid=12,Composite=16.")
 @click.option("--target-mse", type=float, default=1e-4, show_default=True,
               help="Per-site error target of --k auto (MSE on the site's calibration samples).")
+@click.option("--spike-penalty", "spike_penalty", type=float, default=0.0, show_default=True,
+              help="Squared error one spike per gate may cost, as a fraction of the activation's mean square output "
+                   "(0: error alone; try 0.01 for fewer spikes).")
 @click.option("--calib", type=click.Path(), default=None,
               help=".npz (one array per model input), .npy (one-input model) or a folder of images.")
 @click.option("--emit", type=str, default="function", show_default=True, help="function (local function per K) or inline.")
@@ -147,8 +150,8 @@ def main(verbose: bool) -> None:
               help="Also write report.json, report.md and pictures here (run on the calibration data).")
 @image_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress line.")
-def convert(model: str, output: str, k: str | None, k_per_op: str | None, target_mse: float, calib: str | None,
-            emit: str, only: str | None, skip: str | None, seed: int, report_dir: str | None, quiet: bool,
+def convert(model: str, output: str, k: str | None, k_per_op: str | None, target_mse: float, spike_penalty: float,
+            calib: str | None, emit: str, only: str | None, skip: str | None, seed: int, report_dir: str | None, quiet: bool,
             **image: Any) -> None:
     """Convert MODEL into its spiking twin and write it to OUTPUT."""
     images = _run(lambda: _images(calib, **image))
@@ -156,7 +159,7 @@ def convert(model: str, output: str, k: str | None, k_per_op: str | None, target
     report = _run(
         lambda: api.convert(model, output, k=_k(k), calib=calib, emit=emit, only=_ops(only, "--only"),
                             skip=_ops(skip, "--skip"), seed=seed, k_per_op=_k_per_op(k_per_op), target_mse=target_mse,
-                            images=images, progress=progress)
+                            images=images, progress=progress, spike_penalty=spike_penalty)
     )
     if report_dir:
         _run(lambda: api.report(model, output, calib, report_dir, conversion=report, images=images, progress=progress))

@@ -46,15 +46,31 @@ def _range(act: Activation, res: Reservoir | None) -> tuple[float, float]:
     return lo, hi
 
 
-_DATA_FREE: dict[tuple[str, float, float, bool, int], FitResult] = {}
+_DATA_FREE: dict[tuple[str, float, float, bool, int, float], FitResult] = {}
 
 
-def _data_free(act: Activation, k: int) -> FitResult:
-    """Data-free fits depend only on the function (its label), range and K: fit each once per process."""
-    key = (act.label, act.lo, act.hi, act.relu_like, k)
+def absolute_penalty(act: Activation, samples: np.ndarray | None, lo: float, hi: float, penalty: float) -> float:
+    """The fitter's cost per mean spike for a relative `penalty`: the fraction of f's mean square (on the
+    samples, else on the range) that one spike per gate may cost in squared error. Scale-free, so one value
+    suits every site of a network."""
+    if penalty == 0.0:
+        return 0.0
+    x = samples.astype(np.float64) if samples is not None else np.linspace(lo, hi, 4001)
+    return penalty * float(np.mean(act.func(x) ** 2))
+
+
+def _data_free(act: Activation, k: int, penalty: float = 0.0) -> FitResult:
+    """Data-free fits depend only on the function (its label), range, K and penalty: fit each once per process.
+    With a spike penalty the shipped gate is refitted from itself on the range."""
+    key = (act.label, act.lo, act.hi, act.relu_like, k, penalty)
     if key not in _DATA_FREE:
         shipped = library.lookup(act, k)
-        _DATA_FREE[key] = shipped or fit(act.func, k, act.lo, act.hi, relu_like=act.relu_like)
+        if penalty:
+            _DATA_FREE[key] = fit(act.func, k, act.lo, act.hi, relu_like=act.relu_like, kicks=REFIT_KICKS,
+                                  warm=[shipped.params] if shipped else [],
+                                  spike_penalty=absolute_penalty(act, None, act.lo, act.hi, penalty))
+        else:
+            _DATA_FREE[key] = shipped or fit(act.func, k, act.lo, act.hi, relu_like=act.relu_like)
     return _DATA_FREE[key]
 
 
@@ -70,19 +86,21 @@ def _per_channel(act: Activation, shared: FitResult, samples: np.ndarray | None)
     return GateParams(np.tile(T, (c, 1)), np.tile(h, (c, 1)), d, axis=act.axis)
 
 
-def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0) -> SiteFit:
-    """Fit one site's gate: cached data-free fit, or a fit weighted by the site's samples."""
+def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0, spike_penalty: float = 0.0) -> SiteFit:
+    """Fit one site's gate: cached data-free fit, or a fit weighted by the site's samples. spike_penalty is
+    relative (absolute_penalty): 0 fits for error alone."""
     if not 1 <= k <= MAX_K:
         raise ValueError(f"K must be in 1..{MAX_K}")
     lo, hi = _range(act, res)
     if res is None or res.seen == 0:
-        result, source, samples = _data_free(act, k), "data-free", None
+        result, source, samples = _data_free(act, k, spike_penalty), "data-free", None
     else:
         samples = res.values
         shipped = library.lookup(act, k)  # a warm start for the refit on the site's own samples
         warm = [shipped.params] if shipped is not None else []
         # The warm start already carries the search; a short local search refits it to the samples.
-        result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=warm, kicks=REFIT_KICKS, seed=seed)
+        result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=warm, kicks=REFIT_KICKS, seed=seed,
+                     spike_penalty=absolute_penalty(act, samples, lo, hi, spike_penalty))
         source = "calibrated"
     params = result.params if act.channel_funcs is None else _per_channel(act, result, samples)
     mse, max_err, spikes = result.mse, result.max_error, result.mean_spikes
@@ -97,7 +115,8 @@ AUTO = "auto"
 DEFAULT_TARGET_MSE = 1e-4
 
 
-def auto_fit(act: Activation, res: Reservoir | None, target_mse: float, seed: int = 0) -> SiteFit:
+def auto_fit(act: Activation, res: Reservoir | None, target_mse: float, seed: int = 0,
+             spike_penalty: float = 0.0) -> SiteFit:
     """The fit with the smallest K in 4..16 whose MSE (on the site's samples, or its default range) meets the
     target, found by bisection over K (error falls with K); the K = 16 fit when none does."""
     lo, hi = library.K_RANGE.start, library.K_RANGE.stop - 1
@@ -105,7 +124,7 @@ def auto_fit(act: Activation, res: Reservoir | None, target_mse: float, seed: in
 
     def at(k: int) -> SiteFit:
         if k not in fits:
-            fits[k] = fit_site(act, k, res, seed)
+            fits[k] = fit_site(act, k, res, seed, spike_penalty)
         return fits[k]
 
     if at(hi).mse > target_mse:
@@ -130,19 +149,19 @@ def site_k(site: Site, k: int | str | None, k_per_op: dict[str, int]) -> int | s
     return int(k) if k is not None else site.activation.k
 
 
-def _fit_job(job: tuple[Activation, int | str, Reservoir | None, float, int]) -> SiteFit:
-    act, kk, res, target_mse, seed = job
-    return auto_fit(act, res, target_mse, seed) if kk == AUTO else fit_site(act, int(kk), res, seed)
+def _fit_job(job: tuple[Activation, int | str, Reservoir | None, float, int, float]) -> SiteFit:
+    act, kk, res, target_mse, seed, penalty = job
+    return auto_fit(act, res, target_mse, seed, penalty) if kk == AUTO else fit_site(act, int(kk), res, seed, penalty)
 
 
 def fit_sites(
     sites: list[Site], reservoirs: dict[str, Reservoir], k: int | str | None, seed: int = 0,
-    k_per_op: dict[str, int] | None = None, target_mse: float = DEFAULT_TARGET_MSE,
+    k_per_op: dict[str, int] | None = None, target_mse: float = DEFAULT_TARGET_MSE, spike_penalty: float = 0.0,
 ) -> dict[str, SiteFit]:
     """One SiteFit per converting site, keyed by site name; sites seeing the same tensor with the same
     function and K share one fit. Fits run in parallel processes (AMOS_ONNX_JOBS, default one per CPU)."""
     keys: dict[str, tuple[str, str, str] | str] = {}
-    work: dict[tuple[str, str, str] | str, tuple[Activation, int | str, Reservoir | None, float, int]] = {}
+    work: dict[tuple[str, str, str] | str, tuple[Activation, int | str, Reservoir | None, float, int, float]] = {}
     for site in sites:
         if not site.converts or site.activation is None:
             continue
@@ -152,7 +171,7 @@ def fit_sites(
         if act.channel_funcs is not None:  # per-channel slopes: never shared
             key = site.name
         keys[site.name] = key
-        work.setdefault(key, (act, kk, res, target_mse, seed))
+        work.setdefault(key, (act, kk, res, target_mse, seed, spike_penalty))
     results = dict(zip(work, fork_map(_fit_job, list(work.values()))))  # each fit seeded alone: order-free
     fits = {name: results[key] for name, key in keys.items()}
     for name, fit_ in fits.items():

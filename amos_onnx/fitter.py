@@ -52,6 +52,9 @@ def saturates(func: Func, lo: float, hi: float) -> tuple[bool, bool]:
     return bool(abs(far[0] - far[1]) <= tol), bool(abs(far[3] - far[2]) <= tol)
 
 
+GRID_FLOOR = 0.05  # share of a calibrated fit's loss on the whole range's grid, so rare large inputs count
+
+
 def _tail_points(func: Func, lo: float, hi: float) -> np.ndarray:
     below, above = saturates(func, lo, hi)
     width = hi - lo
@@ -71,7 +74,7 @@ def _problem(func: Func, lo: float, hi: float, samples: np.ndarray | None, lam: 
         if s.size > points:
             s = rng.choice(s, points, replace=False)
         x = np.concatenate([s, grid])
-        w = np.concatenate([np.full(s.size, 0.95 / s.size), np.full(grid.size, 0.05 / grid.size)])
+        w = np.concatenate([np.full(s.size, (1 - GRID_FLOOR) / s.size), np.full(grid.size, GRID_FLOOR / grid.size)])
     tail = _tail_points(func, lo, hi) if tails else np.empty(0)
     if tail.size:
         x = np.concatenate([x, tail])

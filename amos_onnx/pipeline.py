@@ -171,6 +171,7 @@ def convert(
     target_mse: float = DEFAULT_TARGET_MSE,
     images: ImageOptions | None = None,
     progress: bool | None = None,
+    spike_penalty: float = 0.0,
 ) -> ConversionReport:
     """Convert every activation of a model into an AMOS spiking gate and save the result.
 
@@ -178,11 +179,15 @@ def convert(
     site's samples); k_per_op overrides it per op type ("Composite" for every composite activation).
     calib: calibration data (see dataset.open_data: .npz/.npy path, image folder with `images` options,
     dict of arrays, iterable of input dicts or a CalibrationDataReader). progress: a progress line on
-    stderr (None: when it is a terminal).
+    stderr (None: when it is a terminal). spike_penalty: squared error one spike per gate may cost, as a
+    fraction of the activation's mean square output on the site's samples (0: error alone; 0.01 halves the
+    spikes of SiLU gates on real data at about twice the error).
     """
     check_options(k, emit, only, skip, k_per_op, target_mse)
+    if not (spike_penalty >= 0 and spike_penalty < float("inf")):
+        raise OptionError(f"--spike-penalty {spike_penalty}: must be zero or positive")
     check_output_path(output_path, [model_path])
     p = plan(model_path, calib=calib, emit=emit, only=only, skip=skip, seed=seed, images=images, progress=progress)
     _check_output(p, output_path)  # before the fits: they may take a while
-    fits = fit_sites(p.sites, p.reservoirs, k, seed, k_per_op, target_mse)
+    fits = fit_sites(p.sites, p.reservoirs, k, seed, k_per_op, target_mse, spike_penalty)
     return write(p, output_path, fits, in_place=True)

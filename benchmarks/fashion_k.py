@@ -44,6 +44,8 @@ CALIBRATION_IMAGES = 2000
 BATCH = 500
 OUT = Path(__file__).resolve().parent
 CACHE = fashion_data.ROOT / ".cache/fashion-k"
+PENALTIES = (0.003, 0.01, 0.03)  # convert --spike-penalty values tried on the non-ReLU networks
+PENALTY_K = 10
 PRESETS = {"Sigmoid": ("sigmoid-k12", 12), "SiLU": ("silu-k16", 16)}  # by activation label
 
 
@@ -105,7 +107,7 @@ def preset_point(p: Plan) -> dict[str, int] | None:
     return {label: PRESETS[label][1] for label in labels}
 
 
-def sweep(name: str, ks: list[int], folder: Path) -> dict[str, object]:
+def sweep(name: str, ks: list[int], folder: Path, penalty: float = 0.0, penalties: tuple[float, ...] = ()) -> dict[str, object]:
     path, facts = fashion_nets.network(name)
     xte, yte = fashion_data.load("test")
     start = time.perf_counter()
@@ -130,11 +132,16 @@ def sweep(name: str, ks: list[int], folder: Path) -> dict[str, object]:
     for k in ks:
         for mode in ("calibrated", "data-free"):
             t = time.perf_counter()
-            fits = fit_sites(p.sites, p.reservoirs if mode == "calibrated" else {}, k, SEED)
+            fits = fit_sites(p.sites, p.reservoirs if mode == "calibrated" else {}, k, SEED, spike_penalty=penalty)
             measure(mode, k, fits, time.perf_counter() - t)
         published = published_fits(p, k)
         if published is not None:
             measure("published", k, published, 0.0)
+    if penalties and not all(s.activation is not None and s.activation.relu_like for s in sites):
+        for penalty_ in penalties:  # the spike penalty's trade at K=PENALTY_K, calibrated
+            t = time.perf_counter()
+            fits = fit_sites(p.sites, p.reservoirs, PENALTY_K, SEED, spike_penalty=penalty_)
+            measure(f"penalty {penalty_:g}", PENALTY_K, fits, time.perf_counter() - t)
     per_op = preset_point(p)
     if per_op is not None:  # the SiLU/sigmoid presets' single point, against our gates at the same K per site
         label = "/".join(f"{op} K{k}" for op, k in sorted(per_op.items()))
@@ -148,11 +155,12 @@ def sweep(name: str, ks: list[int], folder: Path) -> dict[str, object]:
                     fits[site.name] = _measured(preset(preset_name), site.input, p, "published", site.activation.lo,
                                                 site.activation.hi, site.activation.func)
                 else:
-                    fits.update(fit_sites([site], p.reservoirs if mode == "calibrated" else {}, k, SEED))
+                    fits.update(fit_sites([site], p.reservoirs if mode == "calibrated" else {}, k, SEED,
+                                          spike_penalty=penalty))
             measure(mode, label, fits, time.perf_counter() - t)
     return {"name": name, "facts": facts, "original_accuracy": original, "sites": len(sites),
             "site_kinds": sorted({s.activation.label for s in sites if s.activation is not None}),
-            "calibration_images": CALIBRATION_IMAGES, "test_images": len(xte), "plan_seconds": plan_seconds,
+            "calibration_images": CALIBRATION_IMAGES, "spike_penalty": penalty, "test_images": len(xte), "plan_seconds": plan_seconds,
             "rows": rows}
 
 
@@ -214,25 +222,46 @@ def table(results: list[dict[str, object]]) -> str:
 
 
 def targets(results: list[dict[str, object]]) -> str:
-    """The issue's targets, measured: within 0.3 points at K <= 5 (ReLU) or K <= 10 (others), with spikes."""
-    lines = ["| network | smallest K within 0.3 points (calibrated) | accuracy | spikes/gate | target | met | "
-             "published at that K |", "|---|---|---|---|---|---|---|"]
+    """The issue's targets, measured: within 0.3 points at K <= 5 (ReLU) or K <= 10 (others) with at most 0.8 or
+    2 spikes per gate. Among calibrated conversions (any spike penalty) within 0.3 points: the smallest K that
+    meets the spike bound too, else the smallest K."""
+    lines = ["| network | calibrated conversion | accuracy | spikes/gate | target | met | published at that K | "
+             "calibrated above published |", "|---|---|---|---|---|---|---|---|"]
     for res in results:
         relu = res["site_kinds"] == ["Relu"]
         kmax, smax = (5, 0.8) if relu else (10, 2.0)
-        row = smallest_k(res, "calibrated", 0.3)
-        pub = None
-        if row is not None:
-            pub = next((r for r in res["rows"] if r["mode"] == "published" and r["k"] == row["k"]), None)  # type: ignore[union-attr]
-        if row is None:
-            lines.append(f"| {res['name']} | none up to 16 | - | - | K <= {kmax}, <= {smax} spikes | no | - |")
+        original = float(res["original_accuracy"])  # type: ignore[arg-type]
+        close = [r for r in res["rows"] if isinstance(r["k"], int) and 100 * (original - r["accuracy"]) <= 0.3  # type: ignore[union-attr]
+                 and (r["mode"] == "calibrated" or str(r["mode"]).startswith("penalty"))]
+        by = {(r["mode"], r["k"]): r["accuracy"] for r in res["rows"]}  # type: ignore[union-attr]
+        pairs = [(by[("calibrated", k)], acc) for (mode, k), acc in by.items() if mode == "published"
+                 and ("calibrated", k) in by]
+        beats = f"at {sum(c > p_ for c, p_ in pairs)} of {len(pairs)} K" if pairs else "-"
+        if not close:
+            lines.append(f"| {res['name']} | none within 0.3 points up to K=16 | - | - | K <= {kmax}, <= {smax} spikes "
+                         f"| no | - | {beats} |")
             continue
+        meeting = [r for r in close if r["k"] <= kmax and r["spikes_per_gate"] <= smax]
+        row = min(meeting or close, key=lambda r: (r["k"], r["spikes_per_gate"]))
+        pub = next((r for r in res["rows"] if r["mode"] == "published" and r["k"] == row["k"]), None)  # type: ignore[union-attr]
         published = f"{100 * pub['accuracy']:.2f}%" if pub else "-"
-        met = row["k"] <= kmax and row["spikes_per_gate"] <= smax
-        lines.append(f"| {res['name']} | {row['k']} | {100 * row['accuracy']:.2f}% (ANN "
-                     f"{100 * res['original_accuracy']:.2f}%) | {row['spikes_per_gate']:.2f} | K <= {kmax}, <= "
-                     f"{smax} spikes | {'yes' if met else 'no'} | "
-                     f"{published} |")
+        how = f"K={row['k']}" + (f", --spike-penalty {str(row['mode']).split()[1]}" if row["mode"] != "calibrated" else "")
+        lines.append(f"| {res['name']} | {how} | {100 * row['accuracy']:.2f}% (ANN {100 * original:.2f}%) | "
+                     f"{row['spikes_per_gate']:.2f} | K <= {kmax}, <= {smax} spikes | {'yes' if meeting else 'no'} | "
+                     f"{published} | {beats} |")
+    return "\n".join(lines)
+
+
+def penalty_table(results: list[dict[str, object]]) -> str:
+    lines = ["| network | ANN | penalty | accuracy | spikes/gate |", "|---|---|---|---|---|"]
+    for res in results:
+        base = next((r for r in res["rows"] if r["mode"] == "calibrated" and r["k"] == PENALTY_K), None)  # type: ignore[union-attr]
+        rows = [r for r in res["rows"] if str(r["mode"]).startswith("penalty")]  # type: ignore[union-attr]
+        if base is None or not rows:
+            continue
+        for r in [{**base, "mode": "penalty 0"}, *rows]:
+            lines.append(f"| {res['name']} | {100 * res['original_accuracy']:.2f}% | {str(r['mode']).split()[1]} | "
+                         f"{100 * r['accuracy']:.2f}% | {r['spikes_per_gate']:.2f} |")
     return "\n".join(lines)
 
 
@@ -247,13 +276,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nets", default=",".join(fashion_nets.NETS))
     parser.add_argument("--ks", default="2-16")
+    parser.add_argument("--spike-penalty", type=float, default=0.0, help="convert's --spike-penalty for our gates")
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     args = parser.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.nets.split(","):
-            result = sweep(name, parse_ks(args.ks), Path(tmp))
+            result = sweep(name, parse_ks(args.ks), Path(tmp), args.spike_penalty, PENALTIES)
             (CACHE / f"{name}.json").write_text(json.dumps(result, indent=1))
             plot(result, OUT / f"fashion_{name}_k.png")
             results.append(result)
@@ -269,6 +299,8 @@ def main() -> None:
         "SiLU/sigmoid FS presets exist only at K=16/12 (the 'preset K' column, our gates at the same K beside "
         f"them). Networks: {nets}.\n\n"
         + table(results) + "\n\nThe issue's targets (calibrated):\n\n" + targets(results) + "\n\n"
+        + f"The spike penalty (`convert --spike-penalty`) on the SiLU/sigmoid and GELU networks at K={PENALTY_K}, "
+        "calibrated:\n\n" + penalty_table(results) + "\n\n"
         + "\n".join(f"![{r['name']}](fashion_{r['name']}_k.png)" for r in results)
     )
     print(text)
