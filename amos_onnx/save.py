@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,7 +18,7 @@ import onnx
 from .errors import OutputPathError
 
 
-def check_output_path(out: str | Path, inputs: list[str | Path]) -> Path:
+def check_output_path(out: str | Path, inputs: Sequence[str | Path]) -> Path:
     """Refuse an output path that is an input, or whose folder is missing or not writable."""
     out = Path(out)
     for path in inputs:
