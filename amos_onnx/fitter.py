@@ -52,7 +52,10 @@ def saturates(func: Func, lo: float, hi: float) -> tuple[bool, bool]:
     return bool(abs(far[0] - far[1]) <= tol), bool(abs(far[3] - far[2]) <= tol)
 
 
-GRID_FLOOR = 0.05  # share of a calibrated fit's loss on the whole range's grid, so rare large inputs count
+# Share of a calibrated fit's loss on a uniform grid over the whole range, so inputs rarer than the samples
+# show still count. 5% made ReLU gates on Fashion-MNIST ResNet/VGG sites cover the top of the range at the
+# cost of resolution where the data is (sample MSE above a plain ladder's; K=4 ResNet 87.3% vs 90.6% at 1%).
+GRID_FLOOR = 0.01
 
 
 def _tail_points(func: Func, lo: float, hi: float) -> np.ndarray:
@@ -63,7 +66,7 @@ def _tail_points(func: Func, lo: float, hi: float) -> np.ndarray:
 
 def _problem(func: Func, lo: float, hi: float, samples: np.ndarray | None, lam: float, points: int,
              rng: np.random.Generator, tails: bool = False) -> Problem:
-    """Training points: the range grid alone, or samples (95% of the weight) plus the grid as a tail floor;
+    """Training points: the range grid alone, or samples (1 - GRID_FLOOR of the weight) plus the grid as a floor;
     with `tails`, where f saturates beyond the range, points out there too (TAIL_WEIGHT)."""
     grid = np.linspace(lo, hi, points)
     if samples is None or samples.size == 0:
