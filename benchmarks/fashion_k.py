@@ -118,7 +118,7 @@ def sweep(name: str, ks: list[int], folder: Path, penalty: float = 0.0, penaltie
     rows: list[dict[str, object]] = []
 
     def measure(mode: str, k: int | str, fits: dict[str, SiteFit], fit_seconds: float) -> None:
-        out = folder / f"{name}_{mode}_{k}.onnx"
+        out = folder / f"{name}_{mode}_{k}.onnx".replace("/", "-").replace(" ", "_")
         write(p, out, fits)
         logits, spikes = run_spiking(out, xte)
         acc = float(np.mean(logits.argmax(1) == yte))
