@@ -185,8 +185,8 @@ def plot(name: str, res: dict[str, object], path: Path) -> None:
     ann = 100 * float(res["peer"]["ann_accuracy"])  # type: ignore[index]
     for label, rec in res["peer"]["recipes"].items():  # type: ignore[union-attr,index]
         ax1.semilogx(CHECKPOINTS, [100 * rec["accuracy"][t] for t in CHECKPOINTS], "o-", base=2, label=label)
-        ax2.semilogx([100 * rec["accuracy"][t] for t in CHECKPOINTS], [rec["spikes_per_neuron"][t] for t in CHECKPOINTS],
-                     "o-", label=f"SpikingJelly {label}")
+        ax2.plot([100 * rec["accuracy"][t] for t in CHECKPOINTS], [rec["spikes_per_neuron"][t] for t in CHECKPOINTS],
+                 "o-", label=f"SpikingJelly {label}")
     rows = res["amos"]["rows"]  # type: ignore[index]
     ax1.semilogx([r["k"] for r in rows], [100 * r["accuracy"] for r in rows], "s-", base=2, label="amos-onnx (T = K)")
     ax2.plot([100 * r["accuracy"] for r in rows], [r["spikes_per_gate"] for r in rows], "s-", label="amos-onnx K=2..8")
