@@ -99,7 +99,7 @@ def main() -> None:
         f"Command: `.venv/bin/python benchmarks/conversion_cost.py --write` ({machine()}; synthetic ResNet-style "
         f"models, {WIDTH} channels on {SIDE}x{SIDE} inputs, weights seed 0 inside the .onnx file; calibrated on 8 "
         "random inputs, seed 1; each conversion in a fresh process, seconds including Python start-up and "
-        "imports, peak RSS of the process and its forked fitting workers).",
+        "imports; peak RSS: the largest of the process's VmHWM and its forked fitting workers' ru_maxrss).",
         "",
         "| parameters | file | sites | data-free s | data-free peak | calibrated s | calibrated peak | "
         "calibrated peak / file |",
