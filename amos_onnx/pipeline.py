@@ -103,8 +103,10 @@ def plan(
     seed: int = 0,
     images: ImageOptions | None = None,
     progress: bool | None = None,
+    output: str | Path | None = None,
 ) -> Plan:
-    """Load, find and calibrate (the stages before fitting)."""
+    """Load, find and calibrate (the stages before fitting); `output`, when given, is checked before the
+    calibration (it must not overwrite any file read)."""
     check_options(None, emit, only, skip)
     model, files = read_model(model_path)
     data = open_data(calib, model, images) if calib is not None else None
@@ -114,6 +116,8 @@ def plan(
     sites, misses, ranks, find_notes = _find(model, only, skip)
     result = Plan(Path(model_path), model, emit, sites, misses, ranks, find_notes, files, opset_before,
                   inputs=[Path(model_path), *files, *(data.paths if data else ())])
+    if output is not None:
+        _check_output(result, output)
     if data is not None:
         result.reservoirs, result.samples = calibrate(
             model, sites, data, seed=seed, label=f"{model_path} with {data.description}", progress=progress,
@@ -187,7 +191,7 @@ def convert(
     if not (spike_penalty >= 0 and spike_penalty < float("inf")):
         raise OptionError(f"--spike-penalty {spike_penalty}: must be zero or positive")
     check_output_path(output_path, [model_path])
-    p = plan(model_path, calib=calib, emit=emit, only=only, skip=skip, seed=seed, images=images, progress=progress)
-    _check_output(p, output_path)  # before the fits: they may take a while
+    p = plan(model_path, calib=calib, emit=emit, only=only, skip=skip, seed=seed, images=images, progress=progress,
+             output=output_path)
     fits = fit_sites(p.sites, p.reservoirs, k, seed, k_per_op, target_mse, spike_penalty)
     return write(p, output_path, fits, in_place=True)
