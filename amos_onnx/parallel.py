@@ -2,8 +2,8 @@
 
 The jobs hold closures (composite activations evaluated by onnxruntime sessions) that cannot be pickled,
 so they are not sent to the workers: they sit in a module-level list set before the fork, and the
-workers receive only indices. BLAS is held to one thread in each worker (threadpoolctl, the `fast`
-extra): the fitter's least-squares solves are small, and BLAS threads spinning beside the worker
+workers receive only indices. BLAS is held to one thread while they run (threadpoolctl, the `fast`
+extra, set in the parent before the fork and inherited): the fitter's least-squares solves are small, and BLAS threads spinning beside the worker
 processes cost more than they give. Without fork (or with one job or CPU) everything runs here.
 """
 
@@ -48,8 +48,7 @@ def _one_blas_thread() -> contextlib.AbstractContextManager[object]:
 def _run(index: int) -> Any:
     assert _TASK is not None
     func, jobs = _TASK
-    with _one_blas_thread():
-        return func(jobs[index])
+    return func(jobs[index])
 
 
 def fork_map(func: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
@@ -57,11 +56,15 @@ def fork_map(func: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
     global _TASK
     count = workers(len(jobs))
     _TASK = (func, jobs)
+    # The BLAS limit is set here, before the fork, and the workers inherit it: threadpoolctl dlopens the BLAS
+    # libraries, and a dlopen in a forked child can wait forever on a loader lock held by one of the parent's
+    # threads at fork time (seen: a fast-tier run hung after onnxruntime sessions had run in the parent).
     try:
-        if count > 1 and "fork" in multiprocessing.get_all_start_methods():
-            context = multiprocessing.get_context("fork")
-            with concurrent.futures.ProcessPoolExecutor(count, mp_context=context) as pool:
-                return list(pool.map(_run, range(len(jobs))))
-        return [_run(i) for i in range(len(jobs))]
+        with _one_blas_thread():
+            if count > 1 and "fork" in multiprocessing.get_all_start_methods():
+                context = multiprocessing.get_context("fork")
+                with concurrent.futures.ProcessPoolExecutor(count, mp_context=context) as pool:
+                    return list(pool.map(_run, range(len(jobs))))
+            return [_run(i) for i in range(len(jobs))]
     finally:
         _TASK = None
