@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -62,9 +63,17 @@ def fork_map(func: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
     try:
         with _one_blas_thread():
             if count > 1 and "fork" in multiprocessing.get_all_start_methods():
-                context = multiprocessing.get_context("fork")
-                with concurrent.futures.ProcessPoolExecutor(count, mp_context=context) as pool:
-                    return list(pool.map(_run, range(len(jobs))))
+                # Garbage is collected here, where the threads of any onnxruntime session in it still exist
+                # (a worker collecting one hung in pthread_cond_destroy), and what is left is frozen so that
+                # no worker collects it.
+                gc.collect()
+                gc.freeze()
+                try:
+                    context = multiprocessing.get_context("fork")
+                    with concurrent.futures.ProcessPoolExecutor(count, mp_context=context) as pool:
+                        return list(pool.map(_run, range(len(jobs))))
+                finally:
+                    gc.unfreeze()
             return [_run(i) for i in range(len(jobs))]
     finally:
         _TASK = None
