@@ -16,6 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
+FLOAT32_ROOM = 4  # ulps of float32 between a threshold's neighbours
+
+
 @dataclass
 class Problem:
     x: np.ndarray  # training inputs, float64
@@ -77,17 +80,22 @@ def update_threshold(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t:
     cost = prefix + fire_cost
     n = len(vs)
     valid = np.ones(n + 1, dtype=bool)
-    valid[1:n] = vs[1:] > vs[:-1]
+    # A split needs room for float32: the gate runs in float32, where membranes far from 0 (a segment chain's
+    # zone) carry rounding errors of a few ulps; a threshold closer than that to a training point could flip it.
+    room = FLOAT32_ROOM * np.spacing(np.maximum(np.abs(vs[1:]), np.abs(vs[:-1])).astype(np.float32))
+    valid[1:n] = vs[1:] - vs[:-1] > room
     cost[~valid] = np.inf
     i = int(np.argmin(cost))
     current = int(np.searchsorted(vs, T[t], side="right"))  # samples from here on fire now
-    if cost[i] >= cost[current] - 1e-15 * abs(cost[current]):
-        i = current  # ties keep the current threshold, so parameters do not drift
+    if np.isfinite(cost[current]) and cost[i] >= cost[current] - 1e-15 * abs(cost[current]):
+        i = current  # ties keep the current split, so parameters do not drift
+    if i == current and i in (0, n):
+        pass  # fires for all or none: stays where it is
     elif i == 0:
         T[t] = vs[0] - max(float(vs[-1] - vs[0]), 1.0)
     elif i == n:
         T[t] = vs[-1] + max(float(vs[-1] - vs[0]), 1.0)
-    else:
+    else:  # the middle of the gap, also for a kept split: the most room for inputs between training points
         T[t] = 0.5 * (vs[i - 1] + vs[i])
         # float32 rounding must not move the threshold onto a training point.
         if not vs[i - 1] < np.float32(T[t]) < vs[i]:
@@ -104,8 +112,10 @@ def update_reset(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int
         return
     factors = np.array([0.0, 0.5, 0.85, 0.95, 1.0, 1.05, 1.15, 2.0])
     extra = scale * np.exp2(-np.arange(0, 12, 2))
-    cands = np.concatenate([[h[t]], h[t] * factors, extra, -extra[:2]])
-    cands = cands[np.abs(cands) <= 4 * scale]  # resets beyond the range's scale only lose float32 precision
+    others = np.concatenate([h[t] * factors, extra, -extra[:2]])
+    # New resets beyond the range's scale only lose float32 precision; the current one (first) always stays,
+    # whatever its size (the segment start's shifts and stops are far larger than the range).
+    cands = np.concatenate([[h[t]], others[np.abs(others) <= 4 * scale]])
     vf = v[z][None, :] - cands[:, None]
     rf, sf = rest(T, h, d, vf, t + 1)
     yf = yb[z][None, :] + d[t] + rf

@@ -29,7 +29,7 @@ from .neuron import GateParams
 log = logging.getLogger(__name__)
 
 PATH = Path(__file__).with_name("library.json")
-FITTER_VERSION = 7  # bump when the fitter's results change
+FITTER_VERSION = 8  # bump when the fitter's results change
 K_RANGE = range(4, 17)
 
 

@@ -1,10 +1,12 @@
-"""Structured starting points for the fitter: binary ladders, two-ladder splits, staircases."""
+"""Structured starting points for the fitter: binary ladders, two-ladder splits, staircases, segment chains."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import numpy as np
+
+from .blocks import solve_weights
 
 Func = Callable[[np.ndarray], np.ndarray]
 
@@ -64,12 +66,69 @@ def staircase_start(func: Func, k: int, lo: float, hi: float) -> tuple[np.ndarra
     return T, np.zeros(k), d
 
 
-def structured_starts(func: Func, k: int, lo: float, hi: float, relu_like: bool) -> list[tuple[np.ndarray, ...]]:
+# Resets of the segment start: a stopped membrane ends far below every threshold, a shifted one in a zone
+# ZONE range widths below the range (float32 resolves v there to about 2^-19 of the range width). Not a power
+# of 4: the fitter's tail points sit at 4^n range widths beyond the range, and one in the zone made slivers.
+STOP = 2.0**100
+ZONE = 24.0
+
+
+def segment_start(func: Func, k: int, lo: float, hi: float, bits: int,
+                  samples: np.ndarray | None = None) -> tuple[np.ndarray, ...] | None:
+    """One spike picks the input's segment, then a shared rounding ladder of `bits` neurons resolves it.
+
+    A chain of neurons with descending thresholds t_1 > t_2 > ... splits [lo, hi]; the first to fire
+    carries f's level on its segment and either stops the gate (a constant segment, where f is nearly flat)
+    or shifts the membrane to x - t_j in a zone below the range, where the ladder adds a slope shared by
+    every shifted segment. A last neuron just above the zone stops what fired nothing (the bottom segment).
+    Segments are denser where f' is far from both 0 and the shared slope (and where samples are dense).
+    Inputs that arrive in the zone unshifted, a window as wide as the widest segment ZONE range widths below
+    lo, read the ladder there instead of f.
+    """
+    n_seg = k - bits - 1
+    if n_seg < 1 or bits < 1:
+        return None
+    grid = np.linspace(lo, hi, 4097)
+    f = func(grid)
+    df = np.gradient(f, grid)
+    steep = np.abs(df) >= 0.5 * np.max(np.abs(df))
+    slope = float(np.median(df[steep]))
+    if slope == 0.0:
+        return None
+    misfit = np.minimum(np.abs(df - slope), np.abs(df)) ** (2 / 3)
+    if samples is not None and samples.size:
+        # Where inputs are dense, segments are too: squared error weighted by density p is least with
+        # segment density (p f'^2)^(1/3).
+        counts, _ = np.histogram(np.clip(samples, lo, hi), bins=64, range=(lo, hi))
+        p = np.convolve(counts.astype(np.float64), np.ones(3) / 3, mode="same") + 1e-3 * counts.sum() / 64
+        misfit *= np.interp(grid, np.linspace(lo, hi, 129)[1::2], p / p.max()) ** (1 / 3)
+    density = misfit + 0.5 * np.mean(misfit)
+    mass = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))])
+    cuts = np.interp(np.arange(1, n_seg + 1) / (n_seg + 1) * mass[-1], mass, grid)[::-1]
+    tops = np.concatenate([[hi], cuts[:-1]])
+    mean_slope = (func(tops) - func(cuts)) / (tops - cuts)
+    shifted = np.abs(mean_slope - slope) < np.abs(mean_slope)
+    if not shifted.any():
+        return None
+    width = float(np.max((tops - cuts)[shifted]))
+    zone = ZONE * (hi - lo) + max(abs(lo), abs(hi))
+    steps = width * np.exp2(-np.arange(1, bits + 1, dtype=np.float64))
+    T = np.concatenate([cuts, [-zone + width + steps[-1]], -zone + steps - steps[-1] / 2])
+    h = np.concatenate([np.where(shifted, cuts + zone, STOP), [STOP], steps])
+    x = np.linspace(lo, hi, 8193)
+    return T, h, solve_weights(T, h, x, func(x), np.full(x.size, 1.0 / x.size))
+
+
+def structured_starts(func: Func, k: int, lo: float, hi: float, relu_like: bool,
+                      samples: np.ndarray | None = None) -> list[tuple[np.ndarray, ...]]:
     starts = [binary_start(func, k, lo, hi, relu_like), staircase_start(func, k, lo, hi)]
     if not relu_like:
         starts.append(binary_start(func, k, lo, hi, True))
         if lo < 0 < hi and k >= 4:
             starts.append(split_start(func, k, lo, hi))
+    if not relu_like and k >= 6:
+        chains = [segment_start(func, k, lo, hi, bits, samples) for bits in sorted({round(0.4 * k), round(0.5 * k)})]
+        starts += [c for c in chains if c is not None]
     return starts
 
 

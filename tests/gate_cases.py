@@ -66,10 +66,11 @@ CASES = [
 
 # max |converted - original| over [-10, 10] with the data-free default K: the first
 # shipped pre-fitted gate's measured error (amos_onnx/library.json) plus about 30%. ReLU-like gates sit near half a
-# quantisation step (10 / 2^10 / 2 = 0.005); the smooth ones are the fitter's current limit.
+# quantisation step (10 / 2^10 / 2 = 0.005); the smooth ones are the fitter's current limit. Softplus K=12 went from
+# 0.14 to 0.195 with fitter version 8 (segment chains: 2.3 instead of 3.4 spikes, MSE 1.7e-3 instead of 1.2e-3).
 TOLERANCE = {
     "Relu-9": 0.016, "Relu-14": 0.016, "LeakyRelu-9": 0.13, "LeakyRelu-16": 0.078, "PRelu-scalar-9": 0.13,
-    "PRelu-16": 0.13, "Elu-9": 0.18, "Elu-alpha": 0.11, "Selu-9": 0.26, "Celu-12": 0.25, "Softplus-9": 0.19,
+    "PRelu-16": 0.13, "Elu-9": 0.18, "Elu-alpha": 0.11, "Selu-9": 0.26, "Celu-12": 0.25, "Softplus-9": 0.25,
     "Softsign-9": 0.16, "Sigmoid-9": 0.031, "Sigmoid-13": 0.031, "HardSigmoid-9": 0.0040, "HardSigmoid-ab": 0.00079,
     "Tanh-9": 0.13, "Tanh-13": 0.13, "HardSwish-14": 0.21, "Gelu-20": 0.11, "Gelu-tanh-20": 0.12, "Mish-18": 0.099,
     "ThresholdedRelu-10": 0.013, "ThresholdedRelu-alpha": 0.013, "Clip-attr-9": 0.0047, "Clip-attr-nomax-9": 0.016,
