@@ -132,7 +132,7 @@ def amos(name: str, calib: np.ndarray, x: np.ndarray, y: np.ndarray, folder: Pat
     for k in AMOS_KS:
         out = folder / f"{name}_{k}.onnx"
         write(p, out, fit_sites(p.sites, p.reservoirs, k, SEED))
-        logits, spikes = fashion_k.run_spiking(out, x)
+        logits, spikes, _ = fashion_k.run_spiking(out, x)
         lat = latency(load_model(out))
         rows.append({"k": k, "accuracy": float((logits.argmax(1) == y).mean()), "spikes_per_gate": spikes,
                      "latency_steps": lat["latency_steps"], "layers": lat["latency_steps"] // k})
