@@ -158,18 +158,18 @@ def _max_error(p: Problem, c: Params) -> float:
 SLIVER_POINTS = 2**19 + 1
 
 
-def _mend_slivers(fine: Problem, check: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, scale: float,
+def _mend_slivers(fine: Problem, dense: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, scale: float,
                   rounds: int = 2) -> None:
     """A neuron can fire on a sliver between training points (a segment's edge, say) with a weight fitted
-    elsewhere: a glitch the squared error hardly sees. `check` points whose error exceeds twice the fine
+    elsewhere: a glitch the squared error hardly sees. `dense` points whose error exceeds twice the fine
     set's max error join the fine set at fine-point weight, and the gate descends again (in place)."""
     x, target, w = fine.x, fine.target, fine.w
     for _ in range(rounds):
-        err = np.abs(rest(T, h, d, check.x, 0)[0] - check.target)
+        err = np.abs(rest(T, h, d, dense.x, 0)[0] - dense.target)
         bad = err > 2 * _max_error(Problem(x, target, w, fine.lam), (T, h, d))
         if not bad.any():
             return
-        x, target = np.concatenate([x, check.x[bad]]), np.concatenate([target, check.target[bad]])
+        x, target = np.concatenate([x, dense.x[bad]]), np.concatenate([target, dense.target[bad]])
         w = np.concatenate([w, np.full(int(bad.sum()), float(np.median(fine.w)))])
         descend(Problem(x, target, w / w.sum(), fine.lam), T, h, d, scale, sweeps=2)
 

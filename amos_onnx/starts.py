@@ -104,6 +104,8 @@ def segment_start(func: Func, k: int, lo: float, hi: float, bits: int,
         misfit *= np.interp(grid, np.linspace(lo, hi, 129)[1::2], p / p.max()) ** (1 / 3)
     density = misfit + 0.5 * np.mean(misfit)
     mass = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))])
+    if not mass[-1] > 0:  # f exactly linear on the range: no segment is better placed than another
+        return None
     cuts = np.interp(np.arange(1, n_seg + 1) / (n_seg + 1) * mass[-1], mass, grid)[::-1]
     tops = np.concatenate([[hi], cuts[:-1]])
     mean_slope = (func(tops) - func(cuts)) / (tops - cuts)

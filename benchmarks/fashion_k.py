@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fashion_data  # noqa: E402
@@ -60,10 +61,9 @@ def run_original(path: Path, x: np.ndarray) -> np.ndarray:
     return np.concatenate([sess.run(None, {"image": x[i:i + BATCH]})[0] for i in range(0, len(x), BATCH)])
 
 
-def run_spiking(path: Path, x: np.ndarray) -> tuple[np.ndarray, float, float]:
+def run_spiking(converted: onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Logits, mean spikes per gate evaluation (the native op's own spike counts) and synaptic operations per
     image (each gate's spikes times the weights its output elements feed, amos_onnx.costs.fan_outs)."""
-    converted = load_model(path)
     fan_out = fan_outs(converted)
     gate_output = {n.name: n.output[0] for n in gate_nodes(converted)}
     model, probes = with_spike_totals(converted)
@@ -127,9 +127,10 @@ def sweep(name: str, ks: list[int], folder: Path, penalty: float = 0.0, penaltie
     def measure(mode: str, k: int | str, fits: dict[str, SiteFit], fit_seconds: float) -> None:
         out = folder / f"{name}_{mode}_{k}.onnx".replace("/", "-").replace(" ", "_")
         write(p, out, fits)
-        logits, spikes, synops = run_spiking(out, xte)
+        converted = load_model(out)
+        logits, spikes, synops = run_spiking(converted, xte)
         acc = float(np.mean(logits.argmax(1) == yte))
-        lat = latency(load_model(out))
+        lat = latency(converted)
         rows.append({"mode": mode, "k": k, "accuracy": acc, "spikes_per_gate": spikes, "synops_per_image": synops,
                      "fit_seconds": fit_seconds,
                      "latency_steps": lat["latency_steps"], "pipelined_interval": lat["pipelined_interval_steps"]})

@@ -132,8 +132,9 @@ def amos(name: str, calib: np.ndarray, x: np.ndarray, y: np.ndarray, folder: Pat
     for k in AMOS_KS:
         out = folder / f"{name}_{k}.onnx"
         write(p, out, fit_sites(p.sites, p.reservoirs, k, SEED))
-        logits, spikes, _ = fashion_k.run_spiking(out, x)
-        lat = latency(load_model(out))
+        converted = load_model(out)
+        logits, spikes, _ = fashion_k.run_spiking(converted, x)
+        lat = latency(converted)
         rows.append({"k": k, "accuracy": float((logits.argmax(1) == y).mean()), "spikes_per_gate": spikes,
                      "latency_steps": lat["latency_steps"], "layers": lat["latency_steps"] // k})
         print(f"{name} amos-onnx K={k}: {100 * rows[-1]['accuracy']:.2f}% (ANN {100 * original:.2f}%), "
