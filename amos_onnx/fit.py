@@ -19,6 +19,7 @@ from .parallel import fork_map
 log = logging.getLogger(__name__)
 
 REFIT_KICKS = 6  # local-search moves of a calibrated refit (the shipped fits used 20)
+REFIT_STARTS = 8  # of a refit's structured and warm starts (13 for a smooth gate), those best as they are descend
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def _data_free(act: Activation, k: int, penalty: float = 0.0) -> FitResult:
         shipped = library.lookup(act, k)
         if penalty:
             _DATA_FREE[key] = fit(act.func, k, act.lo, act.hi, relu_like=act.relu_like, kicks=REFIT_KICKS,
-                                  warm=[shipped.params] if shipped else [],
+                                  keep_starts=REFIT_STARTS, warm=[shipped.params] if shipped else [],
                                   spike_penalty=absolute_penalty(act, None, act.lo, act.hi, penalty))
         else:
             _DATA_FREE[key] = shipped or fit(act.func, k, act.lo, act.hi, relu_like=act.relu_like)
@@ -100,7 +101,7 @@ def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0, spik
         warm = [shipped.params] if shipped is not None else []
         # The warm start already carries the search; a short local search refits it to the samples.
         result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=warm, kicks=REFIT_KICKS, seed=seed,
-                     spike_penalty=absolute_penalty(act, samples, lo, hi, spike_penalty))
+                     keep_starts=REFIT_STARTS, spike_penalty=absolute_penalty(act, samples, lo, hi, spike_penalty))
         source = "calibrated"
     params = result.params if act.channel_funcs is None else _per_channel(act, result, samples)
     mse, max_err, spikes = result.mse, result.max_error, result.mean_spikes

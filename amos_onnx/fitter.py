@@ -76,8 +76,8 @@ def _problem(func: Func, lo: float, hi: float, samples: np.ndarray | None, lam: 
     else:
         s = samples.astype(np.float64).ravel()
         s = s[np.isfinite(s)]
-        if s.size > points:
-            s = rng.choice(s, points, replace=False)
+        if s.size > points:  # evenly spaced ranks: the samples' distribution without a draw's noise
+            s = np.sort(s)[np.linspace(0, s.size - 1, points).round().astype(np.int64)]
         x = np.concatenate([s, grid])
         w = np.concatenate([np.full(s.size, (1 - GRID_FLOOR) / s.size), np.full(grid.size, GRID_FLOOR / grid.size)])
     tail = _tail_points(func, lo, hi) if tails else np.empty(0)
@@ -115,13 +115,15 @@ def _open_bottom(params: GateParams, func: Func, lo: float, hi: float) -> GatePa
     return GateParams(T, params.resets, params.weights)
 
 
-def _kick(rng: np.random.Generator, T: np.ndarray, h: np.ndarray, d: np.ndarray, lo: float, hi: float) -> None:
-    """One random move of iterated local search, in place."""
+def _kick(rng: np.random.Generator, T: np.ndarray, h: np.ndarray, d: np.ndarray, lo: float, hi: float,
+          where: np.ndarray | None = None) -> None:
+    """One random move of iterated local search, in place; re-placed neurons land uniformly on the range, or on
+    one of `where` (sample quantiles: where the data is)."""
     k, width = len(T), hi - lo
     move = rng.integers(3) if k > 1 else 0
     if move == 0:  # re-place one or two neurons
         for j in rng.choice(k, size=min(k, int(rng.integers(1, 3))), replace=False):
-            T[j] = rng.uniform(lo, hi)
+            T[j] = rng.uniform(lo, hi) if where is None else where[int(rng.integers(where.size))]
             h[j] = width * 2.0 ** -rng.uniform(1, k + 1) * (1 if rng.random() < 0.85 else -1)
             d[j] = 0.0
     elif move == 1:  # jitter every threshold and reset a little
@@ -134,7 +136,7 @@ def _kick(rng: np.random.Generator, T: np.ndarray, h: np.ndarray, d: np.ndarray,
 
 
 def _search(p: Problem, start: Params, lo: float, hi: float, kicks: int, deadline: float,
-            rng: np.random.Generator) -> Params:
+            rng: np.random.Generator, where: np.ndarray | None = None) -> Params:
     T, h, d = (a.copy() for a in start)
     scale = hi - lo
     best = descend(p, T, h, d, scale, sweeps=6)
@@ -142,7 +144,7 @@ def _search(p: Problem, start: Params, lo: float, hi: float, kicks: int, deadlin
         if time.perf_counter() > deadline:
             break
         T2, h2, d2 = T.copy(), h.copy(), d.copy()
-        _kick(rng, T2, h2, d2, lo, hi)
+        _kick(rng, T2, h2, d2, lo, hi, where)
         if p.lam == 0.0:
             d2 = solve_weights(T2, h2, p.x, p.target, p.w)
         cost = descend(p, T2, h2, d2, scale, sweeps=3)
@@ -206,11 +208,13 @@ def fit(
     warm: Sequence[GateParams] = (),
     seed: int = 0,
     tails: bool = False,
+    keep_starts: int | None = None,
 ) -> FitResult:
     """Fit a K-neuron gate to func on [lo, hi], weighted by samples when given.
 
     `kicks` bounds the local search (deterministic for a seed); `time_budget`
-    (seconds) may stop it earlier, at the price of run-to-run differences.
+    (seconds) may stop it earlier, at the price of run-to-run differences. `keep_starts` bounds how many
+    starts get a descent (those with the least cost as they are, weights solved): a refit's time budget.
     Where f saturates beyond the range, a fit whose gate leaves f's range out there by more than its
     in-range max error is redone from itself with points beyond the range in the loss (`tails`).
     """
@@ -232,16 +236,22 @@ def fit(
     # often not the best one (SiLU K=16 on normal samples: 9.8e-4 from it, 6.0e-4 from a segment chain).
     starts += structured_starts(func, k, lo, hi, relu_like, samples)
     starts += [_as_start(w, k, hi, hi - lo) for w in warm]
-    ranked, raw = [], []
-    for i, (T, h, d) in enumerate(starts):
+    raw, solved = [], []
+    for T, h, d in starts:
         T, h, d = T.astype(np.float64), h.astype(np.float64), d.astype(np.float64)
         raw.append((T.copy(), h.copy(), d.copy()))
         if spike_penalty == 0.0:
             d = solve_weights(T, h, coarse.x, coarse.target, coarse.w)
-        ranked.append((descend(coarse, T, h, d, hi - lo, sweeps=2), i, (T, h, d)))
+        solved.append((T, h, d))
+    # With `keep_starts`, only the starts best as they are (weights solved) get a descent.
+    order = sorted(range(len(solved)), key=lambda i: (total_cost(coarse, *solved[i]), i))
+    ranked = [(descend(coarse, *solved[i], hi - lo, sweeps=2), i, solved[i]) for i in order[:keep_starts]]
     _, chosen, start = min(ranked, key=lambda r: (r[0], r[1]))
     # A rounding binary ladder is within about 1% of the quantisation bound for ReLU-like f: no search.
-    T, h, d = _search(coarse, start, lo, hi, 0 if relu_like else kicks, deadline, rng)
+    where = None
+    if samples is not None and samples.size:
+        where = np.quantile(samples[np.isfinite(samples)], np.linspace(0, 1, 257))
+    T, h, d = _search(coarse, start, lo, hi, 0 if relu_like else kicks, deadline, rng, where)
     fine = _problem(func, lo, hi, samples, spike_penalty, 8193, rng, tails)
     # The polished search result, or a polished warm start if that is better: a warm start padded with
     # silent neurons computes its own function, so adding neurons never makes a fit worse.
@@ -269,6 +279,6 @@ def fit(
     mse, max_err, spikes = evaluate(params, func, lo, hi)
     if not tails and tail_excursion(params, func, lo, hi) > max_err:
         return fit(func, k, lo, hi, samples, relu_like=relu_like, spike_penalty=spike_penalty, kicks=kicks,
-                   time_budget=time_budget, warm=[params], seed=seed, tails=True)
+                   time_budget=time_budget, warm=[params], seed=seed, tails=True, keep_starts=keep_starts)
     log.debug("fit K=%d on [%g, %g]: mse %.3g max %.3g spikes %.2f", k, lo, hi, mse, max_err, spikes)
     return FitResult(params, mse, max_err, spikes, lo, hi)

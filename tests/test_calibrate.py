@@ -75,9 +75,10 @@ def test_one_plan_written_at_several_k_equals_convert_at_each_k(tmp_path: Path) 
 
 def test_spike_penalty_trades_a_little_error_for_fewer_spikes(tmp_path: Path) -> None:
     """A Sigmoid site calibrated on normal(0, 1.5^2) inputs at K=10: with --spike-penalty 0.001 the converted
-    model spends at least 30% fewer spikes per gate (counted by validate on other inputs; measured 5.1 -> 3.1)
-    and its output stays within 0.06 of the original's in onnxruntime, 0.012 on average (measured: max 0.022
-    -> 0.042, mean 0.0072 -> 0.0100)."""
+    model spends at least 30% fewer spikes per gate (counted by validate on other inputs; measured 5.1 -> 2.0)
+    and its output stays within 0.06 of the original's in onnxruntime, 0.013 on average (measured: max 0.023
+    -> 0.054, mean 0.0071 -> 0.0121; before the refit's subsample took evenly spaced ranks instead of a random
+    draw, the trade stopped at 3.1 spikes with mean 0.0100)."""
     model = tmp_path / "sigmoid.onnx"
     onnx.save(activation_model("Sigmoid", 17), str(model))
     rng = np.random.default_rng(0)
@@ -91,7 +92,7 @@ def test_spike_penalty_trades_a_little_error_for_fewer_spikes(tmp_path: Path) ->
         spikes.append(result.mean_spikes_per_gate)
         errors.append((result.outputs[0].max_abs_error, result.outputs[0].mean_abs_error))
     assert spikes[1] <= 0.7 * spikes[0]
-    assert errors[1][0] <= 0.06 and errors[1][1] <= 0.012
+    assert errors[1][0] <= 0.06 and errors[1][1] <= 0.013
     with pytest.raises(amos_onnx.errors.OptionError, match="--spike-penalty -1"):
         amos_onnx.convert(model, tmp_path / "bad.onnx", spike_penalty=-1)
 
