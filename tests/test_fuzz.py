@@ -17,3 +17,10 @@ def test_short_fuzz_run_has_no_crash(tmp_path: Path) -> None:
     assert crashes == []
     assert sum(outcomes.values()) == 60
     assert outcomes[("convert", 2)] > 0  # the corruptions really are caught as user errors
+
+
+def test_worker_processes_run_exactly_the_cases_of_one(tmp_path: Path) -> None:
+    """The benchmark splits its cases between processes: together they see the same corrupted models."""
+    one = fuzz.run(40, seed=3, folder=tmp_path / "one")
+    two = fuzz.run(40, seed=3, folder=tmp_path / "two", jobs=2)
+    assert one == two and sum(one[0].values()) == 80
