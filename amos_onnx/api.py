@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import report_files
+from . import library, report_files
 from .dataset import CalibrationDataReader, DataSource, open_data
 from .errors import DataError, OptionError
 from .fit import fit_site
@@ -38,7 +38,9 @@ def fit_function(
     name: str, k: int, lo: float | None = None, hi: float | None = None, samples: np.ndarray | None = None,
     spike_penalty: float = 0.0, seed: int = 0,
 ) -> FitResult:
-    """Fit a gate for a named function (e.g. "Sigmoid", "SiLU") on a range and/or samples."""
+    """Fit a gate for a named function (e.g. "Sigmoid", "SiLU") on a range and/or samples, warm-started from
+    the shipped pre-fitted gate; that gate itself when nothing asks for another (default range, no samples,
+    no spike penalty, seed 0)."""
     named = named_activations()
     if name not in named:
         raise OptionError(f"unknown function {name!r}", hint=f"known: {', '.join(sorted(named))}")
@@ -53,4 +55,8 @@ def fit_function(
         lo, hi = (float(samples.min()), float(samples.max())) if samples is not None else (act.lo, act.hi)
     if not lo < hi:
         raise OptionError(f"--range {lo} {hi}: LO must be below HI")
-    return fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, spike_penalty=spike_penalty, seed=seed)
+    shipped = library.lookup(act, k)
+    if shipped is not None and samples is None and spike_penalty == 0.0 and seed == 0 and (lo, hi) == (act.lo, act.hi):
+        return shipped
+    return fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, spike_penalty=spike_penalty, seed=seed,
+               warm=[shipped.params] if shipped is not None else [])

@@ -121,6 +121,27 @@ def segment_start(func: Func, k: int, lo: float, hi: float, bits: int,
     return T, h, solve_weights(T, h, x, func(x), np.full(x.size, 1.0 / x.size))
 
 
+def stopped_top(func: Func, start: tuple[np.ndarray, ...], lo: float, hi: float,
+                share: float = 0.02) -> tuple[np.ndarray, ...] | None:
+    """`start` behind a first neuron that stops every input where f is flat at the top of the range (within
+    `share` of f's range of f(hi)) and carries f's level there; the start's last neuron makes room.
+
+    A gate fitted for error alone often codes f like a thermometer: inputs in a flat top fire nearly every
+    neuron (sigmoid K=12: 11-12 spikes above 4). One spike can do it instead. None when the flat top is
+    narrower than 5% of the range.
+    """
+    grid = np.linspace(lo, hi, 4097)
+    f = func(grid)
+    near = np.abs(f - f[-1]) <= share * max(float(np.ptp(f)), 1e-12)
+    away = np.flatnonzero(~near)
+    a = float(grid[away[-1] + 1]) if away.size else lo
+    if hi - a < 0.05 * (hi - lo) or len(start[0]) < 2:
+        return None
+    T, h, d = (np.asarray(v, np.float64) for v in start)
+    top = float(np.mean(f[grid >= a]))
+    return (np.concatenate([[a], T[:-1]]), np.concatenate([[STOP], h[:-1]]), np.concatenate([[top], d[:-1]]))
+
+
 def structured_starts(func: Func, k: int, lo: float, hi: float, relu_like: bool,
                       samples: np.ndarray | None = None) -> list[tuple[np.ndarray, ...]]:
     starts = [binary_start(func, k, lo, hi, relu_like), staircase_start(func, k, lo, hi)]

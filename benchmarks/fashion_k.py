@@ -282,6 +282,9 @@ def penalty_table(results: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+KS_ALL = "2-16"
+
+
 def parse_ks(text: str) -> list[int]:
     if "-" in text:
         lo, hi = text.split("-")
@@ -292,7 +295,7 @@ def parse_ks(text: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nets", default=",".join(fashion_nets.NETS))
-    parser.add_argument("--ks", default="2-16")
+    parser.add_argument("--ks", default=KS_ALL)
     parser.add_argument("--spike-penalty", type=float, default=0.0, help="convert's --spike-penalty for our gates")
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     args = parser.parse_args()
@@ -302,7 +305,8 @@ def main() -> None:
         for name in args.nets.split(","):
             result = sweep(name, parse_ks(args.ks), Path(tmp), args.spike_penalty, PENALTIES)
             (CACHE / f"{name}.json").write_text(json.dumps(result, indent=1))
-            plot(result, OUT / f"fashion_{name}_k.png")
+            if parse_ks(args.ks) == parse_ks(KS_ALL):  # a partial run (--ks) keeps the full run's plot
+                plot(result, OUT / f"fashion_{name}_k.png")
             results.append(result)
     nets = "; ".join(f"{r['name']}: {r['facts']['description']}, {r['facts']['parameters']:,} parameters, "
                      f"{r['sites']} gates ({', '.join(r['site_kinds'])})" for r in results)

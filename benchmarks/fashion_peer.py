@@ -215,8 +215,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     CACHE.mkdir(parents=True, exist_ok=True)
-    calib = fashion_k.calibration_images()
-    x, y = test_subset(args.images)
+    # --render reads the last run's figures: no data, no simulation.
+    calib = None if args.render else fashion_k.calibration_images()
+    x, y = (None, None) if args.render else test_subset(args.images)
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.nets.split(","):
@@ -226,6 +227,7 @@ def main() -> None:
                     for key in ("accuracy", "spikes_per_neuron"):
                         rec[key] = {int(t): v for t, v in rec[key].items()}
             else:
+                assert calib is not None and x is not None and y is not None
                 res = {"peer": peer(name, x, y, args.batch), "amos": amos(name, calib, x, y, Path(tmp))}
                 (CACHE / f"{name}.json").write_text(json.dumps(res, indent=1))
             plot(name, res, OUT / f"fashion_peer_{name}.png")
