@@ -19,7 +19,7 @@ from .parallel import fork_map
 log = logging.getLogger(__name__)
 
 REFIT_KICKS = 6  # local-search moves of a calibrated refit (the shipped fits used 20)
-REFIT_STARTS = 8  # of a refit's structured and warm starts (13 for a smooth gate), those best as they are descend
+REFIT_STARTS = 8  # a refit descends only this many of its starts (13 for a smooth gate): fitter.fit's keep_starts
 
 
 @dataclass(frozen=True)

@@ -214,7 +214,8 @@ def fit(
 
     `kicks` bounds the local search (deterministic for a seed); `time_budget`
     (seconds) may stop it earlier, at the price of run-to-run differences. `keep_starts` bounds how many
-    starts get a descent (those with the least cost as they are, weights solved): a refit's time budget.
+    starts get a descent, those with the least cost as they are (weights solved when fitting for error alone):
+    a refit's time budget.
     Where f saturates beyond the range, a fit whose gate leaves f's range out there by more than its
     in-range max error is redone from itself with points beyond the range in the loss (`tails`).
     """
@@ -227,9 +228,10 @@ def fit(
     # ReLU-like gates resolve 2^K levels: they need the fine set from the start.
     coarse = _problem(func, lo, hi, samples, spike_penalty, 8193 if relu_like else 2049, rng, tails)
     starts = []
-    if samples is not None and samples.size:
+    finite = np.empty(0) if samples is None else samples[np.isfinite(samples)]
+    if finite.size:
         # Starts on the range where the data really is.
-        core_lo, core_hi = np.quantile(samples[np.isfinite(samples)], [0.001, 0.999])
+        core_lo, core_hi = np.quantile(finite, [0.001, 0.999])
         if core_hi > core_lo and (core_lo > lo or core_hi < hi):
             starts += structured_starts(func, k, float(core_lo), float(core_hi), relu_like, samples)
     # The starts on the whole range compete too: a warm start fitted on another range (the library's) is
@@ -247,14 +249,12 @@ def fit(
         if spike_penalty == 0.0:
             d = solve_weights(T, h, coarse.x, coarse.target, coarse.w)
         solved.append((T, h, d))
-    # With `keep_starts`, only the starts best as they are (weights solved) get a descent.
+    # With `keep_starts`, only the starts best as they are get a descent.
     order = sorted(range(len(solved)), key=lambda i: (total_cost(coarse, *solved[i]), i))
     ranked = [(descend(coarse, *solved[i], hi - lo, sweeps=2), i, solved[i]) for i in order[:keep_starts]]
     _, chosen, start = min(ranked, key=lambda r: (r[0], r[1]))
+    where = np.quantile(finite, np.linspace(0, 1, 257)) if finite.size else None
     # A rounding binary ladder is within about 1% of the quantisation bound for ReLU-like f: no search.
-    where = None
-    if samples is not None and samples.size:
-        where = np.quantile(samples[np.isfinite(samples)], np.linspace(0, 1, 257))
     T, h, d = _search(coarse, start, lo, hi, 0 if relu_like else kicks, deadline, rng, where)
     fine = _problem(func, lo, hi, samples, spike_penalty, 8193, rng, tails)
     # The polished search result, or a polished warm start if that is better: a warm start padded with

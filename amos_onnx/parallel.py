@@ -4,7 +4,8 @@ The jobs hold closures (composite activations evaluated by onnxruntime sessions)
 so they are not sent to the workers: they sit in a module-level list set before the fork, and the
 workers receive only indices. BLAS is held to one thread while they run (threadpoolctl, the `fast`
 extra, set in the parent before the fork and inherited): the fitter's least-squares solves are small,
-and BLAS threads spinning beside the worker processes cost more than they give. Without fork (or with one job or CPU) everything runs here.
+and BLAS threads spinning beside the worker processes cost more than they give. Without fork (or with
+one job or CPU) everything runs here.
 """
 
 from __future__ import annotations

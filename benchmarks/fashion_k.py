@@ -262,9 +262,7 @@ def targets(results: list[dict[str, object]]) -> str:
 
 
 def synaptic(row: dict[str, object], res: dict[str, object]) -> str:
-    """Synaptic operations per image beside the ANN's multiply-accumulates (rows from older runs lack them)."""
-    if "synops_per_image" not in row or "macs_per_image" not in res:
-        return "-"
+    """Synaptic operations per image beside the ANN's multiply-accumulates."""
     synops, mac = float(row["synops_per_image"]), float(res["macs_per_image"])  # type: ignore[arg-type]
     return f"{synops / 1e6:.2f} M ({mac / 1e6:.2f} M, {synops / mac:.2f}x)"
 
