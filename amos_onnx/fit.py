@@ -18,7 +18,7 @@ from .parallel import fork_map
 
 log = logging.getLogger(__name__)
 
-REFIT_KICKS = 6  # local-search moves of a calibrated refit (the shipped fits used 20)
+REFIT_KICKS = 6  # local-search moves of a calibrated refit (the shipped fits used library.LIBRARY_KICKS)
 REFIT_STARTS = 8  # a refit descends only this many of its starts (13 for a smooth gate): fitter.fit's keep_starts
 
 
