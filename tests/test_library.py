@@ -81,6 +81,22 @@ def test_more_neurons_never_fit_worse() -> None:
         assert all(b <= a * 1.0001 + 1e-12 for a, b in zip(mses, mses[1:])), (act.label, mses)
 
 
+def test_a_larger_k_never_ships_a_worse_gate() -> None:
+    """The library build keeps a larger K's fit when it is at least as good as the smaller K's; otherwise it
+    ships the smaller K's gate padded with silent neurons: K neurons, the same outputs and spikes on the range."""
+    act = {a.label: a for a in library._representative_activations()}["Sigmoid"]
+    k4, k6, k8 = (library.lookup(act, k) for k in (4, 6, 8))
+    assert k4 is not None and k6 is not None and k8 is not None
+    assert library.no_worse(act, 8, k8, k6) is k8
+    padded = library.no_worse(act, 8, k4, k6)  # a K=8 fit as bad as K=4's: K=6's gate is shipped instead
+    assert len(padded.params.thresholds) == 8
+    x = np.linspace(act.lo, act.hi, 100_001, dtype=np.float32)
+    (y6, s6), (y8, s8) = simulate(k6.params, x), simulate(padded.params, x)
+    np.testing.assert_array_equal(y8, y6)
+    np.testing.assert_array_equal(s8, s6)
+    assert (padded.mse, padded.max_error, padded.mean_spikes) == (k6.mse, k6.max_error, k6.mean_spikes)
+
+
 def test_library_of_another_fitter_version_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stale = tmp_path / "library.json"
     stale.write_text(json.dumps({"fitter_version": -1, "gates": json.loads(library.PATH.read_text())["gates"]}))
