@@ -184,7 +184,7 @@ def evaluate(params: GateParams, func: Func, lo: float, hi: float, points: int =
     return float(np.mean(err**2)), float(np.max(np.abs(err))), float(np.mean(s))
 
 
-def _as_start(params: GateParams, k: int, hi: float, width: float) -> Params:
+def pad_start(params: GateParams, k: int, hi: float, width: float) -> Params:
     """A warm start of length k: truncated, or padded with silent neurons above the range."""
     T, h, d = (np.asarray(a, np.float64)[:k] for a in (params.thresholds, params.resets, params.weights))
     pad = k - len(T)
@@ -237,11 +237,12 @@ def fit(
     # The starts on the whole range compete too: a warm start fitted on another range (the library's) is
     # often not the best one (SiLU K=16 on normal samples: 9.8e-4 from it, 6.0e-4 from a segment chain).
     starts += structured_starts(func, k, lo, hi, relu_like, samples)
-    starts += [_as_start(w, k, hi, hi - lo) for w in warm]
+    starts += [pad_start(w, k, hi, hi - lo) for w in warm]
     if spike_penalty > 0:
         # Spikes count: warm starts also compete behind a neuron that stops inputs in f's flat top with one spike
-        # (for error alone it made the library worse: sigmoid K=12 4.6e-5 at 4.3 spikes, against 2.6e-5 at 6.1).
-        starts += [s for s in (stopped_top(func, _as_start(w, k, hi, hi - lo), lo, hi) for w in warm) if s is not None]
+        # (for error alone it made the fitter-version-8 library worse: sigmoid K=12 4.6e-5 at 4.3 spikes, against
+        # 2.6e-5 at 6.1).
+        starts += [s for s in (stopped_top(func, pad_start(w, k, hi, hi - lo), lo, hi) for w in warm) if s is not None]
     raw, solved = [], []
     for T, h, d in starts:
         T, h, d = T.astype(np.float64), h.astype(np.float64), d.astype(np.float64)
@@ -263,7 +264,7 @@ def fit(
     # overfit 8,193 points.
     check = _problem(func, lo, hi, samples, spike_penalty, 65537, rng, tails)
     # For ReLU-like f the chosen start as it was also competes: a rounding binary ladder is near-optimal.
-    candidates = [(T, h, d)] + ([raw[chosen]] if relu_like else []) + [_as_start(w, k, hi, hi - lo) for w in warm]
+    candidates = [(T, h, d)] + ([raw[chosen]] if relu_like else []) + [pad_start(w, k, hi, hi - lo) for w in warm]
     # Only the candidate best on the fine set is polished (polishing is most of a refit's time); every
     # candidate, polished or not, then competes on the check set.
     T, h, d = (a.copy() for a in min(candidates, key=lambda c: total_cost(fine, *c)))

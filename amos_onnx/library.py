@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fitter import FitResult, _as_start, evaluate, fit
+from .fitter import FitResult, evaluate, fit, pad_start
 from .gates import Activation
 from .neuron import GateParams
 
@@ -106,7 +106,7 @@ def no_worse(act: Activation, k: int, result: FitResult, smaller: FitResult) -> 
     K=15's 2.9e-10), and a larger K never ships a worse gate."""
     if result.mse <= smaller.mse:
         return result
-    padded = GateParams(*_as_start(smaller.params, k, act.hi, act.hi - act.lo))
+    padded = GateParams(*pad_start(smaller.params, k, act.hi, act.hi - act.lo))
     return FitResult(padded, *evaluate(padded, act.func, act.lo, act.hi), act.lo, act.hi)
 
 

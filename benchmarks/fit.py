@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/fit.py [--write]
 
-Every row fits with amos_onnx.fitter.fit (seed 0, default budget) and measures
+Every row takes the gate `amos-onnx fit` gives (amos_onnx.api.fit_function, seed 0,
+default budget: the shipped gate, or a fit warm-started from it) and measures
 MSE, max error and mean spikes on 200,001 points (uniform rows: a uniform grid
 over the range; the normal row: 200,001 seeded normal samples). Rows with a
 spike target also show a fit with a spike penalty. Then the timings the fitter
@@ -29,9 +30,9 @@ from results import machine, write_section  # noqa: E402
 
 import amos_onnx  # noqa: E402
 from amos_onnx import library  # noqa: E402
+from amos_onnx.api import fit_function  # noqa: E402
 from amos_onnx.calibrate import Reservoir  # noqa: E402
 from amos_onnx.fit import fit_site  # noqa: E402
-from amos_onnx.fitter import fit  # noqa: E402
 from amos_onnx.neuron import GateParams, preset, simulate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,17 +71,16 @@ ROWS = [
 ]
 
 
-def ours(name: str, func, k: int, lo: float, hi: float, samples: np.ndarray | None,  # type: ignore[no-untyped-def]
+def ours(name: str, k: int, lo: float, hi: float, samples: np.ndarray | None,
          lam: float = 0.0) -> tuple[GateParams, str]:
-    """The gate amos-onnx uses: the shipped pre-fitted one when it fits this range, else a fit warm-started
-    from it (the shipped gates were grown from K = 4 up, each K starting from the previous one)."""
-    act = library.named_activations()[name]
-    shipped = library.lookup(act, k)
-    if shipped is not None and samples is None and lam == 0.0 and (lo, hi) == (act.lo, act.hi):
-        return shipped.params, "pre-fitted"
+    """The gate `amos-onnx fit` gives (api.fit_function): the shipped pre-fitted one when nothing asks for
+    another, else a fit warm-started from it (the shipped gates were grown from K = 4 up, each K starting from
+    the previous one)."""
+    shipped = library.lookup(library.named_activations()[name], k)
     start = time.perf_counter()
-    warm = [shipped.params] if shipped is not None else []
-    result = fit(func, k, lo, hi, samples, relu_like=act.relu_like, spike_penalty=lam, warm=warm)
+    result = fit_function(name, k, lo, hi, samples, spike_penalty=lam)
+    if shipped is not None and np.array_equal(result.params.thresholds, shipped.params.thresholds):
+        return result.params, "pre-fitted"
     return result.params, f"fitted in {time.perf_counter() - start:.1f} s"
 
 
@@ -102,12 +102,12 @@ def fit_rows() -> list[str]:
              "|---|---|---|---|---|---|"]
     for name, function, func, k, (lo, hi), samples, pub, target, spike_target in ROWS:
         normal = samples is not None
-        params, how = ours(function, func, k, lo, hi, samples)
+        params, how = ours(function, k, lo, hi, samples)
         m = measure(params, func, lo, hi, normal)
         published = fmt(*measure(preset(pub), func, lo, hi, normal)) if pub and preset(pub).k == k else "-"
         penalised, met = "-", m[0] <= target and (spike_target is None or m[2] <= spike_target)
         if spike_target is not None:
-            sparse, _ = ours(function, func, k, lo, hi, samples, lam=2e-5)
+            sparse, _ = ours(function, k, lo, hi, samples, lam=2e-5)
             p = measure(sparse, func, lo, hi, normal)
             penalised = fmt(*p)
             met = met or (p[0] <= target and p[2] <= spike_target)

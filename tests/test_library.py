@@ -129,7 +129,7 @@ def test_fit_command_prints_parameters_and_figures(tmp_path: Path) -> None:
 
 
 def test_fit_command_with_a_spike_penalty_meets_the_sigmoid_k12_target() -> None:
-    """`amos-onnx fit Sigmoid --k 12 --spike-penalty 2e-5` warm-starts from the shipped gate (2.6e-5 at 6.1
+    """`amos-onnx fit Sigmoid --k 12 --spike-penalty 2e-5` warm-starts from the shipped gate (1.8e-5 at 6.4
     spikes): MSE <= 4e-5 at <= 2.74 mean spikes, the fitter issue's target (from scratch the fit ends at a
     segment chain, 6.8e-5 at 1.8)."""
     result = CliRunner().invoke(main, ["fit", "Sigmoid", "--k", "12", "--spike-penalty", "2e-5", "--json"])
