@@ -138,8 +138,9 @@ def main(verbose: bool) -> None:
 @click.option("--target-mse", type=float, default=1e-4, show_default=True,
               help="Per-site error target of --k auto (MSE on the site's calibration samples).")
 @click.option("--spike-penalty", "spike_penalty", type=float, default=0.0, show_default=True,
-              help="Squared error one spike per gate may cost, as a fraction of the activation's mean square output "
-                   "(0: error alone; try 0.01 for fewer spikes).")
+              help="Squared error one spike per gate may cost, as a fraction of the activation's mean square output, "
+                   "spread over the sites by their share of the gate evaluations (0: error alone; try 0.005 for "
+                   "fewer spikes).")
 @click.option("--calib", type=click.Path(), default=None,
               help=".npz (one array per model input), .npy (one-input model) or a folder of images.")
 @click.option("--emit", type=str, default="function", show_default=True, help="function (local function per K) or inline.")

@@ -101,7 +101,13 @@ def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0, spik
         warm = [shipped.params] if shipped is not None else []
         # The warm start already carries the search; a short local search refits it to the samples.
         result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=warm, kicks=REFIT_KICKS, seed=seed,
-                     keep_starts=REFIT_STARTS, spike_penalty=absolute_penalty(act, samples, lo, hi, spike_penalty))
+                     keep_starts=REFIT_STARTS)
+        if spike_penalty:
+            # The error-only refit joins the starts: a penalised refit never returns a gate that it beats on
+            # the penalised cost (a refit descends only its best few starts, with a few moves).
+            result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=[*warm, result.params],
+                         kicks=REFIT_KICKS, seed=seed, keep_starts=REFIT_STARTS,
+                         spike_penalty=absolute_penalty(act, samples, lo, hi, spike_penalty))
         source = "calibrated"
     params = result.params if act.channel_funcs is None else _per_channel(act, result, samples)
     mse, max_err, spikes = result.mse, result.max_error, result.mean_spikes
@@ -155,12 +161,32 @@ def _fit_job(job: tuple[Activation, int | str, Reservoir | None, float, int, flo
     return auto_fit(act, res, target_mse, seed, penalty) if kk == AUTO else fit_site(act, int(kk), res, seed, penalty)
 
 
+def _shares(keys: dict[str, tuple[str, str, str] | str],
+            work: dict[tuple[str, str, str] | str, tuple[Activation, int | str, Reservoir | None, float, int, float]],
+            ) -> list[float]:
+    """Each fit's share of the network's gate evaluations (values its sites see per calibration pass), times
+    the number of sites: the mean spikes per gate a network spends is sum(share * spikes) / sites, so a
+    penalty on it weighs each site's spikes by its share (one spike at an early, large site costs more than
+    one at a squeeze-excitation gate). 1 for every fit when no site has calibration samples."""
+    seen = {key: 0 for key in work}
+    for key in keys.values():
+        res = work[key][2]
+        seen[key] += res.seen if res is not None else 0
+    known = [v for v in seen.values() if v > 0]
+    if not known:
+        return [1.0] * len(work)
+    per_site = sum(known) / sum(1 for key in keys.values() if seen[key] > 0)
+    return [seen[key] / per_site if seen[key] > 0 else 1.0 for key in work]
+
+
 def fit_sites(
     sites: list[Site], reservoirs: dict[str, Reservoir], k: int | str | None, seed: int = 0,
     k_per_op: dict[str, int] | None = None, target_mse: float = DEFAULT_TARGET_MSE, spike_penalty: float = 0.0,
 ) -> dict[str, SiteFit]:
     """One SiteFit per converting site, keyed by site name; sites seeing the same tensor with the same
-    function and K share one fit. Fits run in parallel processes (AMOS_ONNX_JOBS, default one per CPU)."""
+    function and K share one fit. Fits run in parallel processes (AMOS_ONNX_JOBS, default one per CPU).
+    spike_penalty (relative, absolute_penalty) is spread over the sites by their share of the network's
+    gate evaluations (_shares), so it trades the network's mean spikes per gate."""
     keys: dict[str, tuple[str, str, str] | str] = {}
     work: dict[tuple[str, str, str] | str, tuple[Activation, int | str, Reservoir | None, float, int, float]] = {}
     for site in sites:
@@ -173,6 +199,8 @@ def fit_sites(
             key = site.name
         keys[site.name] = key
         work.setdefault(key, (act, kk, res, target_mse, seed, spike_penalty))
+    if spike_penalty:
+        work = {key: (*job[:5], spike_penalty * share) for (key, job), share in zip(work.items(), _shares(keys, work))}
     results = dict(zip(work, fork_map(_fit_job, list(work.values()))))  # each fit seeded alone: order-free
     fits = {name: results[key] for name, key in keys.items()}
     for name, fit_ in fits.items():

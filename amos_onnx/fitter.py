@@ -283,7 +283,10 @@ def fit(
     params = _open_bottom(GateParams(T, h, d), func, lo, hi)
     mse, max_err, spikes = evaluate(params, func, lo, hi)
     if not tails and tail_excursion(params, func, lo, hi) > max_err:
+        # Redone from itself, and from every warm start again: one of them may keep to f's range out there
+        # (fitter version 9 redid it from itself alone; a Tanh K=8 refit with a spike penalty then ended at
+        # 1.5x the penalised cost of the error-only warm start it had been given).
         return fit(func, k, lo, hi, samples, relu_like=relu_like, spike_penalty=spike_penalty, kicks=kicks,
-                   time_budget=time_budget, warm=[params], seed=seed, tails=True, keep_starts=keep_starts)
+                   time_budget=time_budget, warm=[params, *warm], seed=seed, tails=True, keep_starts=keep_starts)
     log.debug("fit K=%d on [%g, %g]: mse %.3g max %.3g spikes %.2f", k, lo, hi, mse, max_err, spikes)
     return FitResult(params, mse, max_err, spikes, lo, hi)

@@ -46,7 +46,7 @@ CALIBRATION_IMAGES = 2000
 BATCH = 500
 OUT = Path(__file__).resolve().parent
 CACHE = fashion_data.ROOT / ".cache/fashion-k"
-PENALTIES = (0.001, 0.003, 0.01)  # convert --spike-penalty values tried on the non-ReLU networks
+PENALTIES = (0.001, 0.002, 0.003, 0.005, 0.01)  # convert --spike-penalty values tried on the non-ReLU networks
 PENALTY_K = 10
 PRESETS = {"Sigmoid": ("sigmoid-k12", 12), "SiLU": ("silu-k16", 16)}  # by activation label
 

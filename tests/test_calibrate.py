@@ -123,3 +123,84 @@ def test_parallel_fitting_equals_one_process(tmp_path: Path, monkeypatch: pytest
         amos_onnx.convert(DIGITS, tmp_path / f"j{jobs}.onnx", calib=TRAIN)
         gates.append([n.attribute for n in onnx.load(str(tmp_path / f"j{jobs}.onnx")).graph.node if n.op_type == "AmosGate"])
     assert len(gates[0]) == 3 and gates[0] == gates[1]
+
+
+def _two_tanh_sites(tmp_path: Path) -> Path:
+    """x (N, 60) -> Tanh -> big; x[:, :4] -> Tanh -> small: two sites, one seeing 15x the other's values."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Tanh", ["x"], ["big"], name="big_site"),
+        helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["part"], name="slice"),
+        helper.make_node("Tanh", ["part"], ["small"], name="small_site"),
+    ]
+    inits = [numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("starts", 0), ("ends", 4), ("axes", 1))]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 60])],
+        [helper.make_tensor_value_info("big", TensorProto.FLOAT, ["N", 60]),
+         helper.make_tensor_value_info("small", TensorProto.FLOAT, ["N", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    path = tmp_path / "two.onnx"
+    onnx.save(model, str(path))
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).normal(0, 1.5, (500, 60)).astype(np.float32))
+    return path
+
+
+def test_a_spike_penalty_weighs_each_site_by_its_share_of_gate_evaluations(tmp_path: Path) -> None:
+    """Mean spikes per gate counts every evaluation, so --spike-penalty L costs a site's spikes by its share:
+    the site seeing 60 of every 64 values is fitted with L * 60 / 32, the one seeing 4 with L * 4 / 32 (exactly
+    fit_site's gates at those penalties). Against the original in onnxruntime (Tanh K=8, L = 0.002; error
+    alone: max 0.057, mean 0.016 on both outputs, 4.5 spikes), the big output trades error for spikes
+    (measured: max 0.074, mean 0.021, 3.96 spikes), the small one stays as it was (max 0.056, mean 0.015).
+    (At L itself the big site's refit lands on 2.24 spikes at 2.3x the error: the penalised search is not
+    monotone in L, which is why this test does not compare the two.)"""
+    from amos_onnx.fit import fit_site
+
+    path = _two_tanh_sites(tmp_path)
+    p = plan(path, calib=tmp_path / "calib.npz")
+    fits = fit_sites(p.sites, p.reservoirs, 8, spike_penalty=0.002)
+    by_name = {s.name: s for s in p.sites}
+    for name, share in (("big_site", 60 / 32), ("small_site", 4 / 32)):
+        site = by_name[name]
+        alone = fit_site(site.activation, 8, p.reservoirs[site.input], 0, 0.002 * share)
+        assert np.array_equal(fits[name].params.thresholds, alone.params.thresholds)
+        assert np.array_equal(fits[name].params.weights, alone.params.weights)
+    assert fits["big_site"].mean_spikes <= 4.2 and fits["small_site"].mean_spikes >= 4.3
+    write(p, tmp_path / "out.onnx", fits)
+    result = amos_onnx.validate(path, tmp_path / "out.onnx", tmp_path / "calib.npz")
+    big, small = result.outputs
+    assert big.name == "big" and big.max_abs_error <= 0.1 and big.mean_abs_error <= 0.03
+    assert small.max_abs_error <= 0.07 and small.mean_abs_error <= 0.02
+
+
+@pytest.mark.parametrize(("name", "k", "penalty", "draw"), [
+    ("Tanh", 8, 0.003, lambda rng: rng.normal(0, 1.5, 100_000)),
+    ("SiLU", 10, 0.001, lambda rng: rng.laplace(0, 0.8, 100_000)),
+])
+def test_a_penalised_refit_never_returns_a_gate_the_error_only_refit_beats(name, k, penalty, draw) -> None:  # type: ignore[no-untyped-def]
+    """On the site's own samples a penalised refit's error + lambda * spikes is at most the error-only
+    refit's. Two mechanisms see to it; each case fails without its own (measured, cost at mean spikes):
+    - Tanh K=8, normal(0, 1.5^2), 0.003: a fit whose gate left f's range beyond the samples' range was redone
+      from itself alone, losing its warm starts: 1.18e-2 at 4.37 against the error-only 7.68e-3 at 4.49.
+      Redone from every warm start again (fitter version 10): 7.06e-3 at 3.99.
+    - SiLU K=10, Laplace(0, 0.8) (heavy tails, like the EfficientNet-style network's SiLU sites), 0.001: a
+      refit descends only its best few starts, with a few moves: 3.64e-3 at 1.46 against 3.05e-3 at 2.48.
+      With the error-only refit as one more warm start: 3.04e-3 at 2.46."""
+    from amos_onnx.api import named_activations
+    from amos_onnx.fit import absolute_penalty, fit_site
+    from amos_onnx.neuron import simulate
+
+    act = named_activations()[name]
+    res = Reservoir(100_000, np.random.default_rng(1))
+    res.add(draw(np.random.default_rng(0)).astype(np.float32))
+    x = res.values.astype(np.float64)
+    lam = absolute_penalty(act, res.values, res.lo, res.hi, penalty)
+
+    def cost(params) -> float:  # type: ignore[no-untyped-def]
+        y, s = simulate(params, res.values)
+        return float(np.mean((y - act.func(x)) ** 2) + lam * np.mean(s))
+
+    alone = fit_site(act, k, res, 0, 0.0)
+    penalised = fit_site(act, k, res, 0, penalty)
+    assert cost(penalised.params) <= cost(alone.params)
