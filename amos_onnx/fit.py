@@ -103,8 +103,9 @@ def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0, spik
         result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=warm, kicks=REFIT_KICKS, seed=seed,
                      keep_starts=REFIT_STARTS)
         if spike_penalty:
-            # The error-only refit joins the starts: a penalised refit never returns a gate that it beats on
-            # the penalised cost (a refit descends only its best few starts, with a few moves).
+            # The error-only refit joins the starts, so the penalised refit never returns a gate that the
+            # error-only one beats on the penalised cost (the fit's final candidates include its warm starts;
+            # without it, a refit descending only its best few starts, with a few moves, sometimes did).
             result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=[*warm, result.params],
                          kicks=REFIT_KICKS, seed=seed, keep_starts=REFIT_STARTS,
                          spike_penalty=absolute_penalty(act, samples, lo, hi, spike_penalty))
