@@ -157,27 +157,27 @@ def site_k(site: Site, k: int | str | None, k_per_op: dict[str, int]) -> int | s
     return int(k) if k is not None else site.activation.k
 
 
-def _fit_job(job: tuple[Activation, int | str, Reservoir | None, float, int, float]) -> SiteFit:
+Job = tuple[Activation, int | str, Reservoir | None, float, int, float]  # _fit_job's arguments
+Key = tuple[str, str, str] | str  # sites with the same key share one fit
+
+
+def _fit_job(job: Job) -> SiteFit:
     act, kk, res, target_mse, seed, penalty = job
     return auto_fit(act, res, target_mse, seed, penalty) if kk == AUTO else fit_site(act, int(kk), res, seed, penalty)
 
 
-def _shares(keys: dict[str, tuple[str, str, str] | str],
-            work: dict[tuple[str, str, str] | str, tuple[Activation, int | str, Reservoir | None, float, int, float]],
-            ) -> list[float]:
-    """Each fit's share of the network's gate evaluations (values its sites see per calibration pass), times
-    the number of sites: the mean spikes per gate a network spends is sum(share * spikes) / sites, so a
-    penalty on it weighs each site's spikes by its share (one spike at an early, large site costs more than
-    one at a squeeze-excitation gate). 1 for every fit when no site has calibration samples."""
-    seen = {key: 0 for key in work}
-    for key in keys.values():
-        res = work[key][2]
-        seen[key] += res.seen if res is not None else 0
-    known = [v for v in seen.values() if v > 0]
-    if not known:
-        return [1.0] * len(work)
-    per_site = sum(known) / sum(1 for key in keys.values() if seen[key] > 0)
-    return [seen[key] / per_site if seen[key] > 0 else 1.0 for key in work]
+def _shares(seen: list[tuple[Key, int]]) -> dict[Key, float]:
+    """Each fit's share of the network's gate evaluations, from the values each site saw in calibration
+    (`seen`: one (key, count) per site), over the mean per site: the mean spikes per gate a network spends is
+    sum(share * spikes) / sites, so a penalty on it weighs each fit's spikes by its share (one spike at an
+    early, large site costs more than one at a squeeze-excitation gate). 1 for a fit none of whose sites has
+    calibration samples."""
+    sampled = [n for _, n in seen if n > 0]
+    mean = sum(sampled) / max(len(sampled), 1)
+    totals: dict[Key, int] = {}
+    for key, n in seen:
+        totals[key] = totals.get(key, 0) + n
+    return {key: n / mean if n > 0 else 1.0 for key, n in totals.items()}
 
 
 def fit_sites(
@@ -188,20 +188,23 @@ def fit_sites(
     function and K share one fit. Fits run in parallel processes (AMOS_ONNX_JOBS, default one per CPU).
     spike_penalty (relative, absolute_penalty) is spread over the sites by their share of the network's
     gate evaluations (_shares), so it trades the network's mean spikes per gate."""
-    keys: dict[str, tuple[str, str, str] | str] = {}
-    work: dict[tuple[str, str, str] | str, tuple[Activation, int | str, Reservoir | None, float, int, float]] = {}
+    keys: dict[str, Key] = {}
+    work: dict[Key, Job] = {}
+    seen: list[tuple[Key, int]] = []
     for site in sites:
         if not site.converts or site.activation is None:
             continue
         act, res = site.activation, None if site.graph else reservoirs.get(site.input)
         kk = site_k(site, k, k_per_op or {})
-        key: tuple[str, str, str] | str = (site.input, act.label, str(kk))
+        key: Key = (site.input, act.label, str(kk))
         if act.channel_funcs is not None:  # per-channel slopes: never shared
             key = site.name
         keys[site.name] = key
+        seen.append((key, 0 if res is None else res.seen))
         work.setdefault(key, (act, kk, res, target_mse, seed, spike_penalty))
     if spike_penalty:
-        work = {key: (*job[:5], spike_penalty * share) for (key, job), share in zip(work.items(), _shares(keys, work))}
+        shares = _shares(seen)
+        work = {key: (*job[:5], spike_penalty * shares[key]) for key, job in work.items()}
     results = dict(zip(work, fork_map(_fit_job, list(work.values()))))  # each fit seeded alone: order-free
     fits = {name: results[key] for name, key in keys.items()}
     for name, fit_ in fits.items():
