@@ -246,13 +246,18 @@ def report_command(original: str, converted: str, data: str | None, out: str, qu
 @click.option("--samples", type=click.Path(dir_okay=False), default=None, help=".npy of input samples to weight by.")
 @click.option("--spike-penalty", type=float, default=0.0, show_default=True, help="Cost per mean spike.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--kicks", type=int, default=None,
+              help="Iteration budget: local-search moves (default 20; about 0.08 s each at K=16). More finds "
+                   "better gates: SiLU K=16 on normal(0, 1.5^2) samples 4.2e-4 at 20, 3.6e-4 at 400.")
+@click.option("--time-budget", type=float, default=None,
+              help="Seconds after which the local search stops (the result then depends on the machine's speed).")
 @click.option("--json", "as_json", is_flag=True, help="Print parameters and figures as JSON.")
 def fit_command(function: str, k: int, bounds: tuple[float, float] | None, samples: str | None,
-                spike_penalty: float, seed: int, as_json: bool) -> None:
+                spike_penalty: float, seed: int, kicks: int | None, time_budget: float | None, as_json: bool) -> None:
     """Fit a K-neuron gate for FUNCTION (Relu, Sigmoid, SiLU, GELU, ...) and print T, h, d and its quality."""
     values = _run(lambda: _load_samples(samples)) if samples else None
     lo, hi = bounds if bounds else (None, None)
-    result = _run(lambda: api.fit_function(function, k, lo, hi, values, spike_penalty, seed))
+    result = _run(lambda: api.fit_function(function, k, lo, hi, values, spike_penalty, seed, kicks, time_budget))
     data = {**result.params.to_dict(), "function": function, "range": [result.lo, result.hi], "mse": result.mse,
             "max_error": result.max_error, "mean_spikes": result.mean_spikes}
     if as_json:

@@ -158,6 +158,7 @@ def _max_error(p: Problem, c: Params) -> float:
 
 
 SLIVER_POINTS = 2**19 + 1
+KICKS = 20  # the local search's default iteration budget
 
 
 def _mend_slivers(fine: Problem, dense: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, scale: float,
@@ -203,7 +204,7 @@ def fit(
     *,
     relu_like: bool = False,
     spike_penalty: float = 0.0,
-    kicks: int = 20,
+    kicks: int = KICKS,
     time_budget: float | None = None,
     warm: Sequence[GateParams] = (),
     seed: int = 0,
