@@ -161,7 +161,7 @@ def test_fit_command_with_a_larger_budget_meets_the_silu_k16_normal_target(tmp_p
 
 
 def test_fit_command_time_budget_stops_the_local_search() -> None:
-    """100,000 local-search moves would take hours at K=8; a 0.5 s time budget stops them (the starts, the
+    """100,000 local-search moves would take most of an hour at K=8; a 0.5 s time budget stops them (the starts, the
     polish and the sliver check still run: seconds), and the gate it returns is still a fit."""
     start = time.perf_counter()
     result = CliRunner().invoke(main, ["fit", "Tanh", "--k", "8", "--kicks", "100000", "--time-budget", "0.5", "--json"])
