@@ -247,8 +247,8 @@ def report_command(original: str, converted: str, data: str | None, out: str, qu
 @click.option("--spike-penalty", type=float, default=0.0, show_default=True, help="Cost per mean spike.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--kicks", type=int, default=None,
-              help="Iteration budget: local-search moves (default 20; about 0.08 s each at K=16). More finds "
-                   "better gates: SiLU K=16 on normal(0, 1.5^2) samples 4.2e-4 at 20, 3.6e-4 at 400.")
+              help=f"Iteration budget: local-search moves (default {api.KICKS}; about 0.08 s each at K=16). More "
+                   "finds better gates: SiLU K=16 on normal(0, 1.5^2) samples 4.2e-4 at 20, 3.6e-4 at 400.")
 @click.option("--time-budget", type=float, default=None,
               help="Seconds after which the local search stops (the result then depends on the machine's speed).")
 @click.option("--json", "as_json", is_flag=True, help="Print parameters and figures as JSON.")

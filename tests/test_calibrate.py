@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, activation_model
+from conftest import ROOT, activation_model, save
 
 import amos_onnx
 from amos_onnx.calibrate import Reservoir, calibrate
@@ -141,8 +141,7 @@ def _two_tanh_sites(tmp_path: Path) -> Path:
          helper.make_tensor_value_info("small", TensorProto.FLOAT, ["N", 4])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model, full_check=True)
-    path = tmp_path / "two.onnx"
-    onnx.save(model, str(path))
+    path = save(model, tmp_path / "two.onnx")
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).normal(0, 1.5, (500, 60)).astype(np.float32))
     return path
 
