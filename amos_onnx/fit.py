@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -87,9 +88,11 @@ def _per_channel(act: Activation, shared: FitResult, samples: np.ndarray | None)
     return GateParams(np.tile(T, (c, 1)), np.tile(h, (c, 1)), d, axis=act.axis)
 
 
-def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0, spike_penalty: float = 0.0) -> SiteFit:
+def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0, spike_penalty: float = 0.0,
+             error_only: GateParams | None = None) -> SiteFit:
     """Fit one site's gate: cached data-free fit, or a fit weighted by the site's samples. spike_penalty is
-    relative (absolute_penalty): 0 fits for error alone."""
+    relative (absolute_penalty): 0 fits for error alone. `error_only`: this site's error-only calibrated refit
+    when already made (_refit_key), so a penalised refit does not make it again."""
     if not 1 <= k <= MAX_K:
         raise ValueError(f"K must be in 1..{MAX_K}")
     lo, hi = _range(act, res)
@@ -99,14 +102,16 @@ def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0, spik
         samples = res.values
         shipped = library.lookup(act, k)  # a warm start for the refit on the site's own samples
         warm = [shipped.params] if shipped is not None else []
-        # The warm start already carries the search; a short local search refits it to the samples.
-        result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=warm, kicks=REFIT_KICKS, seed=seed,
-                     keep_starts=REFIT_STARTS)
+        if error_only is None or not spike_penalty:
+            # The warm start already carries the search; a short local search refits it to the samples.
+            result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=warm, kicks=REFIT_KICKS,
+                         seed=seed, keep_starts=REFIT_STARTS)
+            error_only = result.params
         if spike_penalty:
             # The error-only refit joins the starts, so the penalised refit never returns a gate that the
             # error-only one beats on the penalised cost (the fit's final candidates include its warm starts;
             # without it, a refit descending only its best few starts, with a few moves, sometimes did).
-            result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=[*warm, result.params],
+            result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=[*warm, error_only],
                          kicks=REFIT_KICKS, seed=seed, keep_starts=REFIT_STARTS,
                          spike_penalty=absolute_penalty(act, samples, lo, hi, spike_penalty))
         source = "calibrated"
@@ -157,13 +162,30 @@ def site_k(site: Site, k: int | str | None, k_per_op: dict[str, int]) -> int | s
     return int(k) if k is not None else site.activation.k
 
 
-Job = tuple[Activation, int | str, Reservoir | None, float, int, float]  # _fit_job's arguments
+Job = tuple[Activation, int | str, Reservoir | None, float, int, float, GateParams | None]  # _fit_job's arguments
 Key = tuple[str, str, str] | str  # sites with the same key share one fit
 
 
 def _fit_job(job: Job) -> SiteFit:
-    act, kk, res, target_mse, seed, penalty = job
-    return auto_fit(act, res, target_mse, seed, penalty) if kk == AUTO else fit_site(act, int(kk), res, seed, penalty)
+    act, kk, res, target_mse, seed, penalty, error_only = job
+    if kk == AUTO:
+        return auto_fit(act, res, target_mse, seed, penalty)
+    return fit_site(act, int(kk), res, seed, penalty, error_only)
+
+
+# Error-only calibrated refits made in this process, by _refit_key: a penalised refit starts from the error-only
+# one, so converting the same calibration again with a spike penalty (a penalty sweep) does not redo it.
+_REFITS: dict[tuple[object, ...], GateParams] = {}
+
+
+def _refit_key(job: Job) -> tuple[object, ...] | None:
+    """What an error-only calibrated refit depends on (the samples by digest), or None for a job that makes
+    none to reuse (data-free, automatic K, per-channel gates)."""
+    act, kk, res, _, seed, _, _ = job
+    if kk == AUTO or res is None or res.seen == 0 or act.channel_funcs is not None:
+        return None
+    digest = hashlib.blake2b(np.ascontiguousarray(res.values).tobytes(), digest_size=16).hexdigest()
+    return (act.label, act.relu_like, int(kk), seed, REFIT_KICKS, REFIT_STARTS, _range(act, res), digest)
 
 
 def _shares(seen: list[tuple[Key, int]]) -> dict[Key, float]:
@@ -201,11 +223,15 @@ def fit_sites(
             key = site.name
         keys[site.name] = key
         seen.append((key, 0 if res is None else res.seen))
-        work.setdefault(key, (act, kk, res, target_mse, seed, spike_penalty))
+        work.setdefault(key, (act, kk, res, target_mse, seed, spike_penalty, None))
+    refit_keys = {key: _refit_key(job) for key, job in work.items()}
     if spike_penalty:
         shares = _shares(seen)
-        work = {key: (*job[:5], spike_penalty * shares[key]) for key, job in work.items()}
+        work = {key: (*job[:5], spike_penalty * shares[key], None if rk is None else _REFITS.get(rk))
+                for (key, job), rk in zip(work.items(), refit_keys.values())}
     results = dict(zip(work, fork_map(_fit_job, list(work.values()))))  # each fit seeded alone: order-free
+    if not spike_penalty:
+        _REFITS.update({rk: results[key].params for key, rk in refit_keys.items() if rk is not None})
     fits = {name: results[key] for name, key in keys.items()}
     for name, fit_ in fits.items():
         log.info("%s: K=%d %s, mse %.3g", name, fit_.params.k, fit_.source, fit_.mse)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,35 @@ def test_a_spike_penalty_weighs_each_site_by_its_share_of_gate_evaluations(tmp_p
     big, small = result.outputs
     assert big.name == "big" and big.max_abs_error <= 0.1 and big.mean_abs_error <= 0.03
     assert small.max_abs_error <= 0.07 and small.mean_abs_error <= 0.02
+
+
+def test_a_penalty_sweep_reuses_the_error_only_refits_bit_for_bit(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Converting the same calibration again with a spike penalty starts each penalised refit from the error-only
+    refit made before in this process instead of making it again: the same gates to the bit as a penalised
+    conversion alone, with one refit per site instead of two (counted in one process)."""
+    fit_module = sys.modules["amos_onnx.fit"]  # `amos_onnx.fit` is the package's function of that name
+    monkeypatch.setenv("AMOS_ONNX_JOBS", "1")
+    monkeypatch.setattr(fit_module, "_REFITS", {})
+    path = _two_tanh_sites(tmp_path)
+    p = plan(path, calib=tmp_path / "calib.npz")
+    alone = fit_sites(p.sites, p.reservoirs, 8, spike_penalty=0.002)
+    assert fit_module._REFITS == {}  # a penalised conversion keeps nothing: only error-only refits are kept
+    calls = []
+    real = fit_module.fit
+    monkeypatch.setattr(fit_module, "fit", lambda *a, **kw: calls.append(kw.get("spike_penalty", 0.0)) or real(*a, **kw))
+    fit_sites(p.sites, p.reservoirs, 8)
+    assert len(fit_module._REFITS) == 2 and calls == [0.0, 0.0]
+    calls.clear()
+    swept = fit_sites(p.sites, p.reservoirs, 8, spike_penalty=0.002)
+    assert len(calls) == 2 and all(c > 0 for c in calls)  # the penalised refits alone
+    for name in ("big_site", "small_site"):
+        for field in ("thresholds", "resets", "weights"):
+            assert np.array_equal(getattr(swept[name].params, field), getattr(alone[name].params, field))
+    # another K or seed is another refit: nothing reused
+    calls.clear()
+    fit_sites(p.sites, p.reservoirs, 8, seed=1, spike_penalty=0.002)
+    assert len(calls) == 4
 
 
 @pytest.mark.parametrize(("name", "k", "penalty", "draw"), [
