@@ -11,6 +11,7 @@ spike output is summed in the graph:
 - published: the paper's parameters where they exist: for ReLU its binary code (which truncates) at this K with
   alpha = the site's calibration maximum (per-layer scaling); for SiLU and sigmoid the FS presets, which exist
   only at K=16 and K=12 (one point per network, compared with calibrated gates at the same K per op).
+The targets row's conversion (chosen on the test set) is repeated with fitter seeds 1 and 2.
 Writes benchmarks/fashion_<net>_k.png and the table to RESULTS.md (--write); every figure is also kept in
 .cache/fashion-k/<net>.json for the README and the peer comparison.
 """
@@ -124,19 +125,20 @@ def sweep(name: str, ks: list[int], folder: Path, penalty: float = 0.0, penaltie
     original = float(np.mean(ann == yte))
     sites = [s for s in p.sites if s.converts]
     rows: list[dict[str, object]] = []
+    seed_rows: list[dict[str, object]] = []  # the targets row's conversion again with other fitter seeds
 
-    def measure(mode: str, k: int | str, fits: dict[str, SiteFit], fit_seconds: float) -> None:
-        out = folder / f"{name}_{mode}_{k}.onnx".replace("/", "-").replace(" ", "_")
+    def measure(mode: str, k: int | str, fits: dict[str, SiteFit], fit_seconds: float, seed: int = SEED) -> None:
+        out = folder / f"{name}_{mode}_{k}_{seed}.onnx".replace("/", "-").replace(" ", "_")
         write(p, out, fits)
         converted = load_model(out)
         logits, spikes, synops = run_spiking(converted, xte)
         acc = float(np.mean(logits.argmax(1) == yte))
         lat = latency(converted)
-        rows.append({"mode": mode, "k": k, "accuracy": acc, **paired(ann, logits.argmax(1), yte),
-                     "spikes_per_gate": spikes, "synops_per_image": synops,
-                     "fit_seconds": fit_seconds,
-                     "latency_steps": lat["latency_steps"], "pipelined_interval": lat["pipelined_interval_steps"]})
-        print(f"{name} {mode:10s} K={k!s:>5}: {100 * acc:.2f}% (ANN {100 * original:.2f}%), "
+        (rows if seed == SEED else seed_rows).append({
+            "mode": mode, "k": k, "seed": seed, "accuracy": acc, **paired(ann, logits.argmax(1), yte),
+            "spikes_per_gate": spikes, "synops_per_image": synops, "fit_seconds": fit_seconds,
+            "latency_steps": lat["latency_steps"], "pipelined_interval": lat["pipelined_interval_steps"]})
+        print(f"{name} {mode:10s} K={k!s:>5} seed {seed}: {100 * acc:.2f}% (ANN {100 * original:.2f}%), "
               f"{spikes:.3f} spikes/gate, fit {fit_seconds:.1f} s", flush=True)
         out.unlink()
 
@@ -148,7 +150,9 @@ def sweep(name: str, ks: list[int], folder: Path, penalty: float = 0.0, penaltie
         published = published_fits(p, k)
         if published is not None:
             measure("published", k, published, 0.0)
-    if penalties and not all(s.activation is not None and s.activation.relu_like for s in sites):
+    # Gates other than ReLU-like ones are searched (penalties and seeds matter); ReLU gates are rounding ladders.
+    searched = not all(s.activation is not None and s.activation.relu_like for s in sites)
+    if penalties and searched:
         for penalty_ in penalties:  # the spike penalty's trade at K=PENALTY_K, calibrated
             t = time.perf_counter()
             fits = fit_sites(p.sites, p.reservoirs, PENALTY_K, SEED, spike_penalty=penalty_)
@@ -169,10 +173,21 @@ def sweep(name: str, ks: list[int], folder: Path, penalty: float = 0.0, penaltie
                     fits.update(fit_sites([site], p.reservoirs if mode == "calibrated" else {}, k, SEED,
                                           spike_penalty=penalty))
             measure(mode, label, fits, time.perf_counter() - t)
-    return {"name": name, "facts": facts, "original_accuracy": original, "sites": len(sites),
-            "site_kinds": sorted({s.activation.label for s in sites if s.activation is not None}),
-            "calibration_images": CALIBRATION_IMAGES, "spike_penalty": penalty, "test_images": len(xte), "plan_seconds": plan_seconds,
-            "macs_per_image": macs(load_model(path))["macs_per_input"], "rows": rows}
+    result = {"name": name, "facts": facts, "original_accuracy": original, "sites": len(sites),
+              "site_kinds": sorted({s.activation.label for s in sites if s.activation is not None}),
+              "calibration_images": CALIBRATION_IMAGES, "spike_penalty": penalty, "test_images": len(xte),
+              "plan_seconds": plan_seconds, "macs_per_image": macs(load_model(path))["macs_per_input"], "rows": rows,
+              "seed_rows": seed_rows}
+    chosen = target_row(result)
+    if chosen is not None and searched:  # how much of its margin is this fit's luck: the same conversion, other seeds
+        row, _ = chosen
+        mode, k = str(row["mode"]), int(row["k"])  # type: ignore[call-overload]
+        for seed in OTHER_SEEDS:
+            t = time.perf_counter()
+            fits = fit_sites(p.sites, p.reservoirs, k, seed,
+                             spike_penalty=float(mode.split()[1]) if mode.startswith("penalty") else penalty)
+            measure(mode, k, fits, time.perf_counter() - t, seed)
+    return result
 
 
 def paired(ann: np.ndarray, snn: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -247,35 +262,58 @@ def table(results: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def targets(results: list[dict[str, object]]) -> str:
+OTHER_SEEDS = (1, 2)  # fitter seeds the targets row's conversion is repeated with
+
+
+def bounds(result: dict[str, object]) -> tuple[int, float]:
+    """The issue's K and spikes-per-gate bounds for a network: K <= 5 and 0.8 spikes (ReLU), else 10 and 2."""
+    return (5, 0.8) if result["site_kinds"] == ["Relu"] else (10, 2.0)
+
+
+def target_row(result: dict[str, object]) -> tuple[dict[str, object], bool] | None:
     """The issue's targets, measured: within 0.3 points at K <= 5 (ReLU) or K <= 10 (others) with at most 0.8 or
-    2 spikes per gate. Among calibrated conversions (any spike penalty) within 0.3 points: the smallest K that
-    meets the spike bound too, else the smallest K."""
+    2 spikes per gate. Among calibrated conversions (any spike penalty, seed 0) within 0.3 points: the smallest K
+    that meets the spike bound too, else the smallest K; with whether it meets both bounds. None: no conversion
+    within 0.3 points. (Chosen on the test set among every K and penalty: the other seeds' rows show the luck.)"""
+    kmax, smax = bounds(result)
+    original = float(result["original_accuracy"])  # type: ignore[arg-type]
+    close = [r for r in result["rows"] if isinstance(r["k"], int) and 100 * (original - r["accuracy"]) <= 0.3  # type: ignore[attr-defined]
+             and (r["mode"] == "calibrated" or str(r["mode"]).startswith("penalty"))]
+    if not close:
+        return None
+    meeting = [r for r in close if r["k"] <= kmax and r["spikes_per_gate"] <= smax]
+    return min(meeting or close, key=lambda r: (r["k"], r["spikes_per_gate"])), bool(meeting)
+
+
+def targets(results: list[dict[str, object]]) -> str:
     lines = ["| network | calibrated conversion | accuracy | gap to ANN +- s.e. (points) | spikes/gate | target | met | "
+             "same conversion with other fitter seeds: gap +- s.e. / spikes | "
              "published at that K | calibrated above published | synaptic ops per image (ANN MACs) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for res in results:
-        relu = res["site_kinds"] == ["Relu"]
-        kmax, smax = (5, 0.8) if relu else (10, 2.0)
+        kmax, smax = bounds(res)
         original = float(res["original_accuracy"])  # type: ignore[arg-type]
-        close = [r for r in res["rows"] if isinstance(r["k"], int) and 100 * (original - r["accuracy"]) <= 0.3  # type: ignore[union-attr]
-                 and (r["mode"] == "calibrated" or str(r["mode"]).startswith("penalty"))]
         by = {(r["mode"], r["k"]): r["accuracy"] for r in res["rows"]}  # type: ignore[union-attr]
         pairs = [(by[("calibrated", k)], acc) for (mode, k), acc in by.items() if mode == "published"
                  and ("calibrated", k) in by]
         beats = f"at {sum(c > p_ for c, p_ in pairs)} of {len(pairs)} K" if pairs else "-"
-        if not close:
+        chosen = target_row(res)
+        if chosen is None:
             lines.append(f"| {res['name']} | none within 0.3 points up to K=16 | - | - | - | K <= {kmax}, <= {smax} spikes "
-                         f"| no | - | {beats} | - |")
+                         f"| no | - | - | {beats} | - |")
             continue
-        meeting = [r for r in close if r["k"] <= kmax and r["spikes_per_gate"] <= smax]
-        row = min(meeting or close, key=lambda r: (r["k"], r["spikes_per_gate"]))
+        row, met = chosen
         pub = next((r for r in res["rows"] if r["mode"] == "published" and r["k"] == row["k"]), None)  # type: ignore[union-attr]
         published = f"{100 * pub['accuracy']:.2f}%" if pub else "-"
         how = f"K={row['k']}" + (f", --spike-penalty {str(row['mode']).split()[1]}" if row["mode"] != "calibrated" else "")
+        again = list(res.get("seed_rows", []))  # type: ignore[call-overload]
+        others = "; ".join(f"seed {r['seed']}: {gap(r, original)} / {r['spikes_per_gate']:.2f}" for r in again)
+        if again:
+            mean = np.mean([original - float(r["accuracy"]) for r in [row, *again]])
+            others += f"; mean gap of the {len(again) + 1} seeds {100 * mean:.2f}"
         lines.append(f"| {res['name']} | {how} | {100 * row['accuracy']:.2f}% (ANN {100 * original:.2f}%) | "
-                     f"{gap(row, original)} | {row['spikes_per_gate']:.2f} | K <= {kmax}, <= {smax} spikes | {'yes' if meeting else 'no'} | "
-                     f"{published} | {beats} | {synaptic(row, res)} |")
+                     f"{gap(row, original)} | {row['spikes_per_gate']:.2f} | K <= {kmax}, <= {smax} spikes | "
+                     f"{'yes' if met else 'no'} | {others or 'the same (ReLU gates: no random search)'} | {published} | {beats} | {synaptic(row, res)} |")
     return "\n".join(lines)
 
 
@@ -339,7 +377,10 @@ def main() -> None:
         f"them). Networks: {nets}.\n\n"
         + table(results) + "\n\nThe issue's targets (calibrated). The gap's standard error is the paired one (from "
         "the test images on which exactly one of the ANN and the spiking network is right), the noise of a "
-        "10,000-image test set on that gap. Synaptic operations: each gate's spikes times the "
+        "10,000-image test set on that gap. The row is chosen on the test set among every K and spike penalty "
+        "(seed 0: the smallest K within 0.3 points that meets the spike bound, then the fewest spikes), so the same "
+        f"conversion is repeated with fitter seeds {' and '.join(map(str, OTHER_SEEDS))} (same calibration samples): "
+        "their gaps show how much of a margin is one fit's draw. Synaptic operations: each gate's spikes times the "
         "weights its output elements feed (`amos_onnx.costs.fan_outs`), per test image, beside the ANN's "
         "multiply-accumulates per image:\n\n" + targets(results) + "\n\n"
         + f"The spike penalty (`convert --spike-penalty`) on the SiLU/sigmoid and GELU networks at K={PENALTY_K}, "
