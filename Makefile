@@ -60,6 +60,7 @@ test: test-fast test-slow test-sanitize
 bench: $(PEER) ops
 	$(BIN)/python benchmarks/fashion_nets.py
 	$(BIN)/python benchmarks/fashion_k.py --write
+	$(BIN)/python benchmarks/per_channel.py --write
 	$(BIN)/python benchmarks/fashion_peer.py --write
 	$(BIN)/python benchmarks/conversion_cost.py --write
 	$(BIN)/python benchmarks/large_model.py --write

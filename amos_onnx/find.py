@@ -46,6 +46,7 @@ class Site:
     nodes: tuple[int, ...] = ()  # every node the gate replaces (a composite has several)
     dtype: int = TensorProto.FLOAT  # ONNX element type of input and output
     rank: int | None = None  # rank of the input, when known
+    channels: int | None = None  # static size of the input's axis 1 (the ONNX channel axis), when rank >= 2
     graph: tuple[tuple[int, str], ...] = ()  # path to a subgraph: (node index, attribute name) per level
 
     @property
@@ -56,6 +57,14 @@ class Site:
 def _rank(tensor: gs.Tensor | None) -> int | None:
     shape = tensor.shape if tensor is not None else None
     return len(shape) if shape is not None else None
+
+
+def _channels(tensor: gs.Tensor | None) -> int | None:
+    """The static size of axis 1 (ONNX's channel axis: N, C, ...) of a tensor of rank 2 or more, else None."""
+    shape = tensor.shape if tensor is not None else None
+    if shape is None or len(shape) < 2 or not isinstance(shape[1], int) or shape[1] < 1:
+        return None
+    return int(shape[1])
 
 
 def _dtype(tensor: gs.Tensor | None) -> tuple[int, str | None]:
@@ -83,7 +92,8 @@ def _site(index: int, node: gs.Node, opset: int, only: set[str] | None, skip: se
     if isinstance(result, NoMatch):
         return Site(index, name, node.op, x, y, None, result.reason, (index,))
     dtype, reason = _dtype(node.inputs[0])
-    return Site(index, name, node.op, x, y, result, reason, (index,), dtype, _rank(node.inputs[0]))
+    return Site(index, name, node.op, x, y, result, reason, (index,), dtype, _rank(node.inputs[0]),
+                _channels(node.inputs[0]))
 
 
 def find_sites(
@@ -103,7 +113,7 @@ def find_sites(
             name = node.name or f"{node.op}_{out}"
             dtype, reason = _dtype(tensors.get(c.x))
             sites.append(Site(out, name, c.kind, c.x, c.y, c.activation, reason, c.nodes, dtype,
-                              _rank(tensors.get(c.x))))
+                              _rank(tensors.get(c.x)), _channels(tensors.get(c.x))))
             claimed.update(c.nodes)
     for index, node in enumerate(graph.nodes):
         if index in claimed:

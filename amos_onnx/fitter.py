@@ -185,6 +185,55 @@ def evaluate(params: GateParams, func: Func, lo: float, hi: float, points: int =
     return float(np.mean(err**2)), float(np.max(np.abs(err))), float(np.mean(s))
 
 
+REFINE_SLIVER_POINTS = 2**17 + 1  # refine runs once per channel: a quarter of fit's sliver grid
+
+
+REFINE_STARTS = 2  # structured starts on the samples' own core range that a refine also descends
+
+
+def refine(func: Func, lo: float, hi: float, samples: np.ndarray, start: GateParams, *, relu_like: bool = False,
+           spike_penalty: float = 0.0, seed: int = 0) -> GateParams:
+    """A gate refitted from `start` to other samples on the same range by descent (no local search): a site's
+    gate refitted to each channel's values. The REFINE_STARTS structured starts on the samples' core range
+    that cost least as they are compete with it. The start is kept unless the refit costs less on the fine
+    set without leaving f's range beyond it (where f saturates) by more than the start does."""
+    rng = np.random.default_rng(seed)
+    coarse = _problem(func, lo, hi, samples, spike_penalty, 2049, rng)
+    k = start.k
+    candidates = [_arrays(start)]
+    core_lo, core_hi = (float(q) for q in np.quantile(samples, [0.001, 0.999]))
+    if core_hi > core_lo:
+        starts = []
+        for T, h, d in structured_starts(func, k, core_lo, core_hi, relu_like, samples):
+            T, h = T.astype(np.float64), h.astype(np.float64)
+            d = solve_weights(T, h, coarse.x, coarse.target, coarse.w) if spike_penalty == 0.0 else d.astype(np.float64)
+            starts.append((T, h, d))
+        starts.sort(key=lambda c: total_cost(coarse, *c))
+        candidates += starts[:REFINE_STARTS]
+    descended: list[tuple[float, int, Params]] = []
+    for c in candidates:
+        T, h, d = (a.copy() for a in c)
+        descended.append((descend(coarse, T, h, d, hi - lo, sweeps=6), len(descended), (T, h, d)))
+    T, h, d = min(descended, key=lambda r: (r[0], r[1]))[2]
+    fine = _problem(func, lo, hi, samples, spike_penalty, 8193, rng)
+    descend(fine, T, h, d, hi - lo, sweeps=3)
+    with np.errstate(over="ignore"):
+        dense_x = np.linspace(lo, hi, REFINE_SLIVER_POINTS)
+        dense = Problem(dense_x, func(dense_x).astype(np.float64), np.full(dense_x.size, 1.0 / dense_x.size), 0.0)
+    _mend_slivers(fine, dense, T, h, d, hi - lo)
+    refit = _open_bottom(GateParams(T, h, d), func, lo, hi)
+    was, now = (_arrays(g) for g in (start, refit))
+    if total_cost(fine, *now) >= total_cost(fine, *was):
+        return start
+    if tail_excursion(refit, func, lo, hi) > max(tail_excursion(start, func, lo, hi), _max_error(fine, now)):
+        return start
+    return refit
+
+
+def _arrays(params: GateParams) -> Params:
+    return (params.thresholds.astype(np.float64), params.resets.astype(np.float64), params.weights.astype(np.float64))
+
+
 def pad_start(params: GateParams, k: int, hi: float, width: float) -> Params:
     """A warm start of length k: truncated, or padded with silent neurons above the range."""
     T, h, d = (np.asarray(a, np.float64)[:k] for a in (params.thresholds, params.resets, params.weights))

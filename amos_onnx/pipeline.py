@@ -104,10 +104,14 @@ def plan(
     images: ImageOptions | None = None,
     progress: bool | None = None,
     output: str | Path | None = None,
+    per_channel: bool = False,
 ) -> Plan:
     """Load, find and calibrate (the stages before fitting); `output`, when given, is checked before the
-    calibration (it must not overwrite any file read)."""
+    calibration (it must not overwrite any file read). per_channel: the calibration keeps each value's channel
+    (axis 1, where its size is static), for fit_sites(per_channel=True)."""
     check_options(None, emit, only, skip)
+    if per_channel and calib is None:
+        raise OptionError("--per-channel needs --calib: each channel's gate is fitted on that channel's values")
     model, files = read_model(model_path)
     data = open_data(calib, model, images) if calib is not None else None
     opset_before = default_opset(model)
@@ -121,7 +125,7 @@ def plan(
     if data is not None:
         result.reservoirs, result.samples = calibrate(
             model, sites, data, seed=seed, label=f"{model_path} with {data.description}", progress=progress,
-            folder=Path(model_path).parent)
+            folder=Path(model_path).parent, per_channel=per_channel)
         result.calibration = data.description
     return result
 
@@ -176,6 +180,7 @@ def convert(
     images: ImageOptions | None = None,
     progress: bool | None = None,
     spike_penalty: float = 0.0,
+    per_channel: bool = False,
 ) -> ConversionReport:
     """Convert every activation of a model into an AMOS spiking gate and save the result.
 
@@ -186,13 +191,21 @@ def convert(
     stderr (None: when it is a terminal). spike_penalty: squared error one spike per gate may cost, as a
     fraction of the activation's mean square output on the site's samples, weighted per site by its share of
     the network's gate evaluations (fit.fit_sites; 0: error alone; on the Fashion-MNIST EfficientNet-style
-    network at K=10, 0.005 takes the mean from 2.85 to 1.5 spikes per gate).
+    network at K=10, 0.005 takes the mean from 2.85 to 1.5 spikes per gate). per_channel: one gate per channel
+    (axis 1) for every calibrated site whose channel count is static, each the site's gate refined on that
+    channel's calibration values (needs calib).
     """
     check_options(k, emit, only, skip, k_per_op, target_mse)
     if not (spike_penalty >= 0 and spike_penalty < float("inf")):
         raise OptionError(f"--spike-penalty {spike_penalty}: must be zero or positive")
     check_output_path(output_path, [model_path])
     p = plan(model_path, calib=calib, emit=emit, only=only, skip=skip, seed=seed, images=images, progress=progress,
-             output=output_path)
-    fits = fit_sites(p.sites, p.reservoirs, k, seed, k_per_op, target_mse, spike_penalty)
-    return write(p, output_path, fits, in_place=True)
+             output=output_path, per_channel=per_channel)
+    fits = fit_sites(p.sites, p.reservoirs, k, seed, k_per_op, target_mse, spike_penalty, per_channel)
+    report = write(p, output_path, fits, in_place=True)
+    if per_channel:
+        shared = [s.name for s in p.sites if s.converts and not s.graph and not s.channels]
+        if shared:
+            report.notes.append(f"--per-channel: {len(shared)} sites keep one gate (no static channel axis): "
+                                + ", ".join(shared[:5]) + (", ..." if len(shared) > 5 else ""))
+    return report

@@ -20,7 +20,7 @@ class SiteReport:
     status: str  # "converted", "would convert" or "skipped"
     reason: str | None = None
     k: int | None = None
-    source: str | None = None  # "calibrated" / "data-free"
+    source: str | None = None  # "calibrated" / "calibrated per channel" / "data-free"
     fit_range: tuple[float, float] | None = None
     mse: float | None = None
     max_error: float | None = None
