@@ -185,16 +185,14 @@ def evaluate(params: GateParams, func: Func, lo: float, hi: float, points: int =
     return float(np.mean(err**2)), float(np.max(np.abs(err))), float(np.mean(s))
 
 
-REFINE_SLIVER_POINTS = 2**17 + 1  # refine runs once per channel: a quarter of fit's sliver grid
-
-
+REFINE_SLIVER_POINTS = 2**17 + 1  # refine runs once per channel group: a quarter of fit's sliver grid
 REFINE_STARTS = 2  # structured starts on the samples' own core range that a refine also descends
 
 
 def refine(func: Func, lo: float, hi: float, samples: np.ndarray, start: GateParams, *, relu_like: bool = False,
            spike_penalty: float = 0.0, seed: int = 0) -> GateParams:
-    """A gate refitted from `start` to other samples on the same range by descent (no local search): a site's
-    gate refitted to each channel's values. The REFINE_STARTS structured starts on the samples' core range
+    """A gate refitted from `start` to other samples and range by descent (no local search): a site's gate
+    refitted to a group of its channels' values. The REFINE_STARTS structured starts on the samples' core range
     that cost least as they are compete with it. The start is kept unless the refit costs less on the fine
     set without leaving f's range beyond it (where f saturates) by more than the start does."""
     rng = np.random.default_rng(seed)

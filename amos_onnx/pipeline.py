@@ -192,8 +192,8 @@ def convert(
     fraction of the activation's mean square output on the site's samples, weighted per site by its share of
     the network's gate evaluations (fit.fit_sites; 0: error alone; on the Fashion-MNIST EfficientNet-style
     network at K=10, 0.005 takes the mean from 2.85 to 1.5 spikes per gate). per_channel: one gate per channel
-    (axis 1) for every calibrated site whose channel count is static, each the site's gate refined on that
-    channel's calibration values (needs calib).
+    (axis 1) for every calibrated site whose channel count is static, channels with alike values sharing one
+    (fit._channel_gates: the site's gate refined on their calibration values; needs calib).
     """
     check_options(k, emit, only, skip, k_per_op, target_mse)
     if not (spike_penalty >= 0 and spike_penalty < float("inf")):
