@@ -144,8 +144,8 @@ def main(verbose: bool) -> None:
 @click.option("--calib", type=click.Path(), default=None,
               help=".npz (one array per model input), .npy (one-input model) or a folder of images.")
 @click.option("--per-channel", "per_channel", is_flag=True,
-              help="One gate per channel (axis 1) of each site, refined on that channel's calibration values "
-                   "(needs --calib).")
+              help="One gate per channel (axis 1) of each site; channels with alike calibration values share "
+                   "one refined gate, at most 8 per site (needs --calib).")
 @click.option("--emit", type=str, default="function", show_default=True, help="function (local function per K) or inline.")
 @click.option("--only", type=str, default=None, help="Convert only these op types (comma-separated).")
 @click.option("--skip", type=str, default=None, help="Leave these op types analog (comma-separated).")

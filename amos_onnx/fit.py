@@ -170,6 +170,7 @@ def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0, spik
         result, source, samples = _data_free(act, k, spike_penalty), "data-free", None
     else:
         samples = res.values
+        lam = absolute_penalty(act, samples, lo, hi, spike_penalty)  # of the refit and of the per-channel gates
         shipped = library.lookup(act, k)  # a warm start for the refit on the site's own samples
         warm = [shipped.params] if shipped is not None else []
         if error_only is None or not spike_penalty:
@@ -183,12 +184,11 @@ def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0, spik
             # without it, a refit descending only its best few starts, with a few moves, sometimes did).
             result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=[*warm, error_only],
                          kicks=REFIT_KICKS, seed=seed, keep_starts=REFIT_STARTS,
-                         spike_penalty=absolute_penalty(act, samples, lo, hi, spike_penalty))
+                         spike_penalty=lam)
         source = "calibrated"
     params = result.params if act.channel_funcs is None else _per_channel(act, result, samples)
     mse, max_err, spikes = result.mse, result.max_error, result.mean_spikes
     if per_channel and samples is not None and res is not None and res.axis is not None and act.channel_funcs is None:
-        lam = absolute_penalty(act, samples, lo, hi, spike_penalty)
         params, mse, max_err, spikes = _channel_gates(act, result, res, lam, seed)
         source = "calibrated per channel"
     elif samples is not None:

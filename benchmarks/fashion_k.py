@@ -52,9 +52,14 @@ PENALTY_K = 10
 PRESETS = {"Sigmoid": ("sigmoid-k12", 12), "SiLU": ("silu-k16", 16)}  # by activation label
 
 
+def calibration_indices(count: int, n: int = CALIBRATION_IMAGES, seed: int = SEED) -> np.ndarray:
+    """Which of `count` training images calibrate (a seeded draw without replacement)."""
+    return np.random.default_rng(seed).choice(count, n, replace=False)
+
+
 def calibration_images(n: int = CALIBRATION_IMAGES, seed: int = SEED) -> np.ndarray:
     x, _ = fashion_data.load("train")
-    return x[np.random.default_rng(seed).choice(len(x), n, replace=False)]
+    return x[calibration_indices(len(x), n, seed)]
 
 
 def run_original(path: Path, x: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fashion_data  # noqa: E402
 import fashion_nets  # noqa: E402
-from fashion_k import CALIBRATION_IMAGES, SEED, calibration_images  # noqa: E402
+from fashion_k import CALIBRATION_IMAGES, SEED, calibration_images, calibration_indices  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
 from amos_onnx.calibrate import exposed  # noqa: E402
@@ -39,7 +39,7 @@ BATCH = 250
 def fresh_images(n: int = FRESH_IMAGES) -> np.ndarray:
     """Training images outside fashion_k's calibration draw (seed 1)."""
     x, _ = fashion_data.load("train")
-    used = set(np.random.default_rng(SEED).choice(len(x), CALIBRATION_IMAGES, replace=False).tolist())
+    used = set(calibration_indices(len(x)).tolist())
     order = [i for i in np.random.default_rng(1).permutation(len(x)) if i not in used]
     return x[np.array(order[:n])]
 
