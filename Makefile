@@ -57,20 +57,18 @@ test: test-fast test-slow test-sanitize
 
 # Every figure of benchmarks/RESULTS.md, from nothing (Fashion-MNIST from Debian's archive, the PyPI models'
 # wheels and the networks are fetched or trained into .cache/ on the first run).
+BENCHES := "fashion_nets.py" "fashion_k.py --write" "per_channel.py --write" "fashion_peer.py --write" \
+	"conversion_cost.py --write" "large_model.py --write" "digits_activations.py --write" "fit.py --write" \
+	"auto_k.py --write" "digits_report.py --write" "fuzz.py --cases 20000 --write" "runtime.py --write" \
+	"pypi_models.py --write"
+
+# Each script's wall time is printed after it ("bench: ... s"), for benchmarks/RESULTS.md's intro.
 bench: $(PEER) ops
-	$(BIN)/python benchmarks/fashion_nets.py
-	$(BIN)/python benchmarks/fashion_k.py --write
-	$(BIN)/python benchmarks/per_channel.py --write
-	$(BIN)/python benchmarks/fashion_peer.py --write
-	$(BIN)/python benchmarks/conversion_cost.py --write
-	$(BIN)/python benchmarks/large_model.py --write
-	$(BIN)/python benchmarks/digits_activations.py --write
-	$(BIN)/python benchmarks/fit.py --write
-	$(BIN)/python benchmarks/auto_k.py --write
-	$(BIN)/python benchmarks/digits_report.py --write
-	$(BIN)/python benchmarks/fuzz.py --cases 20000 --write
-	$(BIN)/python benchmarks/runtime.py --write
-	$(BIN)/python benchmarks/pypi_models.py --write
+	@for step in $(BENCHES); do \
+		start=$$(date +%s); echo "$(BIN)/python benchmarks/$$step"; \
+		$(BIN)/python benchmarks/$$step || exit 1; \
+		echo "bench: $$step took $$(( $$(date +%s) - start )) s"; \
+	done
 
 clean:
 	rm -rf $(VENV) $(OUT) custom_ops/build amos_onnx/_native
