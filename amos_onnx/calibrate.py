@@ -91,14 +91,15 @@ def calibrate(
 ) -> tuple[dict[str, Reservoir], int]:
     """Sample the input tensor of every converting site over all of `data`, batch by batch: the reservoirs
     and the number of samples seen. Memory stays at one batch plus `cap` values per site. With `per_channel`,
-    the reservoir of a tensor with a static channel axis (Site.channels) keeps each value's channel too."""
+    the reservoir of a tensor with a static channel axis (Site.channel_axis, Site.channels) keeps each value's
+    channel too."""
     types = {s.input: s.dtype for s in sites if s.converts and not s.graph}  # subgraph tensors cannot be exposed
     tensors = sorted(types)
     if not tensors:  # nothing to sample: the data is not read
         return {}, data.count or 0
     rng = np.random.default_rng(seed)
-    with_channels = {s.input for s in sites if per_channel and s.converts and not s.graph and s.channels}
-    reservoirs = {name: Reservoir(cap, rng, 1 if name in with_channels else None) for name in tensors}
+    axes = {s.input: s.channel_axis for s in sites if per_channel and s.converts and not s.graph and s.channels}
+    reservoirs = {name: Reservoir(cap, rng, axes.get(name)) for name in tensors}
     sess = user_session(exposed(model, types), label, native=False, folder=folder)
     bar = Progress("calibrating", data.count, progress)
     for feed in data.batches:

@@ -144,8 +144,11 @@ def main(verbose: bool) -> None:
 @click.option("--calib", type=click.Path(), default=None,
               help=".npz (one array per model input), .npy (one-input model) or a folder of images.")
 @click.option("--per-channel", "per_channel", is_flag=True,
-              help="One gate per channel (axis 1) of each site; channels with alike calibration values share "
-                   "one refined gate, at most 8 per site (needs --calib).")
+              help="One gate per channel of each site; channels with alike calibration values share one refined "
+                   "gate, at most 8 per site (needs --calib). Channels: the last axis after MatMul, Gemm or a "
+                   "layer norm, else axis 1.")
+@click.option("--channel-axis", "channel_axis", type=int, default=None,
+              help="With --per-channel: this axis holds every site's channels (negative: from the end).")
 @click.option("--emit", type=str, default="function", show_default=True, help="function (local function per K) or inline.")
 @click.option("--only", type=str, default=None, help="Convert only these op types (comma-separated).")
 @click.option("--skip", type=str, default=None, help="Leave these op types analog (comma-separated).")
@@ -155,15 +158,16 @@ def main(verbose: bool) -> None:
 @image_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress line.")
 def convert(model: str, output: str, k: str | None, k_per_op: str | None, target_mse: float, spike_penalty: float,
-            calib: str | None, per_channel: bool, emit: str, only: str | None, skip: str | None, seed: int,
-            report_dir: str | None, quiet: bool, **image: Any) -> None:
+            calib: str | None, per_channel: bool, channel_axis: int | None, emit: str, only: str | None,
+            skip: str | None, seed: int, report_dir: str | None, quiet: bool, **image: Any) -> None:
     """Convert MODEL into its spiking twin and write it to OUTPUT."""
     images = _run(lambda: _images(calib, **image))
     progress = False if quiet else None
     report = _run(
         lambda: api.convert(model, output, k=_k(k), calib=calib, emit=emit, only=_ops(only, "--only"),
                             skip=_ops(skip, "--skip"), seed=seed, k_per_op=_k_per_op(k_per_op), target_mse=target_mse,
-                            images=images, progress=progress, spike_penalty=spike_penalty, per_channel=per_channel)
+                            images=images, progress=progress, spike_penalty=spike_penalty, per_channel=per_channel,
+                            channel_axis=channel_axis)
     )
     if report_dir:
         _run(lambda: api.report(model, output, calib, report_dir, conversion=report, images=images, progress=progress))

@@ -46,7 +46,8 @@ class Site:
     nodes: tuple[int, ...] = ()  # every node the gate replaces (a composite has several)
     dtype: int = TensorProto.FLOAT  # ONNX element type of input and output
     rank: int | None = None  # rank of the input, when known
-    channels: int | None = None  # static size of the input's axis 1 (the ONNX channel axis), when rank >= 2
+    channels: int | None = None  # static size of the input's channel axis (channel_axis), when rank >= 2
+    channel_axis: int | None = None  # the input's feature axis: 1 (N, C, ...), or the last after MatMul and the like
     graph: tuple[tuple[int, str], ...] = ()  # path to a subgraph: (node index, attribute name) per level
 
     @property
@@ -59,12 +60,44 @@ def _rank(tensor: gs.Tensor | None) -> int | None:
     return len(shape) if shape is not None else None
 
 
-def _channels(tensor: gs.Tensor | None) -> int | None:
-    """The static size of axis 1 (ONNX's channel axis: N, C, ...) of a tensor of rank 2 or more, else None."""
+# Producers whose output holds its features on the last axis ([batch, tokens, features]); after any other op
+# ONNX's convention (N, C, ...) puts them on axis 1.
+LAST_AXIS_OPS = {"MatMul", "Gemm", "FusedMatMul", "MatMulNBits", "LayerNormalization", "SimplifiedLayerNormalization",
+                 "SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "RMSNormalization"}
+# Elementwise ops looked through on the way to that producer (a bias, a scale, a cast, a residual add).
+LOOKED_THROUGH = {"Add", "Sub", "Mul", "Div", "Cast", "Identity", "Dropout"}
+
+
+def feature_axis(tensor: gs.Tensor, rank: int) -> int:
+    """Where a tensor's features (channels) lie: the last axis when it comes from a MatMul, Gemm or layer norm
+    (through elementwise ops: its first input that is computed, not a constant), else axis 1."""
+    for _ in range(32):
+        producer = tensor.inputs[0] if tensor.inputs else None
+        if producer is None:
+            break
+        if producer.op in LAST_AXIS_OPS:
+            return rank - 1
+        if producer.op not in LOOKED_THROUGH:
+            break
+        computed = [t for t in producer.inputs if isinstance(t, gs.Variable) and t.inputs and t.inputs[0].op != "Constant"]
+        if not computed:
+            break
+        tensor = computed[0]
+    return 1
+
+
+def _channels(tensor: gs.Tensor | None, axis: int | None = None) -> tuple[int | None, int | None]:
+    """(channel axis, its static size) of a tensor of rank 2 or more: `axis` (negative counts from the end) or
+    its feature_axis; (None, None) when the rank is unknown or below 2, the axis out of range or its size not
+    static."""
     shape = tensor.shape if tensor is not None else None
-    if shape is None or len(shape) < 2 or not isinstance(shape[1], int) or shape[1] < 1:
-        return None
-    return int(shape[1])
+    if tensor is None or shape is None or len(shape) < 2:
+        return None, None
+    rank = len(shape)
+    axis = feature_axis(tensor, rank) if axis is None else axis + rank if axis < 0 else axis
+    if not 0 <= axis < rank or not isinstance(shape[axis], int) or shape[axis] < 1:
+        return None, None
+    return axis, int(shape[axis])
 
 
 def _dtype(tensor: gs.Tensor | None) -> tuple[int, str | None]:
@@ -76,7 +109,8 @@ def _dtype(tensor: gs.Tensor | None) -> tuple[int, str | None]:
     return kind, f"input type is {name}; only floating-point activations convert"
 
 
-def _site(index: int, node: gs.Node, opset: int, only: set[str] | None, skip: set[str]) -> Site | None:
+def _site(index: int, node: gs.Node, opset: int, only: set[str] | None, skip: set[str],
+          channel_axis: int | None) -> Site | None:
     name = node.name or f"{node.op}_{index}"
     if node.domain == "com.microsoft" and node.op in QUANTIZED_ACTIVATIONS and node.inputs and node.outputs:
         return Site(index, name, node.op, node.inputs[0].name, node.outputs[0].name, None, QUANTIZED_REASON, (index,))
@@ -92,14 +126,16 @@ def _site(index: int, node: gs.Node, opset: int, only: set[str] | None, skip: se
     if isinstance(result, NoMatch):
         return Site(index, name, node.op, x, y, None, result.reason, (index,))
     dtype, reason = _dtype(node.inputs[0])
-    return Site(index, name, node.op, x, y, result, reason, (index,), dtype, _rank(node.inputs[0]),
-                _channels(node.inputs[0]))
+    axis, channels = _channels(node.inputs[0], channel_axis)
+    return Site(index, name, node.op, x, y, result, reason, (index,), dtype, _rank(node.inputs[0]), channels, axis)
 
 
 def find_sites(
-    graph: gs.Graph, opset: int, only: set[str] | None = None, skip: set[str] | None = None
+    graph: gs.Graph, opset: int, only: set[str] | None = None, skip: set[str] | None = None,
+    channel_axis: int | None = None,
 ) -> tuple[list[Site], list[NearMiss]]:
-    """Every activation in the graph, its subgraphs (If, Loop, Scan bodies) included, and the near misses."""
+    """Every activation in the graph, its subgraphs (If, Loop, Scan bodies) included, and the near misses.
+    channel_axis: every site's channel axis (negative: from the end) instead of its input's feature_axis."""
     skip = skip or set()
     sites: list[Site] = []
     claimed: set[int] = set()
@@ -112,20 +148,21 @@ def find_sites(
             node = graph.nodes[out]
             name = node.name or f"{node.op}_{out}"
             dtype, reason = _dtype(tensors.get(c.x))
+            axis, channels = _channels(tensors.get(c.x), channel_axis)
             sites.append(Site(out, name, c.kind, c.x, c.y, c.activation, reason, c.nodes, dtype,
-                              _rank(tensors.get(c.x)), _channels(tensors.get(c.x))))
+                              _rank(tensors.get(c.x)), channels, axis))
             claimed.update(c.nodes)
     for index, node in enumerate(graph.nodes):
         if index in claimed:
             continue
-        site = _site(index, node, opset, only, skip)
+        site = _site(index, node, opset, only, skip, channel_axis)
         if site is not None:
             sites.append(site)
     sites.sort(key=lambda s: s.index)
     for index, node in enumerate(graph.nodes):
         for attr, value in node.attrs.items():
             if isinstance(value, gs.Graph):
-                inner, inner_misses = find_sites(value, opset, only, skip)
+                inner, inner_misses = find_sites(value, opset, only, skip, channel_axis)
                 prefix = f"{node.name or f'{node.op}_{index}'}/{attr}"
                 sites += [replace(s, name=f"{prefix}/{s.name}", graph=((index, attr), *s.graph)) for s in inner]
                 misses += [replace(m, node=f"{prefix}/{m.node}") for m in inner_misses]

@@ -50,10 +50,10 @@ def check_options(k: int | str | None, emit: str, only: set[str] | None, skip: s
 
 
 def _find(
-    model: onnx.ModelProto, only: set[str] | None, skip: set[str] | None
+    model: onnx.ModelProto, only: set[str] | None, skip: set[str] | None, channel_axis: int | None = None
 ) -> tuple[list[Site], list[NearMiss], dict[str, int | None], list[str]]:
     graph = gs.import_onnx(with_shapes(model))
-    sites, misses = find_sites(graph, default_opset(model), only, skip)
+    sites, misses = find_sites(graph, default_opset(model), only, skip, channel_axis)
     notes = []
     quantized = quantized_ops(graph)
     if quantized:
@@ -105,19 +105,23 @@ def plan(
     progress: bool | None = None,
     output: str | Path | None = None,
     per_channel: bool = False,
+    channel_axis: int | None = None,
 ) -> Plan:
     """Load, find and calibrate (the stages before fitting); `output`, when given, is checked before the
     calibration (it must not overwrite any file read). per_channel: the calibration keeps each value's channel
-    (axis 1, where its size is static), for fit_sites(per_channel=True)."""
+    (along the site input's feature axis, find.feature_axis, or `channel_axis` for every site, where its size
+    is static), for fit_sites(per_channel=True)."""
     check_options(None, emit, only, skip)
     if per_channel and calib is None:
         raise OptionError("--per-channel needs --calib: each channel's gate is fitted on that channel's values")
+    if channel_axis is not None and not per_channel:
+        raise OptionError(f"--channel-axis {channel_axis}: only with --per-channel")
     model, files = read_model(model_path)
     data = open_data(calib, model, images) if calib is not None else None
     opset_before = default_opset(model)
     if emit == "function":
         model = raise_opset(model, FUNCTION_MIN_OPSET)
-    sites, misses, ranks, find_notes = _find(model, only, skip)
+    sites, misses, ranks, find_notes = _find(model, only, skip, channel_axis)
     result = Plan(Path(model_path), model, emit, sites, misses, ranks, find_notes, files, opset_before,
                   inputs=[Path(model_path), *files, *(data.paths if data else ())])
     if output is not None:
@@ -181,6 +185,7 @@ def convert(
     progress: bool | None = None,
     spike_penalty: float = 0.0,
     per_channel: bool = False,
+    channel_axis: int | None = None,
 ) -> ConversionReport:
     """Convert every activation of a model into an AMOS spiking gate and save the result.
 
@@ -192,20 +197,37 @@ def convert(
     fraction of the activation's mean square output on the site's samples, weighted per site by its share of
     the network's gate evaluations (fit.fit_sites; 0: error alone; on the Fashion-MNIST EfficientNet-style
     network at K=10, 0.005 takes the mean from 2.85 to 1.5 spikes per gate). per_channel: one gate per channel
-    (axis 1) for every calibrated site whose channel count is static, channels with alike values sharing one
-    (fit._channel_gates: the site's gate refined on their calibration values; needs calib).
+    for every calibrated site whose channel count is static, channels with alike values sharing one
+    (fit._channel_gates: the site's gate refined on their calibration values; needs calib); the channels lie
+    on the last axis of a MatMul's, Gemm's or layer norm's output (through elementwise ops), else on axis 1
+    (find.feature_axis), or on `channel_axis` for every site (negative: from the end).
     """
     check_options(k, emit, only, skip, k_per_op, target_mse)
     if not (spike_penalty >= 0 and spike_penalty < float("inf")):
         raise OptionError(f"--spike-penalty {spike_penalty}: must be zero or positive")
     check_output_path(output_path, [model_path])
     p = plan(model_path, calib=calib, emit=emit, only=only, skip=skip, seed=seed, images=images, progress=progress,
-             output=output_path, per_channel=per_channel)
+             output=output_path, per_channel=per_channel, channel_axis=channel_axis)
     fits = fit_sites(p.sites, p.reservoirs, k, seed, k_per_op, target_mse, spike_penalty, per_channel)
     report = write(p, output_path, fits, in_place=True)
     if per_channel:
-        shared = [s.name for s in p.sites if s.converts and not s.graph and not s.channels]
-        if shared:
-            report.notes.append(f"--per-channel: {len(shared)} sites keep one gate (no static channel axis): "
-                                + ", ".join(shared[:5]) + (", ..." if len(shared) > 5 else ""))
+        report.notes += channel_notes(p.sites, channel_axis)
     return report
+
+
+def channel_notes(sites: list[Site], channel_axis: int | None) -> list[str]:
+    """What --per-channel did: where the channels lie when some site's are on its last axis, and which sites
+    keep one gate."""
+    converting = [s for s in sites if s.converts and not s.graph]
+    notes = []
+    last = sum(1 for s in converting if s.channels and s.channel_axis != 1)
+    if channel_axis is None and last:
+        first = sum(1 for s in converting if s.channels and s.channel_axis == 1)
+        notes.append(f"--per-channel: {last} sites have their channels on the last axis (after MatMul, Gemm or a "
+                     f"layer norm), {first} on axis 1")
+    shared = [s.name for s in converting if not s.channels]
+    if shared:
+        reason = "no static channel axis" if channel_axis is None else f"no static axis {channel_axis}"
+        notes.append(f"--per-channel: {len(shared)} sites keep one gate ({reason}): "
+                     + ", ".join(shared[:5]) + (", ..." if len(shared) > 5 else ""))
+    return notes

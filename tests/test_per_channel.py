@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from click.testing import CliRunner
 from conftest import activation_model, save
@@ -15,6 +16,7 @@ from test_gates import inline_sequence, run
 import amos_onnx
 from amos_onnx.calibrate import CHANNEL_CAP, Reservoir
 from amos_onnx.cli import main
+from amos_onnx.find import feature_axis
 from amos_onnx.fit import channel_groups
 from amos_onnx.neuron import simulate
 from amos_onnx.runtime import native_library, session
@@ -162,3 +164,100 @@ def test_the_cli_flag_converts_per_channel_and_a_spike_penalty_trades_there_too(
         errors.append(float(np.abs(run(out, x) - run(src, x)).mean()))
     assert spikes[1] <= 0.3 * spikes[0]
     assert errors[1] <= 0.022
+
+
+def token_model(op: str = "Sigmoid") -> onnx.ModelProto:
+    """x [N, 5, 4] (5 tokens of 4 features) -> MatMul(diag(scale)) -> Add(shift) -> op: a transformer's
+    features, on the last axis, each in its own place (the same four as channel_model's)."""
+    inits = [numpy_helper.from_array(np.diag(SCALE).astype(np.float32), "w"), numpy_helper.from_array(SHIFT, "b")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="linear"),
+             helper.make_node("Add", ["a", "b"], ["h"], name="bias"),
+             helper.make_node(op, ["h"], ["y"], name="site")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def token_inputs(seed: int, n: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 1, (n, 5, 4)).astype(np.float32)
+
+
+def test_features_after_a_matmul_are_channels_on_the_last_axis(tmp_path: Path) -> None:
+    """[batch, tokens, features] after MatMul + bias: the gates are per feature (axis 2), not per token, and beat
+    one gate against the original in onnxruntime on 1,440 fresh inputs (measured: one gate max 0.051 / mean
+    0.0080, per feature 0.047 / 0.0056, per token (--channel-axis 1: all tokens alike) 0.052 / 0.0080)."""
+    src = save(token_model(), tmp_path / "orig.onnx")
+    np.savez(tmp_path / "calib.npz", x=token_inputs(0, 200 * 36 // 5))
+    outs = {}
+    for name, extra in (("shared", {}), ("features", {"per_channel": True}),
+                        ("tokens", {"per_channel": True, "channel_axis": 1})):
+        outs[name] = tmp_path / f"{name}.onnx"
+        amos_onnx.convert(src, outs[name], k=K, calib=tmp_path / "calib.npz", **extra)
+    params = gate_params(onnx.load(str(outs["features"])).graph.node[-1])
+    model = onnx.load(str(outs["features"]))
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "Add", "AmosGate"]
+    assert params.axis == 2 and params.thresholds.shape == (4, K) and model.graph.node[-1].overload == f"k{K}c0"
+    tokens = gate_params(onnx.load(str(outs["tokens"])).graph.node[-1])
+    assert tokens.axis == 1 and tokens.thresholds.shape == (5, K)
+    x = token_inputs(1, 200 * 36 // 5)
+    original = run(src, x)
+    errors = {name: np.abs(run(path, x) - original) for name, path in outs.items()}
+    assert errors["features"].max() <= 0.075 and errors["features"].mean() <= 0.0075
+    assert errors["features"].mean() <= 0.8 * errors["shared"].mean()
+    assert errors["features"].mean() <= 0.8 * errors["tokens"].mean()  # per token: all alike, no gain
+    pre = x @ np.diag(SCALE) + SHIFT
+    assert np.array_equal(run(outs["features"], x), simulate(params, pre)[0])
+
+
+def test_the_feature_axis_follows_the_producer_through_elementwise_ops() -> None:
+    """find.feature_axis: last after MatMul, Gemm, LayerNormalization (through Add, Mul, Cast, a residual Add),
+    1 after Conv or straight from a graph input; a constant operand (initializer or Constant node) is skipped."""
+    x = gs.Variable("x", np.float32, ["N", 5, 4])
+    w, b = gs.Constant("w", np.eye(4, dtype=np.float32)), gs.Constant("b", np.zeros(4, np.float32))
+
+    def chain(*ops: str) -> gs.Tensor:
+        t = x
+        for i, op in enumerate(ops):
+            out = gs.Variable(f"t{i}", np.float32, ["N", 5, 4])
+            if op == "Constant":  # Add of a Constant node's output, first
+                c = gs.Variable(f"c{i}", np.float32, [4])
+                gs.Node("Constant", inputs=[], outputs=[c], attrs={"value": b})
+                gs.Node("Add", inputs=[c, t], outputs=[out])
+            else:
+                gs.Node(op, inputs=[t, w if op in ("MatMul", "Gemm") else b] if op not in ("Cast", "Conv",
+                        "LayerNormalization") else [t], outputs=[out])
+            t = out
+        return t
+
+    assert feature_axis(chain("MatMul", "Add"), 3) == 2
+    assert feature_axis(chain("LayerNormalization", "Mul", "Cast", "Constant"), 3) == 2
+    assert feature_axis(chain("Gemm"), 2) == 1
+    assert feature_axis(chain("Conv", "Add"), 3) == 1
+    assert feature_axis(chain("Add"), 3) == 1  # the graph input itself: ONNX's N, C, ...
+    assert feature_axis(chain("MatMul", "Relu", "Add"), 3) == 1  # not looked through: another op's output
+
+
+def test_channel_axis_options(tmp_path: Path) -> None:
+    """--channel-axis: negative from the end; an axis a site does not have keeps its one gate (noted);
+    without --per-channel a one-line error, exit 2, nothing written."""
+    src = save(token_model(), tmp_path / "orig.onnx")
+    np.savez(tmp_path / "calib.npz", x=token_inputs(0, 50))
+    base = ["convert", str(src), "--k", str(K), "--calib", str(tmp_path / "calib.npz"), "--quiet"]
+    result = CliRunner().invoke(main, [*base[:2], str(tmp_path / "a.onnx"), *base[2:], "--per-channel",
+                                       "--channel-axis", "-1"])
+    assert result.exit_code == 0, result.output
+    assert gate_params(onnx.load(str(tmp_path / "a.onnx")).graph.node[-1]).axis == 2
+    result = CliRunner().invoke(main, [*base[:2], str(tmp_path / "b.onnx"), *base[2:], "--per-channel",
+                                       "--channel-axis", "3"])
+    assert result.exit_code == 0, result.output
+    assert gate_params(onnx.load(str(tmp_path / "b.onnx")).graph.node[-1]).axis is None
+    assert "--per-channel: 1 sites keep one gate (no static axis 3): site" in result.output
+    result = CliRunner().invoke(main, [*base[:2], str(tmp_path / "c.onnx"), *base[2:], "--channel-axis", "1"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[0] == "amos-onnx: error: --channel-axis 1: only with --per-channel"
+    assert not (tmp_path / "c.onnx").exists()
+    default = CliRunner().invoke(main, [*base[:2], str(tmp_path / "d.onnx"), *base[2:], "--per-channel"])
+    assert "--per-channel: 1 sites have their channels on the last axis (after MatMul, Gemm or a layer norm), " \
+           "0 on axis 1" in default.output
