@@ -79,7 +79,8 @@ def feature_axis(tensor: gs.Tensor, rank: int) -> int:
             return rank - 1
         if producer.op not in LOOKED_THROUGH:
             break
-        computed = [t for t in producer.inputs if isinstance(t, gs.Variable) and t.inputs and t.inputs[0].op != "Constant"]
+        computed = [t for t in producer.inputs
+                    if isinstance(t, gs.Variable) and t.inputs and t.inputs[0].op != "Constant"]
         if not computed:
             break
         tensor = computed[0]
