@@ -20,7 +20,7 @@ from .parallel import fork_map
 
 log = logging.getLogger(__name__)
 
-REFIT_KICKS = 6  # local-search moves of a calibrated refit (the shipped fits used library.LIBRARY_KICKS)
+REFIT_KICKS = 6  # local-search moves of a calibrated refit by default (convert --kicks; the shipped fits used 300)
 REFIT_STARTS = 8  # a refit descends only this many of its starts (13 for a smooth gate): fitter.fit's keep_starts
 
 
@@ -158,11 +158,12 @@ def _channel_gates(act: Activation, site: FitResult, res: Reservoir, lam: float,
 
 
 def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0, spike_penalty: float = 0.0,
-             error_only: GateParams | None = None, per_channel: bool = False) -> SiteFit:
+             error_only: GateParams | None = None, per_channel: bool = False, kicks: int = REFIT_KICKS) -> SiteFit:
     """Fit one site's gate: cached data-free fit, or a fit weighted by the site's samples. spike_penalty is
     relative (absolute_penalty): 0 fits for error alone. `error_only`: this site's error-only calibrated refit
     when already made (_refit_key), so a penalised refit does not make it again. `per_channel`: with samples
-    that know their channel (Reservoir.axis), the site's gate is then refined per channel (_channel_gates)."""
+    that know their channel (Reservoir.axis), the site's gate is then refined per channel (_channel_gates).
+    `kicks`: local-search moves of each calibrated refit (the data-free fits come from the library)."""
     if not 1 <= k <= MAX_K:
         raise ValueError(f"K must be in 1..{MAX_K}")
     lo, hi = _range(act, res)
@@ -175,7 +176,7 @@ def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0, spik
         warm = [shipped.params] if shipped is not None else []
         if error_only is None or not spike_penalty:
             # The warm start already carries the search; a short local search refits it to the samples.
-            result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=warm, kicks=REFIT_KICKS,
+            result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=warm, kicks=kicks,
                          seed=seed, keep_starts=REFIT_STARTS)
             error_only = result.params
         if spike_penalty:
@@ -183,8 +184,7 @@ def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0, spik
             # error-only one beats on the penalised cost (the fit's final candidates include its warm starts;
             # without it, a refit descending only its best few starts, with a few moves, sometimes did).
             result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=[*warm, error_only],
-                         kicks=REFIT_KICKS, seed=seed, keep_starts=REFIT_STARTS,
-                         spike_penalty=lam)
+                         kicks=kicks, seed=seed, keep_starts=REFIT_STARTS, spike_penalty=lam)
         source = "calibrated"
     params = result.params if act.channel_funcs is None else _per_channel(act, result, samples)
     mse, max_err, spikes = result.mse, result.max_error, result.mean_spikes
@@ -203,7 +203,7 @@ DEFAULT_TARGET_MSE = 1e-4
 
 
 def auto_fit(act: Activation, res: Reservoir | None, target_mse: float, seed: int = 0,
-             spike_penalty: float = 0.0, per_channel: bool = False) -> SiteFit:
+             spike_penalty: float = 0.0, per_channel: bool = False, kicks: int = REFIT_KICKS) -> SiteFit:
     """The fit with the smallest K in 4..16 whose MSE (on the site's samples, or its default range) meets the
     target, found by bisection over K (error falls with K); the K = 16 fit when none does."""
     lo, hi = library.K_RANGE.start, library.K_RANGE.stop - 1
@@ -211,7 +211,7 @@ def auto_fit(act: Activation, res: Reservoir | None, target_mse: float, seed: in
 
     def at(k: int) -> SiteFit:
         if k not in fits:
-            fits[k] = fit_site(act, k, res, seed, spike_penalty, per_channel=per_channel)
+            fits[k] = fit_site(act, k, res, seed, spike_penalty, per_channel=per_channel, kicks=kicks)
         return fits[k]
 
     if at(hi).mse > target_mse:
@@ -246,6 +246,7 @@ class Job(NamedTuple):
     seed: int
     penalty: float
     per_channel: bool
+    kicks: int = REFIT_KICKS
     error_only: GateParams | None = None
 
 
@@ -254,8 +255,8 @@ Key = tuple[str, str, str] | str  # sites with the same key share one fit
 
 def _fit_job(job: Job) -> SiteFit:
     if job.k == AUTO:
-        return auto_fit(job.act, job.res, job.target_mse, job.seed, job.penalty, job.per_channel)
-    return fit_site(job.act, int(job.k), job.res, job.seed, job.penalty, job.error_only, job.per_channel)
+        return auto_fit(job.act, job.res, job.target_mse, job.seed, job.penalty, job.per_channel, job.kicks)
+    return fit_site(job.act, int(job.k), job.res, job.seed, job.penalty, job.error_only, job.per_channel, job.kicks)
 
 
 # Error-only calibrated refits made in this process, by _refit_key: a penalised refit starts from the error-only
@@ -270,7 +271,7 @@ def _refit_key(job: Job) -> tuple[object, ...] | None:
     if job.k == AUTO or res is None or res.seen == 0 or act.channel_funcs is not None or job.per_channel:
         return None
     digest = hashlib.blake2b(np.ascontiguousarray(res.values).tobytes(), digest_size=16).hexdigest()
-    return (act.label, act.relu_like, int(job.k), job.seed, REFIT_KICKS, REFIT_STARTS, _range(act, res), digest)
+    return (act.label, act.relu_like, int(job.k), job.seed, job.kicks, REFIT_STARTS, _range(act, res), digest)
 
 
 def _shares(seen: list[tuple[Key, int]]) -> dict[Key, float]:
@@ -290,13 +291,14 @@ def _shares(seen: list[tuple[Key, int]]) -> dict[Key, float]:
 def fit_sites(
     sites: list[Site], reservoirs: dict[str, Reservoir], k: int | str | None, seed: int = 0,
     k_per_op: dict[str, int] | None = None, target_mse: float = DEFAULT_TARGET_MSE, spike_penalty: float = 0.0,
-    per_channel: bool = False,
+    per_channel: bool = False, kicks: int = REFIT_KICKS,
 ) -> dict[str, SiteFit]:
     """One SiteFit per converting site, keyed by site name; sites seeing the same tensor with the same
     function and K share one fit. Fits run in parallel processes (AMOS_ONNX_JOBS, default one per CPU).
     spike_penalty (relative, absolute_penalty) is spread over the sites by their share of the network's
     gate evaluations (_shares), so it trades the network's mean spikes per gate. per_channel: one gate per
-    channel where the calibration kept channels (pipeline.plan's per_channel), else one per site."""
+    channel where the calibration kept channels (pipeline.plan's per_channel), else one per site. kicks:
+    local-search moves of each calibrated refit (more: lower error or fewer spikes, for more fitting time)."""
     keys: dict[str, Key] = {}
     work: dict[Key, Job] = {}
     seen: list[tuple[Key, int]] = []
@@ -310,7 +312,7 @@ def fit_sites(
             key = site.name
         keys[site.name] = key
         seen.append((key, 0 if res is None else res.seen))
-        work.setdefault(key, Job(act, kk, res, target_mse, seed, spike_penalty, per_channel))
+        work.setdefault(key, Job(act, kk, res, target_mse, seed, spike_penalty, per_channel, kicks))
     refit_keys = {key: _refit_key(job) for key, job in work.items()}
     if spike_penalty:
         shares = _shares(seen)

@@ -12,7 +12,7 @@ from .calibrate import Reservoir, calibrate
 from .composite import NearMiss
 from .errors import OptionError, OutputPathError
 from .find import Site, find_sites, quantized_ops
-from .fit import AUTO, DEFAULT_TARGET_MSE, SiteFit, fit_sites
+from .fit import AUTO, DEFAULT_TARGET_MSE, REFIT_KICKS, SiteFit, fit_sites
 from .gates import selectable_ops
 from .dataset import DataSource, open_data
 from .images import ImageOptions
@@ -186,6 +186,7 @@ def convert(
     spike_penalty: float = 0.0,
     per_channel: bool = False,
     channel_axis: int | None = None,
+    kicks: int = REFIT_KICKS,
 ) -> ConversionReport:
     """Convert every activation of a model into an AMOS spiking gate and save the result.
 
@@ -200,15 +201,18 @@ def convert(
     for every calibrated site whose channel count is static, channels with alike values sharing one
     (fit._channel_gates: the site's gate refined on their calibration values; needs calib); the channels lie
     on the last axis of a MatMul's, Gemm's or layer norm's output (through elementwise ops), else on axis 1
-    (find.feature_axis), or on `channel_axis` for every site (negative: from the end).
+    (find.feature_axis), or on `channel_axis` for every site (negative: from the end). kicks: local-search
+    moves of each calibrated refit (fit.REFIT_KICKS by default): more lower the fit's cost for more time.
     """
     check_options(k, emit, only, skip, k_per_op, target_mse)
     if not (spike_penalty >= 0 and spike_penalty < float("inf")):
         raise OptionError(f"--spike-penalty {spike_penalty}: must be zero or positive")
+    if kicks < 0:
+        raise OptionError(f"--kicks {kicks}: the number of local-search moves must be 0 or more")
     check_output_path(output_path, [model_path])
     p = plan(model_path, calib=calib, emit=emit, only=only, skip=skip, seed=seed, images=images, progress=progress,
              output=output_path, per_channel=per_channel, channel_axis=channel_axis)
-    fits = fit_sites(p.sites, p.reservoirs, k, seed, k_per_op, target_mse, spike_penalty, per_channel)
+    fits = fit_sites(p.sites, p.reservoirs, k, seed, k_per_op, target_mse, spike_penalty, per_channel, kicks)
     report = write(p, output_path, fits, in_place=True)
     if per_channel:
         report.notes += channel_notes(p.sites, channel_axis)
