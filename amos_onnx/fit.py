@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -89,6 +90,15 @@ def _per_channel(act: Activation, shared: FitResult, samples: np.ndarray | None)
     return GateParams(np.tile(T, (c, 1)), np.tile(h, (c, 1)), d, axis=act.axis)
 
 
+def sample_error(params: GateParams, func: Callable[[np.ndarray], np.ndarray],
+                 x: np.ndarray) -> tuple[float, float, float]:
+    """MSE, max error and mean spikes of a gate against its function on the values x (any shape the gate takes:
+    a per-channel gate needs its channel axis)."""
+    y, s = simulate(params, x)
+    err = y.astype(np.float64) - func(np.asarray(x, np.float64))
+    return float(np.mean(err**2)), float(np.max(np.abs(err))), float(np.mean(s))
+
+
 CHANNEL_MIN_SAMPLES = 64  # a channel with fewer calibration values keeps the site's gate
 CHANNEL_GROUPS = 8  # at most this many refined gates per site: channels with alike values share one
 # A group's range: its channels' exact range widened by this share of its width on each side (within the site's),
@@ -127,7 +137,8 @@ def _channel_gates(act: Activation, site: FitResult, res: Reservoir, lam: float,
     edges = np.searchsorted(res.channels[order], np.arange(res.channel_count + 1))
     values = [res.values[order[edges[c]:edges[c + 1]]] for c in range(res.channel_count)]
     sampled = [c for c in range(res.channel_count) if values[c].size >= CHANNEL_MIN_SAMPLES]
-    gates = [site.params] * res.channel_count
+    group = np.zeros(res.channel_count, dtype=np.int64)  # 0: the site's gate; g + 1: refined gate g
+    gates = [site.params]
     if sampled:
         spans = np.array([np.quantile(values[c], [0.01, 0.99]) for c in sampled])
         label = channel_groups(spans, CHANNEL_GROUPS)
@@ -141,19 +152,20 @@ def _channel_gates(act: Activation, site: FitResult, res: Reservoir, lam: float,
             if hi - lo < 1e-3:
                 lo, hi = lo - 0.5, hi + 0.5
             x = np.concatenate([values[c] for c in members])
-            gate = refine(act.func, lo, hi, x, site.params, relu_like=act.relu_like, spike_penalty=lam, seed=seed)
-            for c in members:
-                gates[c] = gate
-    squares, worst, spikes = 0.0, 0.0, 0.0
-    for gate, x in zip(gates, values):
+            gates.append(refine(act.func, lo, hi, x, site.params, relu_like=act.relu_like, spike_penalty=lam,
+                                seed=seed))
+            group[members] = len(gates) - 1
+    squares, worst, spikes = 0.0, 0.0, 0.0  # over all the samples, one simulation per gate
+    of_value = group[res.channels]
+    for g, gate in enumerate(gates):
+        x = res.values[of_value == g]
         if x.size:
-            y, s = simulate(gate, x)
-            err = y.astype(np.float64) - act.func(x.astype(np.float64))
-            squares, worst, spikes = squares + float(np.sum(err**2)), max(worst, float(np.max(np.abs(err)))), \
-                spikes + float(np.sum(s))
+            mse, most, mean_spikes = sample_error(gate, act.func, x)
+            squares, worst, spikes = squares + mse * x.size, max(worst, most), spikes + mean_spikes * x.size
     n = max(res.values.size, 1)
-    params = GateParams(np.stack([g.thresholds for g in gates]), np.stack([g.resets for g in gates]),
-                        np.stack([g.weights for g in gates]), axis=res.axis)
+    per = [gates[g] for g in group]
+    params = GateParams(np.stack([g.thresholds for g in per]), np.stack([g.resets for g in per]),
+                        np.stack([g.weights for g in per]), axis=res.axis)
     return params, squares / n, worst, spikes / n
 
 
@@ -192,9 +204,7 @@ def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0, spik
         params, mse, max_err, spikes = _channel_gates(act, result, res, lam, seed)
         source = "calibrated per channel"
     elif samples is not None:
-        y, s = simulate(result.params, samples)
-        err = y.astype(np.float64) - act.func(samples.astype(np.float64))
-        mse, max_err, spikes = float(np.mean(err**2)), float(np.max(np.abs(err))), float(np.mean(s))
+        mse, max_err, spikes = sample_error(result.params, act.func, samples)
     return SiteFit(params, source, lo, hi, mse, max_err, spikes, 0 if res is None else res.seen)
 
 

@@ -34,9 +34,9 @@ import fashion_nets  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
 from amos_onnx.costs import fan_outs, macs  # noqa: E402
-from amos_onnx.fit import SiteFit, fit_sites  # noqa: E402
+from amos_onnx.fit import SiteFit, fit_sites, sample_error  # noqa: E402
 from amos_onnx.load import load_model  # noqa: E402
-from amos_onnx.neuron import binary_relu, preset, simulate  # noqa: E402
+from amos_onnx.neuron import binary_relu, preset  # noqa: E402
 from amos_onnx.pipeline import Plan, plan, write  # noqa: E402
 from amos_onnx.report_files import latency  # noqa: E402
 from amos_onnx.runtime import session  # noqa: E402
@@ -88,10 +88,7 @@ def run_spiking(converted: onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, 
 
 def _measured(params, site_input: str, p: Plan, source: str, lo: float, hi: float, func) -> SiteFit:  # type: ignore[no-untyped-def]
     res = p.reservoirs[site_input]
-    y, s = simulate(params, res.values)
-    err = y.astype(np.float64) - func(res.values.astype(np.float64))
-    return SiteFit(params, source, lo, hi, float(np.mean(err**2)), float(np.max(np.abs(err))), float(np.mean(s)),
-                   res.seen)
+    return SiteFit(params, source, lo, hi, *sample_error(params, func, res.values), res.seen)
 
 
 def published_fits(p: Plan, k: int) -> dict[str, SiteFit] | None:

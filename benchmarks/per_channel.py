@@ -27,8 +27,7 @@ from fashion_k import CALIBRATION_IMAGES, SEED, calibration_images, calibration_
 from results import machine, write_section  # noqa: E402
 
 from amos_onnx.calibrate import exposed  # noqa: E402
-from amos_onnx.fit import SiteFit, fit_sites  # noqa: E402
-from amos_onnx.neuron import simulate  # noqa: E402
+from amos_onnx.fit import SiteFit, fit_sites, sample_error  # noqa: E402
 from amos_onnx.pipeline import plan  # noqa: E402
 from amos_onnx.runtime import session  # noqa: E402
 
@@ -51,8 +50,8 @@ def site_values(path: Path, tensors: list[str], x: np.ndarray) -> dict[str, np.n
 
 
 def gate_error(fit: SiteFit, func, v: np.ndarray) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    y, s = simulate(fit.params, v)
-    return float(np.mean((y.astype(np.float64) - func(v.astype(np.float64))) ** 2)), float(np.mean(s))
+    mse, _, spikes = sample_error(fit.params, func, v)
+    return mse, spikes
 
 
 def compare(name: str, k: int) -> dict[str, object]:
