@@ -87,12 +87,14 @@ def exposed(model: onnx.ModelProto, tensors: dict[str, int]) -> onnx.ModelProto:
 def calibrate(
     model: onnx.ModelProto, sites: list[Site], data: Dataset, *, cap: int = DEFAULT_CAP, seed: int = 0,
     label: str = "model", progress: bool | None = None, folder: str | Path | None = None,
-    per_channel: bool = False,
+    per_channel: bool = False, keep: list[dict[str, np.ndarray]] | None = None, keep_samples: int = 0,
+    keep_bytes: int = 0,
 ) -> tuple[dict[str, Reservoir], int]:
     """Sample the input tensor of every converting site over all of `data`, batch by batch: the reservoirs
     and the number of samples seen. Memory stays at one batch plus `cap` values per site. With `per_channel`,
     the reservoir of a tensor with a static channel axis (Site.channel_axis, Site.channels) keeps each value's
-    channel too."""
+    channel too. `keep`: the first batches are appended to it, until it holds `keep_samples` samples or
+    `keep_bytes` bytes (at least one batch), for measuring the converted sites' effect (focus.effects)."""
     types = {s.input: s.dtype for s in sites if s.converts and not s.graph}  # subgraph tensors cannot be exposed
     tensors = sorted(types)
     if not tensors:  # nothing to sample: the data is not read
@@ -110,6 +112,9 @@ def calibrate(
         for name in tensors:
             if name in feed:
                 reservoirs[name].add(feed[name])
+        if keep is not None and sum(map(sample_count, keep)) < keep_samples \
+                and sum(a.nbytes for f in keep for a in f.values()) < keep_bytes:
+            keep.append(feed)
         bar.advance(sample_count(feed))
     bar.close()
     return reservoirs, bar.done

@@ -13,6 +13,7 @@ import click
 from . import api
 from .errors import AmosError, OptionError
 from .fit import REFIT_KICKS
+from .focus import FOCUS_KICKS
 
 EXIT_FAILED = 1
 
@@ -147,6 +148,9 @@ def main(verbose: bool) -> None:
 @click.option("--kicks", type=int, default=REFIT_KICKS, show_default=True,
               help="Local-search moves of each calibrated refit: more give lower error or fewer spikes for more "
                    "fitting time (200 on a 20-site network: minutes instead of seconds).")
+@click.option("--focus-kicks", "focus_kicks", type=int, default=FOCUS_KICKS, show_default=True,
+              help="With --calib: the fits that move the model's outputs most (measured on calibration samples, one "
+                   "site's gate at a time) are refitted with this many moves (0: no focus).")
 @click.option("--per-channel", "per_channel", is_flag=True,
               help="One gate per channel of each site; channels with alike calibration values share one refined "
                    "gate, at most 8 per site (needs --calib). Channels: the last axis after MatMul, Gemm or a "
@@ -162,7 +166,7 @@ def main(verbose: bool) -> None:
 @image_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress line.")
 def convert(model: str, output: str, k: str | None, k_per_op: str | None, target_mse: float, spike_penalty: float,
-            calib: str | None, kicks: int, per_channel: bool, channel_axis: int | None, emit: str,
+            calib: str | None, kicks: int, focus_kicks: int, per_channel: bool, channel_axis: int | None, emit: str,
             only: str | None, skip: str | None, seed: int, report_dir: str | None, quiet: bool, **image: Any) -> None:
     """Convert MODEL into its spiking twin and write it to OUTPUT."""
     images = _run(lambda: _images(calib, **image))
@@ -171,7 +175,7 @@ def convert(model: str, output: str, k: str | None, k_per_op: str | None, target
         lambda: api.convert(model, output, k=_k(k), calib=calib, emit=emit, only=_ops(only, "--only"),
                             skip=_ops(skip, "--skip"), seed=seed, k_per_op=_k_per_op(k_per_op), target_mse=target_mse,
                             images=images, progress=progress, spike_penalty=spike_penalty, per_channel=per_channel,
-                            channel_axis=channel_axis, kicks=kicks)
+                            channel_axis=channel_axis, kicks=kicks, focus_kicks=focus_kicks)
     )
     if report_dir:
         _run(lambda: api.report(model, output, calib, report_dir, conversion=report, images=images, progress=progress))

@@ -170,12 +170,15 @@ def _channel_gates(act: Activation, site: FitResult, res: Reservoir, lam: float,
 
 
 def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0, spike_penalty: float = 0.0,
-             error_only: GateParams | None = None, per_channel: bool = False, kicks: int = REFIT_KICKS) -> SiteFit:
+             error_only: GateParams | None = None, per_channel: bool = False, kicks: int = REFIT_KICKS,
+             start: GateParams | None = None) -> SiteFit:
     """Fit one site's gate: cached data-free fit, or a fit weighted by the site's samples. spike_penalty is
     relative (absolute_penalty): 0 fits for error alone. `error_only`: this site's error-only calibrated refit
     when already made (_refit_key), so a penalised refit does not make it again. `per_channel`: with samples
     that know their channel (Reservoir.axis), the site's gate is then refined per channel (_channel_gates).
-    `kicks`: local-search moves of each calibrated refit (the data-free fits come from the library)."""
+    `kicks`: local-search moves of each calibrated refit (the data-free fits come from the library). `start`: an
+    earlier calibrated fit of this site to start from too (fit_sites' refocus): the refit's cost never ends
+    above its, and with a spike penalty only the penalised refit is made again."""
     if not 1 <= k <= MAX_K:
         raise ValueError(f"K must be in 1..{MAX_K}")
     lo, hi = _range(act, res)
@@ -186,7 +189,8 @@ def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0, spik
         lam = absolute_penalty(act, samples, lo, hi, spike_penalty)  # of the refit and of the per-channel gates
         shipped = library.lookup(act, k)  # a warm start for the refit on the site's own samples
         warm = [shipped.params] if shipped is not None else []
-        if error_only is None or not spike_penalty:
+        warm += [start] if start is not None else []
+        if not spike_penalty or (error_only is None and start is None):
             # The warm start already carries the search; a short local search refits it to the samples.
             result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=warm, kicks=kicks,
                          seed=seed, keep_starts=REFIT_STARTS)
@@ -195,7 +199,8 @@ def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0, spik
             # The error-only refit joins the starts, so the penalised refit never returns a gate that the
             # error-only one beats on the penalised cost (the fit's final candidates include its warm starts;
             # without it, a refit descending only its best few starts, with a few moves, sometimes did).
-            result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=[*warm, error_only],
+            result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like,
+                         warm=[*warm, *([error_only] if error_only is not None else [])],
                          kicks=kicks, seed=seed, keep_starts=REFIT_STARTS, spike_penalty=lam)
         source = "calibrated"
     params = result.params if act.channel_funcs is None else _per_channel(act, result, samples)
@@ -258,6 +263,7 @@ class Job(NamedTuple):
     per_channel: bool
     kicks: int = REFIT_KICKS
     error_only: GateParams | None = None
+    start: GateParams | None = None
 
 
 Key = tuple[str, str, str] | str  # sites with the same key share one fit
@@ -266,7 +272,8 @@ Key = tuple[str, str, str] | str  # sites with the same key share one fit
 def _fit_job(job: Job) -> SiteFit:
     if job.k == AUTO:
         return auto_fit(job.act, job.res, job.target_mse, job.seed, job.penalty, job.per_channel, job.kicks)
-    return fit_site(job.act, int(job.k), job.res, job.seed, job.penalty, job.error_only, job.per_channel, job.kicks)
+    return fit_site(job.act, int(job.k), job.res, job.seed, job.penalty, job.error_only, job.per_channel, job.kicks,
+                    job.start)
 
 
 # Error-only calibrated refits made in this process, by _refit_key: a penalised refit starts from the error-only
@@ -298,17 +305,28 @@ def _shares(seen: list[tuple[Key, int]]) -> dict[Key, float]:
     return {key: n / mean if n > 0 else 1.0 for key, n in totals.items()}
 
 
+class Refocus(NamedTuple):
+    """fit_sites again for some sites only: the fits of `sites` are refitted with `kicks` local-search moves,
+    each starting from its `earlier` fit too (at the K it had, for automatic K); every other site keeps its
+    earlier fit."""
+
+    sites: frozenset[str]
+    earlier: dict[str, SiteFit]
+    kicks: int
+
+
 def fit_sites(
     sites: list[Site], reservoirs: dict[str, Reservoir], k: int | str | None, seed: int = 0,
     k_per_op: dict[str, int] | None = None, target_mse: float = DEFAULT_TARGET_MSE, spike_penalty: float = 0.0,
-    per_channel: bool = False, kicks: int = REFIT_KICKS,
+    per_channel: bool = False, kicks: int = REFIT_KICKS, refocus: Refocus | None = None,
 ) -> dict[str, SiteFit]:
     """One SiteFit per converting site, keyed by site name; sites seeing the same tensor with the same
     function and K share one fit. Fits run in parallel processes (AMOS_ONNX_JOBS, default one per CPU).
     spike_penalty (relative, absolute_penalty) is spread over the sites by their share of the network's
     gate evaluations (_shares), so it trades the network's mean spikes per gate. per_channel: one gate per
     channel where the calibration kept channels (pipeline.plan's per_channel), else one per site. kicks:
-    local-search moves of each calibrated refit (more: lower error or fewer spikes, for more fitting time)."""
+    local-search moves of each calibrated refit (more: lower error or fewer spikes, for more fitting time).
+    refocus: refit only some sites' fits, with more moves (focus.refocus chooses them)."""
     keys: dict[str, Key] = {}
     work: dict[Key, Job] = {}
     seen: list[tuple[Key, int]] = []
@@ -328,10 +346,17 @@ def fit_sites(
         shares = _shares(seen)
         work = {key: job._replace(penalty=spike_penalty * shares[key], error_only=_REFITS.get(rk) if rk else None)
                 for (key, job), rk in zip(work.items(), refit_keys.values())}
+    if refocus is not None:
+        first = {key: refocus.earlier[name] for name, key in keys.items() if name in refocus.sites}
+        work = {key: job._replace(kicks=refocus.kicks,  # per-channel gates cannot start the site's refit
+                                  start=first[key].params if first[key].params.axis is None else None,
+                                  k=first[key].params.k if job.k == AUTO else job.k)
+                for key, job in work.items() if key in first}
     results = dict(zip(work, fork_map(_fit_job, list(work.values()))))  # each fit seeded alone: order-free
-    if not spike_penalty:
+    if not spike_penalty and refocus is None:
         _REFITS.update({rk: results[key].params for key, rk in refit_keys.items() if rk is not None})
-    fits = {name: results[key] for name, key in keys.items()}
+    fits = {name: results[key] if key in results else refocus.earlier[name]  # type: ignore[union-attr]
+            for name, key in keys.items()}
     for name, fit_ in fits.items():
         log.info("%s: K=%d %s, mse %.3g", name, fit_.params.k, fit_.source, fit_.mse)
     return fits

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -12,7 +12,8 @@ from .calibrate import Reservoir, calibrate
 from .composite import NearMiss
 from .errors import OptionError, OutputPathError
 from .find import Site, find_sites, quantized_ops
-from .fit import AUTO, DEFAULT_TARGET_MSE, REFIT_KICKS, SiteFit, fit_sites
+from . import focus
+from .fit import AUTO, DEFAULT_TARGET_MSE, REFIT_KICKS, Refocus, SiteFit, fit_sites
 from .gates import selectable_ops
 from .dataset import DataSource, open_data
 from .images import ImageOptions
@@ -91,6 +92,7 @@ class Plan:
     samples: int = 0
     calibration: str | None = None
     inputs: list[Path] = field(default_factory=list)  # every file read: never to be overwritten
+    feeds: list[dict] = field(default_factory=list)  # the first calibration batches (focus.KEEP_SAMPLES)
 
 
 def plan(
@@ -129,7 +131,8 @@ def plan(
     if data is not None:
         result.reservoirs, result.samples = calibrate(
             model, sites, data, seed=seed, label=f"{model_path} with {data.description}", progress=progress,
-            folder=Path(model_path).parent, per_channel=per_channel)
+            folder=Path(model_path).parent, per_channel=per_channel, keep=result.feeds,
+            keep_samples=focus.KEEP_SAMPLES, keep_bytes=focus.KEEP_BYTES)
         result.calibration = data.description
     return result
 
@@ -187,6 +190,7 @@ def convert(
     per_channel: bool = False,
     channel_axis: int | None = None,
     kicks: int = REFIT_KICKS,
+    focus_kicks: int = focus.FOCUS_KICKS,
 ) -> ConversionReport:
     """Convert every activation of a model into an AMOS spiking gate and save the result.
 
@@ -203,20 +207,58 @@ def convert(
     on the last axis of a MatMul's, Gemm's or layer norm's output (through elementwise ops), else on axis 1
     (find.feature_axis), or on `channel_axis` for every site (negative: from the end). kicks: local-search
     moves of each calibrated refit (fit.REFIT_KICKS by default): more lower the fit's cost for more time.
+    focus_kicks: with calib, the fits that move the model's outputs most are refitted with this many moves
+    (fit_plan; 0: none).
     """
     check_options(k, emit, only, skip, k_per_op, target_mse)
     if not (spike_penalty >= 0 and spike_penalty < float("inf")):
         raise OptionError(f"--spike-penalty {spike_penalty}: must be zero or positive")
     if kicks < 0:
         raise OptionError(f"--kicks {kicks}: the number of local-search moves must be 0 or more")
+    if focus_kicks < 0:
+        raise OptionError(f"--focus-kicks {focus_kicks}: the number of local-search moves must be 0 or more")
     check_output_path(output_path, [model_path])
     p = plan(model_path, calib=calib, emit=emit, only=only, skip=skip, seed=seed, images=images, progress=progress,
              output=output_path, per_channel=per_channel, channel_axis=channel_axis)
-    fits = fit_sites(p.sites, p.reservoirs, k, seed, k_per_op, target_mse, spike_penalty, per_channel, kicks)
+    fits, focused = fit_plan(p, k, seed, k_per_op, target_mse, spike_penalty, per_channel, kicks, focus_kicks)
     report = write(p, output_path, fits, in_place=True)
+    report.notes += focus_notes(focused, focus_kicks)
     if per_channel:
         report.notes += channel_notes(p.sites, channel_axis)
     return report
+
+
+def fit_plan(
+    p: Plan, k: int | str | None = None, seed: int = 0, k_per_op: dict[str, int] | None = None,
+    target_mse: float = DEFAULT_TARGET_MSE, spike_penalty: float = 0.0, per_channel: bool = False,
+    kicks: int = REFIT_KICKS, focus_kicks: int = focus.FOCUS_KICKS,
+) -> tuple[dict[str, SiteFit], focus.Effects | None]:
+    """The fit stage of a plan (fit.fit_sites), then, with calibration, the focus: each searched site's effect
+    on the model's outputs measured on the kept calibration samples (focus.effects), and the fits that make up
+    most of it refitted with `focus_kicks` moves (0: no focus). The fits, and the effects that chose the
+    focus (None when nothing was measured)."""
+    fits = fit_sites(p.sites, p.reservoirs, k, seed, k_per_op, target_mse, spike_penalty, per_channel, kicks)
+    if not focus_kicks or not p.feeds:
+        return fits, None
+    effect = focus.effects(p.model, p.sites, fits, p.ranks, p.emit, p.feeds, f"{p.model_path} (focus)",
+                           p.model_path.parent)
+    chosen = frozenset(focus.chosen(effect, fits))
+    if not chosen:
+        return fits, None
+    fits = fit_sites(p.sites, p.reservoirs, k, seed, k_per_op, target_mse, spike_penalty, per_channel, kicks,
+                     Refocus(chosen, fits, focus_kicks))
+    return fits, replace(effect, focused=chosen)
+
+
+def focus_notes(effect: focus.Effects | None, kicks: int) -> list[str]:
+    """What the focus did: which sites' fits got more moves and their share of the measured change."""
+    if effect is None:
+        return []
+    chosen = effect.focused
+    share = sum(effect.by_site[n] for n in chosen) / max(sum(effect.by_site.values()), 1e-300)
+    return [f"focus: {len(chosen)} of {len(effect.by_site)} searched sites refitted with {kicks} moves, "
+            f"{100 * share:.0f}% of the outputs' change measured on {effect.samples} calibration samples: "
+            + ", ".join(sorted(chosen, key=lambda n: -effect.by_site[n])[:5]) + (", ..." if len(chosen) > 5 else "")]
 
 
 def channel_notes(sites: list[Site], channel_axis: int | None) -> list[str]:

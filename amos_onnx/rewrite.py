@@ -110,7 +110,7 @@ def rewrite(
         overloads |= _rewrite_graph(_locate(model, path), group, params, ranks, form, names)
     before = model.ir_version
     if overloads:
-        _add_functions(model, sorted(overloads))
+        add_functions(model, sorted(overloads))
     return RewriteResult(form, len(converting), tuple(sorted(overloads)), (before, model.ir_version))
 
 
@@ -134,30 +134,42 @@ def _rewrite_graph(
             new_nodes.append(node)
             continue
         orphan_candidates.update(node.input[1:])
-        gate, rank = params[site.name], ranks.get(site.name)
-        doc = f"AMOS spiking gate (K={gate.k}) replacing {site.op} node '{site.name}'"
-        x, y = site.input, site.output
-        if site.dtype != TensorProto.FLOAT:  # the gate runs in float32, with casts at its edges
-            x, y = names.make(f"{site.name}/amos/x32"), names.make(f"{site.name}/amos/y32")
-            new_nodes.append(helper.make_node("Cast", [site.input], [x], to=TensorProto.FLOAT,
-                                              name=names.make(f"{site.name}/amos/cast_in")))
-        if form == "function":
-            new_nodes.append(emit.gate_node(x, y, gate, rank, names.make(f"{site.name}/amos"), doc))
-            overloads.add(emit.overload_name(gate, rank))
-        else:
-            nodes, inits = emit.inline_nodes(x, y, gate, rank, names.scoped(site.name))
-            new_nodes.extend(nodes)
-            graph.initializer.extend(inits)
-        if site.dtype != TensorProto.FLOAT:
-            new_nodes.append(helper.make_node("Cast", [y], [site.output], to=site.dtype,
-                                              name=names.make(f"{site.name}/amos/cast_out")))
+        nodes, inits, overload = gate_nodes(site, site.output, params[site.name], ranks.get(site.name), form, names)
+        new_nodes.extend(nodes)
+        graph.initializer.extend(inits)
+        overloads.update(overload)
     del graph.node[:]
     graph.node.extend(new_nodes)
     _prune(graph, orphan_candidates)
     return overloads
 
 
-def _add_functions(model: onnx.ModelProto, overloads: list[str]) -> None:
+def gate_nodes(
+    site: Site, output: str, gate: GateParams, rank: int | None, form: str, names: Names
+) -> tuple[list[onnx.NodeProto], list[TensorProto], set[str]]:
+    """The nodes computing `site`'s gate from its input into `output` (in the site's element type), the
+    initializers they need and the function overload they call (none inline)."""
+    doc = f"AMOS spiking gate (K={gate.k}) replacing {site.op} node '{site.name}'"
+    x, y = site.input, output
+    nodes: list[onnx.NodeProto] = []
+    inits: list[TensorProto] = []
+    overloads: set[str] = set()
+    if site.dtype != TensorProto.FLOAT:  # the gate runs in float32, with casts at its edges
+        x, y = names.make(f"{site.name}/amos/x32"), names.make(f"{site.name}/amos/y32")
+        nodes.append(helper.make_node("Cast", [site.input], [x], to=TensorProto.FLOAT,
+                                      name=names.make(f"{site.name}/amos/cast_in")))
+    if form == "function":
+        nodes.append(emit.gate_node(x, y, gate, rank, names.make(f"{site.name}/amos"), doc))
+        overloads.add(emit.overload_name(gate, rank))
+    else:
+        inline, inits = emit.inline_nodes(x, y, gate, rank, names.scoped(site.name))
+        nodes.extend(inline)
+    if site.dtype != TensorProto.FLOAT:
+        nodes.append(helper.make_node("Cast", [y], [output], to=site.dtype, name=names.make(f"{site.name}/amos/cast_out")))
+    return nodes, inits, overloads
+
+
+def add_functions(model: onnx.ModelProto, overloads: list[str]) -> None:
     present = {(f.domain, f.name, f.overload) for f in model.functions}
     opsets = [helper.make_opsetid("", default_opset(model))]
     for overload in overloads:

@@ -9,11 +9,24 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
+def cpu_model() -> str:
+    """The processor's model name (Linux's /proc/cpuinfo), else the architecture: the trained networks, and so
+    every Fashion-MNIST figure, depend on it (torch's CPU kernels differ between processors)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def machine() -> str:
     """Date and machine of a run, for the record."""
     import os
 
-    return f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return (f"{time.strftime('%Y-%m-%d')}, {platform.machine()} ({cpu_model()}), {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}")
 
 
 def write_section(name: str, text: str) -> None:
