@@ -26,7 +26,7 @@ from .runtime import run_checked, user_session
 
 FOCUS_KICKS = 200  # local-search moves of a focused refit by default (convert --focus-kicks)
 FOCUS_SHARE = 0.5  # the largest fits are focused until they make up this share of the measured change ...
-FOCUS_FITS = 3  # ... at most this many
+FOCUS_FITS = 2  # ... at most this many
 KEEP_SAMPLES = 256  # calibration samples kept for measuring (calibrate's keep) ...
 KEEP_BYTES = 64 << 20  # ... and at most this much of them (at least one batch)
 
