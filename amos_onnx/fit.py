@@ -178,7 +178,7 @@ def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0, spik
     that know their channel (Reservoir.axis), the site's gate is then refined per channel (_channel_gates).
     `kicks`: local-search moves of each calibrated refit (the data-free fits come from the library). `start`: an
     earlier calibrated fit of this site to start from too (fit_sites' refocus): the refit's cost never ends
-    above its, and with a spike penalty only the penalised refit is made again."""
+    above that fit's, and with a spike penalty only the penalised refit is made again."""
     if not 1 <= k <= MAX_K:
         raise ValueError(f"K must be in 1..{MAX_K}")
     lo, hi = _range(act, res)
@@ -326,7 +326,7 @@ def fit_sites(
     gate evaluations (_shares), so it trades the network's mean spikes per gate. per_channel: one gate per
     channel where the calibration kept channels (pipeline.plan's per_channel), else one per site. kicks:
     local-search moves of each calibrated refit (more: lower error or fewer spikes, for more fitting time).
-    refocus: refit only some sites' fits, with more moves (focus.refocus chooses them)."""
+    refocus: refit only some sites' fits, with more moves (pipeline.fit_plan's focus chooses them)."""
     keys: dict[str, Key] = {}
     work: dict[Key, Job] = {}
     seen: list[tuple[Key, int]] = []
