@@ -6,7 +6,7 @@ CNN and at a squeeze-excitation gate moves the logits very differently. effects(
 one model holds every measured site's activation and its gate side by side, a switch per site picks the
 gate, and the calibration samples kept by calibrate run once per site with only that site switched. The
 fits whose sites make up most of the measured change are then refitted with more moves (fit.fit_sites'
-focus), starting from their first fit.
+refocus, as pipeline.fit_plan does), starting from their first fit.
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ def effects(model: onnx.ModelProto, sites: list[Site], fits: dict[str, SiteFit],
         return Effects({}, 0)
 
     def run(on: str | None) -> np.ndarray:
-        flags: dict[str, np.ndarray] = {name: np.array(1 if site == on else 0, _NUMPY[dtype]) for site, (name, dtype) in switches.items()}
+        flags: dict[str, np.ndarray] = {name: np.array(1 if site == on else 0, _NUMPY[dtype])
+                                        for site, (name, dtype) in switches.items()}
         runs = [run_checked(sess, outputs, {**feed, **flags}, label) for feed in feeds]
         return np.concatenate([np.asarray(r, np.float64).ravel() for parts in runs for r in parts])
 
@@ -110,8 +111,9 @@ def effects(model: onnx.ModelProto, sites: list[Site], fits: dict[str, SiteFit],
 
 
 def chosen(effect: Effects, fits: dict[str, SiteFit]) -> set[str]:
-    """The sites whose fits get the focus: fits (sites sharing one fit count together) by falling summed
-    effect, until they make up FOCUS_SHARE of the total, FOCUS_FITS at most."""
+    """The sites whose fits get the focus: fits (sites sharing one fit count together; fit_sites gives them
+    one SiteFit object) by falling summed effect, until they make up FOCUS_SHARE of the total, FOCUS_FITS at
+    most."""
     totals: dict[int, float] = {}
     for name, value in effect.by_site.items():
         totals[id(fits[name])] = totals.get(id(fits[name]), 0.0) + value
