@@ -30,7 +30,8 @@ FOCUS_FITS = 2  # ... at most this many
 KEEP_SAMPLES = 256  # calibration samples kept for measuring (calibrate's keep) ...
 KEEP_BYTES = 64 << 20  # ... and at most this much of them (at least one batch)
 
-_NUMPY: dict[int, type] = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64}
+_NUMPY: dict[int, type] = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16,
+                           TensorProto.DOUBLE: np.float64}
 
 
 def searched(site: Site, fit_: SiteFit | None) -> bool:

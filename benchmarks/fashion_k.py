@@ -194,8 +194,9 @@ def sweep(name: str, ks: list[int], folder: Path, penalty: float = 0.0, penaltie
         mode, k = str(row["mode"]), int(row["k"])  # type: ignore[call-overload]
         for seed in OTHER_SEEDS:
             t = time.perf_counter()
-            fits, _ = fit_plan(p, k, seed, spike_penalty=float(mode.split()[1]) if mode.startswith("penalty") else penalty,
-                               focus_kicks=focus.FOCUS_KICKS if mode.startswith("penalty") else 0)
+            penalised = mode.startswith("penalty")  # the penalty rows have the focus, the K sweep's do not
+            fits, _ = fit_plan(p, k, seed, spike_penalty=float(mode.split()[1]) if penalised else penalty,
+                               focus_kicks=focus.FOCUS_KICKS if penalised else 0)
             measure(mode, k, fits, time.perf_counter() - t, seed)
     return result
 

@@ -156,8 +156,9 @@ def test_a_relu_network_has_nothing_to_focus(tmp_path: Path) -> None:
     and nothing is measured."""
     root = Path(__file__).resolve().parent.parent / "examples/digits"
     p = plan(root / "digits_cnn.onnx", calib=root / "digits_train.npz")
-    assert p.feeds and not any(focus.searched(s, None) for s in p.sites)
     fits, effect = fit_plan(p, 4)
     first = fit_sites(p.sites, p.reservoirs, 4)
+    assert p.feeds and all(first[s.name].source == "calibrated" for s in p.sites if s.converts)
+    assert not any(focus.searched(s, first.get(s.name)) for s in p.sites)
     assert effect is None
     assert all(np.array_equal(fits[n].params.weights, first[n].params.weights) for n in first)
