@@ -234,14 +234,15 @@ def fit_plan(
     kicks: int = REFIT_KICKS, focus_kicks: int = focus.FOCUS_KICKS,
 ) -> tuple[dict[str, SiteFit], focus.Effects | None]:
     """The fit stage of a plan (fit.fit_sites), then, with calibration, the focus: each searched site's effect
-    on the model's outputs measured on the kept calibration samples (focus.effects), and the fits that make up
-    most of it refitted with `focus_kicks` moves (0: no focus). The fits, and the effects that chose the
-    focus (None when nothing was measured)."""
+    on the model's outputs measured on the kept calibration samples (focus.effects; over all its runs at most
+    focus.FOCUS_PASSES times the calibration's samples), and the fits that make up most of it refitted with
+    `focus_kicks` moves (0: no focus). The fits, and the effects that chose the focus (None when nothing was
+    measured)."""
     fits = fit_sites(p.sites, p.reservoirs, k, seed, k_per_op, target_mse, spike_penalty, per_channel, kicks)
     if not focus_kicks or not p.feeds:
         return fits, None
     effect = focus.effects(p.model, p.sites, fits, p.ranks, p.emit, p.feeds, f"{p.model_path} (focus)",
-                           p.model_path.parent)
+                           p.model_path.parent, p.samples)
     chosen = frozenset(focus.chosen(effect, fits))
     if not chosen:
         return fits, None

@@ -98,6 +98,28 @@ def test_effects_are_the_outputs_mean_square_change_and_the_loud_site_gets_the_f
     assert focus.chosen(effect, fits) == {"loud_site"}
 
 
+def test_measuring_sees_at_most_focus_passes_times_the_calibration(tmp_path: Path) -> None:
+    """measuring_feeds: the first kept batches whose samples, over sites + 1 runs, stay within FOCUS_PASSES times
+    the calibration's samples (at least one batch; all without a count). effects measures on exactly those: the
+    loud site's effect is the converted model's change on them (1e-3 relative)."""
+    feeds = [{"x": np.zeros((10, 32), np.float32)} for _ in range(5)]
+    assert focus.measuring_feeds(feeds, 3, None) == feeds
+    assert len(focus.measuring_feeds(feeds, 3, 25)) == 2  # 4 * 25 // 4 = 25 samples per run: two batches of 10
+    assert len(focus.measuring_feeds(feeds, 3, 1)) == 1  # one batch at least
+    assert len(focus.measuring_feeds(feeds, 1, 1000)) == 5
+    path = _loud_and_quiet(tmp_path)
+    p = plan(path, calib=tmp_path / "calib.npz")
+    fits = fit_sites(p.sites, p.reservoirs, 8)
+    allowed = focus.FOCUS_PASSES * 90 // 3  # 2 measured sites: 3 runs
+    effect = focus.effects(p.model, p.sites, fits, p.ranks, p.emit, p.feeds, "loud", calibration_samples=90)
+    batch = len(p.feeds[0]["x"])
+    assert allowed - batch < effect.samples <= allowed < sum(len(f["x"]) for f in p.feeds)
+    x = np.concatenate([f["x"] for f in p.feeds])[:effect.samples]
+    write(p, tmp_path / "out.onnx", fits)
+    change = np.square(_run(tmp_path / "out.onnx", {"x": x}).astype(np.float64) - _run(path, {"x": x}))
+    assert effect.by_site["loud_site"] == pytest.approx(change[:, :16].sum() / change.size, rel=1e-3)
+
+
 def test_fit_plan_refits_the_focused_fit_with_more_moves_and_keeps_the_others(tmp_path: Path) -> None:
     """fit_plan(focus_kicks=40), K=8, spike penalty 0.002: the loud site's fit is made again with 40 moves
     from its first fit, so its penalised cost on its samples never ends above the first's (measured: 0.00510
