@@ -39,10 +39,10 @@ demo: $(CORE) ops
 	$(BIN)/amos-onnx validate $(DIGITS)/digits_cnn.onnx $(OUT)/digits_spiking.onnx --data $(DIGITS)/digits_test.npz
 
 test-fast: $(CORE) ops
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10
 
 test-slow: $(TRAIN) ops
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow --durations=10
 
 # The native kernel's parity tests again, against an address + undefined-behaviour sanitizer build.
 test-sanitize: $(CORE) ops
