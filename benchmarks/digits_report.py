@@ -4,11 +4,13 @@
 
 Converts examples/digits/digits_cnn.onnx calibrated on its 1437 training digits (seed 0) and writes the
 report measured on the 360 test digits: report.md, report.json and the pictures (matplotlib, the plot extra).
+Paths in the report are relative to the repository (the converted model is kept in .cache/digits-report).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -21,7 +23,7 @@ from results import machine, write_section  # noqa: E402
 import amos_onnx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-DIGITS = ROOT / "examples/digits"
+DIGITS = Path("examples/digits")  # relative to ROOT, the working directory of main(): the report names these
 FOLDER = DIGITS / "report"
 
 
@@ -29,8 +31,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="update examples/digits/report and benchmarks/RESULTS.md")
     args = parser.parse_args()
+    os.chdir(ROOT)
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "digits_spiking.onnx"
+        out = Path(".cache/digits-report/digits_spiking.onnx")
+        out.parent.mkdir(parents=True, exist_ok=True)
         conversion = amos_onnx.convert(DIGITS / "digits_cnn.onnx", out, calib=DIGITS / "digits_train.npz", seed=0)
         target = FOLDER if args.write else Path(tmp) / "report"
         if target.exists():
