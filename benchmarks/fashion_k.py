@@ -1,6 +1,6 @@
 """Accuracy and spikes versus K on Fashion-MNIST: calibrated, data-free and the published gates.
 
-    .venv/bin/python benchmarks/fashion_k.py [--nets vgg,resnet,effnet,gelu] [--ks 2-16] [--write]
+    .venv/bin/python benchmarks/fashion_k.py [--nets vgg,resnet,effnet,gelu] [--ks 2-16] [--render] [--write]
 
 For each network of fashion_nets.py (trained on the 60,000 training images, seed 0): one plan (load, find,
 calibrate on 2,000 training images drawn with seed 0), then for every K the gates are fitted three ways,
@@ -321,6 +321,13 @@ def target_row(result: dict[str, object]) -> tuple[dict[str, object], bool] | No
     return min(meeting or close, key=lambda r: (r["k"], r["spikes_per_gate"])), bool(meeting)
 
 
+def how_converted(mode: str) -> str:
+    """convert's options beyond --calib and --k for a row's mode: calibrated, per channel or penalty <value>."""
+    if mode.startswith("penalty"):
+        return f", --spike-penalty {mode.split()[1]}"
+    return {"calibrated": "", "per channel": ", --per-channel"}[mode]
+
+
 def targets(results: list[dict[str, object]]) -> str:
     lines = ["| network | calibrated conversion | accuracy | gap to ANN +- s.e. (points) | spikes/gate | target | met | "
              "KL from the ANN's outputs (millinats per image) | "
@@ -342,8 +349,7 @@ def targets(results: list[dict[str, object]]) -> str:
         row, met = chosen
         pub = next((r for r in res["rows"] if r["mode"] == "published" and r["k"] == row["k"]), None)  # type: ignore[union-attr]
         published = f"{100 * pub['accuracy']:.2f}%" if pub else "-"
-        how = f"K={row['k']}" + {"calibrated": "", "per channel": ", --per-channel"}.get(
-            str(row["mode"]), f", --spike-penalty {str(row['mode']).split()[1]}")
+        how = f"K={row['k']}" + how_converted(str(row["mode"]))
         again = list(res.get("seed_rows", []))  # type: ignore[call-overload]
         others = "; ".join(f"seed {r['seed']}: {gap(r, original)} / {r['spikes_per_gate']:.2f} / KL "
                            f"{1000 * float(r['kl']):.1f}" for r in again)
@@ -394,15 +400,20 @@ def main() -> None:
     parser.add_argument("--nets", default=",".join(fashion_nets.NETS))
     parser.add_argument("--ks", default=KS_ALL)
     parser.add_argument("--spike-penalty", type=float, default=0.0, help="convert's --spike-penalty for our gates")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite the tables and plots from the last run's .cache/fashion-k/*.json")
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     args = parser.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.nets.split(","):
-            result = sweep(name, parse_ks(args.ks), Path(tmp), args.spike_penalty, PENALTIES)
-            (CACHE / f"{name}.json").write_text(json.dumps(result, indent=1))
-            if parse_ks(args.ks) == parse_ks(KS_ALL):  # a partial run (--ks) keeps the full run's plot
+            if args.render:  # the last run's figures: no data, no fits
+                result = json.loads((CACHE / f"{name}.json").read_text())
+            else:
+                result = sweep(name, parse_ks(args.ks), Path(tmp), args.spike_penalty, PENALTIES)
+                (CACHE / f"{name}.json").write_text(json.dumps(result, indent=1))
+            if args.render or parse_ks(args.ks) == parse_ks(KS_ALL):  # a partial run (--ks) keeps the full run's plot
                 plot(result, OUT / f"fashion_{name}_k.png")
             results.append(result)
     nets = "; ".join(f"{r['name']}: {r['facts']['description']}, {r['facts']['parameters']:,} parameters, "
