@@ -414,7 +414,8 @@ def main() -> None:
             else:
                 result = sweep(name, parse_ks(args.ks), Path(tmp), args.spike_penalty, PENALTIES)
                 (CACHE / f"{name}.json").write_text(json.dumps(result, indent=1))
-            if args.render or parse_ks(args.ks) == parse_ks(KS_ALL):  # a partial run (--ks) keeps the full run's plot
+            swept = {r["k"] for r in result["rows"] if r["mode"] == "calibrated"}  # type: ignore[attr-defined]
+            if swept >= set(parse_ks(KS_ALL)):  # a partial run (--ks), or its cache, keeps the full run's plot
                 plot(result, OUT / f"fashion_{name}_k.png")
             results.append(result)
     nets = "; ".join(f"{r['name']}: {r['facts']['description']}, {r['facts']['parameters']:,} parameters, "
