@@ -101,8 +101,10 @@ def measuring_feeds(feeds: list[dict[str, np.ndarray]], sites: int, calibration_
         return feeds
     allowed = FOCUS_PASSES * calibration_samples // (sites + 1)
     chosen: list[dict[str, np.ndarray]] = []
+    seen = 0
     for feed in feeds:
-        if chosen and sum(map(sample_count, chosen)) + sample_count(feed) > allowed:
+        seen += sample_count(feed)
+        if chosen and seen > allowed:
             break
         chosen.append(feed)
     return chosen

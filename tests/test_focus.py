@@ -103,7 +103,7 @@ def test_measuring_sees_at_most_focus_passes_times_the_calibration(tmp_path: Pat
     the calibration's samples (at least one batch; all without a count). effects measures on exactly those: the
     loud site's effect is the converted model's change on them (1e-3 relative)."""
     feeds = [{"x": np.zeros((10, 32), np.float32)} for _ in range(5)]
-    assert focus.measuring_feeds(feeds, 3, None) == feeds
+    assert focus.measuring_feeds(feeds, 3, None) is feeds
     assert len(focus.measuring_feeds(feeds, 3, 25)) == 2  # 4 * 25 // 4 = 25 samples per run: two batches of 10
     assert len(focus.measuring_feeds(feeds, 3, 1)) == 1  # one batch at least
     assert len(focus.measuring_feeds(feeds, 1, 1000)) == 5
