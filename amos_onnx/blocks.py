@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import fit_kernel
+
 
 FLOAT32_ROOM = 4  # ulps of float32 between a threshold's neighbours
 
@@ -28,7 +30,10 @@ class Problem:
 
 
 def rest(T: np.ndarray, h: np.ndarray, d: np.ndarray, v: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
-    """Output and spike count (int8) of neurons start..K-1 from membrane v (any shape; not modified)."""
+    """Output and spike count (int8) of neurons start..K-1 from membrane v (any shape; not modified).
+    In C when the fitter's library is built (float64 membranes; bit-identical), else this numpy loop."""
+    if v.dtype == np.float64 and fit_kernel.available():
+        return fit_kernel.rest(T, h, d, v, start)
     y = np.zeros_like(v)
     s = np.zeros(v.shape, np.int8)
     v = v.copy()
@@ -58,17 +63,21 @@ def _before(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int) -> 
     return v, y
 
 
-def update_threshold(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int,
-                     before: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-    """Exact best (T_t, d_t) with all other parameters fixed (`before`: _before's result, when known)."""
-    v, yb = before if before is not None else _before(p, T, h, d, t)
-    (r0, r1), (s0, s1) = rest(T, h, d, np.stack([v, v - h[t]]), t + 1)  # skipping or firing neuron t
+def split_costs(v: np.ndarray, yb: np.ndarray, target: np.ndarray, w: np.ndarray, r0: np.ndarray, r1: np.ndarray,
+                s0: np.ndarray, s1: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The cost of every split of one neuron's threshold: (vs, cost, se, sw) with vs the membranes v sorted, and
+    for split i (samples i.. fire, n + 1 splits) cost[i] the skipping cost of samples ..i-1 plus the best firing
+    cost of samples i.. (their weight d = se[i] / sw[i]); +inf where the gap below sample i is too narrow for
+    float32. yb: the output before the neuron; r0, s0 / r1, s1: the later neurons' output and spikes when it
+    skips / fires. In C when the fitter's library is built (bit-identical), else numpy."""
+    if fit_kernel.available():
+        return fit_kernel.split_costs(v, yb, target, w, r0, r1, s0, s1, lam, FLOAT32_ROOM)
     order = np.argsort(v, kind="stable")
-    vs, w = v[order], p.w[order]
-    e0 = (p.target - yb - r0)[order]
-    e1 = (p.target - yb - r1)[order]
-    pen0 = p.lam * s0[order]
-    pen1 = p.lam * (1.0 + s1[order])
+    vs, w = v[order], w[order]
+    e0 = (target - yb - r0)[order]
+    e1 = (target - yb - r1)[order]
+    pen0 = lam * s0[order]
+    pen1 = lam * (1.0 + s1[order])
     prefix = np.concatenate([[0.0], np.cumsum(w * (e0**2 + pen0))])
 
     def suffix(a: np.ndarray) -> np.ndarray:
@@ -85,6 +94,16 @@ def update_threshold(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t:
     room = FLOAT32_ROOM * np.spacing(np.maximum(np.abs(vs[1:]), np.abs(vs[:-1])).astype(np.float32))
     valid[1:n] = vs[1:] - vs[:-1] > room
     cost[~valid] = np.inf
+    return vs, cost, se, sw
+
+
+def update_threshold(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int,
+                     before: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Exact best (T_t, d_t) with all other parameters fixed (`before`: _before's result, when known)."""
+    v, yb = before if before is not None else _before(p, T, h, d, t)
+    (r0, r1), (s0, s1) = rest(T, h, d, np.stack([v, v - h[t]]), t + 1)  # skipping or firing neuron t
+    vs, cost, se, sw = split_costs(v, yb, p.target, p.w, r0, r1, s0, s1, p.lam)
+    n = len(vs)
     i = int(np.argmin(cost))
     current = int(np.searchsorted(vs, T[t], side="right"))  # samples from here on fire now
     if np.isfinite(cost[current]) and cost[i] >= cost[current] - 1e-15 * abs(cost[current]):

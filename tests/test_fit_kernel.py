@@ -1,0 +1,95 @@
+"""The fitter's loop in C (custom_ops/amos_fit.c) against its numpy form: bit-identical, call by call and whole fits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from amos_onnx import blocks, fit_kernel
+from amos_onnx.fitter import fit
+
+pytestmark = pytest.mark.skipif(not fit_kernel.available(), reason="fitter library not built (make ops)")
+
+
+def both(monkeypatch: pytest.MonkeyPatch, func, *args):  # type: ignore[no-untyped-def]
+    """func(*args) with the numpy loop, then with the C one."""
+    monkeypatch.setenv(fit_kernel.NATIVE_FIT_ENV, "0")
+    assert not fit_kernel.available()
+    reference = func(*args)
+    monkeypatch.setenv(fit_kernel.NATIVE_FIT_ENV, "1")
+    assert fit_kernel.available()
+    return reference, func(*args)
+
+
+def assert_same_bytes(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert x.tobytes() == y.tobytes(), np.flatnonzero(x.ravel() != y.ravel())[:5]
+
+
+@pytest.mark.parametrize("shape,k,start", [((4000,), 10, 0), ((2, 1500), 16, 3), ((14, 37), 5, 1), ((0,), 4, 0),
+                                           ((3,), 1, 0), ((513,), 6, 6), ((2, 1), 64, 63)])
+def test_rest_is_bit_identical(monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...], k: int, start: int) -> None:
+    rng = np.random.default_rng(k + start)
+    T, h, d = np.sort(rng.normal(size=k)), rng.normal(size=k), rng.normal(size=k)
+    d[::3] = -0.0  # a negative zero weight: z * d is -0.0 where the neuron skips
+    v = rng.normal(size=shape) * 3
+    v.ravel()[::7] = -0.0
+    numpy_out, c_out = both(monkeypatch, blocks.rest, T, h, d, v, start)
+    assert c_out[1].dtype == np.int8
+    assert_same_bytes(numpy_out, c_out)
+
+
+def split_case(rng: np.random.Generator, trial: int) -> tuple:  # type: ignore[type-arg]
+    n = int(rng.integers(0, 400))
+    v = rng.normal(size=n) * 10.0 ** int(rng.integers(-3, 42))  # up to beyond float32's range (room = NaN there)
+    if trial % 3 == 0:
+        v = np.round(v, 1)  # ties: the sort must keep their order
+    if trial % 4 == 1:  # a fitter's membranes: a few shifted runs of sorted inputs
+        v = np.sort(v)
+        v[n // 3:] -= 0.7 * abs(v).max(initial=1.0)
+    if trial % 5 == 0 and n:
+        v[rng.integers(0, n, 3)] = -0.0
+    if trial % 7 == 0:
+        v[: n // 2] = 0.0
+    yb, target, r0, r1 = (rng.normal(size=n) for _ in range(4))
+    w = rng.random(n)
+    if trial % 4 == 0 and n:
+        w[rng.integers(0, n, n // 2)] = 0.0
+    w /= max(w.sum(), 1e-300)
+    s0, s1 = (rng.integers(0, 16, n).astype(np.int8) for _ in range(2))
+    return v, yb, target, w, r0, r1, s0, s1, [0.0, 0.005, 1.3][trial % 3]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # beyond float32: the numpy form warns
+def test_split_costs_are_bit_identical(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        numpy_out, c_out = both(monkeypatch, blocks.split_costs, *split_case(rng, trial))
+        assert_same_bytes(numpy_out, c_out)
+
+
+def test_split_costs_sort_like_numpy() -> None:
+    rng = np.random.default_rng(1)
+    v = np.round(rng.normal(size=1000), 1)
+    vs, cost, se, sw = fit_kernel.split_costs(v, *(np.zeros(1000),) * 2, np.full(1000, 1e-3), *(np.zeros(1000),) * 2,
+                                              *(np.zeros(1000, np.int8),) * 2, 0.0, blocks.FLOAT32_ROOM)
+    assert vs.tobytes() == np.sort(v, kind="stable").tobytes()
+    assert sw[0] == pytest.approx(1.0) and sw[-1] == 0.0 and cost.shape == (1001,)
+
+
+@pytest.mark.parametrize("func,k,lo,hi,penalty", [(np.tanh, 8, -4.0, 4.0, 0.0),
+                                                  (lambda x: x / (1 + np.exp(-x)), 10, -6.0, 6.0, 0.005)])
+def test_whole_fits_are_identical(monkeypatch: pytest.MonkeyPatch, func, k, lo, hi, penalty) -> None:  # type: ignore[no-untyped-def]
+    samples = np.random.default_rng(2).normal(0, 2, 3000)
+    a, b = both(monkeypatch, lambda: fit(func, k, lo, hi, samples, spike_penalty=penalty, kicks=20, seed=1))
+    for name in ("thresholds", "resets", "weights"):
+        assert np.asarray(getattr(a.params, name)).tobytes() == np.asarray(getattr(b.params, name)).tobytes()
+    assert (a.mse, a.max_error, a.mean_spikes) == (b.mse, b.max_error, b.mean_spikes)
+
+
+def test_mismatched_lengths_are_refused() -> None:
+    z = np.zeros(3)
+    with pytest.raises(ValueError, match="different lengths"):
+        fit_kernel.split_costs(z, z, z, z, z, np.zeros(2), *(np.zeros(3, np.int8),) * 2, 0.0, 4.0)
