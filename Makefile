@@ -56,19 +56,11 @@ test-sanitize: $(CORE) ops
 test: test-fast test-slow test-sanitize
 
 # Every figure of benchmarks/RESULTS.md, from nothing (Fashion-MNIST from Debian's archive, the PyPI models'
-# wheels and the networks are fetched or trained into .cache/ on the first run).
-BENCHES := "fashion_nets.py" "fashion_k.py --write" "per_channel.py --write" "fashion_peer.py --write" \
-	"conversion_cost.py --write" "large_model.py --write" "digits_activations.py --write" "fit.py --write" \
-	"auto_k.py --write" "digits_report.py --write" "fuzz.py --cases 20000 --write" "runtime.py --write" \
-	"pypi_models.py --write"
-
-# Each script's wall time is printed after it ("bench: ... s"), for benchmarks/RESULTS.md's intro.
+# wheels and the networks are fetched or trained into .cache/ on the first run). benchmarks/bench.sh trains the
+# networks, then runs the K sweep beside the other accuracy benchmarks, then the timed ones alone; it prints each
+# script's wall time ("bench: ... took N s") for benchmarks/RESULTS.md's intro.
 bench: $(PEER) ops
-	@for step in $(BENCHES); do \
-		start=$$(date +%s); echo "$(BIN)/python benchmarks/$$step"; \
-		$(BIN)/python benchmarks/$$step || exit 1; \
-		echo "bench: $$step took $$(( $$(date +%s) - start )) s"; \
-	done
+	bash benchmarks/bench.sh $(BIN)/python
 
 clean:
 	rm -rf $(VENV) $(OUT) custom_ops/build amos_onnx/_native

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -23,19 +27,32 @@ def cpu_model() -> str:
 
 def machine() -> str:
     """Date and machine of a run, for the record."""
-    import os
-
     return (f"{time.strftime('%Y-%m-%d')}, {platform.machine()} ({cpu_model()}), {os.cpu_count()} cores, "
             f"Python {platform.python_version()}")
 
 
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """RESULTS.md to ourselves: `make bench` runs some scripts side by side, and each rewrites the whole file."""
+    with open(RESULTS.with_name(".RESULTS.md.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def write_section(name: str, text: str) -> None:
-    """Put `text` between this benchmark's markers, replacing what a previous run wrote."""
+    """Put `text` between this benchmark's markers, replacing what a previous run wrote (under a lock, and
+    through a temporary file: the file is never half-written)."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     section = f"{begin}\n{text.strip()}\n{end}"
-    if begin in current:
-        current = current[: current.index(begin)] + section + current[current.index(end) + len(end):]
-    else:
-        current = current.rstrip() + "\n\n" + section + "\n"
-    RESULTS.write_text(current)
+    with _locked():
+        current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+        if begin in current:
+            current = current[: current.index(begin)] + section + current[current.index(end) + len(end):]
+        else:
+            current = current.rstrip() + "\n\n" + section + "\n"
+        tmp = RESULTS.with_name(f".RESULTS.md.{os.getpid()}.tmp")
+        tmp.write_text(current)
+        tmp.replace(RESULTS)
