@@ -1,8 +1,9 @@
 """The fitter's inner loop in C (custom_ops/amos_fit.c, built by `make ops` into amos_onnx/_native/).
 
 `rest` and `split_costs` are bit-identical to their numpy forms in amos_onnx.blocks (the tests compare both on
-random and edge-case inputs and on whole fits) and make fitting about 2x faster. Without the library, or with AMOS_ONNX_NATIVE_FIT=0, the fitter
-runs its numpy loop.
+random and edge-case inputs and on whole fits) and make fitting about 2x faster. Without the library, or with
+AMOS_ONNX_NATIVE_FIT=0, the fitter runs its numpy loops. The library is loaded when this module is imported, in
+the parent process: a dlopen in a forked fitting worker can hang (see amos_onnx.parallel).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def _library() -> ctypes.CDLL | None:
                 ctypes.c_void_p] * 4
             return lib
     return None
+
+
+_library()  # now, before any fork
 
 
 def available() -> bool:

@@ -81,7 +81,8 @@ def test_split_costs_sort_like_numpy() -> None:
 
 @pytest.mark.parametrize("func,k,lo,hi,penalty", [(np.tanh, 8, -4.0, 4.0, 0.0),
                                                   (lambda x: x / (1 + np.exp(-x)), 10, -6.0, 6.0, 0.005)])
-def test_whole_fits_are_identical(monkeypatch: pytest.MonkeyPatch, func, k, lo, hi, penalty) -> None:  # type: ignore[no-untyped-def]
+def test_whole_fits_are_identical(  # type: ignore[no-untyped-def]
+        monkeypatch: pytest.MonkeyPatch, func, k, lo, hi, penalty) -> None:
     samples = np.random.default_rng(2).normal(0, 2, 3000)
     a, b = both(monkeypatch, lambda: fit(func, k, lo, hi, samples, spike_penalty=penalty, kicks=20, seed=1))
     for name in ("thresholds", "resets", "weights"):
