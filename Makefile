@@ -44,13 +44,15 @@ test-fast: $(CORE) ops
 test-slow: $(TRAIN) ops
 	$(BIN)/python -m pytest -q -m slow --durations=10
 
-# The native kernel's parity tests again, against an address + undefined-behaviour sanitizer build.
+# The native kernels' parity tests again (gate op, fitter loops), against address + undefined-behaviour
+# sanitizer builds.
 test-sanitize: $(CORE) ops
 	@if [ -f amos_onnx/_native/libamos_gate.so ]; then \
 		$(MAKE) --no-print-directory -C custom_ops sanitize && \
 		LD_PRELOAD="$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so)" \
 		ASAN_OPTIONS=detect_leaks=0 AMOS_ONNX_LIBRARY=custom_ops/build/libamos_gate_asan.so \
-		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_native.py; \
+		AMOS_ONNX_FIT_LIBRARY=custom_ops/build/libamos_fit_asan.so \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_native.py tests/test_fit_kernel.py -k "not whole_fits"; \
 	else echo "notice: native op not built; sanitizer parity run skipped"; fi
 
 test: test-fast test-slow test-sanitize

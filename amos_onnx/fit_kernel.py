@@ -16,15 +16,20 @@ from pathlib import Path
 import numpy as np
 
 NATIVE_FIT_ENV = "AMOS_ONNX_NATIVE_FIT"  # set to 0 for the numpy loop even when the library is built
+FIT_LIBRARY_ENV = "AMOS_ONNX_FIT_LIBRARY"  # path of another build of the library (the sanitizer build, say)
 _LIBRARY_NAMES = ("libamos_fit.so", "libamos_fit.dylib", "amos_fit.dll")
 
 
 @cache
 def _library() -> ctypes.CDLL | None:
     folder = Path(__file__).parent / "_native"
-    for name in _LIBRARY_NAMES:
-        if (folder / name).is_file():
-            lib = ctypes.CDLL(str(folder / name))
+    override = os.environ.get(FIT_LIBRARY_ENV)
+    if override and not Path(override).is_file():
+        raise FileNotFoundError(f"{FIT_LIBRARY_ENV}={override}: no such library")
+    paths = [Path(override)] if override else [folder / name for name in _LIBRARY_NAMES]
+    for path in paths:
+        if path.is_file():
+            lib = ctypes.CDLL(str(path))
             lib.amos_rest.restype = None
             lib.amos_rest.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_void_p, ctypes.c_int64,
                                                                                       ctypes.c_void_p, ctypes.c_void_p]
