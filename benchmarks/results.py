@@ -33,7 +33,7 @@ def machine() -> str:
 
 @contextlib.contextmanager
 def _locked() -> Iterator[None]:
-    """RESULTS.md to ourselves: `make bench` runs some scripts side by side, and each rewrites the whole file."""
+    """RESULTS.md to ourselves: each script rewrites the whole file, and two may run at once (by hand)."""
     with open(RESULTS.with_name(".RESULTS.md.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
