@@ -1,15 +1,16 @@
 """The rate-coded peer: SpikingJelly's ann2snn on the same trained ReLU networks and the same test images.
 
-    .venv/bin/python benchmarks/fashion_peer.py [--nets vgg,resnet] [--images 1000] [--write]
+    .venv/bin/python benchmarks/fashion_peer.py [--nets vgg,resnet] [--images 2000] [--write]
 
 SpikingJelly (PyPI spikingjelly 2.0.0, installed by `make bench` without its torchvision/torchaudio pins,
 which the CPU torch here cannot load) converts each ReLU network of fashion_nets.py three ways: RateCodingRecipe
 with max and with 99.9% normalisation, and LocalThresholdBalancingRecipe, each calibrated on 10,000 training
 images (seed 0) in batches of 128: LTB raises its thresholds a little per batch and needs many batches (with
 the 8 batches of amos-onnx's 2,000 images it stayed below 70%). amos-onnx keeps its 2,000 calibration images
-(fashion_k.py). Each SNN then runs T = 512 time steps on the first --images images of a seeded permutation of
-the test set; accuracy and spikes per neuron are read at T = 4, 8, ..., 512. amos-onnx runs on the same
-images: the calibrated gates at K = 2..8, written by the same plan as fashion_k.py.
+(fashion_k.py). Each SNN then runs T = 512 time steps on the first --images images (2,000: 0.5 points is 10
+images; on 500 it was 2, and single images decided the peer's T) of a seeded permutation of the test set;
+accuracy and spikes per neuron are read at T = 4, 8, ..., 512. amos-onnx runs on the same images: the
+calibrated gates at K = 2..8, written by the same plan as fashion_k.py.
 
 Reported per network: the smallest T at which each recipe comes within 0.5 points of the ANN on these images,
 the smallest K at which amos-onnx does, spikes per neuron (per activation unit: one IF neuron, or one K-neuron
@@ -143,7 +144,7 @@ def amos(name: str, calib: np.ndarray, x: np.ndarray, y: np.ndarray, folder: Pat
 
 
 def first_within(points: list[tuple[int, float, float]], ann: float) -> tuple[int, float, float] | None:
-    """The first point from which every later one is within WITHIN points of the ANN (on a few hundred images
+    """The first point from which every later one is within WITHIN points of the ANN (on a few thousand images
     a single point can be within by chance and the next fall out again)."""
     for i, pt in enumerate(points):
         if all(100 * (ann - later[1]) <= WITHIN for later in points[i:]):
@@ -207,7 +208,7 @@ def plot(name: str, res: dict[str, object], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nets", default="vgg,resnet")
-    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--render", action="store_true",
                         help="only rewrite the table and plots from the last run's .cache/fashion-peer/*.json")
