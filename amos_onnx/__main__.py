@@ -1,5 +1,5 @@
 """python -m amos_onnx: the command line."""
 
-from .cli import main
+from amos_onnx.cli import main
 
 main()

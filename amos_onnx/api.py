@@ -1,4 +1,4 @@
-"""The public API in one place, so the CLI and users call the same functions."""
+"""The public functions that are not a stage of their own: the report files, and fitting a named function."""
 
 from __future__ import annotations
 
@@ -6,25 +6,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import library, report_files
-from .dataset import CalibrationDataReader, DataSource, open_data
-from .errors import DataError, OptionError
-from .fit import fit_site
-from .fitter import KICKS, FitResult, fit
-from .images import ImageOptions
-from .library import named_activations
-from .load import load_model
-from .neuron import MAX_K
-from .pipeline import convert, inspect
-from .report import ConversionReport
-from .runtime import session
-from .validate import validate
-
-__all__ = ["convert", "inspect", "validate", "report", "fit", "fit_function", "fit_site", "session",
-           "named_activations", "ImageOptions", "CalibrationDataReader", "open_data"]
+from amos_onnx.data.dataset import DataSource
+from amos_onnx.data.images import ImageOptions
+from amos_onnx.errors import DataError, OptionError
+from amos_onnx.fit import library
+from amos_onnx.fit.library import named_activations
+from amos_onnx.fit.search import KICKS, FitResult, fit
+from amos_onnx.gate import MAX_K
+from amos_onnx.load import load_model
+from amos_onnx.report import files as report_files
+from amos_onnx.report.conversion import ConversionReport
+from amos_onnx.report.validate import validate
 
 
-def report(
+def write_report(
     original: str | Path, converted: str | Path, data: DataSource | None, out: str | Path,
     conversion: ConversionReport | None = None, native: bool | None = None, images: ImageOptions | None = None,
     progress: bool | None = None,

@@ -10,10 +10,11 @@ from typing import Any
 
 import click
 
-from . import api
-from .errors import AmosError, OptionError
-from .fit import REFIT_KICKS
-from .focus import FOCUS_KICKS
+import amos_onnx
+from amos_onnx.errors import AmosError, OptionError
+from amos_onnx.fit.focus import FOCUS_KICKS
+from amos_onnx.fit.search import KICKS
+from amos_onnx.fit.sites import REFIT_KICKS
 
 EXIT_FAILED = 1
 
@@ -89,7 +90,7 @@ def _images(path: str | None, image_size: str | None, layout: str | None, scale:
     """ImageOptions when the data path is a folder, else None (and no image option may be given)."""
     from pathlib import Path
 
-    from .images import ImageOptions
+    from amos_onnx.data.images import ImageOptions
 
     given = image_size or layout or mean or std or bgr or scale != 1 / 255
     if path is None or not Path(path).is_dir():
@@ -172,13 +173,13 @@ def convert(model: str, output: str, k: str | None, k_per_op: str | None, target
     images = _run(lambda: _images(calib, **image))
     progress = False if quiet else None
     report = _run(
-        lambda: api.convert(model, output, k=_k(k), calib=calib, emit=emit, only=_ops(only, "--only"),
+        lambda: amos_onnx.convert(model, output, k=_k(k), calib=calib, emit=emit, only=_ops(only, "--only"),
                             skip=_ops(skip, "--skip"), seed=seed, k_per_op=_k_per_op(k_per_op), target_mse=target_mse,
                             images=images, progress=progress, spike_penalty=spike_penalty, per_channel=per_channel,
                             channel_axis=channel_axis, kicks=kicks, focus_kicks=focus_kicks)
     )
     if report_dir:
-        _run(lambda: api.report(model, output, calib, report_dir, conversion=report, images=images, progress=progress))
+        _run(lambda: amos_onnx.write_report(model, output, calib, report_dir, conversion=report, images=images, progress=progress))
         click.echo(f"report: {report_dir}/report.md")
     for line in report.kind_lines() + report.notes:
         click.echo(line)
@@ -195,7 +196,7 @@ def convert(model: str, output: str, k: str | None, k_per_op: str | None, target
 @click.option("--json", "as_json", is_flag=True, help="Print the sites as JSON.")
 def inspect(model: str, only: str | None, skip: str | None, as_json: bool) -> None:
     """List MODEL's activation sites and whether each would convert; writes nothing."""
-    report = _run(lambda: api.inspect(model, only=_ops(only, "--only"), skip=_ops(skip, "--skip")))
+    report = _run(lambda: amos_onnx.inspect(model, only=_ops(only, "--only"), skip=_ops(skip, "--skip")))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
@@ -225,7 +226,7 @@ def validate(original: str, converted: str, data: str | None, json_path: str | N
              rtol: float | None, min_agreement: float | None, no_native: bool, quiet: bool, **image: Any) -> None:
     """Run ORIGINAL and CONVERTED on the same inputs; one PASSED/FAILED line per output (exit 1 on FAILED)."""
     images = _run(lambda: _images(data, **image))
-    report = _run(lambda: api.validate(original, converted, data, atol=atol, rtol=rtol, min_agreement=min_agreement,
+    report = _run(lambda: amos_onnx.validate(original, converted, data, atol=atol, rtol=rtol, min_agreement=min_agreement,
                                        native=False if no_native else None, images=images,
                                        progress=False if quiet else None))
     for line in report.lines():
@@ -246,7 +247,7 @@ def validate(original: str, converted: str, data: str | None, json_path: str | N
 def report_command(original: str, converted: str, data: str | None, out: str, quiet: bool, **image: Any) -> None:
     """Measure CONVERTED against ORIGINAL on data and write report.json, report.md and pictures to OUT."""
     images = _run(lambda: _images(data, **image))
-    result = _run(lambda: api.report(original, converted, data, out, images=images, progress=False if quiet else None))
+    result = _run(lambda: amos_onnx.write_report(original, converted, data, out, images=images, progress=False if quiet else None))
     totals = result["totals"]
     click.echo(f"mean spikes per gate {totals['mean_spikes_per_gate']:.3f}, spikes per input "
                f"{totals['spikes_per_input']:.1f}, latency {totals['latency_steps']} steps "
@@ -262,7 +263,7 @@ def report_command(original: str, converted: str, data: str | None, out: str, qu
 @click.option("--spike-penalty", type=float, default=0.0, show_default=True, help="Cost per mean spike.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--kicks", type=int, default=None,
-              help=f"Iteration budget: local-search moves (default {api.KICKS}; about 0.08 s each at K=16). More "
+              help=f"Iteration budget: local-search moves (default {KICKS}; about 0.08 s each at K=16). More "
                    "finds better gates: SiLU K=16 on normal(0, 1.5^2) samples 4.2e-4 at 20, 3.6e-4 at 400.")
 @click.option("--time-budget", type=float, default=None,
               help="Seconds after which the local search stops (the result then depends on the machine's speed).")
@@ -272,7 +273,7 @@ def fit_command(function: str, k: int, bounds: tuple[float, float] | None, sampl
     """Fit a K-neuron gate for FUNCTION (Relu, Sigmoid, SiLU, GELU, ...) and print T, h, d and its quality."""
     values = _run(lambda: _load_samples(samples)) if samples else None
     lo, hi = bounds if bounds else (None, None)
-    result = _run(lambda: api.fit_function(function, k, lo, hi, values, spike_penalty, seed, kicks, time_budget))
+    result = _run(lambda: amos_onnx.fit_function(function, k, lo, hi, values, spike_penalty, seed, kicks, time_budget))
     data = {**result.params.to_dict(), "function": function, "range": [result.lo, result.hi], "mse": result.mse,
             "max_error": result.max_error, "mean_spikes": result.mean_spikes}
     if as_json:

@@ -12,7 +12,7 @@ import onnx.version_converter
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from .errors import ModelLoadError
+from amos_onnx.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -8,20 +8,20 @@ from pathlib import Path
 import onnx
 import onnx_graphsurgeon as gs
 
-from .calibrate import Reservoir, calibrate
-from .composite import NearMiss
-from .errors import OptionError, OutputPathError
-from .find import Site, find_sites, quantized_ops
-from . import focus
-from .fit import AUTO, DEFAULT_TARGET_MSE, REFIT_KICKS, Refocus, SiteFit, fit_sites
-from .gates import selectable_ops
-from .dataset import DataSource, open_data
-from .images import ImageOptions
-from .load import FUNCTION_MIN_OPSET, default_opset, load_model, raise_opset, read_model, with_shapes
-from .neuron import MAX_K
-from .report import ConversionReport, rewrite_notes, site_reports
-from .rewrite import EMIT_FORMS, rewrite
-from .save import check_output_path, data_path, save_model
+from amos_onnx.calibrate.reservoir import Reservoir, calibrate
+from amos_onnx.data.dataset import DataSource, open_data
+from amos_onnx.data.images import ImageOptions
+from amos_onnx.errors import OptionError, OutputPathError
+from amos_onnx.find.composite import NearMiss
+from amos_onnx.find.gates import selectable_ops
+from amos_onnx.find.sites import Site, find_sites, quantized_ops
+from amos_onnx.fit import focus
+from amos_onnx.fit.sites import AUTO, DEFAULT_TARGET_MSE, REFIT_KICKS, Refocus, SiteFit, fit_sites
+from amos_onnx.gate import MAX_K
+from amos_onnx.load import FUNCTION_MIN_OPSET, default_opset, load_model, raise_opset, read_model, with_shapes
+from amos_onnx.report.conversion import ConversionReport, rewrite_notes, site_reports
+from amos_onnx.rewrite.graph import EMIT_FORMS, rewrite
+from amos_onnx.save import check_output_path, data_path, save_model
 
 
 def _check_ops(option: str, ops: set[str] | None) -> None:

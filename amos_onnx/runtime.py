@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from .errors import DataError, ModelLoadError
+from amos_onnx.errors import DataError, ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import onnx
 
-from .errors import OutputPathError
+from amos_onnx.errors import OutputPathError
 
 
 def check_output_path(out: str | Path, inputs: Sequence[str | Path]) -> Path:
@@ -52,7 +52,7 @@ def _temp(out: Path, suffix: str) -> tuple[int, str]:
 
 def _copy_external(model: onnx.ModelProto, source: Path, handle: BinaryIO, location: str) -> None:
     """Append every external tensor's bytes to `handle` and point the tensor at `location` (in place)."""
-    from .load import external_span
+    from amos_onnx.load import external_span
 
     written = 0
     for tensor in model.graph.initializer:
@@ -80,7 +80,7 @@ def _copy_external(model: onnx.ModelProto, source: Path, handle: BinaryIO, locat
 def save_model(model: onnx.ModelProto, out: str | Path, source: str | Path | None = None) -> None:
     """Check, then write to temporary files beside `out` and rename them into place. `source` is the
     folder of the model's external data files, when some weights stayed there."""
-    from .load import has_external_data
+    from amos_onnx.load import has_external_data
 
     out = Path(out)
     external = has_external_data(model)

@@ -39,7 +39,7 @@ def main() -> None:
         target = FOLDER if args.write else Path(tmp) / "report"
         if target.exists():
             shutil.rmtree(target)
-        data = amos_onnx.report(DIGITS / "digits_cnn.onnx", out, DIGITS / "digits_test.npz", target, conversion)
+        data = amos_onnx.write_report(DIGITS / "digits_cnn.onnx", out, DIGITS / "digits_test.npz", target, conversion)
     t, orig = data["totals"], data["original"]
     rel = "../examples/digits/report"
     text = "\n".join([

@@ -39,15 +39,15 @@ import fashion_data  # noqa: E402
 import fashion_nets  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
-from amos_onnx import focus  # noqa: E402
-from amos_onnx.costs import fan_outs, macs  # noqa: E402
-from amos_onnx.fit import SiteFit, fit_sites, sample_error  # noqa: E402
+from amos_onnx.fit import focus  # noqa: E402
+from amos_onnx.fit.sites import SiteFit, fit_sites, sample_error  # noqa: E402
+from amos_onnx.gate import binary_relu, preset  # noqa: E402
 from amos_onnx.load import load_model  # noqa: E402
-from amos_onnx.neuron import binary_relu, preset  # noqa: E402
 from amos_onnx.pipeline import Plan, fit_plan, plan, write  # noqa: E402
-from amos_onnx.report_files import latency  # noqa: E402
+from amos_onnx.report.costs import fan_outs, macs  # noqa: E402
+from amos_onnx.report.files import latency  # noqa: E402
+from amos_onnx.report.spikes import gate_nodes, with_spike_totals  # noqa: E402
 from amos_onnx.runtime import session  # noqa: E402
-from amos_onnx.spikes import gate_nodes, with_spike_totals  # noqa: E402
 
 SEED = 0
 CALIBRATION_IMAGES = 2000

@@ -38,10 +38,10 @@ import fashion_k  # noqa: E402
 import fashion_nets  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
-from amos_onnx.fit import fit_sites  # noqa: E402
+from amos_onnx.fit.sites import fit_sites  # noqa: E402
 from amos_onnx.load import load_model  # noqa: E402
 from amos_onnx.pipeline import plan, write  # noqa: E402
-from amos_onnx.report_files import latency  # noqa: E402
+from amos_onnx.report.files import latency  # noqa: E402
 
 SEED = 0
 T_MAX = 512

@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import machine, write_section  # noqa: E402
 
 import amos_onnx  # noqa: E402
-from amos_onnx import library  # noqa: E402
 from amos_onnx.api import fit_function  # noqa: E402
-from amos_onnx.calibrate import Reservoir  # noqa: E402
-from amos_onnx.fit import fit_site  # noqa: E402
-from amos_onnx.neuron import GateParams, preset, simulate  # noqa: E402
+from amos_onnx.calibrate.reservoir import Reservoir  # noqa: E402
+from amos_onnx.fit import library  # noqa: E402
+from amos_onnx.fit.sites import fit_site  # noqa: E402
+from amos_onnx.gate import GateParams, preset, simulate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ERF = np.frompyfunc(math.erf, 1, 1)

@@ -26,8 +26,8 @@ import fashion_nets  # noqa: E402
 from fashion_k import CALIBRATION_IMAGES, SEED, calibration_images, calibration_indices  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
-from amos_onnx.calibrate import exposed  # noqa: E402
-from amos_onnx.fit import SiteFit, fit_sites, sample_error  # noqa: E402
+from amos_onnx.calibrate.reservoir import exposed  # noqa: E402
+from amos_onnx.fit.sites import SiteFit, fit_sites, sample_error  # noqa: E402
 from amos_onnx.pipeline import plan  # noqa: E402
 from amos_onnx.runtime import session  # noqa: E402
 

@@ -171,7 +171,7 @@ def _unconverted(model_path: Path, ops: set[str]) -> int:
 def run_nudenet(work: Path, k: int | None = None) -> dict[str, object]:
     """Convert NudeNet's YOLOv8n calibrated on sample images and face mosaics; compare detections on others."""
     import amos_onnx
-    from amos_onnx.dataset import open_data
+    from amos_onnx.data.dataset import open_data
 
     model = model_file(*NUDENET)
     calib = image_folder(work / "calib", NUDENET_CALIB, NUDENET_CALIB_MOSAICS)

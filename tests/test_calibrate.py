@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +10,11 @@ import pytest
 from conftest import ROOT, activation_model, save
 
 import amos_onnx
-from amos_onnx.calibrate import Reservoir, calibrate
-from amos_onnx.dataset import open_data
-from amos_onnx.fit import fit_sites
+from amos_onnx.calibrate.reservoir import Reservoir, calibrate
+from amos_onnx.data.dataset import open_data
+from amos_onnx.fit.sites import fit_sites
 from amos_onnx.pipeline import _find, plan, write
-from amos_onnx.spikes import gate_params
+from amos_onnx.report.spikes import gate_params
 
 DIGITS = ROOT / "examples/digits/digits_cnn.onnx"
 TRAIN = ROOT / "examples/digits/digits_train.npz"
@@ -106,7 +105,7 @@ def test_k_per_op_and_auto_k(tmp_path: Path) -> None:
     assert all(4 <= k <= 16 for k in ks)
     assert all(s.mse is not None and s.mse <= 1e-3 for s in auto.sites)
     # the smallest such K: one neuron fewer misses the target on the same samples
-    from amos_onnx.fit import fit_site
+    from amos_onnx.fit.sites import fit_site
 
     model = onnx.load(str(DIGITS))
     sites, *_ = _find(model, None, None)
@@ -155,7 +154,7 @@ def test_a_spike_penalty_weighs_each_site_by_its_share_of_gate_evaluations(tmp_p
     (measured: max 0.074, mean 0.021, 3.96 spikes), the small one stays as it was (max 0.056, mean 0.015).
     (At L itself the big site's refit lands on 2.24 spikes at 2.3x the error: the penalised search is not
     monotone in L, which is why this test does not compare the two.)"""
-    from amos_onnx.fit import fit_site
+    from amos_onnx.fit.sites import fit_site
 
     path = _two_tanh_sites(tmp_path)
     p = plan(path, calib=tmp_path / "calib.npz")
@@ -179,7 +178,7 @@ def test_a_penalty_sweep_reuses_the_error_only_refits_bit_for_bit(tmp_path: Path
     """Converting the same calibration again with a spike penalty starts each penalised refit from the error-only
     refit made before in this process instead of making it again: the same gates to the bit as a penalised
     conversion alone, with one refit per site instead of two (counted in one process)."""
-    fit_module = sys.modules["amos_onnx.fit"]  # `amos_onnx.fit` is the package's function of that name
+    from amos_onnx.fit import sites as fit_module
     monkeypatch.setenv("AMOS_ONNX_JOBS", "1")
     monkeypatch.setattr(fit_module, "_REFITS", {})
     path = _two_tanh_sites(tmp_path)
@@ -216,9 +215,9 @@ def test_a_penalised_refit_never_returns_a_gate_the_error_only_refit_beats(name,
     - SiLU K=10, Laplace(0, 0.8) (heavy tails, like the EfficientNet-style network's SiLU sites), 0.001: a
       refit descends only its best few starts, with a few moves: 3.64e-3 at 1.46 against 3.05e-3 at 2.48.
       With the error-only refit as one more warm start: 3.04e-3 at 2.46."""
-    from amos_onnx.api import named_activations
-    from amos_onnx.fit import absolute_penalty, fit_site
-    from amos_onnx.neuron import simulate
+    from amos_onnx import named_activations
+    from amos_onnx.fit.sites import absolute_penalty, fit_site
+    from amos_onnx.gate import simulate
 
     act = named_activations()[name]
     res = Reservoir(100_000, np.random.default_rng(1))
@@ -245,7 +244,7 @@ def test_convert_kicks_buys_a_lower_penalised_cost_with_more_local_search(tmp_pa
     from click.testing import CliRunner
 
     from amos_onnx.cli import main
-    from amos_onnx.fit import Job, _range, _refit_key, absolute_penalty, fit_site
+    from amos_onnx.fit.sites import Job, _range, _refit_key, absolute_penalty, fit_site
 
     path = _two_tanh_sites(tmp_path)
     p = plan(path, calib=tmp_path / "calib.npz")

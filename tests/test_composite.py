@@ -12,7 +12,7 @@ from conftest import save
 from onnx import TensorProto, helper, numpy_helper
 
 import amos_onnx
-from amos_onnx.spikes import gate_params
+from amos_onnx.report.spikes import gate_params
 
 X = np.linspace(-10, 10, 8000, dtype=np.float32).reshape(-1, 8)
 

@@ -15,14 +15,14 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 import amos_onnx
-from amos_onnx.calibrate import calibrate
+from amos_onnx.calibrate.reservoir import calibrate
 from amos_onnx.cli import main
-from amos_onnx.dataset import open_data
+from amos_onnx.data.dataset import open_data
+from amos_onnx.data.images import ImageOptions
+from amos_onnx.data.progress import Progress
 from amos_onnx.errors import DataError
-from amos_onnx.images import ImageOptions
 from amos_onnx.pipeline import _find
-from amos_onnx.progress import Progress
-from amos_onnx.spikes import gate_params
+from amos_onnx.report.spikes import gate_params
 
 skdata = pytest.importorskip("skimage.data")
 

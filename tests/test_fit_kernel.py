@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from amos_onnx import blocks, fit_kernel
-from amos_onnx.fitter import fit
+from amos_onnx.fit import blocks
+from amos_onnx.fit import kernel as fit_kernel
+from amos_onnx.fit.search import fit
 
 pytestmark = pytest.mark.skipif(not fit_kernel.available(), reason="fitter library not built (make ops)")
 

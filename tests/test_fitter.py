@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from amos_onnx.blocks import spike_matrix
-from amos_onnx.fitter import evaluate, fit
-from amos_onnx.neuron import GateParams, preset
-from amos_onnx.starts import segment_start, structured_starts
+from amos_onnx.fit.blocks import spike_matrix
+from amos_onnx.fit.search import evaluate, fit
+from amos_onnx.fit.starts import segment_start, structured_starts
+from amos_onnx.gate import GateParams, preset
 
 
 def relu(x: np.ndarray) -> np.ndarray:
@@ -50,7 +50,7 @@ def test_samples_focus_the_fit_where_the_data_is() -> None:
     x = samples.astype(np.float32)
 
     def err(r):  # type: ignore[no-untyped-def]
-        from amos_onnx.neuron import simulate
+        from amos_onnx.gate import simulate
 
         return float(np.mean((simulate(r.params, x)[0] - np.tanh(x.astype(np.float64))) ** 2))
 
@@ -92,7 +92,7 @@ def test_a_refit_keeping_its_best_starts_finds_the_same_gate(monkeypatch: pytest
     """A calibrated refit descends only the starts best as they are (fit's keep_starts): with 4 kept, 4 start
     descents instead of one per start (counted), and on sigmoid K=8 samples the start that wins among all of
     them is among those kept, so the gate is the same one."""
-    from amos_onnx import fitter
+    from amos_onnx.fit import search as fitter
 
     rng = np.random.default_rng(5)
     samples = rng.normal(0.3, 2.0, 20000)
@@ -125,9 +125,9 @@ def test_a_spike_penalty_stops_the_flat_top_and_meets_the_sigmoid_k12_target() -
     firing most neurons) also competes behind a neuron that stops sigmoid's flat top with one spike: the fit
     meets the fitter issue's target, MSE <= 4e-5 at <= 2.74 mean spikes on 200,001 points (measured 2.6e-5 at
     2.52; published 1.44e-4 at 2.74), and every input from 5 up to 1e6 fires exactly one neuron."""
-    from amos_onnx import library
-    from amos_onnx.neuron import simulate
-    from amos_onnx.starts import STOP, stopped_top
+    from amos_onnx.fit import library
+    from amos_onnx.fit.starts import STOP, stopped_top
+    from amos_onnx.gate import simulate
 
     shipped = library.lookup(library.named_activations()["Sigmoid"], 12)
     assert shipped is not None

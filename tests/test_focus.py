@@ -12,11 +12,10 @@ from click.testing import CliRunner
 from conftest import save
 from onnx import TensorProto, helper, numpy_helper
 
-import amos_onnx
-from amos_onnx import focus
 from amos_onnx.cli import main
-from amos_onnx.fit import _range, absolute_penalty, fit_sites
-from amos_onnx.neuron import simulate
+from amos_onnx.fit import focus
+from amos_onnx.fit.sites import _range, absolute_penalty, fit_sites
+from amos_onnx.gate import simulate
 from amos_onnx.pipeline import fit_plan, plan, write
 from amos_onnx.runtime import session
 

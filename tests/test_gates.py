@@ -11,8 +11,8 @@ from conftest import activation_model, save
 from gate_cases import CASES, PRELU_SLOPES, Case
 
 import amos_onnx
-from amos_onnx.neuron import simulate
-from amos_onnx.spikes import gate_params
+from amos_onnx.gate import simulate
+from amos_onnx.report.spikes import gate_params
 
 GRID = np.linspace(-10, 10, 20_000, dtype=np.float32).reshape(-1, 16)
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from amos_onnx import library
 from amos_onnx.cli import main
-from amos_onnx.fitter import evaluate, saturates
-from amos_onnx.neuron import simulate
+from amos_onnx.fit import library
+from amos_onnx.fit.search import evaluate, saturates
+from amos_onnx.gate import simulate
 
 
 def test_every_shipped_gate_is_what_it_claims() -> None:
@@ -115,7 +115,7 @@ def test_fit_command_prints_parameters_and_figures(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["k"] == 6 and len(data["thresholds"]) == 6 and data["range"] == [-10.0, 10.0]
-    from amos_onnx.neuron import GateParams
+    from amos_onnx.gate import GateParams
 
     params = GateParams(data["thresholds"], data["resets"], data["weights"])
     x = np.linspace(-10, 10, 200_001, dtype=np.float32)
@@ -150,7 +150,7 @@ def test_fit_command_with_a_larger_budget_meets_the_silu_k16_normal_target(tmp_p
     result = CliRunner().invoke(main, [*args, "--kicks", "400"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    from amos_onnx.neuron import GateParams
+    from amos_onnx.gate import GateParams
 
     x = normal.astype(np.float32)
     y, s = simulate(GateParams(data["thresholds"], data["resets"], data["weights"]), x)

@@ -14,8 +14,8 @@ from gate_cases import CASES, PRELU_SLOPES
 from onnx import TensorProto, helper
 
 import amos_onnx
-from amos_onnx import emit
-from amos_onnx.neuron import GateParams, simulate
+from amos_onnx.gate import GateParams, simulate
+from amos_onnx.rewrite import emit
 from amos_onnx.runtime import native_library, session
 
 pytestmark = pytest.mark.skipif(native_library() is None, reason="native library not built (make ops)")

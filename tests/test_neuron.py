@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from amos_onnx.neuron import GateParams, binary_relu_closed_form, preset, simulate
+from amos_onnx.gate import GateParams, binary_relu_closed_form, preset, simulate
 
 # NEURON.md section 2, copied digit for digit.
 SILU_T = [0.05946945, 1.6541206, 1.3066754, 1.3267198, 1.1000695, 1.2308974, 1.1188028, 0.9472501, 0.5447531,

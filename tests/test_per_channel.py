@@ -14,13 +14,13 @@ from onnx import TensorProto, helper, numpy_helper
 from test_gates import inline_sequence, run
 
 import amos_onnx
-from amos_onnx.calibrate import CHANNEL_CAP, Reservoir
+from amos_onnx.calibrate.reservoir import CHANNEL_CAP, Reservoir
 from amos_onnx.cli import main
-from amos_onnx.find import feature_axis
-from amos_onnx.fit import channel_groups
-from amos_onnx.neuron import simulate
+from amos_onnx.find.sites import feature_axis
+from amos_onnx.fit.sites import channel_groups
+from amos_onnx.gate import simulate
+from amos_onnx.report.spikes import gate_params
 from amos_onnx.runtime import native_library, session
-from amos_onnx.spikes import gate_params
 
 # Four channels whose pre-activations sit in different places, as after a convolution and batch norm.
 SCALE = np.array([0.3, 0.5, 0.4, 0.6], np.float32)

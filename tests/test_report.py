@@ -13,11 +13,12 @@ from conftest import ROOT
 from onnx import TensorProto, helper
 
 import amos_onnx
-from amos_onnx import emit, report_files
 from amos_onnx.cli import main
-from amos_onnx.neuron import GateParams
+from amos_onnx.gate import GateParams
+from amos_onnx.report import files as report_files
+from amos_onnx.report.spikes import with_spike_totals
+from amos_onnx.rewrite import emit
 from amos_onnx.runtime import native_library, session
-from amos_onnx.spikes import with_spike_totals
 
 DIGITS = ROOT / "examples/digits/digits_cnn.onnx"
 TRAIN = ROOT / "examples/digits/digits_train.npz"
@@ -30,7 +31,7 @@ def digits_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
     result = CliRunner().invoke(main, ["convert", str(DIGITS), str(folder / "s.onnx"), "--calib", str(TRAIN),
                                        "--report", str(folder / "calib")])
     assert result.exit_code == 0, result.output
-    data = amos_onnx.report(DIGITS, folder / "s.onnx", TEST, folder / "test")
+    data = amos_onnx.write_report(DIGITS, folder / "s.onnx", TEST, folder / "test")
     return folder, data
 
 

@@ -1,0 +1,1 @@
+"""Calibrate: run the model on data and keep a bounded sample of every site's input (reservoir)."""

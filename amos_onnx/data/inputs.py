@@ -1,0 +1,134 @@
+"""Model input specs, input data from .npz files checked against them, and batching."""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from amos_onnx.errors import DataError
+
+LABELS = "labels"  # reserved npz key: class labels for accuracy
+DEFAULT_BATCH = 64
+MAX_RANDOM_ELEMENTS = 1 << 26  # random inputs beyond this per input need --data instead
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...] | None  # None: unknown rank
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The graph inputs a caller must feed (initializers excluded)."""
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in inits:
+            continue
+        tensor = value.type.tensor_type
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        shape = None
+        if tensor.HasField("shape"):
+            shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
+        specs.append(InputSpec(value.name, dtype, shape))
+    return specs
+
+
+def load_npz(path: str | Path, model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Read an .npz with one array per model input (plus optional labels) and check it fits the model."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    labels = arrays.pop(LABELS, None)
+    feeds = check_feeds(arrays, model, str(path))
+    if labels is not None:
+        n = next(iter(feeds.values())).shape[0]
+        if labels.ndim != 1 or labels.shape[0] != n:
+            raise DataError(f"{path}: '{LABELS}' must be a 1-D array of {n} labels, got shape {list(labels.shape)}")
+    return feeds, labels
+
+
+def check_feeds(arrays: dict[str, np.ndarray], model: onnx.ModelProto, where: str) -> dict[str, np.ndarray]:
+    """Every model input present with its dtype, rank and fixed dims; the same sample count for all."""
+    feeds: dict[str, np.ndarray] = {}
+    for spec in input_specs(model):
+        if spec.name not in arrays:
+            raise DataError(f"{where}: no array for model input '{spec.name}' (has: {', '.join(sorted(arrays)) or 'none'})")
+        array = arrays[spec.name]
+        if array.dtype != spec.dtype:
+            raise DataError(f"{where}: input '{spec.name}' has dtype {array.dtype}, the model expects {spec.dtype}")
+        _check_shape(spec, array, where)
+        feeds[spec.name] = array
+    counts = {a.shape[0] for a in feeds.values()}
+    if len(counts) > 1:
+        raise DataError(f"{where}: inputs have different sample counts {sorted(counts)}")
+    if counts and counts.pop() == 0:
+        raise DataError(f"{where}: data has zero samples")
+    return feeds
+
+
+def _check_shape(spec: InputSpec, array: np.ndarray, where: str) -> None:
+    if spec.shape is None:
+        return
+    if array.ndim != len(spec.shape):
+        raise DataError(
+            f"{where}: input '{spec.name}' has shape {list(array.shape)}, the model expects rank {len(spec.shape)} {_fmt(spec.shape)}"
+        )
+    for axis, (want, got) in enumerate(zip(spec.shape, array.shape)):
+        if not isinstance(want, int) or want == 0:
+            continue
+        if (axis == 0 and got % want != 0) or (axis > 0 and got != want):
+            raise DataError(f"{where}: input '{spec.name}' has shape {list(array.shape)}, the model expects {_fmt(spec.shape)}")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise DataError(f"{where}: input '{spec.name}' contains NaN or Inf")
+
+
+def _fmt(shape: tuple[int | str | None, ...]) -> str:
+    return "[" + ", ".join(str(d) if d else "?" for d in shape) + "]"
+
+
+def batch_size(model: onnx.ModelProto) -> int:
+    """Rows per run: the model's fixed first dimension, else DEFAULT_BATCH."""
+    for spec in input_specs(model):
+        if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] > 0:
+            return spec.shape[0]
+    return DEFAULT_BATCH
+
+
+def batches(feeds: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Consecutive slices of every input along axis 0."""
+    n = next(iter(feeds.values())).shape[0] if feeds else 1
+    for start in range(0, n, size):
+        yield {name: array[start : start + size] for name, array in feeds.items()}
+
+
+def random_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 16) -> dict[str, np.ndarray]:
+    """Inputs drawn from the specs: standard normal floats, small integers; free dims become batch/32."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in input_specs(model):
+        dims = spec.shape if spec.shape is not None else (batch,)
+        shape = [d if isinstance(d, int) and d > 0 else (batch if i == 0 else 32) for i, d in enumerate(dims)]
+        if int(np.prod(shape, dtype=np.float64)) > MAX_RANDOM_ELEMENTS:
+            raise DataError(f"input '{spec.name}' declares shape {shape}, too large for random inputs; pass --data")
+        if spec.dtype.kind == "f":
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype.kind in "iu":
+            feeds[spec.name] = rng.integers(0, 10, shape).astype(spec.dtype)
+        elif spec.dtype.kind == "b":
+            feeds[spec.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            raise DataError(f"input '{spec.name}' has dtype {spec.dtype}; give data with --data")
+    return feeds

@@ -1,0 +1,188 @@
+"""Exact block updates of a gate's parameters for the fitter (numpy, float64).
+
+- threshold and weight of one neuron, others fixed: every sample either skips or
+  fires the neuron, so after sorting by membrane value the best split and its
+  weight follow from prefix and suffix sums;
+- reset of one neuron: a vectorised scan over candidate values;
+- all weights at once: a weighted least-squares solve for the fixed spike pattern.
+
+Each update never increases the cost (weighted squared error plus a spike penalty).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from amos_onnx.fit import kernel as fit_kernel
+
+FLOAT32_ROOM = 4  # ulps of float32 between a threshold's neighbours
+
+
+@dataclass
+class Problem:
+    x: np.ndarray  # training inputs, float64
+    target: np.ndarray
+    w: np.ndarray  # weights summing to 1
+    lam: float  # spike penalty per mean spike
+
+
+def rest(T: np.ndarray, h: np.ndarray, d: np.ndarray, v: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """Output and spike count (int8) of neurons start..K-1 from membrane v (any shape; not modified).
+    In C when the fitter's library is built (float64 membranes; bit-identical), else this numpy loop."""
+    if v.dtype == np.float64 and fit_kernel.available():
+        return fit_kernel.rest(T, h, d, v, start)
+    y = np.zeros_like(v)
+    s = np.zeros(v.shape, np.int8)
+    v = v.copy()
+    z = np.empty(v.shape, bool)
+    tmp = np.empty_like(v)
+    for j in range(start, len(T)):  # in place: this loop is most of the fitter's time
+        np.greater(v, T[j], out=z)
+        np.multiply(z, d[j], out=tmp)
+        y += tmp
+        s += z
+        np.multiply(z, h[j], out=tmp)
+        v -= tmp
+    return y, s
+
+
+def total_cost(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray) -> float:
+    y, s = rest(T, h, d, p.x, 0)
+    return float(np.sum(p.w * ((p.target - y) ** 2 + p.lam * s)))
+
+
+def _before(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Membrane arriving at neuron t and the output of neurons 0..t-1, for every training point."""
+    y, _ = rest(T[:t], h[:t], d[:t], p.x, 0)
+    v = p.x.copy()
+    for j in range(t):
+        v -= h[j] * (v > T[j])
+    return v, y
+
+
+def split_costs(v: np.ndarray, yb: np.ndarray, target: np.ndarray, w: np.ndarray, r0: np.ndarray, r1: np.ndarray,
+                s0: np.ndarray, s1: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The cost of every split of one neuron's threshold: (vs, cost, se, sw) with vs the membranes v sorted, and
+    for split i (samples i.. fire, n + 1 splits) cost[i] the skipping cost of samples ..i-1 plus the best firing
+    cost of samples i.. (their weight d = se[i] / sw[i]); +inf where the gap below sample i is too narrow for
+    float32. yb: the output before the neuron; r0, s0 / r1, s1: the later neurons' output and spikes when it
+    skips / fires. In C when the fitter's library is built (bit-identical), else numpy."""
+    if fit_kernel.available():
+        return fit_kernel.split_costs(v, yb, target, w, r0, r1, s0, s1, lam, FLOAT32_ROOM)
+    order = np.argsort(v, kind="stable")
+    vs, w = v[order], w[order]
+    e0 = (target - yb - r0)[order]
+    e1 = (target - yb - r1)[order]
+    pen0 = lam * s0[order]
+    pen1 = lam * (1.0 + s1[order])
+    prefix = np.concatenate([[0.0], np.cumsum(w * (e0**2 + pen0))])
+
+    def suffix(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.cumsum(a[::-1])[::-1], [0.0]])
+
+    sw, se, see = suffix(w), suffix(w * e1), suffix(w * (e1**2 + pen1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fire_cost = np.where(sw > 0, see - se**2 / np.where(sw > 0, sw, 1.0), 0.0)
+    cost = prefix + fire_cost
+    n = len(vs)
+    valid = np.ones(n + 1, dtype=bool)
+    # A split needs room for float32: the gate runs in float32, where membranes far from 0 (a segment chain's
+    # zone) carry rounding errors of a few ulps; a threshold closer than that to a training point could flip it.
+    room = FLOAT32_ROOM * np.spacing(np.maximum(np.abs(vs[1:]), np.abs(vs[:-1])).astype(np.float32))
+    valid[1:n] = vs[1:] - vs[:-1] > room
+    cost[~valid] = np.inf
+    return vs, cost, se, sw
+
+
+def update_threshold(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int,
+                     before: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Exact best (T_t, d_t) with all other parameters fixed (`before`: _before's result, when known)."""
+    v, yb = before if before is not None else _before(p, T, h, d, t)
+    (r0, r1), (s0, s1) = rest(T, h, d, np.stack([v, v - h[t]]), t + 1)  # skipping or firing neuron t
+    vs, cost, se, sw = split_costs(v, yb, p.target, p.w, r0, r1, s0, s1, p.lam)
+    n = len(vs)
+    i = int(np.argmin(cost))
+    current = int(np.searchsorted(vs, T[t], side="right"))  # samples from here on fire now
+    if np.isfinite(cost[current]) and cost[i] >= cost[current] - 1e-15 * abs(cost[current]):
+        i = current  # ties keep the current split, so parameters do not drift
+    if i == current and i in (0, n):
+        pass  # fires for all or none: stays where it is
+    elif i == 0:
+        T[t] = vs[0] - max(float(vs[-1] - vs[0]), 1.0)
+    elif i == n:
+        T[t] = vs[-1] + max(float(vs[-1] - vs[0]), 1.0)
+    else:  # the middle of the gap, also for a kept split: the most room for inputs between training points
+        T[t] = 0.5 * (vs[i - 1] + vs[i])
+        # float32 rounding must not move the threshold onto a training point.
+        if not vs[i - 1] < np.float32(T[t]) < vs[i]:
+            T[t] = vs[i - 1] if np.float32(vs[i - 1]) < np.float32(vs[i]) else T[t]
+    d[t] = se[i] / sw[i] if i < n and sw[i] > 0 else 0.0
+
+
+def update_reset(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int, scale: float,
+                 before: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Best h_t among candidates around the current value and on the range's scale."""
+    v, yb = before if before is not None else _before(p, T, h, d, t)
+    z = v > T[t]
+    if not z.any():
+        return
+    factors = np.array([0.0, 0.5, 0.85, 0.95, 1.0, 1.05, 1.15, 2.0])
+    extra = scale * np.exp2(-np.arange(0, 12, 2))
+    others = np.concatenate([h[t] * factors, extra, -extra[:2]])
+    # New resets beyond the range's scale only lose float32 precision; the current one (first) always stays,
+    # whatever its size (the segment start's shifts and stops are far larger than the range).
+    cands = np.concatenate([[h[t]], others[np.abs(others) <= 4 * scale]])
+    vf = v[z][None, :] - cands[:, None]
+    rf, sf = rest(T, h, d, vf, t + 1)
+    yf = yb[z][None, :] + d[t] + rf
+    costs = np.sum(p.w[z][None, :] * ((p.target[z][None, :] - yf) ** 2 + p.lam * sf), axis=1)
+    best = int(np.argmin(costs))
+    if costs[best] < costs[0] * (1 - 1e-12):  # candidate 0 is the current value: ties keep it
+        h[t] = cands[best]
+
+
+def spike_matrix(T: np.ndarray, h: np.ndarray, x: np.ndarray) -> np.ndarray:
+    v = x.copy()
+    cols = []
+    for j in range(len(T)):
+        z = v > T[j]
+        cols.append(z.astype(np.float64))
+        v = v - h[j] * z
+    return np.stack(cols, axis=1)
+
+
+def solve_weights(T: np.ndarray, h: np.ndarray, x: np.ndarray, target: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least-squares d for fixed T and h (the spike pattern is then fixed)."""
+    Z = spike_matrix(np.asarray(T, np.float64), np.asarray(h, np.float64), np.asarray(x, np.float64))
+    sw = np.sqrt(w)[:, None]
+    d, *_ = np.linalg.lstsq(Z * sw, target * sw[:, 0], rcond=None)
+    return d
+
+
+def descend(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, scale: float, sweeps: int) -> float:
+    best = total_cost(p, T, h, d)
+    for _ in range(sweeps):
+        # Neurons 0..t-1 are final when neuron t is updated: carry their membrane and output forward.
+        v, y = p.x.copy(), np.zeros_like(p.x)
+        for t in range(len(T)):
+            update_threshold(p, T, h, d, t, (v, y))
+            if t < len(T) - 1:
+                update_reset(p, T, h, d, t, scale, (v, y))
+                update_threshold(p, T, h, d, t, (v, y))
+            z = v > T[t]
+            y = y + d[t] * z
+            v = v - h[t] * z
+        if p.lam == 0.0:
+            d_new = solve_weights(T, h, p.x, p.target, p.w)
+            if total_cost(p, T, h, d_new) < total_cost(p, T, h, d):
+                d[:] = d_new
+        cost = total_cost(p, T, h, d)
+        if cost > best * (1.0 - 1e-6):
+            best = min(best, cost)
+            break
+        best = cost
+    return best
+
+

@@ -1,0 +1,154 @@
+"""A network-aware search budget: how much each site's gate moves the model's outputs, and which fits get
+more local-search moves for it.
+
+A gate's error matters as much as the network lets it through: the same squared error at the stem of a
+CNN and at a squeeze-excitation gate moves the logits very differently. effects() measures it directly:
+one model holds every measured site's activation and its gate side by side, a switch per site picks the
+gate, and the calibration samples kept by calibrate run once per site with only that site switched. The
+fits whose sites make up most of the measured change are then refitted with more moves (fit.fit_sites'
+refocus, as pipeline.fit_plan does), starting from their first fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from amos_onnx.data.dataset import sample_count
+from amos_onnx.find.sites import Site
+from amos_onnx.fit.sites import SiteFit
+from amos_onnx.rewrite.graph import Names, add_functions, gate_nodes
+from amos_onnx.runtime import run_checked, user_session
+
+FOCUS_KICKS = 200  # local-search moves of a focused refit by default (convert --focus-kicks)
+FOCUS_SHARE = 0.5  # the largest fits are focused until they make up this share of the measured change ...
+FOCUS_FITS = 2  # ... at most this many
+KEEP_SAMPLES = 256  # calibration samples kept for measuring (calibrate's keep) ...
+KEEP_BYTES = 64 << 20  # ... and at most this much of them (at least one batch)
+# Measuring runs the model once per measured site and once more: over all its runs it sees at most this many
+# times the calibration's samples (at least one kept batch per run), so it costs about as many calibration passes
+# whatever the site count. PP-OCRv4 det (35 sites, 6 kept images of the 9 calibrated) measured in 97 s on all
+# of them, 7.5 s on the one page this allows; its first pass fits in 32 s.
+FOCUS_PASSES = 4
+
+_NUMPY: dict[int, type] = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16,
+                           TensorProto.DOUBLE: np.float64}
+
+
+def searched(site: Site, fit_: SiteFit | None) -> bool:
+    """Whether more moves can change this site's gate: a calibrated fit of a gate the fitter searches (a
+    ReLU-like gate is a rounding ladder, fitted without local search), in the top-level graph."""
+    act = site.activation
+    return (site.converts and not site.graph and act is not None and not act.relu_like and fit_ is not None
+            and fit_.source.startswith("calibrated") and site.dtype in _NUMPY)
+
+
+def switched_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, SiteFit],
+                   ranks: dict[str, int | None], form: str) -> tuple[onnx.ModelProto, dict[str, tuple[str, int]]]:
+    """A copy of `model` in which each site's output is activation + switch * (gate - activation), with one
+    scalar switch input per site: the switch's name and element type by site name."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph, names = copy.graph, Names(copy.graph)
+    by_index = {s.index: s for s in sites}
+    nodes: list[onnx.NodeProto] = []
+    switches: dict[str, tuple[str, int]] = {}
+    overloads: set[str] = set()
+    for index, node in enumerate(graph.node):
+        nodes.append(node)
+        site = by_index.get(index)
+        if site is None:
+            continue
+        clean, gate, switch = (names.make(f"{site.name}/amos/{part}") for part in ("original", "gate", "switch"))
+        node.output[list(node.output).index(site.output)] = clean
+        made, inits, overload = gate_nodes(site, gate, fits[site.name].params, ranks.get(site.name), form, names)
+        nodes += made
+        graph.initializer.extend(inits)
+        overloads |= overload
+        change, scaled = names.make(f"{site.name}/amos/change"), names.make(f"{site.name}/amos/switched")
+        nodes += [helper.make_node("Sub", [gate, clean], [change], name=names.make(f"{site.name}/amos/sub")),
+                  helper.make_node("Mul", [change, switch], [scaled], name=names.make(f"{site.name}/amos/mul")),
+                  helper.make_node("Add", [clean, scaled], [site.output], name=names.make(f"{site.name}/amos/add"))]
+        graph.input.append(helper.make_tensor_value_info(switch, site.dtype, []))
+        switches[site.name] = (switch, site.dtype)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if overloads:
+        add_functions(copy, sorted(overloads))
+    return copy, switches
+
+
+@dataclass(frozen=True)
+class Effects:
+    """Mean square change of the model's floating-point outputs, per site, with that site's gate alone in
+    place of its activation, on `samples` calibration samples. `focused`: the sites chosen for more moves
+    (chosen)."""
+
+    by_site: dict[str, float]
+    samples: int
+    focused: frozenset[str] = frozenset()
+
+
+def measuring_feeds(feeds: list[dict[str, np.ndarray]], sites: int, calibration_samples: int | None
+                    ) -> list[dict[str, np.ndarray]]:
+    """The first kept batches that `sites` + 1 runs may see within FOCUS_PASSES times the calibration's
+    samples (all of them without a count; at least one)."""
+    if calibration_samples is None:
+        return feeds
+    allowed = FOCUS_PASSES * calibration_samples // (sites + 1)
+    chosen: list[dict[str, np.ndarray]] = []
+    seen = 0
+    for feed in feeds:
+        seen += sample_count(feed)
+        if chosen and seen > allowed:
+            break
+        chosen.append(feed)
+    return chosen
+
+
+def effects(model: onnx.ModelProto, sites: list[Site], fits: dict[str, SiteFit], ranks: dict[str, int | None],
+            form: str, feeds: list[dict[str, np.ndarray]], label: str, folder: str | Path | None = None,
+            calibration_samples: int | None = None) -> Effects:
+    """Each searched site's effect on the model's outputs (see Effects), measured in onnxruntime on the kept
+    feeds, as many as measuring_feeds allows for `calibration_samples`."""
+    measured = [s for s in sites if searched(s, fits.get(s.name))]
+    if not measured or not feeds:
+        return Effects({}, 0)
+    feeds = measuring_feeds(feeds, len(measured), calibration_samples)
+    mixed, switches = switched_model(model, measured, fits, ranks, form)
+    sess = user_session(mixed, label, folder=folder)
+    outputs = [o.name for o in sess.get_outputs() if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)")]
+    if not outputs:
+        return Effects({}, 0)
+
+    def run(on: str | None) -> np.ndarray:
+        flags: dict[str, np.ndarray] = {name: np.array(1 if site == on else 0, _NUMPY[dtype])
+                                        for site, (name, dtype) in switches.items()}
+        runs = [run_checked(sess, outputs, {**feed, **flags}, label) for feed in feeds]
+        return np.concatenate([np.asarray(r, np.float64).ravel() for parts in runs for r in parts])
+
+    base = run(None)
+    by_site = {s.name: float(np.mean(np.square(run(s.name) - base))) for s in measured}
+    return Effects(by_site, sum(map(sample_count, feeds)))
+
+
+def chosen(effect: Effects, fits: dict[str, SiteFit]) -> set[str]:
+    """The sites whose fits get the focus: fits (sites sharing one fit count together; fit_sites gives them
+    one SiteFit object) by falling summed effect, until they make up FOCUS_SHARE of the total, FOCUS_FITS at
+    most."""
+    totals: dict[int, float] = {}
+    for name, value in effect.by_site.items():
+        totals[id(fits[name])] = totals.get(id(fits[name]), 0.0) + value
+    total = sum(totals.values())
+    keys: list[int] = []
+    covered = 0.0
+    for key, value in sorted(totals.items(), key=lambda kv: -kv[1]):
+        if covered >= FOCUS_SHARE * total or len(keys) == FOCUS_FITS or value <= 0:
+            break
+        keys.append(key)
+        covered += value
+    return {name for name in effect.by_site if id(fits[name]) in keys}

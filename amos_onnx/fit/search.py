@@ -1,0 +1,340 @@
+"""Find T, h, d of a K-neuron gate for a scalar function (numpy only, deterministic for a seed).
+
+The search: structured starts (binary ladders, staircases, segment chains, warm
+starts such as a smaller K's solution) each get a short exact-block descent on a
+coarse training set; the best then goes through iterated local search (kick one
+or two neurons, jitter, swap neighbours, descend, keep if better) and a final
+polish on a finer set, since fits overfit a coarse grid. Slivers (a neuron firing
+between training points with a weight fitted elsewhere) are looked for on a far
+denser grid and mended. Quality is reported on a dense grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from amos_onnx.fit.blocks import Problem, descend, rest, solve_weights, spike_matrix, total_cost
+from amos_onnx.fit.starts import stopped_top, structured_starts
+from amos_onnx.gate import GateParams, simulate
+
+log = logging.getLogger(__name__)
+
+Func = Callable[[np.ndarray], np.ndarray]
+Params = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Fitted parameters with their quality on a dense grid over the fitted range."""
+
+    params: GateParams
+    mse: float
+    max_error: float
+    mean_spikes: float
+    lo: float
+    hi: float
+
+
+TAIL_WEIGHT = 0.02  # share of the loss on points beyond the range, for functions that saturate there
+_TAIL_STEPS = 2.0 ** np.arange(-4, 64, 2)  # distances beyond the range, in range widths: out to ~1e18 widths
+LOWEST = float(np.finfo(np.float32).min)  # threshold of a neuron that fires for every finite input
+
+
+def saturates(func: Func, lo: float, hi: float) -> tuple[bool, bool]:
+    """Whether f flattens below lo and above hi (bounded gates must then stay in range for any input)."""
+    width = hi - lo
+    with np.errstate(over="ignore"):
+        far = func(np.array([lo - 1e6 * width, lo, hi, hi + 1e6 * width]))
+    tol = 1e-3 * max(1.0, float(np.max(np.abs(far[1:3]))))
+    return bool(abs(far[0] - far[1]) <= tol), bool(abs(far[3] - far[2]) <= tol)
+
+
+# Share of a calibrated fit's loss on a uniform grid over the whole range, so inputs rarer than the samples
+# show still count. 5% made ReLU gates on Fashion-MNIST ResNet/VGG sites cover the top of the range at the
+# cost of resolution where the data is (sample MSE above a plain ladder's; K=4 ResNet 87.3% vs 90.6% at 1%).
+GRID_FLOOR = 0.01
+
+
+def _tail_points(func: Func, lo: float, hi: float) -> np.ndarray:
+    below, above = saturates(func, lo, hi)
+    width = hi - lo
+    return np.concatenate([lo - width * _TAIL_STEPS if below else [], hi + width * _TAIL_STEPS if above else []])
+
+
+def _problem(func: Func, lo: float, hi: float, samples: np.ndarray | None, lam: float, points: int,
+             rng: np.random.Generator, tails: bool = False) -> Problem:
+    """Training points: the range grid alone, or samples (1 - GRID_FLOOR of the weight) plus the grid as a floor;
+    with `tails`, where f saturates beyond the range, points out there too (TAIL_WEIGHT)."""
+    grid = np.linspace(lo, hi, points)
+    if samples is None or samples.size == 0:
+        x, w = grid, np.full(grid.size, 1.0 / grid.size)
+    else:
+        s = samples.astype(np.float64).ravel()
+        s = s[np.isfinite(s)]
+        if s.size > points:  # evenly spaced ranks: the samples' distribution without a draw's noise
+            s = np.sort(s)[np.linspace(0, s.size - 1, points).round().astype(np.int64)]
+        x = np.concatenate([s, grid])
+        w = np.concatenate([np.full(s.size, (1 - GRID_FLOOR) / s.size), np.full(grid.size, GRID_FLOOR / grid.size)])
+    tail = _tail_points(func, lo, hi) if tails else np.empty(0)
+    if tail.size:
+        x = np.concatenate([x, tail])
+        w = np.concatenate([w * (1 - TAIL_WEIGHT), np.full(tail.size, TAIL_WEIGHT / tail.size)])
+    with np.errstate(over="ignore"):
+        target = func(x).astype(np.float64)
+    return Problem(x=x, target=target, w=w, lam=lam)
+
+
+def tail_excursion(params: GateParams, func: Func, lo: float, hi: float) -> float:
+    """How far the gate leaves f's range (over [lo, hi]) for inputs beyond the range where f saturates."""
+    below, above = saturates(func, lo, hi)
+    far = np.logspace(-3, 30, 400)  # distances beyond the range, out to 1e30
+    outside = np.concatenate([lo - far if below else [], hi + far if above else []])
+    if outside.size == 0:
+        return 0.0
+    f = func(np.linspace(lo, hi, 4097))
+    y, _ = simulate(params, outside.astype(np.float32))
+    return max(float(f.min() - y.min()), float(y.max() - f.max()), 0.0)
+
+
+def _open_bottom(params: GateParams, func: Func, lo: float, hi: float) -> GateParams:
+    """Neurons that fire for every input of the range fire for every finite input below it too, when f
+    saturates there (nothing firing far below the range would give 0, not f's lower level)."""
+    if not saturates(func, lo, hi)[0]:
+        return params
+    grid = np.linspace(lo, hi, 65537)
+    T = params.thresholds.astype(np.float64)
+    always = spike_matrix(T, params.resets.astype(np.float64), grid).min(axis=0) == 1
+    if not always.any():
+        return params
+    T[always] = LOWEST
+    return GateParams(T, params.resets, params.weights)
+
+
+def _kick(rng: np.random.Generator, T: np.ndarray, h: np.ndarray, d: np.ndarray, lo: float, hi: float,
+          where: np.ndarray | None = None) -> None:
+    """One random move of iterated local search, in place; re-placed neurons land uniformly on the range, or on
+    one of `where` (sample quantiles: where the data is)."""
+    k, width = len(T), hi - lo
+    move = rng.integers(3) if k > 1 else 0
+    if move == 0:  # re-place one or two neurons
+        for j in rng.choice(k, size=min(k, int(rng.integers(1, 3))), replace=False):
+            T[j] = rng.uniform(lo, hi) if where is None else where[int(rng.integers(where.size))]
+            h[j] = width * 2.0 ** -rng.uniform(1, k + 1) * (1 if rng.random() < 0.85 else -1)
+            d[j] = 0.0
+    elif move == 1:  # jitter every threshold and reset a little
+        T += rng.normal(0, 0.01 * width, k)
+        h *= np.exp(rng.normal(0, 0.05, k))
+    else:  # swap two neighbours
+        j = int(rng.integers(k - 1))
+        for a in (T, h, d):
+            a[j], a[j + 1] = a[j + 1], a[j]
+
+
+def _search(p: Problem, start: Params, lo: float, hi: float, kicks: int, deadline: float,
+            rng: np.random.Generator, where: np.ndarray | None = None) -> Params:
+    T, h, d = (a.copy() for a in start)
+    scale = hi - lo
+    best = descend(p, T, h, d, scale, sweeps=6)
+    for _ in range(kicks):
+        if time.perf_counter() > deadline:
+            break
+        T2, h2, d2 = T.copy(), h.copy(), d.copy()
+        _kick(rng, T2, h2, d2, lo, hi, where)
+        if p.lam == 0.0:
+            d2 = solve_weights(T2, h2, p.x, p.target, p.w)
+        cost = descend(p, T2, h2, d2, scale, sweeps=3)
+        if cost < best * (1 - 1e-9):
+            best, T, h, d = cost, T2, h2, d2
+    return T, h, d
+
+
+def _max_error(p: Problem, c: Params) -> float:
+    return float(np.max(np.abs(rest(*c, p.x, 0)[0] - p.target)))
+
+
+SLIVER_POINTS = 2**19 + 1
+KICKS = 20  # the local search's default iteration budget
+
+
+def _mend_slivers(fine: Problem, dense: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, scale: float,
+                  rounds: int = 2) -> None:
+    """A neuron can fire on a sliver between training points (a segment's edge, say) with a weight fitted
+    elsewhere: a glitch the squared error hardly sees. `dense` points whose error exceeds twice the fine
+    set's max error join the fine set at fine-point weight, and the gate descends again (in place)."""
+    x, target, w = fine.x, fine.target, fine.w
+    for _ in range(rounds):
+        err = np.abs(rest(T, h, d, dense.x, 0)[0] - dense.target)
+        bad = err > 2 * _max_error(Problem(x, target, w, fine.lam), (T, h, d))
+        if not bad.any():
+            return
+        x, target = np.concatenate([x, dense.x[bad]]), np.concatenate([target, dense.target[bad]])
+        w = np.concatenate([w, np.full(int(bad.sum()), float(np.median(fine.w)))])
+        descend(Problem(x, target, w / w.sum(), fine.lam), T, h, d, scale, sweeps=2)
+
+
+def evaluate(params: GateParams, func: Func, lo: float, hi: float, points: int = 200_001) -> tuple[float, float, float]:
+    """MSE, max abs error and mean spikes of the float32 gate on a dense uniform grid."""
+    grid = np.linspace(lo, hi, points, dtype=np.float32)
+    y, s = simulate(params, grid)
+    err = y.astype(np.float64) - func(grid.astype(np.float64))
+    return float(np.mean(err**2)), float(np.max(np.abs(err))), float(np.mean(s))
+
+
+REFINE_SLIVER_POINTS = 2**17 + 1  # refine runs once per channel group: a quarter of fit's sliver grid
+REFINE_STARTS = 2  # structured starts on the samples' own core range that a refine also descends
+
+
+def refine(func: Func, lo: float, hi: float, samples: np.ndarray, start: GateParams, *, relu_like: bool = False,
+           spike_penalty: float = 0.0, seed: int = 0) -> GateParams:
+    """A gate refitted from `start` to other samples and range by descent (no local search): a site's gate
+    refitted to a group of its channels' values. The REFINE_STARTS structured starts on the samples' core range
+    that cost least as they are compete with it. The start is kept unless the refit costs less on the fine
+    set without leaving f's range beyond it (where f saturates) by more than the start does."""
+    rng = np.random.default_rng(seed)
+    coarse = _problem(func, lo, hi, samples, spike_penalty, 2049, rng)
+    k = start.k
+    candidates = [_arrays(start)]
+    core_lo, core_hi = (float(q) for q in np.quantile(samples, [0.001, 0.999]))
+    if core_hi > core_lo:
+        starts = []
+        for T, h, d in structured_starts(func, k, core_lo, core_hi, relu_like, samples):
+            T, h = T.astype(np.float64), h.astype(np.float64)
+            d = solve_weights(T, h, coarse.x, coarse.target, coarse.w) if spike_penalty == 0.0 else d.astype(np.float64)
+            starts.append((T, h, d))
+        starts.sort(key=lambda c: total_cost(coarse, *c))
+        candidates += starts[:REFINE_STARTS]
+    descended: list[tuple[float, int, Params]] = []
+    for c in candidates:
+        T, h, d = (a.copy() for a in c)
+        descended.append((descend(coarse, T, h, d, hi - lo, sweeps=6), len(descended), (T, h, d)))
+    T, h, d = min(descended, key=lambda r: (r[0], r[1]))[2]
+    fine = _problem(func, lo, hi, samples, spike_penalty, 8193, rng)
+    descend(fine, T, h, d, hi - lo, sweeps=3)
+    with np.errstate(over="ignore"):
+        dense_x = np.linspace(lo, hi, REFINE_SLIVER_POINTS)
+        dense = Problem(dense_x, func(dense_x).astype(np.float64), np.full(dense_x.size, 1.0 / dense_x.size), 0.0)
+    _mend_slivers(fine, dense, T, h, d, hi - lo)
+    refit = _open_bottom(GateParams(T, h, d), func, lo, hi)
+    was, now = (_arrays(g) for g in (start, refit))
+    if total_cost(fine, *now) >= total_cost(fine, *was):
+        return start
+    if tail_excursion(refit, func, lo, hi) > max(tail_excursion(start, func, lo, hi), _max_error(fine, now)):
+        return start
+    return refit
+
+
+def _arrays(params: GateParams) -> Params:
+    return (params.thresholds.astype(np.float64), params.resets.astype(np.float64), params.weights.astype(np.float64))
+
+
+def pad_start(params: GateParams, k: int, hi: float, width: float) -> Params:
+    """A warm start of length k: truncated, or padded with silent neurons above the range."""
+    T, h, d = (np.asarray(a, np.float64)[:k] for a in (params.thresholds, params.resets, params.weights))
+    pad = k - len(T)
+    if pad > 0:
+        T = np.concatenate([T, np.full(pad, hi + width)])
+        h, d = np.concatenate([h, np.zeros(pad)]), np.concatenate([d, np.zeros(pad)])
+    return T, h, d
+
+
+def fit(
+    func: Func,
+    k: int,
+    lo: float,
+    hi: float,
+    samples: np.ndarray | None = None,
+    *,
+    relu_like: bool = False,
+    spike_penalty: float = 0.0,
+    kicks: int = KICKS,
+    time_budget: float | None = None,
+    warm: Sequence[GateParams] = (),
+    seed: int = 0,
+    tails: bool = False,
+    keep_starts: int | None = None,
+) -> FitResult:
+    """Fit a K-neuron gate to func on [lo, hi], weighted by samples when given.
+
+    `kicks` bounds the local search (deterministic for a seed); `time_budget`
+    (seconds) may stop it earlier, at the price of run-to-run differences. `keep_starts` bounds how many
+    starts get a descent, those with the least cost as they are (weights solved when fitting for error alone):
+    a refit's time budget.
+    Where f saturates beyond the range, a fit whose gate leaves f's range out there by more than its
+    in-range max error is redone from itself with points beyond the range in the loss (`tails`).
+    """
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ValueError(f"fit range must be finite with lo < hi, got [{lo}, {hi}]")
+    if k < 1:
+        raise ValueError(f"K must be at least 1, got {k}")
+    deadline = time.perf_counter() + (time_budget if time_budget is not None else float("inf"))
+    rng = np.random.default_rng(seed)
+    # ReLU-like gates resolve 2^K levels: they need the fine set from the start.
+    coarse = _problem(func, lo, hi, samples, spike_penalty, 8193 if relu_like else 2049, rng, tails)
+    starts = []
+    finite = np.empty(0) if samples is None else samples[np.isfinite(samples)]
+    if finite.size:
+        # Starts on the range where the data really is.
+        core_lo, core_hi = np.quantile(finite, [0.001, 0.999])
+        if core_hi > core_lo and (core_lo > lo or core_hi < hi):
+            starts += structured_starts(func, k, float(core_lo), float(core_hi), relu_like, samples)
+    # The starts on the whole range compete too: a warm start fitted on another range (the library's) is
+    # often not the best one (SiLU K=16 on normal samples: 9.8e-4 from it, 6.0e-4 from a segment chain).
+    starts += structured_starts(func, k, lo, hi, relu_like, samples)
+    starts += [pad_start(w, k, hi, hi - lo) for w in warm]
+    if spike_penalty > 0:
+        # Spikes count: warm starts also compete behind a neuron that stops inputs in f's flat top with one spike
+        # (for error alone it made the fitter-version-8 library worse: sigmoid K=12 4.6e-5 at 4.3 spikes, against
+        # 2.6e-5 at 6.1).
+        starts += [s for s in (stopped_top(func, pad_start(w, k, hi, hi - lo), lo, hi) for w in warm) if s is not None]
+    raw, solved = [], []
+    for T, h, d in starts:
+        T, h, d = T.astype(np.float64), h.astype(np.float64), d.astype(np.float64)
+        raw.append((T.copy(), h.copy(), d.copy()))
+        if spike_penalty == 0.0:
+            d = solve_weights(T, h, coarse.x, coarse.target, coarse.w)
+        solved.append((T, h, d))
+    # With `keep_starts`, only the starts best as they are get a descent.
+    order = sorted(range(len(solved)), key=lambda i: (total_cost(coarse, *solved[i]), i))
+    ranked = [(descend(coarse, *solved[i], hi - lo, sweeps=2), i, solved[i]) for i in order[:keep_starts]]
+    _, chosen, start = min(ranked, key=lambda r: (r[0], r[1]))
+    where = np.quantile(finite, np.linspace(0, 1, 257)) if finite.size else None
+    # A rounding binary ladder is within about 1% of the quantisation bound for ReLU-like f: no search.
+    T, h, d = _search(coarse, start, lo, hi, 0 if relu_like else kicks, deadline, rng, where)
+    fine = _problem(func, lo, hi, samples, spike_penalty, 8193, rng, tails)
+    # The polished search result, or a polished warm start if that is better: a warm start padded with
+    # silent neurons computes its own function, so adding neurons never makes a fit worse.
+    # Candidates are judged on a denser set than they were fitted on: with 2^K levels a gate can
+    # overfit 8,193 points.
+    check = _problem(func, lo, hi, samples, spike_penalty, 65537, rng, tails)
+    # For ReLU-like f the chosen start as it was also competes: a rounding binary ladder is near-optimal.
+    candidates = [(T, h, d)] + ([raw[chosen]] if relu_like else []) + [pad_start(w, k, hi, hi - lo) for w in warm]
+    # Only the candidate best on the fine set is polished (polishing is most of a refit's time); every
+    # candidate, polished or not, then competes on the check set.
+    T, h, d = (a.copy() for a in min(candidates, key=lambda c: total_cost(fine, *c)))
+    descend(fine, T, h, d, hi - lo, sweeps=4)
+    # Slivers are looked for on a far denser grid than any training set.
+    with np.errstate(over="ignore"):
+        dense_x = np.linspace(lo, hi, SLIVER_POINTS)
+        dense = Problem(dense_x, func(dense_x).astype(np.float64), np.full(SLIVER_POINTS, 1.0 / SLIVER_POINTS), 0.0)
+    _mend_slivers(fine, dense, T, h, d, hi - lo)
+    options = [*candidates, (T, h, d)]
+    # Candidates with a sliver (max error on the dense grid over twice that on the fine set) are out, unless
+    # every one has.
+    fair = [i for i, c in enumerate(options) if _max_error(dense, c) <= 2 * _max_error(fine, c)]
+    fair = fair or list(range(len(options)))
+    T, h, d = options[min(fair, key=lambda i: total_cost(check, *options[i]))]
+    params = _open_bottom(GateParams(T, h, d), func, lo, hi)
+    mse, max_err, spikes = evaluate(params, func, lo, hi)
+    if not tails and tail_excursion(params, func, lo, hi) > max_err:
+        # Redone from itself, and from every warm start again: one of them may keep to f's range out there
+        # (fitter version 9 redid it from itself alone; a Tanh K=8 refit with a spike penalty then ended at
+        # 1.5x the penalised cost of the error-only warm start it had been given).
+        return fit(func, k, lo, hi, samples, relu_like=relu_like, spike_penalty=spike_penalty, kicks=kicks,
+                   time_budget=time_budget, warm=[params, *warm], seed=seed, tails=True, keep_starts=keep_starts)
+    log.debug("fit K=%d on [%g, %g]: mse %.3g max %.3g spikes %.2f", k, lo, hi, mse, max_err, spikes)
+    return FitResult(params, mse, max_err, spikes, lo, hi)

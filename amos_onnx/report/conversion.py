@@ -1,0 +1,101 @@
+"""Report objects the stages return, and their one-line-per-kind text form for the CLI."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+
+from amos_onnx.find.sites import Site
+from amos_onnx.fit.sites import SiteFit
+from amos_onnx.rewrite.graph import RewriteResult
+
+
+@dataclass(frozen=True)
+class SiteReport:
+    """One activation site: converted with its gate's figures, or skipped with the reason."""
+
+    node: str
+    op: str
+    function: str | None
+    status: str  # "converted", "would convert" or "skipped"
+    reason: str | None = None
+    k: int | None = None
+    source: str | None = None  # "calibrated" / "calibrated per channel" / "data-free"
+    fit_range: tuple[float, float] | None = None
+    mse: float | None = None
+    max_error: float | None = None
+    mean_spikes: float | None = None
+
+    @classmethod
+    def of(cls, site: Site, fit: SiteFit | None, status: str) -> SiteReport:
+        label = site.activation.label if site.activation else None
+        if not site.converts or fit is None:
+            return cls(site.name, site.op, label, "skipped" if not site.converts else status, site.reason)
+        return cls(
+            site.name, site.op, label, status, None, fit.params.k, fit.source, (fit.lo, fit.hi),
+            fit.mse, fit.max_error, fit.mean_spikes,
+        )
+
+
+@dataclass
+class ConversionReport:
+    """What `convert` (or `inspect`) did to a model, site by site."""
+
+    input: str
+    output: str | None
+    sites: list[SiteReport] = field(default_factory=list)
+    emit: str | None = None
+    calibration: str | None = None  # what the calibration data was, or None for data-free ranges
+    calibration_samples: int = 0
+    ir_version: tuple[int, int] | None = None
+    notes: list[str] = field(default_factory=list)
+    near_misses: list[tuple[str, str]] = field(default_factory=list)  # (node, why it is not a composite)
+
+    @property
+    def converted(self) -> int:
+        return sum(s.status == "converted" for s in self.sites)
+
+    @property
+    def skipped(self) -> int:
+        return sum(s.status == "skipped" for s in self.sites)
+
+    def kind_lines(self) -> list[str]:
+        """One line per op type: how many converted, how many skipped and why."""
+        by_op: dict[str, list[SiteReport]] = defaultdict(list)
+        for site in self.sites:
+            by_op[site.op].append(site)
+        lines = []
+        for op, sites in sorted(by_op.items()):
+            done = Counter(s.status for s in sites if s.status != "skipped")
+            parts = [f"{n} {status}" for status, n in sorted(done.items())]
+            reasons = Counter(s.reason for s in sites if s.status == "skipped")
+            parts += [f"{n} skipped ({reason})" for reason, n in sorted(reasons.items(), key=lambda r: str(r[0]))]
+            ks = sorted({s.k for s in sites if s.k})
+            suffix = f"  K={','.join(map(str, ks))}" if ks else ""
+            lines.append(f"{op}: {', '.join(parts)}{suffix}")
+        return lines
+
+    def summary(self) -> str:
+        if not self.sites:
+            return "no activations found; the model is unchanged apart from being re-saved" if self.output else "no activations found"
+        fitting = f"fitted on {self.calibration} ({self.calibration_samples} samples)" if self.calibration else (
+            "data-free default ranges (no --calib)"
+        )
+        verb = "converted" if self.output else "would convert"
+        n = self.converted if self.output else sum(s.status == "would convert" for s in self.sites)
+        return f"{verb} {n} of {len(self.sites)} activation sites, {self.skipped} skipped; gates {fitting}"
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def site_reports(sites: list[Site], fits: dict[str, SiteFit], status: str) -> list[SiteReport]:
+    return [SiteReport.of(site, fits.get(site.name), status) for site in sites]
+
+
+def rewrite_notes(result: RewriteResult) -> list[str]:
+    before, after = result.ir_version
+    notes = []
+    if after != before:
+        notes.append(f"IR version raised from {before} to {after} (function overloads need IR {after})")
+    return notes

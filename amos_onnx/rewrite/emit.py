@@ -1,0 +1,133 @@
+"""The gate in standard ONNX ops: the converted node, its function body, its inline expansion.
+
+One unrolled loop serves both emission forms; they differ only in where the
+per-step parameters come from (attribute references inside a model-local
+function, or initializers in the main graph), so their outputs are identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
+
+from amos_onnx.gate import GateParams
+
+DOMAIN = "amos"
+OP_TYPE = "AmosGate"
+DOMAIN_VERSION = 1
+FUNCTION_IR_VERSION = 10  # function overloads need IR version 10
+ATTRS = ("k", "thresholds", "resets", "weights")
+PARAM_ATTRS = ("thresholds", "resets", "weights")
+
+Namer = Callable[[str], str]
+
+
+def overload_name(params: GateParams, rank: int | None) -> str:
+    """Function overload for this gate: one per K (and trailing dims for per-channel gates)."""
+    if params.axis is None:
+        return f"k{params.k}"
+    if rank is None:
+        raise ValueError("a per-channel gate needs the input rank")
+    return f"k{params.k}c{rank - 1 - params.axis}"
+
+
+def unroll(x: str, y: str, steps: list[tuple[str, str, str]], zero: str, name: Namer) -> list[onnx.NodeProto]:
+    """The K steps: z = v > T; y = where(z, y + d, y); v = where(z, v - h, v) (last reset skipped)."""
+    nodes = []
+    v, acc = x, ""
+    k = len(steps)
+    for t, (threshold, reset, weight) in enumerate(steps, start=1):
+        z = name(f"z{t}")
+        nodes.append(helper.make_node("Greater", [v, threshold], [z], name=name(f"fire{t}")))
+        out = y if t == k else name(f"y{t}")
+        if t == 1:
+            nodes.append(helper.make_node("Where", [z, weight, zero], [out], name=name(f"out{t}")))
+        else:
+            added = name(f"y{t}_add")
+            nodes.append(helper.make_node("Add", [acc, weight], [added], name=name(f"add{t}")))
+            nodes.append(helper.make_node("Where", [z, added, acc], [out], name=name(f"out{t}")))
+        acc = out
+        if t < k:
+            sub, nv = name(f"v{t}_sub"), name(f"v{t + 1}")
+            nodes.append(helper.make_node("Sub", [v, reset], [sub], name=name(f"reset{t}")))
+            nodes.append(helper.make_node("Where", [z, sub, v], [nv], name=name(f"membrane{t + 1}")))
+            v = nv
+    return nodes
+
+
+def _const(name: str, array: np.ndarray) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(array, name))
+
+
+def _attr_const(name: str, attr: str) -> onnx.NodeProto:
+    ref = AttributeProto(name="value_floats", ref_attr_name=attr, type=AttributeProto.FLOATS)
+    node = helper.make_node("Constant", [], [name])
+    node.attribute.append(ref)
+    return node
+
+
+def function_proto(overload: str, opset_imports: list[onnx.OperatorSetIdProto]) -> onnx.FunctionProto:
+    """The model-local function for one overload: parameters come from the node's attributes."""
+    k = int(overload[1:].split("c")[0])
+    trailing = int(overload.split("c")[1]) if "c" in overload else None
+    nodes = [_const("zero", np.array(0.0, np.float32))]
+    steps = []
+    for attr in PARAM_ATTRS:
+        nodes.append(_attr_const(f"{attr}_all", attr))
+        if trailing is not None:
+            nodes.append(_const(f"{attr}_shape", np.array([-1, k], np.int64)))
+            nodes.append(helper.make_node("Reshape", [f"{attr}_all", f"{attr}_shape"], [f"{attr}_ck"]))
+    for t in range(k):
+        nodes.append(_const(f"i{t + 1}", np.array(t, np.int64)))
+        names = []
+        for attr in PARAM_ATTRS:
+            step = f"{attr}{t + 1}"
+            if trailing is None:
+                nodes.append(helper.make_node("Gather", [f"{attr}_all", f"i{t + 1}"], [step]))
+            else:
+                nodes.append(helper.make_node("Gather", [f"{attr}_ck", f"i{t + 1}"], [f"{step}_c"], axis=1))
+                if t == 0 and attr == PARAM_ATTRS[0]:
+                    nodes.append(_const("channel_shape", np.array([-1] + [1] * trailing, np.int64)))
+                nodes.append(helper.make_node("Reshape", [f"{step}_c", "channel_shape"], [step]))
+            names.append(step)
+        steps.append((names[0], names[1], names[2]))
+    nodes += unroll("x", "y", steps, "zero", lambda s: s)
+    attributes = list(ATTRS) + (["axis"] if trailing is not None else [])
+    return helper.make_function(
+        DOMAIN, OP_TYPE, ["x"], ["y"], nodes, opset_imports, attributes=attributes, overload=overload,
+        doc_string=f"AMOS spiking gate, K={k}" + (" per channel" if trailing is not None else ""),
+    )
+
+
+def gate_node(x: str, y: str, params: GateParams, rank: int | None, node_name: str, doc: str) -> onnx.NodeProto:
+    """The converted node: one AmosGate with K and T, h, d as attributes."""
+    attrs: dict[str, Any] = {
+        "k": params.k,
+        "thresholds": params.thresholds.ravel().tolist(),
+        "resets": params.resets.ravel().tolist(),
+        "weights": params.weights.ravel().tolist(),
+    }
+    if params.axis is not None:
+        attrs["axis"] = params.axis
+    node = helper.make_node(OP_TYPE, [x], [y], name=node_name, domain=DOMAIN, doc_string=doc, **attrs)
+    node.overload = overload_name(params, rank)
+    return node
+
+
+def inline_nodes(x: str, y: str, params: GateParams, rank: int | None, name: Namer) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """The gate expanded into standard ops, with its per-step parameters as initializers."""
+    if params.axis is not None and rank is None:
+        raise ValueError("a per-channel gate needs the input rank")
+    zero = name("zero")
+    inits = [numpy_helper.from_array(np.array(0.0, np.float32), zero)]
+    steps = []
+    for t in range(params.k):
+        values = params.step(t, rank or 0)
+        names = (name(f"T{t + 1}"), name(f"h{t + 1}") if t < params.k - 1 else "", name(f"d{t + 1}"))
+        inits += [numpy_helper.from_array(np.asarray(v, np.float32), n) for v, n in zip(values, names) if n]
+        steps.append(names)
+    return unroll(x, y, steps, zero, name), inits

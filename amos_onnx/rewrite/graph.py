@@ -1,0 +1,180 @@
+"""Replace each converted activation node by its gate, in place (the only stage that edits the graph).
+
+The gate writes into the activation's own output tensor, so consumers and graph
+outputs keep their names; every generated name starts with "<node>/amos" and is
+made unique by one helper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+from onnx import TensorProto, helper
+
+from amos_onnx.find.sites import Site
+from amos_onnx.gate import GateParams
+from amos_onnx.load import default_opset
+from amos_onnx.rewrite import emit
+
+EMIT_FORMS = ("function", "inline")
+
+
+@dataclass(frozen=True)
+class RewriteResult:
+    """What the rewrite did: the emission form, the function overloads added, the IR version change."""
+
+    emit: str
+    converted: int
+    overloads: tuple[str, ...]
+    ir_version: tuple[int, int]
+
+
+class Names:
+    """Unique, traceable names: "<node>/amos/<part>", suffixed when already taken."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.taken: set[str] = set()
+        self._collect(graph)
+
+    def _collect(self, graph: onnx.GraphProto) -> None:
+        """Every name of the graph and its subgraphs: a subgraph sees its outer scopes' names."""
+        for node in graph.node:
+            self.taken.add(node.name)
+            self.taken.update(node.input)
+            self.taken.update(node.output)
+            for sub in _subgraphs(node):
+                self._collect(sub)
+        self.taken.update(t.name for t in graph.initializer)
+        self.taken.update(v.name for v in graph.input)
+
+    def make(self, base: str) -> str:
+        name, n = base, 1
+        while name in self.taken:
+            n += 1
+            name = f"{base}_{n}"
+        self.taken.add(name)
+        return name
+
+    def scoped(self, site: str):  # type: ignore[no-untyped-def]
+        return lambda part: self.make(f"{site}/amos/{part}")
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [g for a in node.attribute for g in list(a.graphs) + ([a.g] if a.HasField("g") else [])]
+
+
+def _used_names(graph: onnx.GraphProto) -> set[str]:
+    used = {o.name for o in graph.output}
+    for node in graph.node:
+        used.update(node.input)
+        for sub in _subgraphs(node):
+            used |= _used_names(sub)
+    return used
+
+
+def _locate(model: onnx.ModelProto, path: tuple[tuple[int, str], ...]) -> onnx.GraphProto:
+    """The (sub)graph at a site's path: node index and attribute name per level."""
+    graph = model.graph
+    for index, attr in path:
+        graph = next(a.g for a in graph.node[index].attribute if a.name == attr)
+    return graph
+
+
+def _prune(graph: onnx.GraphProto, candidates: set[str]) -> None:
+    """Drop initializers and Constant nodes that only the replaced nodes used."""
+    used = _used_names(graph)
+    orphans = candidates - used
+    if not orphans:
+        return
+    keep = [t for t in graph.initializer if t.name not in orphans]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    nodes = [n for n in graph.node if not (n.op_type == "Constant" and set(n.output) <= orphans)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def rewrite(
+    model: onnx.ModelProto, sites: list[Site], params: dict[str, GateParams], ranks: dict[str, int | None], form: str
+) -> RewriteResult:
+    """Mutate `model`: each converting site's node becomes its gate (function node or inline ops)."""
+    if form not in EMIT_FORMS:
+        raise ValueError(f"unknown emission form {form!r}")
+    names = Names(model.graph)
+    overloads: set[str] = set()
+    converting = [s for s in sites if s.converts]
+    # Deepest subgraphs first: rewriting a graph renumbers its nodes, which the paths of its subgraphs use.
+    for path in sorted({s.graph for s in converting}, key=len, reverse=True):
+        group = [s for s in converting if s.graph == path]
+        overloads |= _rewrite_graph(_locate(model, path), group, params, ranks, form, names)
+    before = model.ir_version
+    if overloads:
+        add_functions(model, sorted(overloads))
+    return RewriteResult(form, len(converting), tuple(sorted(overloads)), (before, model.ir_version))
+
+
+def _rewrite_graph(
+    graph: onnx.GraphProto, sites: list[Site], params: dict[str, GateParams], ranks: dict[str, int | None],
+    form: str, names: Names,
+) -> set[str]:
+    """Replace the sites of one graph (not its subgraphs); returns the function overloads used."""
+    by_index = {s.index: s for s in sites}
+    # A composite's other nodes go; its gate takes the place of the node that wrote the output.
+    removed = {i for s in by_index.values() for i in s.nodes if i != s.index}
+    new_nodes: list[onnx.NodeProto] = []
+    orphan_candidates: set[str] = set()
+    overloads: set[str] = set()
+    for index, node in enumerate(graph.node):
+        if index in removed:
+            orphan_candidates.update(node.input)
+            continue
+        site = by_index.get(index)
+        if site is None:
+            new_nodes.append(node)
+            continue
+        orphan_candidates.update(node.input[1:])
+        nodes, inits, overload = gate_nodes(site, site.output, params[site.name], ranks.get(site.name), form, names)
+        new_nodes.extend(nodes)
+        graph.initializer.extend(inits)
+        overloads.update(overload)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    _prune(graph, orphan_candidates)
+    return overloads
+
+
+def gate_nodes(
+    site: Site, output: str, gate: GateParams, rank: int | None, form: str, names: Names
+) -> tuple[list[onnx.NodeProto], list[TensorProto], set[str]]:
+    """The nodes computing `site`'s gate from its input into `output` (in the site's element type), the
+    initializers they need and the function overload they call (none inline)."""
+    doc = f"AMOS spiking gate (K={gate.k}) replacing {site.op} node '{site.name}'"
+    x, y = site.input, output
+    nodes: list[onnx.NodeProto] = []
+    inits: list[TensorProto] = []
+    overloads: set[str] = set()
+    if site.dtype != TensorProto.FLOAT:  # the gate runs in float32, with casts at its edges
+        x, y = names.make(f"{site.name}/amos/x32"), names.make(f"{site.name}/amos/y32")
+        nodes.append(helper.make_node("Cast", [site.input], [x], to=TensorProto.FLOAT,
+                                      name=names.make(f"{site.name}/amos/cast_in")))
+    if form == "function":
+        nodes.append(emit.gate_node(x, y, gate, rank, names.make(f"{site.name}/amos"), doc))
+        overloads.add(emit.overload_name(gate, rank))
+    else:
+        inline, inits = emit.inline_nodes(x, y, gate, rank, names.scoped(site.name))
+        nodes.extend(inline)
+    if site.dtype != TensorProto.FLOAT:
+        nodes.append(helper.make_node("Cast", [y], [output], to=site.dtype, name=names.make(f"{site.name}/amos/cast_out")))
+    return nodes, inits, overloads
+
+
+def add_functions(model: onnx.ModelProto, overloads: list[str]) -> None:
+    present = {(f.domain, f.name, f.overload) for f in model.functions}
+    opsets = [helper.make_opsetid("", default_opset(model))]
+    for overload in overloads:
+        if (emit.DOMAIN, emit.OP_TYPE, overload) not in present:
+            model.functions.append(emit.function_proto(overload, opsets))
+    if not any(o.domain == emit.DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(emit.DOMAIN, emit.DOMAIN_VERSION))
+    model.ir_version = max(model.ir_version, emit.FUNCTION_IR_VERSION)
