@@ -9,6 +9,7 @@ import numpy as np
 from amos_onnx.data.dataset import DataSource
 from amos_onnx.data.images import ImageOptions
 from amos_onnx.errors import DataError, OptionError
+from amos_onnx.find.gates import Activation
 from amos_onnx.fit import library
 from amos_onnx.fit.library import named_activations
 from amos_onnx.fit.search import KICKS, FitResult, fit
@@ -29,23 +30,31 @@ def write_report(
     return report_files.write(out, result, load_model(original), load_model(converted), conversion)
 
 
-def fit_function(
-    name: str, k: int, lo: float | None = None, hi: float | None = None, samples: np.ndarray | None = None,
-    spike_penalty: float = 0.0, seed: int = 0, kicks: int | None = None, time_budget: float | None = None,
-) -> FitResult:
-    """Fit a gate for a named function (e.g. "Sigmoid", "SiLU") on a range and/or samples, warm-started from
-    the shipped pre-fitted gate; that gate itself when nothing asks for another (default range, no samples,
-    no spike penalty, seed 0, default budget).
-
-    The budget: `kicks` local-search moves (the fitter's default when None; each costs one short descent,
-    about 0.08 s at K=16 on one core), and `time_budget` seconds that may stop the search earlier (results
-    then depend on the machine's speed)."""
+def _named(name: str) -> Activation:
+    """The named function `amos-onnx fit` knows, in any case (the registry's op spelling first: gelu is Gelu)."""
     named = named_activations()
-    if name not in named:
+    if name in named:
+        return named[name]
+    match = next((act for known, act in named.items() if known.lower() == name.lower()), None)
+    if match is None:
         raise OptionError(f"unknown function {name!r}", hint=f"known: {', '.join(sorted(named))}")
+    return match
+
+
+def fit_function(
+    name: str, k: int, fit_range: tuple[float, float] | None = None, samples: np.ndarray | None = None, *,
+    spike_cost: float = 0.0, seed: int = 0, kicks: int | None = None, time_budget: float | None = None,
+) -> FitResult:
+    """Fit a gate for a named function ("Sigmoid", "silu", ...) on a range and/or samples, warm-started from
+    the shipped pre-fitted gate; that gate itself when nothing asks for another (default range, no samples,
+    no spike cost, seed 0, default budget).
+
+    spike_cost: the squared error one mean spike may cost (absolute, unlike convert's relative spike_penalty).
+    The budget: `kicks` local-search moves (the fitter's default when None; each costs one short descent), and
+    `time_budget` seconds that may stop the search earlier (results then depend on the machine's speed)."""
+    act = _named(name)
     if not 1 <= k <= MAX_K:
         raise OptionError(f"--k {k}: K must be between 1 and {MAX_K}")
-    act = named[name]
     if samples is not None:
         samples = np.asarray(samples, np.float64).ravel()
         if samples.size == 0 or not np.all(np.isfinite(samples)):
@@ -54,14 +63,18 @@ def fit_function(
         raise OptionError(f"--kicks {kicks}: the number of local-search moves must be 0 or more")
     if time_budget is not None and not time_budget > 0:
         raise OptionError(f"--time-budget {time_budget}: the time budget must be a positive number of seconds")
-    if lo is None or hi is None:
+    if not (spike_cost >= 0 and np.isfinite(spike_cost)):
+        raise OptionError(f"--spike-cost {spike_cost}: must be zero or positive")
+    if fit_range is not None:
+        lo, hi = fit_range
+    else:
         lo, hi = (float(samples.min()), float(samples.max())) if samples is not None else (act.lo, act.hi)
     if not lo < hi:
         raise OptionError(f"--range {lo} {hi}: LO must be below HI")
     shipped = library.lookup(act, k)
-    default = samples is None and spike_penalty == 0.0 and seed == 0 and kicks is None and time_budget is None
+    default = samples is None and spike_cost == 0.0 and seed == 0 and kicks is None and time_budget is None
     if shipped is not None and default and (lo, hi) == (act.lo, act.hi):
         return shipped
-    return fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, spike_penalty=spike_penalty, seed=seed,
+    return fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, spike_penalty=spike_cost, seed=seed,
                kicks=KICKS if kicks is None else kicks, time_budget=time_budget,
                warm=[shipped.params] if shipped is not None else [])

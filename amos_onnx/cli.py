@@ -6,40 +6,44 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import MISSING, fields
+from enum import StrEnum
 from typing import Any
 
 import click
 
 import amos_onnx
 from amos_onnx.errors import AmosError, OptionError
-from amos_onnx.fit.focus import FOCUS_KICKS
 from amos_onnx.fit.search import KICKS
-from amos_onnx.fit.sites import REFIT_KICKS
+from amos_onnx.options import AUTO, CalibrationOptions, ConvertOptions, FindOptions, FitOptions, K
+from amos_onnx.report.validate import ValidateOptions
 
 EXIT_FAILED = 1
 
 
-def _ops(value: str | None, option: str) -> set[str] | None:
+def _ops(value: str | None, option: str) -> frozenset[str] | None:
     if value is None:
         return None
-    ops = {v.strip() for v in value.split(",") if v.strip()}
+    ops = frozenset(v.strip() for v in value.split(",") if v.strip())
     if not ops:
         raise OptionError(f"{option}: give a comma-separated list of op types, e.g. Relu,Sigmoid")
     return ops
 
 
-def _k(value: str | None) -> int | str | None:
-    if value is None or value == "auto":
-        return value
+def _k(value: str | None) -> K:
+    if value is None:
+        return None
+    if value == AUTO:
+        return AUTO
     try:
         return int(value)
     except ValueError:
         raise OptionError(f"--k {value}: give a number of neurons or 'auto'") from None
 
 
-def _k_per_op(value: str | None) -> dict[str, int] | None:
+def _k_per_op(value: str | None) -> dict[str, int]:
     if value is None:
-        return None
+        return {}
     result = {}
     for item in value.split(","):
         op, _, number = item.partition("=")
@@ -69,15 +73,21 @@ def _size(value: str | None) -> tuple[int, int] | None:
         raise OptionError(f"--image-size {value}: give HxW (e.g. 224x224) or one number") from None
 
 
+IMAGE_KEYS = ("image_size", "layout", "scale", "mean", "std", "bgr")
+
+
 def image_options(function: Callable[..., Any]) -> Callable[..., Any]:
     """The preprocessing options for a folder of images, shared by convert, validate and report."""
     options = [
         click.option("--image-size", type=str, default=None, help="HxW images are resized to (default: the model's)."),
         click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
                      help="Image input layout (default: told from the model's input shape)."),
-        click.option("--scale", type=float, default=1 / 255, show_default="1/255", help="Pixel values are multiplied by this."),
-        click.option("--mean", type=str, default=None, help="Per-channel mean subtracted after scaling, e.g. 0.485,0.456,0.406."),
-        click.option("--std", type=str, default=None, help="Per-channel std divided by after the mean, e.g. 0.229,0.224,0.225."),
+        click.option("--scale", type=float, default=1 / 255, show_default="1/255",
+                     help="Pixel values are multiplied by this."),
+        click.option("--mean", type=str, default=None,
+                     help="Per-channel mean subtracted after scaling, e.g. 0.485,0.456,0.406."),
+        click.option("--std", type=str, default=None,
+                     help="Per-channel std divided by after the mean, e.g. 0.229,0.224,0.225."),
         click.option("--bgr", is_flag=True, help="Feed channels in BGR order (default RGB)."),
     ]
     for option in reversed(options):
@@ -95,7 +105,8 @@ def _images(path: str | None, image_size: str | None, layout: str | None, scale:
     given = image_size or layout or mean or std or bgr or scale != 1 / 255
     if path is None or not Path(path).is_dir():
         if given:
-            raise OptionError("image options (--image-size, --layout, --scale, --mean, --std, --bgr) need a folder of images as data")
+            raise OptionError("image options (--image-size, --layout, --scale, --mean, --std, --bgr) need a folder of "
+                              "images as data")
         return None
     return ImageOptions(_size(image_size), layout, scale, _floats(mean, "--mean"), _floats(std, "--std"), bgr)
 
@@ -132,54 +143,60 @@ def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
 
 
+def _from(kind: type, name: str, *decls: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A click option whose help (and, for a value click can show, default) come from an option object's field."""
+    spec = next(f for f in fields(kind) if f.name == name)
+    default = None if spec.default is MISSING or isinstance(spec.default, (frozenset, dict)) else spec.default
+    if isinstance(default, bool):
+        return click.option(*decls, name, is_flag=True, help=spec.metadata["help"], **kwargs)
+    if isinstance(default, StrEnum):
+        default = default.value
+    if default is not None:
+        kwargs.setdefault("show_default", True)
+        kwargs.setdefault("type", type(default))
+    return click.option(*decls, name, default=default, help=spec.metadata["help"], **kwargs)
+
+
+def _convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> ConvertOptions:
+    """ConvertOptions from convert's command-line values (`seed` and `per_channel` serve calibration and fit)."""
+    images = _images(calib, **{key: o[key] for key in IMAGE_KEYS})
+    find = FindOptions(_ops(o["only"], "--only"), _ops(o["skip"], "--skip"), o["channel_axis"])
+    calibration = CalibrationOptions(seed=o["seed"], per_channel=o["per_channel"], images=images)
+    fit = FitOptions(_k(o["k"]), _k_per_op(o["k_per_op"]), o["target_mse"], o["spike_penalty"], o["seed"], o["kicks"],
+                     o["focus_kicks"], o["per_channel"])
+    return ConvertOptions(find, calibration, fit, o["emit"], False if quiet else None)
+
+
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("output", type=click.Path(dir_okay=False))
-@click.option("--k", "k", type=str, default=None,
-              help="Neurons per gate for every site, or 'auto' (smallest K meeting --target-mse); default per activation.")
-@click.option("--k-per-op", type=str, default=None, help="K per op type, e.g. Relu=8,Sigmoid=12,Composite=16.")
-@click.option("--target-mse", type=float, default=1e-4, show_default=True,
-              help="Per-site error target of --k auto (MSE on the site's calibration samples).")
-@click.option("--spike-penalty", "spike_penalty", type=float, default=0.0, show_default=True,
-              help="Squared error one spike per gate may cost, as a fraction of the activation's mean square output, "
-                   "spread over the sites by their share of the gate evaluations (0: error alone; try 0.005 for "
-                   "fewer spikes).")
 @click.option("--calib", type=click.Path(), default=None,
               help=".npz (one array per model input), .npy (one-input model) or a folder of images.")
-@click.option("--kicks", type=int, default=REFIT_KICKS, show_default=True,
-              help="Local-search moves of each calibrated refit: more give lower error or fewer spikes for more "
-                   "fitting time (200 on a 20-site network: minutes instead of seconds).")
-@click.option("--focus-kicks", "focus_kicks", type=int, default=FOCUS_KICKS, show_default=True,
-              help="With --calib: the fits that move the model's outputs most (measured on calibration samples, one "
-                   "site's gate at a time) are refitted with this many moves (0: no focus).")
-@click.option("--per-channel", "per_channel", is_flag=True,
-              help="One gate per channel of each site; channels with alike calibration values share one refined "
-                   "gate, at most 8 per site (needs --calib). Channels: the last axis after MatMul, Gemm or a "
-                   "layer norm, else axis 1.")
-@click.option("--channel-axis", "channel_axis", type=int, default=None,
-              help="With --per-channel: this axis holds every site's channels (negative: from the end).")
-@click.option("--emit", type=str, default="function", show_default=True, help="function (local function per K) or inline.")
-@click.option("--only", type=str, default=None, help="Convert only these op types (comma-separated).")
-@click.option("--skip", type=str, default=None, help="Leave these op types analog (comma-separated).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration sampling.")
+@_from(FitOptions, "k", "--k", type=str)
+@_from(FitOptions, "k_per_op", "--k-per-op", type=str)
+@_from(FitOptions, "target_mse", "--target-mse")
+@_from(FitOptions, "spike_penalty", "--spike-penalty")
+@_from(FitOptions, "kicks", "--kicks")
+@_from(FitOptions, "focus_kicks", "--focus-kicks")
+@_from(FitOptions, "per_channel", "--per-channel")
+@_from(FindOptions, "channel_axis", "--channel-axis", type=int)
+@_from(ConvertOptions, "emit", "--emit")
+@_from(FindOptions, "only", "--only", type=str)
+@_from(FindOptions, "skip", "--skip", type=str)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the calibration's sampling and of every fit's local search.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Also write report.json, report.md and pictures here (run on the calibration data).")
 @image_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress line.")
-def convert(model: str, output: str, k: str | None, k_per_op: str | None, target_mse: float, spike_penalty: float,
-            calib: str | None, kicks: int, focus_kicks: int, per_channel: bool, channel_axis: int | None, emit: str,
-            only: str | None, skip: str | None, seed: int, report_dir: str | None, quiet: bool, **image: Any) -> None:
+def convert(model: str, output: str, calib: str | None, report_dir: str | None, quiet: bool, **values: Any) -> None:
     """Convert MODEL into its spiking twin and write it to OUTPUT."""
-    images = _run(lambda: _images(calib, **image))
-    progress = False if quiet else None
-    report = _run(
-        lambda: amos_onnx.convert(model, output, k=_k(k), calib=calib, emit=emit, only=_ops(only, "--only"),
-                            skip=_ops(skip, "--skip"), seed=seed, k_per_op=_k_per_op(k_per_op), target_mse=target_mse,
-                            images=images, progress=progress, spike_penalty=spike_penalty, per_channel=per_channel,
-                            channel_axis=channel_axis, kicks=kicks, focus_kicks=focus_kicks)
-    )
+    options = _run(lambda: _convert_options(values, calib, quiet))
+    report = _run(lambda: amos_onnx.convert(model, output, calib, options))
     if report_dir:
-        _run(lambda: amos_onnx.write_report(model, output, calib, report_dir, conversion=report, images=images, progress=progress))
+        images = options.calibration.images
+        _run(lambda: amos_onnx.write_report(model, output, calib, report_dir, conversion=report, images=images,
+                                            progress=options.progress))
         click.echo(f"report: {report_dir}/report.md")
     for line in report.kind_lines() + report.notes:
         click.echo(line)
@@ -196,7 +213,7 @@ def convert(model: str, output: str, k: str | None, k_per_op: str | None, target
 @click.option("--json", "as_json", is_flag=True, help="Print the sites as JSON.")
 def inspect(model: str, only: str | None, skip: str | None, as_json: bool) -> None:
     """List MODEL's activation sites and whether each would convert; writes nothing."""
-    report = _run(lambda: amos_onnx.inspect(model, only=_ops(only, "--only"), skip=_ops(skip, "--skip")))
+    report = _run(lambda: amos_onnx.inspect(model, FindOptions(_ops(only, "--only"), _ops(skip, "--skip"))))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
@@ -215,20 +232,21 @@ def inspect(model: str, only: str | None, skip: str | None, as_json: bool) -> No
 @click.argument("converted", type=click.Path(dir_okay=False))
 @click.option("--data", type=click.Path(), default=None,
               help=".npz of inputs (and optional labels), .npy, or a folder of images.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the report as JSON here.")
 @click.option("--atol", type=float, default=None, help="Absolute error bound (also for classifier outputs when given).")
 @click.option("--rtol", type=float, default=None, help="Error bound relative to max |original output|.")
 @click.option("--min-agreement", type=float, default=None, help="Top-1 agreement floor for classifier outputs (0.95).")
 @click.option("--no-native", is_flag=True, help="Run the function form even when the native op is built.")
 @image_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress line.")
-def validate(original: str, converted: str, data: str | None, json_path: str | None, atol: float | None,
-             rtol: float | None, min_agreement: float | None, no_native: bool, quiet: bool, **image: Any) -> None:
+def validate(original: str, converted: str, data: str | None, json_path: str | None, no_native: bool, quiet: bool,
+             **values: Any) -> None:
     """Run ORIGINAL and CONVERTED on the same inputs; one PASSED/FAILED line per output (exit 1 on FAILED)."""
-    images = _run(lambda: _images(data, **image))
-    report = _run(lambda: amos_onnx.validate(original, converted, data, atol=atol, rtol=rtol, min_agreement=min_agreement,
-                                       native=False if no_native else None, images=images,
-                                       progress=False if quiet else None))
+    images = _run(lambda: _images(data, **{key: values[key] for key in IMAGE_KEYS}))
+    options = ValidateOptions(values["atol"], values["rtol"], values["min_agreement"], False if no_native else None,
+                              images=images, progress=False if quiet else None)
+    report = _run(lambda: amos_onnx.validate(original, converted, data, options))
     for line in report.lines():
         click.echo(line)
     if json_path:
@@ -247,7 +265,8 @@ def validate(original: str, converted: str, data: str | None, json_path: str | N
 def report_command(original: str, converted: str, data: str | None, out: str, quiet: bool, **image: Any) -> None:
     """Measure CONVERTED against ORIGINAL on data and write report.json, report.md and pictures to OUT."""
     images = _run(lambda: _images(data, **image))
-    result = _run(lambda: amos_onnx.write_report(original, converted, data, out, images=images, progress=False if quiet else None))
+    result = _run(lambda: amos_onnx.write_report(original, converted, data, out, images=images,
+                                                 progress=False if quiet else None))
     totals = result["totals"]
     click.echo(f"mean spikes per gate {totals['mean_spikes_per_gate']:.3f}, spikes per input "
                f"{totals['spikes_per_input']:.1f}, latency {totals['latency_steps']} steps "
@@ -260,20 +279,20 @@ def report_command(original: str, converted: str, data: str | None, out: str, qu
 @click.option("--k", "k", type=int, required=True, help="Neurons in the gate (1..64).")
 @click.option("--range", "bounds", type=float, nargs=2, default=None, help="LO HI: the input range to fit.")
 @click.option("--samples", type=click.Path(dir_okay=False), default=None, help=".npy of input samples to weight by.")
-@click.option("--spike-penalty", type=float, default=0.0, show_default=True, help="Cost per mean spike.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--spike-cost", type=float, default=0.0, show_default=True,
+              help="Squared error one mean spike may cost (absolute; convert's --spike-penalty is relative).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the local search.")
 @click.option("--kicks", type=int, default=None,
-              help=f"Iteration budget: local-search moves (default {KICKS}; about 0.08 s each at K=16). More "
-                   "finds better gates: SiLU K=16 on normal(0, 1.5^2) samples 4.2e-4 at 20, 3.6e-4 at 400.")
+              help=f"Iteration budget: local-search moves (default {KICKS}); more find better gates, for more time.")
 @click.option("--time-budget", type=float, default=None,
               help="Seconds after which the local search stops (the result then depends on the machine's speed).")
 @click.option("--json", "as_json", is_flag=True, help="Print parameters and figures as JSON.")
-def fit_command(function: str, k: int, bounds: tuple[float, float] | None, samples: str | None,
-                spike_penalty: float, seed: int, kicks: int | None, time_budget: float | None, as_json: bool) -> None:
-    """Fit a K-neuron gate for FUNCTION (Relu, Sigmoid, SiLU, GELU, ...) and print T, h, d and its quality."""
+def fit_command(function: str, k: int, bounds: tuple[float, float] | None, samples: str | None, as_json: bool,
+                **budget: Any) -> None:
+    """Fit a K-neuron gate for FUNCTION (Relu, sigmoid, SiLU, gelu, ...; any case) and print T, h, d and its
+    quality."""
     values = _run(lambda: _load_samples(samples)) if samples else None
-    lo, hi = bounds if bounds else (None, None)
-    result = _run(lambda: amos_onnx.fit_function(function, k, lo, hi, values, spike_penalty, seed, kicks, time_budget))
+    result = _run(lambda: amos_onnx.fit_function(function, k, bounds, values, **budget))
     data = {**result.params.to_dict(), "function": function, "range": [result.lo, result.hi], "mse": result.mse,
             "max_error": result.max_error, "mean_spikes": result.mean_spikes}
     if as_json:

@@ -15,6 +15,7 @@ length K (one gate shared by all elements) or [C, K] arrays with a channel axis
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,3 +140,12 @@ def preset(name: str) -> GateParams:
 
 
 PRESETS = ("relu-k10", "silu-k16", "sigmoid-k12")
+
+
+def sample_error(params: GateParams, func: Callable[[np.ndarray], np.ndarray],
+                 x: np.ndarray) -> tuple[float, float, float]:
+    """MSE, max error and mean spikes of a gate against its function on the values x (any shape the gate takes:
+    a per-channel gate needs its channel axis)."""
+    y, s = simulate(params, x)
+    err = y.astype(np.float64) - func(np.asarray(x, np.float64))
+    return float(np.mean(err**2)), float(np.max(np.abs(err))), float(np.mean(s))

@@ -2,73 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_graphsurgeon as gs
 
-from amos_onnx.calibrate.reservoir import Reservoir, calibrate
+from amos_onnx.calibrate.reservoir import Reservoir
+from amos_onnx.calibrate.run import Kept, calibrate
 from amos_onnx.data.dataset import DataSource, open_data
-from amos_onnx.data.images import ImageOptions
 from amos_onnx.errors import OptionError, OutputPathError
 from amos_onnx.find.composite import NearMiss
-from amos_onnx.find.gates import selectable_ops
 from amos_onnx.find.sites import Site, find_sites, quantized_ops
 from amos_onnx.fit import focus
-from amos_onnx.fit.sites import AUTO, DEFAULT_TARGET_MSE, REFIT_KICKS, Refocus, SiteFit, fit_sites
-from amos_onnx.gate import MAX_K
+from amos_onnx.fit.sites import Refocus, SiteFit, fit_sites
 from amos_onnx.load import FUNCTION_MIN_OPSET, default_opset, load_model, raise_opset, read_model, with_shapes
-from amos_onnx.report.conversion import ConversionReport, rewrite_notes, site_reports
-from amos_onnx.rewrite.graph import EMIT_FORMS, rewrite
+from amos_onnx.options import ConvertOptions, EmitForm, FindOptions, FitOptions
+from amos_onnx.report.conversion import ConversionReport, SiteStatus, rewrite_notes, site_reports
+from amos_onnx.rewrite.graph import rewrite
 from amos_onnx.save import check_output_path, data_path, save_model
 
 
-def _check_ops(option: str, ops: set[str] | None) -> None:
-    known = set(selectable_ops())
-    unknown = sorted((ops or set()) - known)
-    if unknown:
-        raise OptionError(f"{option}: unknown activation op {', '.join(unknown)}", hint=f"known: {', '.join(sorted(known))}")
-
-
-def check_options(k: int | str | None, emit: str, only: set[str] | None, skip: set[str] | None,
-                  k_per_op: dict[str, int] | None = None, target_mse: float = DEFAULT_TARGET_MSE) -> None:
-    """Raise OptionError for an out-of-range K, an unknown emission form or unknown op names."""
-    if isinstance(k, str) and k != AUTO:
-        raise OptionError(f"--k {k}: give a number of neurons or 'auto'")
-    if isinstance(k, int) and not 1 <= k <= MAX_K:
-        raise OptionError(f"--k {k}: K must be between 1 and {MAX_K}")
-    for op, value in (k_per_op or {}).items():
-        if not 1 <= value <= MAX_K:
-            raise OptionError(f"--k-per-op {op}={value}: K must be between 1 and {MAX_K}")
-    _check_ops("--k-per-op", set(k_per_op or {}))
-    if not target_mse > 0:
-        raise OptionError(f"--target-mse {target_mse}: must be positive")
-    if emit not in EMIT_FORMS:
-        raise OptionError(f"--emit {emit}: must be one of {', '.join(EMIT_FORMS)}")
-    _check_ops("--only", only)
-    _check_ops("--skip", skip)
-
-
-def _find(
-    model: onnx.ModelProto, only: set[str] | None, skip: set[str] | None, channel_axis: int | None = None
-) -> tuple[list[Site], list[NearMiss], dict[str, int | None], list[str]]:
+def _find(model: onnx.ModelProto, options: FindOptions) -> tuple[list[Site], list[NearMiss], list[str]]:
     graph = gs.import_onnx(with_shapes(model))
-    sites, misses = find_sites(graph, default_opset(model), only, skip, channel_axis)
+    sites, misses = find_sites(graph, default_opset(model), options)
     notes = []
     quantized = quantized_ops(graph)
     if quantized:
         ops = ", ".join(f"{op} x{n}" for op, n in sorted(quantized.items()))
         notes.append(f"quantized graph ({ops}) left alone: activations fused into quantized ops (a Relu folded into "
                      "QLinearConv's output range, say) cannot convert; convert the float model before quantizing")
-    return sites, misses, {site.name: site.rank for site in sites}, notes
+    return sites, misses, notes
 
 
-def inspect(model_path: str | Path, *, only: set[str] | None = None, skip: set[str] | None = None) -> ConversionReport:
-    """The activation sites of a model and whether each would convert; writes nothing."""
-    check_options(None, "function", only, skip)
-    sites, misses, _, notes = _find(load_model(model_path, weights=False), only, skip)
-    report = ConversionReport(str(model_path), None, site_reports(sites, {}, "would convert"))
+def inspect(model_path: str | Path, options: FindOptions | None = None, *, only: Collection[str] | None = None,
+            skip: Collection[str] | None = None) -> ConversionReport:
+    """The activation sites of a model and whether each would convert; writes nothing. `only` and `skip`: the
+    FindOptions fields, when no options are given."""
+    if options is None:
+        options = FindOptions(None if only is None else frozenset(only), None if skip is None else frozenset(skip))
+    sites, misses, notes = _find(load_model(model_path, weights=False), options)
+    report = ConversionReport(str(model_path), None, site_reports(sites, {}, SiteStatus.WOULD_CONVERT))
     report.near_misses = [(m.node, m.reason) for m in misses]
     report.notes += notes
     return report
@@ -76,15 +52,15 @@ def inspect(model_path: str | Path, *, only: set[str] | None = None, skip: set[s
 
 @dataclass
 class Plan:
-    """A model read, its sites found and (with data) calibrated: everything a conversion needs but the fits.
-    One plan can be written out with several sets of fits (K sweeps, say) without reading the data again."""
+    """A model read, its sites found and (with data) calibrated: everything a conversion needs but the fits,
+    with the options it was made with. One plan can be written out with several sets of fits (K sweeps, say)
+    without reading the data again."""
 
     model_path: Path
     model: onnx.ModelProto
-    emit: str
+    options: ConvertOptions
     sites: list[Site]
     misses: list[NearMiss]
-    ranks: dict[str, int | None]
     notes: list[str]
     files: list[Path]
     opset_before: int
@@ -95,44 +71,36 @@ class Plan:
     feeds: list[dict] = field(default_factory=list)  # the first calibration batches (focus.KEEP_SAMPLES)
 
 
-def plan(
-    model_path: str | Path,
-    *,
-    calib: DataSource | None = None,
-    emit: str = "function",
-    only: set[str] | None = None,
-    skip: set[str] | None = None,
-    seed: int = 0,
-    images: ImageOptions | None = None,
-    progress: bool | None = None,
-    output: str | Path | None = None,
-    per_channel: bool = False,
-    channel_axis: int | None = None,
-) -> Plan:
+def _options(options: ConvertOptions | None, keywords: dict[str, Any]) -> ConvertOptions:
+    if options is not None and keywords:
+        raise TypeError(f"give options or keywords, not both ({', '.join(keywords)})")
+    return options if options is not None else ConvertOptions.of(**keywords)
+
+
+def plan(model_path: str | Path, calib: DataSource | None = None, options: ConvertOptions | None = None, *,
+         output: str | Path | None = None, **keywords: Any) -> Plan:
     """Load, find and calibrate (the stages before fitting); `output`, when given, is checked before the
-    calibration (it must not overwrite any file read). per_channel: the calibration keeps each value's channel
-    (along the site input's feature axis, find.feature_axis, or `channel_axis` for every site, where its size
-    is static), for fit_sites(per_channel=True)."""
-    check_options(None, emit, only, skip)
-    if per_channel and calib is None:
+    calibration (it must not overwrite any file read). Keywords: ConvertOptions.of's, when no options are given.
+    With options.calibration.per_channel, the calibration keeps each value's channel (along the site input's
+    feature axis, find.sites.feature_axis, or FindOptions.channel_axis for every site, where its size is static)."""
+    options = _options(options, keywords)
+    if options.fit.per_channel and calib is None:
         raise OptionError("--per-channel needs --calib: each channel's gate is fitted on that channel's values")
-    if channel_axis is not None and not per_channel:
-        raise OptionError(f"--channel-axis {channel_axis}: only with --per-channel")
     model, files = read_model(model_path)
-    data = open_data(calib, model, images) if calib is not None else None
+    data = open_data(calib, model, options.calibration.images) if calib is not None else None
     opset_before = default_opset(model)
-    if emit == "function":
+    if options.emit is EmitForm.FUNCTION:
         model = raise_opset(model, FUNCTION_MIN_OPSET)
-    sites, misses, ranks, find_notes = _find(model, only, skip, channel_axis)
-    result = Plan(Path(model_path), model, emit, sites, misses, ranks, find_notes, files, opset_before,
+    sites, misses, find_notes = _find(model, options.find)
+    result = Plan(Path(model_path), model, options, sites, misses, find_notes, files, opset_before,
                   inputs=[Path(model_path), *files, *(data.paths if data else ())])
     if output is not None:
         _check_output(result, output)
     if data is not None:
+        kept = Kept(focus.KEEP_SAMPLES, focus.KEEP_BYTES, result.feeds)
         result.reservoirs, result.samples = calibrate(
-            model, sites, data, seed=seed, label=f"{model_path} with {data.description}", progress=progress,
-            folder=Path(model_path).parent, per_channel=per_channel, keep=result.feeds,
-            keep_samples=focus.KEEP_SAMPLES, keep_bytes=focus.KEEP_BYTES)
+            model, sites, data, options.calibration, label=f"{model_path} with {data.description}",
+            progress=options.progress, folder=Path(model_path).parent, keep=kept)
         result.calibration = data.description
     return result
 
@@ -148,14 +116,18 @@ def _check_output(p: Plan, output_path: str | Path) -> Path:
 def write(p: Plan, output_path: str | Path, fits: dict[str, SiteFit], in_place: bool = False) -> ConversionReport:
     """Rewrite the plan's model with the given fits (one per converting site) and save it; the plan stays
     usable for other fits unless in_place (which saves a copy of the weights held in memory)."""
-    output_path = _check_output(p, output_path)
+    return _write(p, _check_output(p, output_path), fits, in_place)
+
+
+def _write(p: Plan, output_path: Path, fits: dict[str, SiteFit], in_place: bool) -> ConversionReport:
     model = p.model
     if not in_place:
         model = onnx.ModelProto()
         model.CopyFrom(p.model)
-    result = rewrite(model, p.sites, {name: f.params for name, f in fits.items()}, p.ranks, p.emit)
+    result = rewrite(model, p.sites, {name: f.params for name, f in fits.items()}, p.options.emit)
     save_model(model, output_path, p.model_path.parent)
-    report = ConversionReport(str(p.model_path), str(output_path), site_reports(p.sites, fits, "converted"), p.emit)
+    report = ConversionReport(str(p.model_path), str(output_path), site_reports(p.sites, fits, SiteStatus.CONVERTED),
+                              p.options.emit)
     if p.calibration is not None:
         report.calibration = p.calibration
         report.calibration_samples = p.samples
@@ -172,82 +144,42 @@ def write(p: Plan, output_path: str | Path, fits: dict[str, SiteFit], in_place: 
     return report
 
 
-def convert(
-    model_path: str | Path,
-    output_path: str | Path,
-    *,
-    k: int | str | None = None,
-    calib: DataSource | None = None,
-    emit: str = "function",
-    only: set[str] | None = None,
-    skip: set[str] | None = None,
-    seed: int = 0,
-    k_per_op: dict[str, int] | None = None,
-    target_mse: float = DEFAULT_TARGET_MSE,
-    images: ImageOptions | None = None,
-    progress: bool | None = None,
-    spike_penalty: float = 0.0,
-    per_channel: bool = False,
-    channel_axis: int | None = None,
-    kicks: int = REFIT_KICKS,
-    focus_kicks: int = focus.FOCUS_KICKS,
-) -> ConversionReport:
+def convert(model_path: str | Path, output_path: str | Path, calib: DataSource | None = None,
+            options: ConvertOptions | None = None, **keywords: Any) -> ConversionReport:
     """Convert every activation of a model into an AMOS spiking gate and save the result.
 
-    k: neurons per gate for every site, or "auto" (the smallest shipped K meeting target_mse on the
-    site's samples); k_per_op overrides it per op type ("Composite" for every composite activation).
-    calib: calibration data (see dataset.open_data: .npz/.npy path, image folder with `images` options,
-    dict of arrays, iterable of input dicts or a CalibrationDataReader). progress: a progress line on
-    stderr (None: when it is a terminal). spike_penalty: squared error one spike per gate may cost, as a
-    fraction of the activation's mean square output on the site's samples, weighted per site by its share of
-    the network's gate evaluations (fit.fit_sites; 0: error alone; on the Fashion-MNIST EfficientNet-style
-    network at K=10, 0.005 takes the mean from 2.84 to 1.38 spikes per gate). per_channel: one gate per channel
-    for every calibrated site whose channel count is static, channels with alike values sharing one
-    (fit._channel_gates: the site's gate refined on their calibration values; needs calib); the channels lie
-    on the last axis of a MatMul's, Gemm's or layer norm's output (through elementwise ops), else on axis 1
-    (find.feature_axis), or on `channel_axis` for every site (negative: from the end). kicks: local-search
-    moves of each calibrated refit (fit.REFIT_KICKS by default): more lower the fit's cost for more time.
-    focus_kicks: with calib, the fits that move the model's outputs most are refitted with this many moves
-    (fit_plan; 0: none).
+    calib: calibration data (see data.dataset.open_data: .npz/.npy path, image folder with `images` options,
+    dict of arrays, iterable of input dicts or a CalibrationDataReader). options: what to find, how to calibrate
+    and fit, the emission form (options.ConvertOptions; its fields say what each does), or the same as flat
+    keywords (ConvertOptions.of: k=8, spike_penalty=0.005, per_channel=True, ...).
     """
-    check_options(k, emit, only, skip, k_per_op, target_mse)
-    if not (spike_penalty >= 0 and spike_penalty < float("inf")):
-        raise OptionError(f"--spike-penalty {spike_penalty}: must be zero or positive")
-    if kicks < 0:
-        raise OptionError(f"--kicks {kicks}: the number of local-search moves must be 0 or more")
-    if focus_kicks < 0:
-        raise OptionError(f"--focus-kicks {focus_kicks}: the number of local-search moves must be 0 or more")
-    check_output_path(output_path, [model_path])
-    p = plan(model_path, calib=calib, emit=emit, only=only, skip=skip, seed=seed, images=images, progress=progress,
-             output=output_path, per_channel=per_channel, channel_axis=channel_axis)
-    fits, focused = fit_plan(p, k, seed, k_per_op, target_mse, spike_penalty, per_channel, kicks, focus_kicks)
-    report = write(p, output_path, fits, in_place=True)
-    report.notes += focus_notes(focused, focus_kicks)
-    if per_channel:
-        report.notes += channel_notes(p.sites, channel_axis)
+    options = _options(options, keywords)
+    p = plan(model_path, calib, options, output=output_path)
+    fits, focused = fit_plan(p)
+    report = _write(p, Path(output_path), fits, in_place=True)
+    report.notes += focus_notes(focused, options.fit.focus_kicks)
+    if options.fit.per_channel:
+        report.notes += channel_notes(p.sites, options.find.channel_axis)
     return report
 
 
-def fit_plan(
-    p: Plan, k: int | str | None = None, seed: int = 0, k_per_op: dict[str, int] | None = None,
-    target_mse: float = DEFAULT_TARGET_MSE, spike_penalty: float = 0.0, per_channel: bool = False,
-    kicks: int = REFIT_KICKS, focus_kicks: int = focus.FOCUS_KICKS,
-) -> tuple[dict[str, SiteFit], focus.Effects | None]:
-    """The fit stage of a plan (fit.fit_sites), then, with calibration, the focus: each searched site's effect
-    on the model's outputs measured on the kept calibration samples (focus.effects; over all its runs at most
-    focus.FOCUS_PASSES times the calibration's samples), and the fits that make up most of it refitted with
-    `focus_kicks` moves (0: no focus). The fits, and the effects that chose the focus (None when nothing was
-    measured)."""
-    fits = fit_sites(p.sites, p.reservoirs, k, seed, k_per_op, target_mse, spike_penalty, per_channel, kicks)
-    if not focus_kicks or not p.feeds:
+def fit_plan(p: Plan, options: FitOptions | None = None) -> tuple[dict[str, SiteFit], focus.Effects | None]:
+    """The fit stage of a plan (fit.sites.fit_sites, with the plan's fit options unless others are given), then,
+    with calibration, the focus: each searched site's effect on the model's outputs measured on the kept
+    calibration samples (focus.effects), and the fits that make up most of it refitted with options.focus_kicks
+    moves (0: no focus). The fits, and the effects that chose the focus (None when nothing was measured)."""
+    options = options or p.options.fit
+    if options.per_channel and not p.options.calibration.per_channel:
+        raise OptionError("per-channel fits need a plan whose calibration kept each value's channel "
+                          "(plan(..., per_channel=True))")
+    fits = fit_sites(p.sites, p.reservoirs, options)
+    if not options.focus_kicks or not p.feeds:
         return fits, None
-    effect = focus.effects(p.model, p.sites, fits, p.ranks, p.emit, p.feeds, f"{p.model_path} (focus)",
-                           p.model_path.parent, p.samples)
+    effect = focus.effects(p, fits)
     chosen = frozenset(focus.chosen(effect, fits))
     if not chosen:
         return fits, None
-    fits = fit_sites(p.sites, p.reservoirs, k, seed, k_per_op, target_mse, spike_penalty, per_channel, kicks,
-                     Refocus(chosen, fits, focus_kicks))
+    fits = fit_sites(p.sites, p.reservoirs, options, Refocus(chosen, fits, options.focus_kicks))
     return fits, replace(effect, focused=chosen)
 
 

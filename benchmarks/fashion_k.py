@@ -40,9 +40,14 @@ import fashion_nets  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
 from amos_onnx.fit import focus  # noqa: E402
-from amos_onnx.fit.sites import SiteFit, fit_sites, sample_error  # noqa: E402
-from amos_onnx.gate import binary_relu, preset  # noqa: E402
+from amos_onnx.fit.sites import SiteFit, fit_sites  # noqa: E402
+from amos_onnx.gate import (  # noqa: E402
+    binary_relu,
+    preset,
+    sample_error,  # noqa: E402
+)
 from amos_onnx.load import load_model  # noqa: E402
+from amos_onnx.options import FOCUS_KICKS, FitOptions  # noqa: E402
 from amos_onnx.pipeline import Plan, fit_plan, plan, write  # noqa: E402
 from amos_onnx.report.costs import fan_outs, macs  # noqa: E402
 from amos_onnx.report.files import latency  # noqa: E402
@@ -164,13 +169,14 @@ def sweep(name: str, ks: list[int], folder: Path, penalty: float = 0.0, penaltie
         for mode in ("calibrated", "data-free"):
             t = time.perf_counter()
             if mode == "calibrated":  # the first pass alone: the focus's refits at every K would not fit the hour
-                fits, _ = fit_plan(p, k, SEED, spike_penalty=penalty, focus_kicks=0)
+                fits, _ = fit_plan(p, FitOptions(k=k, seed=SEED, spike_penalty=penalty, focus_kicks=0))
             else:
-                fits = fit_sites(p.sites, {}, k, SEED, spike_penalty=penalty)
+                fits = fit_sites(p.sites, {}, FitOptions(k=k, seed=SEED, spike_penalty=penalty))
             measure(mode, k, fits, time.perf_counter() - t)
         if by_channel is not None and k in PER_CHANNEL_KS:
             t = time.perf_counter()
-            fits, _ = fit_plan(by_channel, k, SEED, spike_penalty=penalty, per_channel=True, focus_kicks=0)
+            fits, _ = fit_plan(by_channel, FitOptions(k=k, seed=SEED, spike_penalty=penalty, per_channel=True,
+                                                     focus_kicks=0))
             measure("per channel", k, fits, time.perf_counter() - t, written_by=by_channel)
         published = published_fits(p, k)
         if published is not None:
@@ -178,7 +184,7 @@ def sweep(name: str, ks: list[int], folder: Path, penalty: float = 0.0, penaltie
     if penalties and searched:
         for penalty_ in penalties:  # the spike penalty's trade at K=PENALTY_K, calibrated
             t = time.perf_counter()
-            fits, _ = fit_plan(p, PENALTY_K, SEED, spike_penalty=penalty_)  # convert's default: with the focus
+            fits, _ = fit_plan(p, FitOptions(k=PENALTY_K, seed=SEED, spike_penalty=penalty_))  # convert's default: with the focus
             measure(f"penalty {penalty_:g}", PENALTY_K, fits, time.perf_counter() - t)
     per_op = preset_point(p)
     if per_op is not None:  # the SiLU/sigmoid presets' single point, against our gates at the same K per site
@@ -193,8 +199,8 @@ def sweep(name: str, ks: list[int], folder: Path, penalty: float = 0.0, penaltie
                     fits[site.name] = _measured(preset(preset_name), site.input, p, "published", site.activation.lo,
                                                 site.activation.hi, site.activation.func)
                 else:
-                    fits.update(fit_sites([site], p.reservoirs if mode == "calibrated" else {}, k, SEED,
-                                          spike_penalty=penalty))
+                    fits.update(fit_sites([site], p.reservoirs if mode == "calibrated" else {},
+                                          FitOptions(k=k, seed=SEED, spike_penalty=penalty)))
             measure(mode, label, fits, time.perf_counter() - t)
     result = {"name": name, "facts": facts, "original_accuracy": original, "sites": len(sites),
               "site_kinds": sorted({s.activation.label for s in sites if s.activation is not None}),
@@ -208,8 +214,9 @@ def sweep(name: str, ks: list[int], folder: Path, penalty: float = 0.0, penaltie
         for seed in OTHER_SEEDS:
             t = time.perf_counter()
             penalised = mode.startswith("penalty")  # the penalty rows have the focus, the K sweep's do not
-            fits, _ = fit_plan(p, k, seed, spike_penalty=float(mode.split()[1]) if penalised else penalty,
-                               focus_kicks=focus.FOCUS_KICKS if penalised else 0)
+            fits, _ = fit_plan(p, FitOptions(k=k, seed=seed,
+                                             spike_penalty=float(mode.split()[1]) if penalised else penalty,
+                                             focus_kicks=FOCUS_KICKS if penalised else 0))
             measure(mode, k, fits, time.perf_counter() - t, seed)
     return result
 
@@ -447,7 +454,7 @@ def main() -> None:
         + f"The spike penalty (`convert --spike-penalty`) on the SiLU/sigmoid and GELU networks at K={PENALTY_K}, "
         f"calibrated as `convert` does by default: after the first pass, the fits that move the logits most "
         f"(measured on {focus.KEEP_SAMPLES} calibration images, one site's gate at a time) refitted with "
-        f"{focus.FOCUS_KICKS} local-search moves (`--focus-kicks`, `amos_onnx.focus`). Its first row is the first "
+        f"{FOCUS_KICKS} local-search moves (`--focus-kicks`, `amos_onnx.fit.focus`). Its first row is the first "
         "pass alone, as in the K sweep's calibrated curve above (`--focus-kicks 0`: the focus's refits at every K "
         "would not fit the hour that `make bench` has):\n\n" + penalty_table(results) + "\n\n"
         + "\n".join(f"![{r['name']}](fashion_{r['name']}_k.png)" for r in results)

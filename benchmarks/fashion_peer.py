@@ -40,6 +40,7 @@ from results import machine, write_section  # noqa: E402
 
 from amos_onnx.fit.sites import fit_sites  # noqa: E402
 from amos_onnx.load import load_model  # noqa: E402
+from amos_onnx.options import FitOptions  # noqa: E402
 from amos_onnx.pipeline import plan, write  # noqa: E402
 from amos_onnx.report.files import latency  # noqa: E402
 
@@ -88,7 +89,7 @@ def run_snn(snn: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch: int) -> t
             counts["spikes"] = 0.0
             total = None
             sizes: list[int] = []
-            size_hooks = [m.register_forward_hook(lambda _m, _i, o: sizes.append(o[0].numel())) for m in nodes]
+            size_hooks = [m.register_forward_hook(lambda _m, _i, o, sizes=sizes: sizes.append(o[0].numel())) for m in nodes]
             for t in range(1, T_MAX + 1):
                 out = snn(xb)
                 if t == 1:
@@ -132,7 +133,7 @@ def amos(name: str, calib: np.ndarray, x: np.ndarray, y: np.ndarray, folder: Pat
     rows = []
     for k in AMOS_KS:
         out = folder / f"{name}_{k}.onnx"
-        write(p, out, fit_sites(p.sites, p.reservoirs, k, SEED))
+        write(p, out, fit_sites(p.sites, p.reservoirs, FitOptions(k=k, seed=SEED)))
         converted = load_model(out)
         logits, spikes, _ = fashion_k.run_spiking(converted, x)
         lat = latency(converted)

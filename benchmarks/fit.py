@@ -35,6 +35,7 @@ from amos_onnx.calibrate.reservoir import Reservoir  # noqa: E402
 from amos_onnx.fit import library  # noqa: E402
 from amos_onnx.fit.sites import fit_site  # noqa: E402
 from amos_onnx.gate import GateParams, preset, simulate  # noqa: E402
+from amos_onnx.options import FitOptions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ERF = np.frompyfunc(math.erf, 1, 1)
@@ -81,7 +82,7 @@ def ours(name: str, k: int, lo: float, hi: float, samples: np.ndarray | None,
     the previous one)."""
     shipped = library.lookup(library.named_activations()[name], k)
     start = time.perf_counter()
-    result = fit_function(name, k, lo, hi, samples, spike_penalty=lam, kicks=kicks)
+    result = fit_function(name, k, (lo, hi), samples, spike_cost=lam, kicks=kicks)
     if shipped is not None and np.array_equal(result.params.thresholds, shipped.params.thresholds):
         return result.params, "pre-fitted"
     return result.params, f"fitted in {time.perf_counter() - start:.1f} s"
@@ -138,7 +139,7 @@ def timing_rows() -> list[str]:
         res = Reservoir(100_000, np.random.default_rng(seed))
         res.add(rng.normal(0.3, 2.0, 100_000))
         start = time.perf_counter()
-        fit_site(act, 12, res, seed)
+        fit_site(act, 12, res, FitOptions(seed=seed))
         refits.append(time.perf_counter() - start)
     out = Path(os.environ.get("TMPDIR", "/tmp")) / "amos_fit_bench.onnx"
     start = time.perf_counter()

@@ -27,7 +27,9 @@ from fashion_k import CALIBRATION_IMAGES, SEED, calibration_images, calibration_
 from results import machine, write_section  # noqa: E402
 
 from amos_onnx.calibrate.reservoir import exposed  # noqa: E402
-from amos_onnx.fit.sites import SiteFit, fit_sites, sample_error  # noqa: E402
+from amos_onnx.fit.sites import SiteFit, fit_sites  # noqa: E402
+from amos_onnx.gate import sample_error  # noqa: E402
+from amos_onnx.options import FitOptions  # noqa: E402
 from amos_onnx.pipeline import plan  # noqa: E402
 from amos_onnx.runtime import session  # noqa: E402
 
@@ -61,7 +63,7 @@ def compare(name: str, k: int) -> dict[str, object]:
     fits, seconds = {}, {}
     for mode in (False, True):
         start = time.perf_counter()
-        fits[mode] = fit_sites(p.sites, p.reservoirs, k, SEED, per_channel=mode)
+        fits[mode] = fit_sites(p.sites, p.reservoirs, FitOptions(k=k, seed=SEED, per_channel=mode))
         seconds[mode] = time.perf_counter() - start
     fresh = site_values(path, sorted({s.input for s in sites}), fresh_images())
     rows = []

@@ -10,9 +10,11 @@ import pytest
 from conftest import ROOT, activation_model, save
 
 import amos_onnx
-from amos_onnx.calibrate.reservoir import Reservoir, calibrate
+from amos_onnx.calibrate.reservoir import Reservoir
+from amos_onnx.calibrate.run import calibrate
 from amos_onnx.data.dataset import open_data
 from amos_onnx.fit.sites import fit_sites
+from amos_onnx.options import CalibrationOptions, FindOptions, FitOptions
 from amos_onnx.pipeline import _find, plan, write
 from amos_onnx.report.spikes import gate_params
 
@@ -33,9 +35,9 @@ def test_reservoir_is_bounded_uniform_and_exact_at_the_edges() -> None:
 
 def test_calibration_on_digits_is_bounded_and_deterministic() -> None:
     model = onnx.load(str(DIGITS))
-    sites, *_ = _find(model, None, None)
-    first, seen = calibrate(model, sites, open_data(TRAIN, model), cap=5000, seed=3)
-    again, _ = calibrate(model, sites, open_data(TRAIN, model), cap=5000, seed=3)
+    sites, *_ = _find(model, FindOptions())
+    first, seen = calibrate(model, sites, open_data(TRAIN, model), CalibrationOptions(seed=3, cap=5000))
+    again, _ = calibrate(model, sites, open_data(TRAIN, model), CalibrationOptions(seed=3, cap=5000))
     assert seen == 1437 and set(first) == {s.input for s in sites}
     for name, res in first.items():
         assert res.values.size <= 5000 and res.seen > 5000
@@ -65,7 +67,7 @@ def test_one_plan_written_at_several_k_equals_convert_at_each_k(tmp_path: Path) 
     p = plan(DIGITS, calib=TRAIN)
     before = p.model.SerializeToString()
     for k in (3, 7):
-        write(p, tmp_path / f"planned{k}.onnx", fit_sites(p.sites, p.reservoirs, k))
+        write(p, tmp_path / f"planned{k}.onnx", fit_sites(p.sites, p.reservoirs, FitOptions(k=k)))
         amos_onnx.convert(DIGITS, tmp_path / f"direct{k}.onnx", calib=TRAIN, k=k)
         planned, direct = (onnx.load(str(tmp_path / f"{name}{k}.onnx")) for name in ("planned", "direct"))
         assert planned.graph == direct.graph and planned.functions == direct.functions
@@ -108,7 +110,7 @@ def test_k_per_op_and_auto_k(tmp_path: Path) -> None:
     from amos_onnx.fit.sites import fit_site
 
     model = onnx.load(str(DIGITS))
-    sites, *_ = _find(model, None, None)
+    sites, *_ = _find(model, FindOptions())
     reservoirs, _ = calibrate(model, sites, open_data(TRAIN, model))
     for site, k in zip(sites, ks):
         if k > 4:
@@ -158,11 +160,11 @@ def test_a_spike_penalty_weighs_each_site_by_its_share_of_gate_evaluations(tmp_p
 
     path = _two_tanh_sites(tmp_path)
     p = plan(path, calib=tmp_path / "calib.npz")
-    fits = fit_sites(p.sites, p.reservoirs, 8, spike_penalty=0.002)
+    fits = fit_sites(p.sites, p.reservoirs, FitOptions(k=8, spike_penalty=0.002))
     by_name = {s.name: s for s in p.sites}
     for name, share in (("big_site", 60 / 32), ("small_site", 4 / 32)):
         site = by_name[name]
-        alone = fit_site(site.activation, 8, p.reservoirs[site.input], 0, 0.002 * share)
+        alone = fit_site(site.activation, 8, p.reservoirs[site.input], FitOptions(spike_penalty=0.002 * share))
         assert np.array_equal(fits[name].params.thresholds, alone.params.thresholds)
         assert np.array_equal(fits[name].params.weights, alone.params.weights)
     assert fits["big_site"].mean_spikes <= 4.2 and fits["small_site"].mean_spikes >= 4.3
@@ -183,22 +185,22 @@ def test_a_penalty_sweep_reuses_the_error_only_refits_bit_for_bit(tmp_path: Path
     monkeypatch.setattr(fit_module, "_REFITS", {})
     path = _two_tanh_sites(tmp_path)
     p = plan(path, calib=tmp_path / "calib.npz")
-    alone = fit_sites(p.sites, p.reservoirs, 8, spike_penalty=0.002)
+    alone = fit_sites(p.sites, p.reservoirs, FitOptions(k=8, spike_penalty=0.002))
     assert fit_module._REFITS == {}  # a penalised conversion keeps nothing: only error-only refits are kept
     calls = []
     real = fit_module.fit
     monkeypatch.setattr(fit_module, "fit", lambda *a, **kw: calls.append(kw.get("spike_penalty", 0.0)) or real(*a, **kw))
-    fit_sites(p.sites, p.reservoirs, 8)
+    fit_sites(p.sites, p.reservoirs, FitOptions(k=8))
     assert len(fit_module._REFITS) == 2 and calls == [0.0, 0.0]
     calls.clear()
-    swept = fit_sites(p.sites, p.reservoirs, 8, spike_penalty=0.002)
+    swept = fit_sites(p.sites, p.reservoirs, FitOptions(k=8, spike_penalty=0.002))
     assert len(calls) == 2 and all(c > 0 for c in calls)  # the penalised refits alone
     for name in ("big_site", "small_site"):
         for field in ("thresholds", "resets", "weights"):
             assert np.array_equal(getattr(swept[name].params, field), getattr(alone[name].params, field))
     # another K or seed is another refit: nothing reused
     calls.clear()
-    fit_sites(p.sites, p.reservoirs, 8, seed=1, spike_penalty=0.002)
+    fit_sites(p.sites, p.reservoirs, FitOptions(k=8, seed=1, spike_penalty=0.002))
     assert len(calls) == 4
 
 
@@ -229,8 +231,8 @@ def test_a_penalised_refit_never_returns_a_gate_the_error_only_refit_beats(name,
         y, s = simulate(params, res.values)
         return float(np.mean((y - act.func(x)) ** 2) + lam * np.mean(s))
 
-    alone = fit_site(act, k, res, 0, 0.0)
-    penalised = fit_site(act, k, res, 0, penalty)
+    alone = fit_site(act, k, res, FitOptions())
+    penalised = fit_site(act, k, res, FitOptions(spike_penalty=penalty))
     assert cost(penalised.params) <= cost(alone.params)
 
 
@@ -252,9 +254,9 @@ def test_convert_kicks_buys_a_lower_penalised_cost_with_more_local_search(tmp_pa
     res = p.reservoirs[site.input]
     lo, hi = _range(site.activation, res)
     lam = absolute_penalty(site.activation, res.values, lo, hi, 0.002 * 60 / 32)
-    few, many = (fit_site(site.activation, 8, res, 0, 0.002 * 60 / 32, kicks=n) for n in (6, 40))
+    few, many = (fit_site(site.activation, 8, res, FitOptions(spike_penalty=0.002 * 60 / 32, kicks=n)) for n in (6, 40))
     assert many.mse + lam * many.mean_spikes <= 0.95 * (few.mse + lam * few.mean_spikes)
-    jobs = [Job(site.activation, 8, res, 1e-4, 0, 0.0, False, n) for n in (6, 40)]
+    jobs = [Job(site.activation, 8, res, FitOptions(kicks=n)) for n in (6, 40)]
     assert _refit_key(jobs[0]) != _refit_key(jobs[1]) and _refit_key(jobs[0])[:4] == _refit_key(jobs[1])[:4]
     args = ["convert", str(path), "", "--k", "8", "--calib", str(tmp_path / "calib.npz"), "--spike-penalty", "0.002",
             "--focus-kicks", "0", "--quiet"]  # the first pass alone (test_focus.py: the focus refits)

@@ -15,12 +15,13 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 import amos_onnx
-from amos_onnx.calibrate.reservoir import calibrate
+from amos_onnx.calibrate.run import calibrate
 from amos_onnx.cli import main
 from amos_onnx.data.dataset import open_data
 from amos_onnx.data.images import ImageOptions
 from amos_onnx.data.progress import Progress
 from amos_onnx.errors import DataError
+from amos_onnx.options import CalibrationOptions, FindOptions
 from amos_onnx.pipeline import _find
 from amos_onnx.report.spikes import gate_params
 
@@ -82,8 +83,8 @@ def test_image_folder_calibration_feeds_exactly_the_preprocessed_pixels(tmp_path
     options = ImageOptions(mean=MEAN, std=STD)
     data = open_data(folder, model, options)
     assert data.count == 4 and "4 images, NCHW 3x32x32" in data.description
-    sites, *_ = _find(model, None, None)
-    reservoirs, seen = calibrate(model, sites, data, seed=0)
+    sites, *_ = _find(model, FindOptions())
+    reservoirs, seen = calibrate(model, sites, data, CalibrationOptions(seed=0))
     assert seen == 4
     expected = np.stack([(getattr(skdata, n)()[:32, :32, :3] / 255.0 - MEAN) / STD for n in CALIBRATION_IMAGES])
     values = reservoirs["x"].values
@@ -136,11 +137,11 @@ def test_iterables_and_readers_calibrate_like_the_npz(tmp_path: Path) -> None:
             return next(self.items, None)
 
     model = onnx.load(str(DIGITS))
-    sites, *_ = _find(model, None, None)
-    want, _ = calibrate(model, sites, open_data(TRAIN, model), cap=5000)
+    sites, *_ = _find(model, FindOptions())
+    want, _ = calibrate(model, sites, open_data(TRAIN, model), CalibrationOptions(cap=5000))
     for name, source in (("list", chunks), ("generator", (c for c in chunks)), ("reader", Reader()),
                          ("dict", {"image": images})):
-        got, seen = calibrate(model, sites, open_data(source, model), cap=5000)  # type: ignore[arg-type]
+        got, seen = calibrate(model, sites, open_data(source, model), CalibrationOptions(cap=5000))  # type: ignore[arg-type]
         assert seen == 1437, name
         for tensor, res in want.items():
             assert np.array_equal(got[tensor].values, res.values), (name, tensor)

@@ -16,6 +16,7 @@ from amos_onnx.cli import main
 from amos_onnx.fit import focus
 from amos_onnx.fit.sites import _range, absolute_penalty, fit_sites
 from amos_onnx.gate import simulate
+from amos_onnx.options import FitOptions
 from amos_onnx.pipeline import fit_plan, plan, write
 from amos_onnx.runtime import session
 
@@ -58,8 +59,8 @@ def test_the_switched_model_puts_one_sites_gate_in_place_of_its_activation(tmp_p
     (1e-5) and the rest the original's to the bit. The exact ops, the composite's nodes kept."""
     path = _loud_and_quiet(tmp_path)
     p = plan(path, calib=tmp_path / "calib.npz")
-    fits = fit_sites(p.sites, p.reservoirs, 8)
-    mixed, switches = focus.switched_model(p.model, p.sites, fits, p.ranks, p.emit)
+    fits = fit_sites(p.sites, p.reservoirs, FitOptions(k=8))
+    mixed, switches = focus.switched_model(p.model, p.sites, fits, p.options.emit)
     onnx.checker.check_model(mixed)
     assert [n.op_type for n in mixed.graph.node] == [
         "Slice", "Tanh", "AmosGate", "Sub", "Mul", "Add", "Mul",
@@ -84,8 +85,8 @@ def test_effects_are_the_outputs_mean_square_change_and_the_loud_site_gets_the_f
     path = _loud_and_quiet(tmp_path)
     p = plan(path, calib=tmp_path / "calib.npz")
     assert sum(len(f["x"]) for f in p.feeds) >= focus.KEEP_SAMPLES
-    fits = fit_sites(p.sites, p.reservoirs, 8)
-    effect = focus.effects(p.model, p.sites, fits, p.ranks, p.emit, p.feeds, "loud")
+    fits = fit_sites(p.sites, p.reservoirs, FitOptions(k=8))
+    effect = focus.effects(p, fits)
     x = np.concatenate([f["x"] for f in p.feeds])
     assert effect.samples == len(x)
     original = _run(path, {"x": x})
@@ -108,9 +109,9 @@ def test_measuring_sees_at_most_focus_passes_times_the_calibration(tmp_path: Pat
     assert len(focus.measuring_feeds(feeds, 1, 1000)) == 5
     path = _loud_and_quiet(tmp_path)
     p = plan(path, calib=tmp_path / "calib.npz")
-    fits = fit_sites(p.sites, p.reservoirs, 8)
+    fits = fit_sites(p.sites, p.reservoirs, FitOptions(k=8))
     allowed = focus.FOCUS_PASSES * 90 // 3  # 2 measured sites: 3 runs
-    effect = focus.effects(p.model, p.sites, fits, p.ranks, p.emit, p.feeds, "loud", calibration_samples=90)
+    effect = focus.effects(p, fits, calibration_samples=90)
     batch = len(p.feeds[0]["x"])
     assert allowed - batch < effect.samples <= allowed < sum(len(f["x"]) for f in p.feeds)
     x = np.concatenate([f["x"] for f in p.feeds])[:effect.samples]
@@ -125,9 +126,9 @@ def test_fit_plan_refits_the_focused_fit_with_more_moves_and_keeps_the_others(tm
     with the first pass's 6 moves -> 0.00487); the quiet site keeps its fit."""
     path = _loud_and_quiet(tmp_path)
     p = plan(path, calib=tmp_path / "calib.npz")
-    first, none = fit_plan(p, 8, spike_penalty=0.002, focus_kicks=0)
+    first, none = fit_plan(p, FitOptions(k=8, spike_penalty=0.002, focus_kicks=0))
     assert none is None
-    fits, effect = fit_plan(p, 8, spike_penalty=0.002, focus_kicks=40)
+    fits, effect = fit_plan(p, FitOptions(k=8, spike_penalty=0.002, focus_kicks=40))
     assert effect is not None and effect.focused == {"loud_site"}
     for field in ("thresholds", "resets", "weights"):  # the first pass is deterministic: the same fit
         assert np.array_equal(getattr(fits["quiet_site"].params, field), getattr(first["quiet_site"].params, field))
@@ -177,8 +178,8 @@ def test_a_relu_network_has_nothing_to_focus(tmp_path: Path) -> None:
     and nothing is measured."""
     root = Path(__file__).resolve().parent.parent / "examples/digits"
     p = plan(root / "digits_cnn.onnx", calib=root / "digits_train.npz")
-    fits, effect = fit_plan(p, 4)
-    first = fit_sites(p.sites, p.reservoirs, 4)
+    fits, effect = fit_plan(p, FitOptions(k=4))
+    first = fit_sites(p.sites, p.reservoirs, FitOptions(k=4))
     assert p.feeds and all(first[s.name].source == "calibrated" for s in p.sites if s.converts)
     assert not any(focus.searched(s, first.get(s.name)) for s in p.sites)
     assert effect is None

@@ -17,7 +17,7 @@ import amos_onnx
 from amos_onnx.calibrate.reservoir import CHANNEL_CAP, Reservoir
 from amos_onnx.cli import main
 from amos_onnx.find.sites import feature_axis
-from amos_onnx.fit.sites import channel_groups
+from amos_onnx.fit.channels import channel_groups
 from amos_onnx.gate import simulate
 from amos_onnx.report.spikes import gate_params
 from amos_onnx.runtime import native_library, session

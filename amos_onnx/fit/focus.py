@@ -5,14 +5,14 @@ A gate's error matters as much as the network lets it through: the same squared 
 CNN and at a squeeze-excitation gate moves the logits very differently. effects() measures it directly:
 one model holds every measured site's activation and its gate side by side, a switch per site picks the
 gate, and the calibration samples kept by calibrate run once per site with only that site switched. The
-fits whose sites make up most of the measured change are then refitted with more moves (fit.fit_sites'
+fits whose sites make up most of the measured change are then refitted with more moves (fit.sites.fit_sites'
 refocus, as pipeline.fit_plan does), starting from their first fit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -21,18 +21,21 @@ from onnx import TensorProto, helper
 from amos_onnx.data.dataset import sample_count
 from amos_onnx.find.sites import Site
 from amos_onnx.fit.sites import SiteFit
-from amos_onnx.rewrite.graph import Names, add_functions, gate_nodes
+from amos_onnx.options import EmitForm
+from amos_onnx.rewrite import emit
+from amos_onnx.rewrite.graph import Names, add_functions, gate_nodes, node_id
+
+if TYPE_CHECKING:
+    from amos_onnx.pipeline import Plan
 from amos_onnx.runtime import run_checked, user_session
 
-FOCUS_KICKS = 200  # local-search moves of a focused refit by default (convert --focus-kicks)
 FOCUS_SHARE = 0.5  # the largest fits are focused until they make up this share of the measured change ...
 FOCUS_FITS = 2  # ... at most this many
 KEEP_SAMPLES = 256  # calibration samples kept for measuring (calibrate's keep) ...
 KEEP_BYTES = 64 << 20  # ... and at most this much of them (at least one batch)
 # Measuring runs the model once per measured site and once more: over all its runs it sees at most this many
 # times the calibration's samples (at least one kept batch per run), so it costs about as many calibration passes
-# whatever the site count. PP-OCRv4 det (35 sites, 6 kept images of the 9 calibrated) measured in 97 s on all
-# of them, 7.5 s on the one page this allows; its first pass fits in 32 s.
+# whatever the site count.
 FOCUS_PASSES = 4
 
 _NUMPY: dict[int, type] = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16,
@@ -44,28 +47,28 @@ def searched(site: Site, fit_: SiteFit | None) -> bool:
     ReLU-like gate is a rounding ladder, fitted without local search), in the top-level graph."""
     act = site.activation
     return (site.converts and not site.graph and act is not None and not act.relu_like and fit_ is not None
-            and fit_.source.startswith("calibrated") and site.dtype in _NUMPY)
+            and fit_.calibrated and site.dtype in _NUMPY)
 
 
 def switched_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, SiteFit],
-                   ranks: dict[str, int | None], form: str) -> tuple[onnx.ModelProto, dict[str, tuple[str, int]]]:
+                   form: EmitForm) -> tuple[onnx.ModelProto, dict[str, tuple[str, int]]]:
     """A copy of `model` in which each site's output is activation + switch * (gate - activation), with one
     scalar switch input per site: the switch's name and element type by site name."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graph, names = copy.graph, Names(copy.graph)
-    by_index = {s.index: s for s in sites}
+    by_output = {s.output: s for s in sites}
     nodes: list[onnx.NodeProto] = []
     switches: dict[str, tuple[str, int]] = {}
-    overloads: set[str] = set()
-    for index, node in enumerate(graph.node):
+    overloads: set[emit.Overload] = set()
+    for node in graph.node:
         nodes.append(node)
-        site = by_index.get(index)
+        site = by_output.get(node_id(node))
         if site is None:
             continue
         clean, gate, switch = (names.make(f"{site.name}/amos/{part}") for part in ("original", "gate", "switch"))
         node.output[list(node.output).index(site.output)] = clean
-        made, inits, overload = gate_nodes(site, gate, fits[site.name].params, ranks.get(site.name), form, names)
+        made, inits, overload = gate_nodes(site, gate, fits[site.name].params, form, names)
         nodes += made
         graph.initializer.extend(inits)
         overloads |= overload
@@ -78,7 +81,7 @@ def switched_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, Si
     del graph.node[:]
     graph.node.extend(nodes)
     if overloads:
-        add_functions(copy, sorted(overloads))
+        add_functions(copy, overloads)
     return copy, switches
 
 
@@ -110,17 +113,17 @@ def measuring_feeds(feeds: list[dict[str, np.ndarray]], sites: int, calibration_
     return chosen
 
 
-def effects(model: onnx.ModelProto, sites: list[Site], fits: dict[str, SiteFit], ranks: dict[str, int | None],
-            form: str, feeds: list[dict[str, np.ndarray]], label: str, folder: str | Path | None = None,
-            calibration_samples: int | None = None) -> Effects:
-    """Each searched site's effect on the model's outputs (see Effects), measured in onnxruntime on the kept
-    feeds, as many as measuring_feeds allows for `calibration_samples`."""
-    measured = [s for s in sites if searched(s, fits.get(s.name))]
-    if not measured or not feeds:
+def effects(p: Plan, fits: dict[str, SiteFit], calibration_samples: int | None = None) -> Effects:
+    """Each searched site's effect on the plan's model's outputs (see Effects), measured in onnxruntime on the
+    plan's kept feeds, as many as measuring_feeds allows for `calibration_samples` (default: the plan's)."""
+    measured = [s for s in p.sites if searched(s, fits.get(s.name))]
+    if not measured or not p.feeds:
         return Effects({}, 0)
-    feeds = measuring_feeds(feeds, len(measured), calibration_samples)
-    mixed, switches = switched_model(model, measured, fits, ranks, form)
-    sess = user_session(mixed, label, folder=folder)
+    samples = p.samples if calibration_samples is None else calibration_samples
+    feeds = measuring_feeds(p.feeds, len(measured), samples)
+    mixed, switches = switched_model(p.model, measured, fits, p.options.emit)
+    label = f"{p.model_path} (focus)"
+    sess = user_session(mixed, label, folder=p.model_path.parent)
     outputs = [o.name for o in sess.get_outputs() if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)")]
     if not outputs:
         return Effects({}, 0)

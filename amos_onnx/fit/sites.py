@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import NamedTuple
 
 import numpy as np
@@ -15,14 +16,23 @@ from amos_onnx.find.composite import COMPOSITE
 from amos_onnx.find.gates import Activation
 from amos_onnx.find.sites import Site
 from amos_onnx.fit import library
-from amos_onnx.fit.search import FitResult, fit, refine, solve_weights
-from amos_onnx.gate import MAX_K, GateParams, simulate
+from amos_onnx.fit.channels import channel_gates
+from amos_onnx.fit.search import FitResult, fit, solve_weights
+from amos_onnx.gate import MAX_K, GateParams, sample_error
+from amos_onnx.options import AUTO, REFIT_KICKS, FitOptions
 from amos_onnx.parallel import fork_map
 
 log = logging.getLogger(__name__)
 
-REFIT_KICKS = 6  # local-search moves of a calibrated refit by default (convert --kicks; the shipped fits used 300)
-REFIT_STARTS = 8  # a refit descends only this many of its starts (13 for a smooth gate): fitter.fit's keep_starts
+REFIT_STARTS = 8  # a refit descends only this many of its starts: search.fit's keep_starts
+
+
+class FitSource(StrEnum):
+    """Where a site's gate comes from."""
+
+    CALIBRATED = "calibrated"
+    PER_CHANNEL = "calibrated per channel"
+    DATA_FREE = "data-free"
 
 
 @dataclass(frozen=True)
@@ -30,13 +40,17 @@ class SiteFit:
     """A site's gate and how it was obtained; error and spikes on the fitted range's dense grid."""
 
     params: GateParams
-    source: str  # "calibrated", "calibrated per channel" or "data-free"
+    source: FitSource
     lo: float
     hi: float
     mse: float
     max_error: float
     mean_spikes: float
     samples: int = 0
+
+    @property
+    def calibrated(self) -> bool:
+        return self.source is not FitSource.DATA_FREE
 
 
 def _range(act: Activation, res: Reservoir | None) -> tuple[float, float]:
@@ -90,135 +104,67 @@ def _per_channel(act: Activation, shared: FitResult, samples: np.ndarray | None)
     return GateParams(np.tile(T, (c, 1)), np.tile(h, (c, 1)), d, axis=act.axis)
 
 
-def sample_error(params: GateParams, func: Callable[[np.ndarray], np.ndarray],
-                 x: np.ndarray) -> tuple[float, float, float]:
-    """MSE, max error and mean spikes of a gate against its function on the values x (any shape the gate takes:
-    a per-channel gate needs its channel axis)."""
-    y, s = simulate(params, x)
-    err = y.astype(np.float64) - func(np.asarray(x, np.float64))
-    return float(np.mean(err**2)), float(np.max(np.abs(err))), float(np.mean(s))
+def _calibrated(act: Activation, k: int, samples: np.ndarray, fit_range: tuple[float, float], job: Job) -> FitResult:
+    """A site's gate refitted on its samples, warm-started from the library's gate (and job.start). With a spike
+    penalty, the error-only refit (job.error_only when already made) joins the penalised refit's starts, so the
+    penalised refit never returns a gate that the error-only one beats on the penalised cost."""
+    lo, hi = fit_range
+    options = job.options
+    shipped = library.lookup(act, k)
+    warm = [shipped.params] if shipped is not None else []
+    warm += [job.start] if job.start is not None else []
+    error_only, result = job.error_only, None
+    if not options.spike_penalty or (error_only is None and job.start is None):
+        result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=warm, kicks=options.kicks,
+                     seed=options.seed, keep_starts=REFIT_STARTS)
+        error_only = result.params
+    if options.spike_penalty:
+        lam = absolute_penalty(act, samples, lo, hi, options.spike_penalty)
+        result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like,
+                     warm=[*warm, *([error_only] if error_only is not None else [])],
+                     kicks=options.kicks, seed=options.seed, keep_starts=REFIT_STARTS, spike_penalty=lam)
+    assert result is not None
+    return result
 
 
-CHANNEL_MIN_SAMPLES = 64  # a channel with fewer calibration values keeps the site's gate
-CHANNEL_GROUPS = 8  # at most this many refined gates per site: channels with alike values share one
-# A group's range: its channels' exact range widened by this share of its width on each side (within the site's),
-# since a channel's values from fresh inputs leave its calibrated range more often than the site's do. On
-# test_per_channel's four narrow Sigmoid channels, K=6, 200 fresh inputs: max error 0.099 with no margin, 0.055
-# with 0.5 (one gate for all: 0.053); mean error 0.0045 and 0.0055 (one gate: 0.0080).
-CHANNEL_MARGIN = 0.5
+def fit_site(act: Activation, k: int, res: Reservoir | None, options: FitOptions | None = None, *,
+             error_only: GateParams | None = None, start: GateParams | None = None) -> SiteFit:
+    """Fit one site's gate: the cached data-free fit, or a fit weighted by the site's samples (options'
+    spike_penalty is relative to the site, absolute_penalty; seed and kicks drive the refit's search). With
+    options.per_channel and samples that know their channel (Reservoir.axis), the site's gate is then refined per
+    channel (channels.channel_gates). `error_only`: this site's error-only calibrated refit when already made
+    (_refit_key). `start`: an earlier calibrated fit of this site to start from too (fit_sites' refocus)."""
+    return fit_job(Job(act, k, res, options or FitOptions(), error_only, start))
 
 
-def channel_groups(spans: np.ndarray, groups: int) -> np.ndarray:
-    """A group index per channel: k-means (deterministic, from channels evenly spaced in the order of their
-    midpoints) on each channel's [low, high] value span, so channels whose values lie alike share a gate."""
-    n = len(spans)
-    if n <= groups:
-        return np.arange(n)
-    order = np.argsort(spans.mean(axis=1), kind="stable")
-    centres = spans[order[np.linspace(0, n - 1, groups).round().astype(int)]].astype(np.float64)
-    label = np.zeros(n, dtype=np.int64)
-    for _ in range(50):
-        label = np.argmin(((spans[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2), axis=1)
-        moved = np.array([spans[label == g].mean(axis=0) if (label == g).any() else centres[g] for g in range(groups)])
-        if np.allclose(moved, centres):
-            break
-        centres = moved
-    return np.unique(label, return_inverse=True)[1]
-
-
-def _channel_gates(act: Activation, site: FitResult, res: Reservoir, lam: float,
-                   seed: int) -> tuple[GateParams, float, float, float]:
-    """One gate per channel of the site's input (along res.axis): channels grouped by where their values lie
-    (channel_groups on their 1%..99% quantiles, CHANNEL_GROUPS at most), the site's gate refined on each group's
-    values over the group's range (exact, widened by CHANNEL_MARGIN; fitter.refine with the same absolute spike
-    penalty); a channel with fewer than CHANNEL_MIN_SAMPLES values keeps the site's gate. With the MSE, max
-    error and mean spikes of those gates on all the samples."""
-    order = np.argsort(res.channels, kind="stable")
-    edges = np.searchsorted(res.channels[order], np.arange(res.channel_count + 1))
-    values = [res.values[order[edges[c]:edges[c + 1]]] for c in range(res.channel_count)]
-    sampled = [c for c in range(res.channel_count) if values[c].size >= CHANNEL_MIN_SAMPLES]
-    group = np.zeros(res.channel_count, dtype=np.int64)  # 0: the site's gate; g + 1: refined gate g
-    gates = [site.params]
-    if sampled:
-        spans = np.array([np.quantile(values[c], [0.01, 0.99]) for c in sampled])
-        label = channel_groups(spans, CHANNEL_GROUPS)
-        for g in range(int(label.max()) + 1):
-            members = [c for c, lab in zip(sampled, label) if lab == g]
-            lo, hi = float(res.channel_lo[members].min()), float(res.channel_hi[members].max())
-            margin = CHANNEL_MARGIN * (hi - lo)
-            lo, hi = max(lo - margin, site.lo), min(hi + margin, site.hi)
-            if act.relu_like:
-                lo = min(lo, 0.0)
-            if hi - lo < 1e-3:
-                lo, hi = lo - 0.5, hi + 0.5
-            x = np.concatenate([values[c] for c in members])
-            gates.append(refine(act.func, lo, hi, x, site.params, relu_like=act.relu_like, spike_penalty=lam,
-                                seed=seed))
-            group[members] = len(gates) - 1
-    squares, worst, spikes = 0.0, 0.0, 0.0  # over all the samples, one simulation per gate
-    of_value = group[res.channels]
-    for g, gate in enumerate(gates):
-        x = res.values[of_value == g]
-        if x.size:
-            mse, most, mean_spikes = sample_error(gate, act.func, x)
-            squares, worst, spikes = squares + mse * x.size, max(worst, most), spikes + mean_spikes * x.size
-    n = max(res.values.size, 1)
-    per = [gates[g] for g in group]
-    params = GateParams(np.stack([g.thresholds for g in per]), np.stack([g.resets for g in per]),
-                        np.stack([g.weights for g in per]), axis=res.axis)
-    return params, squares / n, worst, spikes / n
-
-
-def fit_site(act: Activation, k: int, res: Reservoir | None, seed: int = 0, spike_penalty: float = 0.0,
-             error_only: GateParams | None = None, per_channel: bool = False, kicks: int = REFIT_KICKS,
-             start: GateParams | None = None) -> SiteFit:
-    """Fit one site's gate: cached data-free fit, or a fit weighted by the site's samples. spike_penalty is
-    relative (absolute_penalty): 0 fits for error alone. `error_only`: this site's error-only calibrated refit
-    when already made (_refit_key), so a penalised refit does not make it again. `per_channel`: with samples
-    that know their channel (Reservoir.axis), the site's gate is then refined per channel (_channel_gates).
-    `kicks`: local-search moves of each calibrated refit (the data-free fits come from the library). `start`: an
-    earlier calibrated fit of this site to start from too (fit_sites' refocus): the refit's cost never ends
-    above that fit's, and with a spike penalty only the penalised refit is made again."""
+def fit_job(job: Job) -> SiteFit:
+    """One fit of fit_sites (see fit_site), run in a worker; automatic K goes through auto_fit."""
+    act, res, options = job.act, job.res, job.options
+    if job.k == AUTO:
+        return auto_fit(job)
+    k = int(job.k)
     if not 1 <= k <= MAX_K:
         raise ValueError(f"K must be in 1..{MAX_K}")
     lo, hi = _range(act, res)
     if res is None or res.seen == 0:
-        result, source, samples = _data_free(act, k, spike_penalty), "data-free", None
-    else:
-        samples = res.values
-        lam = absolute_penalty(act, samples, lo, hi, spike_penalty)  # of the refit and of the per-channel gates
-        shipped = library.lookup(act, k)  # a warm start for the refit on the site's own samples
-        warm = [shipped.params] if shipped is not None else []
-        warm += [start] if start is not None else []
-        if not spike_penalty or (error_only is None and start is None):
-            # The warm start already carries the search; a short local search refits it to the samples.
-            result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=warm, kicks=kicks,
-                         seed=seed, keep_starts=REFIT_STARTS)
-            error_only = result.params
-        if spike_penalty:
-            # The error-only refit joins the starts, so the penalised refit never returns a gate that the
-            # error-only one beats on the penalised cost (the fit's final candidates include its warm starts;
-            # without it, a refit descending only its best few starts, with a few moves, sometimes did).
-            result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like,
-                         warm=[*warm, *([error_only] if error_only is not None else [])],
-                         kicks=kicks, seed=seed, keep_starts=REFIT_STARTS, spike_penalty=lam)
-        source = "calibrated"
-    params = result.params if act.channel_funcs is None else _per_channel(act, result, samples)
-    mse, max_err, spikes = result.mse, result.max_error, result.mean_spikes
-    if per_channel and samples is not None and res is not None and res.axis is not None and act.channel_funcs is None:
-        params, mse, max_err, spikes = _channel_gates(act, result, res, lam, seed)
-        source = "calibrated per channel"
-    elif samples is not None:
+        result = _data_free(act, k, options.spike_penalty)
+        return SiteFit(result.params if act.channel_funcs is None else _per_channel(act, result, None),
+                       FitSource.DATA_FREE, lo, hi, result.mse, result.max_error, result.mean_spikes, 0)
+    samples = res.values
+    result = _calibrated(act, k, samples, (lo, hi), job)
+    if act.channel_funcs is not None:
+        params = _per_channel(act, result, samples)
         mse, max_err, spikes = sample_error(result.params, act.func, samples)
-    return SiteFit(params, source, lo, hi, mse, max_err, spikes, 0 if res is None else res.seen)
+        return SiteFit(params, FitSource.CALIBRATED, lo, hi, mse, max_err, spikes, res.seen)
+    if options.per_channel and res.axis is not None:
+        lam = absolute_penalty(act, samples, lo, hi, options.spike_penalty)
+        params, mse, max_err, spikes = channel_gates(act, result, res, lam, options.seed)
+        return SiteFit(params, FitSource.PER_CHANNEL, lo, hi, mse, max_err, spikes, res.seen)
+    mse, max_err, spikes = sample_error(result.params, act.func, samples)
+    return SiteFit(result.params, FitSource.CALIBRATED, lo, hi, mse, max_err, spikes, res.seen)
 
 
-AUTO = "auto"
-DEFAULT_TARGET_MSE = 1e-4
-
-
-def auto_fit(act: Activation, res: Reservoir | None, target_mse: float, seed: int = 0,
-             spike_penalty: float = 0.0, per_channel: bool = False, kicks: int = REFIT_KICKS) -> SiteFit:
+def auto_fit(job: Job) -> SiteFit:
     """The fit with the smallest K in 4..16 whose MSE (on the site's samples, or its default range) meets the
     target, found by bisection over K (error falls with K); the K = 16 fit when none does."""
     lo, hi = library.K_RANGE.start, library.K_RANGE.stop - 1
@@ -226,21 +172,22 @@ def auto_fit(act: Activation, res: Reservoir | None, target_mse: float, seed: in
 
     def at(k: int) -> SiteFit:
         if k not in fits:
-            fits[k] = fit_site(act, k, res, seed, spike_penalty, per_channel=per_channel, kicks=kicks)
+            fits[k] = fit_job(Job(job.act, k, job.res, job.options))
         return fits[k]
 
-    if at(hi).mse > target_mse:
+    target = job.options.target_mse
+    if at(hi).mse > target:
         return at(hi)
     while lo < hi:
         mid = (lo + hi) // 2
-        if at(mid).mse <= target_mse:
+        if at(mid).mse <= target:
             hi = mid
         else:
             lo = mid + 1
     return at(hi)
 
 
-def site_k(site: Site, k: int | str | None, k_per_op: dict[str, int]) -> int | str:
+def site_k(site: Site, k: int | str | None, k_per_op: Mapping[str, int]) -> int | str:
     """K for one site: --k-per-op for its op, else --k (a number, or "auto"), else the activation's default."""
     assert site.activation is not None
     op = COMPOSITE if len(site.nodes) > 1 else site.op
@@ -252,28 +199,18 @@ def site_k(site: Site, k: int | str | None, k_per_op: dict[str, int]) -> int | s
 
 
 class Job(NamedTuple):
-    """One fit of fit_sites, run in a worker by _fit_job."""
+    """One fit: the site's function, K, samples and options (spike_penalty already the site's share of it), with
+    the error-only refit and the earlier fit to start from, when there are."""
 
     act: Activation
     k: int | str
     res: Reservoir | None
-    target_mse: float
-    seed: int
-    penalty: float
-    per_channel: bool
-    kicks: int = REFIT_KICKS
+    options: FitOptions
     error_only: GateParams | None = None
     start: GateParams | None = None
 
 
 Key = tuple[str, str, str] | str  # sites with the same key share one fit
-
-
-def _fit_job(job: Job) -> SiteFit:
-    if job.k == AUTO:
-        return auto_fit(job.act, job.res, job.target_mse, job.seed, job.penalty, job.per_channel, job.kicks)
-    return fit_site(job.act, int(job.k), job.res, job.seed, job.penalty, job.error_only, job.per_channel, job.kicks,
-                    job.start)
 
 
 # Error-only calibrated refits made in this process, by _refit_key: a penalised refit starts from the error-only
@@ -284,11 +221,11 @@ _REFITS: dict[tuple[object, ...], GateParams] = {}
 def _refit_key(job: Job) -> tuple[object, ...] | None:
     """What an error-only calibrated refit depends on (the samples by digest), or None for a job that makes
     none to reuse (data-free, automatic K, per-channel gates)."""
-    act, res = job.act, job.res
-    if job.k == AUTO or res is None or res.seen == 0 or act.channel_funcs is not None or job.per_channel:
+    act, res, options = job.act, job.res, job.options
+    if job.k == AUTO or res is None or res.seen == 0 or act.channel_funcs is not None or options.per_channel:
         return None
     digest = hashlib.blake2b(np.ascontiguousarray(res.values).tobytes(), digest_size=16).hexdigest()
-    return (act.label, act.relu_like, int(job.k), job.seed, job.kicks, REFIT_STARTS, _range(act, res), digest)
+    return (act.label, act.relu_like, int(job.k), options.seed, options.kicks, REFIT_STARTS, _range(act, res), digest)
 
 
 def _shares(seen: list[tuple[Key, int]]) -> dict[Key, float]:
@@ -315,18 +252,9 @@ class Refocus(NamedTuple):
     kicks: int
 
 
-def fit_sites(
-    sites: list[Site], reservoirs: dict[str, Reservoir], k: int | str | None, seed: int = 0,
-    k_per_op: dict[str, int] | None = None, target_mse: float = DEFAULT_TARGET_MSE, spike_penalty: float = 0.0,
-    per_channel: bool = False, kicks: int = REFIT_KICKS, refocus: Refocus | None = None,
-) -> dict[str, SiteFit]:
-    """One SiteFit per converting site, keyed by site name; sites seeing the same tensor with the same
-    function and K share one fit. Fits run in parallel processes (AMOS_ONNX_JOBS, default one per CPU).
-    spike_penalty (relative, absolute_penalty) is spread over the sites by their share of the network's
-    gate evaluations (_shares), so it trades the network's mean spikes per gate. per_channel: one gate per
-    channel where the calibration kept channels (pipeline.plan's per_channel), else one per site. kicks:
-    local-search moves of each calibrated refit (more: lower error or fewer spikes, for more fitting time).
-    refocus: refit only some sites' fits, with more moves (pipeline.fit_plan's focus chooses them)."""
+def _jobs(sites: list[Site], reservoirs: dict[str, Reservoir],
+          options: FitOptions) -> tuple[dict[str, Key], dict[Key, Job]]:
+    """The fit key of every converting site, and one job per key, spike penalty spread by _shares."""
     keys: dict[str, Key] = {}
     work: dict[Key, Job] = {}
     seen: list[tuple[Key, int]] = []
@@ -334,26 +262,40 @@ def fit_sites(
         if not site.converts or site.activation is None:
             continue
         act, res = site.activation, None if site.graph else reservoirs.get(site.input)
-        kk = site_k(site, k, k_per_op or {})
+        kk = site_k(site, options.k, options.k_per_op)
         key: Key = (site.input, act.label, str(kk))
         if act.channel_funcs is not None:  # per-channel slopes: never shared
             key = site.name
         keys[site.name] = key
         seen.append((key, 0 if res is None else res.seen))
-        work.setdefault(key, Job(act, kk, res, target_mse, seed, spike_penalty, per_channel, kicks))
-    refit_keys = {key: _refit_key(job) for key, job in work.items()}
-    if spike_penalty:
+        work.setdefault(key, Job(act, kk, res, options))
+    if options.spike_penalty:
         shares = _shares(seen)
-        work = {key: job._replace(penalty=spike_penalty * shares[key], error_only=_REFITS.get(rk) if rk else None)
-                for (key, job), rk in zip(work.items(), refit_keys.values())}
+        work = {key: job._replace(options=replace(options, spike_penalty=options.spike_penalty * shares[key]),
+                                  error_only=_REFITS.get(rk) if (rk := _refit_key(job)) else None)
+                for key, job in work.items()}
+    return keys, work
+
+
+def fit_sites(sites: list[Site], reservoirs: dict[str, Reservoir], options: FitOptions | None = None,
+              refocus: Refocus | None = None) -> dict[str, SiteFit]:
+    """One SiteFit per converting site, keyed by site name; sites seeing the same tensor with the same function
+    and K share one fit. Fits run in parallel processes (AMOS_ONNX_JOBS, default one per CPU). The spike
+    penalty is spread over the sites by their share of the network's gate evaluations (_shares), so it trades
+    the network's mean spikes per gate. per_channel: one gate per channel where the calibration kept channels,
+    else one per site. refocus: refit only some sites' fits, with more moves (pipeline.fit_plan's focus)."""
+    options = options or FitOptions()
+    keys, work = _jobs(sites, reservoirs, options)
+    refit_keys = {key: _refit_key(job) for key, job in work.items()}
     if refocus is not None:
         first = {key: refocus.earlier[name] for name, key in keys.items() if name in refocus.sites}
-        work = {key: job._replace(kicks=refocus.kicks,  # per-channel gates cannot start the site's refit
+        work = {key: job._replace(options=replace(job.options, kicks=refocus.kicks),
+                                  # per-channel gates cannot start the site's refit
                                   start=first[key].params if first[key].params.axis is None else None,
                                   k=first[key].params.k if job.k == AUTO else job.k)
                 for key, job in work.items() if key in first}
-    results = dict(zip(work, fork_map(_fit_job, list(work.values()))))  # each fit seeded alone: order-free
-    if not spike_penalty and refocus is None:
+    results = dict(zip(work, fork_map(fit_job, list(work.values()))))  # each fit seeded alone: order-free
+    if not options.spike_penalty and refocus is None:
         _REFITS.update({rk: results[key].params for key, rk in refit_keys.items() if rk is not None})
     fits = {name: results[key] if key in results else refocus.earlier[name]  # type: ignore[union-attr]
             for name, key in keys.items()}

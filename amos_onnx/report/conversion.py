@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 
 from amos_onnx.find.sites import Site
-from amos_onnx.fit.sites import SiteFit
+from amos_onnx.fit.sites import FitSource, SiteFit
+from amos_onnx.options import EmitForm
 from amos_onnx.rewrite.graph import RewriteResult
+
+
+class SiteStatus(StrEnum):
+    """What became of an activation site."""
+
+    CONVERTED = "converted"
+    WOULD_CONVERT = "would convert"  # inspect: nothing written
+    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -17,20 +27,20 @@ class SiteReport:
     node: str
     op: str
     function: str | None
-    status: str  # "converted", "would convert" or "skipped"
+    status: SiteStatus
     reason: str | None = None
     k: int | None = None
-    source: str | None = None  # "calibrated" / "calibrated per channel" / "data-free"
+    source: FitSource | None = None
     fit_range: tuple[float, float] | None = None
     mse: float | None = None
     max_error: float | None = None
     mean_spikes: float | None = None
 
     @classmethod
-    def of(cls, site: Site, fit: SiteFit | None, status: str) -> SiteReport:
+    def of(cls, site: Site, fit: SiteFit | None, status: SiteStatus) -> SiteReport:
         label = site.activation.label if site.activation else None
         if not site.converts or fit is None:
-            return cls(site.name, site.op, label, "skipped" if not site.converts else status, site.reason)
+            return cls(site.name, site.op, label, SiteStatus.SKIPPED if not site.converts else status, site.reason)
         return cls(
             site.name, site.op, label, status, None, fit.params.k, fit.source, (fit.lo, fit.hi),
             fit.mse, fit.max_error, fit.mean_spikes,
@@ -44,7 +54,7 @@ class ConversionReport:
     input: str
     output: str | None
     sites: list[SiteReport] = field(default_factory=list)
-    emit: str | None = None
+    emit: EmitForm | None = None
     calibration: str | None = None  # what the calibration data was, or None for data-free ranges
     calibration_samples: int = 0
     ir_version: tuple[int, int] | None = None
@@ -53,11 +63,11 @@ class ConversionReport:
 
     @property
     def converted(self) -> int:
-        return sum(s.status == "converted" for s in self.sites)
+        return sum(s.status is SiteStatus.CONVERTED for s in self.sites)
 
     @property
     def skipped(self) -> int:
-        return sum(s.status == "skipped" for s in self.sites)
+        return sum(s.status is SiteStatus.SKIPPED for s in self.sites)
 
     def kind_lines(self) -> list[str]:
         """One line per op type: how many converted, how many skipped and why."""
@@ -66,9 +76,9 @@ class ConversionReport:
             by_op[site.op].append(site)
         lines = []
         for op, sites in sorted(by_op.items()):
-            done = Counter(s.status for s in sites if s.status != "skipped")
+            done = Counter(str(s.status) for s in sites if s.status is not SiteStatus.SKIPPED)
             parts = [f"{n} {status}" for status, n in sorted(done.items())]
-            reasons = Counter(s.reason for s in sites if s.status == "skipped")
+            reasons = Counter(s.reason for s in sites if s.status is SiteStatus.SKIPPED)
             parts += [f"{n} skipped ({reason})" for reason, n in sorted(reasons.items(), key=lambda r: str(r[0]))]
             ks = sorted({s.k for s in sites if s.k})
             suffix = f"  K={','.join(map(str, ks))}" if ks else ""
@@ -77,19 +87,21 @@ class ConversionReport:
 
     def summary(self) -> str:
         if not self.sites:
-            return "no activations found; the model is unchanged apart from being re-saved" if self.output else "no activations found"
+            if not self.output:
+                return "no activations found"
+            return "no activations found; the model is unchanged apart from being re-saved"
         fitting = f"fitted on {self.calibration} ({self.calibration_samples} samples)" if self.calibration else (
             "data-free default ranges (no --calib)"
         )
         verb = "converted" if self.output else "would convert"
-        n = self.converted if self.output else sum(s.status == "would convert" for s in self.sites)
+        n = self.converted if self.output else sum(s.status is SiteStatus.WOULD_CONVERT for s in self.sites)
         return f"{verb} {n} of {len(self.sites)} activation sites, {self.skipped} skipped; gates {fitting}"
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def site_reports(sites: list[Site], fits: dict[str, SiteFit], status: str) -> list[SiteReport]:
+def site_reports(sites: list[Site], fits: dict[str, SiteFit], status: SiteStatus) -> list[SiteReport]:
     return [SiteReport.of(site, fits.get(site.name), status) for site in sites]
 
 

@@ -1,0 +1,75 @@
+"""Run the original model on calibration data and keep a bounded sample of what each site sees."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from amos_onnx.calibrate.reservoir import Reservoir
+from amos_onnx.data.dataset import Dataset, sample_count
+from amos_onnx.data.progress import Progress
+from amos_onnx.find.sites import Site
+from amos_onnx.options import CalibrationOptions
+from amos_onnx.runtime import run_checked, user_session
+
+
+def exposed(model: onnx.ModelProto, tensors: dict[str, int]) -> onnx.ModelProto:
+    """A copy of the model that also outputs each named intermediate tensor (name: ONNX element type)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    present = {o.name for o in copy.graph.output} | {i.name for i in copy.graph.input}
+    for name, dtype in tensors.items():
+        if name not in present:
+            copy.graph.output.append(helper.make_tensor_value_info(name, dtype, None))
+    return copy
+
+
+@dataclass
+class Kept:
+    """The first calibration batches, kept for measuring the converted sites' effect (fit.focus.effects): until
+    they hold `samples` samples or `bytes` bytes (at least one batch)."""
+
+    samples: int
+    bytes: int
+    feeds: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+    def wants(self) -> bool:
+        return (sum(map(sample_count, self.feeds)) < self.samples
+                and sum(a.nbytes for f in self.feeds for a in f.values()) < self.bytes)
+
+
+def calibrate(
+    model: onnx.ModelProto, sites: list[Site], data: Dataset, options: CalibrationOptions | None = None, *,
+    label: str = "model", progress: bool | None = None, folder: str | Path | None = None, keep: Kept | None = None,
+) -> tuple[dict[str, Reservoir], int]:
+    """Sample the input tensor of every converting site over all of `data`, batch by batch: the reservoirs
+    and the number of samples seen. Memory stays at one batch plus options.cap values per site. With
+    options.per_channel, the reservoir of a tensor with a static channel axis (Site.channel_axis, Site.channels)
+    keeps each value's channel too. `keep`: the first batches are kept there (Kept)."""
+    options = options or CalibrationOptions()
+    types = {s.input: s.dtype for s in sites if s.converts and not s.graph}  # subgraph tensors cannot be exposed
+    tensors = sorted(types)
+    if not tensors:  # nothing to sample: the data is not read
+        return {}, data.count or 0
+    rng = np.random.default_rng(options.seed)
+    axes = {s.input: s.channel_axis for s in sites if options.per_channel and s.converts and not s.graph and s.channels}
+    reservoirs = {name: Reservoir(options.cap, rng, axes.get(name)) for name in tensors}
+    sess = user_session(exposed(model, types), label, native=False, folder=folder)
+    bar = Progress("calibrating", data.count, progress)
+    for feed in data.batches:
+        outputs = [name for name in tensors if name not in feed]
+        if outputs:
+            for name, value in zip(outputs, run_checked(sess, outputs, feed, label)):
+                reservoirs[name].add(value)
+        for name in tensors:
+            if name in feed:
+                reservoirs[name].add(feed[name])
+        if keep is not None and keep.wants():
+            keep.feeds.append(feed)
+        bar.advance(sample_count(feed))
+    bar.close()
+    return reservoirs, bar.done

@@ -1,0 +1,161 @@
+"""The option objects: one frozen dataclass per stage, checked once where it is built.
+
+convert() takes a ConvertOptions (find, calibration, fit and the emission form); the command line builds the
+same objects and takes its defaults and help from their fields (`help` in each field's metadata). A bad value
+is an OptionError naming the command-line option it comes from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from typing import Any, Literal
+
+from amos_onnx.data.images import ImageOptions
+from amos_onnx.errors import OptionError
+from amos_onnx.find.gates import selectable_ops
+from amos_onnx.gate import MAX_K
+
+AUTO: Literal["auto"] = "auto"
+K = int | Literal["auto"] | None
+
+
+class EmitForm(StrEnum):
+    """How the converted node is written: a node calling a model-local function, or the gate's ops inline."""
+
+    FUNCTION = "function"
+    INLINE = "inline"
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+def _check_ops(option: str, ops: frozenset[str] | Mapping[str, int] | None) -> None:
+    known = set(selectable_ops())
+    unknown = sorted(set(ops or ()) - known)
+    if unknown:
+        raise OptionError(f"{option}: unknown activation op {', '.join(unknown)}",
+                          hint=f"known: {', '.join(sorted(known))}")
+
+
+def _check_moves(option: str, value: int) -> None:
+    if value < 0:
+        raise OptionError(f"{option} {value}: the number of local-search moves must be 0 or more")
+
+
+@dataclass(frozen=True)
+class FindOptions:
+    """Which activations convert, and where per-channel gates find each site's channels."""
+
+    only: frozenset[str] | None = field(default=None, metadata=_help(
+        "Convert only these op types (comma-separated; Composite for composite activations)."))
+    skip: frozenset[str] | None = field(default=None, metadata=_help("Leave these op types analog (comma-separated)."))
+    channel_axis: int | None = field(default=None, metadata=_help(
+        "With --per-channel: this axis holds every site's channels (negative: from the end)."))
+
+    def __post_init__(self) -> None:
+        _check_ops("--only", self.only)
+        _check_ops("--skip", self.skip)
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """How calibration samples each site's inputs: its random draw, and whether values keep their channel."""
+
+    seed: int = field(default=0, metadata=_help("Seed of the calibration's reservoir sampling."))
+    per_channel: bool = field(default=False, metadata=_help("Keep each value's channel (for per-channel gates)."))
+    images: ImageOptions | None = None
+    cap: int = 100_000  # values kept per site tensor, a uniform random sample of all it saw
+
+
+REFIT_KICKS = 6
+FOCUS_KICKS = 200
+DEFAULT_TARGET_MSE = 1e-4
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How every site's gate is fitted."""
+
+    k: K = field(default=None, metadata=_help(
+        "Neurons per gate for every site, or 'auto' (the smallest K meeting --target-mse); default per activation."))
+    k_per_op: Mapping[str, int] = field(default_factory=dict, metadata=_help(
+        "K per op type, e.g. Relu=8,Sigmoid=12,Composite=16."))
+    target_mse: float = field(default=DEFAULT_TARGET_MSE, metadata=_help(
+        "Per-site error target of --k auto (MSE on the site's calibration samples)."))
+    spike_penalty: float = field(default=0.0, metadata=_help(
+        "Relative spike penalty: the squared error one spike per gate may cost, as a fraction of the activation's "
+        "mean square output, spread over the sites by their share of the gate evaluations (0: error alone)."))
+    seed: int = field(default=0, metadata=_help("Seed of the fitter's local search."))
+    kicks: int = field(default=REFIT_KICKS, metadata=_help(
+        "Local-search moves of each calibrated refit: more give lower error or fewer spikes for more fitting time."))
+    focus_kicks: int = field(default=FOCUS_KICKS, metadata=_help(
+        "With --calib: the fits that move the model's outputs most (measured on calibration samples, one site's "
+        "gate at a time) are refitted with this many moves (0: no focus)."))
+    per_channel: bool = field(default=False, metadata=_help(
+        "One gate per channel of each site; channels with alike calibration values share one refined gate "
+        "(needs --calib). Channels: the last axis after MatMul, Gemm or a layer norm, else axis 1."))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, str) and self.k != AUTO:
+            raise OptionError(f"--k {self.k}: give a number of neurons or 'auto'")
+        if isinstance(self.k, int) and not 1 <= self.k <= MAX_K:
+            raise OptionError(f"--k {self.k}: K must be between 1 and {MAX_K}")
+        for op, value in self.k_per_op.items():
+            if not 1 <= value <= MAX_K:
+                raise OptionError(f"--k-per-op {op}={value}: K must be between 1 and {MAX_K}")
+        _check_ops("--k-per-op", self.k_per_op)
+        if not self.target_mse > 0:
+            raise OptionError(f"--target-mse {self.target_mse}: must be positive")
+        if not (self.spike_penalty >= 0 and math.isfinite(self.spike_penalty)):
+            raise OptionError(f"--spike-penalty {self.spike_penalty}: must be zero or positive")
+        _check_moves("--kicks", self.kicks)
+        _check_moves("--focus-kicks", self.focus_kicks)
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Everything convert() does besides its files: find, calibration, fit, the emission form, progress."""
+
+    find: FindOptions = field(default_factory=FindOptions)
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    fit: FitOptions = field(default_factory=FitOptions)
+    emit: EmitForm = field(default=EmitForm.FUNCTION, metadata=_help(
+        "function (a local function per K) or inline."))
+    progress: bool | None = None  # a progress line on stderr; None: when it is a terminal
+
+    def __post_init__(self) -> None:
+        if self.emit not in tuple(EmitForm):
+            raise OptionError(f"--emit {self.emit}: must be one of {', '.join(EmitForm)}")
+        object.__setattr__(self, "emit", EmitForm(self.emit))
+        if self.find.channel_axis is not None and not self.fit.per_channel:
+            raise OptionError(f"--channel-axis {self.find.channel_axis}: only with --per-channel")
+        if self.fit.per_channel and not self.calibration.per_channel:
+            raise OptionError("per-channel fits need a calibration that keeps each value's channel")
+
+    @classmethod
+    def of(cls, **keywords: Any) -> ConvertOptions:
+        """Options from flat keywords: any field of FindOptions, CalibrationOptions or FitOptions, and emit,
+        progress; `seed` and `per_channel` set both the calibration's and the fit's."""
+        parts: dict[str, dict[str, Any]] = {"find": {}, "calibration": {}, "fit": {}}
+        top: dict[str, Any] = {}
+        for name, value in keywords.items():
+            owners = [part for part, kind in _PARTS.items() if name in _names(kind)]
+            if name in ("emit", "progress"):
+                top[name] = value
+            elif not owners:
+                raise TypeError(f"unknown conversion option {name!r}")
+            for part in owners:
+                parts[part][name] = frozenset(value) if name in ("only", "skip") and value is not None else value
+        return cls(FindOptions(**parts["find"]), CalibrationOptions(**parts["calibration"]), FitOptions(**parts["fit"]),
+                   **top)
+
+
+_PARTS: dict[str, type] = {"find": FindOptions, "calibration": CalibrationOptions, "fit": FitOptions}
+
+
+def _names(kind: type) -> set[str]:
+    return {f.name for f in fields(kind)}
