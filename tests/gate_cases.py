@@ -65,7 +65,7 @@ CASES = [
 ]
 
 # max |converted - original| over [-10, 10] with the data-free default K: the first
-# shipped pre-fitted gate's measured error (amos_onnx/library.json) plus about 30%. ReLU-like gates sit near half a
+# shipped pre-fitted gate's measured error (amos_onnx/fit/library.json) plus about 30%. ReLU-like gates sit near half a
 # quantisation step (10 / 2^10 / 2 = 0.005); the smooth ones are the fitter's current limit. Softplus K=12 went from
 # 0.14 to 0.195 with fitter version 8 (segment chains: 2.3 instead of 3.4 spikes, MSE 1.7e-3 instead of 1.2e-3).
 TOLERANCE = {

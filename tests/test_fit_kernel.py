@@ -7,6 +7,7 @@ import pytest
 
 from amos_onnx.fit import blocks
 from amos_onnx.fit import kernel as fit_kernel
+from amos_onnx.fit.kernel import Split
 from amos_onnx.fit.search import fit
 
 pytestmark = pytest.mark.skipif(not fit_kernel.available(), reason="fitter library not built (make ops)")
@@ -67,15 +68,17 @@ def split_case(rng: np.random.Generator, trial: int) -> tuple:  # type: ignore[t
 def test_split_costs_are_bit_identical(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(0)
     for trial in range(300):
-        numpy_out, c_out = both(monkeypatch, blocks.split_costs, *split_case(rng, trial))
+        *arrays, lam = split_case(rng, trial)
+        numpy_out, c_out = both(monkeypatch, blocks.split_costs, Split(*arrays), lam)
         assert_same_bytes(numpy_out, c_out)
 
 
 def test_split_costs_sort_like_numpy() -> None:
     rng = np.random.default_rng(1)
     v = np.round(rng.normal(size=1000), 1)
-    vs, cost, se, sw = fit_kernel.split_costs(v, *(np.zeros(1000),) * 2, np.full(1000, 1e-3), *(np.zeros(1000),) * 2,
-                                              *(np.zeros(1000, np.int8),) * 2, 0.0, blocks.FLOAT32_ROOM)
+    split = Split(v, *(np.zeros(1000),) * 2, np.full(1000, 1e-3), *(np.zeros(1000),) * 2,
+                  *(np.zeros(1000, np.int8),) * 2)
+    vs, cost, se, sw = fit_kernel.split_costs(split, 0.0, blocks.FLOAT32_ROOM)
     assert vs.tobytes() == np.sort(v, kind="stable").tobytes()
     assert sw[0] == pytest.approx(1.0) and sw[-1] == 0.0 and cost.shape == (1001,)
 
@@ -94,4 +97,4 @@ def test_whole_fits_are_identical(  # type: ignore[no-untyped-def]
 def test_mismatched_lengths_are_refused() -> None:
     z = np.zeros(3)
     with pytest.raises(ValueError, match="different lengths"):
-        fit_kernel.split_costs(z, z, z, z, z, np.zeros(2), *(np.zeros(3, np.int8),) * 2, 0.0, 4.0)
+        fit_kernel.split_costs(Split(z, z, z, z, z, np.zeros(2), *(np.zeros(3, np.int8),) * 2), 0.0, 4.0)

@@ -20,7 +20,7 @@ GRID = np.linspace(-10, 10, 20_000, dtype=np.float32).reshape(-1, 16)
 def inline_sequence(k: int) -> list[str]:
     """The op types the inline form emits for one K-neuron gate, step by step."""
     ops = ["Greater", "Where"]
-    for t in range(2, k + 1):
+    for _ in range(2, k + 1):
         ops += ["Sub", "Where", "Greater", "Add", "Where"]
     return ops
 

@@ -23,14 +23,15 @@ pytestmark = pytest.mark.skipif(native_library() is None, reason="native library
 
 def gate_model(params: GateParams, shape: list, spikes: bool = False, rank: int | None = None) -> onnx.ModelProto:
     """One AmosGate node (function form, as the converter writes it), optionally with the spike output."""
-    node = emit.gate_node("x", "y", params, rank if rank is not None else len(shape), "g/amos", "test gate")
+    rank = rank if rank is not None else len(shape)
+    node = emit.gate_node("x", "y", params, rank, "g/amos", "test gate")
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
     if spikes:
         node.output.append("s")
         outputs.append(helper.make_tensor_value_info("s", TensorProto.INT32, None))
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)], outputs)
     opsets = [helper.make_opsetid("", 17)]
-    fn = emit.function_proto(node.overload, opsets)
+    fn = emit.function_proto(emit.overload_of(params, rank), opsets)
     return helper.make_model(graph, opset_imports=opsets + [helper.make_opsetid("amos", 1)], functions=[fn],
                              ir_version=10)
 

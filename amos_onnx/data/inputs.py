@@ -65,7 +65,8 @@ def check_feeds(arrays: dict[str, np.ndarray], model: onnx.ModelProto, where: st
     feeds: dict[str, np.ndarray] = {}
     for spec in input_specs(model):
         if spec.name not in arrays:
-            raise DataError(f"{where}: no array for model input '{spec.name}' (has: {', '.join(sorted(arrays)) or 'none'})")
+            has = ", ".join(sorted(arrays)) or "none"
+            raise DataError(f"{where}: no array for model input '{spec.name}' (has: {has})")
         array = arrays[spec.name]
         if array.dtype != spec.dtype:
             raise DataError(f"{where}: input '{spec.name}' has dtype {array.dtype}, the model expects {spec.dtype}")
@@ -84,13 +85,15 @@ def _check_shape(spec: InputSpec, array: np.ndarray, where: str) -> None:
         return
     if array.ndim != len(spec.shape):
         raise DataError(
-            f"{where}: input '{spec.name}' has shape {list(array.shape)}, the model expects rank {len(spec.shape)} {_fmt(spec.shape)}"
+            f"{where}: input '{spec.name}' has shape {list(array.shape)}, the model expects rank {len(spec.shape)} "
+            f"{_fmt(spec.shape)}"
         )
     for axis, (want, got) in enumerate(zip(spec.shape, array.shape)):
         if not isinstance(want, int) or want == 0:
             continue
         if (axis == 0 and got % want != 0) or (axis > 0 and got != want):
-            raise DataError(f"{where}: input '{spec.name}' has shape {list(array.shape)}, the model expects {_fmt(spec.shape)}")
+            raise DataError(f"{where}: input '{spec.name}' has shape {list(array.shape)}, the model expects "
+                            f"{_fmt(spec.shape)}")
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         raise DataError(f"{where}: input '{spec.name}' contains NaN or Inf")
 

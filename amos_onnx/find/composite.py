@@ -14,7 +14,6 @@ is reported, not matched.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto, helper, numpy_helper
 
-from amos_onnx.find.gates import DEFAULT_RANGE, Activation, registered_ops
+from amos_onnx.find.gates import DEFAULT_RANGE, Activation, named_functions, registered_ops
 
 UNARY = {
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Sigmoid", "HardSigmoid", "Tanh",
@@ -35,7 +34,8 @@ CONSTANT_OPERANDS = {"Clip", "PRelu"}  # elementwise when every input but the fi
 BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"}
 # A region is an activation when it holds one of these (or computes a known activation, e.g. Softplus as
 # Log(1+Exp(x))); Sqrt(var+eps) of a layer norm, say, is arithmetic and stays as it is.
-ACTIVATION_OPS = UNARY - {"Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Identity"} | {"Clip", "PRelu", "Max", "Min"}
+ACTIVATION_OPS = (UNARY - {"Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Identity"}
+                  | {"Clip", "PRelu", "Max", "Min"})
 COMPOSITE_K = 16
 COMPOSITE = "Composite"  # the name --only/--skip use for composite activations
 
@@ -215,15 +215,7 @@ def evaluator(model: onnx.ModelProto) -> Callable[[np.ndarray], np.ndarray]:
     return g
 
 
-KNOWN = {
-    "SiLU": lambda x: x / (1 + np.exp(-x)),
-    "GELU": lambda x: 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2))),
-    "GELU(tanh)": lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
-    "Mish": lambda x: x * np.tanh(np.logaddexp(0, x)),
-    "HardSwish": lambda x: x * np.clip(x / 6 + 0.5, 0, 1),
-    "Softplus": lambda x: np.logaddexp(0, x),
-    "ReLU6": lambda x: np.clip(x, 0, 6),
-}
+KNOWN = named_functions()  # the names a composite region is recognised by (gates.named)
 _PROBE = np.linspace(-10, 10, 2001)
 
 

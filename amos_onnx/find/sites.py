@@ -13,6 +13,7 @@ from onnx import TensorProto
 
 from amos_onnx.find.composite import COMPOSITE, NearMiss, elem_type, find_composites
 from amos_onnx.find.gates import Activation, NodeContext, NoMatch, lookup
+from amos_onnx.options import FindOptions
 
 # The gate always runs in float32; other float types get casts at its edges.
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
@@ -36,19 +37,18 @@ def quantized_ops(graph: gs.Graph) -> dict[str, int]:
 class Site:
     """One activation node: what it computes, or why it is not converted."""
 
-    index: int  # position in graph.nodes of the node that writes the output
-    name: str  # node name, or "<op>_<index>" when the node has none
+    name: str  # node name, or "<op>_<position>" when the node has none; prefixed by a subgraph's path
     op: str
     input: str
-    output: str
+    output: str  # the tensor the activation writes: with `graph`, the site's identity
     activation: Activation | None
     reason: str | None = None  # None: the site converts
-    nodes: tuple[int, ...] = ()  # every node the gate replaces (a composite has several)
+    nodes: tuple[str, ...] = ()  # every node the gate replaces, by its first output (a composite has several)
     dtype: int = TensorProto.FLOAT  # ONNX element type of input and output
     rank: int | None = None  # rank of the input, when known
     channels: int | None = None  # static size of the input's channel axis (channel_axis), when rank >= 2
     channel_axis: int | None = None  # the input's feature axis: 1 (N, C, ...), or the last after MatMul and the like
-    graph: tuple[tuple[int, str], ...] = ()  # path to a subgraph: (node index, attribute name) per level
+    graph: tuple[tuple[str, str], ...] = ()  # path to a subgraph: (node's first output, attribute name) per level
 
     @property
     def converts(self) -> bool:
@@ -110,61 +110,73 @@ def _dtype(tensor: gs.Tensor | None) -> tuple[int, str | None]:
     return kind, f"input type is {name}; only floating-point activations convert"
 
 
-def _site(index: int, node: gs.Node, opset: int, only: set[str] | None, skip: set[str],
-          channel_axis: int | None) -> Site | None:
+def node_id(node: gs.Node) -> str:
+    """A node's identity within its graph: its first output tensor's name."""
+    return node.outputs[0].name if node.outputs else ""
+
+
+def _site(index: int, node: gs.Node, opset: int, options: FindOptions) -> Site | None:
     name = node.name or f"{node.op}_{index}"
+    own = (node_id(node),)
     if node.domain == "com.microsoft" and node.op in QUANTIZED_ACTIVATIONS and node.inputs and node.outputs:
-        return Site(index, name, node.op, node.inputs[0].name, node.outputs[0].name, None, QUANTIZED_REASON, (index,))
+        return Site(name, node.op, node.inputs[0].name, node.outputs[0].name, None, QUANTIZED_REASON, own)
     matcher = lookup(node.domain or "", node.op, opset)
     if matcher is None:
         return None
     x, y = node.inputs[0].name, node.outputs[0].name
-    if only is not None and node.op not in only:
-        return Site(index, name, node.op, x, y, None, "not in --only", (index,))
-    if node.op in skip:
-        return Site(index, name, node.op, x, y, None, "in --skip", (index,))
+    if options.only is not None and node.op not in options.only:
+        return Site(name, node.op, x, y, None, "not in --only", own)
+    if node.op in (options.skip or ()):
+        return Site(name, node.op, x, y, None, "in --skip", own)
     result = matcher(NodeContext(node, opset))
     if isinstance(result, NoMatch):
-        return Site(index, name, node.op, x, y, None, result.reason, (index,))
+        return Site(name, node.op, x, y, None, result.reason, own)
     dtype, reason = _dtype(node.inputs[0])
-    axis, channels = _channels(node.inputs[0], channel_axis)
-    return Site(index, name, node.op, x, y, result, reason, (index,), dtype, _rank(node.inputs[0]), channels, axis)
+    axis, channels = _channels(node.inputs[0], options.channel_axis)
+    return Site(name, node.op, x, y, result, reason, own, dtype, _rank(node.inputs[0]), channels, axis)
 
 
-def find_sites(
-    graph: gs.Graph, opset: int, only: set[str] | None = None, skip: set[str] | None = None,
-    channel_axis: int | None = None,
-) -> tuple[list[Site], list[NearMiss]]:
-    """Every activation in the graph, its subgraphs (If, Loop, Scan bodies) included, and the near misses.
-    channel_axis: every site's channel axis (negative: from the end) instead of its input's feature_axis."""
-    skip = skip or set()
-    sites: list[Site] = []
+def _composite_sites(graph: gs.Graph, opset: int, options: FindOptions,
+                     claimed: set[int]) -> tuple[list[tuple[int, Site]], list[NearMiss]]:
+    """The composite activations of one graph as (position of the writing node, site); `claimed` gets the
+    positions of every node they replace."""
+    if (options.only is not None and COMPOSITE not in options.only) or COMPOSITE in (options.skip or ()):
+        return [], []
+    composites, misses = find_composites(graph, opset)
+    tensors = graph.tensors()
+    found = []
+    for c in composites:
+        out = c.nodes[-1]
+        node = graph.nodes[out]
+        dtype, reason = _dtype(tensors.get(c.x))
+        axis, channels = _channels(tensors.get(c.x), options.channel_axis)
+        nodes = tuple(node_id(graph.nodes[i]) for i in c.nodes)
+        found.append((out, Site(node.name or f"{node.op}_{out}", c.kind, c.x, c.y, c.activation, reason, nodes, dtype,
+                                _rank(tensors.get(c.x)), channels, axis)))
+        claimed.update(c.nodes)
+    return found, misses
+
+
+def find_sites(graph: gs.Graph, opset: int, options: FindOptions | None = None) -> tuple[list[Site], list[NearMiss]]:
+    """Every activation in the graph, its subgraphs (If, Loop, Scan bodies) included, and the near misses, in
+    graph order. options.channel_axis: every site's channel axis (negative: from the end) instead of its input's
+    feature_axis."""
+    options = options or FindOptions()
     claimed: set[int] = set()
-    misses: list[NearMiss] = []
-    if (only is None or COMPOSITE in only) and COMPOSITE not in skip:
-        composites, misses = find_composites(graph, opset)
-        tensors = graph.tensors()
-        for c in composites:
-            out = c.nodes[-1]
-            node = graph.nodes[out]
-            name = node.name or f"{node.op}_{out}"
-            dtype, reason = _dtype(tensors.get(c.x))
-            axis, channels = _channels(tensors.get(c.x), channel_axis)
-            sites.append(Site(out, name, c.kind, c.x, c.y, c.activation, reason, c.nodes, dtype,
-                              _rank(tensors.get(c.x)), channels, axis))
-            claimed.update(c.nodes)
+    found, misses = _composite_sites(graph, opset, options, claimed)
     for index, node in enumerate(graph.nodes):
         if index in claimed:
             continue
-        site = _site(index, node, opset, only, skip, channel_axis)
+        site = _site(index, node, opset, options)
         if site is not None:
-            sites.append(site)
-    sites.sort(key=lambda s: s.index)
+            found.append((index, site))
+    sites = [site for _, site in sorted(found, key=lambda pair: pair[0])]
     for index, node in enumerate(graph.nodes):
         for attr, value in node.attrs.items():
             if isinstance(value, gs.Graph):
-                inner, inner_misses = find_sites(value, opset, only, skip, channel_axis)
+                inner, inner_misses = find_sites(value, opset, options)
                 prefix = f"{node.name or f'{node.op}_{index}'}/{attr}"
-                sites += [replace(s, name=f"{prefix}/{s.name}", graph=((index, attr), *s.graph)) for s in inner]
+                path = (node_id(node), attr)
+                sites += [replace(s, name=f"{prefix}/{s.name}", graph=(path, *s.graph)) for s in inner]
                 misses += [replace(m, node=f"{prefix}/{m.node}") for m in inner_misses]
     return sites, misses

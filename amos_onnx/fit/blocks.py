@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from amos_onnx.fit import kernel as fit_kernel
+from amos_onnx.fit.kernel import Split
 
 FLOAT32_ROOM = 4  # ulps of float32 between a threshold's neighbours
 
@@ -62,15 +63,14 @@ def _before(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int) -> 
     return v, y
 
 
-def split_costs(v: np.ndarray, yb: np.ndarray, target: np.ndarray, w: np.ndarray, r0: np.ndarray, r1: np.ndarray,
-                s0: np.ndarray, s1: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def split_costs(split: Split, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The cost of every split of one neuron's threshold: (vs, cost, se, sw) with vs the membranes v sorted, and
     for split i (samples i.. fire, n + 1 splits) cost[i] the skipping cost of samples ..i-1 plus the best firing
     cost of samples i.. (their weight d = se[i] / sw[i]); +inf where the gap below sample i is too narrow for
-    float32. yb: the output before the neuron; r0, s0 / r1, s1: the later neurons' output and spikes when it
-    skips / fires. In C when the fitter's library is built (bit-identical), else numpy."""
+    float32 (kernel.Split names the arrays). In C when the fitter's library is built (bit-identical), else numpy."""
     if fit_kernel.available():
-        return fit_kernel.split_costs(v, yb, target, w, r0, r1, s0, s1, lam, FLOAT32_ROOM)
+        return fit_kernel.split_costs(split, lam, FLOAT32_ROOM)
+    v, yb, target, w, r0, r1, s0, s1 = split
     order = np.argsort(v, kind="stable")
     vs, w = v[order], w[order]
     e0 = (target - yb - r0)[order]
@@ -101,7 +101,7 @@ def update_threshold(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t:
     """Exact best (T_t, d_t) with all other parameters fixed (`before`: _before's result, when known)."""
     v, yb = before if before is not None else _before(p, T, h, d, t)
     (r0, r1), (s0, s1) = rest(T, h, d, np.stack([v, v - h[t]]), t + 1)  # skipping or firing neuron t
-    vs, cost, se, sw = split_costs(v, yb, p.target, p.w, r0, r1, s0, s1, p.lam)
+    vs, cost, se, sw = split_costs(Split(v, yb, p.target, p.w, r0, r1, s0, s1), p.lam)
     n = len(vs)
     i = int(np.argmin(cost))
     current = int(np.searchsorted(vs, T[t], side="right"))  # samples from here on fire now

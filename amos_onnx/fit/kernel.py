@@ -1,7 +1,7 @@
 """The fitter's inner loop in C (custom_ops/amos_fit.c, built by `make ops` into amos_onnx/_native/).
 
-`rest` and `split_costs` are bit-identical to their numpy forms in amos_onnx.blocks (the tests compare both on
-random and edge-case inputs and on whole fits) and make fitting about 2x faster. Without the library, or with
+`rest` and `split_costs` are bit-identical to their numpy forms in amos_onnx.fit.blocks (the tests compare both
+on random and edge-case inputs and on whole fits) and faster. Without the library, or with
 AMOS_ONNX_NATIVE_FIT=0, the fitter runs its numpy loops. The library is loaded when this module is imported, in
 the parent process: a dlopen in a forked fitting worker can hang (see amos_onnx.parallel).
 """
@@ -12,6 +12,7 @@ import ctypes
 import os
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def available() -> bool:
 
 
 def rest(T: np.ndarray, h: np.ndarray, d: np.ndarray, v: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
-    """amos_onnx.blocks.rest in C: output and spike count (int8) of neurons start..K-1 from membrane v."""
+    """amos_onnx.fit.blocks.rest in C: output and spike count (int8) of neurons start..K-1 from membrane v."""
     lib = _library()
     assert lib is not None
     T, h, d = (np.ascontiguousarray(a, np.float64) for a in (T, h, d))
@@ -63,14 +64,26 @@ def rest(T: np.ndarray, h: np.ndarray, d: np.ndarray, v: np.ndarray, start: int)
     return y, s
 
 
-def split_costs(v: np.ndarray, yb: np.ndarray, target: np.ndarray, w: np.ndarray, r0: np.ndarray, r1: np.ndarray,
-                s0: np.ndarray, s1: np.ndarray, lam: float, room_ulps: float
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """amos_onnx.blocks.split_costs in C: (vs, cost, se, sw)."""
+class Split(NamedTuple):
+    """One neuron's threshold split, per sample: the membrane v, the output before the neuron yb, the target, the
+    weight w, and the later neurons' output (r0 / r1) and spikes (s0 / s1) when it skips / fires."""
+
+    v: np.ndarray
+    yb: np.ndarray
+    target: np.ndarray
+    w: np.ndarray
+    r0: np.ndarray
+    r1: np.ndarray
+    s0: np.ndarray
+    s1: np.ndarray
+
+
+def split_costs(split: Split, lam: float, room_ulps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """amos_onnx.fit.blocks.split_costs in C: (vs, cost, se, sw)."""
     lib = _library()
     assert lib is not None
-    arrays = [np.ascontiguousarray(a, np.float64) for a in (v, yb, target, w, r0, r1)]
-    spikes = [np.ascontiguousarray(a, np.int8) for a in (s0, s1)]
+    arrays = [np.ascontiguousarray(a, np.float64) for a in split[:6]]
+    spikes = [np.ascontiguousarray(a, np.int8) for a in split[6:]]
     n = arrays[0].size
     if any(a.size != n for a in arrays + spikes):
         raise ValueError("split_costs: arrays of different lengths")

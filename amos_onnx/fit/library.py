@@ -8,7 +8,7 @@ them: a library from another fitter version is ignored, never used silently.
 
 Rebuild after changing the fitter or the registry:
 
-    python -m amos_onnx.library            # writes amos_onnx/library.json
+    python -m amos_onnx.fit.library        # writes amos_onnx/fit/library.json
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ log = logging.getLogger(__name__)
 
 PATH = Path(__file__).with_name("library.json")
 FITTER_VERSION = 10  # bump when the fitter's results change
-# Local-search moves per shipped fit: fitted once, offline, so a longer search than a refit's is cheap
-# (GELU K=16 grown from K=4: 1.76e-4 with 20, 1.33e-4 with 300; 299 gates in 22 min on 2 cores).
+# Local-search moves per shipped fit: fitted once, offline, so a longer search than a refit's is cheap.
 LIBRARY_KICKS = 300
 K_RANGE = range(4, 17)
 
@@ -46,7 +45,8 @@ def _entries() -> dict[str, dict]:
         return {}
     data = json.loads(PATH.read_text())
     if data.get("fitter_version") != FITTER_VERSION:
-        log.warning("%s was made by fitter version %s, not %s: ignored", PATH, data.get("fitter_version"), FITTER_VERSION)
+        log.warning("%s was made by fitter version %s, not %s: ignored", PATH, data.get("fitter_version"),
+                    FITTER_VERSION)
         return {}
     return data["gates"]
 
@@ -102,8 +102,7 @@ def named_activations() -> dict[str, Activation]:
 
 def no_worse(act: Activation, k: int, result: FitResult, smaller: FitResult) -> FitResult:
     """`result`, or the smaller K's gate padded with silent neurons (the same function) when that one's dense-grid
-    MSE is lower: a fit chooses on a coarser grid than the figures' (HardSigmoid K=16 once had 3.3e-10 against
-    K=15's 2.9e-10), and a larger K never ships a worse gate."""
+    MSE is lower: a fit chooses on a coarser grid than the figures', and a larger K never ships a worse gate."""
     if result.mse <= smaller.mse:
         return result
     padded = GateParams(*pad_start(smaller.params, k, act.hi, act.hi - act.lo))
@@ -132,8 +131,7 @@ def _grow(job: tuple[Activation, range]) -> tuple[dict[str, dict], float]:
 
 
 def build(path: Path = PATH, ks: range = K_RANGE) -> None:
-    """Fit every representative function for every K and write the library (about 22 min on 2 cores; one process
-    per CPU)."""
+    """Fit every representative function for every K and write the library (one process per CPU; minutes)."""
     from amos_onnx.parallel import fork_map
 
     acts: dict[tuple[str, float, float, bool], Activation] = {}

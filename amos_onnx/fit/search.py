@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -55,8 +56,7 @@ def saturates(func: Func, lo: float, hi: float) -> tuple[bool, bool]:
 
 
 # Share of a calibrated fit's loss on a uniform grid over the whole range, so inputs rarer than the samples
-# show still count. 5% made ReLU gates on Fashion-MNIST ResNet/VGG sites cover the top of the range at the
-# cost of resolution where the data is (sample MSE above a plain ladder's; K=4 ResNet 87.3% vs 90.6% at 1%).
+# show still count; a larger share buys the top of the range with resolution where the data is.
 GRID_FLOOR = 0.01
 
 
@@ -242,99 +242,106 @@ def pad_start(params: GateParams, k: int, hi: float, width: float) -> Params:
     return T, h, d
 
 
-def fit(
-    func: Func,
-    k: int,
-    lo: float,
-    hi: float,
-    samples: np.ndarray | None = None,
-    *,
-    relu_like: bool = False,
-    spike_penalty: float = 0.0,
-    kicks: int = KICKS,
-    time_budget: float | None = None,
-    warm: Sequence[GateParams] = (),
-    seed: int = 0,
-    tails: bool = False,
-    keep_starts: int | None = None,
-) -> FitResult:
-    """Fit a K-neuron gate to func on [lo, hi], weighted by samples when given.
+@dataclass(frozen=True)
+class Search:
+    """How fit() searches. relu_like: binary-ladder starts and no local search (a rounding ladder is near the
+    quantisation bound). spike_penalty: the cost of one mean spike, in squared error. kicks: local-search moves
+    (deterministic for a seed); time_budget: seconds that may stop the search earlier, at the price of run-to-run
+    differences. keep_starts: how many starts get a descent, those with the least cost as they are (a refit's
+    budget). tails: points beyond the range in the loss, where f saturates."""
 
-    `kicks` bounds the local search (deterministic for a seed); `time_budget`
-    (seconds) may stop it earlier, at the price of run-to-run differences. `keep_starts` bounds how many
-    starts get a descent, those with the least cost as they are (weights solved when fitting for error alone):
-    a refit's time budget.
-    Where f saturates beyond the range, a fit whose gate leaves f's range out there by more than its
-    in-range max error is redone from itself with points beyond the range in the loss (`tails`).
-    """
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise ValueError(f"fit range must be finite with lo < hi, got [{lo}, {hi}]")
-    if k < 1:
-        raise ValueError(f"K must be at least 1, got {k}")
-    deadline = time.perf_counter() + (time_budget if time_budget is not None else float("inf"))
-    rng = np.random.default_rng(seed)
-    # ReLU-like gates resolve 2^K levels: they need the fine set from the start.
-    coarse = _problem(func, lo, hi, samples, spike_penalty, 8193 if relu_like else 2049, rng, tails)
-    starts = []
-    finite = np.empty(0) if samples is None else samples[np.isfinite(samples)]
+    relu_like: bool = False
+    spike_penalty: float = 0.0
+    kicks: int = KICKS
+    time_budget: float | None = None
+    seed: int = 0
+    keep_starts: int | None = None
+    tails: bool = False
+
+
+def _starts(func: Func, k: int, lo: float, hi: float, finite: np.ndarray, samples: np.ndarray | None,
+            search: Search, warm: Sequence[GateParams]) -> list[tuple[np.ndarray, ...]]:
+    """Structured starts on the range where the data really is and on the whole range (a warm start fitted on
+    another range is often not the best one), the warm starts, and with a spike penalty the warm starts behind a
+    neuron that stops inputs in f's flat top with one spike."""
+    starts: list[tuple[np.ndarray, ...]] = []
     if finite.size:
-        # Starts on the range where the data really is.
         core_lo, core_hi = np.quantile(finite, [0.001, 0.999])
         if core_hi > core_lo and (core_lo > lo or core_hi < hi):
-            starts += structured_starts(func, k, float(core_lo), float(core_hi), relu_like, samples)
-    # The starts on the whole range compete too: a warm start fitted on another range (the library's) is
-    # often not the best one (SiLU K=16 on normal samples: 9.8e-4 from it, 6.0e-4 from a segment chain).
-    starts += structured_starts(func, k, lo, hi, relu_like, samples)
+            starts += structured_starts(func, k, float(core_lo), float(core_hi), search.relu_like, samples)
+    starts += structured_starts(func, k, lo, hi, search.relu_like, samples)
     starts += [pad_start(w, k, hi, hi - lo) for w in warm]
-    if spike_penalty > 0:
-        # Spikes count: warm starts also compete behind a neuron that stops inputs in f's flat top with one spike
-        # (for error alone it made the fitter-version-8 library worse: sigmoid K=12 4.6e-5 at 4.3 spikes, against
-        # 2.6e-5 at 6.1).
+    if search.spike_penalty > 0:
         starts += [s for s in (stopped_top(func, pad_start(w, k, hi, hi - lo), lo, hi) for w in warm) if s is not None]
+    return starts
+
+
+def _best_start(coarse: Problem, starts: list[tuple[np.ndarray, ...]], search: Search,
+                width: float) -> tuple[int, Params, Params]:
+    """The start that descends lowest on the coarse set (weights solved first when fitting for error alone);
+    with keep_starts only the starts best as they are get a descent. (index, start as given, descended)."""
     raw, solved = [], []
     for T, h, d in starts:
         T, h, d = T.astype(np.float64), h.astype(np.float64), d.astype(np.float64)
         raw.append((T.copy(), h.copy(), d.copy()))
-        if spike_penalty == 0.0:
+        if search.spike_penalty == 0.0:
             d = solve_weights(T, h, coarse.x, coarse.target, coarse.w)
         solved.append((T, h, d))
-    # With `keep_starts`, only the starts best as they are get a descent.
     order = sorted(range(len(solved)), key=lambda i: (total_cost(coarse, *solved[i]), i))
-    ranked = [(descend(coarse, *solved[i], hi - lo, sweeps=2), i, solved[i]) for i in order[:keep_starts]]
+    ranked = [(descend(coarse, *solved[i], width, sweeps=2), i, solved[i]) for i in order[:search.keep_starts]]
     _, chosen, start = min(ranked, key=lambda r: (r[0], r[1]))
-    where = np.quantile(finite, np.linspace(0, 1, 257)) if finite.size else None
-    # A rounding binary ladder is within about 1% of the quantisation bound for ReLU-like f: no search.
-    T, h, d = _search(coarse, start, lo, hi, 0 if relu_like else kicks, deadline, rng, where)
-    fine = _problem(func, lo, hi, samples, spike_penalty, 8193, rng, tails)
-    # The polished search result, or a polished warm start if that is better: a warm start padded with
-    # silent neurons computes its own function, so adding neurons never makes a fit worse.
-    # Candidates are judged on a denser set than they were fitted on: with 2^K levels a gate can
-    # overfit 8,193 points.
-    check = _problem(func, lo, hi, samples, spike_penalty, 65537, rng, tails)
-    # For ReLU-like f the chosen start as it was also competes: a rounding binary ladder is near-optimal.
-    candidates = [(T, h, d)] + ([raw[chosen]] if relu_like else []) + [pad_start(w, k, hi, hi - lo) for w in warm]
-    # Only the candidate best on the fine set is polished (polishing is most of a refit's time); every
-    # candidate, polished or not, then competes on the check set.
+    return chosen, raw[chosen], start
+
+
+def _finish(func: Func, lo: float, hi: float, problems: tuple[Problem, Problem], candidates: list[Params]) -> Params:
+    """The candidate best on the fine set, polished and mended of slivers, then every candidate against it on the
+    check set (judged denser than fitted: with 2^K levels a gate can overfit 8,193 points); a candidate with a
+    sliver (max error on a far denser grid over twice that on the fine set) is out unless every one has."""
+    fine, check = problems
     T, h, d = (a.copy() for a in min(candidates, key=lambda c: total_cost(fine, *c)))
     descend(fine, T, h, d, hi - lo, sweeps=4)
-    # Slivers are looked for on a far denser grid than any training set.
     with np.errstate(over="ignore"):
         dense_x = np.linspace(lo, hi, SLIVER_POINTS)
         dense = Problem(dense_x, func(dense_x).astype(np.float64), np.full(SLIVER_POINTS, 1.0 / SLIVER_POINTS), 0.0)
     _mend_slivers(fine, dense, T, h, d, hi - lo)
     options = [*candidates, (T, h, d)]
-    # Candidates with a sliver (max error on the dense grid over twice that on the fine set) are out, unless
-    # every one has.
     fair = [i for i, c in enumerate(options) if _max_error(dense, c) <= 2 * _max_error(fine, c)]
     fair = fair or list(range(len(options)))
-    T, h, d = options[min(fair, key=lambda i: total_cost(check, *options[i]))]
+    return options[min(fair, key=lambda i: total_cost(check, *options[i]))]
+
+
+def fit(func: Func, k: int, lo: float, hi: float, samples: np.ndarray | None = None, *,
+        warm: Sequence[GateParams] = (), search: Search | None = None, **keywords: Any) -> FitResult:
+    """Fit a K-neuron gate to func on [lo, hi], weighted by samples when given, warm-started from `warm`, searched
+    as `search` says (or its fields as keywords: relu_like=True, kicks=40, ...).
+
+    Where f saturates beyond the range, a fit whose gate leaves f's range out there by more than its
+    in-range max error is redone from itself and every warm start with points beyond the range in the loss.
+    """
+    search = search if search is not None else Search(**keywords)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ValueError(f"fit range must be finite with lo < hi, got [{lo}, {hi}]")
+    if k < 1:
+        raise ValueError(f"K must be at least 1, got {k}")
+    deadline = time.perf_counter() + (search.time_budget if search.time_budget is not None else float("inf"))
+    rng = np.random.default_rng(search.seed)
+    lam, tails = search.spike_penalty, search.tails
+    # ReLU-like gates resolve 2^K levels: they need the fine set from the start.
+    coarse = _problem(func, lo, hi, samples, lam, 8193 if search.relu_like else 2049, rng, tails)
+    finite = np.empty(0) if samples is None else samples[np.isfinite(samples)]
+    starts = _starts(func, k, lo, hi, finite, samples, search, warm)
+    chosen, raw, start = _best_start(coarse, starts, search, hi - lo)
+    where = np.quantile(finite, np.linspace(0, 1, 257)) if finite.size else None
+    T, h, d = _search(coarse, start, lo, hi, 0 if search.relu_like else search.kicks, deadline, rng, where)
+    fine = _problem(func, lo, hi, samples, lam, 8193, rng, tails)
+    check = _problem(func, lo, hi, samples, lam, 65537, rng, tails)
+    # The search's result, the chosen start as it was for ReLU-like f (a rounding ladder is near-optimal), and the
+    # warm starts (padded with silent neurons, so adding neurons never makes a fit worse) compete.
+    candidates = [(T, h, d)] + ([raw] if search.relu_like else []) + [pad_start(w, k, hi, hi - lo) for w in warm]
+    T, h, d = _finish(func, lo, hi, (fine, check), candidates)
     params = _open_bottom(GateParams(T, h, d), func, lo, hi)
     mse, max_err, spikes = evaluate(params, func, lo, hi)
     if not tails and tail_excursion(params, func, lo, hi) > max_err:
-        # Redone from itself, and from every warm start again: one of them may keep to f's range out there
-        # (fitter version 9 redid it from itself alone; a Tanh K=8 refit with a spike penalty then ended at
-        # 1.5x the penalised cost of the error-only warm start it had been given).
-        return fit(func, k, lo, hi, samples, relu_like=relu_like, spike_penalty=spike_penalty, kicks=kicks,
-                   time_budget=time_budget, warm=[params, *warm], seed=seed, tails=True, keep_starts=keep_starts)
+        return fit(func, k, lo, hi, samples, warm=[params, *warm], search=replace(search, tails=True))
     log.debug("fit K=%d on [%g, %g]: mse %.3g max %.3g spikes %.2f", k, lo, hi, mse, max_err, spikes)
     return FitResult(params, mse, max_err, spikes, lo, hi)

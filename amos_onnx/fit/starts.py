@@ -127,7 +127,7 @@ def stopped_top(func: Func, start: tuple[np.ndarray, ...], lo: float, hi: float,
     `share` of f's range of f(hi)) and carries f's level there; the start's last neuron makes room.
 
     A gate fitted for error alone often codes f like a thermometer: inputs in a flat top fire nearly every
-    neuron (sigmoid K=12: 11-12 spikes above 4). One spike can do it instead. None when the flat top is
+    neuron. One spike can do it instead. None when the flat top is
     narrower than 5% of the range.
     """
     grid = np.linspace(lo, hi, 4097)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from amos_onnx.find.gates import registered_ops
 from amos_onnx.gate import simulate
 from amos_onnx.report.conversion import ConversionReport
 from amos_onnx.report.costs import fan_outs, macs
@@ -74,8 +75,8 @@ def build(validation: ValidationReport, original: onnx.ModelProto, converted: on
     }
 
 
-_ACTIVATION_OPS = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "Tanh", "Softplus",
-                   "Softsign", "HardSwish", "Gelu", "Mish", "ThresholdedRelu", "Clip", "Erf"}
+# What the original model's activation ops are counted from: the registry's op types, and Erf (GELU's erf form).
+_ACTIVATION_OPS = {*registered_ops(), "Erf"}
 
 
 def markdown(data: dict, pictures: list[str], note: str | None) -> str:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 from onnx import TensorProto
 
-from amos_onnx.calibrate.reservoir import exposed
+from amos_onnx.calibrate.run import exposed
 from amos_onnx.data.dataset import Dataset, DataSource, open_data, sample_count
 from amos_onnx.data.images import ImageOptions
 from amos_onnx.data.inputs import batch_size, batches, input_specs, random_feeds
@@ -42,7 +44,8 @@ class OutputVerdict:
     def line(self) -> str:
         agree = f" top1-agreement={self.agreement:.4f}" if self.agreement is not None else ""
         verdict = "PASSED" if self.passed else "FAILED"
-        return f"{verdict} {self.name}: max-abs-err={self.max_abs_error:.4g} mean-abs-err={self.mean_abs_error:.4g}{agree} ({self.criterion})"
+        return (f"{verdict} {self.name}: max-abs-err={self.max_abs_error:.4g} mean-abs-err={self.mean_abs_error:.4g}"
+                f"{agree} ({self.criterion})")
 
 
 @dataclass
@@ -65,12 +68,15 @@ class ValidationReport:
         return all(o.passed for o in self.outputs)
 
     def lines(self) -> list[str]:
-        lines = [f"inputs: {self.data}, {self.samples} samples; converted model ran the {'native op' if self.native else 'function form'}"]
+        ran = "native op" if self.native else "function form"
+        lines = [f"inputs: {self.data}, {self.samples} samples; converted model ran the {ran}"]
         lines += [o.line() for o in self.outputs]
         if self.accuracy_original is not None:
-            lines.append(f"accuracy: original {100 * self.accuracy_original:.2f}%, spiking {100 * (self.accuracy_converted or 0):.2f}%")
+            lines.append(f"accuracy: original {100 * self.accuracy_original:.2f}%, "
+                         f"spiking {100 * (self.accuracy_converted or 0):.2f}%")
         if self.mean_spikes_per_gate is not None:
-            lines.append(f"mean spikes per gate: {self.mean_spikes_per_gate:.3f} over {len(self.spikes_per_site)} gate nodes")
+            lines.append(f"mean spikes per gate: {self.mean_spikes_per_gate:.3f} over {len(self.spikes_per_site)} "
+                         "gate nodes")
         return lines
 
     def to_dict(self) -> dict[str, object]:
@@ -84,7 +90,8 @@ class ValidationReport:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
 
-def _verdict(name: str, ref: np.ndarray, out: np.ndarray, atol: float | None, rtol: float | None, min_agree: float | None) -> OutputVerdict:
+def _verdict(name: str, ref: np.ndarray, out: np.ndarray, atol: float | None, rtol: float | None,
+             min_agree: float | None) -> OutputVerdict:
     ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
     diff = np.abs(out64 - ref64)
     max_err = float(diff.max()) if diff.size else 0.0
@@ -105,27 +112,35 @@ def _verdict(name: str, ref: np.ndarray, out: np.ndarray, atol: float | None, rt
     return OutputVerdict(name, bool(passed), max_err, mean_err, agreement, "; ".join(checks))
 
 
-def validate(
-    original: str | Path,
-    converted: str | Path,
-    data: DataSource | None = None,
-    *,
-    atol: float | None = None,
-    rtol: float | None = None,
-    min_agreement: float | None = None,
-    native: bool | None = None,
-    seed: int = 0,
-    images: ImageOptions | None = None,
-    progress: bool | None = None,
-) -> ValidationReport:
-    """Compare a converted model with its original on data (or random inputs) and measure its spikes."""
-    orig_model, conv_model = load_model(original), load_model(converted)
+@dataclass(frozen=True)
+class ValidateOptions:
+    """How validate() judges and runs: error bounds (None: the defaults above), the native op (None: when it is
+    built), the seed of random inputs when no data is given, image preprocessing, the progress line."""
+
+    atol: float | None = None
+    rtol: float | None = None
+    min_agreement: float | None = None
+    native: bool | None = None
+    seed: int = 0
+    images: ImageOptions | None = None
+    progress: bool | None = None
+
+
+def _dataset(model: onnx.ModelProto, data: DataSource | None, options: ValidateOptions) -> Dataset:
     if data is not None:
-        dataset = open_data(data, orig_model, images)
-    else:
-        feeds = random_feeds(orig_model, seed)
-        dataset = Dataset(f"random inputs drawn from the input specs (seed {seed}); pass --data for real ones",
-                          batches(feeds, batch_size(orig_model)), sample_count(feeds))
+        return open_data(data, model, options.images)
+    feeds = random_feeds(model, options.seed)
+    return Dataset(f"random inputs drawn from the input specs (seed {options.seed}); pass --data for real ones",
+                   batches(feeds, batch_size(model)), sample_count(feeds))
+
+
+def validate(original: str | Path, converted: str | Path, data: DataSource | None = None,
+             options: ValidateOptions | None = None, **keywords: Any) -> ValidationReport:
+    """Compare a converted model with its original on data (or random inputs) and measure its spikes; options
+    (ValidateOptions) or its fields as keywords."""
+    options = options if options is not None else ValidateOptions(**keywords)
+    orig_model, conv_model = load_model(original), load_model(converted)
+    dataset = _dataset(orig_model, data, options)
     fed = {spec.name for spec in input_specs(orig_model)}
     names = [o.name for o in orig_model.graph.output]
     counter = SpikeCounter(conv_model)
@@ -136,12 +151,12 @@ def validate(
     probe = exposed(conv_model, dict.fromkeys(watched, TensorProto.FLOAT))
     orig_sess = user_session(exposed(orig_model, dict.fromkeys(layer_names, TensorProto.FLOAT)), str(original),
                              native=False, folder=Path(original).parent)
-    conv_sess = user_session(probe, str(converted), native=native, folder=Path(converted).parent)
+    conv_sess = user_session(probe, str(converted), native=options.native, folder=Path(converted).parent)
     conv_names = list(dict.fromkeys(names + watched))
     orig_names = names + layer_names
     refs: list[list[np.ndarray]] = [[] for _ in names]
     outs: list[list[np.ndarray]] = [[] for _ in names]
-    bar = Progress("validating", dataset.count, progress)
+    bar = Progress("validating", dataset.count, options.progress)
     for feed in dataset.batches:
         ref = dict(zip(orig_names, run_checked(orig_sess, orig_names, feed, str(original))))
         got = dict(zip(conv_names, run_checked(conv_sess, conv_names, feed, str(converted))))
@@ -152,17 +167,24 @@ def validate(
         counter.compare(got, ref)
         bar.advance(sample_count(feed))
     bar.close()
-    labels = dataset.labels
     report = ValidationReport(str(original), str(converted), dataset.description, bar.done, uses_native(conv_sess))
-    for i, name in enumerate(names):
-        ref_all = np.concatenate([np.atleast_1d(r) for r in refs[i]])
-        out_all = np.concatenate([np.atleast_1d(o) for o in outs[i]])
-        report.outputs.append(_verdict(name, ref_all, out_all, atol, rtol, min_agreement))
-        if labels is not None and i == 0 and ref_all.ndim == 2:
-            report.accuracy_original = float(np.mean(ref_all.argmax(1) == labels))
-            report.accuracy_converted = float(np.mean(out_all.argmax(1) == labels))
+    _judge(report, names, (refs, outs), dataset.labels, options)
     report.mean_spikes_per_gate = counter.mean_spikes()
     report.spikes_per_site = {name: st.mean_spikes for name, st in counter.stats.items()}
     report.gates = [st.to_dict(bar.done) for st in counter.stats.values()]
     report.counter = counter
     return report
+
+
+def _judge(report: ValidationReport, names: list[str], runs: tuple[list[list[np.ndarray]], list[list[np.ndarray]]],
+           labels: np.ndarray | None, options: ValidateOptions) -> None:
+    """One verdict per output from the original's (refs) and the converted model's batches; the accuracies of
+    the first output when the data has labels and it is a classifier's [N, classes]."""
+    refs, outs = runs
+    for i, name in enumerate(names):
+        ref_all = np.concatenate([np.atleast_1d(r) for r in refs[i]])
+        out_all = np.concatenate([np.atleast_1d(o) for o in outs[i]])
+        report.outputs.append(_verdict(name, ref_all, out_all, options.atol, options.rtol, options.min_agreement))
+        if labels is not None and i == 0 and ref_all.ndim == 2:
+            report.accuracy_original = float(np.mean(ref_all.argmax(1) == labels))
+            report.accuracy_converted = float(np.mean(out_all.argmax(1) == labels))

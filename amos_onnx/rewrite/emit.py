@@ -8,7 +8,7 @@ function, or initializers in the main graph), so their outputs are identical.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -26,13 +26,24 @@ PARAM_ATTRS = ("thresholds", "resets", "weights")
 Namer = Callable[[str], str]
 
 
-def overload_name(params: GateParams, rank: int | None) -> str:
+class Overload(NamedTuple):
+    """One function body: K, and for a per-channel gate the number of axes after its channel axis."""
+
+    k: int
+    trailing: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"k{self.k}" if self.trailing is None else f"k{self.k}c{self.trailing}"
+
+
+def overload_of(params: GateParams, rank: int | None) -> Overload:
     """Function overload for this gate: one per K (and trailing dims for per-channel gates)."""
     if params.axis is None:
-        return f"k{params.k}"
+        return Overload(params.k)
     if rank is None:
         raise ValueError("a per-channel gate needs the input rank")
-    return f"k{params.k}c{rank - 1 - params.axis}"
+    return Overload(params.k, rank - 1 - params.axis)
 
 
 def unroll(x: str, y: str, steps: list[tuple[str, str, str]], zero: str, name: Namer) -> list[onnx.NodeProto]:
@@ -70,10 +81,9 @@ def _attr_const(name: str, attr: str) -> onnx.NodeProto:
     return node
 
 
-def function_proto(overload: str, opset_imports: list[onnx.OperatorSetIdProto]) -> onnx.FunctionProto:
+def function_proto(overload: Overload, opset_imports: list[onnx.OperatorSetIdProto]) -> onnx.FunctionProto:
     """The model-local function for one overload: parameters come from the node's attributes."""
-    k = int(overload[1:].split("c")[0])
-    trailing = int(overload.split("c")[1]) if "c" in overload else None
+    k, trailing = overload
     nodes = [_const("zero", np.array(0.0, np.float32))]
     steps = []
     for attr in PARAM_ATTRS:
@@ -98,7 +108,7 @@ def function_proto(overload: str, opset_imports: list[onnx.OperatorSetIdProto]) 
     nodes += unroll("x", "y", steps, "zero", lambda s: s)
     attributes = list(ATTRS) + (["axis"] if trailing is not None else [])
     return helper.make_function(
-        DOMAIN, OP_TYPE, ["x"], ["y"], nodes, opset_imports, attributes=attributes, overload=overload,
+        DOMAIN, OP_TYPE, ["x"], ["y"], nodes, opset_imports, attributes=attributes, overload=overload.name,
         doc_string=f"AMOS spiking gate, K={k}" + (" per channel" if trailing is not None else ""),
     )
 
@@ -114,11 +124,12 @@ def gate_node(x: str, y: str, params: GateParams, rank: int | None, node_name: s
     if params.axis is not None:
         attrs["axis"] = params.axis
     node = helper.make_node(OP_TYPE, [x], [y], name=node_name, domain=DOMAIN, doc_string=doc, **attrs)
-    node.overload = overload_name(params, rank)
+    node.overload = overload_of(params, rank).name
     return node
 
 
-def inline_nodes(x: str, y: str, params: GateParams, rank: int | None, name: Namer) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+def inline_nodes(x: str, y: str, params: GateParams, rank: int | None,
+                 name: Namer) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
     """The gate expanded into standard ops, with its per-step parameters as initializers."""
     if params.axis is not None and rank is None:
         raise ValueError("a per-channel gate needs the input rank")

@@ -15,16 +15,15 @@ from onnx import TensorProto, helper
 from amos_onnx.find.sites import Site
 from amos_onnx.gate import GateParams
 from amos_onnx.load import default_opset
+from amos_onnx.options import EmitForm
 from amos_onnx.rewrite import emit
-
-EMIT_FORMS = ("function", "inline")
 
 
 @dataclass(frozen=True)
 class RewriteResult:
     """What the rewrite did: the emission form, the function overloads added, the IR version change."""
 
-    emit: str
+    emit: EmitForm
     converted: int
     overloads: tuple[str, ...]
     ir_version: tuple[int, int]
@@ -73,11 +72,17 @@ def _used_names(graph: onnx.GraphProto) -> set[str]:
     return used
 
 
-def _locate(model: onnx.ModelProto, path: tuple[tuple[int, str], ...]) -> onnx.GraphProto:
-    """The (sub)graph at a site's path: node index and attribute name per level."""
+def node_id(node: onnx.NodeProto) -> str:
+    """A node's identity within its graph: its first output tensor's name (find.sites.node_id)."""
+    return node.output[0] if node.output else ""
+
+
+def _locate(model: onnx.ModelProto, path: tuple[tuple[str, str], ...]) -> onnx.GraphProto:
+    """The (sub)graph at a site's path: the holding node (by node_id) and attribute name per level."""
     graph = model.graph
-    for index, attr in path:
-        graph = next(a.g for a in graph.node[index].attribute if a.name == attr)
+    for owner, attr in path:
+        node = next(n for n in graph.node if node_id(n) == owner)
+        graph = next(a.g for a in node.attribute if a.name == attr)
     return graph
 
 
@@ -95,46 +100,42 @@ def _prune(graph: onnx.GraphProto, candidates: set[str]) -> None:
     graph.node.extend(nodes)
 
 
-def rewrite(
-    model: onnx.ModelProto, sites: list[Site], params: dict[str, GateParams], ranks: dict[str, int | None], form: str
-) -> RewriteResult:
-    """Mutate `model`: each converting site's node becomes its gate (function node or inline ops)."""
-    if form not in EMIT_FORMS:
-        raise ValueError(f"unknown emission form {form!r}")
+def rewrite(model: onnx.ModelProto, sites: list[Site], params: dict[str, GateParams], form: EmitForm) -> RewriteResult:
+    """Mutate `model`: each converting site's node (found by its output tensor) becomes its gate (function node
+    or inline ops)."""
+    form = EmitForm(form)
     names = Names(model.graph)
-    overloads: set[str] = set()
+    overloads: set[emit.Overload] = set()
     converting = [s for s in sites if s.converts]
-    # Deepest subgraphs first: rewriting a graph renumbers its nodes, which the paths of its subgraphs use.
-    for path in sorted({s.graph for s in converting}, key=len, reverse=True):
+    paths = list(dict.fromkeys(s.graph for s in converting))
+    for path in sorted(paths, key=len, reverse=True):  # deepest subgraphs first
         group = [s for s in converting if s.graph == path]
-        overloads |= _rewrite_graph(_locate(model, path), group, params, ranks, form, names)
+        overloads |= _rewrite_graph(_locate(model, path), group, params, form, names)
     before = model.ir_version
     if overloads:
-        add_functions(model, sorted(overloads))
-    return RewriteResult(form, len(converting), tuple(sorted(overloads)), (before, model.ir_version))
+        add_functions(model, overloads)
+    return RewriteResult(form, len(converting), tuple(sorted(o.name for o in overloads)), (before, model.ir_version))
 
 
-def _rewrite_graph(
-    graph: onnx.GraphProto, sites: list[Site], params: dict[str, GateParams], ranks: dict[str, int | None],
-    form: str, names: Names,
-) -> set[str]:
+def _rewrite_graph(graph: onnx.GraphProto, sites: list[Site], params: dict[str, GateParams], form: EmitForm,
+                   names: Names) -> set[emit.Overload]:
     """Replace the sites of one graph (not its subgraphs); returns the function overloads used."""
-    by_index = {s.index: s for s in sites}
+    by_output = {s.output: s for s in sites}
     # A composite's other nodes go; its gate takes the place of the node that wrote the output.
-    removed = {i for s in by_index.values() for i in s.nodes if i != s.index}
+    removed = {n for s in sites for n in s.nodes if n != s.output}
     new_nodes: list[onnx.NodeProto] = []
     orphan_candidates: set[str] = set()
-    overloads: set[str] = set()
-    for index, node in enumerate(graph.node):
-        if index in removed:
+    overloads: set[emit.Overload] = set()
+    for node in graph.node:
+        if node_id(node) in removed:
             orphan_candidates.update(node.input)
             continue
-        site = by_index.get(index)
+        site = by_output.get(node_id(node))
         if site is None:
             new_nodes.append(node)
             continue
         orphan_candidates.update(node.input[1:])
-        nodes, inits, overload = gate_nodes(site, site.output, params[site.name], ranks.get(site.name), form, names)
+        nodes, inits, overload = gate_nodes(site, site.output, params[site.name], form, names)
         new_nodes.extend(nodes)
         graph.initializer.extend(inits)
         overloads.update(overload)
@@ -144,36 +145,37 @@ def _rewrite_graph(
     return overloads
 
 
-def gate_nodes(
-    site: Site, output: str, gate: GateParams, rank: int | None, form: str, names: Names
-) -> tuple[list[onnx.NodeProto], list[TensorProto], set[str]]:
+def gate_nodes(site: Site, output: str, gate: GateParams, form: EmitForm,
+               names: Names) -> tuple[list[onnx.NodeProto], list[TensorProto], set[emit.Overload]]:
     """The nodes computing `site`'s gate from its input into `output` (in the site's element type), the
     initializers they need and the function overload they call (none inline)."""
     doc = f"AMOS spiking gate (K={gate.k}) replacing {site.op} node '{site.name}'"
     x, y = site.input, output
     nodes: list[onnx.NodeProto] = []
     inits: list[TensorProto] = []
-    overloads: set[str] = set()
+    overloads: set[emit.Overload] = set()
     if site.dtype != TensorProto.FLOAT:  # the gate runs in float32, with casts at its edges
         x, y = names.make(f"{site.name}/amos/x32"), names.make(f"{site.name}/amos/y32")
         nodes.append(helper.make_node("Cast", [site.input], [x], to=TensorProto.FLOAT,
                                       name=names.make(f"{site.name}/amos/cast_in")))
-    if form == "function":
-        nodes.append(emit.gate_node(x, y, gate, rank, names.make(f"{site.name}/amos"), doc))
-        overloads.add(emit.overload_name(gate, rank))
+    if form is EmitForm.FUNCTION:
+        nodes.append(emit.gate_node(x, y, gate, site.rank, names.make(f"{site.name}/amos"), doc))
+        overloads.add(emit.overload_of(gate, site.rank))
     else:
-        inline, inits = emit.inline_nodes(x, y, gate, rank, names.scoped(site.name))
+        inline, inits = emit.inline_nodes(x, y, gate, site.rank, names.scoped(site.name))
         nodes.extend(inline)
     if site.dtype != TensorProto.FLOAT:
-        nodes.append(helper.make_node("Cast", [y], [output], to=site.dtype, name=names.make(f"{site.name}/amos/cast_out")))
+        nodes.append(helper.make_node("Cast", [y], [output], to=site.dtype,
+                                      name=names.make(f"{site.name}/amos/cast_out")))
     return nodes, inits, overloads
 
 
-def add_functions(model: onnx.ModelProto, overloads: list[str]) -> None:
+def add_functions(model: onnx.ModelProto, overloads: set[emit.Overload]) -> None:
+    """The model-local functions of these overloads (in the order of their names), the gate's opset and IR 10."""
     present = {(f.domain, f.name, f.overload) for f in model.functions}
     opsets = [helper.make_opsetid("", default_opset(model))]
-    for overload in overloads:
-        if (emit.DOMAIN, emit.OP_TYPE, overload) not in present:
+    for overload in sorted(overloads, key=lambda o: o.name):
+        if (emit.DOMAIN, emit.OP_TYPE, overload.name) not in present:
             model.functions.append(emit.function_proto(overload, opsets))
     if not any(o.domain == emit.DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(emit.DOMAIN, emit.DOMAIN_VERSION))

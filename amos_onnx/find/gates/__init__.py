@@ -74,13 +74,17 @@ class NodeContext:
 Matcher = Callable[[NodeContext], "Activation | NoMatch"]
 
 _REGISTRY: dict[tuple[str, str], list[tuple[int, Matcher]]] = {}
+_FUNCTIONS: dict[str, Func] = {}
 
 
 def register(op_type: str, since_version: int, domain: str = "") -> Callable[[Matcher], Matcher]:
-    """Register a matcher for op_type from opset since_version on (until a newer entry)."""
+    """Register a matcher for op_type from opset since_version on (until a newer entry); registering the same
+    (domain, op_type, since_version) twice is an error."""
 
     def wrap(matcher: Matcher) -> Matcher:
         entries = _REGISTRY.setdefault((domain, op_type), [])
+        if any(since == since_version for since, _ in entries):
+            raise ValueError(f"{domain or 'ai.onnx'} {op_type} since opset {since_version} is registered twice")
         entries.append((since_version, matcher))
         entries.sort(key=lambda e: e[0])
         return matcher
@@ -96,6 +100,24 @@ def lookup(domain: str, op_type: str, opset: int) -> Matcher | None:
         if since <= opset:
             chosen = matcher
     return chosen
+
+
+def named(name: str) -> Callable[[Func], Func]:
+    """Register a reference function by the name exporters' compositions of it are known by (SiLU, GELU, ...):
+    the composite finder names a region that computes it so, and `amos-onnx fit` knows it. Twice is an error."""
+
+    def wrap(func: Func) -> Func:
+        if name in _FUNCTIONS:
+            raise ValueError(f"function {name} is registered twice")
+        _FUNCTIONS[name] = func
+        return func
+
+    return wrap
+
+
+def named_functions() -> dict[str, Func]:
+    """Every named reference function, in registration order."""
+    return dict(_FUNCTIONS)
 
 
 def registered_ops() -> list[str]:

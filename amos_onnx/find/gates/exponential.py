@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from amos_onnx.find.gates import Activation, NodeContext, NoMatch, fmt, register
+from amos_onnx.find.gates import Activation, NodeContext, NoMatch, fmt, named, register
 
 SMOOTH_K = 12
 MISH_K = 16
@@ -18,10 +18,12 @@ def _expm1_neg(x: np.ndarray) -> np.ndarray:
     return np.expm1(np.minimum(x, 0.0))
 
 
+@named("Softplus")
 def softplus(x: np.ndarray) -> np.ndarray:
     return np.logaddexp(0.0, x)
 
 
+@named("Mish")
 def mish(x: np.ndarray) -> np.ndarray:
     return x * np.tanh(softplus(x))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from amos_onnx.find.gates import DEFAULT_RANGE, Activation, NodeContext, NoMatch, fmt, register
+from amos_onnx.find.gates import DEFAULT_RANGE, Activation, NodeContext, NoMatch, fmt, named, register
 
 RELU_K = 10
 LINEAR_K = 12
@@ -12,6 +12,11 @@ LINEAR_K = 12
 
 def relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0.0)
+
+
+@named("ReLU6")
+def relu6(x: np.ndarray) -> np.ndarray:
+    return np.clip(x, 0.0, 6.0)
 
 
 def leaky(alpha: float):  # type: ignore[no-untyped-def]
@@ -70,7 +75,8 @@ def match_thresholded_relu(ctx: NodeContext) -> Activation | NoMatch:
 
 def _clip_activation(lo: float | None, hi: float | None) -> Activation | NoMatch:
     if lo is None or lo != 0.0:
-        return NoMatch(f"Clip min is {lo if lo is not None else 'not a constant'}, not 0 (only ReLU-like clips convert)")
+        low = lo if lo is not None else "not a constant"
+        return NoMatch(f"Clip min is {low}, not 0 (only ReLU-like clips convert)")
     if hi is None or not np.isfinite(hi) or hi >= 3.0e38:
         return Activation("Relu", relu, RELU_K, relu_like=True)
     if hi <= 0:

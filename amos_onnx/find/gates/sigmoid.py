@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from amos_onnx.find.gates import Activation, NodeContext, NoMatch, fmt, register
+from amos_onnx.find.gates import Activation, NodeContext, NoMatch, fmt, named, register
 
 SMOOTH_K = 12
 SWISH_K = 16
@@ -14,8 +14,19 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
+@named("SiLU")
+def silu(x: np.ndarray) -> np.ndarray:
+    return x * sigmoid(x)
+
+
 def hard_sigmoid(alpha: float, beta: float):  # type: ignore[no-untyped-def]
     return lambda x: np.clip(alpha * x + beta, 0.0, 1.0)
+
+
+@named("HardSwish")
+def hard_swish(x: np.ndarray) -> np.ndarray:
+    """ONNX's HardSwish: x * HardSigmoid(x) with alpha 1/6, beta 0.5."""
+    return x * hard_sigmoid(1.0 / 6.0, 0.5)(x)
 
 
 @register("Sigmoid", 6)
@@ -42,5 +53,4 @@ def match_softsign(ctx: NodeContext) -> Activation | NoMatch:
 
 @register("HardSwish", 14)
 def match_hard_swish(ctx: NodeContext) -> Activation | NoMatch:
-    gate = hard_sigmoid(1.0 / 6.0, 0.5)
-    return Activation("HardSwish", lambda x: x * gate(x), SWISH_K)
+    return Activation("HardSwish", hard_swish, SWISH_K)
