@@ -8,7 +8,7 @@ PEER := $(VENV)/.peer-installed
 DIGITS := examples/digits
 OUT := $(DIGITS)/out
 
-.PHONY: venv demo test test-fast test-slow test-sanitize ops bench clean
+.PHONY: venv demo lint test test-fast test-slow test-sanitize ops bench clean
 
 $(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ demo: $(CORE) ops
 	$(BIN)/amos-onnx convert $(DIGITS)/digits_cnn.onnx $(OUT)/digits_spiking.onnx --calib $(DIGITS)/digits_train.npz
 	$(BIN)/amos-onnx validate $(DIGITS)/digits_cnn.onnx $(OUT)/digits_spiking.onnx --data $(DIGITS)/digits_test.npz
 
+# ruff with the project's settings (pyproject.toml) over every Python file, mypy over the package.
+lint: $(CORE)
+	$(BIN)/ruff check amos_onnx tests benchmarks examples
+	$(BIN)/mypy amos_onnx
+
 test-fast: $(CORE) ops
 	$(BIN)/python -m pytest -q -m "not slow" --durations=10
 
@@ -55,7 +60,7 @@ test-sanitize: $(CORE) ops
 		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_native.py tests/test_fit_kernel.py -k "not whole_fits"; \
 	else echo "notice: native op not built; sanitizer parity run skipped"; fi
 
-test: test-fast test-slow test-sanitize
+test: lint test-fast test-slow test-sanitize
 
 # Every figure of benchmarks/RESULTS.md, from nothing (Fashion-MNIST from Debian's archive, the PyPI models'
 # wheels and the networks are fetched or trained into .cache/ on the first run). benchmarks/bench.sh runs the

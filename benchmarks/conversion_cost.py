@@ -81,7 +81,8 @@ def main() -> None:
             free = measure("convert", str(model), str(folder / "free.onnx"))
             cal = measure("convert", str(model), str(folder / "cal.onnx"), str(folder / "calib.npz"))
             rows.append((params, model.stat().st_size, free, cal))
-            print(f"{params / 1e6:.1f}M params: data-free {free['seconds']:.1f} s {free['peak_bytes'] / 2**20:.0f} MiB, "
+            print(f"{params / 1e6:.1f}M params: data-free {free['seconds']:.1f} s {free['peak_bytes'] / 2**20:.0f} "
+                  "MiB, "
                   f"calibrated {cal['seconds']:.1f} s {cal['peak_bytes'] / 2**20:.0f} MiB, {free['sites']} sites",
                   flush=True)
             model.unlink()
@@ -107,7 +108,8 @@ def main() -> None:
     ]
     for params, size, free, cal in rows:
         lines.append(f"| {params / 1e6:.1f}M | {size / 2**20:.0f} MiB | {free['sites']} | {free['seconds']:.1f} | "
-                     f"{free['peak_bytes'] / 2**20:.0f} MiB | {cal['seconds']:.1f} | {cal['peak_bytes'] / 2**20:.0f} MiB"
+                     f"{free['peak_bytes'] / 2**20:.0f} MiB | {cal['seconds']:.1f} | {cal['peak_bytes'] / 2**20:.0f} "
+                     "MiB"
                      f" | {cal['peak_bytes'] / size:.2f} |")
     if len(rows) >= 2:
         fits = []

@@ -77,7 +77,8 @@ def table(rows: list[Row]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r.activation} | {r.exporter} | {r.ops} | {r.left} | {100 * r.original:.2f}% | {100 * r.spiking:.2f}% | "
+            f"| {r.activation} | {r.exporter} | {r.ops} | {r.left} | {100 * r.original:.2f}% | {100 * r.spiking:.2f}% "
+            "| "
             f"{100 * (r.spiking - r.original):+.2f} | {r.spikes:.2f} | {r.convert_seconds:.1f} |"
         )
     return "\n".join(lines)

@@ -132,7 +132,8 @@ def preset_point(p: Plan) -> dict[str, int] | None:
     return {label: PRESETS[label][1] for label in labels}
 
 
-def sweep(name: str, ks: list[int], folder: Path, penalty: float = 0.0, penalties: tuple[float, ...] = ()) -> dict[str, object]:
+def sweep(name: str, ks: list[int], folder: Path, penalty: float = 0.0,
+          penalties: tuple[float, ...] = ()) -> dict[str, object]:
     path, facts = fashion_nets.network(name)
     xte, yte = fashion_data.load("test")
     start = time.perf_counter()
@@ -184,7 +185,8 @@ def sweep(name: str, ks: list[int], folder: Path, penalty: float = 0.0, penaltie
     if penalties and searched:
         for penalty_ in penalties:  # the spike penalty's trade at K=PENALTY_K, calibrated
             t = time.perf_counter()
-            fits, _ = fit_plan(p, FitOptions(k=PENALTY_K, seed=SEED, spike_penalty=penalty_))  # convert's default: with the focus
+            fits, _ = fit_plan(p, FitOptions(k=PENALTY_K, seed=SEED,
+                                             spike_penalty=penalty_))  # convert's default: with the focus
             measure(f"penalty {penalty_:g}", PENALTY_K, fits, time.perf_counter() - t)
     per_op = preset_point(p)
     if per_op is not None:  # the SiLU/sigmoid presets' single point, against our gates at the same K per site
@@ -301,7 +303,8 @@ def table(results: list[dict[str, object]]) -> str:
                          if extra else "-")
             if all(c == "-" for c in cells):
                 continue
-            lines.append(f"| {res['name']} | {100 * res['original_accuracy']:.2f} | {mode} | " + " | ".join(cells) + " |")
+            head = f"| {res['name']} | {100 * res['original_accuracy']:.2f} | {mode} | "
+            lines.append(head + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -337,7 +340,8 @@ def how_converted(mode: str) -> str:
 
 
 def targets(results: list[dict[str, object]]) -> str:
-    lines = ["| network | calibrated conversion | accuracy | gap to ANN +- s.e. (points) | spikes/gate | target | met | "
+    lines = ["| network | calibrated conversion | accuracy | gap to ANN +- s.e. (points) | spikes/gate | target | met "
+             "| "
              "KL from the ANN's outputs (millinats per image) | "
              "same conversion with other fitter seeds: gap +- s.e. / spikes / KL | "
              "published at that K | calibrated above published | synaptic ops per image (ANN MACs) |",
@@ -351,7 +355,8 @@ def targets(results: list[dict[str, object]]) -> str:
         beats = f"at {sum(c > p_ for c, p_ in pairs)} of {len(pairs)} K" if pairs else "-"
         chosen = target_row(res)
         if chosen is None:
-            lines.append(f"| {res['name']} | none within 0.3 points up to K=16 | - | - | - | K <= {kmax}, <= {smax} spikes "
+            lines.append(f"| {res['name']} | none within 0.3 points up to K=16 | - | - | - | K <= {kmax}, <= {smax} "
+                         "spikes "
                          f"| no | - | - | - | {beats} | - |")
             continue
         row, met = chosen
@@ -367,7 +372,8 @@ def targets(results: list[dict[str, object]]) -> str:
         lines.append(f"| {res['name']} | {how} | {100 * row['accuracy']:.2f}% (ANN {100 * original:.2f}%) | "
                      f"{gap(row, original)} | {row['spikes_per_gate']:.2f} | K <= {kmax}, <= {smax} spikes | "
                      f"{'yes' if met else 'no'} | {1000 * float(row['kl']):.1f} | "
-                     f"{others or 'the same (ReLU gates: no random search)'} | {published} | {beats} | {synaptic(row, res)} |")
+                     f"{others or 'the same (ReLU gates: no random search)'} | {published} | {beats} | "
+                     f"{synaptic(row, res)} |")
     return "\n".join(lines)
 
 
@@ -386,7 +392,8 @@ def penalty_table(results: list[dict[str, object]]) -> str:
         if base is None or not rows:
             continue
         for r in [{**base, "mode": "penalty 0, first pass alone (no focus)"}, *rows]:
-            lines.append(f"| {res['name']} | {100 * res['original_accuracy']:.2f}% | {str(r['mode']).split(' ', 1)[1]} | "
+            lines.append(f"| {res['name']} | {100 * res['original_accuracy']:.2f}% | "
+                         f"{str(r['mode']).split(' ', 1)[1]} | "
                          f"{100 * r['accuracy']:.2f}% | {gap(r, float(res['original_accuracy']))} | "  # type: ignore[arg-type]
                          f"{100 * float(r['disagreement']):.2f}% | {1000 * float(r['kl']):.1f} | "  # type: ignore[arg-type]
                          f"{r['spikes_per_gate']:.2f} |")

@@ -68,7 +68,8 @@ def recipes(calib: list[torch.Tensor]) -> dict[str, object]:
             "local threshold balancing": ann2snn.LocalThresholdBalancingRecipe(dataloader=calib)}
 
 
-def run_snn(snn: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch: int) -> tuple[dict[int, float], dict[int, float]]:
+def run_snn(snn: torch.nn.Module, x: np.ndarray, y: np.ndarray,
+            batch: int) -> tuple[dict[int, float], dict[int, float]]:
     """Accuracy and spikes per neuron at each checkpoint T (outputs summed over the first T steps)."""
     from spikingjelly.activation_based import functional, neuron
 
@@ -89,7 +90,10 @@ def run_snn(snn: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch: int) -> t
             counts["spikes"] = 0.0
             total = None
             sizes: list[int] = []
-            size_hooks = [m.register_forward_hook(lambda _m, _i, o, sizes=sizes: sizes.append(o[0].numel())) for m in nodes]
+            def size_hook(_m: object, _i: object, o: tuple, sizes: list[int] = sizes) -> None:  # type: ignore[type-arg]
+                sizes.append(o[0].numel())
+
+            size_hooks = [m.register_forward_hook(size_hook) for m in nodes]
             for t in range(1, T_MAX + 1):
                 out = snn(xb)
                 if t == 1:
@@ -244,7 +248,8 @@ def main() -> None:
         "2,000 of them (seed 0); "
         f"{args.images} test images, the first of a seed-0 permutation of the test set; rate-coded SNNs run "
         f"{T_MAX} steps). A cell gives the smallest T (peer) or K (amos-onnx, calibrated, K = 2..8) from which "
-        f"accuracy stays within {WITHIN} points of the ANN on these images. Spikes per neuron: spikes of each IF neuron over T steps, "
+        f"accuracy stays within {WITHIN} points of the ANN on these images. Spikes per neuron: spikes of each IF "
+        "neuron over T steps, "
         "and of each K-neuron gate, averaged over every activation unit and image.\n\n"
         "| network | ANN | peer recipe | peer | amos-onnx | ratio |\n|---|---|---|---|---|---|\n"
         + "\n".join(lines) + "\n\n"

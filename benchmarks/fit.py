@@ -150,7 +150,8 @@ def timing_rows() -> list[str]:
         "| timing | measured | target |",
         "|---|---|---|",
         f"| load one pre-fitted gate (library read and lookup, median of 5) | {1000 * load:.1f} ms | < 10 ms |",
-        f"| warm-started refit of a sigmoid K=12 site on 100,000 samples (median of 5) | {statistics.median(refits):.2f} s | < 2 s |",
+        "| warm-started refit of a sigmoid K=12 site on 100,000 samples (median of 5) | "
+        f"{statistics.median(refits):.2f} s | < 2 s |",
         f"| digits example, calibrated conversion end to end | {convert:.1f} s | < 30 s |",
     ]
 

@@ -106,7 +106,8 @@ def main() -> None:
         "",
         f"Command: `.venv/bin/python benchmarks/large_model.py --write` ({machine()}; {args.layers} MatMul layers of "
         f"{args.width} x {args.width} float32, {gib:.2f} GiB of weights in one external file, ReLU and SiLU between "
-        f"them, seed 0; written in {built:.0f} s; each figure from a fresh process, peak RSS: the largest of the process's VmHWM and its forked fitting workers' ru_maxrss).",
+        f"them, seed 0; written in {built:.0f} s; each figure from a fresh process, peak RSS: the largest of the "
+        "process's VmHWM and its forked fitting workers' ru_maxrss).",
         "",
         "| run | seconds | peak memory | peak / weight size | sites |",
         "|---|---|---|---|---|",

@@ -59,8 +59,10 @@ CASES = [
     Case("ThresholdedRelu-alpha", "ThresholdedRelu", 10, lambda x: np.where(x > 2.5, x, 0), {"alpha": 2.5}, jump=2.5),
     Case("Clip-attr-9", "Clip", 9, lambda x: np.clip(x, 0, 6), {"min": 0.0, "max": 6.0}),
     Case("Clip-attr-nomax-9", "Clip", 9, lambda x: np.maximum(x, 0), {"min": 0.0}),
-    Case("Clip-inputs-11", "Clip", 11, lambda x: np.clip(x, 0, 6), consts=(np.array(0, np.float32), np.array(6, np.float32))),
-    Case("Clip-inputs-13", "Clip", 13, lambda x: np.clip(x, 0, 6), consts=(np.array(0, np.float32), np.array(6, np.float32))),
+    Case("Clip-inputs-11", "Clip", 11, lambda x: np.clip(x, 0, 6),
+         consts=(np.array(0, np.float32), np.array(6, np.float32))),
+    Case("Clip-inputs-13", "Clip", 13, lambda x: np.clip(x, 0, 6),
+         consts=(np.array(0, np.float32), np.array(6, np.float32))),
     Case("Clip-inputs-nomax-13", "Clip", 13, lambda x: np.maximum(x, 0), consts=(np.array(0, np.float32), None)),
 ]
 

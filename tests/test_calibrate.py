@@ -123,7 +123,8 @@ def test_parallel_fitting_equals_one_process(tmp_path: Path, monkeypatch: pytest
     for jobs in ("1", "2"):
         monkeypatch.setenv("AMOS_ONNX_JOBS", jobs)
         amos_onnx.convert(DIGITS, tmp_path / f"j{jobs}.onnx", calib=TRAIN)
-        gates.append([n.attribute for n in onnx.load(str(tmp_path / f"j{jobs}.onnx")).graph.node if n.op_type == "AmosGate"])
+        nodes = onnx.load(str(tmp_path / f"j{jobs}.onnx")).graph.node
+        gates.append([n.attribute for n in nodes if n.op_type == "AmosGate"])
     assert len(gates[0]) == 3 and gates[0] == gates[1]
 
 
@@ -189,7 +190,8 @@ def test_a_penalty_sweep_reuses_the_error_only_refits_bit_for_bit(tmp_path: Path
     assert fit_module._REFITS == {}  # a penalised conversion keeps nothing: only error-only refits are kept
     calls = []
     real = fit_module.fit
-    monkeypatch.setattr(fit_module, "fit", lambda *a, **kw: calls.append(kw.get("spike_penalty", 0.0)) or real(*a, **kw))
+    monkeypatch.setattr(fit_module, "fit",
+                        lambda *a, **kw: calls.append(kw.get("spike_penalty", 0.0)) or real(*a, **kw))
     fit_sites(p.sites, p.reservoirs, FitOptions(k=8))
     assert len(fit_module._REFITS) == 2 and calls == [0.0, 0.0]
     calls.clear()

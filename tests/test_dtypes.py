@@ -93,14 +93,17 @@ def test_quantized_graphs_are_left_alone_and_reported(tmp_path: Path) -> None:
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
              helper.make_node("QLinearSigmoid", ["q", "s", "z", "s", "z"], ["qy"], domain="com.microsoft", name="qsig"),
              helper.make_node("DequantizeLinear", ["qy", "s", "z"], ["y"])]
-    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(128, np.uint8), "z")]
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+             numpy_helper.from_array(np.array(128, np.uint8), "z")]
     graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     src = save(model, tmp_path / "qsig.onnx")
     inspected = amos_onnx.inspect(src)
     assert [(s.node, s.op, s.status, s.reason) for s in inspected.sites] == [
-        ("qsig", "QLinearSigmoid", "skipped", "quantized activation (integer in and out): left alone; convert the float "
+        ("qsig", "QLinearSigmoid", "skipped",
+         "quantized activation (integer in and out): left alone; convert the float "
          "model before quantizing")]
     amos_onnx.convert(src, tmp_path / "qsig_out.onnx")
     x = np.linspace(-5, 5, 40, dtype=np.float32).reshape(10, 4)

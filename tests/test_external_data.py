@@ -59,7 +59,8 @@ def test_weights_stay_on_disk_and_the_output_carries_its_own(tmp_path: Path) -> 
         data = out.with_name(out.name + ".data")
         assert data.stat().st_size == 3 * WIDTH * WIDTH * 4
         converted = onnx.load(str(out), load_external_data=False)
-        assert {e.value for t in converted.graph.initializer for e in t.external_data if e.key == "location"} == {data.name}
+        locations = {e.value for t in converted.graph.initializer for e in t.external_data if e.key == "location"}
+        assert locations == {data.name}
         assert [n.op_type for n in converted.graph.node] == ["MatMul", "AmosGate", "MatMul", "AmosGate", "MatMul"]
         # the weights copied beside the output are the original weights, byte for byte
         original = onnx.load(str(src))

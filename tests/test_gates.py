@@ -88,7 +88,8 @@ def test_clip_with_negative_min_is_skipped_with_reason(tmp: Path) -> None:
 
 
 def test_constant_node_operands_are_read(tmp: Path) -> None:
-    model = activation_model("Clip", 13, consts=[np.array(0, np.float32), np.array(6, np.float32)], as_constant_nodes=True)
+    model = activation_model("Clip", 13, consts=[np.array(0, np.float32), np.array(6, np.float32)],
+                             as_constant_nodes=True)
     src, fn, _ = convert_both(model, tmp)
     assert [n.op_type for n in fn.graph.node] == ["AmosGate"]  # the Constant nodes went with the Clip
     assert np.abs(run(fn, GRID) - run(src, GRID)).max() <= 0.01

@@ -140,7 +140,8 @@ def _converted_twice(tmp: Path) -> tuple[list[str], str]:
 
 
 CORPUS: dict[str, tuple[Case, str]] = {
-    "missing file": (lambda tmp: (["convert", str(tmp / "nope.onnx"), str(tmp / "out.onnx")], ""), "no such model file"),
+    "missing file": (lambda tmp: (["convert", str(tmp / "nope.onnx"), str(tmp / "out.onnx")], ""),
+                     "no such model file"),
     "empty file": (_bytes(b""), "file is empty"),
     "random bytes": (_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()),
                      "not an ONNX model"),
@@ -223,15 +224,18 @@ CORPUS: dict[str, tuple[Case, str]] = {
     "images: std without mean": (_images("--std", "0.5"), "--std given without --mean"),
     "images: mean without std": (_images("--mean", "0.5"), "--mean given without --std"),
     "images: wrong layout": (_images("--layout", "NHWC"), "--layout NHWC does not fit input 'image' [?, 1, 8, 8]"),
-    "images: size against the model": (_images("--image-size", "16x16"), "--image-size 16x16 does not fit input 'image'"),
-    "images: three means for one channel": (_images("--mean", "0.4,0.5,0.6", "--std", "1"), "--mean: 3 values for 1 channels"),
+    "images: size against the model": (_images("--image-size", "16x16"),
+                                       "--image-size 16x16 does not fit input 'image'"),
+    "images: three means for one channel": (_images("--mean", "0.4,0.5,0.6", "--std", "1"),
+                                            "--mean: 3 values for 1 channels"),
     "images: zero std": (_images("--mean", "0", "--std", "0"), "--std 0: every std must be positive"),
     "images: bad mean list": (_images("--mean", "a,b", "--std", "1"), "--mean a,b: give comma-separated numbers"),
     "images: bad size": (_images("--image-size", "big"), "--image-size big: give HxW"),
     "images: folder without images": (_images(empty=True), "no image files"),
     "images: undecodable image": (_images(junk=True), "broken.png: not a readable image"),
     "images: options without a folder": (_digits("--calib", str(TRAIN), "--mean", "0", "--std", "1"),
-                                         "image options (--image-size, --layout, --scale, --mean, --std, --bgr) need a folder"),
+                                         "image options (--image-size, --layout, --scale, --mean, --std, --bgr) need "
+                                         "a folder"),
 }
 
 

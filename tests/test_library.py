@@ -164,7 +164,8 @@ def test_fit_command_time_budget_stops_the_local_search() -> None:
     """100,000 local-search moves would take most of an hour at K=8; a 0.5 s time budget stops them (the starts, the
     polish and the sliver check still run: seconds), and the gate it returns is still a fit."""
     start = time.perf_counter()
-    result = CliRunner().invoke(main, ["fit", "Tanh", "--k", "8", "--kicks", "100000", "--time-budget", "0.5", "--json"])
+    result = CliRunner().invoke(main, ["fit", "Tanh", "--k", "8", "--kicks", "100000", "--time-budget", "0.5",
+                                       "--json"])
     assert result.exit_code == 0, result.output
     assert time.perf_counter() - start < 60
     data = json.loads(result.stdout)

@@ -60,7 +60,8 @@ def test_per_channel_parameters_apply_along_their_axis() -> None:
 def test_relu_preset_is_the_closed_form_bit_for_bit() -> None:
     params = preset("relu-k10")
     assert params.thresholds.tolist() == [25 * 2.0**-t for t in range(1, 11)]
-    x = np.concatenate([np.linspace(-5, 30, 400_001, dtype=np.float32), np.arange(0, 1025, dtype=np.float32) * np.float32(25 / 1024)])
+    levels = np.arange(0, 1025, dtype=np.float32) * np.float32(25 / 1024)
+    x = np.concatenate([np.linspace(-5, 30, 400_001, dtype=np.float32), levels])
     y, spikes = simulate(params, x)
     y_ref, spikes_ref = binary_relu_closed_form(x, 10, 25.0)
     assert np.array_equal(y, y_ref) and np.array_equal(spikes, spikes_ref)

@@ -54,7 +54,8 @@ def test_bad_values_are_refused_where_the_options_are_built(build, message: str)
 
 def test_options_are_frozen_and_keywords_build_the_same_objects() -> None:
     options = ConvertOptions.of(k=8, seed=3, per_channel=True, only={"Relu"}, emit="inline", spike_penalty=0.005)
-    assert options == ConvertOptions(FindOptions(only=frozenset({"Relu"})), CalibrationOptions(seed=3, per_channel=True),
+    assert options == ConvertOptions(FindOptions(only=frozenset({"Relu"})), CalibrationOptions(seed=3,
+                                                                                               per_channel=True),
                                      FitOptions(k=8, spike_penalty=0.005, seed=3, per_channel=True), EmitForm.INLINE)
     assert options.emit is EmitForm.INLINE  # a string becomes the enum
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -68,7 +68,8 @@ def test_the_reservoir_keeps_each_values_channel() -> None:
         res.add(batches[-1])
     assert res.channel_count == 3 and res.seen == 10 * 8 * 300
     every = np.concatenate(batches)
-    assert np.array_equal(res.channel_lo, every.min(axis=(0, 2, 3))) and np.array_equal(res.channel_hi, every.max(axis=(0, 2, 3)))
+    assert np.array_equal(res.channel_lo, every.min(axis=(0, 2, 3))) and np.array_equal(res.channel_hi,
+                                                                                        every.max(axis=(0, 2, 3)))
     # 24,000 seen, 12,288 kept: values were dropped, and each kept value's channel went with it
     assert res.values.size == CHANNEL_CAP * 3 == res.channels.size < res.seen
     assert np.array_equal(res.values // 1000, res.channels)

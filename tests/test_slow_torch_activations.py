@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 
 
 CASES = [(a, False) for a in digits_activations.ACTIVATIONS] + [
-    (a, d) for a in digits_activations.EXPORTED_BOTH_WAYS for d in (False, True) if a not in digits_activations.ACTIVATIONS
+    (a, d) for a in digits_activations.EXPORTED_BOTH_WAYS for d in (False,
+                                                                    True) if a not in digits_activations.ACTIVATIONS
 ] + [("hardswish", True)]
 
 

@@ -33,7 +33,8 @@ def loop_model(nested: bool) -> onnx.ModelProto:
     nodes = [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
              helper.make_node("Tanh", ["s_in"], ["t"], name="body_tanh")]
     if nested:
-        nodes.append(helper.make_node("Constant", [], ["flag"], value=helper.make_tensor("f", TensorProto.BOOL, [], [1])))
+        nodes.append(helper.make_node("Constant", [], ["flag"], value=helper.make_tensor("f", TensorProto.BOOL, [],
+                                                                                         [1])))
         nodes.append(helper.make_node("If", ["flag"], ["s_out"], name="inner_if",
                                       then_branch=branch("in_then", "Relu", "t"),
                                       else_branch=branch("in_else", "Sigmoid", "t")))
@@ -55,7 +56,8 @@ def scan_model() -> onnx.ModelProto:
     body = helper.make_graph([helper.make_node("Add", ["acc", "row"], ["sum"]),
                               helper.make_node("Elu", ["sum"], ["acc_out"], name="scan_elu"),
                               helper.make_node("Identity", ["acc_out"], ["out_row"])], "scan_body",
-                             [helper.make_tensor_value_info("acc", F, [4]), helper.make_tensor_value_info("row", F, [4])],
+                             [helper.make_tensor_value_info("acc", F, [4]), helper.make_tensor_value_info("row", F,
+                                                                                                          [4])],
                              [helper.make_tensor_value_info("acc_out", F, [4]),
                               helper.make_tensor_value_info("out_row", F, [4])])
     scan = helper.make_node("Scan", ["init", "x"], ["final", "y"], name="scan", body=body, num_scan_inputs=1)
