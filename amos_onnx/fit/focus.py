@@ -22,8 +22,7 @@ from amos_onnx.data.dataset import sample_count
 from amos_onnx.find.sites import Site
 from amos_onnx.fit.sites import SiteFit
 from amos_onnx.options import EmitForm
-from amos_onnx.rewrite import emit
-from amos_onnx.rewrite.graph import Names, add_functions, gate_nodes, node_id
+from amos_onnx.rewrite.graph import Emitter, node_id
 
 if TYPE_CHECKING:
     from amos_onnx.pipeline import Plan
@@ -56,11 +55,11 @@ def switched_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, Si
     scalar switch input per site: the switch's name and element type by site name."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    graph, names = copy.graph, Names(copy.graph)
+    graph, emitter = copy.graph, Emitter(copy, form)
+    names = emitter.names
     by_output = {s.output: s for s in sites}
     nodes: list[onnx.NodeProto] = []
     switches: dict[str, tuple[str, int]] = {}
-    overloads: set[emit.Overload] = set()
     for node in graph.node:
         nodes.append(node)
         site = by_output.get(node_id(node))
@@ -68,10 +67,9 @@ def switched_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, Si
             continue
         clean, gate, switch = (names.make(f"{site.name}/amos/{part}") for part in ("original", "gate", "switch"))
         node.output[list(node.output).index(site.output)] = clean
-        made, inits, overload = gate_nodes(site, gate, fits[site.name].params, form, names)
+        made, inits = emitter.gate_nodes(site, gate, fits[site.name].params)
         nodes += made
         graph.initializer.extend(inits)
-        overloads |= overload
         change, scaled = names.make(f"{site.name}/amos/change"), names.make(f"{site.name}/amos/switched")
         nodes += [helper.make_node("Sub", [gate, clean], [change], name=names.make(f"{site.name}/amos/sub")),
                   helper.make_node("Mul", [change, switch], [scaled], name=names.make(f"{site.name}/amos/mul")),
@@ -80,8 +78,7 @@ def switched_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, Si
         switches[site.name] = (switch, site.dtype)
     del graph.node[:]
     graph.node.extend(nodes)
-    if overloads:
-        add_functions(copy, overloads)
+    emitter.add_functions(copy)
     return copy, switches
 
 

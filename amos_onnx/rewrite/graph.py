@@ -103,29 +103,26 @@ def _prune(graph: onnx.GraphProto, candidates: set[str]) -> None:
 def rewrite(model: onnx.ModelProto, sites: list[Site], params: dict[str, GateParams], form: EmitForm) -> RewriteResult:
     """Mutate `model`: each converting site's node (found by its output tensor) becomes its gate (function node
     or inline ops)."""
-    form = EmitForm(form)
-    names = Names(model.graph)
-    overloads: set[emit.Overload] = set()
+    emitter = Emitter(model, form)
     converting = [s for s in sites if s.converts]
     paths = list(dict.fromkeys(s.graph for s in converting))
     for path in sorted(paths, key=len, reverse=True):  # deepest subgraphs first
         group = [s for s in converting if s.graph == path]
-        overloads |= _rewrite_graph(_locate(model, path), group, params, form, names)
+        _rewrite_graph(_locate(model, path), group, params, emitter)
     before = model.ir_version
-    if overloads:
-        add_functions(model, overloads)
-    return RewriteResult(form, len(converting), tuple(sorted(o.name for o in overloads)), (before, model.ir_version))
+    emitter.add_functions(model)
+    return RewriteResult(emitter.form, len(converting), tuple(sorted(o.name for o in emitter.overloads)),
+                         (before, model.ir_version))
 
 
-def _rewrite_graph(graph: onnx.GraphProto, sites: list[Site], params: dict[str, GateParams], form: EmitForm,
-                   names: Names) -> set[emit.Overload]:
-    """Replace the sites of one graph (not its subgraphs); returns the function overloads used."""
+def _rewrite_graph(graph: onnx.GraphProto, sites: list[Site], params: dict[str, GateParams],
+                   emitter: Emitter) -> None:
+    """Replace the sites of one graph (not its subgraphs)."""
     by_output = {s.output: s for s in sites}
     # A composite's other nodes go; its gate takes the place of the node that wrote the output.
     removed = {n for s in sites for n in s.nodes if n != s.output}
     new_nodes: list[onnx.NodeProto] = []
     orphan_candidates: set[str] = set()
-    overloads: set[emit.Overload] = set()
     for node in graph.node:
         if node_id(node) in removed:
             orphan_candidates.update(node.input)
@@ -135,39 +132,50 @@ def _rewrite_graph(graph: onnx.GraphProto, sites: list[Site], params: dict[str, 
             new_nodes.append(node)
             continue
         orphan_candidates.update(node.input[1:])
-        nodes, inits, overload = gate_nodes(site, site.output, params[site.name], form, names)
+        nodes, inits = emitter.gate_nodes(site, site.output, params[site.name])
         new_nodes.extend(nodes)
         graph.initializer.extend(inits)
-        overloads.update(overload)
     del graph.node[:]
     graph.node.extend(new_nodes)
     _prune(graph, orphan_candidates)
-    return overloads
 
 
-def gate_nodes(site: Site, output: str, gate: GateParams, form: EmitForm,
-               names: Names) -> tuple[list[onnx.NodeProto], list[TensorProto], set[emit.Overload]]:
-    """The nodes computing `site`'s gate from its input into `output` (in the site's element type), the
-    initializers they need and the function overload they call (none inline)."""
-    doc = f"AMOS spiking gate (K={gate.k}) replacing {site.op} node '{site.name}'"
-    x, y = site.input, output
-    nodes: list[onnx.NodeProto] = []
-    inits: list[TensorProto] = []
-    overloads: set[emit.Overload] = set()
-    if site.dtype != TensorProto.FLOAT:  # the gate runs in float32, with casts at its edges
-        x, y = names.make(f"{site.name}/amos/x32"), names.make(f"{site.name}/amos/y32")
-        nodes.append(helper.make_node("Cast", [site.input], [x], to=TensorProto.FLOAT,
-                                      name=names.make(f"{site.name}/amos/cast_in")))
-    if form is EmitForm.FUNCTION:
-        nodes.append(emit.gate_node(x, y, gate, site.rank, names.make(f"{site.name}/amos"), doc))
-        overloads.add(emit.overload_of(gate, site.rank))
-    else:
-        inline, inits = emit.inline_nodes(x, y, gate, site.rank, names.scoped(site.name))
-        nodes.extend(inline)
-    if site.dtype != TensorProto.FLOAT:
-        nodes.append(helper.make_node("Cast", [y], [output], to=site.dtype,
-                                      name=names.make(f"{site.name}/amos/cast_out")))
-    return nodes, inits, overloads
+class Emitter:
+    """Writes gates into one model: the emission form, the model's unique names, and the function overloads the
+    gates written so far call."""
+
+    def __init__(self, model: onnx.ModelProto, form: EmitForm) -> None:
+        self.form = EmitForm(form)
+        self.names = Names(model.graph)
+        self.overloads: set[emit.Overload] = set()
+
+    def gate_nodes(self, site: Site, output: str, gate: GateParams) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+        """The nodes computing `site`'s gate from its input into `output` (in the site's element type) and the
+        initializers they need (none in the function form)."""
+        names = self.names
+        doc = f"AMOS spiking gate (K={gate.k}) replacing {site.op} node '{site.name}'"
+        x, y = site.input, output
+        nodes: list[onnx.NodeProto] = []
+        inits: list[TensorProto] = []
+        if site.dtype != TensorProto.FLOAT:  # the gate runs in float32, with casts at its edges
+            x, y = names.make(f"{site.name}/amos/x32"), names.make(f"{site.name}/amos/y32")
+            nodes.append(helper.make_node("Cast", [site.input], [x], to=TensorProto.FLOAT,
+                                          name=names.make(f"{site.name}/amos/cast_in")))
+        if self.form is EmitForm.FUNCTION:
+            nodes.append(emit.gate_node(x, y, gate, site.rank, names.make(f"{site.name}/amos"), doc))
+            self.overloads.add(emit.overload_of(gate, site.rank))
+        else:
+            inline, inits = emit.inline_nodes(x, y, gate, site.rank, names.scoped(site.name))
+            nodes.extend(inline)
+        if site.dtype != TensorProto.FLOAT:
+            nodes.append(helper.make_node("Cast", [y], [output], to=site.dtype,
+                                          name=names.make(f"{site.name}/amos/cast_out")))
+        return nodes, inits
+
+    def add_functions(self, model: onnx.ModelProto) -> None:
+        """The model-local functions of the overloads used, when there are any (add_functions)."""
+        if self.overloads:
+            add_functions(model, self.overloads)
 
 
 def add_functions(model: onnx.ModelProto, overloads: set[emit.Overload]) -> None:
