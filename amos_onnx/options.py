@@ -71,9 +71,9 @@ class CalibrationOptions:
     cap: int = 100_000  # values kept per site tensor, a uniform random sample of all it saw
 
 
-REFIT_KICKS = 6
-FOCUS_KICKS = 200
-DEFAULT_TARGET_MSE = 1e-4
+REFIT_KICKS = 6  # local-search moves of a calibrated refit (the shipped gates had a longer search offline)
+FOCUS_KICKS = 200  # local-search moves of a focused refit
+DEFAULT_TARGET_MSE = 1e-4  # --k auto's per-site error target
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,14 @@
 """Byte identity of converted files across a change of the converter's code (the house redesign's proof).
 
     .venv/bin/python benchmarks/identity.py --out before.json [--source DIR]   # hashes with the code in DIR
-    .venv/bin/python benchmarks/identity.py --out after.json --check before.json
+    .venv/bin/python benchmarks/identity.py --out after.json --check before.json [--write]
 
 Converts the digits example and the Fashion-MNIST networks (benchmarks/fashion_nets.py, trained into
 .cache/fashion-nets first) through the command line, `python -m amos_onnx convert`, with a fixed seed: at two
 K, data-free and calibrated, with --per-channel and with --spike-penalty. Prints and writes one SHA-256 per
 converted file; --source runs another checkout's amos_onnx (a worktree of the pre-redesign commit, say) on the
-same inputs; --check compares with an earlier run's JSON and exits 1 on any difference.
+same inputs; --check compares with an earlier run's JSON and exits 1 on any difference; --write records that
+comparison in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fashion_data  # noqa: E402
+import results  # noqa: E402
 
 ROOT = fashion_data.ROOT
 NETS = ROOT / ".cache/fashion-nets"
@@ -68,6 +70,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--source", type=Path, default=ROOT, help="checkout whose amos_onnx converts")
     parser.add_argument("--check", type=Path, default=None, help="an earlier run's JSON to compare with")
+    parser.add_argument("--write", action="store_true", help="record the comparison in RESULTS.md (with --check)")
+    parser.add_argument("--label", default=None, help="what code made the --check file (a commit, say)")
     args = parser.parse_args()
     missing = [n for n in ("vgg", "resnet", "effnet", "gelu") if not (NETS / f"{n}.onnx").is_file()]
     if missing:
@@ -89,9 +93,27 @@ def main() -> None:
     if args.check is not None:
         before = json.loads(args.check.read_text())
         differ = [n for n in before if hashes.get(n) != before[n]]
-        print(f"{len(before) - len(differ)} of {len(before)} converted files byte-identical"
-              + (f"; differ: {', '.join(differ)}" if differ else ""))
+        verdict = (f"{len(before) - len(differ)} of {len(before)} converted files byte-identical"
+                   + (f"; differ: {', '.join(differ)}" if differ else ""))
+        print(verdict)
+        if args.write:
+            _write(verdict, hashes, before, args)
         sys.exit(1 if differ else 0)
+
+
+def _write(verdict: str, hashes: dict[str, str], before: dict[str, str], args: argparse.Namespace) -> None:
+    rows = [f"| {name} | `{before[name][:16]}` | `{hashes.get(name, 'missing')[:16]}` |" for name in before]
+    results.write_section("identity", f"""
+## Converted files across a change of the code
+
+`{' '.join(sys.argv)}` ({results.machine()}): the digits example and the four Fashion-MNIST networks converted
+through the command line at K = {' and '.join(map(str, KS))}, data-free, calibrated ({CALIBRATION} training images,
+seed 0; the digits example on its own training set), with `--per-channel` and with `--spike-penalty 0.005`,
+once with {args.label or f"the code that wrote {args.check}"} and once with this checkout. **{verdict}.**
+
+| conversion | SHA-256 before (first 16) | SHA-256 now (first 16) |
+|---|---|---|
+""" + "\n".join(rows))
 
 
 if __name__ == "__main__":
