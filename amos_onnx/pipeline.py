@@ -23,6 +23,7 @@ from amos_onnx.options import ConvertOptions, EmitForm, FindOptions, FitOptions
 from amos_onnx.report.conversion import ConversionReport, SiteStatus, rewrite_notes, site_reports
 from amos_onnx.rewrite.graph import rewrite
 from amos_onnx.save import check_output_path, data_path, save_model
+from amos_onnx.timing import Stages
 
 
 def _find(model: onnx.ModelProto, options: FindOptions) -> tuple[list[Site], list[NearMiss], list[str]]:
@@ -69,6 +70,7 @@ class Plan:
     calibration: str | None = None
     inputs: list[Path] = field(default_factory=list)  # every file read: never to be overwritten
     feeds: list[dict] = field(default_factory=list)  # the first calibration batches (focus.KEEP_SAMPLES)
+    stages: Stages = field(default_factory=Stages)  # seconds per stage of the last plan, fit and write
 
 
 def _options(options: ConvertOptions | None, keywords: dict[str, Any]) -> ConvertOptions:
@@ -86,21 +88,25 @@ def plan(model_path: str | Path, calib: DataSource | None = None, options: Conve
     options = _options(options, keywords)
     if options.fit.per_channel and calib is None:
         raise OptionError("--per-channel needs --calib: each channel's gate is fitted on that channel's values")
-    model, files = read_model(model_path)
-    data = open_data(calib, model, options.calibration.images) if calib is not None else None
-    opset_before = default_opset(model)
-    if options.emit is EmitForm.FUNCTION:
-        model = raise_opset(model, FUNCTION_MIN_OPSET)
-    sites, misses, find_notes = _find(model, options.find)
+    stages = Stages()
+    with stages.stage("load"):
+        model, files = read_model(model_path)
+        data = open_data(calib, model, options.calibration.images) if calib is not None else None
+        opset_before = default_opset(model)
+        if options.emit is EmitForm.FUNCTION:
+            model = raise_opset(model, FUNCTION_MIN_OPSET)
+    with stages.stage("find"):
+        sites, misses, find_notes = _find(model, options.find)
     result = Plan(Path(model_path), model, options, sites, misses, find_notes, files, opset_before,
-                  inputs=[Path(model_path), *files, *(data.paths if data else ())])
+                  inputs=[Path(model_path), *files, *(data.paths if data else ())], stages=stages)
     if output is not None:
         _check_output(result, output)
     if data is not None:
         kept = Kept(focus.KEEP_SAMPLES, focus.KEEP_BYTES, result.feeds)
-        result.reservoirs, result.samples = calibrate(
-            model, sites, data, options.calibration, label=f"{model_path} with {data.description}",
-            progress=options.progress, folder=Path(model_path).parent, keep=kept)
+        with stages.stage("calibrate"):
+            result.reservoirs, result.samples = calibrate(
+                model, sites, data, options.calibration, label=f"{model_path} with {data.description}",
+                progress=options.progress, folder=Path(model_path).parent, keep=kept)
         result.calibration = data.description
     return result
 
@@ -121,13 +127,15 @@ def write(p: Plan, output_path: str | Path, fits: dict[str, SiteFit], in_place: 
 
 def _write(p: Plan, output_path: Path, fits: dict[str, SiteFit], in_place: bool) -> ConversionReport:
     model = p.model
-    if not in_place:
-        model = onnx.ModelProto()
-        model.CopyFrom(p.model)
-    result = rewrite(model, p.sites, {name: f.params for name, f in fits.items()}, p.options.emit)
-    save_model(model, output_path, p.model_path.parent)
+    with p.stages.stage("rewrite"):
+        if not in_place:
+            model = onnx.ModelProto()
+            model.CopyFrom(p.model)
+        result = rewrite(model, p.sites, {name: f.params for name, f in fits.items()}, p.options.emit)
+    with p.stages.stage("save"):
+        save_model(model, output_path, p.model_path.parent)
     report = ConversionReport(str(p.model_path), str(output_path), site_reports(p.sites, fits, SiteStatus.CONVERTED),
-                              p.options.emit)
+                              p.options.emit, stage_seconds=dict(p.stages.seconds))
     if p.calibration is not None:
         report.calibration = p.calibration
         report.calibration_samples = p.samples
@@ -172,15 +180,17 @@ def fit_plan(p: Plan, options: FitOptions | None = None) -> tuple[dict[str, Site
     if options.per_channel and not p.options.calibration.per_channel:
         raise OptionError("per-channel fits need a plan whose calibration kept each value's channel "
                           "(plan(..., per_channel=True))")
-    fits = fit_sites(p.sites, p.reservoirs, options)
+    with p.stages.stage("fit"):
+        fits = fit_sites(p.sites, p.reservoirs, options)
+    p.stages.seconds.pop("focus", None)
     if not options.focus_kicks or not p.feeds:
         return fits, None
-    effect = focus.effects(p, fits)
-    chosen = frozenset(focus.chosen(effect, fits))
-    if not chosen:
-        return fits, None
-    fits = fit_sites(p.sites, p.reservoirs, options, Refocus(chosen, fits, options.focus_kicks))
-    return fits, replace(effect, focused=chosen)
+    with p.stages.stage("focus"):
+        effect = focus.effects(p, fits)
+        chosen = frozenset(focus.chosen(effect, fits))
+        if chosen:
+            fits = fit_sites(p.sites, p.reservoirs, options, Refocus(chosen, fits, options.focus_kicks))
+    return fits, (replace(effect, focused=chosen) if chosen else None)
 
 
 def focus_notes(effect: focus.Effects | None, kicks: int) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -47,6 +48,7 @@ class SiteFit:
     max_error: float
     mean_spikes: float
     samples: int = 0
+    seconds: float = 0.0  # wall time of the fit
 
     @property
     def calibrated(self) -> bool:
@@ -138,7 +140,13 @@ def fit_site(act: Activation, k: int, res: Reservoir | None, options: FitOptions
 
 
 def fit_job(job: Job) -> SiteFit:
-    """One fit of fit_sites (see fit_site), run in a worker; automatic K goes through auto_fit."""
+    """One fit of fit_sites (see fit_site), run in a worker, with its wall time."""
+    start = time.perf_counter()
+    result = _fit_job(job)
+    return replace(result, seconds=time.perf_counter() - start)
+
+
+def _fit_job(job: Job) -> SiteFit:
     act, res, options = job.act, job.res, job.options
     if job.k == AUTO:
         return auto_fit(job)
@@ -300,5 +308,5 @@ def fit_sites(sites: list[Site], reservoirs: dict[str, Reservoir], options: FitO
     fits = {name: results[key] if key in results else refocus.earlier[name]  # type: ignore[union-attr]
             for name, key in keys.items()}
     for name, fit_ in fits.items():
-        log.info("%s: K=%d %s, mse %.3g", name, fit_.params.k, fit_.source, fit_.mse)
+        log.info("%s: K=%d %s, mse %.3g, fitted in %.2f s", name, fit_.params.k, fit_.source, fit_.mse, fit_.seconds)
     return fits

@@ -35,6 +35,7 @@ class SiteReport:
     mse: float | None = None
     max_error: float | None = None
     mean_spikes: float | None = None
+    fit_seconds: float | None = None  # the site's fit (shared by the sites it serves; a focused fit: its refit)
 
     @classmethod
     def of(cls, site: Site, fit: SiteFit | None, status: SiteStatus) -> SiteReport:
@@ -43,7 +44,7 @@ class SiteReport:
             return cls(site.name, site.op, label, SiteStatus.SKIPPED if not site.converts else status, site.reason)
         return cls(
             site.name, site.op, label, status, None, fit.params.k, fit.source, (fit.lo, fit.hi),
-            fit.mse, fit.max_error, fit.mean_spikes,
+            fit.mse, fit.max_error, fit.mean_spikes, fit.seconds,
         )
 
 
@@ -60,6 +61,7 @@ class ConversionReport:
     ir_version: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)
     near_misses: list[tuple[str, str]] = field(default_factory=list)  # (node, why it is not a composite)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # wall time per pipeline stage
 
     @property
     def converted(self) -> int:

@@ -105,6 +105,10 @@ def markdown(data: dict, pictures: list[str], note: str | None) -> str:
     if orig["weighted_ops_without_shapes"]:
         lines += [f"{orig['weighted_ops_without_shapes']} weighted ops had no inferable shape and are not in the MAC "
                   "count.", ""]
+    stages = (data["conversion"] or {}).get("stage_seconds") or {}
+    if stages:
+        lines += ["Conversion time: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stages.items())
+                  + f" (total {sum(stages.values()):.2f} s).", ""]
     fits = {s["node"]: s for s in (data["conversion"] or {}).get("sites", [])}
     lines += ["## Gates", "", "Layer RMSE: the gate's output against the original network's same tensor on the same "
               "inputs (error accumulated up to this layer). Fit MSE: the gate against its function on the "
