@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, activation_model, save
 
 import amos_onnx
-from amos_onnx.calibrate.reservoir import Reservoir
+from amos_onnx.calibrate.reservoir import CHANNEL_CAP, Reservoir
 from amos_onnx.calibrate.run import calibrate
 from amos_onnx.data.dataset import open_data
 from amos_onnx.fit.sites import fit_sites
@@ -31,6 +31,31 @@ def test_reservoir_is_bounded_uniform_and_exact_at_the_edges() -> None:
     assert res.seen == 100_000 and res.lo == 0 and res.hi == 99_999
     # a uniform sample of 0..99999 has mean near 50000 (std of the mean ~ 913)
     assert abs(res.values.mean() - 49_999.5) < 4 * 913
+
+
+def test_a_full_reservoir_still_samples_every_part_of_the_stream_alike() -> None:
+    """Once full, a reservoir draws keys only for the values that can enter (a binomial count of uniform
+    positions): over 40 seeded streams of 400 batches, every tenth of the stream holds a tenth of the kept
+    values within 3 standard errors."""
+    counts = np.zeros(10)
+    for seed in range(40):
+        res = Reservoir(500, np.random.default_rng(seed))
+        for i in range(400):
+            res.add(np.arange(i * 500, (i + 1) * 500, dtype=np.float32))
+        assert res.values.size == 500 and res.seen == 200_000
+        counts += np.bincount((res.values // 20_000).astype(int), minlength=10)
+    share, n = counts / counts.sum(), counts.sum()
+    assert np.all(np.abs(share - 0.1) < 3 * np.sqrt(0.1 * 0.9 / n)), share
+
+
+def test_a_full_reservoir_keeps_each_value_s_channel() -> None:
+    res = Reservoir(100, np.random.default_rng(0), axis=1)
+    for i in range(60):  # 60 x 2,000 values, 4 channels: the channel cap (4 x CHANNEL_CAP) fills on the way
+        batch = np.arange(i * 2000, (i + 1) * 2000, dtype=np.float32).reshape(50, 4, 10)
+        batch[0, 0, 0] = np.nan  # a non-finite value shifts the flat positions of the finite ones
+        res.add(batch)
+    assert res.values.size == 4 * CHANNEL_CAP and res.seen == 60 * 1999
+    assert np.array_equal(res.channels, ((res.values.astype(np.int64) // 10) % 4).astype(np.int32))
 
 
 def test_calibration_on_digits_is_bounded_and_deterministic() -> None:

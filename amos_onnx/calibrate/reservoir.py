@@ -33,29 +33,54 @@ class Reservoir:
         array = np.asarray(batch, np.float32)
         flat = array.ravel()
         finite = np.isfinite(flat)
-        flat = flat[finite]
-        if flat.size == 0:
+        every = bool(finite.all())
+        values = flat if every else flat[finite]
+        if values.size == 0:
             return
-        cap, channels = self.cap, self.channels
+        cap = self.cap
         if self.axis is not None:
-            count = array.shape[self.axis]
-            if self.channel_count and count != self.channel_count:
-                raise ValueError(f"channel axis {self.axis} has {count} entries, earlier batches {self.channel_count}")
-            if not self.channel_count:
-                self.channel_lo, self.channel_hi = np.full(count, np.inf), np.full(count, -np.inf)
-            self.channel_count = count
-            per = np.moveaxis(array, self.axis, 0).reshape(count, -1)
-            ok = np.isfinite(per)
-            self.channel_lo = np.minimum(self.channel_lo, np.where(ok, per, np.inf).min(axis=1, initial=np.inf))
-            self.channel_hi = np.maximum(self.channel_hi, np.where(ok, per, -np.inf).max(axis=1, initial=-np.inf))
-            index = np.arange(count, dtype=np.int32).reshape((-1,) + (1,) * (array.ndim - 1 - self.axis))
-            channels = np.concatenate([channels, np.broadcast_to(index, array.shape).ravel()[finite]])
-            cap = max(cap, min(CHANNEL_CAP * count, CHANNEL_TOTAL_CAP))
-        self.seen += flat.size
-        self.lo, self.hi = min(self.lo, float(flat.min())), max(self.hi, float(flat.max()))
-        keys = self.rng.random(flat.size)
-        values = np.concatenate([self.values, flat])
+            cap = max(cap, min(CHANNEL_CAP * array.shape[self.axis], CHANNEL_TOTAL_CAP))
+            self._channel_range(array)
+        self.seen += values.size
+        self.lo, self.hi = min(self.lo, float(values.min())), max(self.hi, float(values.max()))
+        if self.values.size >= cap:
+            # Once full, only a value whose key falls below the largest kept key can enter: how many do is
+            # binomial, where they are uniform, and their keys uniform below that bound. The same sample in
+            # distribution as a key for every value, at a cost that falls as the stream grows.
+            bound = float(self.keys.max())
+            pick = np.sort(self.rng.choice(values.size, int(self.rng.binomial(values.size, bound)), replace=False))
+            keys = self.rng.random(pick.size) * bound
+        else:
+            pick, keys = np.arange(values.size), self.rng.random(values.size)
+        self._merge(values[pick], keys, self._channel_of(array, pick if every else np.flatnonzero(finite)[pick]), cap)
+
+    def _channel_range(self, array: np.ndarray) -> None:
+        """Each channel's exact min and max over the finite values."""
+        assert self.axis is not None
+        count = array.shape[self.axis]
+        if self.channel_count and count != self.channel_count:
+            raise ValueError(f"channel axis {self.axis} has {count} entries, earlier batches {self.channel_count}")
+        if not self.channel_count:
+            self.channel_lo, self.channel_hi = np.full(count, np.inf), np.full(count, -np.inf)
+        self.channel_count = count
+        per = np.moveaxis(array, self.axis, 0).reshape(count, -1)
+        ok = np.isfinite(per)
+        self.channel_lo = np.minimum(self.channel_lo, np.where(ok, per, np.inf).min(axis=1, initial=np.inf))
+        self.channel_hi = np.maximum(self.channel_hi, np.where(ok, per, -np.inf).max(axis=1, initial=-np.inf))
+
+    def _channel_of(self, array: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """The channel of each flat position of the array (empty without an axis)."""
+        if self.axis is None:
+            return self.channels
+        inner = int(np.prod(array.shape[self.axis + 1:], dtype=np.int64))
+        return ((positions // inner) % array.shape[self.axis]).astype(np.int32)
+
+    def _merge(self, values: np.ndarray, keys: np.ndarray, channels: np.ndarray, cap: int) -> None:
+        """The kept values, keys (and channels) with the new ones, then the `cap` smallest keys."""
+        values = np.concatenate([self.values, values])
         keys = np.concatenate([self.keys, keys])
+        if self.axis is not None:
+            channels = np.concatenate([self.channels, channels])
         if values.size > cap:
             keep = np.argpartition(keys, cap - 1)[:cap]
             keep.sort()
