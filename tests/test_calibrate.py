@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import ROOT, activation_model, save
+from onnx import TensorProto, helper, numpy_helper
 
 import amos_onnx
 from amos_onnx.calibrate.reservoir import CHANNEL_CAP, Reservoir
@@ -155,7 +156,7 @@ def test_parallel_fitting_equals_one_process(tmp_path: Path, monkeypatch: pytest
 
 def _two_tanh_sites(tmp_path: Path) -> Path:
     """x (N, 60) -> Tanh -> big; x[:, :4] -> Tanh -> small: two sites, one seeing 15x the other's values."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     nodes = [
         helper.make_node("Tanh", ["x"], ["big"], name="big_site"),
@@ -307,3 +308,23 @@ def test_convert_kicks_buys_a_lower_penalised_cost_with_more_local_search(tmp_pa
     assert result.exit_code == 2 and not (tmp_path / "bad.onnx").exists()
     assert result.stderr.strip().splitlines()[0] == \
         "amos-onnx: error: --kicks -1: the number of local-search moves must be 0 or more"
+
+
+def test_large_rows_are_calibrated_a_few_at_a_time(tmp_path: Path) -> None:
+    """Rows of more than PROBE_ROW_BYTES: the first run takes one row, later runs as many as keep the exposed
+    outputs within run_bytes; every value is still seen (exact count and range) and the kept feeds are the runs'."""
+    from amos_onnx.calibrate.run import PROBE_ROW_BYTES, Kept
+
+    width = PROBE_ROW_BYTES // 4 + 1000
+    nodes = [helper.make_node("Flatten", ["x"], ["m"]), helper.make_node("Sigmoid", ["m"], ["y"], name="sig")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sites, *_ = _find(model, FindOptions())
+    x = np.random.default_rng(0).normal(0, 1, (9, width)).astype(np.float32)
+    kept = Kept(100, 1 << 30)
+    options = CalibrationOptions(run_bytes=2 * width * 4 + 100)  # two rows of the exposed tensor m per run
+    reservoirs, seen = calibrate(model, sites, open_data({"x": x}, model), options, keep=kept)
+    assert seen == 9 and [len(f["x"]) for f in kept.feeds] == [1, 2, 2, 2, 2]
+    res = reservoirs["m"]
+    assert res.seen == x.size and res.lo == float(x.min()) and res.hi == float(x.max())

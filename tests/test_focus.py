@@ -99,21 +99,26 @@ def test_effects_are_the_outputs_mean_square_change_and_the_loud_site_gets_the_f
 
 
 def test_measuring_sees_at_most_focus_passes_times_the_calibration(tmp_path: Path) -> None:
-    """measuring_feeds: the first kept batches whose samples, over sites + 1 runs, stay within FOCUS_PASSES times
-    the calibration's samples (at least one batch; all without a count). effects measures on exactly those: the
+    """measuring_feeds: the first kept samples that, over sites + 1 runs, stay within FOCUS_PASSES times the
+    calibration's samples and FOCUS_BYTES of inputs (whole batches, at least one, unless the batch dimension is
+    free: then exactly that many rows, at least one; all without a count). effects measures on exactly those: the
     loud site's effect is the converted model's change on them (1e-3 relative)."""
     feeds = [{"x": np.zeros((10, 32), np.float32)} for _ in range(5)]
     assert focus.measuring_feeds(feeds, 3, None) is feeds
     assert len(focus.measuring_feeds(feeds, 3, 25)) == 2  # 4 * 25 // 4 = 25 samples per run: two batches of 10
     assert len(focus.measuring_feeds(feeds, 3, 1)) == 1  # one batch at least
     assert len(focus.measuring_feeds(feeds, 1, 1000)) == 5
+    assert [len(f["x"]) for f in focus.measuring_feeds(feeds, 3, 25, sliceable=True)] == [10, 10, 5]
+    assert [len(f["x"]) for f in focus.measuring_feeds(feeds, 3, 1, sliceable=True)] == [1]
+    large = [{"x": np.zeros((4, 3, 640, 640), np.float32)} for _ in range(3)]  # 4.9 MB a row
+    per_run = focus.FOCUS_BYTES // large[0]["x"][0].nbytes // 10
+    assert sum(len(f["x"]) for f in focus.measuring_feeds(large, 9, 10_000, sliceable=True)) == per_run
     path = _loud_and_quiet(tmp_path)
     p = plan(path, calib=tmp_path / "calib.npz")
     fits = fit_sites(p.sites, p.reservoirs, FitOptions(k=8))
     allowed = focus.FOCUS_PASSES * 90 // 3  # 2 measured sites: 3 runs
     effect = focus.effects(p, fits, calibration_samples=90)
-    batch = len(p.feeds[0]["x"])
-    assert allowed - batch < effect.samples <= allowed < sum(len(f["x"]) for f in p.feeds)
+    assert effect.samples == allowed < sum(len(f["x"]) for f in p.feeds)  # a free batch dimension: rows
     x = np.concatenate([f["x"] for f in p.feeds])[:effect.samples]
     write(p, tmp_path / "out.onnx", fits)
     change = np.square(_run(tmp_path / "out.onnx", {"x": x}).astype(np.float64) - _run(path, {"x": x}))

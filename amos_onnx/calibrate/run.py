@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from onnx import helper
 
 from amos_onnx.calibrate.reservoir import Reservoir
 from amos_onnx.data.dataset import Dataset, sample_count
+from amos_onnx.data.inputs import rows, sliceable
 from amos_onnx.data.progress import Progress
 from amos_onnx.find.sites import Site
 from amos_onnx.options import CalibrationOptions
@@ -60,16 +62,50 @@ def calibrate(
     reservoirs = {name: Reservoir(options.cap, rng, axes.get(name)) for name in tensors}
     sess = user_session(exposed(model, types), label, native=False, folder=folder)
     bar = Progress("calibrating", data.count, progress)
-    for feed in data.batches:
-        outputs = [name for name in tensors if name not in feed]
-        if outputs:
-            for name, value in zip(outputs, run_checked(sess, outputs, feed, label)):
+    runs = _Runs(sliceable(model), options.run_bytes)
+    for batch in data.batches:
+        for feed in runs.split(batch):
+            outputs = [name for name in tensors if name not in feed]
+            values = run_checked(sess, outputs, feed, label) if outputs else []
+            runs.measure(feed, values)
+            for name, value in zip(outputs, values):
                 reservoirs[name].add(value)
-        for name in tensors:
-            if name in feed:
-                reservoirs[name].add(feed[name])
-        if keep is not None and keep.wants():
-            keep.feeds.append(feed)
-        bar.advance(sample_count(feed))
+            for name in tensors:
+                if name in feed:
+                    reservoirs[name].add(feed[name])
+            if keep is not None and keep.wants():
+                keep.feeds.append(feed)
+            bar.advance(sample_count(feed))
     bar.close()
     return reservoirs, bar.done
+
+
+PROBE_ROW_BYTES = 1 << 18  # batches whose rows are larger than this are first run one row at a time ...
+
+
+class _Runs:
+    """How many rows of a batch one calibration run takes: the whole batch while its rows are small; for larger
+    rows (images of hundreds of pixels a side), one row first, then as many as keep the exposed outputs of a
+    run within `run_bytes`. Only for models whose inputs' first dimension is free."""
+
+    def __init__(self, sliceable: bool, run_bytes: int) -> None:
+        self.sliceable, self.run_bytes = sliceable, run_bytes
+        self.per_row: float | None = None  # bytes of exposed outputs per row, once measured
+
+    def split(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        n = sample_count(batch)
+        row_bytes = sum(a.nbytes for a in batch.values()) / max(n, 1)
+        if not self.sliceable or n <= 1 or (self.per_row is None and row_bytes <= PROBE_ROW_BYTES):
+            yield batch
+            return
+        start = 0
+        while start < n:
+            step = 1 if self.per_row is None else max(1, int(self.run_bytes // max(self.per_row, 1.0)))
+            yield rows(batch, start, min(n, start + step))
+            start += step
+
+    def measure(self, feed: dict[str, np.ndarray], values: list[np.ndarray]) -> None:
+        if self.per_row is None and self.sliceable:
+            row_bytes = sum(a.nbytes for a in feed.values()) / max(sample_count(feed), 1)
+            if row_bytes > PROBE_ROW_BYTES:
+                self.per_row = sum(np.asarray(v).nbytes for v in values) / max(sample_count(feed), 1)

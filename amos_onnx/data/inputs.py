@@ -41,6 +41,18 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
+def sliceable(model: onnx.ModelProto) -> bool:
+    """Whether a feed can be split into fewer rows: every input has a free first dimension (its batch)."""
+    specs = input_specs(model)
+    return bool(specs) and all(s.shape is not None and len(s.shape) > 0 and not isinstance(s.shape[0], int)
+                               for s in specs)
+
+
+def rows(feed: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    """Rows start..stop-1 of every input of a feed."""
+    return {name: array[start:stop] for name, array in feed.items()}
+
+
 def load_npz(path: str | Path, model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Read an .npz with one array per model input (plus optional labels) and check it fits the model."""
     path = Path(path)

@@ -19,6 +19,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from amos_onnx.data.dataset import sample_count
+from amos_onnx.data.inputs import rows, sliceable
 from amos_onnx.find.sites import Site
 from amos_onnx.fit.sites import SiteFit
 from amos_onnx.options import EmitForm
@@ -34,8 +35,9 @@ KEEP_SAMPLES = 256  # calibration samples kept for measuring (calibrate's keep) 
 KEEP_BYTES = 64 << 20  # ... and at most this much of them (at least one batch)
 # Measuring runs the model once per measured site and once more: over all its runs it sees at most this many
 # times the calibration's samples (at least one kept batch per run), so it costs about as many calibration passes
-# whatever the site count.
+# whatever the site count ...
 FOCUS_PASSES = 4
+FOCUS_BYTES = 256 << 20  # ... and at most this many bytes of inputs (at least one sample per run)
 
 _NUMPY: dict[int, type] = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16,
                            TensorProto.DOUBLE: np.float64}
@@ -93,20 +95,25 @@ class Effects:
     focused: frozenset[str] = frozenset()
 
 
-def measuring_feeds(feeds: list[dict[str, np.ndarray]], sites: int, calibration_samples: int | None
-                    ) -> list[dict[str, np.ndarray]]:
-    """The first kept batches that `sites` + 1 runs may see within FOCUS_PASSES times the calibration's
-    samples (all of them without a count; at least one)."""
-    if calibration_samples is None:
+def measuring_feeds(feeds: list[dict[str, np.ndarray]], sites: int, calibration_samples: int | None,
+                    sliceable: bool = False) -> list[dict[str, np.ndarray]]:
+    """The first kept samples that `sites` + 1 runs may see within FOCUS_PASSES times the calibration's samples
+    and FOCUS_BYTES of inputs (all of them without a count): whole kept batches (at least one), or with
+    `sliceable` inputs (a free batch dimension) exactly that many rows (at least one)."""
+    if calibration_samples is None or not feeds:
         return feeds
-    allowed = FOCUS_PASSES * calibration_samples // (sites + 1)
+    row_bytes = sum(a.nbytes for a in feeds[0].values()) / max(sample_count(feeds[0]), 1)
+    allowed = min(FOCUS_PASSES * calibration_samples, int(FOCUS_BYTES // max(row_bytes, 1.0))) // (sites + 1)
     chosen: list[dict[str, np.ndarray]] = []
     seen = 0
     for feed in feeds:
-        seen += sample_count(feed)
-        if chosen and seen > allowed:
+        n = sample_count(feed)
+        if seen + n > allowed and (chosen or sliceable):
+            if sliceable and max(allowed, 1) > seen:
+                chosen.append(rows(feed, 0, max(allowed, 1) - seen))
             break
         chosen.append(feed)
+        seen += n
     return chosen
 
 
@@ -117,7 +124,7 @@ def effects(p: Plan, fits: dict[str, SiteFit], calibration_samples: int | None =
     if not measured or not p.feeds:
         return Effects({}, 0)
     samples = p.samples if calibration_samples is None else calibration_samples
-    feeds = measuring_feeds(p.feeds, len(measured), samples)
+    feeds = measuring_feeds(p.feeds, len(measured), samples, sliceable(p.model))
     mixed, switches = switched_model(p.model, measured, fits, p.options.emit)
     label = f"{p.model_path} (focus)"
     sess = user_session(mixed, label, folder=p.model_path.parent)
