@@ -32,8 +32,11 @@ class Reservoir:
     def add(self, batch: np.ndarray) -> None:
         array = np.asarray(batch, np.float32)
         flat = array.ravel()
-        finite = np.isfinite(flat)
-        every = bool(finite.all())
+        if flat.size == 0:
+            return
+        lo, hi = flat.min(), flat.max()  # NaN or an infinity anywhere shows in one of them
+        every = bool(np.isfinite(lo) and np.isfinite(hi))
+        finite = np.ones(0, bool) if every else np.isfinite(flat)
         values = flat if every else flat[finite]
         if values.size == 0:
             return
@@ -42,17 +45,30 @@ class Reservoir:
             cap = max(cap, min(CHANNEL_CAP * array.shape[self.axis], CHANNEL_TOTAL_CAP))
             self._channel_range(array)
         self.seen += values.size
-        self.lo, self.hi = min(self.lo, float(values.min())), max(self.hi, float(values.max()))
-        if self.values.size >= cap:
-            # Once full, only a value whose key falls below the largest kept key can enter: how many do is
-            # binomial, where they are uniform, and their keys uniform below that bound. The same sample in
-            # distribution as a key for every value, at a cost that falls as the stream grows.
-            bound = float(self.keys.max())
-            pick = np.sort(self.rng.choice(values.size, int(self.rng.binomial(values.size, bound)), replace=False))
-            keys = self.rng.random(pick.size) * bound
-        else:
-            pick, keys = np.arange(values.size), self.rng.random(values.size)
+        if not every:
+            lo, hi = values.min(), values.max()
+        self.lo, self.hi = min(self.lo, float(lo)), max(self.hi, float(hi))
+        pick, keys = self._candidates(values.size, cap)
         self._merge(values[pick], keys, self._channel_of(array, pick if every else np.flatnonzero(finite)[pick]), cap)
+
+    def _candidates(self, n: int, cap: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions among n new values that can enter the sample, with their keys: the same sample in
+        distribution as a uniform key for every value, at a cost of the sample's size, not the batch's.
+
+        Once full, only a value whose key falls below the largest kept key can enter: how many do is binomial,
+        where they are uniform, their keys uniform below that bound. A batch larger than the sample can give it
+        at most `cap` values: those with the `cap` smallest of its n keys, at uniform positions, their keys the
+        first order statistics of n uniforms (cumulated exponential spacings)."""
+        if self.values.size >= cap:
+            bound = float(self.keys.max())
+            pick = np.sort(self.rng.choice(n, int(self.rng.binomial(n, bound)), replace=False))
+            return pick, self.rng.random(pick.size) * bound
+        if n <= cap:
+            return np.arange(n), self.rng.random(n)
+        pick = np.sort(self.rng.choice(n, cap, replace=False))
+        spacing = np.cumsum(self.rng.exponential(size=cap))
+        keys = spacing / (spacing[-1] + self.rng.gamma(n + 1 - cap))
+        return pick, self.rng.permutation(keys)
 
     def _channel_range(self, array: np.ndarray) -> None:
         """Each channel's exact min and max over the finite values."""

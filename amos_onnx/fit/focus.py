@@ -37,7 +37,7 @@ KEEP_BYTES = 64 << 20  # ... and at most this much of them (at least one batch)
 # times the calibration's samples (at least one kept batch per run), so it costs about as many calibration passes
 # whatever the site count ...
 FOCUS_PASSES = 4
-FOCUS_BYTES = 256 << 20  # ... and at most this many bytes of inputs (at least one sample per run)
+FOCUS_BYTES = 64 << 20  # ... and at most this many bytes of inputs (at least one sample per run)
 
 _NUMPY: dict[int, type] = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16,
                            TensorProto.DOUBLE: np.float64}
