@@ -160,10 +160,11 @@ def _from(kind: type, name: str, *decls: str, **kwargs: Any) -> Callable[[Callab
 def _convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> ConvertOptions:
     """ConvertOptions from convert's command-line values (`seed` and `per_channel` serve calibration and fit)."""
     images = _images(calib, **{key: o[key] for key in IMAGE_KEYS})
-    find = FindOptions(_ops(o["only"], "--only"), _ops(o["skip"], "--skip"), o["channel_axis"])
+    find = FindOptions(only=_ops(o["only"], "--only"), skip=_ops(o["skip"], "--skip"), channel_axis=o["channel_axis"])
     calibration = CalibrationOptions(seed=o["seed"], per_channel=o["per_channel"], images=images)
-    fit = FitOptions(_k(o["k"]), _k_per_op(o["k_per_op"]), o["target_mse"], o["spike_penalty"], o["seed"], o["kicks"],
-                     o["focus_kicks"], o["per_channel"])
+    fit = FitOptions(k=_k(o["k"]), k_per_op=_k_per_op(o["k_per_op"]), target_mse=o["target_mse"],
+                     spike_penalty=o["spike_penalty"], seed=o["seed"], kicks=o["kicks"], focus_kicks=o["focus_kicks"],
+                     per_channel=o["per_channel"])
     return ConvertOptions(find, calibration, fit, o["emit"], False if quiet else None)
 
 
@@ -244,8 +245,8 @@ def validate(original: str, converted: str, data: str | None, json_path: str | N
              **values: Any) -> None:
     """Run ORIGINAL and CONVERTED on the same inputs; one PASSED/FAILED line per output (exit 1 on FAILED)."""
     images = _run(lambda: _images(data, **{key: values[key] for key in IMAGE_KEYS}))
-    options = ValidateOptions(values["atol"], values["rtol"], values["min_agreement"], False if no_native else None,
-                              images=images, progress=False if quiet else None)
+    options = ValidateOptions(atol=values["atol"], rtol=values["rtol"], min_agreement=values["min_agreement"],
+                              native=False if no_native else None, images=images, progress=False if quiet else None)
     report = _run(lambda: amos_onnx.validate(original, converted, data, options))
     for line in report.lines():
         click.echo(line)

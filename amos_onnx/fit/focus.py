@@ -24,10 +24,10 @@ from amos_onnx.find.sites import Site
 from amos_onnx.fit.sites import SiteFit
 from amos_onnx.options import EmitForm
 from amos_onnx.rewrite.graph import Emitter, node_id
+from amos_onnx.runtime import run_checked, user_session
 
 if TYPE_CHECKING:
     from amos_onnx.pipeline import Plan
-from amos_onnx.runtime import run_checked, user_session
 
 FOCUS_SHARE = 0.5  # the largest fits are focused until they make up this share of the measured change ...
 FOCUS_FITS = 2  # ... at most this many
