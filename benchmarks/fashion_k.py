@@ -84,7 +84,7 @@ def run_original(path: Path, x: np.ndarray) -> np.ndarray:
 
 def run_spiking(converted: onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Logits, mean spikes per gate evaluation (the native op's own spike counts) and synaptic operations per
-    image (each gate's spikes times the weights its output elements feed, amos_onnx.costs.fan_outs)."""
+    image (each gate's spikes times the weights its output elements feed, amos_onnx.report.costs.fan_outs)."""
     fan_out = fan_outs(converted)
     gate_output = {n.name: n.output[0] for n in gate_nodes(converted)}
     model, probes = with_spike_totals(converted)
@@ -456,7 +456,7 @@ def main() -> None:
         "spiking network's softmax outputs from the ANN's, in millinats per test image; it follows the gates' "
         "error where the accuracy, decided by the few images near a class boundary, scatters between fits of one "
         "network at one K. Synaptic operations: each gate's spikes times the "
-        "weights its output elements feed (`amos_onnx.costs.fan_outs`), per test image, beside the ANN's "
+        "weights its output elements feed (`amos_onnx.report.costs.fan_outs`), per test image, beside the ANN's "
         "multiply-accumulates per image:\n\n" + targets(results) + "\n\n"
         + f"The spike penalty (`convert --spike-penalty`) on the SiLU/sigmoid and GELU networks at K={PENALTY_K}, "
         f"calibrated as `convert` does by default: after the first pass, the fits that move the logits most "

@@ -1,5 +1,5 @@
-/* The fitter's inner loop in C: amos_onnx.blocks.rest for float64 membranes (loaded with ctypes by
- * amos_onnx/fit_kernel.py). Each neuron j = start..k-1 in turn: z = (v > T[j]), y += z * d[j], s += z,
+/* The fitter's inner loop in C: amos_onnx.fit.blocks.rest for float64 membranes (loaded with ctypes by
+ * amos_onnx/fit/kernel.py). Each neuron j = start..k-1 in turn: z = (v > T[j]), y += z * d[j], s += z,
  * v -= z * h[j]. The same float64 operations in the same order as the numpy loop (z as 0.0 or 1.0, no fused
  * multiply-add: -ffp-contract=off), so its outputs are bit-identical to it; only faster (one pass over each
  * block of samples held in L1, vectorised: an AVX2 clone and a baseline clone, picked at load time). */
@@ -75,7 +75,7 @@ static float spacing32(float m) {
     return nextafterf(m, m < 0 ? -INFINITY : INFINITY) - m;
 }
 
-/* The cost of every split of one neuron's threshold (amos_onnx.blocks.split_costs, the same float64
+/* The cost of every split of one neuron's threshold (amos_onnx.fit.blocks.split_costs, the same float64
  * operations in the same order): sorts the membranes v, and for split i (samples i.. fire) gives
  * cost[i] = skipping cost of samples ..i-1 + best firing cost of samples i.., with cost = +inf where the gap
  * below sample i is too narrow for float32; se[i], sw[i]: the weighted error and weight sums of samples i..
