@@ -131,7 +131,10 @@ struct AmosGateKernel {
         w.pieces = std::max<int64_t>(1, (w.inner + kTaskElements - 1) / kTaskElements);
       }
       w.y = ctx.GetOutput(0, shape).GetTensorMutableData<float>();
-      if (ctx.GetOutputCount() > 1) w.spikes = ctx.GetOutput(1, shape).GetTensorMutableData<int32_t>();
+      if (ctx.GetOutputCount() > 1) {  // an omitted optional output (an empty name) comes back as no value
+        Ort::UnownedValue spikes = ctx.GetOutput(1, shape);
+        if (static_cast<OrtValue*>(spikes) != nullptr) w.spikes = spikes.GetTensorMutableData<int32_t>();
+      }
       if (total == 0) return nullptr;
       const int64_t tasks = params.axis < 0 ? (total + kTaskElements - 1) / kTaskElements
                                             : (total / std::max<int64_t>(1, w.inner)) * w.pieces;

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +110,26 @@ def test_spike_output_counts_spikes() -> None:
     y, s = session(gate_model(params, ["N", 100], spikes=True), native=True).run(["y", "s"], {"x": x})
     ref_y, ref_s = simulate(params, x)
     assert np.array_equal(y, ref_y) and np.array_equal(s, ref_s) and s.dtype == np.int32
+
+
+def test_an_omitted_spike_output_is_not_written(tmp_path: Path) -> None:
+    """A node whose optional spikes output is omitted by an empty name (legal ONNX) runs in the native op and
+    gives the function form's output; run in a child process, so that a crash fails this test alone."""
+    rng = np.random.default_rng(6)
+    params = random_params(rng, 6, None)
+    model = gate_model(params, ["N", 50], spikes=True)
+    model.graph.node[0].output[1] = ""
+    del model.graph.output[1]
+    onnx.save(model, str(tmp_path / "omitted.onnx"))
+    x = rng.normal(0, 3, (4, 50)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code = ("import numpy as np, sys; from amos_onnx.runtime import session; "
+            f"x = np.load(r'{tmp_path / 'x.npy'}'); "
+            f"y = session(r'{tmp_path / 'omitted.onnx'}', native=True).run(['y'], {{'x': x}})[0]; "
+            f"np.save(r'{tmp_path / 'y.npy'}', y)")
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert np.array_equal(np.load(tmp_path / "y.npy"), simulate(params, x)[0])
 
 
 def bad_gate(**attrs: object) -> onnx.ModelProto:
