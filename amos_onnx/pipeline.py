@@ -113,9 +113,10 @@ def plan(model_path: str | Path, calib: DataSource | None = None, options: Conve
 
 def _check_output(p: Plan, output_path: str | Path) -> Path:
     output_path = check_output_path(output_path, p.inputs)
-    if p.files and any(data_path(output_path).resolve() == f.resolve() for f in p.files):
-        raise OutputPathError(f"{output_path}: its weights file {data_path(output_path).name} would overwrite the "
-                              "model's external data; choose another output name")
+    if p.files and any(data_path(output_path).resolve() == f.resolve() for f in p.inputs):
+        raise OutputPathError(f"{output_path}: its weights file {data_path(output_path).name} would overwrite an "
+                              "input (the model, its external data or the calibration data); choose another output "
+                              "name")
     return output_path
 
 

@@ -44,10 +44,19 @@ def data_path(out: str | Path) -> Path:
 
 
 def _temp(out: Path, suffix: str) -> tuple[int, str]:
+    """A temporary file beside `out` with the mode `out` will have: an existing file's, else the umask's."""
     try:
-        return tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
     except OSError as exc:
         raise OutputPathError(f"{out}: cannot write there ({exc.strerror})") from None
+    try:
+        mode = out.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.fchmod(fd, mode)
+    return fd, name
 
 
 def _copy_external(model: onnx.ModelProto, source: Path, handle: BinaryIO, location: str) -> None:
@@ -91,7 +100,7 @@ def save_model(model: onnx.ModelProto, out: str | Path, source: str | Path | Non
         if external:
             if source is None:
                 raise ValueError("a model with external data needs the folder of its data files")
-            fd, tmp_data = _temp(out, ".data.tmp")
+            fd, tmp_data = _temp(data_path(out), ".tmp")
             written.append(tmp_data)
             with os.fdopen(fd, "wb") as handle:
                 _copy_external(model, Path(source), handle, data_path(out).name)

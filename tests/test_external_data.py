@@ -4,6 +4,7 @@ weights go to one data file beside it; inspect never reads them."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,43 @@ def test_an_output_whose_data_file_is_the_input_weights_is_refused(tmp_path: Pat
                 entry.value = "w.onnx.data"
     onnx.save(model, str(src))
     before = digest(tmp_path / "w.onnx.data")
-    with pytest.raises(OutputPathError, match="would overwrite the model's external data"):
+    with pytest.raises(OutputPathError, match="would overwrite an input"):
         amos_onnx.convert(src, tmp_path / "w.onnx")
     assert digest(tmp_path / "w.onnx.data") == before and not (tmp_path / "w.onnx").exists()
+
+
+def test_the_weights_file_never_overwrites_the_model_or_the_calibration_data(tmp_path: Path) -> None:
+    """The output's weights file `<output>.data` is checked against every input: the model file itself (a model
+    named net.data converted to net) and the calibration data (out.onnx.data converted to out.onnx)."""
+    src = mlp(tmp_path, name="net.data")
+    before = digest(src)
+    with pytest.raises(OutputPathError, match="would overwrite an input"):
+        amos_onnx.convert(src, tmp_path / "net")
+    assert digest(src) == before and not (tmp_path / "net").exists()
+    src = mlp(tmp_path / "b")
+    calib = tmp_path / "b" / "out.onnx.data"
+    with open(calib, "wb") as handle:  # an .npz by its content, whatever its name
+        np.savez(handle, x=np.zeros((4, WIDTH), np.float32))
+    before = digest(calib)
+    with pytest.raises(OutputPathError, match="would overwrite an input"):
+        amos_onnx.convert(src, tmp_path / "b" / "out.onnx", calib=calib)
+    assert digest(calib) == before and not (tmp_path / "b" / "out.onnx").exists()
+
+
+def test_outputs_keep_an_existing_file_s_mode_or_take_the_umask_s(tmp_path: Path) -> None:
+    """Rewriting an existing 0644 output keeps 0644 (its weights file too); a new one gets 0666 less the umask."""
+    src = mlp(tmp_path / "in")
+    out = tmp_path / "out.onnx"
+    amos_onnx.convert(src, out)
+    umask = os.umask(0o022)
+    try:
+        assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+        out.chmod(0o640)
+        amos_onnx.convert(src, out)
+        assert out.stat().st_mode & 0o777 == 0o640
+        fresh = tmp_path / "fresh.onnx"
+        amos_onnx.convert(src, fresh)
+        assert fresh.stat().st_mode & 0o777 == 0o644
+        assert (tmp_path / "fresh.onnx.data").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)
