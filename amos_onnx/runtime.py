@@ -49,7 +49,14 @@ def session(
     if native and library is None:
         raise RuntimeError(f"native gate library is not built (or {NATIVE_ENV}=0); run 'make ops'")
     if library is not None:
-        options.register_custom_ops_library(str(library))
+        try:
+            options.register_custom_ops_library(str(library))
+        except Exception as exc:  # onnxruntime raises its own pybind types; asked for: an error, else the function form
+            if native:
+                raise RuntimeError(f"{library}: onnxruntime did not register the native gate op: {exc}") from None
+            log.warning("%s: onnxruntime did not register the native gate op (%s); the function form runs",
+                        library, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            library = None
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     if isinstance(source, Path):
         source = str(source)

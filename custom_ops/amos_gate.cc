@@ -221,7 +221,14 @@ const AmosGateOp kOp;
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
                                                                                             const OrtApiBase* api_base) {
   const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
-  if (api == nullptr) return nullptr;  // cannot even report: the runtime is older than the headers
+  if (api == nullptr) {  // the runtime is older than the headers: say so through the oldest API, register nothing
+    const OrtApi* oldest = api_base->GetApi(1);
+    return oldest == nullptr ? nullptr
+                             : oldest->CreateStatus(ORT_FAIL, ("AmosGate: this onnxruntime is older than the API "
+                                                               "version " + std::to_string(ORT_API_VERSION) +
+                                                               " the library was built for; update onnxruntime")
+                                                                  .c_str());
+  }
   Ort::InitApi(api);
   try {
     static Ort::CustomOpDomain domain{"amos"};
