@@ -187,3 +187,49 @@ def test_progress_line_counts_samples_and_is_quiet_when_asked() -> None:
     bar.close()
     assert quiet.getvalue() == "" and bar.done == 10
     assert Progress("x", None, stream=io.StringIO()).enabled is False  # not a terminal: silent by default
+
+
+def _npz_with_header(path: Path, name: str, shape: tuple[int, ...], payload: bytes) -> Path:
+    """An .npz whose member `name` has a valid .npy header declaring `shape` (float32) and then `payload`."""
+    import io
+    import zipfile
+
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(f"{name}.npy", head.getvalue() + payload)
+    return path
+
+
+def test_npz_headers_are_checked_before_anything_is_decompressed(tmp_path: Path) -> None:
+    """A header declaring a huge array is refused in one line (no MemoryError), and a shape that does not fit
+    the model is refused from the header alone (the member's data is never read)."""
+    model = onnx.load(str(DIGITS))
+    name = model.graph.input[0].name
+    huge = _npz_with_header(tmp_path / "huge.npz", name, (10**12, 1, 8, 8), b"\0" * 64)
+    with pytest.raises(DataError, match="declares 256000000000000 bytes but holds"):
+        open_data(huge, model)
+    wrong = _npz_with_header(tmp_path / "wrong.npz", name, (4, 1, 9, 9), b"\0" * (4 * 81 * 4))
+    with pytest.raises(DataError, match=r"has shape \[4, 1, 9, 9\], the model expects"):
+        open_data(wrong, model)
+
+
+def test_a_scalar_input_serves_every_sample(tmp_path: Path) -> None:
+    """A rank-0 model input (Silero VAD's sample rate, say) in calibration and validation data: the same value
+    for every batch, not a sample count; the converted model is compared with the original in onnxruntime."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("Sigmoid", ["m"], ["y"], name="sig")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                                           helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    src = tmp_path / "scalar.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=rng.normal(0, 2, (100, 4)).astype(np.float32), s=np.array(1.5, np.float32))
+    report = amos_onnx.convert(src, tmp_path / "out.onnx", data, k=12, progress=False)
+    assert report.calibration_samples == 100 and report.converted == 1
+    result = amos_onnx.validate(src, tmp_path / "out.onnx", data, progress=False)
+    assert result.samples == 100 and result.passed
+    assert result.outputs[0].max_abs_error <= 0.02  # a calibrated sigmoid K=12 gate on 1.5 * normal(0, 2)

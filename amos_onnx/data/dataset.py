@@ -115,6 +115,6 @@ def _folder(folder: Path, model: onnx.ModelProto, options: ImageOptions, size: i
 
 
 def sample_count(feed: Mapping[str, np.ndarray]) -> int:
-    """Samples in one feed dict (its first input's leading dimension; 1 for scalars)."""
-    first = next(iter(feed.values()), None)
-    return int(first.shape[0]) if first is not None and first.ndim else 1
+    """Samples in one feed dict (the leading dimension of its first input that has one; 1 for scalars alone)."""
+    first = next((a for a in feed.values() if np.ndim(a)), None)
+    return int(first.shape[0]) if first is not None else 1

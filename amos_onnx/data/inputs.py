@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -42,15 +43,15 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
 
 
 def sliceable(model: onnx.ModelProto) -> bool:
-    """Whether a feed can be split into fewer rows: every input has a free first dimension (its batch)."""
-    specs = input_specs(model)
-    return bool(specs) and all(s.shape is not None and len(s.shape) > 0 and not isinstance(s.shape[0], int)
-                               for s in specs)
+    """Whether a feed can be split into fewer rows: every input but the scalars has a free first dimension (its
+    batch), and there is one such input."""
+    batched = [s for s in input_specs(model) if s.shape != ()]
+    return bool(batched) and all(s.shape is not None and not isinstance(s.shape[0], int) for s in batched)
 
 
 def rows(feed: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
-    """Rows start..stop-1 of every input of a feed."""
-    return {name: array[start:stop] for name, array in feed.items()}
+    """Rows start..stop-1 of every input of a feed; a scalar input (rank 0) is the same for every row."""
+    return {name: array[start:stop] if array.ndim else array for name, array in feed.items()}
 
 
 def load_npz(path: str | Path, model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -58,11 +59,16 @@ def load_npz(path: str | Path, model: onnx.ModelProto) -> tuple[dict[str, np.nda
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
+    declared = npz_headers(path)
+    declared.pop(LABELS, None)
+    check_feeds(declared, model, str(path))  # dtypes and shapes from the headers, before anything is decompressed
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    except MemoryError:
+        raise DataError(f"{path}: its arrays do not fit in memory") from None
     labels = arrays.pop(LABELS, None)
     feeds = check_feeds(arrays, model, str(path))
     if labels is not None:
@@ -72,9 +78,43 @@ def load_npz(path: str | Path, model: onnx.ModelProto) -> tuple[dict[str, np.nda
     return feeds, labels
 
 
-def check_feeds(arrays: dict[str, np.ndarray], model: onnx.ModelProto, where: str) -> dict[str, np.ndarray]:
+class Declared(NamedTuple):
+    """An .npz member's array as its header declares it (nothing decompressed)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+def npz_headers(path: Path) -> dict[str, Declared]:
+    """Each array's shape and dtype from its .npy header; a header that declares more bytes than its member
+    holds (a corrupt or hostile file) is refused before anything is allocated."""
+    headers: dict[str, Declared] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(member)
+                size = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+                if size > info.file_size:
+                    raise DataError(f"{path}: array '{info.filename}' declares {size} bytes but holds "
+                                    f"{info.file_size}")
+                headers[info.filename.removesuffix(".npy")] = Declared(tuple(shape), dtype)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    return headers
+
+
+def check_feeds(arrays: Mapping[str, np.ndarray | Declared], model: onnx.ModelProto,
+                where: str) -> dict[str, np.ndarray]:
     """Every model input present with its dtype, rank and fixed dims; the same sample count for all."""
-    feeds: dict[str, np.ndarray] = {}
+    feeds: dict[str, Any] = {}
     for spec in input_specs(model):
         if spec.name not in arrays:
             has = ", ".join(sorted(arrays)) or "none"
@@ -84,7 +124,7 @@ def check_feeds(arrays: dict[str, np.ndarray], model: onnx.ModelProto, where: st
             raise DataError(f"{where}: input '{spec.name}' has dtype {array.dtype}, the model expects {spec.dtype}")
         _check_shape(spec, array, where)
         feeds[spec.name] = array
-    counts = {a.shape[0] for a in feeds.values()}
+    counts = {a.shape[0] for a in feeds.values() if a.ndim}  # a scalar input serves every sample
     if len(counts) > 1:
         raise DataError(f"{where}: inputs have different sample counts {sorted(counts)}")
     if counts and counts.pop() == 0:
@@ -92,7 +132,7 @@ def check_feeds(arrays: dict[str, np.ndarray], model: onnx.ModelProto, where: st
     return feeds
 
 
-def _check_shape(spec: InputSpec, array: np.ndarray, where: str) -> None:
+def _check_shape(spec: InputSpec, array: np.ndarray | Declared, where: str) -> None:
     if spec.shape is None:
         return
     if array.ndim != len(spec.shape):
@@ -106,7 +146,7 @@ def _check_shape(spec: InputSpec, array: np.ndarray, where: str) -> None:
         if (axis == 0 and got % want != 0) or (axis > 0 and got != want):
             raise DataError(f"{where}: input '{spec.name}' has shape {list(array.shape)}, the model expects "
                             f"{_fmt(spec.shape)}")
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+    if isinstance(array, np.ndarray) and array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         raise DataError(f"{where}: input '{spec.name}' contains NaN or Inf")
 
 
@@ -123,10 +163,10 @@ def batch_size(model: onnx.ModelProto) -> int:
 
 
 def batches(feeds: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Consecutive slices of every input along axis 0."""
-    n = next(iter(feeds.values())).shape[0] if feeds else 1
+    """Consecutive slices of every input along axis 0 (a scalar input, rank 0, goes with every batch)."""
+    n = next((a.shape[0] for a in feeds.values() if a.ndim), 1)
     for start in range(0, n, size):
-        yield {name: array[start : start + size] for name, array in feeds.items()}
+        yield rows(feeds, start, start + size)
 
 
 def random_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 16) -> dict[str, np.ndarray]:
