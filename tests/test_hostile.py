@@ -107,6 +107,22 @@ def _images(*options: str, junk: bool = False, empty: bool = False) -> Case:
     return build
 
 
+def _bomb(tmp: Path) -> tuple[list[str], str]:
+    """A folder holding a PNG whose header declares 30000 x 30000 pixels (a few hundred bytes on disk)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    folder = tmp / "bomb"
+    folder.mkdir()
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    (folder / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                      + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    return ["convert", str(DIGITS), str(tmp / "out.onnx"), "--calib", str(folder), "--image-size", "8x8"], ""
+
+
 def _ext(location: str, setup: Callable[[Path], None] = lambda tmp: None) -> Case:
     def build(tmp: Path) -> tuple[list[str], str]:
         setup(tmp)
@@ -233,6 +249,7 @@ CORPUS: dict[str, tuple[Case, str]] = {
     "images: bad size": (_images("--image-size", "big"), "--image-size big: give HxW"),
     "images: folder without images": (_images(empty=True), "no image files"),
     "images: undecodable image": (_images(junk=True), "broken.png: not a readable image"),
+    "images: a header declaring 30000 x 30000 pixels": (_bomb, "huge.png: image too large to read"),
     "images: options without a folder": (_digits("--calib", str(TRAIN), "--mean", "0", "--std", "1"),
                                          "image options (--image-size, --layout, --scale, --mean, --std, --bgr) need "
                                          "a folder"),

@@ -92,3 +92,28 @@ def test_a_node_without_a_name_is_named_by_its_op_and_position(tmp_path: Path) -
     model.graph.node[0].name = ""
     sites, _ = find_sites(gs.import_onnx(model), 17)
     assert [(s.name, s.output) for s in sites] == [("Relu_0", "y")]
+
+
+@pytest.mark.parametrize("emit", ["function", "inline"])
+def test_an_ir3_model_keeps_its_initializers_constant(tmp_path: Path, emit: str) -> None:
+    """IR < 4 lists every initializer as a graph input (constants there). Raised to IR 4 (or 10 for the function
+    form), they leave the inputs instead of becoming overridable inputs, and the inline gates' own initializers
+    need no listing; the converted model is compared with the original in onnxruntime."""
+    bias = np.linspace(-1, 1, 8, dtype=np.float32)
+    nodes = [helper.make_node("Add", ["x", "bias"], ["a"]), helper.make_node("Relu", ["a"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8]),
+                                           helper.make_tensor_value_info("bias", TensorProto.FLOAT, [8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+                              [onnx.numpy_helper.from_array(bias, "bias")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=3)
+    onnx.checker.check_model(model, full_check=True)
+    src = tmp_path / "ir3.onnx"
+    onnx.save(model, str(src))
+    report = amos_onnx.convert(src, tmp_path / "out.onnx", k=10, emit=emit)
+    out = onnx.load(str(tmp_path / "out.onnx"))
+    assert [v.name for v in out.graph.input] == ["x"] and out.ir_version == (10 if emit == "function" else 4)
+    assert any("IR version raised from 3" in note for note in report.notes)
+    x = np.random.default_rng(0).uniform(-5, 5, (16, 8)).astype(np.float32)
+    want = session(src, native=False).run(["y"], {"x": x})[0]
+    got = session(tmp_path / "out.onnx", native=False).run(["y"], {"x": x})[0]
+    assert np.max(np.abs(got - want)) <= 10 / 2**10 + 1e-6  # the data-free K=10 ReLU ladder's step on [0, 10)

@@ -118,6 +118,10 @@ def load_image(path: Path, image_plan: ImagePlan, options: ImageOptions) -> np.n
             converted = image.convert("L" if image_plan.channels == 1 else "RGB")
             resized = converted.resize((image_plan.width, image_plan.height), Image.Resampling.BILINEAR)
             pixels = np.asarray(resized, np.float64)
+    except Image.DecompressionBombError as exc:  # a header declaring more pixels than Pillow's guard allows
+        raise DataError(f"{path}: image too large to read ({exc})") from None
+    except MemoryError:
+        raise DataError(f"{path}: image too large to read (out of memory)") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
     pixels = pixels.reshape(image_plan.height, image_plan.width, image_plan.channels)

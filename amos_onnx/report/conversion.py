@@ -111,5 +111,6 @@ def rewrite_notes(result: RewriteResult) -> list[str]:
     before, after = result.ir_version
     notes = []
     if after != before:
-        notes.append(f"IR version raised from {before} to {after} (function overloads need IR {after})")
+        why = "function overloads need IR 10" if result.overloads else "the initializers stay constants, not inputs"
+        notes.append(f"IR version raised from {before} to {after} ({why})")
     return notes

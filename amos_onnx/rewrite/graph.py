@@ -110,6 +110,7 @@ def rewrite(model: onnx.ModelProto, sites: list[Site], params: dict[str, GatePar
         group = [s for s in converting if s.graph == path]
         _rewrite_graph(_locate(model, path), group, params, emitter)
     before = model.ir_version
+    _constant_initializers(model)
     emitter.add_functions(model)
     return RewriteResult(emitter.form, len(converting), tuple(sorted(o.name for o in emitter.overloads)),
                          (before, model.ir_version))
@@ -138,6 +139,22 @@ def _rewrite_graph(graph: onnx.GraphProto, sites: list[Site], params: dict[str, 
     del graph.node[:]
     graph.node.extend(new_nodes)
     _prune(graph, orphan_candidates)
+
+
+CONSTANT_INITIALIZERS_IR = 4  # from this IR version an initializer listed as a graph input is overridable
+
+
+def _constant_initializers(model: onnx.ModelProto) -> None:
+    """An old model (IR < 4) lists every initializer as a graph input, and they are constants there; the gates'
+    new initializers would need listing too. Raised to IR 4, the initializers leave the inputs and stay what they
+    were: constants that onnxruntime can fold, not inputs a caller may override."""
+    if model.ir_version >= CONSTANT_INITIALIZERS_IR:
+        return
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    model.ir_version = CONSTANT_INITIALIZERS_IR
 
 
 class Emitter:
