@@ -55,8 +55,22 @@ def external_files(model: onnx.ModelProto, folder: Path) -> list[Path]:
             raise ModelLoadError(f"{where}: no such file next to the model")
         if not full.resolve().is_relative_to(root):
             raise ModelLoadError(f"{where}: leads outside the model's folder (symlink)")
+        _check_span(entries, full, where)
         files[location] = full
     return list(files.values())
+
+
+def _check_span(entries: dict[str, str], full: Path, where: str) -> None:
+    """offset and length: whole numbers, not negative, within the file."""
+    try:
+        offset, length = int(entries.get("offset", 0)), int(entries.get("length", 0))
+    except ValueError:
+        raise ModelLoadError(f"{where}: offset and length must be whole numbers") from None
+    if offset < 0 or length < 0:
+        raise ModelLoadError(f"{where}: offset {offset} and length {length} must not be negative")
+    size = full.stat().st_size
+    if offset + length > size:
+        raise ModelLoadError(f"{where}: offset {offset} + length {length} reaches past the file's {size} bytes")
 
 
 def _first_line(exc: Exception) -> str:

@@ -37,12 +37,12 @@ def vi(name: str, shape: list | None = None, dtype: int = TensorProto.FLOAT) -> 
     return helper.make_tensor_value_info(name, dtype, shape if shape is not None else [4])
 
 
-def external_model(tmp: Path, location: str) -> Path:
+def external_model(tmp: Path, location: str, offset: str = "0", length: str = "16") -> Path:
     """A Relu model whose slope-free Add reads a weight from external data at `location`."""
     w = numpy_helper.from_array(np.ones(4, np.float32), "w")
     w.data_location = TensorProto.EXTERNAL
     w.ClearField("raw_data")
-    for key, value in (("location", location), ("offset", "0"), ("length", "16")):
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
         w.external_data.add(key=key, value=value)
     model = graph([helper.make_node("Add", ["x", "w"], ["a"]), helper.make_node("Relu", ["a"], ["y"])],
                   [vi("x")], [vi("y")], [w])
@@ -130,6 +130,13 @@ def _ext(location: str, setup: Callable[[Path], None] = lambda tmp: None) -> Cas
     return build
 
 
+def _span(offset: str, length: str) -> Case:
+    def build(tmp: Path) -> tuple[list[str], str]:
+        (tmp / "weights.bin").write_bytes(np.ones(16, np.float32).tobytes())
+        return ["convert", str(external_model(tmp, "weights.bin", offset, length)), str(tmp / "out.onnx")], ""
+    return build
+
+
 def _outside_file(tmp: Path) -> None:
     (tmp.parent / "secret.bin").write_bytes(np.ones(4, np.float32).tobytes())
 
@@ -195,6 +202,8 @@ CORPUS: dict[str, tuple[Case, str]] = {
     "external data ..": (_ext("../secret.bin", _outside_file), "only plain paths inside the model's folder"),
     "external data absolute": (_ext("/etc/hostname"), "only plain paths inside the model's folder"),
     "external data symlink": (_ext("link.bin", _symlink_out), "leads outside the model's folder"),
+    "external data at a negative offset": (_span("-4096", "16"), "offset -4096 and length 16 must not be negative"),
+    "external data past the file's end": (_span("0", "1048576"), "reaches past the file's 64 bytes"),
     "output is the input": (lambda tmp: (["convert", str(DIGITS), str(DIGITS)], ""), "output path is the input model"),
     "output is the calibration data": (lambda tmp: (["convert", str(DIGITS), str(TRAIN), "--calib", str(TRAIN)], ""),
                                        "output path is the input model"),
