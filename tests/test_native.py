@@ -103,6 +103,22 @@ def test_property_random_parameters_and_inputs(seed: int) -> None:
         assert out[0] == reference.reshape(-1)[0]  # +inf fires every neuron
 
 
+@pytest.mark.parametrize("shape, axis", [((4, 9, 1500), 2), ((3, 7, 5), 2), ((2, 3000), 1), ((6, 40, 3), 1),
+                                         ((2, 5, 2000), 1)])
+def test_per_channel_gates_on_short_runs_agree_bit_for_bit(shape: tuple[int, ...], axis: int) -> None:
+    """Channels on the last axis (rows of channels, transposed parameters) and short runs of a channel (several
+    runs per task) give the function form's outputs and spikes, and numpy's, bit for bit."""
+    rng = np.random.default_rng(sum(shape))
+    base = random_params(rng, 7, shape[axis])
+    params = GateParams(base.thresholds, base.resets, base.weights, axis=axis)
+    x = rng.normal(0, 4, shape).astype(np.float32)
+    x.reshape(-1)[::97] = np.inf
+    function = session(gate_model(params, list(shape)), native=False).run(["y"], {"x": x})[0]
+    y, s = session(gate_model(params, list(shape), spikes=True), native=True).run(["y", "s"], {"x": x})
+    ref_y, ref_s = simulate(params, x)
+    assert np.array_equal(y, function) and np.array_equal(y, ref_y) and np.array_equal(s, ref_s)
+
+
 def test_spike_output_counts_spikes() -> None:
     rng = np.random.default_rng(5)
     params = random_params(rng, 10, None)
