@@ -141,6 +141,9 @@ class _OneLineErrors(click.Group):
 def main(verbose: bool) -> None:
     """Convert ONNX networks into AMOS spiking networks (at most one spike per neuron)."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(2 if verbose else 3)  # errors only: its warnings would break our lines
 
 
 def _from(kind: type, name: str, *decls: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -19,7 +19,9 @@ from amos_onnx.errors import OutputPathError
 
 
 def check_output_path(out: str | Path, inputs: Sequence[str | Path]) -> Path:
-    """Refuse an output path that is an input, or whose folder is missing or not writable."""
+    """Refuse an output path that is an input, names a folder, or whose folder is missing or not writable."""
+    if str(out).endswith(("/", os.sep)):
+        raise OutputPathError(f"{out}: output path names a folder; give a file name")
     out = Path(out)
     for path in inputs:
         if Path(path).exists() and out.exists() and out.resolve() == Path(path).resolve():

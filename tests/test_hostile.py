@@ -213,6 +213,8 @@ CORPUS: dict[str, tuple[Case, str]] = {
     "output folder missing": (lambda tmp: (["convert", str(DIGITS), str(tmp / "no/dir/out.onnx")], ""),
                               "does not exist"),
     "output is a folder": (lambda tmp: (["convert", str(DIGITS), str(tmp)], ""), "is a directory"),
+    "output names a new folder": (lambda tmp: (["convert", str(DIGITS), str(tmp / "newdir") + "/"], ""),
+                                  "output path names a folder"),
     # /proc refuses new files even to root, so this also holds when the tests run as root
     "output folder not writable": (lambda tmp: (["convert", str(DIGITS), "/proc/amos_out.onnx"], ""),
                                    "/proc/amos_out.onnx: "),
