@@ -149,7 +149,7 @@ def main(verbose: bool) -> None:
 def _from(kind: type, name: str, *decls: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A click option whose help (and, for a value click can show, default) come from an option object's field."""
     spec = next(f for f in fields(kind) if f.name == name)
-    default = None if spec.default is MISSING or isinstance(spec.default, (frozenset, dict)) else spec.default
+    default = None if spec.default is MISSING else spec.default
     if isinstance(default, bool):
         return click.option(*decls, name, is_flag=True, help=spec.metadata["help"], **kwargs)
     if isinstance(default, StrEnum):

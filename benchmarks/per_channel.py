@@ -26,7 +26,7 @@ import fashion_nets  # noqa: E402
 from fashion_k import CALIBRATION_IMAGES, SEED, calibration_images, calibration_indices  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
-from amos_onnx.calibrate.reservoir import exposed  # noqa: E402
+from amos_onnx.calibrate.run import exposed  # noqa: E402
 from amos_onnx.fit.sites import SiteFit, fit_sites  # noqa: E402
 from amos_onnx.gate import sample_error  # noqa: E402
 from amos_onnx.options import FitOptions  # noqa: E402

@@ -117,3 +117,21 @@ def test_an_ir3_model_keeps_its_initializers_constant(tmp_path: Path, emit: str)
     want = session(src, native=False).run(["y"], {"x": x})[0]
     got = session(tmp_path / "out.onnx", native=False).run(["y"], {"x": x})[0]
     assert np.max(np.abs(got - want)) <= 10 / 2**10 + 1e-6  # the data-free K=10 ReLU ladder's step on [0, 10)
+
+
+def test_every_name_the_benchmarks_and_examples_import_exists() -> None:
+    """The benchmarks and examples run outside the test suite: a module moved under them must not go unseen."""
+    import ast
+    import importlib
+
+    root = Path(__file__).resolve().parent.parent
+    missing = []
+    for path in sorted([*root.glob("benchmarks/*.py"), *root.glob("examples/**/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("amos_onnx"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    if not hasattr(module, alias.name) and importlib.util.find_spec(full) is None:
+                        missing.append(f"{path.name}: {full}")
+    assert not missing

@@ -38,10 +38,13 @@ class Kept:
     samples: int
     bytes: int
     feeds: list[dict[str, np.ndarray]] = field(default_factory=list)
+    held: tuple[int, int] = (0, 0)  # samples and bytes of the feeds kept so far
 
-    def wants(self) -> bool:
-        return (sum(map(sample_count, self.feeds)) < self.samples
-                and sum(a.nbytes for f in self.feeds for a in f.values()) < self.bytes)
+    def offer(self, feed: dict[str, np.ndarray]) -> None:
+        """Keep this feed while the kept ones hold fewer than `samples` samples and `bytes` bytes."""
+        if self.held[0] < self.samples and self.held[1] < self.bytes:
+            self.feeds.append(feed)
+            self.held = (self.held[0] + sample_count(feed), self.held[1] + sum(a.nbytes for a in feed.values()))
 
 
 def calibrate(
@@ -73,8 +76,8 @@ def calibrate(
             for name in tensors:
                 if name in feed:
                     reservoirs[name].add(feed[name])
-            if keep is not None and keep.wants():
-                keep.feeds.append(feed)
+            if keep is not None:
+                keep.offer(feed)
             bar.advance(sample_count(feed))
     bar.close()
     return reservoirs, bar.done

@@ -261,8 +261,9 @@ class Refocus(NamedTuple):
 
 
 def _jobs(sites: list[Site], reservoirs: dict[str, Reservoir],
-          options: FitOptions) -> tuple[dict[str, Key], dict[Key, Job]]:
-    """The fit key of every converting site, and one job per key, spike penalty spread by _shares."""
+          options: FitOptions) -> tuple[dict[str, Key], dict[Key, Job], dict[Key, tuple[object, ...] | None]]:
+    """The fit key of every converting site, one job per key (spike penalty spread by _shares) and each job's
+    _refit_key."""
     keys: dict[str, Key] = {}
     work: dict[Key, Job] = {}
     seen: list[tuple[Key, int]] = []
@@ -277,12 +278,13 @@ def _jobs(sites: list[Site], reservoirs: dict[str, Reservoir],
         keys[site.name] = key
         seen.append((key, 0 if res is None else res.seen))
         work.setdefault(key, Job(act, kk, res, options))
+    refit_keys = {key: _refit_key(job) for key, job in work.items()}
     if options.spike_penalty:
         shares = _shares(seen)
         work = {key: job._replace(options=replace(options, spike_penalty=options.spike_penalty * shares[key]),
-                                  error_only=_REFITS.get(rk) if (rk := _refit_key(job)) else None)
+                                  error_only=_REFITS.get(rk) if (rk := refit_keys[key]) else None)
                 for key, job in work.items()}
-    return keys, work
+    return keys, work, refit_keys
 
 
 def fit_sites(sites: list[Site], reservoirs: dict[str, Reservoir], options: FitOptions | None = None,
@@ -293,8 +295,7 @@ def fit_sites(sites: list[Site], reservoirs: dict[str, Reservoir], options: FitO
     the network's mean spikes per gate. per_channel: one gate per channel where the calibration kept channels,
     else one per site. refocus: refit only some sites' fits, with more moves (pipeline.fit_plan's focus)."""
     options = options or FitOptions()
-    keys, work = _jobs(sites, reservoirs, options)
-    refit_keys = {key: _refit_key(job) for key, job in work.items()}
+    keys, work, refit_keys = _jobs(sites, reservoirs, options)
     if refocus is not None:
         first = {key: refocus.earlier[name] for name, key in keys.items() if name in refocus.sites}
         work = {key: job._replace(options=replace(job.options, kicks=refocus.kicks),
