@@ -1,0 +1,57 @@
+"""Conversion time of this checkout against another one (the code before a change, say), in one run.
+
+    .venv/bin/python benchmarks/versus.py --source /path/to/other/checkout
+
+Five command-line conversions (the digits example calibrated; the Fashion-MNIST VGG at K=5, the
+EfficientNet-style network at K=10 with the focus and data-free, the GELU network at K=8 per channel, calibrated
+on 2,000 training images drawn with seed 0), each run alternately with the other checkout's amos_onnx and this
+one's, twice; prints the best of two for each and their ratio. The machines are shared and noisy: only ratios
+from one run are worth comparing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fashion_data  # noqa: E402
+
+ROOT = fashion_data.ROOT
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, required=True, help="the other checkout")
+    parser.add_argument("--work", type=Path, default=Path("/tmp"))
+    args = parser.parse_args()
+    x, _ = fashion_data.load("train")
+    pick = np.random.default_rng(0).choice(len(x), 2000, replace=False)
+    calib = args.work / "fashion_calibration.npz"
+    np.savez(calib, image=x[np.sort(pick)])
+    nets, digits = ROOT / ".cache/fashion-nets", ROOT / "examples/digits"
+    cases = [("digits calibrated", [digits / "digits_cnn.onnx", "--calib", digits / "digits_train.npz"]),
+             ("vgg K=5 calibrated", [nets / "vgg.onnx", "--k", "5", "--calib", calib]),
+             ("effnet K=10 calibrated, focus", [nets / "effnet.onnx", "--k", "10", "--calib", calib]),
+             ("effnet data-free", [nets / "effnet.onnx", "--k", "10"]),
+             ("gelu K=8 per-channel", [nets / "gelu.onnx", "--k", "8", "--calib", calib, "--per-channel"])]
+    for name, (model, *options) in cases:
+        seconds: dict[str, list[float]] = {"other": [], "this": []}
+        for label, source in (("other", args.source), ("this", ROOT)) * 2:
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "amos_onnx", "convert", str(model), str(args.work / "out.onnx"),
+                            "-q", *map(str, options)], env={**os.environ, "PYTHONPATH": str(source.resolve())},
+                           check=True, stdout=subprocess.DEVNULL, cwd=args.work)
+            seconds[label].append(time.perf_counter() - start)
+        other, this = min(seconds["other"]), min(seconds["this"])
+        print(f"{name}: other {other:.1f} s, this {this:.1f} s, this/other {this / other:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
