@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from conftest import ROOT, activation_model, save
 from onnx import TensorProto, helper, numpy_helper
 
 import amos_onnx
-from amos_onnx.calibrate.reservoir import CHANNEL_CAP, Reservoir
+from amos_onnx.calibrate.reservoir import CHANNEL_CAP, Reservoir, bernoulli_positions, distinct
 from amos_onnx.calibrate.run import calibrate
 from amos_onnx.data.dataset import open_data
 from amos_onnx.fit.sites import fit_sites
@@ -49,6 +50,42 @@ def test_a_full_reservoir_still_samples_every_part_of_the_stream_alike() -> None
         counts += np.bincount((res.values // 20_000).astype(int), minlength=10)
     share, n = counts / counts.sum(), counts.sum()
     assert np.all(np.abs(share - 0.1) < 3 * np.sqrt(0.1 * 0.9 / n)), share
+
+
+def test_distinct_positions_are_sorted_and_uniform_over_subsets() -> None:
+    """reservoir.distinct: m distinct sorted positions of range(n), every m-subset alike. Seeded draws of 2 of 10
+    and of 12 (the sparse path: 4m < n), 3 of 10 and 2 of 3 (the dense path): each subset's count within 4
+    standard deviations of its expectation."""
+    rng = np.random.default_rng(0)
+    for n, m, draws in ((10, 2, 20_000), (12, 2, 20_000), (10, 3, 20_000), (3, 2, 3_000)):
+        counts: dict[tuple[int, ...], int] = {}
+        for _ in range(draws):
+            pick = distinct(rng, n, m)
+            assert pick.size == m and np.all(np.diff(pick) > 0) and 0 <= pick[0] and pick[-1] < n
+            counts[tuple(pick)] = counts.get(tuple(pick), 0) + 1
+        subsets = len(list(combinations(range(n), m)))
+        assert len(counts) == subsets
+        p = 1 / subsets
+        assert all(abs(c - draws * p) < 4 * np.sqrt(draws * p * (1 - p)) for c in counts.values()), (n, m)
+    assert distinct(rng, 10**9, 0).size == 0 and distinct(rng, 10**9, 5).size == 5
+
+
+def test_bernoulli_positions_take_each_position_alike_and_on_its_own() -> None:
+    """reservoir.bernoulli_positions(n, p): each position of range(n) with probability p, independently. Over
+    4,000 seeded draws of n = 50, p = 0.1: each position's count, and the count per draw's mean and variance,
+    within 4 standard errors of the binomial's; sorted and in range, and the edge cases p = 0 and 1."""
+    rng = np.random.default_rng(0)
+    n, p, draws = 50, 0.1, 4000
+    hits, sizes = np.zeros(n), []
+    for _ in range(draws):
+        pick = bernoulli_positions(rng, n, p)
+        assert np.all(np.diff(pick) > 0) and (pick.size == 0 or (pick[0] >= 0 and pick[-1] < n))
+        hits[pick] += 1
+        sizes.append(pick.size)
+    assert np.all(np.abs(hits - draws * p) < 4 * np.sqrt(draws * p * (1 - p)))
+    assert abs(np.mean(sizes) - n * p) < 4 * np.sqrt(n * p * (1 - p) / draws)
+    assert abs(np.var(sizes) / (n * p * (1 - p)) - 1) < 0.1
+    assert bernoulli_positions(rng, 7, 1.0).tolist() == list(range(7)) and bernoulli_positions(rng, 7, 0.0).size == 0
 
 
 def test_a_full_reservoir_keeps_each_value_s_channel() -> None:

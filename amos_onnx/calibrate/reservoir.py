@@ -19,15 +19,38 @@ class Reservoir:
     cap: int
     rng: np.random.Generator
     axis: int | None = None
-    values: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
-    keys: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
-    channels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))  # aligned with values (axis set)
     channel_count: int = 0
     channel_lo: np.ndarray = field(default_factory=lambda: np.empty(0))  # exact min and max per channel (axis set)
     channel_hi: np.ndarray = field(default_factory=lambda: np.empty(0))
     seen: int = 0
     lo: float = np.inf
     hi: float = -np.inf
+    # The sample as last merged (values, their keys, their channels when axis is set), the candidates drawn since
+    # (merged when they could fill the sample, or fill it again: a few merges per stream, not one per batch), the
+    # cap of the last batch and the largest key of a full sample at its last merge.
+    _values: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32), repr=False)
+    _keys: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64), repr=False)
+    _channels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32), repr=False)
+    _pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
+    _pending_size: int = 0
+    _cap: int = 0
+    _bound: float = 1.0
+
+    @property
+    def values(self) -> np.ndarray:
+        self._flush()
+        return self._values
+
+    @property
+    def keys(self) -> np.ndarray:
+        self._flush()
+        return self._keys
+
+    @property
+    def channels(self) -> np.ndarray:
+        """Each value's channel (aligned with values; empty without an axis)."""
+        self._flush()
+        return self._channels
 
     def add(self, batch: np.ndarray) -> None:
         array = np.asarray(batch, np.float32)
@@ -49,23 +72,30 @@ class Reservoir:
             lo, hi = values.min(), values.max()
         self.lo, self.hi = min(self.lo, float(lo)), max(self.hi, float(hi))
         pick, keys = self._candidates(values.size, cap)
-        self._merge(values[pick], keys, self._channel_of(array, pick if every else np.flatnonzero(finite)[pick]), cap)
+        channels = self._channel_of(array, pick if every else np.flatnonzero(finite)[pick])
+        self._pending.append((values[pick], keys, channels))
+        self._pending_size += pick.size
+        self._cap = cap
+        kept = self._values.size
+        if self._pending_size >= cap or kept < cap <= kept + self._pending_size:
+            self._flush()
 
     def _candidates(self, n: int, cap: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions among n new values that can enter the sample, with their keys: the same sample in
         distribution as a uniform key for every value, at a cost of the sample's size, not the batch's.
 
-        Once full, only a value whose key falls below the largest kept key can enter: how many do is binomial,
-        where they are uniform, their keys uniform below that bound. A batch larger than the sample can give it
+        Once full, only a value whose key falls below the largest kept key can enter (a bound at least as large
+        serves too: the merge drops the rest): each does with that probability on its own
+        (bernoulli_positions), its key uniform below the bound. A batch larger than the sample can give it
         at most `cap` values: those with the `cap` smallest of its n keys, at uniform positions, their keys the
         first order statistics of n uniforms (cumulated exponential spacings)."""
-        if self.values.size >= cap:
-            bound = float(self.keys.max())
-            pick = np.sort(self.rng.choice(n, int(self.rng.binomial(n, bound)), replace=False))
+        if self._values.size >= cap:  # full: _bound is the largest kept key now or a larger one (before merges)
+            bound = self._bound
+            pick = bernoulli_positions(self.rng, n, bound)
             return pick, self.rng.random(pick.size) * bound
         if n <= cap:
             return np.arange(n), self.rng.random(n)
-        pick = np.sort(self.rng.choice(n, cap, replace=False))
+        pick = distinct(self.rng, n, cap)
         spacing = np.cumsum(self.rng.exponential(size=cap))
         keys = spacing / (spacing[-1] + self.rng.gamma(n + 1 - cap))
         return pick, self.rng.permutation(keys)
@@ -87,19 +117,56 @@ class Reservoir:
     def _channel_of(self, array: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """The channel of each flat position of the array (empty without an axis)."""
         if self.axis is None:
-            return self.channels
+            return np.empty(0, np.int32)
         inner = int(np.prod(array.shape[self.axis + 1:], dtype=np.int64))
         return ((positions // inner) % array.shape[self.axis]).astype(np.int32)
 
-    def _merge(self, values: np.ndarray, keys: np.ndarray, channels: np.ndarray, cap: int) -> None:
-        """The kept values, keys (and channels) with the new ones, then the `cap` smallest keys."""
-        values = np.concatenate([self.values, values])
-        keys = np.concatenate([self.keys, keys])
-        if self.axis is not None:
-            channels = np.concatenate([self.channels, channels])
+    def _flush(self) -> None:
+        """The kept values, keys (and channels) with the pending ones, then the `cap` smallest keys."""
+        if not self._pending:
+            return
+        parts = [(self._values, self._keys, self._channels), *self._pending]
+        values, keys, channels = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        self._pending, self._pending_size = [], 0
+        cap = self._cap
         if values.size > cap:
             keep = np.argpartition(keys, cap - 1)[:cap]
             keep.sort()
             values, keys = values[keep], keys[keep]
             channels = channels[keep] if self.axis is not None else channels
-        self.values, self.keys, self.channels = values, keys, channels
+        self._values, self._keys, self._channels = values, keys, channels
+        if values.size >= cap:
+            self._bound = float(keys.max())
+
+
+def distinct(rng: np.random.Generator, n: int, m: int) -> np.ndarray:
+    """m distinct positions of range(n), uniform among all m-subsets, sorted; at a cost of m, not n, when m is
+    small against n: draws with replacement until m distinct ones turn up (the set so drawn is uniform among
+    sets of its size), then drops a uniform choice of the extra ones."""
+    if m <= 0:
+        return np.empty(0, np.int64)
+    if 4 * m >= n:
+        return np.sort(rng.choice(n, m, replace=False))
+    pool = np.empty(0, np.int64)
+    while pool.size < m:
+        short = m - pool.size
+        pool = np.union1d(pool, rng.integers(0, n, size=short + short * m // n + 8))
+    if pool.size > m:
+        pool = np.delete(pool, rng.choice(pool.size, pool.size - m, replace=False))
+    return pool
+
+
+def bernoulli_positions(rng: np.random.Generator, n: int, p: float) -> np.ndarray:
+    """The positions of range(n) each taken with probability p on its own (those whose uniform key falls below
+    p), sorted: cumulated geometric gaps, at a cost of the count taken, not n."""
+    if p >= 1.0:
+        return np.arange(n)
+    if p <= 0.0:
+        return np.empty(0, np.int64)
+    parts, last = [], -1
+    while True:
+        steps = last + np.cumsum(rng.geometric(p, size=int((n - 1 - last) * p * 1.1) + 16))
+        parts.append(steps[steps < n])
+        if steps[-1] >= n:
+            return np.concatenate(parts)
+        last = int(steps[-1])

@@ -109,15 +109,21 @@ def plan(spec: InputSpec, options: ImageOptions, where: str) -> ImagePlan:
 
 def load_image(path: Path, image_plan: ImagePlan, options: ImageOptions) -> np.ndarray:
     """One preprocessed image as an array of the model's layout without the batch axis."""
+    return np.ascontiguousarray(_laid_out(path, image_plan, options), dtype=image_plan.dtype)
+
+
+def _laid_out(path: Path, image_plan: ImagePlan, options: ImageOptions) -> np.ndarray:
+    """One preprocessed image in the model's layout (a view; float32 arithmetic unless the model takes float64)."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:  # pragma: no cover - depends on the install
         raise DataError("reading images needs Pillow", hint="pip install 'amos-onnx[images]'") from None
+    work = np.float64 if np.dtype(image_plan.dtype) == np.float64 else np.float32
     try:
         with Image.open(path) as image:
             converted = image.convert("L" if image_plan.channels == 1 else "RGB")
             resized = converted.resize((image_plan.width, image_plan.height), Image.Resampling.BILINEAR)
-            pixels = np.asarray(resized, np.float64)
+            pixels = np.asarray(resized, work)
     except Image.DecompressionBombError as exc:  # a header declaring more pixels than Pillow's guard allows
         raise DataError(f"{path}: image too large to read ({exc})") from None
     except MemoryError:
@@ -127,16 +133,22 @@ def load_image(path: Path, image_plan: ImagePlan, options: ImageOptions) -> np.n
     pixels = pixels.reshape(image_plan.height, image_plan.width, image_plan.channels)
     if options.bgr:
         pixels = pixels[..., ::-1]
-    values = pixels * options.scale
+    values = pixels * work(options.scale)
     if options.mean is not None and options.std is not None:
-        values = (values - np.asarray(options.mean)) / np.asarray(options.std)
-    if image_plan.layout == "NCHW":
-        values = values.transpose(2, 0, 1)
-    return np.ascontiguousarray(values, dtype=image_plan.dtype)
+        values -= np.asarray(options.mean, work)
+        values /= np.asarray(options.std, work)
+    return values.transpose(2, 0, 1) if image_plan.layout == "NCHW" else values
 
 
 def image_batches(files: list[Path], name: str, image_plan: ImagePlan, options: ImageOptions,
                   size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of preprocessed images, read only as they are needed."""
+    """Batches of preprocessed images, read only as they are needed (each image written straight into its
+    batch)."""
     for start in range(0, len(files), size):
-        yield {name: np.stack([load_image(p, image_plan, options) for p in files[start : start + size]])}
+        chunk = files[start : start + size]
+        first = _laid_out(chunk[0], image_plan, options)
+        batch = np.empty((len(chunk), *first.shape), image_plan.dtype)
+        batch[0] = first
+        for i, path in enumerate(chunk[1:], 1):
+            batch[i] = _laid_out(path, image_plan, options)
+        yield {name: batch}

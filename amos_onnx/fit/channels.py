@@ -35,8 +35,8 @@ def channel_groups(spans: np.ndarray, groups: int) -> np.ndarray:
     return np.unique(label, return_inverse=True)[1]
 
 
-def channel_gates(act: Activation, site: FitResult, res: Reservoir, lam: float,
-                   seed: int) -> tuple[GateParams, float, float, float]:
+def channel_gates(act: Activation, site: FitResult, res: Reservoir,
+                  lam: float) -> tuple[GateParams, float, float, float]:
     """One gate per channel of the site's input (along res.axis): channels grouped by where their values lie
     (channel_groups on their 1%..99% quantiles, CHANNEL_GROUPS at most), the site's gate refined on each group's
     values over the group's range (exact, widened by CHANNEL_MARGIN; search.refine with the same absolute spike
@@ -61,8 +61,7 @@ def channel_gates(act: Activation, site: FitResult, res: Reservoir, lam: float,
             if hi - lo < 1e-3:
                 lo, hi = lo - 0.5, hi + 0.5
             x = np.concatenate([values[c] for c in members])
-            gates.append(refine(act.func, lo, hi, x, site.params, relu_like=act.relu_like, spike_penalty=lam,
-                                seed=seed))
+            gates.append(refine(act.func, lo, hi, x, site.params, relu_like=act.relu_like, spike_penalty=lam))
             group[members] = len(gates) - 1
     squares, worst, spikes = 0.0, 0.0, 0.0  # over all the samples, one simulation per gate
     of_value = group[res.channels]

@@ -66,24 +66,34 @@ def _tail_points(func: Func, lo: float, hi: float) -> np.ndarray:
     return np.concatenate([lo - width * _TAIL_STEPS if below else [], hi + width * _TAIL_STEPS if above else []])
 
 
-def _problem(func: Func, lo: float, hi: float, samples: np.ndarray | None, lam: float, points: int,
-             rng: np.random.Generator, tails: bool = False) -> Problem:
+def _finite(samples: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """A fit's samples as float64 without NaN or infinities, as given and sorted (sorted once for every set)."""
+    if samples is None:
+        return np.empty(0), np.empty(0)
+    s = samples.astype(np.float64).ravel()
+    s = s[np.isfinite(s)]
+    return s, np.sort(s)
+
+
+def _problem(func: Func, lo: float, hi: float, samples: tuple[np.ndarray, np.ndarray], lam: float, points: int,
+             tails: bool = False) -> Problem:
     """Training points: the range grid alone, or samples (1 - GRID_FLOOR of the weight) plus the grid as a floor;
-    with `tails`, where f saturates beyond the range, points out there too (TAIL_WEIGHT)."""
+    with `tails`, where f saturates beyond the range, points out there too (TAIL_WEIGHT). `samples`: _finite's."""
     grid = np.linspace(lo, hi, points)
-    if samples is None or samples.size == 0:
+    s, ordered = samples
+    if s.size == 0:
         x, w = grid, np.full(grid.size, 1.0 / grid.size)
     else:
-        s = samples.astype(np.float64).ravel()
-        s = s[np.isfinite(s)]
         if s.size > points:  # evenly spaced ranks: the samples' distribution without a draw's noise
-            s = np.sort(s)[np.linspace(0, s.size - 1, points).round().astype(np.int64)]
+            s = ordered[np.linspace(0, s.size - 1, points).round().astype(np.int64)]
         x = np.concatenate([s, grid])
         w = np.concatenate([np.full(s.size, (1 - GRID_FLOOR) / s.size), np.full(grid.size, GRID_FLOOR / grid.size)])
     tail = _tail_points(func, lo, hi) if tails else np.empty(0)
     if tail.size:
         x = np.concatenate([x, tail])
         w = np.concatenate([w * (1 - TAIL_WEIGHT), np.full(tail.size, TAIL_WEIGHT / tail.size)])
+    order = np.argsort(x, kind="stable")  # in order: the fitter's sorts of membranes then find a few long runs
+    x, w = x[order], w[order]
     with np.errstate(over="ignore"):
         target = func(x).astype(np.float64)
     return Problem(x=x, target=target, w=w, lam=lam)
@@ -190,13 +200,13 @@ REFINE_STARTS = 2  # structured starts on the samples' own core range that a ref
 
 
 def refine(func: Func, lo: float, hi: float, samples: np.ndarray, start: GateParams, *, relu_like: bool = False,
-           spike_penalty: float = 0.0, seed: int = 0) -> GateParams:
+           spike_penalty: float = 0.0) -> GateParams:
     """A gate refitted from `start` to other samples and range by descent (no local search): a site's gate
     refitted to a group of its channels' values. The REFINE_STARTS structured starts on the samples' core range
     that cost least as they are compete with it. The start is kept unless the refit costs less on the fine
     set without leaving f's range beyond it (where f saturates) by more than the start does."""
-    rng = np.random.default_rng(seed)
-    coarse = _problem(func, lo, hi, samples, spike_penalty, 2049, rng)
+    prepared = _finite(samples)
+    coarse = _problem(func, lo, hi, prepared, spike_penalty, 2049)
     k = start.k
     candidates = [_arrays(start)]
     core_lo, core_hi = (float(q) for q in np.quantile(samples, [0.001, 0.999]))
@@ -213,7 +223,7 @@ def refine(func: Func, lo: float, hi: float, samples: np.ndarray, start: GatePar
         T, h, d = (a.copy() for a in c)
         descended.append((descend(coarse, T, h, d, hi - lo, sweeps=6), len(descended), (T, h, d)))
     T, h, d = min(descended, key=lambda r: (r[0], r[1]))[2]
-    fine = _problem(func, lo, hi, samples, spike_penalty, 8193, rng)
+    fine = _problem(func, lo, hi, prepared, spike_penalty, 8193)
     descend(fine, T, h, d, hi - lo, sweeps=3)
     with np.errstate(over="ignore"):
         dense_x = np.linspace(lo, hi, REFINE_SLIVER_POINTS)
@@ -244,8 +254,9 @@ def pad_start(params: GateParams, k: int, hi: float, width: float) -> Params:
 
 @dataclass(frozen=True)
 class Search:
-    """How fit() searches. relu_like: binary-ladder starts and no local search (a rounding ladder is near the
-    quantisation bound). spike_penalty: the cost of one mean spike, in squared error. kicks: local-search moves
+    """How fit() searches. relu_like: binary-ladder starts, only the one costing least as it is descends, and
+    no local search: a rounding ladder is near the quantisation bound, and the finish's descent on the same
+    points polishes it. spike_penalty: the cost of one mean spike, in squared error. kicks: local-search moves
     (deterministic for a seed); time_budget: seconds that may stop the search earlier, at the price of run-to-run
     differences. keep_starts: how many starts get a descent, those with the least cost as they are (a refit's
     budget). tails: points beyond the range in the loss, where f saturates."""
@@ -279,7 +290,8 @@ def _starts(func: Func, k: int, lo: float, hi: float, finite: np.ndarray, sample
 def _best_start(coarse: Problem, starts: list[tuple[np.ndarray, ...]], search: Search,
                 width: float) -> tuple[int, Params, Params]:
     """The start that descends lowest on the coarse set (weights solved first when fitting for error alone);
-    with keep_starts only the starts best as they are get a descent. (index, start as given, descended)."""
+    with keep_starts (1 for ReLU-like f) only the starts best as they are get a descent. (index, start as given,
+    descended)."""
     raw, solved = [], []
     for T, h, d in starts:
         T, h, d = T.astype(np.float64), h.astype(np.float64), d.astype(np.float64)
@@ -288,7 +300,8 @@ def _best_start(coarse: Problem, starts: list[tuple[np.ndarray, ...]], search: S
             d = solve_weights(T, h, coarse.x, coarse.target, coarse.w)
         solved.append((T, h, d))
     order = sorted(range(len(solved)), key=lambda i: (total_cost(coarse, *solved[i]), i))
-    ranked = [(descend(coarse, *solved[i], width, sweeps=2), i, solved[i]) for i in order[:search.keep_starts]]
+    keep = 1 if search.relu_like else search.keep_starts
+    ranked = [(descend(coarse, *solved[i], width, sweeps=2), i, solved[i]) for i in order[:keep]]
     _, chosen, start = min(ranked, key=lambda r: (r[0], r[1]))
     return chosen, raw[chosen], start
 
@@ -326,15 +339,16 @@ def fit(func: Func, k: int, lo: float, hi: float, samples: np.ndarray | None = N
     deadline = time.perf_counter() + (search.time_budget if search.time_budget is not None else float("inf"))
     rng = np.random.default_rng(search.seed)
     lam, tails = search.spike_penalty, search.tails
+    prepared = _finite(samples)
     # ReLU-like gates resolve 2^K levels: they need the fine set from the start.
-    coarse = _problem(func, lo, hi, samples, lam, 8193 if search.relu_like else 2049, rng, tails)
-    finite = np.empty(0) if samples is None else samples[np.isfinite(samples)]
+    coarse = _problem(func, lo, hi, prepared, lam, 8193 if search.relu_like else 2049, tails)
+    finite = np.empty(0) if samples is None else np.sort(samples[np.isfinite(samples)], axis=None)  # for quantiles
     starts = _starts(func, k, lo, hi, finite, samples, search, warm)
     chosen, raw, start = _best_start(coarse, starts, search, hi - lo)
     where = np.quantile(finite, np.linspace(0, 1, 257)) if finite.size else None
-    T, h, d = _search(coarse, start, lo, hi, 0 if search.relu_like else search.kicks, deadline, rng, where)
-    fine = _problem(func, lo, hi, samples, lam, 8193, rng, tails)
-    check = _problem(func, lo, hi, samples, lam, 65537, rng, tails)
+    T, h, d = start if search.relu_like else _search(coarse, start, lo, hi, search.kicks, deadline, rng, where)
+    fine = _problem(func, lo, hi, prepared, lam, 8193, tails)
+    check = _problem(func, lo, hi, prepared, lam, 65537, tails)
     # The search's result, the chosen start as it was for ReLU-like f (a rounding ladder is near-optimal), and the
     # warm starts (padded with silent neurons, so adding neurons never makes a fit worse) compete.
     candidates = [(T, h, d)] + ([raw] if search.relu_like else []) + [pad_start(w, k, hi, hi - lo) for w in warm]
