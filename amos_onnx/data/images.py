@@ -133,7 +133,7 @@ def _laid_out(path: Path, image_plan: ImagePlan, options: ImageOptions) -> np.nd
     pixels = pixels.reshape(image_plan.height, image_plan.width, image_plan.channels)
     if options.bgr:
         pixels = pixels[..., ::-1]
-    values = pixels * work(options.scale)
+    values = pixels * np.asarray(options.scale, work)
     if options.mean is not None and options.std is not None:
         values -= np.asarray(options.mean, work)
         values /= np.asarray(options.std, work)
