@@ -154,10 +154,12 @@ def spike_matrix(T: np.ndarray, h: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def solve_weights(T: np.ndarray, h: np.ndarray, x: np.ndarray, target: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Weighted least-squares d for fixed T and h (the spike pattern is then fixed)."""
+    """Weighted least-squares d for fixed T and h (the spike pattern is then fixed): the minimum-norm solution of
+    the K x K normal equations Z'WZ d = Z'Wt, the same as that of the n x K system (the pseudo-inverse of Z'WZ
+    times Z'W is that of W^1/2 Z times W^1/2) at a fraction of its cost."""
     Z = spike_matrix(np.asarray(T, np.float64), np.asarray(h, np.float64), np.asarray(x, np.float64))
-    sw = np.sqrt(w)[:, None]
-    d, *_ = np.linalg.lstsq(Z * sw, target * sw[:, 0], rcond=None)
+    Zw = Z * np.asarray(w, np.float64)[:, None]
+    d, *_ = np.linalg.lstsq(Zw.T @ Z, Zw.T @ np.asarray(target, np.float64), rcond=None)
     return d
 
 
