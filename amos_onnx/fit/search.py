@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from amos_onnx.fit.blocks import Problem, descend, rest, solve_weights, spike_matrix, total_cost
+from amos_onnx.fit.blocks import Problem, descend, rest, solve_weights, total_cost
 from amos_onnx.fit.starts import stopped_top, structured_starts
 from amos_onnx.gate import GateParams, simulate
 
@@ -116,9 +116,13 @@ def _open_bottom(params: GateParams, func: Func, lo: float, hi: float) -> GatePa
     saturates there (nothing firing far below the range would give 0, not f's lower level)."""
     if not saturates(func, lo, hi)[0]:
         return params
-    grid = np.linspace(lo, hi, 65537)
-    T = params.thresholds.astype(np.float64)
-    always = spike_matrix(T, params.resets.astype(np.float64), grid).min(axis=0) == 1
+    v = np.linspace(lo, hi, 65537)
+    T, h = params.thresholds.astype(np.float64), params.resets.astype(np.float64)
+    always = np.zeros(len(T), bool)
+    for j in range(len(T)):
+        z = v > T[j]
+        always[j] = z.all()
+        v -= h[j] * z
     if not always.any():
         return params
     T[always] = LOWEST
@@ -318,9 +322,9 @@ def _finish(func: Func, lo: float, hi: float, problems: tuple[Problem, Problem],
         dense = Problem(dense_x, func(dense_x).astype(np.float64), np.full(SLIVER_POINTS, 1.0 / SLIVER_POINTS), 0.0)
     _mend_slivers(fine, dense, T, h, d, hi - lo)
     options = [*candidates, (T, h, d)]
-    fair = [i for i, c in enumerate(options) if _max_error(dense, c) <= 2 * _max_error(fine, c)]
-    fair = fair or list(range(len(options)))
-    return options[min(fair, key=lambda i: total_cost(check, *options[i]))]
+    ranked = sorted(range(len(options)), key=lambda i: (total_cost(check, *options[i]), i))
+    fair = (i for i in ranked if _max_error(dense, options[i]) <= 2 * _max_error(fine, options[i]))
+    return options[next(fair, ranked[0])]  # the best fair one: slivers looked for in order of cost, until one is not
 
 
 def fit(func: Func, k: int, lo: float, hi: float, samples: np.ndarray | None = None, *,
