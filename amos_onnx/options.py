@@ -69,7 +69,7 @@ class CalibrationOptions:
     per_channel: bool = field(default=False, metadata=_help("Keep each value's channel (for per-channel gates)."))
     images: ImageOptions | None = None
     cap: int = 100_000  # values kept per site tensor, a uniform random sample of all it saw
-    run_bytes: int = 256 << 20  # a run over large inputs takes as many rows as keep its exposed outputs below this
+    run_bytes: int = 128 << 20  # a calibration run takes as many rows as keep its exposed outputs below this
 
 
 REFIT_KICKS = 6  # local-search moves of a calibrated refit (the shipped gates had a longer search offline)

@@ -83,13 +83,10 @@ def calibrate(
     return reservoirs, bar.done
 
 
-PROBE_ROW_BYTES = 1 << 18  # batches whose rows are larger than this are first run one row at a time ...
-
-
 class _Runs:
-    """How many rows of a batch one calibration run takes: the whole batch while its rows are small; for larger
-    rows (images of hundreds of pixels a side), one row first, then as many as keep the exposed outputs of a
-    run within `run_bytes`. Only for models whose inputs' first dimension is free."""
+    """How many rows of a batch one calibration run takes, for models whose inputs' first dimension is free: one
+    row first, then as many as keep the exposed outputs of a run within `run_bytes` (a site's input can be a
+    hundred times the model's: a large run spends its time in memory, not in onnxruntime's kernels)."""
 
     def __init__(self, sliceable: bool, run_bytes: int) -> None:
         self.sliceable, self.run_bytes = sliceable, run_bytes
@@ -97,8 +94,7 @@ class _Runs:
 
     def split(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         n = sample_count(batch)
-        row_bytes = sum(a.nbytes for a in batch.values()) / max(n, 1)
-        if not self.sliceable or n <= 1 or (self.per_row is None and row_bytes <= PROBE_ROW_BYTES):
+        if not self.sliceable or n <= 1:
             yield batch
             return
         start = 0
@@ -109,6 +105,4 @@ class _Runs:
 
     def measure(self, feed: dict[str, np.ndarray], values: list[np.ndarray]) -> None:
         if self.per_row is None and self.sliceable:
-            row_bytes = sum(a.nbytes for a in feed.values()) / max(sample_count(feed), 1)
-            if row_bytes > PROBE_ROW_BYTES:
-                self.per_row = sum(np.asarray(v).nbytes for v in values) / max(sample_count(feed), 1)
+            self.per_row = sum(np.asarray(v).nbytes for v in values) / max(sample_count(feed), 1)
