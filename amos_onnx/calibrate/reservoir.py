@@ -150,7 +150,8 @@ def distinct(rng: np.random.Generator, n: int, m: int) -> np.ndarray:
     pool = np.empty(0, np.int64)
     while pool.size < m:
         short = m - pool.size
-        pool = np.union1d(pool, rng.integers(0, n, size=short + short * m // n + 8))
+        merged = np.sort(np.concatenate([pool, rng.integers(0, n, size=short + short * m // n + 8)]))
+        pool = merged[np.concatenate([[True], merged[1:] != merged[:-1]])]
     if pool.size > m:
         pool = np.delete(pool, rng.choice(pool.size, pool.size - m, replace=False))
     return pool

@@ -128,7 +128,7 @@ def update_reset(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int
     z = v > T[t]
     if not z.any():
         return
-    factors = np.array([0.0, 0.5, 0.85, 0.95, 1.0, 1.05, 1.15, 2.0])
+    factors = np.array([0.0, 0.5, 0.85, 0.95, 1.05, 1.15, 2.0])  # 1.0 is the current value, candidate 0
     extra = scale * np.exp2(-np.arange(0, 12, 2))
     others = np.concatenate([h[t] * factors, extra, -extra[:2]])
     # New resets beyond the range's scale only lose float32 precision; the current one (first) always stays,
