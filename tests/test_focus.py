@@ -54,27 +54,30 @@ def _run(model: onnx.ModelProto | Path, feed: dict[str, np.ndarray]) -> np.ndarr
 
 
 def test_the_switched_model_puts_one_sites_gate_in_place_of_its_activation(tmp_path: Path) -> None:
-    """focus.switched_model: each site's output becomes activation + switch * (gate - activation). With every
-    switch off y is the original's to the bit; with one on, that site's part of y is the converted model's
-    (1e-5) and the rest the original's to the bit. The exact ops, the composite's nodes kept."""
+    """focus.switched_model: each site's output becomes If(switch, gate, activation). With every switch off y is
+    the original's to the bit; with one on, that site's part of y is the converted model's and the rest the
+    original's, both to the bit. The exact ops (the branches': the gate, or the activation kept), the
+    composite's nodes kept."""
     path = _loud_and_quiet(tmp_path)
     p = plan(path, calib=tmp_path / "calib.npz")
     fits = fit_sites(p.sites, p.reservoirs, FitOptions(k=8))
     mixed, switches = focus.switched_model(p.model, p.sites, fits, p.options.emit)
     onnx.checker.check_model(mixed)
     assert [n.op_type for n in mixed.graph.node] == [
-        "Slice", "Tanh", "AmosGate", "Sub", "Mul", "Add", "Mul",
-        "Slice", "Sigmoid", "Mul", "Mul", "AmosGate", "Sub", "Mul", "Add", "Concat"]
+        "Slice", "Tanh", "If", "Mul", "Slice", "Sigmoid", "Mul", "Mul", "If", "Concat"]
+    for node in (n for n in mixed.graph.node if n.op_type == "If"):
+        branches = {a.name: [n.op_type for n in a.g.node] for a in node.attribute}
+        assert branches == {"then_branch": ["AmosGate"], "else_branch": ["Identity"]}
     assert set(switches) == {"loud_site", "quiet_site"}
     x = np.load(tmp_path / "calib.npz")["x"][:200]
     original = _run(path, {"x": x})
     write(p, tmp_path / "out.onnx", fits)
     converted = _run(tmp_path / "out.onnx", {"x": x})
-    off = {name: np.array(0, np.float32) for name, _ in switches.values()}
+    off = {name: np.array(False) for name in switches.values()}
     assert np.array_equal(_run(mixed, {"x": x, **off}), original)
     for site, part, rest in (("loud_site", slice(0, 16), slice(16, 32)), ("quiet_site", slice(16, 32), slice(0, 16))):
-        y = _run(mixed, {"x": x, **off, switches[site][0]: np.array(1, np.float32)})
-        np.testing.assert_allclose(y[:, part], converted[:, part], rtol=0, atol=1e-5)
+        y = _run(mixed, {"x": x, **off, switches[site]: np.array(True)})
+        assert np.array_equal(y[:, part], converted[:, part])
         assert np.array_equal(y[:, rest], original[:, rest])
 
 

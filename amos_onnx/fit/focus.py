@@ -39,8 +39,7 @@ KEEP_BYTES = 64 << 20  # ... and at most this much of them (at least one batch)
 FOCUS_PASSES = 4
 FOCUS_BYTES = 64 << 20  # ... and at most this many bytes of inputs (at least one sample per run)
 
-_NUMPY: dict[int, type] = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16,
-                           TensorProto.DOUBLE: np.float64}
+_MEASURED_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)  # site types whose effect is measured
 
 
 def searched(site: Site, fit_: SiteFit | None) -> bool:
@@ -48,36 +47,39 @@ def searched(site: Site, fit_: SiteFit | None) -> bool:
     ReLU-like gate is a rounding ladder, fitted without local search), in the top-level graph."""
     act = site.activation
     return (site.converts and not site.graph and act is not None and not act.relu_like and fit_ is not None
-            and fit_.calibrated and site.dtype in _NUMPY)
+            and fit_.calibrated and site.dtype in _MEASURED_TYPES)
 
 
 def switched_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, SiteFit],
-                   form: EmitForm) -> tuple[onnx.ModelProto, dict[str, tuple[str, int]]]:
-    """A copy of `model` in which each site's output is activation + switch * (gate - activation), with one
-    scalar switch input per site: the switch's name and element type by site name."""
+                   form: EmitForm) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy of `model` in which each site's output is If(switch, its gate, its activation), with one boolean
+    scalar switch input per site (its name by site name): a run computes only the gates switched on."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graph, emitter = copy.graph, Emitter(copy, form)
     names = emitter.names
     by_output = {s.output: s for s in sites}
     nodes: list[onnx.NodeProto] = []
-    switches: dict[str, tuple[str, int]] = {}
+    switches: dict[str, str] = {}
     for node in graph.node:
         nodes.append(node)
         site = by_output.get(node_id(node))
         if site is None:
             continue
-        clean, gate, switch = (names.make(f"{site.name}/amos/{part}") for part in ("original", "gate", "switch"))
+        clean, gate, kept, switch = (names.make(f"{site.name}/amos/{part}")
+                                     for part in ("original", "gate", "kept", "switch"))
         node.output[list(node.output).index(site.output)] = clean
         made, inits = emitter.gate_nodes(site, gate, fits[site.name].params)
-        nodes += made
         graph.initializer.extend(inits)
-        change, scaled = names.make(f"{site.name}/amos/change"), names.make(f"{site.name}/amos/switched")
-        nodes += [helper.make_node("Sub", [gate, clean], [change], name=names.make(f"{site.name}/amos/sub")),
-                  helper.make_node("Mul", [change, switch], [scaled], name=names.make(f"{site.name}/amos/mul")),
-                  helper.make_node("Add", [clean, scaled], [site.output], name=names.make(f"{site.name}/amos/add"))]
-        graph.input.append(helper.make_tensor_value_info(switch, site.dtype, []))
-        switches[site.name] = (switch, site.dtype)
+        branches = {"then_branch": (made, gate), "else_branch": (
+            [helper.make_node("Identity", [clean], [kept], name=names.make(f"{site.name}/amos/keep"))], kept)}
+        graphs = {key: helper.make_graph(body, names.make(f"{site.name}/amos/{key}"), [],
+                                         [helper.make_tensor_value_info(out, site.dtype, None)])
+                  for key, (body, out) in branches.items()}
+        nodes.append(helper.make_node("If", [switch], [site.output], name=names.make(f"{site.name}/amos/if"),
+                                      **graphs))
+        graph.input.append(helper.make_tensor_value_info(switch, TensorProto.BOOL, []))
+        switches[site.name] = switch
     del graph.node[:]
     graph.node.extend(nodes)
     emitter.add_functions(copy)
@@ -133,8 +135,7 @@ def effects(p: Plan, fits: dict[str, SiteFit], calibration_samples: int | None =
         return Effects({}, 0)
 
     def run(on: str | None) -> np.ndarray:
-        flags: dict[str, np.ndarray] = {name: np.array(1 if site == on else 0, _NUMPY[dtype])
-                                        for site, (name, dtype) in switches.items()}
+        flags = {name: np.array(site == on) for site, name in switches.items()}
         runs = [run_checked(sess, outputs, {**feed, **flags}, label) for feed in feeds]
         return np.concatenate([np.asarray(r, np.float64).ravel() for parts in runs for r in parts])
 
