@@ -15,9 +15,9 @@ from amos_onnx.fit.library import named_activations
 from amos_onnx.gate import GateParams, preset, simulate
 from amos_onnx.pipeline import convert, inspect
 from amos_onnx.report.validate import validate
-from amos_onnx.runtime import session
+from amos_onnx.runtime import get_library_path, session
 
-__all__ = ["convert", "inspect", "validate", "write_report", "fit_function", "session", "named_activations",
-           "open_data", "CalibrationDataReader", "ImageOptions", "errors", "AmosError", "GateParams", "preset",
-           "simulate"]
+__all__ = ["convert", "inspect", "validate", "write_report", "fit_function", "session", "get_library_path",
+           "named_activations", "open_data", "CalibrationDataReader", "ImageOptions", "errors", "AmosError",
+           "GateParams", "preset", "simulate"]
 __version__ = "0.1.0"

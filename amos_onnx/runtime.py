@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -33,14 +34,28 @@ def native_library() -> Path | None:
     return None
 
 
+def get_library_path() -> str:
+    """Path of the native gate library, for sessions built by hand (the onnxruntime-extensions convention):
+    `options.register_custom_ops_library(amos_onnx.get_library_path())`. An error when it is not built."""
+    library = native_library()
+    if library is None or not library.is_file():
+        raise RuntimeError(f"native gate library is not built (or {NATIVE_ENV}=0); run 'make ops'")
+    return str(library)
+
+
 def session(
     model: str | Path | onnx.ModelProto | bytes, *, native: bool | None = None, threads: int | None = None,
-    folder: str | Path | None = None,
+    folder: str | Path | None = None, options: ort.SessionOptions | None = None,
+    providers: Sequence[str | tuple[str, dict]] | None = None,
 ) -> ort.InferenceSession:
-    """An onnxruntime CPU session; registers the native gate library when built (native=None: if available).
-    folder: where an in-memory model's external data files are (its model file's folder)."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    """An onnxruntime session; registers the native gate library when built (native=None: if available).
+    folder: where an in-memory model's external data files are (its model file's folder). options: the caller's
+    SessionOptions (the library is registered on them, threads set when given; without them, onnxruntime logs
+    errors only). providers: onnxruntime's execution providers (default CPU): the native op runs on the CPU, the
+    other nodes, and the function form's, where the providers place them."""
+    if options is None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
     if folder is not None and not isinstance(model, str | Path):
         options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(Path(folder).resolve()))
     if threads is not None:
@@ -60,7 +75,7 @@ def session(
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     if isinstance(source, Path):
         source = str(source)
-    sess = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(source, options, providers=list(providers or ["CPUExecutionProvider"]))
     sess._amos_native = library is not None  # type: ignore[attr-defined]
     return sess
 

@@ -38,3 +38,47 @@ def _saved(tmp_path: Path) -> Path:
     path = tmp_path / "model.onnx"
     onnx.save(activation_model("Relu", 17), str(path))
     return path
+
+
+def test_session_takes_the_callers_options_and_providers(tmp_path: Path) -> None:
+    """session(options=, providers=): the caller's SessionOptions (here no graph optimisation, one thread) are
+    the session's, with the native op registered on them; the providers are the ones given. The converted model's
+    output equals the function form's to the bit."""
+    import onnxruntime as ort
+
+    src = tmp_path / "relu.onnx"
+    amos_onnx.convert(_saved(tmp_path), src, k=4)
+    x = np.linspace(-2, 2, 32, dtype=np.float32).reshape(2, 16)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = session(src, options=options, providers=["CPUExecutionProvider"], threads=1)
+    assert uses_native(sess) and sess.get_providers() == ["CPUExecutionProvider"]
+    kept = sess.get_session_options()
+    assert kept.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert kept.intra_op_num_threads == 1
+    assert np.array_equal(sess.run(None, {"x": x})[0], session(src, native=False).run(None, {"x": x})[0])
+
+
+def test_get_library_path_registers_the_native_op_in_a_session_built_by_hand(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """amos_onnx.get_library_path(): the library a hand-built session registers; its profile then shows the
+    AmosGate kernel, and its output equals the function form's to the bit. Not built: an error saying how."""
+    import json
+
+    import onnxruntime as ort
+
+    src = tmp_path / "relu.onnx"
+    amos_onnx.convert(_saved(tmp_path), src, k=4)
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(amos_onnx.get_library_path())
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / "prof")
+    sess = ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+    x = np.linspace(-2, 2, 32, dtype=np.float32).reshape(2, 16)
+    y = sess.run(None, {"x": x})[0]
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    assert "AmosGate" in {e["args"]["op_name"] for e in events if e.get("cat") == "Node" and "op_name" in e["args"]}
+    assert np.array_equal(y, session(src, native=False).run(None, {"x": x})[0])
+    monkeypatch.setenv("AMOS_ONNX_NATIVE", "0")
+    with pytest.raises(RuntimeError, match="make ops"):
+        amos_onnx.get_library_path()
