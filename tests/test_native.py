@@ -205,3 +205,52 @@ def test_session_reports_which_path_ran(tmp_path: Path, monkeypatch: pytest.Monk
     assert session(model).__dict__["_amos_native"] is False
     with pytest.raises(RuntimeError, match="not built"):
         session(model, native=True)
+
+
+def _outcome(model: onnx.ModelProto, x: np.ndarray, native: bool) -> np.ndarray | str:
+    try:
+        return session(model, native=native).run(["y"], {"x": x})[0]
+    except Exception as exc:  # onnxruntime's refusal, at session creation or run
+        return str(exc).splitlines()[0]
+
+
+def _hand_built(k_attr: int, n_params: int, overload: emit.Overload, axis: int | None,
+                shape: list[int]) -> onnx.ModelProto:
+    """An AmosGate node with attributes as given and the function of another overload beside it."""
+    rng = np.random.default_rng(k_attr * 100 + n_params)
+    attrs: dict = dict(k=k_attr, thresholds=np.sort(rng.normal(0, 1, n_params)).tolist(),
+                       resets=rng.uniform(0.1, 1, n_params).tolist(), weights=rng.uniform(0.1, 1, n_params).tolist())
+    if axis is not None:
+        attrs["axis"] = axis
+    node = helper.make_node("AmosGate", ["x"], ["y"], domain="amos", name="g/amos", **attrs)
+    node.overload = overload.name
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    opsets = [helper.make_opsetid("", 17)]
+    return helper.make_model(graph, opset_imports=opsets + [helper.make_opsetid("amos", 1)],
+                             functions=[emit.function_proto(overload, opsets)], ir_version=10)
+
+
+@pytest.mark.parametrize("k_attr, n_params, overload, axis, shape", [
+    (5, 5, emit.Overload(3), None, [4, 6]),  # k says 5, the function is K=3's
+    (3, 3, emit.Overload(5), None, [4, 6]),  # k says 3, the function is K=5's
+    (3, 2, emit.Overload(3), None, [4, 6]),  # fewer parameters than K
+    (3, 18, emit.Overload(3, 0), 0, [6, 6]),  # axis 0 of a rank-2 input leaves 1 axis after it, the function 0
+    (3, 18, emit.Overload(3, 1), 1, [6, 6]),  # axis 1 leaves none, the function 1
+    (2, 12, emit.Overload(2, 0), 1, [6, 6]),  # consistent: both compute, the same gate
+])
+def test_a_hand_built_node_never_gets_two_different_answers(k_attr: int, n_params: int, overload: emit.Overload,
+                                                            axis: int | None, shape: list[int]) -> None:
+    """A node whose attributes disagree with its function overload (k, the parameter count, the axis against the
+    overload's axes after the channel): the function form refuses it (its body checks k and the axis), so the
+    function form and the native op never both compute, differently; a consistent node computes the same in both."""
+    x = np.linspace(-3, 3, int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    model = _hand_built(k_attr, n_params, overload, axis, shape)
+    function, native = _outcome(model, x, False), _outcome(model, x, True)
+    trailing_ok = axis is None or axis == len(shape) - 1 - (overload.trailing or 0)
+    consistent = overload.k == k_attr and n_params % k_attr == 0 and trailing_ok
+    if consistent:
+        assert isinstance(function, np.ndarray) and isinstance(native, np.ndarray)
+        assert np.array_equal(function, native)
+    else:
+        assert isinstance(function, str), "the function form computed a node that does not fit its overload"

@@ -81,10 +81,46 @@ def _attr_const(name: str, attr: str) -> onnx.NodeProto:
     return node
 
 
+def _must_match(given: str, own: str, tag: str) -> list[onnx.NodeProto]:
+    """Nodes giving `{tag}_ok`, a float 0 that onnxruntime can only compute when the 1-element int64 tensors
+    `given` and `own` are equal (a Reshape of one element to 1 + (given - own)^2 elements)."""
+    return [helper.make_node("Sub", [given, own], [f"{tag}_off"]),
+            helper.make_node("Mul", [f"{tag}_off", f"{tag}_off"], [f"{tag}_sq"]),
+            helper.make_node("Add", [f"{tag}_sq", "one"], [f"{tag}_count"]),
+            helper.make_node("Reshape", ["zero_1", f"{tag}_count"], [f"{tag}_checked"]),
+            helper.make_node("Gather", [f"{tag}_checked", "i1"], [f"{tag}_ok"])]
+
+
+def _attr_int(name: str, attr: str) -> onnx.NodeProto:
+    node = helper.make_node("Constant", [], [name])
+    node.attribute.append(AttributeProto(name="value_int", ref_attr_name=attr, type=AttributeProto.INT))
+    return node
+
+
+def _checks(k: int, trailing: int | None) -> list[onnx.NodeProto]:
+    """The body's refusal of a node whose attributes do not fit this overload (the native op reads them and would
+    compute another gate): k must be the overload's K, and a per-channel gate's axis must leave the overload's
+    number of axes after it. Gives `zero`, the body's float 0, through them."""
+    nodes = [_const("zero_0", np.array(0.0, np.float32)), _const("zero_1", np.zeros(1, np.float32)),
+             _const("one", np.ones(1, np.int64)), _const("k_own", np.array([k], np.int64)),
+             _attr_int("k_scalar", "k"), helper.make_node("Reshape", ["k_scalar", "one"], ["k_given"]),
+             *_must_match("k_given", "k_own", "k"),
+             helper.make_node("Add", ["zero_0", "k_ok"], ["zero" if trailing is None else "zero_k"])]
+    if trailing is not None:
+        nodes += [_attr_int("axis_scalar", "axis"), helper.make_node("Reshape", ["axis_scalar", "one"], ["axis_given"]),
+                  helper.make_node("Shape", ["x"], ["x_shape"]), helper.make_node("Shape", ["x_shape"], ["rank"]),
+                  _const("after", np.array([1 + trailing], np.int64)),
+                  helper.make_node("Sub", ["rank", "after"], ["axis_own"]),
+                  *_must_match("axis_given", "axis_own", "axis"),
+                  helper.make_node("Add", ["zero_k", "axis_ok"], ["zero"])]
+    return nodes
+
+
 def function_proto(overload: Overload, opset_imports: list[onnx.OperatorSetIdProto]) -> onnx.FunctionProto:
-    """The model-local function for one overload: parameters come from the node's attributes."""
+    """The model-local function for one overload: parameters come from the node's attributes; a node whose k
+    (or axis) does not fit the overload is refused (_checks)."""
     k, trailing = overload
-    nodes = [_const("zero", np.array(0.0, np.float32))]
+    nodes = [_const("i1", np.array(0, np.int64)), *_checks(k, trailing)]
     steps = []
     for attr in PARAM_ATTRS:
         nodes.append(_attr_const(f"{attr}_all", attr))
@@ -92,7 +128,8 @@ def function_proto(overload: Overload, opset_imports: list[onnx.OperatorSetIdPro
             nodes.append(_const(f"{attr}_shape", np.array([-1, k], np.int64)))
             nodes.append(helper.make_node("Reshape", [f"{attr}_all", f"{attr}_shape"], [f"{attr}_ck"]))
     for t in range(k):
-        nodes.append(_const(f"i{t + 1}", np.array(t, np.int64)))
+        if t > 0:
+            nodes.append(_const(f"i{t + 1}", np.array(t, np.int64)))
         names = []
         for attr in PARAM_ATTRS:
             step = f"{attr}{t + 1}"
