@@ -233,6 +233,11 @@ Ort::Status read_params(const OrtKernelInfo* raw, GateParams& p) {
   const std::string node = info.GetNodeName();
   if (p.k < 1 || p.k > kMaxK)
     return error("node '" + node + "': k = " + std::to_string(p.k) + " is outside 1.." + std::to_string(kMaxK));
+  const std::pair<const char*, const std::vector<float>*> named[] = {
+      {"thresholds", &p.thresholds}, {"resets", &p.resets}, {"weights", &p.weights}};
+  for (const auto& [name, values] : named)  // an INTS attribute reads as no floats
+    if (values->empty())
+      return error("node '" + node + "': attribute '" + name + "' must be a non-empty list of floats (FLOATS)");
   const size_t n = p.thresholds.size();
   if (p.resets.size() != n || p.weights.size() != n)
     return error("node '" + node + "': thresholds, resets and weights have different lengths (" + std::to_string(n) +

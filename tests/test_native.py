@@ -166,6 +166,8 @@ def bad_gate(**attrs: object) -> onnx.ModelProto:
         (dict(k=2, thresholds=[1.0] * 3, resets=[1.0] * 3, weights=[1.0] * 3), "not a multiple of k"),
         (dict(k=1, thresholds=[1.0] * 2, resets=[1.0] * 2, weights=[1.0] * 2), "need an axis"),
         (dict(k=1, thresholds=[1.0]), "missing or malformed attribute"),
+        (dict(k=3, thresholds=[1, 2, 3], resets=[1.0] * 3, weights=[1.0] * 3),
+         "attribute 'thresholds' must be a non-empty list of floats"),
     ],
 )
 def test_bad_attributes_fail_session_creation_cleanly(attrs: dict, message: str) -> None:
