@@ -143,7 +143,7 @@ def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
     import onnxruntime
 
-    onnxruntime.set_default_logger_severity(2 if verbose else 3)  # errors only: its warnings would break our lines
+    onnxruntime.set_default_logger_severity(2 if verbose else 4)  # its warnings and errors would break our lines
 
 
 def _from(kind: type, name: str, *decls: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -55,7 +55,7 @@ def session(
     other nodes, and the function form's, where the providers place them."""
     if options is None:
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # fatal only: an error reaches the caller as the exception, in one line
     if folder is not None and not isinstance(model, str | Path):
         options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(Path(folder).resolve()))
     if threads is not None:

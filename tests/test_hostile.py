@@ -338,3 +338,27 @@ def test_nothing_outside_the_model_folder_is_read(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["inspect", str(external_model(work, "../secret.bin"))])
     assert result.exit_code == 2
     assert secret.stat().st_atime == 1_000_000
+
+
+def test_onnxruntime_s_own_log_stays_out_of_the_one_line_error(tmp_path: Path) -> None:
+    """A converted model onnxruntime refuses (a gate whose thresholds are INTS): `validate` in a process of its
+    own writes exactly one line to stderr, ours, naming the model and the attribute (onnxruntime's logger writes
+    to the process's stderr itself, which the command line runner would not see)."""
+    import subprocess
+    import sys
+
+    original = tmp_path / "relu.onnx"
+    onnx.save(activation_model("Relu", 17, shape=[4]), str(original))
+    node = helper.make_node("AmosGate", ["x"], ["y"], domain="amos", name="bad/amos", k=3, thresholds=[1, 2, 3],
+                            resets=[1.0] * 3, weights=[1.0] * 3)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    converted = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("amos", 1)]),
+              str(converted))
+    done = subprocess.run([sys.executable, "-m", "amos_onnx", "validate", str(original), str(converted)],
+                          capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"amos-onnx: error: {converted}: onnxruntime cannot load the model")
+    assert "attribute 'thresholds' must be a non-empty list of floats" in lines[0]
