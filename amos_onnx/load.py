@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,26 @@ def default_opset(model: onnx.ModelProto) -> int:
     raise ModelLoadError("model imports no default ONNX opset")
 
 
+def _tensors(graph: onnx.GraphProto, within: str = "") -> Iterator[tuple[str, onnx.TensorProto, bool]]:
+    """Every tensor of the graph, with where it is and whether it is a top-level initializer: initializers,
+    node attributes' tensors (Constant's value, say), and those of subgraphs (If, Loop, Scan bodies), nested."""
+    for tensor in graph.initializer:
+        yield f"{within}initializer '{tensor.name}'", tensor, not within
+    for node in graph.node:
+        label = node.name or (node.output[0] if node.output else node.op_type)
+        for attr in node.attribute:
+            where = f"{within}node '{label}' attribute '{attr.name}'"
+            if attr.HasField("t"):
+                yield where, attr.t, False
+            for tensor in attr.tensors:
+                yield where, tensor, False
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _tensors(sub, f"{within}subgraph '{attr.name}' of node '{label}': ")
+
+
 def external_files(model: onnx.ModelProto, folder: Path) -> list[Path]:
-    """The external data files the model's initializers name, checked to lie inside `folder`.
+    """The external data files the model's tensors name (initializers, Constant nodes, subgraphs), checked to lie
+    inside `folder`.
 
     ONNX names external data by path, so a model could point anywhere: an absolute
     path, a '..' component or a symlink leading out of the model's folder is
@@ -41,12 +60,12 @@ def external_files(model: onnx.ModelProto, folder: Path) -> list[Path]:
     """
     root = folder.resolve()
     files: dict[str, Path] = {}
-    for tensor in model.graph.initializer:
+    for what, tensor, _ in _tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         entries = {e.key: e.value for e in tensor.external_data}
         location = entries.get("location", "")
-        where = f"initializer '{tensor.name}' external data '{location}'"
+        where = f"{what} external data '{location}'"
         rel = Path(location)
         if not location or rel.is_absolute() or ".." in rel.parts:
             raise ModelLoadError(f"{where}: only plain paths inside the model's folder are allowed")
@@ -137,12 +156,13 @@ def _external_array(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
 
 
 def _load_small_external(model: onnx.ModelProto, folder: Path) -> None:
-    """Read external tensors of at most SMALL_EXTERNAL bytes into the model; larger ones stay on disk."""
-    for tensor in model.graph.initializer:
+    """Read external top-level initializers of at most SMALL_EXTERNAL bytes into the model (larger ones stay on
+    disk), and every other external tensor (Constant nodes, subgraphs), whose data the output then carries."""
+    for _, tensor, top in _tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         _, _, length = external_span(tensor)
-        if length is not None and length <= SMALL_EXTERNAL:
+        if not top or (length is not None and length <= SMALL_EXTERNAL):
             onnx.external_data_helper.load_external_data_for_tensor(tensor, str(folder))
             tensor.data_location = onnx.TensorProto.DEFAULT
             del tensor.external_data[:]

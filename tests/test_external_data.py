@@ -147,3 +147,68 @@ def test_outputs_keep_an_existing_file_s_mode_or_take_the_umask_s(tmp_path: Path
         assert (tmp_path / "fresh.onnx.data").stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(umask)
+
+
+def _constants_model(folder: Path, location: str) -> Path:
+    """x + c -> Relu -> If(flag: + c2 in a Constant inside the branch, else as it is), with c (a Constant node's
+    value) and c2 (a Constant inside the If's then-branch) stored as external data at `location`
+    (relative to the model's folder), which the caller makes exist."""
+    c, c2 = np.linspace(-1, 1, 64, dtype=np.float32), np.linspace(2, -2, 64, dtype=np.float32)
+    then = helper.make_graph([helper.make_node("Constant", [], ["c2"], value=numpy_helper.from_array(c2, "c2")),
+                              helper.make_node("Add", ["r", "c2"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 64])])
+    other = helper.make_graph([helper.make_node("Identity", ["r"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N", 64])])
+    nodes = [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(c, "c"), name="const"),
+             helper.make_node("Add", ["x", "c"], ["a"]), helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("If", ["flag"], ["y"], then_branch=then, else_branch=other, name="branch")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64]),
+                                           helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = bytearray()
+    branch = next(a.g for a in model.graph.node[3].attribute if a.name == "then_branch")
+    for tensor in (model.graph.node[0].attribute[0].t, branch.node[0].attribute[0].t):
+        raw = tensor.raw_data or np.array(tensor.float_data, np.float32).tobytes()
+        offset = len(data)
+        data += raw
+        tensor.ClearField("raw_data")
+        tensor.ClearField("float_data")
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(folder / "constants.onnx"))
+    (folder / "constants.bin").write_bytes(bytes(data))
+    return folder / "constants.onnx"
+
+
+def test_constant_nodes_and_subgraphs_with_external_data_are_checked_and_carried(tmp_path: Path) -> None:
+    """External data of a Constant node and of a Constant in an If branch: read through a symlink out of the
+    model's folder, it is refused naming the node and attribute; inside the folder, the conversion carries the
+    values in its own output (which then runs with the input's data file gone), equal to the original within
+    the ReLU gate's error."""
+    from amos_onnx.runtime import session
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    model = _constants_model(tmp_path / "m", "link/constants.bin")
+    (outside / "constants.bin").write_bytes((tmp_path / "m/constants.bin").read_bytes())
+    os.symlink(outside, tmp_path / "m/link")
+    with pytest.raises(ModelLoadError, match="node 'const' attribute 'value' external data 'link/constants.bin': "
+                                             "leads outside the model's folder"):
+        amos_onnx.convert(model, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
+
+    model = _constants_model(tmp_path / "ok", "constants.bin")
+    x = np.linspace(-3, 3, 4 * 64, dtype=np.float32).reshape(4, 64)
+    expected = [session(model, native=False).run(None, {"x": x, "flag": np.array(f)})[0] for f in (True, False)]
+    amos_onnx.convert(model, tmp_path / "out.onnx", k=8)
+    (tmp_path / "ok/constants.bin").unlink()
+    converted = onnx.load(str(tmp_path / "out.onnx"))
+    assert not any(t.data_location == TensorProto.EXTERNAL for t in (
+        n.attribute[0].t for n in converted.graph.node if n.op_type == "Constant"))
+    for flag, want in zip((True, False), expected):
+        got = session(tmp_path / "out.onnx", native=False).run(None, {"x": x, "flag": np.array(flag)})[0]
+        np.testing.assert_allclose(got, want, rtol=0, atol=0.05)
