@@ -65,6 +65,7 @@ class Plan:
     notes: list[str]
     files: list[Path]
     opset_before: int
+    full_check: bool  # the model passes onnx.checker's full check (load.check_loosely): its output must too
     reservoirs: dict[str, Reservoir] = field(default_factory=dict)
     samples: int = 0
     calibration: str | None = None
@@ -90,14 +91,17 @@ def plan(model_path: str | Path, calib: DataSource | None = None, options: Conve
         raise OptionError("--per-channel needs --calib: each channel's gate is fitted on that channel's values")
     stages = Stages()
     with stages.stage("load"):
-        model, files = read_model(model_path)
+        model, files, loose = read_model(model_path)
         data = open_data(calib, model, options.calibration.images) if calib is not None else None
         opset_before = default_opset(model)
         if options.emit is EmitForm.FUNCTION:
             model = raise_opset(model, FUNCTION_MIN_OPSET)
     with stages.stage("find"):
         sites, misses, find_notes = _find(model, options.find)
-    result = Plan(Path(model_path), model, options, sites, misses, find_notes, files, opset_before,
+    if loose is not None:
+        find_notes.insert(0, f"the ONNX checker's full check refuses the model ({loose}); it passes the basic check "
+                             "and onnxruntime loads it, so it is converted, and the output is checked the same way")
+    result = Plan(Path(model_path), model, options, sites, misses, find_notes, files, opset_before, loose is None,
                   inputs=[Path(model_path), *files, *(data.paths if data else ())], stages=stages)
     if output is not None:
         _check_output(result, output)
@@ -134,7 +138,7 @@ def _write(p: Plan, output_path: Path, fits: dict[str, SiteFit], in_place: bool)
             model.CopyFrom(p.model)
         result = rewrite(model, p.sites, {name: f.params for name, f in fits.items()}, p.options.emit)
     with p.stages.stage("save"):
-        save_model(model, output_path, p.model_path.parent)
+        save_model(model, output_path, p.model_path.parent, full_check=p.full_check)
     report = ConversionReport(str(p.model_path), str(output_path), site_reports(p.sites, fits, SiteStatus.CONVERTED),
                               p.options.emit, stage_seconds=dict(p.stages.seconds))
     if p.calibration is not None:

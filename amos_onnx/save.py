@@ -88,15 +88,17 @@ def _copy_external(model: onnx.ModelProto, source: Path, handle: BinaryIO, locat
         written += copied
 
 
-def save_model(model: onnx.ModelProto, out: str | Path, source: str | Path | None = None) -> None:
-    """Check, then write to temporary files beside `out` and rename them into place. `source` is the
-    folder of the model's external data files, when some weights stayed there."""
+def save_model(model: onnx.ModelProto, out: str | Path, source: str | Path | None = None,
+               full_check: bool = True) -> None:
+    """Check (onnx.checker's full check, or its basic one for a model whose input passed only that), then write
+    to temporary files beside `out` and rename them into place. `source` is the folder of the model's external
+    data files, when some weights stayed there."""
     from amos_onnx.load import has_external_data
 
     out = Path(out)
     external = has_external_data(model)
     if not external:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(model, full_check=full_check)
     written: list[str] = []
     try:
         if external:
@@ -114,7 +116,7 @@ def save_model(model: onnx.ModelProto, out: str | Path, source: str | Path | Non
         if external:
             os.replace(written[0], data_path(out))
             written[0] = str(data_path(out))
-            onnx.checker.check_model(tmp, full_check=True)  # by path, against the data file just written
+            onnx.checker.check_model(tmp, full_check=full_check)  # by path, against the data file just written
         os.replace(tmp, out)
     except OSError as exc:
         for name in written:

@@ -45,7 +45,7 @@ def test_weights_stay_on_disk_and_the_output_carries_its_own(tmp_path: Path) -> 
     src = mlp(tmp_path / "in")
     weights_file = tmp_path / "in" / "mlp.onnx.weights"
     before = digest(weights_file)
-    model, files = read_model(src)
+    model, files, _ = read_model(src)
     assert files == [weights_file]
     assert [t.data_location for t in model.graph.initializer] == [TensorProto.EXTERNAL] * 3  # 144 KiB > 64 KiB
     assert WIDTH * WIDTH * 4 > SMALL_EXTERNAL

@@ -362,3 +362,28 @@ def test_onnxruntime_s_own_log_stays_out_of_the_one_line_error(tmp_path: Path) -
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert lines[0].startswith(f"amos-onnx: error: {converted}: onnxruntime cannot load the model")
     assert "attribute 'thresholds' must be a non-empty list of floats" in lines[0]
+
+
+def test_a_model_only_the_full_check_refuses_converts_with_a_note(tmp_path: Path) -> None:
+    """A model whose value_info gives a tensor rank 0 where it has rank 2 (onnx.checker's full check: "Inferred
+    shape and existing shape differ in rank"; onnxruntime merges it leniently and runs it, as with a real table
+    recognizer's Loop body): converted, data-free and calibrated, with the full check's complaint in the report's
+    notes; the output equals the original within the ReLU gate's error (K=8 on [-10, 10]: 0.05)."""
+    from amos_onnx.runtime import session
+
+    nodes = [helper.make_node("Cast", ["x"], ["c"], to=TensorProto.FLOAT), helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                              value_info=[helper.make_tensor_value_info("c", TensorProto.FLOAT, [])])
+    src = tmp_path / "loose.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    with pytest.raises(onnx.shape_inference.InferenceError):
+        onnx.checker.check_model(str(src), full_check=True)
+    x = np.linspace(-9, 9, 64, dtype=np.float32).reshape(16, 4)
+    np.savez(tmp_path / "calib.npz", x=x)
+    for calib in (None, tmp_path / "calib.npz"):
+        report = amos_onnx.convert(src, tmp_path / "out.onnx", calib, k=8)
+        assert [s.status.value for s in report.sites] == ["converted"]
+        assert any("full check refuses the model" in n and "differ in rank" in n for n in report.notes), report.notes
+        got = session(tmp_path / "out.onnx", native=False).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, np.maximum(x, 0), rtol=0, atol=0.05)
