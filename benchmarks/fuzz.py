@@ -1,12 +1,13 @@
 """Mutation fuzzing of `inspect` and `convert`: randomly corrupted copies of valid models.
 
-    .venv/bin/python benchmarks/fuzz.py [--cases 3000] [--seed 0] [--write]
+    .venv/bin/python benchmarks/fuzz.py [--cases 3000] [--gate-cases 500] [--seed 0] [--write]
 
 Each case takes one valid model (the digits CNN and small single-activation
 models built here), corrupts its bytes (flip bytes, overwrite a run, truncate,
 duplicate or delete a slice, splice two models) and runs `amos-onnx inspect`
 and `amos-onnx convert` on it in-process. A crash is any exit other than 0 or 2,
-or any exception escaping as a traceback; the target is zero.
+or any exception escaping as a traceback; the target is zero. Then `--gate-cases` converted models with one
+AmosGate node's attributes or outputs changed go through `validate` with the native op (fuzz_gates.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import fuzz_gates  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
 from amos_onnx.cli import main  # noqa: E402
@@ -124,28 +126,40 @@ def main_() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
                         help="worker processes (the same cases, split between them)")
+    parser.add_argument("--gate-cases", type=int, default=500, help="converted models with a changed AmosGate")
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     args = parser.parse_args()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         outcomes, crashes = run(args.cases, args.seed, Path(tmp), max(1, args.jobs))
     seconds = time.perf_counter() - start
-    for line in crashes[:20]:
+    with tempfile.TemporaryDirectory() as tmp:
+        gate_outcomes, gate_crashes = fuzz_gates.run(args.gate_cases, args.seed, Path(tmp))
+    gate_seconds = time.perf_counter() - start - seconds
+    for line in (crashes + gate_crashes)[:20]:
         print(line)
     total_crashes = sum(v for (_, code), v in outcomes.items() if code == "crash")
     rows = "\n".join(f"| {cmd} | {code} | {count} |" for (cmd, code), count in sorted(outcomes.items(), key=str))
+    gate_rows = "\n".join(f"| {kind} | {code} | {count} |"
+                          for (kind, code), count in sorted(gate_outcomes.items(), key=str))
     text = (
         "## Mutation fuzzing of inspect and convert\n\n"
-        f"Command: `.venv/bin/python benchmarks/fuzz.py --cases {args.cases} --seed {args.seed} --write` "
+        f"Command: `.venv/bin/python benchmarks/fuzz.py --cases {args.cases} --gate-cases {args.gate_cases} "
+        f"--seed {args.seed} --write` "
         f"({machine()}; {args.cases} corrupted models from {len(seeds())} valid ones, each through inspect and "
         f"convert, {seconds:.0f} s in {max(1, args.jobs)} processes).\n\n"
         f"**Crashes: {total_crashes}** of {2 * args.cases} runs (target 0; a crash is an exit other than 0 or 2, "
-        "or a traceback).\n\n| command | exit code | runs |\n|---|---|---|\n" + rows
+        "or a traceback).\n\n| command | exit code | runs |\n|---|---|---|\n" + rows + "\n\n"
+        f"Converted models with one AmosGate node changed (fuzz_gates.py: k, the parameters' length, type or "
+        f"values, the axis, a dropped attribute, the function overload, the outputs), each through `validate` "
+        f"with the native op in a forked process ({gate_seconds:.0f} s): **crashes: {len(gate_crashes)}** of "
+        f"{args.gate_cases} (a crash: a signal, an exit other than 0, 1 or 2, or a traceback).\n\n"
+        "| change | exit code | runs |\n|---|---|---|\n" + gate_rows
     )
     print(text)
     if args.write:
         write_section("fuzz", text)
-    sys.exit(1 if total_crashes else 0)
+    sys.exit(1 if total_crashes or gate_crashes else 0)
 
 
 if __name__ == "__main__":

@@ -24,3 +24,14 @@ def test_worker_processes_run_exactly_the_cases_of_one(tmp_path: Path) -> None:
     one = fuzz.run(40, seed=3, folder=tmp_path / "one")
     two = fuzz.run(40, seed=3, folder=tmp_path / "two", jobs=2)
     assert one == two and sum(one[0].values()) == 80
+
+
+def test_converted_models_with_a_changed_gate_never_crash_validate() -> None:
+    """fuzz_gates.py, 40 seeded cases in a fresh process (it forks a child per case, which a process that has run
+    onnxruntime sessions, as this one has, should not): no signal, no traceback, and some changes refused."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/fuzz_gates.py"), "--cases", "40", "--seed", "5"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "', 2)" in done.stdout  # refused cases: (kind, 2)

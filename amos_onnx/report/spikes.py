@@ -9,6 +9,7 @@ import onnx
 from onnx import helper
 
 from amos_onnx.calibrate.reservoir import Reservoir
+from amos_onnx.errors import ModelLoadError
 from amos_onnx.gate import GateParams, simulate
 from amos_onnx.rewrite import emit
 
@@ -21,13 +22,22 @@ def gate_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 
 def gate_params(node: onnx.NodeProto) -> GateParams:
-    """The GateParams stored on a converted node's attributes."""
+    """The GateParams stored on a converted node's attributes; a ModelLoadError naming the node when they do
+    not make a gate (a hand-edited node: missing, mistyped or mis-sized attributes)."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    k, axis = int(attrs["k"]), attrs.get("axis")
-    arrays = [np.asarray(attrs[name], np.float32) for name in emit.PARAM_ATTRS]
-    if axis is not None:
-        arrays = [a.reshape(-1, k) for a in arrays]
-    return GateParams(arrays[0], arrays[1], arrays[2], axis=axis)
+    try:
+        k, axis = int(attrs["k"]), attrs.get("axis")
+        arrays = [np.asarray(attrs[name], np.float32) for name in emit.PARAM_ATTRS]
+        if axis is not None:
+            arrays = [a.reshape(-1, k) for a in arrays]
+        params = GateParams(arrays[0], arrays[1], arrays[2], axis=None if axis is None else int(axis))
+    except (KeyError, ValueError, TypeError) as exc:
+        text = f"attribute {exc} is missing" if isinstance(exc, KeyError) else str(exc)
+        raise ModelLoadError(f"node '{node.name}': its AmosGate attributes do not make a gate: {text}") from None
+    if params.k != k:
+        raise ModelLoadError(f"node '{node.name}': its AmosGate attributes do not make a gate: k = {k} with "
+                             f"{params.k} parameters per channel")
+    return params
 
 
 @dataclass

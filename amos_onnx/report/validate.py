@@ -23,6 +23,7 @@ from amos_onnx.data.dataset import Dataset, DataSource, open_data, sample_count
 from amos_onnx.data.images import ImageOptions
 from amos_onnx.data.inputs import batch_size, batches, input_specs, random_feeds
 from amos_onnx.data.progress import Progress
+from amos_onnx.errors import ModelLoadError
 from amos_onnx.load import load_model
 from amos_onnx.report.spikes import SpikeCounter
 from amos_onnx.runtime import run_checked, user_session, uses_native
@@ -143,7 +144,10 @@ def validate(original: str | Path, converted: str | Path, data: DataSource | Non
     dataset = _dataset(orig_model, data, options)
     fed = {spec.name for spec in input_specs(orig_model)}
     names = [o.name for o in orig_model.graph.output]
-    counter = SpikeCounter(conv_model)
+    try:
+        counter = SpikeCounter(conv_model)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{converted}: {exc}") from None
     # Gate inputs (for spikes) and outputs (for the per-layer error against the original's same tensor).
     in_original = {name for node in orig_model.graph.node for name in node.output}
     layer_names = [y for y in counter.outputs if y in in_original and y not in names]
