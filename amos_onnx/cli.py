@@ -54,6 +54,24 @@ def _k_per_op(value: str | None) -> dict[str, int]:
     return result
 
 
+def _batch_axes(values: tuple[str, ...]) -> dict[str, int]:
+    result = {}
+    for item in values:
+        name, _, number = item.rpartition("=")
+        try:
+            result[name] = int(number)
+        except ValueError:
+            raise OptionError(f"--batch-axis {item}: expected NAME=AXIS, e.g. state=1") from None
+        if not name:
+            raise OptionError(f"--batch-axis {item}: expected NAME=AXIS, e.g. state=1")
+    return result
+
+
+batch_axis_option = click.option(
+    "--batch-axis", "batch_axes", multiple=True, metavar="NAME=AXIS",
+    help=next(f for f in fields(CalibrationOptions) if f.name == "batch_axes").metadata["help"])
+
+
 def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
     if value is None:
         return None
@@ -164,7 +182,8 @@ def _convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> Conve
     """ConvertOptions from convert's command-line values (`seed` and `per_channel` serve calibration and fit)."""
     images = _images(calib, **{key: o[key] for key in IMAGE_KEYS})
     find = FindOptions(only=_ops(o["only"], "--only"), skip=_ops(o["skip"], "--skip"), channel_axis=o["channel_axis"])
-    calibration = CalibrationOptions(seed=o["seed"], per_channel=o["per_channel"], images=images)
+    calibration = CalibrationOptions(seed=o["seed"], per_channel=o["per_channel"], images=images,
+                                     batch_axes=_batch_axes(o["batch_axes"]))
     fit = FitOptions(k=_k(o["k"]), k_per_op=_k_per_op(o["k_per_op"]), target_mse=o["target_mse"],
                      spike_penalty=o["spike_penalty"], seed=o["seed"], kicks=o["kicks"], focus_kicks=o["focus_kicks"],
                      per_channel=o["per_channel"])
@@ -192,6 +211,7 @@ def _convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> Conve
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Also write report.json, report.md and pictures here (run on the calibration data).")
 @image_options
+@batch_axis_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress line.")
 def convert(model: str, output: str, calib: str | None, report_dir: str | None, quiet: bool, **values: Any) -> None:
     """Convert MODEL into its spiking twin and write it to OUTPUT."""
@@ -243,13 +263,16 @@ def inspect(model: str, only: str | None, skip: str | None, as_json: bool) -> No
 @click.option("--min-agreement", type=float, default=None, help="Top-1 agreement floor for classifier outputs (0.95).")
 @click.option("--no-native", is_flag=True, help="Run the function form even when the native op is built.")
 @image_options
+@batch_axis_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress line.")
 def validate(original: str, converted: str, data: str | None, json_path: str | None, no_native: bool, quiet: bool,
              **values: Any) -> None:
     """Run ORIGINAL and CONVERTED on the same inputs; one PASSED/FAILED line per output (exit 1 on FAILED)."""
     images = _run(lambda: _images(data, **{key: values[key] for key in IMAGE_KEYS}))
+    axes = _run(lambda: _batch_axes(values["batch_axes"]))
     options = ValidateOptions(atol=values["atol"], rtol=values["rtol"], min_agreement=values["min_agreement"],
-                              native=False if no_native else None, images=images, progress=False if quiet else None)
+                              native=False if no_native else None, images=images, progress=False if quiet else None,
+                              batch_axes=axes)
     report = _run(lambda: amos_onnx.validate(original, converted, data, options))
     for line in report.lines():
         click.echo(line)

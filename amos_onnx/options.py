@@ -70,6 +70,9 @@ class CalibrationOptions:
     images: ImageOptions | None = None
     cap: int = 100_000  # values kept per site tensor, a uniform random sample of all it saw
     run_bytes: int = 128 << 20  # a calibration run takes as many rows as keep its exposed outputs below this
+    batch_axes: Mapping[str, int] = field(default_factory=dict, metadata=_help(
+        "NAME=AXIS: the axis of input NAME that holds its samples, where it is not the first (a recurrent state "
+        "[layers, N, H]: state=1); repeat for several. Symbolic dims that name the batch tell it too."))
 
 
 REFIT_KICKS = 6  # local-search moves of a calibrated refit (the shipped gates had a longer search offline)

@@ -70,7 +70,8 @@ class Plan:
     samples: int = 0
     calibration: str | None = None
     inputs: list[Path] = field(default_factory=list)  # every file read: never to be overwritten
-    feeds: list[dict] = field(default_factory=list)  # the first calibration batches (focus.KEEP_SAMPLES)
+    feeds: list[dict] = field(default_factory=list)  # the first calibration batches (focus.KEEP_SAMPLES) ...
+    axes: dict[str, int] = field(default_factory=dict)  # ... batch-first: inputs.model_layout(feed, axes) to run
     stages: Stages = field(default_factory=Stages)  # seconds per stage of the last plan, fit and write
 
 
@@ -92,7 +93,8 @@ def plan(model_path: str | Path, calib: DataSource | None = None, options: Conve
     stages = Stages()
     with stages.stage("load"):
         model, files, loose = read_model(model_path)
-        data = open_data(calib, model, options.calibration.images) if calib is not None else None
+        data = open_data(calib, model, options.calibration.images, options.calibration.batch_axes) \
+            if calib is not None else None
         opset_before = default_opset(model)
         if options.emit is EmitForm.FUNCTION:
             model = raise_opset(model, FUNCTION_MIN_OPSET)
@@ -112,6 +114,7 @@ def plan(model_path: str | Path, calib: DataSource | None = None, options: Conve
                 model, sites, data, options.calibration, label=f"{model_path} with {data.description}",
                 progress=options.progress, folder=Path(model_path).parent, keep=kept)
         result.calibration = data.description
+        result.axes = dict(data.axes)
     return result
 
 

@@ -12,7 +12,7 @@ from onnx import helper
 
 from amos_onnx.calibrate.reservoir import Reservoir
 from amos_onnx.data.dataset import Dataset, sample_count
-from amos_onnx.data.inputs import rows, sliceable
+from amos_onnx.data.inputs import model_layout, rows, sliceable
 from amos_onnx.data.progress import Progress
 from amos_onnx.find.sites import Site
 from amos_onnx.options import CalibrationOptions
@@ -65,17 +65,18 @@ def calibrate(
     reservoirs = {name: Reservoir(options.cap, rng, axes.get(name)) for name in tensors}
     sess = user_session(exposed(model, types), label, native=False, folder=folder)
     bar = Progress("calibrating", data.count, progress)
-    runs = _Runs(sliceable(model), options.run_bytes)
+    runs = _Runs(sliceable(model, data.axes), options.run_bytes)
     for batch in data.batches:
-        for feed in runs.split(batch):
+        for feed in runs.split(batch):  # batch-first; onnxruntime and the reservoirs see the model's layout
+            laid_out = model_layout(feed, data.axes)
             outputs = [name for name in tensors if name not in feed]
-            values = run_checked(sess, outputs, feed, label) if outputs else []
+            values = run_checked(sess, outputs, laid_out, label) if outputs else []
             runs.measure(feed, values)
             for name, value in zip(outputs, values):
                 reservoirs[name].add(value)
             for name in tensors:
                 if name in feed:
-                    reservoirs[name].add(feed[name])
+                    reservoirs[name].add(laid_out[name])
             if keep is not None:
                 keep.offer(feed)
             bar.advance(sample_count(feed))

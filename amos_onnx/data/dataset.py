@@ -13,7 +13,7 @@ Accepted sources (calibration and validation alike):
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from amos_onnx.data.images import ImageOptions, image_batches, image_files, plan
-from amos_onnx.data.inputs import batch_size, batches, check_feeds, input_specs, load_npz
+from amos_onnx.data.inputs import BatchAxes, batch_axes, batch_size, batches, check_feeds, input_specs, load_npz
 from amos_onnx.errors import DataError
 
 
@@ -43,6 +43,7 @@ class Dataset:
     count: int | None = None  # samples, when known up front
     labels: np.ndarray | None = None
     paths: tuple[Path, ...] = ()  # files read (never to be overwritten)
+    axes: BatchAxes = field(default_factory=dict)  # batches are batch-first: model_layout(feed, axes) for sessions
 
 
 def _iterable(source: Any) -> Iterator[Mapping[str, np.ndarray]]:
@@ -52,19 +53,19 @@ def _iterable(source: Any) -> Iterator[Mapping[str, np.ndarray]]:
 
 
 def _checked_stream(items: Iterator[Mapping[str, np.ndarray]], model: onnx.ModelProto,
-                    where: str) -> Iterator[dict[str, np.ndarray]]:
+                    where: str, axes: BatchAxes) -> Iterator[dict[str, np.ndarray]]:
     seen = 0
     for index, item in enumerate(items):
         if not isinstance(item, Mapping):
             raise DataError(f"{where}: item {index} is {type(item).__name__}, not a dict of input arrays")
         arrays = {name: np.asarray(value) for name, value in item.items()}
         seen += 1
-        yield check_feeds(arrays, model, f"{where} item {index}")
+        yield check_feeds(arrays, model, f"{where} item {index}", axes)
     if seen == 0:
         raise DataError(f"{where}: yielded no inputs")
 
 
-def _npy(path: Path, model: onnx.ModelProto) -> dict[str, np.ndarray]:
+def _npy(path: Path, model: onnx.ModelProto, axes: BatchAxes) -> dict[str, np.ndarray]:
     specs = input_specs(model)
     if len(specs) != 1:
         raise DataError(f"{path}: an .npy holds one array; the model has {len(specs)} inputs, use an .npz")
@@ -72,12 +73,16 @@ def _npy(path: Path, model: onnx.ModelProto) -> dict[str, np.ndarray]:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npy file ({exc})") from None
-    return check_feeds({specs[0].name: array}, model, str(path))
+    return check_feeds({specs[0].name: array}, model, str(path), axes)
 
 
-def open_data(source: DataSource, model: onnx.ModelProto, images: ImageOptions | None = None) -> Dataset:
-    """The source as a Dataset for this model, or a DataError naming what does not fit."""
-    size = batch_size(model)
+def open_data(source: DataSource, model: onnx.ModelProto, images: ImageOptions | None = None,
+              axes: BatchAxes | None = None) -> Dataset:
+    """The source as a Dataset for this model, or a DataError naming what does not fit. `axes`: inputs whose
+    samples lie on another axis than the first (--batch-axis), added to those the model's symbolic dims tell
+    (inputs.batch_axes); the batches are batch-first."""
+    axes = batch_axes(model, axes)
+    size = batch_size(model, axes)
     if isinstance(source, str | Path):
         path = Path(source)
         if path.is_dir():
@@ -85,18 +90,19 @@ def open_data(source: DataSource, model: onnx.ModelProto, images: ImageOptions |
         if images is not None:
             raise DataError(f"{path}: image options need a folder of images")
         if path.suffix.lower() == ".npy" and path.is_file():
-            feeds, labels = _npy(path, model), None
+            feeds, labels = _npy(path, model, axes), None
         else:
-            feeds, labels = load_npz(path, model)
-        n = next(iter(feeds.values())).shape[0] if feeds else 1
-        return Dataset(str(path), batches(feeds, size), n, labels, (path,))
+            feeds, labels = load_npz(path, model, axes)
+        n = next((a.shape[0] for a in feeds.values() if a.ndim), 1)
+        return Dataset(str(path), batches(feeds, size), n, labels, (path,), axes)
     if isinstance(source, Mapping):
-        feeds = check_feeds({k: np.asarray(v) for k, v in source.items()}, model, "input arrays")
-        n = next(iter(feeds.values())).shape[0] if feeds else 1
-        return Dataset(f"{n} samples from arrays", batches(feeds, size), n)
+        feeds = check_feeds({k: np.asarray(v) for k, v in source.items()}, model, "input arrays", axes)
+        n = next((a.shape[0] for a in feeds.values() if a.ndim), 1)
+        return Dataset(f"{n} samples from arrays", batches(feeds, size), n, axes=axes)
     if hasattr(source, "get_next") or isinstance(source, Iterable):
         kind = type(source).__name__
-        return Dataset(f"batches from a {kind}", _checked_stream(_iterable(source), model, f"calibration {kind}"))
+        return Dataset(f"batches from a {kind}", _checked_stream(_iterable(source), model, f"calibration {kind}",
+                                                                 axes), axes=axes)
     raise DataError(f"data of type {type(source).__name__} is not supported: give an .npz/.npy path, a folder of "
                     "images, a dict of arrays or an iterable of input dicts")
 

@@ -26,8 +26,12 @@ class InputSpec:
     shape: tuple[int | str | None, ...] | None  # None: unknown rank
 
 
-def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
-    """The graph inputs a caller must feed (initializers excluded)."""
+BatchAxes = Mapping[str, int]  # input name -> the axis that holds its samples, where it is not the first
+
+
+def input_specs(model: onnx.ModelProto, axes: BatchAxes | None = None) -> list[InputSpec]:
+    """The graph inputs a caller must feed (initializers excluded); with `axes`, each shape with its batch axis
+    moved first (the layout feeds have inside amos-onnx, see batch_first)."""
     inits = {t.name for t in model.graph.initializer}
     specs = []
     for value in model.graph.input:
@@ -38,30 +42,74 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         shape = None
         if tensor.HasField("shape"):
             shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
+            axis = (axes or {}).get(value.name, 0)
+            if 0 < axis < len(shape):
+                shape = (shape[axis], *shape[:axis], *shape[axis + 1:])
         specs.append(InputSpec(value.name, dtype, shape))
     return specs
 
 
-def sliceable(model: onnx.ModelProto) -> bool:
-    """Whether a feed can be split into fewer rows: every input but the scalars has a free first dimension (its
-    batch), and there is one such input."""
-    batched = [s for s in input_specs(model) if s.shape != ()]
+def batch_axes(model: onnx.ModelProto, given: BatchAxes | None = None) -> dict[str, int]:
+    """The axis holding each input's samples where it is not the first (a recurrent state [layers, N, H]): as
+    given (--batch-axis NAME=AXIS), else told by the model's symbolic dims: an input whose first dim does not
+    carry the name the other inputs' first dims share, and exactly one of whose other dims does."""
+    specs = {spec.name: spec for spec in input_specs(model)}
+    axes: dict[str, int] = {}
+    for name, axis in (given or {}).items():
+        spec = specs.get(name)
+        if spec is None:
+            raise DataError(f"--batch-axis {name}={axis}: the model has no input '{name}' "
+                            f"(inputs: {', '.join(specs)})")
+        if spec.shape is None or not 0 <= axis < len(spec.shape):
+            rank = "unknown" if spec.shape is None else len(spec.shape)
+            raise DataError(f"--batch-axis {name}={axis}: input '{name}' has rank {rank}")
+        if axis:
+            axes[name] = axis
+    names = {spec.shape[0] for spec in specs.values() if spec.shape and isinstance(spec.shape[0], str)}
+    for spec in specs.values():
+        if spec.name in (given or {}) or not spec.shape or spec.shape[0] in names:
+            continue
+        named = [i for i, dim in enumerate(spec.shape) if i and isinstance(dim, str) and dim in names]
+        if len(named) == 1:
+            axes[spec.name] = named[0]
+    return axes
+
+
+def batch_first(feed: Mapping[str, np.ndarray], axes: BatchAxes) -> dict[str, np.ndarray]:
+    """A feed in the model's layout with each input's batch axis moved first (views, no copies)."""
+    return {name: np.moveaxis(a, axes[name], 0) if name in axes and a.ndim > axes[name] else a
+            for name, a in feed.items()}
+
+
+def model_layout(feed: Mapping[str, np.ndarray], axes: BatchAxes) -> dict[str, np.ndarray]:
+    """A batch-first feed back in the model's layout, for onnxruntime."""
+    return {name: np.moveaxis(a, 0, axes[name]) if name in axes and a.ndim > axes[name] else a
+            for name, a in feed.items()}
+
+
+def sliceable(model: onnx.ModelProto, axes: BatchAxes | None = None) -> bool:
+    """Whether a feed can be split into fewer rows: every input but the scalars has a free batch dimension (the
+    first, or the one `axes` names), and there is one such input."""
+    batched = [s for s in input_specs(model, axes) if s.shape != ()]
     return bool(batched) and all(s.shape is not None and not isinstance(s.shape[0], int) for s in batched)
 
 
 def rows(feed: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
-    """Rows start..stop-1 of every input of a feed; a scalar input (rank 0) is the same for every row."""
+    """Rows start..stop-1 of every input of a (batch-first) feed; a scalar input (rank 0) is the same for every
+    row."""
     return {name: array[start:stop] if array.ndim else array for name, array in feed.items()}
 
 
-def load_npz(path: str | Path, model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Read an .npz with one array per model input (plus optional labels) and check it fits the model."""
+def load_npz(path: str | Path, model: onnx.ModelProto,
+             axes: BatchAxes | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Read an .npz with one array per model input (plus optional labels) and check it fits the model; the
+    arrays batch-first (batch_first)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
     declared = npz_headers(path)
     declared.pop(LABELS, None)
-    check_feeds(declared, model, str(path))  # dtypes and shapes from the headers, before anything is decompressed
+    check_feeds(declared, model, str(path), axes)  # dtypes and shapes from the headers, before decompressing
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
@@ -70,7 +118,7 @@ def load_npz(path: str | Path, model: onnx.ModelProto) -> tuple[dict[str, np.nda
     except MemoryError:
         raise DataError(f"{path}: its arrays do not fit in memory") from None
     labels = arrays.pop(LABELS, None)
-    feeds = check_feeds(arrays, model, str(path))
+    feeds = check_feeds(arrays, model, str(path), axes)
     if labels is not None:
         n = next(iter(feeds.values())).shape[0]
         if labels.ndim != 1 or labels.shape[0] != n:
@@ -111,23 +159,32 @@ def npz_headers(path: Path) -> dict[str, Declared]:
     return headers
 
 
-def check_feeds(arrays: Mapping[str, np.ndarray | Declared], model: onnx.ModelProto,
-                where: str) -> dict[str, np.ndarray]:
-    """Every model input present with its dtype, rank and fixed dims; the same sample count for all."""
+def check_feeds(arrays: Mapping[str, np.ndarray | Declared], model: onnx.ModelProto, where: str,
+                axes: BatchAxes | None = None) -> dict[str, np.ndarray]:
+    """Every model input present with its dtype, rank and fixed dims; the same sample count for all (along each
+    input's batch axis, `axes`). The feeds come back batch-first (batch_first)."""
+    axes = axes or {}
     feeds: dict[str, Any] = {}
-    for spec in input_specs(model):
+    for spec in input_specs(model, axes):
         if spec.name not in arrays:
             has = ", ".join(sorted(arrays)) or "none"
             raise DataError(f"{where}: no array for model input '{spec.name}' (has: {has})")
         array = arrays[spec.name]
         if array.dtype != spec.dtype:
             raise DataError(f"{where}: input '{spec.name}' has dtype {array.dtype}, the model expects {spec.dtype}")
+        axis = axes.get(spec.name, 0)
+        if 0 < axis < array.ndim:
+            array = Declared((array.shape[axis], *array.shape[:axis], *array.shape[axis + 1:]), array.dtype) \
+                if isinstance(array, Declared) else np.moveaxis(array, axis, 0)
         _check_shape(spec, array, where)
         feeds[spec.name] = array
-    counts = {a.shape[0] for a in feeds.values() if a.ndim}  # a scalar input serves every sample
-    if len(counts) > 1:
-        raise DataError(f"{where}: inputs have different sample counts {sorted(counts)}")
-    if counts and counts.pop() == 0:
+    counts = {name: a.shape[0] for name, a in feeds.items() if a.ndim}  # a scalar input serves every sample
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"'{name}' {count}" for name, count in counts.items())
+        raise DataError(f"{where}: inputs have different sample counts ({listed}) along their batch axes",
+                        hint="an input that holds its samples on another axis (a recurrent state [layers, N, H]) "
+                             "needs --batch-axis NAME=AXIS")
+    if counts and next(iter(counts.values())) == 0:
         raise DataError(f"{where}: data has zero samples")
     return feeds
 
@@ -154,9 +211,9 @@ def _fmt(shape: tuple[int | str | None, ...]) -> str:
     return "[" + ", ".join(str(d) if d else "?" for d in shape) + "]"
 
 
-def batch_size(model: onnx.ModelProto) -> int:
-    """Rows per run: the model's fixed first dimension, else DEFAULT_BATCH."""
-    for spec in input_specs(model):
+def batch_size(model: onnx.ModelProto, axes: BatchAxes | None = None) -> int:
+    """Rows per run: the model's fixed batch dimension, else DEFAULT_BATCH."""
+    for spec in input_specs(model, axes):
         if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] > 0:
             return spec.shape[0]
     return DEFAULT_BATCH
@@ -169,11 +226,13 @@ def batches(feeds: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.nd
         yield rows(feeds, start, start + size)
 
 
-def random_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 16) -> dict[str, np.ndarray]:
-    """Inputs drawn from the specs: standard normal floats, small integers; free dims become batch/32."""
+def random_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 16,
+                 axes: BatchAxes | None = None) -> dict[str, np.ndarray]:
+    """Inputs drawn from the specs, batch-first: standard normal floats, small integers; free dims become
+    batch (the batch axis) or 32."""
     rng = np.random.default_rng(seed)
     feeds = {}
-    for spec in input_specs(model):
+    for spec in input_specs(model, axes):
         dims = spec.shape if spec.shape is not None else (batch,)
         shape = [d if isinstance(d, int) and d > 0 else (batch if i == 0 else 32) for i, d in enumerate(dims)]
         if int(np.prod(shape, dtype=np.float64)) > MAX_RANDOM_ELEMENTS:

@@ -19,7 +19,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from amos_onnx.data.dataset import sample_count
-from amos_onnx.data.inputs import rows, sliceable
+from amos_onnx.data.inputs import model_layout, rows, sliceable
 from amos_onnx.find.sites import Site
 from amos_onnx.fit.sites import SiteFit
 from amos_onnx.options import EmitForm
@@ -126,7 +126,8 @@ def effects(p: Plan, fits: dict[str, SiteFit], calibration_samples: int | None =
     if not measured or not p.feeds:
         return Effects({}, 0)
     samples = p.samples if calibration_samples is None else calibration_samples
-    feeds = measuring_feeds(p.feeds, len(measured), samples, sliceable(p.model))
+    kept = measuring_feeds(p.feeds, len(measured), samples, sliceable(p.model, p.axes))  # batch-first
+    feeds = [model_layout(feed, p.axes) for feed in kept]
     mixed, switches = switched_model(p.model, measured, fits, p.options.emit)
     label = f"{p.model_path} (focus)"
     sess = user_session(mixed, label, folder=p.model_path.parent)
@@ -141,7 +142,7 @@ def effects(p: Plan, fits: dict[str, SiteFit], calibration_samples: int | None =
 
     base = run(None)
     by_site = {s.name: float(np.mean(np.square(run(s.name) - base))) for s in measured}
-    return Effects(by_site, sum(map(sample_count, feeds)))
+    return Effects(by_site, sum(map(sample_count, kept)))
 
 
 def chosen(effect: Effects, fits: dict[str, SiteFit]) -> set[str]:

@@ -10,6 +10,7 @@ Default verdicts (a spiking model never matches exactly):
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from onnx import TensorProto
 from amos_onnx.calibrate.run import exposed
 from amos_onnx.data.dataset import Dataset, DataSource, open_data, sample_count
 from amos_onnx.data.images import ImageOptions
-from amos_onnx.data.inputs import batch_size, batches, input_specs, random_feeds
+from amos_onnx.data.inputs import batch_axes, batch_size, batches, input_specs, model_layout, random_feeds
 from amos_onnx.data.progress import Progress
 from amos_onnx.errors import ModelLoadError
 from amos_onnx.load import load_model
@@ -125,14 +126,16 @@ class ValidateOptions:
     seed: int = 0
     images: ImageOptions | None = None
     progress: bool | None = None
+    batch_axes: Mapping[str, int] = field(default_factory=dict)  # CalibrationOptions.batch_axes, for --data
 
 
 def _dataset(model: onnx.ModelProto, data: DataSource | None, options: ValidateOptions) -> Dataset:
     if data is not None:
-        return open_data(data, model, options.images)
-    feeds = random_feeds(model, options.seed)
+        return open_data(data, model, options.images, options.batch_axes)
+    axes = batch_axes(model, options.batch_axes)
+    feeds = random_feeds(model, options.seed, axes=axes)
     return Dataset(f"random inputs drawn from the input specs (seed {options.seed}); pass --data for real ones",
-                   batches(feeds, batch_size(model)), sample_count(feeds))
+                   batches(feeds, batch_size(model, axes)), sample_count(feeds), axes=axes)
 
 
 def validate(original: str | Path, converted: str | Path, data: DataSource | None = None,
@@ -161,7 +164,8 @@ def validate(original: str | Path, converted: str | Path, data: DataSource | Non
     refs: list[list[np.ndarray]] = [[] for _ in names]
     outs: list[list[np.ndarray]] = [[] for _ in names]
     bar = Progress("validating", dataset.count, options.progress)
-    for feed in dataset.batches:
+    for batch in dataset.batches:
+        feed = model_layout(batch, dataset.axes)
         ref = dict(zip(orig_names, run_checked(orig_sess, orig_names, feed, str(original))))
         got = dict(zip(conv_names, run_checked(conv_sess, conv_names, feed, str(converted))))
         for i, name in enumerate(names):
@@ -169,7 +173,7 @@ def validate(original: str | Path, converted: str | Path, data: DataSource | Non
             outs[i].append(got[name])
         counter.add({**feed, **got})
         counter.compare(got, ref)
-        bar.advance(sample_count(feed))
+        bar.advance(sample_count(batch))
     bar.close()
     report = ValidationReport(str(original), str(converted), dataset.description, bar.done, uses_native(conv_sess))
     _judge(report, names, (refs, outs), dataset.labels, options)
