@@ -1,6 +1,6 @@
 """Where a calibrated conversion's time goes: stage by stage, on real models with calibration sets of realistic size.
 
-    .venv/bin/python benchmarks/conversion_speed.py [--samples 256] [--chain 100,300] [--write]
+    .venv/bin/python benchmarks/conversion_speed.py [--samples 256] [--chain 100,300,1000] [--write]
 
 - The PyPI models (benchmarks/pypi_models.py: NudeNet's YOLOv8n, PP-OCRv4 det and rec, PP-OCR mobile cls), each
   calibrated on `--samples` images at its natural input size (NudeNet 320x320: scikit-image sample images and
@@ -131,7 +131,7 @@ def _table(rows: list[tuple[str, dict[str, object]]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=256)
-    parser.add_argument("--chain", default="100,300", help="ReLU chain lengths, comma-separated")
+    parser.add_argument("--chain", default="100,300,1000", help="ReLU chain lengths, comma-separated")
     parser.add_argument("--write", action="store_true", help="replace this section of benchmarks/RESULTS.md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
