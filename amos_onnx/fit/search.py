@@ -76,9 +76,10 @@ def _finite(samples: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _problem(func: Func, lo: float, hi: float, samples: tuple[np.ndarray, np.ndarray], lam: float, points: int,
-             tails: bool = False) -> Problem:
+             tails: bool = False, sort: bool = True) -> Problem:
     """Training points: the range grid alone, or samples (1 - GRID_FLOOR of the weight) plus the grid as a floor;
-    with `tails`, where f saturates beyond the range, points out there too (TAIL_WEIGHT). `samples`: _finite's."""
+    with `tails`, where f saturates beyond the range, points out there too (TAIL_WEIGHT). `samples`: _finite's.
+    `sort`: by x, for the descents' sorts of membranes (a set only scored need not be)."""
     grid = np.linspace(lo, hi, points)
     s, ordered = samples
     if s.size == 0:
@@ -92,8 +93,9 @@ def _problem(func: Func, lo: float, hi: float, samples: tuple[np.ndarray, np.nda
     if tail.size:
         x = np.concatenate([x, tail])
         w = np.concatenate([w * (1 - TAIL_WEIGHT), np.full(tail.size, TAIL_WEIGHT / tail.size)])
-    order = np.argsort(x, kind="stable")  # in order: the fitter's sorts of membranes then find a few long runs
-    x, w = x[order], w[order]
+    if sort:  # the fitter's sorts of membranes then find a few long runs
+        order = np.argsort(x, kind="stable")
+        x, w = x[order], w[order]
     with np.errstate(over="ignore"):
         target = func(x).astype(np.float64)
     return Problem(x=x, target=target, w=w, lam=lam)
@@ -351,8 +353,8 @@ def fit(func: Func, k: int, lo: float, hi: float, samples: np.ndarray | None = N
     chosen, raw, start = _best_start(coarse, starts, search, hi - lo)
     where = np.quantile(finite, np.linspace(0, 1, 257)) if finite.size else None
     T, h, d = start if search.relu_like else _search(coarse, start, lo, hi, search.kicks, deadline, rng, where)
-    fine = _problem(func, lo, hi, prepared, lam, 8193, tails)
-    check = _problem(func, lo, hi, prepared, lam, 65537, tails)
+    fine = coarse if search.relu_like else _problem(func, lo, hi, prepared, lam, 8193, tails)  # the same points
+    check = _problem(func, lo, hi, prepared, lam, 65537, tails, sort=False)  # only scored
     # The search's result, the chosen start as it was for ReLU-like f (a rounding ladder is near-optimal), and the
     # warm starts (padded with silent neurons, so adding neurons never makes a fit worse) compete.
     candidates = [(T, h, d)] + ([raw] if search.relu_like else []) + [pad_start(w, k, hi, hi - lo) for w in warm]
