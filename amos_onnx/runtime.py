@@ -51,8 +51,9 @@ def session(
     """An onnxruntime session; registers the native gate library when built (native=None: if available).
     folder: where an in-memory model's external data files are (its model file's folder). options: the caller's
     SessionOptions (the library is registered on them, threads set when given; without them, onnxruntime logs
-    errors only). providers: onnxruntime's execution providers (default CPU): the native op runs on the CPU, the
-    other nodes, and the function form's, where the providers place them."""
+    fatal messages only: its errors reach the caller as exceptions). providers: onnxruntime's execution
+    providers (default CPU): the native op runs on the CPU, the other nodes, and the function form's, where the
+    providers place them."""
     if options is None:
         options = ort.SessionOptions()
         options.log_severity_level = 4  # fatal only: an error reaches the caller as the exception, in one line

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from amos_onnx.cli import main
 from amos_onnx.fit import library
-from amos_onnx.fit.search import evaluate, saturates
+from amos_onnx.fit.search import evaluate
+from amos_onnx.fit.tails import saturates
 from amos_onnx.gate import simulate
 
 

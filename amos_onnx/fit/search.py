@@ -21,6 +21,7 @@ import numpy as np
 
 from amos_onnx.fit.blocks import Problem, descend, rest, solve_weights, total_cost
 from amos_onnx.fit.starts import stopped_top, structured_starts
+from amos_onnx.fit.tails import TAIL_WEIGHT, open_bottom, tail_excursion, tail_points
 from amos_onnx.gate import GateParams, simulate
 
 log = logging.getLogger(__name__)
@@ -41,29 +42,9 @@ class FitResult:
     hi: float
 
 
-TAIL_WEIGHT = 0.02  # share of the loss on points beyond the range, for functions that saturate there
-_TAIL_STEPS = 2.0 ** np.arange(-4, 64, 2)  # distances beyond the range, in range widths: out to ~1e18 widths
-LOWEST = float(np.finfo(np.float32).min)  # threshold of a neuron that fires for every finite input
-
-
-def saturates(func: Func, lo: float, hi: float) -> tuple[bool, bool]:
-    """Whether f flattens below lo and above hi (bounded gates must then stay in range for any input)."""
-    width = hi - lo
-    with np.errstate(over="ignore"):
-        far = func(np.array([lo - 1e6 * width, lo, hi, hi + 1e6 * width]))
-    tol = 1e-3 * max(1.0, float(np.max(np.abs(far[1:3]))))
-    return bool(abs(far[0] - far[1]) <= tol), bool(abs(far[3] - far[2]) <= tol)
-
-
 # Share of a calibrated fit's loss on a uniform grid over the whole range, so inputs rarer than the samples
 # show still count; a larger share buys the top of the range with resolution where the data is.
 GRID_FLOOR = 0.01
-
-
-def _tail_points(func: Func, lo: float, hi: float) -> np.ndarray:
-    below, above = saturates(func, lo, hi)
-    width = hi - lo
-    return np.concatenate([lo - width * _TAIL_STEPS if below else [], hi + width * _TAIL_STEPS if above else []])
 
 
 def _finite(samples: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +70,7 @@ def _problem(func: Func, lo: float, hi: float, samples: tuple[np.ndarray, np.nda
             s = ordered[np.linspace(0, s.size - 1, points).round().astype(np.int64)]
         x = np.concatenate([s, grid])
         w = np.concatenate([np.full(s.size, (1 - GRID_FLOOR) / s.size), np.full(grid.size, GRID_FLOOR / grid.size)])
-    tail = _tail_points(func, lo, hi) if tails else np.empty(0)
+    tail = tail_points(func, lo, hi) if tails else np.empty(0)
     if tail.size:
         x = np.concatenate([x, tail])
         w = np.concatenate([w * (1 - TAIL_WEIGHT), np.full(tail.size, TAIL_WEIGHT / tail.size)])
@@ -99,36 +80,6 @@ def _problem(func: Func, lo: float, hi: float, samples: tuple[np.ndarray, np.nda
     with np.errstate(over="ignore"):
         target = func(x).astype(np.float64)
     return Problem(x=x, target=target, w=w, lam=lam)
-
-
-def tail_excursion(params: GateParams, func: Func, lo: float, hi: float) -> float:
-    """How far the gate leaves f's range (over [lo, hi]) for inputs beyond the range where f saturates."""
-    below, above = saturates(func, lo, hi)
-    far = np.logspace(-3, 30, 400)  # distances beyond the range, out to 1e30
-    outside = np.concatenate([lo - far if below else [], hi + far if above else []])
-    if outside.size == 0:
-        return 0.0
-    f = func(np.linspace(lo, hi, 4097))
-    y, _ = simulate(params, outside.astype(np.float32))
-    return max(float(f.min() - y.min()), float(y.max() - f.max()), 0.0)
-
-
-def _open_bottom(params: GateParams, func: Func, lo: float, hi: float) -> GateParams:
-    """Neurons that fire for every input of the range fire for every finite input below it too, when f
-    saturates there (nothing firing far below the range would give 0, not f's lower level)."""
-    if not saturates(func, lo, hi)[0]:
-        return params
-    v = np.linspace(lo, hi, 65537)
-    T, h = params.thresholds.astype(np.float64), params.resets.astype(np.float64)
-    always = np.zeros(len(T), bool)
-    for j in range(len(T)):
-        z = v > T[j]
-        always[j] = z.all()
-        v -= h[j] * z
-    if not always.any():
-        return params
-    T[always] = LOWEST
-    return GateParams(T, params.resets, params.weights)
 
 
 def _kick(rng: np.random.Generator, T: np.ndarray, h: np.ndarray, d: np.ndarray, lo: float, hi: float,
@@ -235,7 +186,7 @@ def refine(func: Func, lo: float, hi: float, samples: np.ndarray, start: GatePar
         dense_x = np.linspace(lo, hi, REFINE_SLIVER_POINTS)
         dense = Problem(dense_x, func(dense_x).astype(np.float64), np.full(dense_x.size, 1.0 / dense_x.size), 0.0)
     _mend_slivers(fine, dense, T, h, d, hi - lo)
-    refit = _open_bottom(GateParams(T, h, d), func, lo, hi)
+    refit = open_bottom(GateParams(T, h, d), func, lo, hi)
     was, now = (_arrays(g) for g in (start, refit))
     if total_cost(fine, *now) >= total_cost(fine, *was):
         return start
@@ -359,7 +310,7 @@ def fit(func: Func, k: int, lo: float, hi: float, samples: np.ndarray | None = N
     # warm starts (padded with silent neurons, so adding neurons never makes a fit worse) compete.
     candidates = [(T, h, d)] + ([raw] if search.relu_like else []) + [pad_start(w, k, hi, hi - lo) for w in warm]
     T, h, d = _finish(func, lo, hi, (fine, check), candidates)
-    params = _open_bottom(GateParams(T, h, d), func, lo, hi)
+    params = open_bottom(GateParams(T, h, d), func, lo, hi)
     mse, max_err, spikes = evaluate(params, func, lo, hi)
     if not tails and tail_excursion(params, func, lo, hi) > max_err:
         return fit(func, k, lo, hi, samples, warm=[params, *warm], search=replace(search, tails=True))
