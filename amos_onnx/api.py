@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,12 @@ from amos_onnx.report.validate import validate
 def write_report(
     original: str | Path, converted: str | Path, data: DataSource | None, out: str | Path,
     conversion: ConversionReport | None = None, native: bool | None = None, images: ImageOptions | None = None,
-    progress: bool | None = None,
+    progress: bool | None = None, batch_axes: Mapping[str, int] | None = None,
 ) -> dict[str, object]:
-    """Run both models on data, measure the spiking one, and write report.json, report.md and pictures to out."""
-    result = validate(original, converted, data, native=native, images=images, progress=progress)
+    """Run both models on data, measure the spiking one, and write report.json, report.md and pictures to out.
+    batch_axes: inputs whose samples lie on another axis than the first (--batch-axis)."""
+    result = validate(original, converted, data, native=native, images=images, progress=progress,
+                      batch_axes=dict(batch_axes or {}))
     return report_files.write(out, result, load_model(original), load_model(converted), conversion)
 
 

@@ -218,8 +218,9 @@ def convert(model: str, output: str, calib: str | None, report_dir: str | None, 
     options = _run(lambda: _convert_options(values, calib, quiet))
     report = _run(lambda: amos_onnx.convert(model, output, calib, options))
     if report_dir:
-        images = options.calibration.images
+        images, axes = options.calibration.images, options.calibration.batch_axes
         _run(lambda: amos_onnx.write_report(model, output, calib, report_dir, conversion=report, images=images,
+                                            batch_axes=axes,
                                             progress=options.progress))
         click.echo(f"report: {report_dir}/report.md")
     for line in report.kind_lines() + report.notes:
@@ -288,12 +289,15 @@ def validate(original: str, converted: str, data: str | None, json_path: str | N
               help=".npz of inputs (and optional labels), .npy, or a folder of images.")
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Folder for the report.")
 @image_options
+@batch_axis_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress line.")
-def report_command(original: str, converted: str, data: str | None, out: str, quiet: bool, **image: Any) -> None:
+def report_command(original: str, converted: str, data: str | None, out: str, quiet: bool,
+                   batch_axes: tuple[str, ...], **image: Any) -> None:
     """Measure CONVERTED against ORIGINAL on data and write report.json, report.md and pictures to OUT."""
     images = _run(lambda: _images(data, **image))
+    axes = _run(lambda: _batch_axes(batch_axes))
     result = _run(lambda: amos_onnx.write_report(original, converted, data, out, images=images,
-                                                 progress=False if quiet else None))
+                                                 progress=False if quiet else None, batch_axes=axes))
     totals = result["totals"]
     click.echo(f"mean spikes per gate {totals['mean_spikes_per_gate']:.3f}, spikes per input "
                f"{totals['spikes_per_input']:.1f}, latency {totals['latency_steps']} steps "

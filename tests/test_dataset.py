@@ -259,7 +259,8 @@ def _recurrent(folder: Path, named: bool) -> Path:
 def test_a_state_with_its_samples_on_axis_1_calibrates_and_validates(tmp_path: Path) -> None:
     """A recurrent state [2, N, 4] beside x [N, 8]: its batch axis is told by the model's dims where they name it,
     else refused in one line saying how (--batch-axis state=1), and given so, calibration sees the 20 samples, the
-    converted y matches the original's within the sigmoid gate's error (0.02 at K=8), and validate passes."""
+    converted y matches the original's within the sigmoid gate's error (0.02 at K=8), validate passes and report
+    writes its files."""
     from amos_onnx.runtime import session
 
     rng = np.random.default_rng(1)
@@ -284,5 +285,9 @@ def test_a_state_with_its_samples_on_axis_1_calibrates_and_validates(tmp_path: P
     checked = CliRunner().invoke(main, ["validate", str(unnamed), str(tmp_path / "out.onnx"), "--data",
                                         str(tmp_path / "data.npz"), "--batch-axis", "state=1", "--atol", "0.02"])
     assert checked.exit_code == 0, checked.stdout + checked.stderr
+    reported = CliRunner().invoke(main, ["report", str(unnamed), str(tmp_path / "out.onnx"), "--data",
+                                         str(tmp_path / "data.npz"), "--batch-axis", "state=1", "--out",
+                                         str(tmp_path / "report")])
+    assert reported.exit_code == 0 and (tmp_path / "report/report.json").is_file(), reported.stderr
     bad = CliRunner().invoke(main, [*args, "--batch-axis", "state=3"])
     assert bad.exit_code == 2 and "--batch-axis state=3: input 'state' has rank 3" in bad.stderr
