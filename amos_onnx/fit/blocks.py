@@ -121,6 +121,10 @@ def update_threshold(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t:
     d[t] = se[i] / sw[i] if i < n and sw[i] > 0 else 0.0
 
 
+_RESET_FACTORS = np.array([0.0, 0.5, 0.85, 0.95, 1.05, 1.15, 2.0])  # of the current reset (1.0: candidate 0)
+_RESET_STEPS = np.exp2(-np.arange(0, 12, 2))  # of the range's scale
+
+
 def update_reset(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int, scale: float,
                  before: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Best h_t among candidates around the current value and on the range's scale."""
@@ -128,9 +132,8 @@ def update_reset(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int
     z = v > T[t]
     if not z.any():
         return
-    factors = np.array([0.0, 0.5, 0.85, 0.95, 1.05, 1.15, 2.0])  # 1.0 is the current value, candidate 0
-    extra = scale * np.exp2(-np.arange(0, 12, 2))
-    others = np.concatenate([h[t] * factors, extra, -extra[:2]])
+    extra = scale * _RESET_STEPS
+    others = np.concatenate([h[t] * _RESET_FACTORS, extra, -extra[:2]])
     # New resets beyond the range's scale only lose float32 precision; the current one (first) always stays,
     # whatever its size (the segment start's shifts and stops are far larger than the range).
     cands = np.concatenate([[h[t]], others[np.abs(others) <= 4 * scale]])
