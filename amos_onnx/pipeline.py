@@ -150,10 +150,10 @@ def _write(p: Plan, output_path: Path, fits: dict[str, SiteFit], in_place: bool)
     report.ir_version = result.ir_version
     report.near_misses = [(m.node, m.reason) for m in p.misses]
     report.notes += p.notes + rewrite_notes(result)
-    inner = sum(1 for s in p.sites if s.graph and s.converts)
+    inner = sum(1 for s in p.sites if s.graph and s.converts and s.samples not in p.reservoirs)
     if inner and p.calibration is not None:
-        report.notes.append(f"{inner} sites inside subgraphs (If, Loop, Scan) use data-free ranges: calibration "
-                            "does not reach into subgraphs yet")
+        report.notes.append(f"{inner} sites inside Loop or Scan bodies use data-free ranges: calibration reaches "
+                            "into If branches only")
     if default_opset(model) != p.opset_before:
         report.notes.insert(0, f"opset raised from {p.opset_before} to {default_opset(model)} (the gate function "
                                f"needs {FUNCTION_MIN_OPSET})")

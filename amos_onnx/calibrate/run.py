@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from amos_onnx.calibrate.branches import expose_branches
 from amos_onnx.calibrate.reservoir import Reservoir
 from amos_onnx.data.dataset import Dataset, sample_count
 from amos_onnx.data.inputs import model_layout, rows, sliceable
@@ -51,19 +52,23 @@ def calibrate(
     model: onnx.ModelProto, sites: list[Site], data: Dataset, options: CalibrationOptions | None = None, *,
     label: str = "model", progress: bool | None = None, folder: str | Path | None = None, keep: Kept | None = None,
 ) -> tuple[dict[str, Reservoir], int]:
-    """Sample the input tensor of every converting site over all of `data`, batch by batch: the reservoirs
-    and the number of samples seen. Memory stays at one batch plus options.cap values per site. With
-    options.per_channel, the reservoir of a tensor with a static channel axis (Site.channel_axis, Site.channels)
-    keeps each value's channel too. `keep`: the first batches are kept there (Kept)."""
+    """Sample the input tensor of every converting site over all of `data`, batch by batch (inside If branches
+    too: calibrate.branches): the reservoirs, by Site.samples, and the number of samples seen. Memory stays at
+    one batch plus options.cap values per site. With options.per_channel, the reservoir of a tensor with a static
+    channel axis (Site.channel_axis, Site.channels) keeps each value's channel too. `keep`: the first batches are
+    kept there (Kept)."""
     options = options or CalibrationOptions()
-    types = {s.input: s.dtype for s in sites if s.converts and not s.graph}  # subgraph tensors cannot be exposed
-    tensors = sorted(types)
+    types = {s.input: s.dtype for s in sites if s.converts and not s.graph}
+    probe = exposed(model, types)
+    inner = expose_branches(probe, sites)  # sites in If branches; those in Loop and Scan bodies stay unsampled
+    tensors = sorted(types) + sorted(inner)
     if not tensors:  # nothing to sample: the data is not read
         return {}, data.count or 0
     rng = np.random.default_rng(options.seed)
-    axes = {s.input: s.channel_axis for s in sites if options.per_channel and s.converts and not s.graph and s.channels}
-    reservoirs = {name: Reservoir(options.cap, rng, axes.get(name)) for name in tensors}
-    sess = user_session(exposed(model, types), label, native=False, folder=folder)
+    axes = {s.samples: s.channel_axis for s in sites if options.per_channel and s.converts and s.channels}
+    reservoirs = {inner.get(name, name): Reservoir(options.cap, rng, axes.get(inner.get(name, name)))
+                  for name in tensors}
+    sess = user_session(probe, label, native=False, folder=folder)
     bar = Progress("calibrating", data.count, progress)
     runs = _Runs(sliceable(model, data.axes), options.run_bytes)
     for batch in data.batches:
@@ -73,7 +78,7 @@ def calibrate(
             values = run_checked(sess, outputs, laid_out, label) if outputs else []
             runs.measure(feed, values)
             for name, value in zip(outputs, values):
-                reservoirs[name].add(value)
+                reservoirs[inner.get(name, name)].add(value)
             for name in tensors:
                 if name in feed:
                     reservoirs[name].add(laid_out[name])

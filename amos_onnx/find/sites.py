@@ -54,6 +54,14 @@ class Site:
     def converts(self) -> bool:
         return self.reason is None
 
+    @property
+    def samples(self) -> str:
+        """The key of this site's calibration samples: its input tensor; inside a subgraph, prefixed by the path
+        there (a branch sees its input only when it runs, and another branch may read the same tensor)."""
+        if not self.graph:
+            return self.input
+        return "".join(f"{holder}/{attr}/" for holder, attr in self.graph) + self.input
+
 
 def _rank(tensor: gs.Tensor | None) -> int | None:
     shape = tensor.shape if tensor is not None else None

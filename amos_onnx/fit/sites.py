@@ -270,9 +270,9 @@ def _jobs(sites: list[Site], reservoirs: dict[str, Reservoir],
     for site in sites:
         if not site.converts or site.activation is None:
             continue
-        act, res = site.activation, None if site.graph else reservoirs.get(site.input)
+        act, res = site.activation, reservoirs.get(site.samples)  # none where calibration cannot reach
         kk = site_k(site, options.k, options.k_per_op)
-        key: Key = (site.input, act.label, str(kk))
+        key: Key = (site.samples, act.label, str(kk))
         if act.channel_funcs is not None:  # per-channel slopes: never shared
             key = site.name
         keys[site.name] = key
