@@ -41,30 +41,26 @@ def _k(value: str | None) -> K:
         raise OptionError(f"--k {value}: give a number of neurons or 'auto'") from None
 
 
-def _k_per_op(value: str | None) -> dict[str, int]:
-    if value is None:
-        return {}
+def _named_ints(items: list[str], option: str, form: str) -> dict[str, int]:
+    """NAME=NUMBER items of an option as a dict; `form` (e.g. "OP=K, e.g. Relu=8") in the error."""
     result = {}
-    for item in value.split(","):
-        op, _, number = item.partition("=")
+    for item in items:
+        name, _, number = item.rpartition("=")
         try:
-            result[op.strip()] = int(number)
+            result[name.strip()] = int(number)
         except ValueError:
-            raise OptionError(f"--k-per-op {item}: expected OP=K, e.g. Relu=8") from None
+            name = ""
+        if not name.strip():
+            raise OptionError(f"{option} {item}: expected {form}")
     return result
+
+
+def _k_per_op(value: str | None) -> dict[str, int]:
+    return {} if value is None else _named_ints(value.split(","), "--k-per-op", "OP=K, e.g. Relu=8")
 
 
 def _batch_axes(values: tuple[str, ...]) -> dict[str, int]:
-    result = {}
-    for item in values:
-        name, _, number = item.rpartition("=")
-        try:
-            result[name] = int(number)
-        except ValueError:
-            raise OptionError(f"--batch-axis {item}: expected NAME=AXIS, e.g. state=1") from None
-        if not name:
-            raise OptionError(f"--batch-axis {item}: expected NAME=AXIS, e.g. state=1")
-    return result
+    return _named_ints(list(values), "--batch-axis", "NAME=AXIS, e.g. state=1")
 
 
 batch_axis_option = click.option(
