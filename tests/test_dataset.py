@@ -102,6 +102,35 @@ def test_nhwc_and_bgr_layouts_are_honoured(tmp_path: Path) -> None:
     assert nchw.shape == (1, 3, 32, 32) and np.array_equal(nchw[0], pixels.transpose(2, 0, 1))
 
 
+@pytest.mark.parametrize(("layout", "channels", "dtype", "bgr", "mean", "std"), [
+    ("NCHW", 3, np.float32, False, MEAN, STD), ("NCHW", 3, np.float32, True, MEAN, STD),
+    ("NHWC", 3, np.float32, True, (0.5,), (0.25,)), ("NCHW", 1, np.float32, False, (0.5,), (0.5,)),
+    ("NHWC", 3, np.float64, False, MEAN, STD), ("NCHW", 3, np.float16, False, None, None)])
+def test_pixels_map_through_the_level_table_exactly_as_pixel_by_pixel_arithmetic(
+        tmp_path: Path, layout: str, channels: int, dtype: type, bgr: bool, mean: tuple[float, ...] | None,
+        std: tuple[float, ...] | None) -> None:
+    """Each 8-bit level's value is computed once (images.levels) and looked up: bit for bit what
+    (pixel * scale - mean) / std gives pixel by pixel in float32 (float64 for float64 models), resized and
+    laid out as the model takes it."""
+    from amos_onnx.data.images import ImagePlan, load_image
+
+    folder = sample_folder(tmp_path / "photo", ("astronaut",))
+    image_plan = ImagePlan(layout, channels, 40, 56, np.dtype(dtype))
+    options = ImageOptions(scale=1 / 255, mean=mean, std=std, bgr=bgr)
+    got = load_image(folder / "astronaut.png", image_plan, options)
+    with Image.open(folder / "astronaut.png") as image:
+        small = image.convert("L" if channels == 1 else "RGB").resize((56, 40), Image.Resampling.BILINEAR)
+    work = np.float64 if dtype == np.float64 else np.float32
+    pixels = np.asarray(small, work).reshape(40, 56, channels)
+    pixels = pixels[..., ::-1] if bgr else pixels
+    want = pixels * np.asarray(1 / 255, work)
+    if mean is not None and std is not None:
+        want = (want - np.asarray(mean, work)) / np.asarray(std, work)
+    want = want.astype(dtype)
+    assert got.dtype == dtype
+    assert np.array_equal(got, want.transpose(2, 0, 1) if layout == "NCHW" else want)
+
+
 def test_calibrate_on_sample_images_then_validate_on_others(tmp_path: Path) -> None:
     """Whole sample images resized to the model; the converted classifier agrees with the original on images
     it never saw, through the CLI with explicit preprocessing options."""

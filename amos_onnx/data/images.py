@@ -109,46 +109,70 @@ def plan(spec: InputSpec, options: ImageOptions, where: str) -> ImagePlan:
 
 def load_image(path: Path, image_plan: ImagePlan, options: ImageOptions) -> np.ndarray:
     """One preprocessed image as an array of the model's layout without the batch axis."""
-    return np.ascontiguousarray(_laid_out(path, image_plan, options), dtype=image_plan.dtype)
+    out = np.empty(_shape(image_plan), image_plan.dtype)
+    _fill(out, _pixels(path, image_plan), levels(image_plan, options), image_plan.layout, options.bgr)
+    return out
 
 
-def _laid_out(path: Path, image_plan: ImagePlan, options: ImageOptions) -> np.ndarray:
-    """One preprocessed image in the model's layout (a view; float32 arithmetic unless the model takes float64)."""
+def _shape(image_plan: ImagePlan) -> tuple[int, int, int]:
+    p = image_plan
+    return (p.channels, p.height, p.width) if p.layout == "NCHW" else (p.height, p.width, p.channels)
+
+
+def levels(image_plan: ImagePlan, options: ImageOptions) -> np.ndarray:
+    """What each of the 256 pixel levels maps to, per channel in the model's channel order (channels x 256):
+    (level * scale - mean) / std in float32 arithmetic (float64 for float64 models), the same arithmetic as
+    mapping every pixel, once per level."""
+    work = np.float64 if np.dtype(image_plan.dtype) == np.float64 else np.float32
+    values = np.arange(256, dtype=work) * np.asarray(options.scale, work)
+    table = np.empty((image_plan.channels, 256), work)
+    for c in range(image_plan.channels):
+        table[c] = values
+        if options.mean is not None and options.std is not None:
+            mean, std = (np.asarray(v[c % len(v)], work) for v in (options.mean, options.std))
+            table[c] -= mean
+            table[c] /= std
+    return table.astype(image_plan.dtype)
+
+
+def _pixels(path: Path, image_plan: ImagePlan) -> np.ndarray:
+    """One image's 8-bit pixels, converted to RGB (or grey for a one-channel input) and resized to the model's
+    height x width: height x width x channels."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:  # pragma: no cover - depends on the install
         raise DataError("reading images needs Pillow", hint="pip install 'amos-onnx[images]'") from None
-    work = np.float64 if np.dtype(image_plan.dtype) == np.float64 else np.float32
     try:
         with Image.open(path) as image:
             converted = image.convert("L" if image_plan.channels == 1 else "RGB")
             resized = converted.resize((image_plan.width, image_plan.height), Image.Resampling.BILINEAR)
-            pixels = np.asarray(resized, work)
+            pixels = np.asarray(resized, np.uint8)
     except Image.DecompressionBombError as exc:  # a header declaring more pixels than Pillow's guard allows
         raise DataError(f"{path}: image too large to read ({exc})") from None
     except MemoryError:
         raise DataError(f"{path}: image too large to read (out of memory)") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
-    pixels = pixels.reshape(image_plan.height, image_plan.width, image_plan.channels)
-    if options.bgr:
-        pixels = pixels[..., ::-1]
-    values = pixels * np.asarray(options.scale, work)
-    if options.mean is not None and options.std is not None:
-        values -= np.asarray(options.mean, work)
-        values /= np.asarray(options.std, work)
-    return values.transpose(2, 0, 1) if image_plan.layout == "NCHW" else values
+    return pixels.reshape(image_plan.height, image_plan.width, image_plan.channels)
+
+
+def _fill(out: np.ndarray, pixels: np.ndarray, table: np.ndarray, layout: str, bgr: bool = False) -> None:
+    """Write one image's mapped pixels into `out` (the model's layout, no batch axis) by table lookup, channel
+    by channel (`bgr`: the model's channel c is the image's channel C - 1 - c)."""
+    channels = table.shape[0]
+    for c in range(channels):
+        source = pixels[..., channels - 1 - c if bgr else c]
+        np.take(table[c], source, out=out[c] if layout == "NCHW" else out[..., c])
 
 
 def image_batches(files: list[Path], name: str, image_plan: ImagePlan, options: ImageOptions,
                   size: int) -> Iterator[dict[str, np.ndarray]]:
     """Batches of preprocessed images, read only as they are needed (each image written straight into its
     batch)."""
+    table = levels(image_plan, options)
     for start in range(0, len(files), size):
         chunk = files[start : start + size]
-        first = _laid_out(chunk[0], image_plan, options)
-        batch = np.empty((len(chunk), *first.shape), image_plan.dtype)
-        batch[0] = first
-        for i, path in enumerate(chunk[1:], 1):
-            batch[i] = _laid_out(path, image_plan, options)
+        batch = np.empty((len(chunk), *_shape(image_plan)), image_plan.dtype)
+        for i, path in enumerate(chunk):
+            _fill(batch[i], _pixels(path, image_plan), table, image_plan.layout, options.bgr)
         yield {name: batch}
