@@ -102,6 +102,10 @@ class FitOptions:
     per_channel: bool = field(default=False, metadata=_help(
         "One gate per channel of each site; channels with alike calibration values share one refined gate "
         "(needs --calib). Channels: the last axis after MatMul, Gemm or a layer norm, else axis 1."))
+    bias_correction: bool = field(default=False, metadata=_help(
+        "With --calib: the mean shift the gates leave at each linear layer after them (Conv, Gemm, MatMul + Add) "
+        "is measured on calibration samples, level by level with the sites before it spiking, and taken back "
+        "through that layer's bias."))
 
     def __post_init__(self) -> None:
         if isinstance(self.k, str) and self.k != AUTO:

@@ -12,6 +12,8 @@ import onnx_graphsurgeon as gs
 
 from amos_onnx.calibrate.reservoir import Reservoir
 from amos_onnx.calibrate.run import Kept, calibrate
+from amos_onnx.compensate import bias
+from amos_onnx.compensate.bias import Compensation
 from amos_onnx.data.dataset import DataSource, open_data
 from amos_onnx.errors import OptionError, OutputPathError
 from amos_onnx.find.composite import NearMiss
@@ -90,6 +92,8 @@ def plan(model_path: str | Path, calib: DataSource | None = None, options: Conve
     options = _options(options, keywords)
     if options.fit.per_channel and calib is None:
         raise OptionError("--per-channel needs --calib: each channel's gate is fitted on that channel's values")
+    if options.fit.bias_correction and calib is None:
+        raise OptionError("--bias-correction needs --calib: the mean shifts are measured on calibration samples")
     stages = Stages()
     with stages.stage("load"):
         model, files, loose = read_model(model_path)
@@ -127,18 +131,28 @@ def _check_output(p: Plan, output_path: str | Path) -> Path:
     return output_path
 
 
-def write(p: Plan, output_path: str | Path, fits: dict[str, SiteFit], in_place: bool = False) -> ConversionReport:
-    """Rewrite the plan's model with the given fits (one per converting site) and save it; the plan stays
-    usable for other fits unless in_place (which saves a copy of the weights held in memory)."""
-    return _write(p, _check_output(p, output_path), fits, in_place)
+def write(p: Plan, output_path: str | Path, fits: dict[str, SiteFit], in_place: bool = False,
+          compensation: Compensation | None = None) -> ConversionReport:
+    """Rewrite the plan's model with the given fits (one per converting site) and the biases of `compensation`
+    (compensate(p, fits)) and save it; the plan stays usable for other fits unless in_place (which saves a copy
+    of the weights held in memory)."""
+    return _write(p, _check_output(p, output_path), fits, in_place, compensation)
 
 
-def _write(p: Plan, output_path: Path, fits: dict[str, SiteFit], in_place: bool) -> ConversionReport:
+def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
+    """The plan's bias corrections for these fits (compensate.bias), timed as the "compensate" stage."""
+    with p.stages.stage("compensate"):
+        return bias.compensate(p, fits)
+
+
+def _write(p: Plan, output_path: Path, fits: dict[str, SiteFit], in_place: bool,
+           compensation: Compensation | None = None) -> ConversionReport:
     model = p.model
     with p.stages.stage("rewrite"):
         if not in_place:
             model = onnx.ModelProto()
             model.CopyFrom(p.model)
+        written = bias.apply(model, compensation) if compensation is not None else []
         result = rewrite(model, p.sites, {name: f.params for name, f in fits.items()}, p.options.emit)
     with p.stages.stage("save"):
         save_model(model, output_path, p.model_path.parent, full_check=p.full_check)
@@ -148,6 +162,11 @@ def _write(p: Plan, output_path: Path, fits: dict[str, SiteFit], in_place: bool)
         report.calibration = p.calibration
         report.calibration_samples = p.samples
     report.ir_version = result.ir_version
+    if compensation is not None:
+        changed = [c for c in compensation.corrections if c.changed]
+        report.biases = [{"node": c.target.name, "initializer": name, "channels": c.target.channels,
+                          "changed": c.changed, "largest": c.largest} for c, name in zip(changed, written)]
+        report.notes += compensation.notes()
     report.near_misses = [(m.node, m.reason) for m in p.misses]
     report.notes += p.notes + rewrite_notes(result)
     inner = sum(1 for s in p.sites if s.graph and s.converts and s.samples not in p.reservoirs)
@@ -172,7 +191,8 @@ def convert(model_path: str | Path, output_path: str | Path, calib: DataSource |
     options = _options(options, keywords)
     p = plan(model_path, calib, options, output=output_path)
     fits, focused = fit_plan(p)
-    report = _write(p, Path(output_path), fits, in_place=True)
+    compensation = compensate(p, fits) if options.fit.bias_correction and p.feeds else None
+    report = _write(p, Path(output_path), fits, in_place=True, compensation=compensation)
     report.notes += focus_notes(focused, options.fit.focus_kicks)
     if options.fit.per_channel:
         report.notes += channel_notes(p.sites, options.find.channel_axis)

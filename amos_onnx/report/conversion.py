@@ -62,6 +62,9 @@ class ConversionReport:
     notes: list[str] = field(default_factory=list)
     near_misses: list[tuple[str, str]] = field(default_factory=list)  # (node, why it is not a composite)
     stage_seconds: dict[str, float] = field(default_factory=dict)  # wall time per pipeline stage
+    # --bias-correction: every bias written, {"node", "initializer", "channels", "changed", "largest"} (largest:
+    # the largest absolute change of a channel's bias)
+    biases: list[dict[str, object]] = field(default_factory=list)
 
     @property
     def converted(self) -> int:

@@ -1,0 +1,1 @@
+"""Compensation: the spiking network's accumulated error taken back where the network allows it."""

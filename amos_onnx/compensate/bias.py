@@ -1,0 +1,186 @@
+"""Empirical bias correction: the mean shift the gates leave at each linear layer's output, measured in
+onnxruntime on the kept calibration samples and subtracted from that layer's bias, level by level.
+
+One model holds every site's activation and gate side by side (fit.focus.switched_model) and every target's
+bias as an input. A first run, every switch off, gives the original outputs of the targets (compensate.targets);
+then for each level, the sites up to it switched on and the biases corrected so far fed in, one run measures the
+targets of that level: per channel, the mean of (spiking output - original output). Where it stands out of the
+noise (more than SIGNIFICANCE standard errors of the mean), the bias takes it back. Later levels so see the
+corrected network: their corrections take back what is left (sequential, as in SNN Calibration and AdaQuant).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from amos_onnx.compensate.targets import Target, bias_values, find_targets, site_levels
+from amos_onnx.data.dataset import sample_count
+from amos_onnx.data.inputs import model_layout, sliceable
+from amos_onnx.fit import focus
+from amos_onnx.fit.sites import SiteFit
+from amos_onnx.rewrite.graph import node_id
+from amos_onnx.runtime import run_checked, user_session
+
+if TYPE_CHECKING:
+    from amos_onnx.pipeline import Plan
+
+SIGNIFICANCE = 2.0  # a channel's mean shift is taken back when it exceeds this many standard errors
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A target's bias before and after (float64, per channel) and how many channels changed."""
+
+    target: Target
+    before: np.ndarray
+    after: np.ndarray
+
+    @property
+    def changed(self) -> int:
+        return int(np.count_nonzero(self.after != self.before))
+
+    @property
+    def largest(self) -> float:
+        return float(np.max(np.abs(self.after - self.before), initial=0.0))
+
+
+@dataclass(frozen=True)
+class Compensation:
+    """Every target's correction, measured on `samples` calibration samples in `levels` + 1 runs each."""
+
+    corrections: list[Correction]
+    samples: int
+    levels: int
+
+    def notes(self) -> list[str]:
+        changed = [c for c in self.corrections if c.changed]
+        if not self.corrections:
+            return ["bias correction: no linear layer with a bias follows a converted site"]
+        text = (f"bias correction: {len(changed)} of {len(self.corrections)} layers' biases changed, measured on "
+                f"{self.samples} calibration samples level by level ({self.levels} levels)")
+        if changed:
+            top = max(changed, key=lambda c: c.largest)
+            text += f"; largest change {top.largest:.3g} at {top.target.name}"
+        return [text]
+
+
+def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
+    """The bias corrections for the plan's model with these fits (see the module text), measured on the plan's
+    kept calibration samples, as many as focus.measuring_feeds allows for one run per level and one more."""
+    sites = [s for s in p.sites if s.converts and not s.graph and s.name in fits]
+    targets = find_targets(p.model, sites)
+    levels = sorted({t.level for t in targets})
+    if not targets or not p.feeds:
+        return Compensation([], 0, len(levels))
+    kept = focus.measuring_feeds(p.feeds, len(levels), p.samples, sliceable(p.model, p.axes))
+    feeds = [model_layout(feed, p.axes) for feed in kept]
+    mixed, switches, slots = measuring_model(p.model, sites, fits, targets, p.options.emit)
+    label = f"{p.model_path} (bias correction)"
+    sess = user_session(mixed, label, folder=p.model_path.parent)
+    _, site_level = site_levels(p.model, sites)
+    biases = {t.node: bias_values(p.model, t) for t in targets}
+    before = {key: value.copy() for key, value in biases.items()}
+
+    def run(level: int, chosen: list[Target]) -> list[list[np.ndarray]]:
+        flags = {switches[s.name]: np.array(site_level[s.name] <= level) for s in sites}
+        inputs = {slots[t.node]: biases[t.node].astype(helper.tensor_dtype_to_np_dtype(t.dtype)) for t in targets}
+        names = [t.output for t in chosen]
+        return [run_checked(sess, names, {**feed, **flags, **inputs}, label) for feed in feeds]
+
+    original = run(0, targets)
+    column = {t.node: i for i, t in enumerate(targets)}
+    for level in levels:
+        chosen = [t for t in targets if t.level == level]
+        spiking = run(level, chosen)
+        for j, t in enumerate(chosen):
+            shift = mean_shift([s[j] for s in spiking], [o[column[t.node]] for o in original], t.axis)
+            biases[t.node] = biases[t.node] - shift / t.scale
+    corrections = [Correction(t, before[t.node], biases[t.node]) for t in targets]
+    return Compensation(corrections, sum(map(sample_count, kept)), len(levels))
+
+
+def mean_shift(spiking: list[np.ndarray], original: list[np.ndarray], axis: int) -> np.ndarray:
+    """Per channel (along `axis`), the mean of spiking - original over every other axis and every run, where it
+    exceeds SIGNIFICANCE standard errors of that mean; 0 elsewhere (and where a channel has one value)."""
+    diffs = [np.moveaxis(np.asarray(s, np.float64) - np.asarray(o, np.float64), axis, -1) for s, o in
+             zip(spiking, original)]
+    channels = diffs[0].shape[-1]
+    flat = np.concatenate([d.reshape(-1, channels) for d in diffs])
+    n = flat.shape[0]
+    if n < 2:
+        return np.zeros(channels)
+    mean = flat.mean(axis=0)
+    error = flat.std(axis=0, ddof=1) / np.sqrt(n)
+    return np.where(np.abs(mean) > SIGNIFICANCE * error, mean, 0.0)
+
+
+def measuring_model(model: onnx.ModelProto, sites: list, fits: dict[str, SiteFit], targets: list[Target],
+                    form: object) -> tuple[onnx.ModelProto, dict[str, str], dict[str, str]]:
+    """focus.switched_model with each target's bias as an input of its own (a vector of its channels) and each
+    target's output as an output: the model, the switches by site name and the bias inputs by target node."""
+    mixed, switches = focus.switched_model(model, sites, fits, form)  # type: ignore[arg-type]
+    graph = mixed.graph
+    nodes = {node_id(n): n for n in graph.node}
+    outputs = {o.name for o in graph.output}
+    slots: dict[str, str] = {}
+    for i, t in enumerate(targets):
+        name = f"amos_bias_{i}/{t.name}"
+        node = nodes[t.node]
+        while len(node.input) <= t.slot:
+            node.input.append("")
+        node.input[t.slot] = name
+        graph.input.append(helper.make_tensor_value_info(name, t.dtype, [t.channels]))
+        if t.output not in outputs:
+            graph.output.append(helper.make_tensor_value_info(t.output, t.dtype, None))
+            outputs.add(t.output)
+        slots[t.node] = name
+    return mixed, switches, slots
+
+
+def apply(model: onnx.ModelProto, compensation: Compensation) -> list[str]:
+    """Write the corrected biases into `model` (in place): a bias initializer that only its target reads is
+    replaced, shared or absent ones get a new initializer of their own. The initializers written, by name."""
+    uses: dict[str, int] = {}
+    for node in _every_node(model.graph):
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = {node_id(n): n for n in model.graph.node}
+    taken = set(inits) | {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    written = []
+    for c in compensation.corrections:
+        if not c.changed:
+            continue
+        t = c.target
+        dtype = helper.tensor_dtype_to_np_dtype(t.dtype)
+        if t.bias and uses.get(t.bias, 0) == 1:
+            inits[t.bias].CopyFrom(numpy_helper.from_array(c.after.astype(dtype), t.bias))
+            written.append(t.bias)
+            continue
+        name, i = f"{t.name}/amos/bias", 1
+        while name in taken:
+            name, i = f"{t.name}/amos/bias_{i}", i + 1
+        taken.add(name)
+        model.graph.initializer.append(numpy_helper.from_array(c.after.astype(dtype), name))
+        node = nodes[t.node]
+        while len(node.input) <= t.slot:
+            node.input.append("")
+        node.input[t.slot] = name
+        written.append(name)
+    return written
+
+
+def _every_node(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The graph's nodes and those of its subgraphs (which may read the graph's initializers)."""
+    found = []
+    for node in graph.node:
+        found.append(node)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                found += _every_node(sub)
+    return found
