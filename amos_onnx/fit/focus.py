@@ -106,6 +106,13 @@ def measuring_feeds(feeds: list[dict[str, np.ndarray]], sites: int, calibration_
         return feeds
     row_bytes = sum(a.nbytes for a in feeds[0].values()) / max(sample_count(feeds[0]), 1)
     allowed = min(FOCUS_PASSES * calibration_samples, int(FOCUS_BYTES // max(row_bytes, 1.0))) // (sites + 1)
+    return first_samples(feeds, allowed, sliceable)
+
+
+def first_samples(feeds: list[dict[str, np.ndarray]], allowed: int,
+                  sliceable: bool = False) -> list[dict[str, np.ndarray]]:
+    """The first `allowed` samples of the kept feeds: whole batches (at least one), or with `sliceable` inputs
+    exactly that many rows (at least one)."""
     chosen: list[dict[str, np.ndarray]] = []
     seen = 0
     for feed in feeds:

@@ -1,0 +1,119 @@
+"""Bias correction on the Fashion-MNIST networks: accuracy, agreement with the ANN, KL divergence and spikes with
+and without it, and what it costs.
+
+    .venv/bin/python benchmarks/bias_correction.py [--nets vgg:3,4 resnet:3,4 effnet:6,8 gelu:5,6] [--write]
+
+For each network of fashion_nets.py: one plan (calibrated on fashion_k.py's 2,000 training images, seed 0), then
+at each K the first pass of fits (--focus-kicks 0, as fashion_k.py's calibrated curve) written twice, without
+and with the bias correction (compensate.bias: measured on the plan's kept calibration samples, up to 256), and
+run on the full 10,000-image test set with the native op. On the ReLU networks the per-channel gates
+(--per-channel) are measured with and without it too. The correction's seconds are its own stage's (the
+fits are shared). Writes its section of RESULTS.md with --write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fashion_data  # noqa: E402
+import fashion_nets  # noqa: E402
+from fashion_k import SEED, calibration_images, divergence, run_original, run_spiking  # noqa: E402
+from results import machine, write_section  # noqa: E402
+
+from amos_onnx.load import load_model  # noqa: E402
+from amos_onnx.options import FitOptions  # noqa: E402
+from amos_onnx.pipeline import Plan, compensate, fit_plan, plan, write  # noqa: E402
+
+DEFAULT_NETS = ("vgg:3,4", "resnet:3,4", "effnet:6,8", "gelu:5,6")
+
+
+def measure(p: Plan, fits: dict, corrected: bool, test: tuple[np.ndarray, np.ndarray, np.ndarray],  # type: ignore[type-arg]
+            folder: Path) -> dict[str, float]:
+    xte, yte, ann_logits = test
+    start = time.perf_counter()
+    compensation = compensate(p, fits) if corrected else None
+    seconds = time.perf_counter() - start
+    out = folder / "converted.onnx"
+    write(p, out, fits, compensation=compensation)
+    logits, spikes, _ = run_spiking(load_model(out), xte)
+    out.unlink()
+    return {"accuracy": float(np.mean(logits.argmax(1) == yte)),
+            "agreement": float(np.mean(logits.argmax(1) == ann_logits.argmax(1))),
+            "kl": divergence(ann_logits, logits), "spikes": spikes, "seconds": seconds,
+            "layers": len(compensation.corrections) if compensation else 0}
+
+
+def network(name: str, ks: list[int], folder: Path) -> list[dict[str, object]]:
+    path, _ = fashion_nets.network(name)
+    xte, yte = fashion_data.load("test")
+    ann_logits = run_original(path, xte)
+    ann = float(np.mean(ann_logits.argmax(1) == yte))
+    p = plan(path, calib={"image": calibration_images()}, seed=SEED)
+    modes = [("one gate per site", p, False)]
+    if all(s.activation is not None and s.activation.relu_like for s in p.sites if s.converts):
+        modes.append(("per channel", plan(path, calib={"image": calibration_images()}, seed=SEED, per_channel=True),
+                      True))
+    rows = []
+    for k in ks:
+        for mode, q, per_channel in modes:
+            start = time.perf_counter()
+            fits, _ = fit_plan(q, FitOptions(k=k, seed=SEED, focus_kicks=0, per_channel=per_channel))
+            fit_seconds = time.perf_counter() - start
+            for corrected in (False, True):
+                row = measure(q, fits, corrected, (xte, yte, ann_logits), folder)
+                rows.append({"net": name, "ann": ann, "k": k, "mode": mode, "corrected": corrected,
+                             "fit_seconds": fit_seconds, **row})
+                print(f"{name} K={k} {mode}{', corrected' if corrected else ''}: {100 * row['accuracy']:.2f}% "
+                      f"(ANN {100 * ann:.2f}%), agreement {100 * row['agreement']:.2f}%, KL "
+                      f"{1000 * row['kl']:.1f} mnat, {row['spikes']:.3f} spikes/gate, correction "
+                      f"{row['seconds']:.1f} s (fits {fit_seconds:.1f} s)", flush=True)
+    return rows
+
+
+def _pair(plain: dict[str, object], fixed: dict[str, object], key: str, scale: float = 100.0,
+          digits: int = 2) -> str:
+    return f"{scale * float(plain[key]):.{digits}f} -> {scale * float(fixed[key]):.{digits}f}"  # type: ignore[arg-type]
+
+
+def table(rows: list[dict[str, object]]) -> list[str]:
+    lines = ["| network (ANN) | K | gates | accuracy, plain -> corrected (%) | agreement with the ANN (%) | "
+             "KL (mnat/image) | spikes per gate | correction (s) | fits (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    for plain, fixed in zip(rows[::2], rows[1::2]):
+        lines.append(f"| {plain['net']} ({100 * float(plain['ann']):.2f}) | {plain['k']} | {plain['mode']} | "  # type: ignore[arg-type]
+                     f"{_pair(plain, fixed, 'accuracy')} | {_pair(plain, fixed, 'agreement')} | "
+                     f"{_pair(plain, fixed, 'kl', 1000.0, 1)} | {_pair(plain, fixed, 'spikes', 1.0, 3)} | "
+                     f"{float(fixed['seconds']):.1f} | {float(plain['fit_seconds']):.1f} |")  # type: ignore[arg-type]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nets", nargs="*", default=list(DEFAULT_NETS), help="NAME:K,K,... per network")
+    parser.add_argument("--write", action="store_true", help="replace this section of benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.nets:
+            name, ks = spec.split(":")
+            rows += network(name, [int(k) for k in ks.split(",")], Path(tmp))
+    if args.write:
+        write_section("bias_correction", "\n".join([
+            "## Bias correction on Fashion-MNIST",
+            "",
+            f"`benchmarks/bias_correction.py --nets {' '.join(args.nets)} --write` ({machine()}): first pass of "
+            "calibrated fits (--focus-kicks 0) on fashion_k.py's 2,000 calibration images, written without and with "
+            "--bias-correction (measured on the first 256 calibration images, level by level), full 10,000-image "
+            "test set, native op. KL: of the spiking softmax from the ANN's, per test image. Correction: the "
+            "compensate stage's wall time; fits: the fit stage's, shared by both.",
+            "", *table(rows)]))
+
+
+if __name__ == "__main__":
+    main()
