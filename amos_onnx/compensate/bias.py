@@ -19,14 +19,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from amos_onnx.compensate.targets import BIASED_TYPES, Target, bias_values, find_targets, site_levels
 from amos_onnx.data.dataset import sample_count
 from amos_onnx.data.inputs import model_layout, sliceable
+from amos_onnx.find.sites import Site
 from amos_onnx.fit import focus
 from amos_onnx.fit.sites import SiteFit
-from amos_onnx.rewrite.graph import node_id
+from amos_onnx.options import EmitForm
+from amos_onnx.rewrite.biases import bias_inputs, set_biases
 from amos_onnx.runtime import run_checked, user_session
 
 if TYPE_CHECKING:
@@ -155,68 +157,16 @@ def mean_shift(spiking: list[np.ndarray], original: list[np.ndarray], axis: int)
     return np.where(np.abs(mean) > SIGNIFICANCE * error, mean, 0.0)
 
 
-def measuring_model(model: onnx.ModelProto, sites: list, fits: dict[str, SiteFit], targets: list[Target],
-                    form: object) -> tuple[onnx.ModelProto, dict[str, str], dict[str, str]]:
-    """focus.switched_model with each target's bias as an input of its own (a vector of its channels) and each
-    target's output as an output: the model, the switches by site name and the bias inputs by target node."""
-    mixed, switches = focus.switched_model(model, sites, fits, form)  # type: ignore[arg-type]
-    graph = mixed.graph
-    nodes = {node_id(n): n for n in graph.node}
-    outputs = {o.name for o in graph.output}
-    slots: dict[str, str] = {}
-    for i, t in enumerate(targets):
-        name = f"amos_bias_{i}/{t.name}"
-        node = nodes[t.node]
-        while len(node.input) <= t.slot:
-            node.input.append("")
-        node.input[t.slot] = name
-        graph.input.append(helper.make_tensor_value_info(name, t.dtype, [t.channels]))
-        if t.output not in outputs:
-            graph.output.append(helper.make_tensor_value_info(t.output, t.dtype, None))
-            outputs.add(t.output)
-        slots[t.node] = name
-    return mixed, switches, slots
+def measuring_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, SiteFit], targets: list[Target],
+                    form: EmitForm) -> tuple[onnx.ModelProto, dict[str, str], dict[str, str]]:
+    """focus.switched_model with each target's bias as an input of its own and each target's output as an output
+    (rewrite.biases.bias_inputs): the model, the switches by site name and the bias inputs by target node."""
+    mixed, switches = focus.switched_model(model, sites, fits, form)
+    return mixed, switches, bias_inputs(mixed, [(t.node, t.slot, t.output, t.dtype, t.channels) for t in targets])
 
 
 def apply(model: onnx.ModelProto, compensation: Compensation) -> list[str]:
-    """Write the corrected biases into `model` (in place): a bias initializer that only its target reads is
-    replaced, shared or absent ones get a new initializer of their own. The initializers written, by name."""
-    uses: dict[str, int] = {}
-    for node in _every_node(model.graph):
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    inits = {t.name: t for t in model.graph.initializer}
-    nodes = {node_id(n): n for n in model.graph.node}
-    taken = set(inits) | {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
-    written = []
-    for c in compensation.corrections:
-        if not c.changed:
-            continue
-        t = c.target
-        dtype = helper.tensor_dtype_to_np_dtype(t.dtype)
-        if t.bias and uses.get(t.bias, 0) == 1:
-            inits[t.bias].CopyFrom(numpy_helper.from_array(c.after.astype(dtype), t.bias))
-            written.append(t.bias)
-            continue
-        name, i = f"{t.name}/amos/bias", 1
-        while name in taken:
-            name, i = f"{t.name}/amos/bias_{i}", i + 1
-        taken.add(name)
-        model.graph.initializer.append(numpy_helper.from_array(c.after.astype(dtype), name))
-        node = nodes[t.node]
-        while len(node.input) <= t.slot:
-            node.input.append("")
-        node.input[t.slot] = name
-        written.append(name)
-    return written
-
-
-def _every_node(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """The graph's nodes and those of its subgraphs (which may read the graph's initializers)."""
-    found = []
-    for node in graph.node:
-        found.append(node)
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                found += _every_node(sub)
-    return found
+    """Write the changed biases into `model` (in place; rewrite.biases.set_biases): the initializers written."""
+    changed = [c for c in compensation.corrections if c.changed]
+    return set_biases(model, [(c.target.node, c.target.name, c.target.slot, c.target.bias,
+                               c.after.astype(helper.tensor_dtype_to_np_dtype(c.target.dtype))) for c in changed])

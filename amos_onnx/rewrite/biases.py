@@ -1,0 +1,72 @@
+"""Graph edits for bias correction (compensate.bias): biases fed as inputs for measuring, corrected biases written."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from amos_onnx.rewrite.graph import _subgraphs, node_id
+
+Slot = tuple[str, int, str, int, int]  # node (node_id), input index, its output, element type, channels
+
+
+def bias_inputs(model: onnx.ModelProto, slots: list[Slot]) -> dict[str, str]:
+    """In place: each slot's node reads its bias from a new graph input (a vector of its channels), and its output
+    is a graph output too. The bias input's name by node."""
+    graph = model.graph
+    nodes = {node_id(n): n for n in graph.node}
+    outputs = {o.name for o in graph.output}
+    names: dict[str, str] = {}
+    for i, (key, slot, output, dtype, channels) in enumerate(slots):
+        name = f"amos_bias_{i}/{nodes[key].name or key}"
+        _set_input(nodes[key], slot, name)
+        graph.input.append(helper.make_tensor_value_info(name, dtype, [channels]))
+        if output not in outputs:
+            graph.output.append(helper.make_tensor_value_info(output, dtype, None))
+            outputs.add(output)
+        names[key] = name
+    return names
+
+
+def set_biases(model: onnx.ModelProto, biases: list[tuple[str, str, int, str, np.ndarray]]) -> list[str]:
+    """In place: each (node, label, input index, bias initializer or "", values) gets its values. An initializer
+    that only its node reads is replaced; a shared or absent one gets a new initializer named after `label`. The
+    initializers written, by name."""
+    uses: dict[str, int] = {}
+    for node in _every_node(model.graph):
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = {node_id(n): n for n in model.graph.node}
+    taken = set(inits) | {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    written = []
+    for key, label, slot, bias, values in biases:
+        if bias and uses.get(bias, 0) == 1:
+            inits[bias].CopyFrom(numpy_helper.from_array(values, bias))
+            written.append(bias)
+            continue
+        name, i = f"{label}/amos/bias", 1
+        while name in taken:
+            name, i = f"{label}/amos/bias_{i}", i + 1
+        taken.add(name)
+        model.graph.initializer.append(numpy_helper.from_array(values, name))
+        _set_input(nodes[key], slot, name)
+        written.append(name)
+    return written
+
+
+def _set_input(node: onnx.NodeProto, slot: int, name: str) -> None:
+    while len(node.input) <= slot:
+        node.input.append("")
+    node.input[slot] = name
+
+
+def _every_node(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The graph's nodes and those of its subgraphs (which may read the graph's initializers)."""
+    found = []
+    for node in graph.node:
+        found.append(node)
+        for sub in _subgraphs(node):
+            found += _every_node(sub)
+    return found
