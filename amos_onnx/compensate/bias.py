@@ -64,20 +64,20 @@ class Compensation:
     corrections: list[Correction]
     samples: int
     levels: int
-    errors: tuple[float, float] = (0.0, 0.0)  # outputs' mean square error, every site spiking: plain, corrected
+    ratio: float = 1.0  # the outputs' error with the corrections over without, every site spiking (mean over outputs)
 
     @property
     def kept(self) -> bool:
         """Whether the corrections are written: they brought the outputs closer to the original's."""
-        return self.errors[1] < self.errors[0]
+        return self.ratio < 1.0
 
     def notes(self) -> list[str]:
         changed = [c for c in self.corrections if c.changed]
         if not self.corrections:
             return ["bias correction: no linear layer with a bias follows a converted site"]
         found = (f"{len(self.corrections)} layers' biases measured on {self.samples} calibration samples level by "
-                 f"level ({self.levels} levels); the outputs' mean square error {self.errors[0]:.3g} -> "
-                 f"{self.errors[1]:.3g}")
+                 f"level ({self.levels} levels); the outputs' error (KL for a classifier's, else mean square) "
+                 f"x{self.ratio:.3g} of the uncorrected")
         if not self.kept:
             return [f"bias correction: {found}, not closer: every bias kept as it was"]
         text = f"bias correction: {len(changed)} of {found}"
@@ -91,7 +91,8 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
     """The bias corrections for the plan's model with these fits (see the module text), measured on the first
     SAMPLES of the plan's kept calibration samples (all of them when fewer), in one run per level and one more.
     Two more runs, every site spiking, check them: unless they bring the model's floating-point outputs closer
-    to the original's (mean square error on the same samples), every bias stays as it was (Compensation.kept)."""
+    to the original's on the same samples (_output_errors, their ratio averaged over the outputs), every bias
+    stays as it was (Compensation.kept)."""
     sites = [s for s in p.sites if s.converts and not s.graph and s.name in fits]
     targets = find_targets(p.model, sites)
     levels = sorted({t.level for t in targets})
@@ -122,20 +123,29 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
             biases[t.node] = biases[t.node] - shift / t.scale
     top = max(site_level.values())
     want = [o[len(targets):] for o in original]
-    errors = (_square_error(run(top, results, before), want), _square_error(run(top, results, biases), want))
-    chosen_biases = biases if errors[1] < errors[0] else before
+    plain, fixed = _output_errors(run(top, results, before), want), _output_errors(run(top, results, biases), want)
+    ratios = [b / a for a, b in zip(plain, fixed) if a > 0]
+    ratio = float(np.mean(ratios)) if ratios else 1.0
+    chosen_biases = biases if ratio < 1.0 else before
     corrections = [Correction(t, before[t.node], chosen_biases[t.node]) for t in targets]
-    return Compensation(corrections, sum(map(sample_count, kept)), len(levels), errors)
+    return Compensation(corrections, sum(map(sample_count, kept)), len(levels), ratio)
 
 
-def _square_error(got: list[list[np.ndarray]], want: list[list[np.ndarray]]) -> float:
-    """Mean square difference over every output value of every run."""
-    total, count = 0.0, 0
-    for a_run, b_run in zip(got, want):
-        for a, b in zip(a_run, b_run):
-            total += float(np.sum(np.square(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-            count += np.asarray(a).size
-    return total / max(count, 1)
+def _output_errors(got: list[list[np.ndarray]], want: list[list[np.ndarray]]) -> list[float]:
+    """Per model output, its distance from the original's over every run: for a classifier's output (2-D, at least
+    two columns, as validate tells them) the mean KL divergence of the spiking softmax from the original's per
+    row, which a common shift of the logits does not change; else the mean square difference."""
+    errors = []
+    for i in range(len(want[0])):
+        a = np.concatenate([np.asarray(r[i], np.float64).reshape(np.shape(r[i])) for r in got])
+        b = np.concatenate([np.asarray(r[i], np.float64).reshape(np.shape(r[i])) for r in want])
+        if b.ndim == 2 and b.shape[1] >= 2:
+            p, q = (np.exp(v - v.max(axis=1, keepdims=True)) for v in (b, a))
+            p, q = p / p.sum(axis=1, keepdims=True), q / q.sum(axis=1, keepdims=True)
+            errors.append(float(np.mean(np.sum(p * (np.log(p + 1e-300) - np.log(q + 1e-300)), axis=1))))
+        else:
+            errors.append(float(np.mean(np.square(a - b))))
+    return errors
 
 
 def mean_shift(spiking: list[np.ndarray], original: list[np.ndarray], axis: int) -> np.ndarray:
