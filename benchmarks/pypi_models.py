@@ -325,8 +325,13 @@ def _nudenet_text(r: dict[str, object]) -> str:
         f"the spiking model {b.converted}; {b.matched} matched (same class, IoU >= {MATCH_IOU}): recall "
         f"{b.recall:.3f}, precision {b.precision:.3f}, mean |score difference| {np.mean(b.score_diffs):.3f}, "
         f"mean IoU {np.mean(b.ious):.3f}. Mean spikes per gate {v.mean_spikes_per_gate:.2f} "
-        f"(native op: {v.native}).",
+        f"(native op: {v.native}).", *_bias_notes(report),
     ])
+
+
+def _bias_notes(report: object) -> list[str]:
+    """The conversion's bias-correction note, as a sub-item (none without --bias-correction)."""
+    return [f"  {note[0].upper()}{note[1:]}." for note in report.notes if note.startswith("bias correction")]  # type: ignore[attr-defined]
 
 
 def _ocr_text(r: dict[str, object]) -> str:
@@ -337,6 +342,7 @@ def _ocr_text(r: dict[str, object]) -> str:
                      f"{r['left'][key]} activation ops left; calibrated on {r['calibration_batches'][key]} batches "  # type: ignore[index]
                      f"({report.calibration_samples} samples) recorded from the original pipeline; "
                      f"{r['seconds'][key]:.0f} s.")  # type: ignore[index]
+        lines += _bias_notes(report)
     lines.append(f"- Text read by the whole pipeline (det, cls, rec) on {len(r['pages'])} other images: character "  # type: ignore[arg-type]
                  f"error rate of the spiking pipeline against the original's text {r['cer']:.3f} over {r['chars']} "
                  "characters. Per image (edit distance / characters):")

@@ -238,3 +238,23 @@ def test_corrections_that_do_not_bring_the_outputs_closer_are_not_written(tmp_pa
     fixed, plain = (onnx.load(str(tmp_path / f"{n}.onnx")) for n in ("fixed", "plain"))
     assert [numpy_helper.to_array(t).tobytes() for t in fixed.graph.initializer] == [
         numpy_helper.to_array(t).tobytes() for t in plain.graph.initializer]
+
+
+def test_weights_and_biases_held_in_constant_nodes_are_corrected_through_a_new_initializer(tmp_path: Path) -> None:
+    """paddle2onnx writes weights and biases as Constant nodes: the layers after the sites are found the same,
+    and each corrected bias becomes an initializer of its own that the layer reads (the Constant left as it was)."""
+    model = residual()
+    constants = [helper.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t)
+                 for t in model.graph.initializer]
+    del model.graph.initializer[:]
+    nodes = constants + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    path = save(model, tmp_path / "model.onnx")
+    np.savez(tmp_path / "calib.npz", x=_data(model, 256, 1))
+    amos_onnx.convert(path, tmp_path / "plain.onnx", tmp_path / "calib.npz", k=2, focus_kicks=0, progress=False)
+    report = amos_onnx.convert(path, tmp_path / "fixed.onnx", tmp_path / "calib.npz", k=2, focus_kicks=0,
+                               bias_correction=True, progress=False)
+    assert report.biases and all(e["initializer"] == f"{e['node']}/amos/bias" for e in report.biases)
+    x = _data(model, 256, 2)
+    assert _mean_error(path, tmp_path / "fixed.onnx", x)[1] < 0.6 * _mean_error(path, tmp_path / "plain.onnx", x)[1]

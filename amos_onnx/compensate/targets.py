@@ -71,7 +71,7 @@ def find_targets(model: onnx.ModelProto, sites: list[Site]) -> list[Target]:
     through another site), each with a bias it can take: Conv (bias input 2), Gemm without transA (input 2, a
     vector or absent), MatMul by a constant 2-D matrix followed by Add of a constant vector on the last axis."""
     level, _ = site_levels(model, sites)
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = constant_tensors(model)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -92,13 +92,23 @@ def find_targets(model: onnx.ModelProto, sites: list[Site]) -> list[Target]:
     return sorted(found.values(), key=lambda t: (t.level, t.node))
 
 
+def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """The top-level graph's constant tensors by name: initializers and Constant nodes' values (exporters such as
+    paddle2onnx write weights and biases as Constant nodes)."""
+    found = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            found[node.output[0]] = node.attribute[0].t
+    return found
+
+
 def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def _bias(node: onnx.NodeProto, slot: int, inits: dict[str, onnx.TensorProto], channels: int) -> str | None:
-    """The node's bias initializer at `slot` ("" when absent), or None when it is not a vector of `channels`
-    (or a scalar) held in an initializer."""
+    """The node's bias at `slot` ("" when absent), or None when it is not a vector of `channels` (or a scalar)
+    held in an initializer or a Constant node."""
     if len(node.input) <= slot or not node.input[slot]:
         return ""
     tensor = inits.get(node.input[slot])
@@ -142,5 +152,5 @@ def bias_values(model: onnx.ModelProto, target: Target) -> np.ndarray:
     """The target's bias now, as a float64 vector of its channels (zeros where it has none)."""
     if not target.bias:
         return np.zeros(target.channels)
-    tensor = next(t for t in model.graph.initializer if t.name == target.bias)
+    tensor = constant_tensors(model)[target.bias]
     return np.broadcast_to(numpy_helper.to_array(tensor).astype(np.float64).ravel(), (target.channels,)).copy()

@@ -30,9 +30,9 @@ def bias_inputs(model: onnx.ModelProto, slots: list[Slot]) -> dict[str, str]:
 
 
 def set_biases(model: onnx.ModelProto, biases: list[tuple[str, str, int, str, np.ndarray]]) -> list[str]:
-    """In place: each (node, label, input index, bias initializer or "", values) gets its values. An initializer
-    that only its node reads is replaced; a shared or absent one gets a new initializer named after `label`. The
-    initializers written, by name."""
+    """In place: each (node, label, input index, its bias's name or "", values) gets its values. An initializer
+    that only its node reads is replaced; a shared or absent one, or one a Constant node computes, gets a new
+    initializer named after `label`. The initializers written, by name."""
     uses: dict[str, int] = {}
     for node in _every_node(model.graph):
         for name in node.input:
@@ -42,7 +42,7 @@ def set_biases(model: onnx.ModelProto, biases: list[tuple[str, str, int, str, np
     taken = set(inits) | {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
     written = []
     for key, label, slot, bias, values in biases:
-        if bias and uses.get(bias, 0) == 1:
+        if bias in inits and uses.get(bias, 0) == 1:
             inits[bias].CopyFrom(numpy_helper.from_array(values, bias))
             written.append(bias)
             continue
