@@ -132,19 +132,24 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
 
 
 def _output_errors(got: list[list[np.ndarray]], want: list[list[np.ndarray]]) -> list[float]:
-    """Per model output, its distance from the original's over every run: for a classifier's output (2-D, at least
-    two columns, as validate tells them) the mean KL divergence of the spiking softmax from the original's per
-    row, which a common shift of the logits does not change; else the mean square difference."""
+    """Per model output, its distance from the original's over every run (runs may differ in shape): for a
+    classifier's output (2-D, at least two columns, as validate tells them) the mean KL divergence of the spiking
+    softmax from the original's per row, which a common shift of the logits does not change; else the mean
+    square difference."""
     errors = []
     for i in range(len(want[0])):
-        a = np.concatenate([np.asarray(r[i], np.float64).reshape(np.shape(r[i])) for r in got])
-        b = np.concatenate([np.asarray(r[i], np.float64).reshape(np.shape(r[i])) for r in want])
-        if b.ndim == 2 and b.shape[1] >= 2:
-            p, q = (np.exp(v - v.max(axis=1, keepdims=True)) for v in (b, a))
-            p, q = p / p.sum(axis=1, keepdims=True), q / q.sum(axis=1, keepdims=True)
-            errors.append(float(np.mean(np.sum(p * (np.log(p + 1e-300) - np.log(q + 1e-300)), axis=1))))
-        else:
-            errors.append(float(np.mean(np.square(a - b))))
+        total, count = 0.0, 0
+        for got_run, want_run in zip(got, want):
+            a, b = np.asarray(got_run[i], np.float64), np.asarray(want_run[i], np.float64)
+            if b.ndim == 2 and b.shape[1] >= 2:
+                p, q = (np.exp(v - v.max(axis=1, keepdims=True)) for v in (b, a))
+                p, q = p / p.sum(axis=1, keepdims=True), q / q.sum(axis=1, keepdims=True)
+                total += float(np.sum(p * (np.log(p + 1e-300) - np.log(q + 1e-300))))
+                count += b.shape[0]
+            else:
+                total += float(np.sum(np.square(a - b)))
+                count += b.size
+        errors.append(total / max(count, 1))
     return errors
 
 
