@@ -8,8 +8,9 @@ targets of that level: per channel, the mean of (spiking output - original outpu
 noise (more than SIGNIFICANCE standard errors of the mean, over samples), the bias takes it back. Later levels
 so see the corrected network: their corrections take back what is left (sequential, as in SNN Calibration and
 AdaQuant). A bias is uniform over positions while a gate's error is not (a detector's background, where a later
-sigmoid saturates, can outweigh its objects), so the corrections are written only when, every site spiking,
-they bring the model's outputs closer to the original's on the same samples.
+sigmoid saturates, can outweigh its objects), so each level's corrections are kept only when, with the sites up
+to that level spiking, they bring the model's outputs closer to the original's on the same samples (one more run
+per level), and all of them are written only when they do so with every site spiking.
 """
 
 from __future__ import annotations
@@ -89,10 +90,11 @@ class Compensation:
 
 def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
     """The bias corrections for the plan's model with these fits (see the module text), measured on the first
-    SAMPLES of the plan's kept calibration samples (all of them when fewer), in one run per level and one more.
-    Two more runs, every site spiking, check them: unless they bring the model's floating-point outputs closer
-    to the original's on the same samples (_output_errors, their ratio averaged over the outputs), every bias
-    stays as it was (Compensation.kept)."""
+    SAMPLES of the plan's kept calibration samples (all of them when fewer): a run with every switch off, then per
+    level one run that measures and one that checks the level's corrections (kept when they bring the model's
+    floating-point outputs closer to the original's: _output_errors, their ratio averaged over the outputs), then
+    two runs, every site spiking, that check them all: unless they are closer there too, every bias stays as it
+    was (Compensation.kept)."""
     sites = [s for s in p.sites if s.converts and not s.graph and s.name in fits]
     targets = find_targets(p.model, sites)
     levels = sorted({t.level for t in targets})
@@ -115,20 +117,30 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
 
     original = run(0, [t.output for t in targets] + results, before)
     column = {t.node: i for i, t in enumerate(targets)}
+    want = [o[len(targets):] for o in original]
     for level in levels:
         chosen = [t for t in targets if t.level == level]
-        spiking = run(level, [t.output for t in chosen], biases)
+        spiking = run(level, [t.output for t in chosen] + results, biases)
+        trial = dict(biases)
         for j, t in enumerate(chosen):
             shift = mean_shift([s[j] for s in spiking], [o[column[t.node]] for o in original], t.axis)
-            biases[t.node] = biases[t.node] - shift / t.scale
+            trial[t.node] = biases[t.node] - shift / t.scale
+        was = _output_errors([s[len(chosen):] for s in spiking], want)
+        now = _output_errors(run(level, results, trial), want)
+        if _ratio(was, now) < 1.0:
+            biases = trial
     top = max(site_level.values())
-    want = [o[len(targets):] for o in original]
     plain, fixed = _output_errors(run(top, results, before), want), _output_errors(run(top, results, biases), want)
-    ratios = [b / a for a, b in zip(plain, fixed) if a > 0]
-    ratio = float(np.mean(ratios)) if ratios else 1.0
+    ratio = _ratio(plain, fixed)
     chosen_biases = biases if ratio < 1.0 else before
     corrections = [Correction(t, before[t.node], chosen_biases[t.node]) for t in targets]
     return Compensation(corrections, sum(map(sample_count, kept)), len(levels), ratio)
+
+
+def _ratio(plain: list[float], fixed: list[float]) -> float:
+    """The outputs' errors with the corrections over without, averaged over the outputs (1 when none has any)."""
+    ratios = [b / a for a, b in zip(plain, fixed) if a > 0]
+    return float(np.mean(ratios)) if ratios else 1.0
 
 
 def _output_errors(got: list[list[np.ndarray]], want: list[list[np.ndarray]]) -> list[float]:
