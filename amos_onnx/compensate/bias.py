@@ -125,6 +125,8 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
         for j, t in enumerate(chosen):
             shift = mean_shift([s[j] for s in spiking], [o[column[t.node]] for o in original], t.axis)
             trial[t.node] = biases[t.node] - shift / t.scale
+        if all(trial[t.node] is biases[t.node] or np.array_equal(trial[t.node], biases[t.node]) for t in chosen):
+            continue  # nothing stood out of the noise at this level: nothing to check
         was = _output_errors([s[len(chosen):] for s in spiking], want)
         now = _output_errors(run(level, results, trial), want)
         if _ratio(was, now) < 1.0:
