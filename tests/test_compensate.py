@@ -258,3 +258,23 @@ def test_weights_and_biases_held_in_constant_nodes_are_corrected_through_a_new_i
     assert report.biases and all(e["initializer"] == f"{e['node']}/amos/bias" for e in report.biases)
     x = _data(model, 256, 2)
     assert _mean_error(path, tmp_path / "fixed.onnx", x)[1] < 0.6 * _mean_error(path, tmp_path / "plain.onnx", x)[1]
+
+
+@pytest.mark.parametrize("options", [{"per_channel": True, "k": 2}, {"spike_penalty": 0.01, "k": 2},
+                                     {"k": "auto", "target_mse": 0.05}, {"k": 2, "focus_kicks": 20},
+                                     {"k": 2, "emit": "inline"}])
+def test_bias_correction_works_with_the_other_options(tmp_path: Path, options: dict[str, object]) -> None:
+    """With per-channel gates, a spike penalty, automatic K, the focus or the inline form, the corrected model
+    is shifted from the original less than the plain one (the squeeze-excitation graph, held-out inputs), and its
+    native op and function form (or inline ops) agree to the bit."""
+    model = squeeze_excitation()
+    path = save(model, tmp_path / "model.onnx")
+    np.savez(tmp_path / "calib.npz", x=_data(model, 256, 1))
+    base = {"focus_kicks": 0, "progress": False, **options}
+    amos_onnx.convert(path, tmp_path / "plain.onnx", tmp_path / "calib.npz", **base)
+    report = amos_onnx.convert(path, tmp_path / "fixed.onnx", tmp_path / "calib.npz", bias_correction=True, **base)
+    x = _data(model, 256, 2)
+    assert report.biases
+    assert _mean_error(path, tmp_path / "fixed.onnx", x)[1] < _mean_error(path, tmp_path / "plain.onnx", x)[1]
+    native = session(tmp_path / "fixed.onnx", native=True).run(None, {"x": x})[0]
+    assert np.array_equal(native, session(tmp_path / "fixed.onnx", native=False).run(None, {"x": x})[0])
