@@ -25,12 +25,17 @@ def write_report(
     original: str | Path, converted: str | Path, data: DataSource | None, out: str | Path,
     conversion: ConversionReport | None = None, native: bool | None = None, images: ImageOptions | None = None,
     progress: bool | None = None, batch_axes: Mapping[str, int] | None = None,
+    uncorrected: str | Path | None = None,
 ) -> dict[str, object]:
     """Run both models on data, measure the spiking one, and write report.json, report.md and pictures to out.
-    batch_axes: inputs whose samples lie on another axis than the first (--batch-axis)."""
+    batch_axes: inputs whose samples lie on another axis than the first (--batch-axis). uncorrected: the same
+    conversion without its bias correction (convert's uncorrected_output), run too for each layer's error
+    without it beside the error with it."""
     result = validate(original, converted, data, native=native, images=images, progress=progress,
                       batch_axes=dict(batch_axes or {}))
-    return report_files.write(out, result, load_model(original), load_model(converted), conversion)
+    before = None if uncorrected is None else validate(original, uncorrected, data, native=native, images=images,
+                                                       progress=progress, batch_axes=dict(batch_axes or {}))
+    return report_files.write(out, result, load_model(original), load_model(converted), conversion, before)
 
 
 def _named(name: str) -> Activation:

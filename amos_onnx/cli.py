@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import MISSING, fields
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import click
@@ -213,13 +215,15 @@ def _convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> Conve
 def convert(model: str, output: str, calib: str | None, report_dir: str | None, quiet: bool, **values: Any) -> None:
     """Convert MODEL into its spiking twin and write it to OUTPUT."""
     options = _run(lambda: _convert_options(values, calib, quiet))
-    report = _run(lambda: amos_onnx.convert(model, output, calib, options))
-    if report_dir:
-        images, axes = options.calibration.images, options.calibration.batch_axes
-        _run(lambda: amos_onnx.write_report(model, output, calib, report_dir, conversion=report, images=images,
-                                            batch_axes=axes,
-                                            progress=options.progress))
-        click.echo(f"report: {report_dir}/report.md")
+    with tempfile.TemporaryDirectory() as tmp:  # with --report and --bias-correction: the conversion without it
+        plain = Path(tmp) / "uncorrected.onnx" if report_dir and options.fit.bias_correction else None
+        report = _run(lambda: amos_onnx.convert(model, output, calib, options, uncorrected_output=plain))
+        if report_dir:
+            images, axes = options.calibration.images, options.calibration.batch_axes
+            _run(lambda: amos_onnx.write_report(model, output, calib, report_dir, conversion=report, images=images,
+                                                batch_axes=axes, progress=options.progress,
+                                                uncorrected=plain if plain and plain.exists() else None))
+            click.echo(f"report: {report_dir}/report.md")
     for line in report.kind_lines() + report.notes:
         click.echo(line)
     if report.near_misses:

@@ -180,18 +180,22 @@ def _write(p: Plan, output_path: Path, fits: dict[str, SiteFit], in_place: bool,
 
 
 def convert(model_path: str | Path, output_path: str | Path, calib: DataSource | None = None,
-            options: ConvertOptions | None = None, **keywords: Any) -> ConversionReport:
+            options: ConvertOptions | None = None, *, uncorrected_output: str | Path | None = None,
+            **keywords: Any) -> ConversionReport:
     """Convert every activation of a model into an AMOS spiking gate and save the result.
 
     calib: calibration data (see data.dataset.open_data: .npz/.npy path, image folder with `images` options,
     dict of arrays, iterable of input dicts or a CalibrationDataReader). options: what to find, how to calibrate
     and fit, the emission form (options.ConvertOptions; its fields say what each does), or the same as flat
-    keywords (ConvertOptions.of: k=8, spike_penalty=0.005, per_channel=True, ...).
+    keywords (ConvertOptions.of: k=8, spike_penalty=0.005, per_channel=True, ...). uncorrected_output: with
+    bias correction, the same conversion without it is written there too (for write_report's comparison).
     """
     options = _options(options, keywords)
     p = plan(model_path, calib, options, output=output_path)
     fits, focused = fit_plan(p)
     compensation = compensate(p, fits) if options.fit.bias_correction and p.feeds else None
+    if compensation is not None and uncorrected_output is not None:
+        write(p, uncorrected_output, fits)  # a copy: the same conversion without its corrections
     report = _write(p, Path(output_path), fits, in_place=True, compensation=compensation)
     report.notes += focus_notes(focused, options.fit.focus_kicks)
     if options.fit.per_channel:

@@ -110,15 +110,19 @@ def markdown(data: dict, pictures: list[str], note: str | None) -> str:
         lines += ["Conversion time: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stages.items())
                   + f" (total {sum(stages.values()):.2f} s).", ""]
     fits = {s["node"]: s for s in (data["conversion"] or {}).get("sites", [])}
+    both = any("layer_rmse_uncorrected" in g for g in data["gates"])
     lines += ["## Gates", "", "Layer RMSE: the gate's output against the original network's same tensor on the same "
-              "inputs (error accumulated up to this layer). Fit MSE: the gate against its function on the "
-              "calibration samples.", "",
+              "inputs (error accumulated up to this layer)" + (", with the bias correction and without it" if both
+                                                               else "") + ". Fit MSE: the gate against its "
+              "function on the calibration samples.", "",
               "| gate node | K | gates/input | spikes/gate | silent share | spikes/input | synaptic ops/input | "
-              "layer RMSE | fit | fit MSE |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "layer RMSE | " + ("without correction | " if both else "") + "fit | fit MSE |",
+              "|---|---|---|---|---|---|---|---|" + ("---|" if both else "") + "---|---|"]
     for g in data["gates"]:
         site = fits.get(str(g["node"]).removesuffix("/amos"), {})
         mse = f"{site['mse']:.3g}" if site.get("mse") is not None else "-"
-        rmse = f"{g['layer_rmse']:.3g}" if g.get("layer_rmse") is not None else "-"
+        rmse = " | ".join(f"{g[key]:.3g}" if g.get(key) is not None else "-"
+                          for key in ("layer_rmse", "layer_rmse_uncorrected")[:2 if both else 1])
         lines.append(f"| {g['node']} | {g['k']} | {g['gates_per_input']:.0f} | {g['mean_spikes_per_gate']:.3f} | "
                      f"{g['silent_share']:.3f} | {g['spikes_per_input']:.1f} | {g['synaptic_ops_per_input']:.4g} | "
                      f"{rmse} | {site.get('source') or '-'} | {mse} |")
@@ -139,8 +143,15 @@ def _error_picture(plt: object, gates: list[dict], fits: dict[str, dict], folder
     x = np.arange(len(rows))
     rmse = [r[1] if r[1] is not None else np.nan for r in rows]
     fit_rmse = [np.sqrt(r[2]) if r[2] is not None else np.nan for r in rows]
-    ax.bar(x - 0.2, rmse, width=0.4, label="layer RMSE vs original network (accumulated)")
-    ax.bar(x + 0.2, fit_rmse, width=0.4, label="gate fit RMSE on its calibration samples")
+    if any("layer_rmse_uncorrected" in g for g in gates):  # the bias correction's effect, layer by layer
+        before = [g.get("layer_rmse_uncorrected") for g in gates]
+        ax.bar(x - 0.3, [v if v is not None else np.nan for v in before], width=0.3,
+               label="layer RMSE without bias correction (accumulated)")
+        ax.bar(x, rmse, width=0.3, label="layer RMSE with bias correction (accumulated)")
+        ax.bar(x + 0.3, fit_rmse, width=0.3, label="gate fit RMSE on its calibration samples")
+    else:
+        ax.bar(x - 0.2, rmse, width=0.4, label="layer RMSE vs original network (accumulated)")
+        ax.bar(x + 0.2, fit_rmse, width=0.4, label="gate fit RMSE on its calibration samples")
     ax.set_yscale("log")
     ax.set_xticks(x, [r[0] for r in rows], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("RMSE")
@@ -205,11 +216,17 @@ def _pictures(validation: ValidationReport, folder: Path, gates: list[dict],
 
 
 def write(folder: str | Path, validation: ValidationReport, original: onnx.ModelProto, converted: onnx.ModelProto,
-          conversion: ConversionReport | None = None) -> dict[str, object]:
-    """Write report.json, report.md and the pictures into `folder` (created if missing)."""
+          conversion: ConversionReport | None = None,
+          uncorrected: ValidationReport | None = None) -> dict[str, object]:
+    """Write report.json, report.md and the pictures into `folder` (created if missing). `uncorrected`: the
+    validation of the same conversion without bias correction; each gate then has "layer_rmse_uncorrected"."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = build(validation, original, converted, conversion)
+    if uncorrected is not None:
+        without = {str(g["node"]): g.get("layer_rmse") for g in uncorrected.gates}
+        for g in data["gates"]:  # type: ignore[attr-defined]
+            g["layer_rmse_uncorrected"] = without.get(str(g["node"]))
     fits = {s.node: {"mse": s.mse} for s in conversion.sites} if conversion else {}
     pictures, note = _pictures(validation, folder, data["gates"], fits)  # type: ignore[arg-type]
     data["pictures"] = pictures
