@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 JOBS_ENV = "AMOS_ONNX_JOBS"
 
+# Jobs go to the workers in chunks, about this many per worker: a round trip per job costs more than a ReLU
+# site's fit does when there are thousands, and enough chunks stay for the slow fits to spread.
+CHUNKS_PER_WORKER = 16
+
 _TASK: tuple[Callable[[Any], Any], Sequence[Any]] | None = None
 
 
@@ -72,7 +76,8 @@ def fork_map(func: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
                 try:
                     context = multiprocessing.get_context("fork")
                     with concurrent.futures.ProcessPoolExecutor(count, mp_context=context) as pool:
-                        return list(pool.map(_run, range(len(jobs))))
+                        chunk = max(1, len(jobs) // (count * CHUNKS_PER_WORKER))
+                        return list(pool.map(_run, range(len(jobs)), chunksize=chunk))
                 finally:
                     gc.unfreeze()
             return [_run(i) for i in range(len(jobs))]
