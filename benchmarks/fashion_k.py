@@ -7,6 +7,7 @@ calibrate on 2,000 training images drawn with seed 0), then for every K the gate
 on the ReLU networks), written out and run on the full 10,000-image test set in onnxruntime with the native
 AmosGate op, whose spike output is summed in the graph:
 - calibrated: every site refitted on its own calibration samples (convert --calib's first pass: --focus-kicks 0);
+- bias-corrected: the same fits with convert --bias-correction's corrections (compensate.bias);
 - per channel, on the ReLU networks at K = 2..8: convert --calib --per-channel (one gate per group of alike
   channels, each refined on its channels' calibration values; from a plan whose calibration keeps each value's
   channel). ReLU gates have no search, so this costs seconds per K; on the searched networks it costs 4-5x the
@@ -48,7 +49,7 @@ from amos_onnx.gate import (  # noqa: E402
 )
 from amos_onnx.load import load_model  # noqa: E402
 from amos_onnx.options import FOCUS_KICKS, FitOptions  # noqa: E402
-from amos_onnx.pipeline import Plan, fit_plan, plan, write  # noqa: E402
+from amos_onnx.pipeline import Compensation, Plan, compensate, fit_plan, plan, write  # noqa: E402
 from amos_onnx.report.costs import fan_outs, macs  # noqa: E402
 from amos_onnx.report.files import latency  # noqa: E402
 from amos_onnx.report.spikes import gate_nodes, with_spike_totals  # noqa: E402
@@ -150,9 +151,9 @@ def sweep(name: str, ks: list[int], folder: Path, penalty: float = 0.0,
     by_channel = None if searched else plan(path, calib={"image": calibration_images()}, seed=SEED, per_channel=True)
 
     def measure(mode: str, k: int | str, fits: dict[str, SiteFit], fit_seconds: float, seed: int = SEED,
-                written_by: Plan = p) -> None:
+                written_by: Plan = p, compensation: Compensation | None = None) -> None:
         out = folder / f"{name}_{mode}_{k}_{seed}.onnx".replace("/", "-").replace(" ", "_")
-        write(written_by, out, fits)
+        write(written_by, out, fits, compensation=compensation)
         converted = load_model(out)
         logits, spikes, synops = run_spiking(converted, xte)
         acc = float(np.mean(logits.argmax(1) == yte))
@@ -174,6 +175,9 @@ def sweep(name: str, ks: list[int], folder: Path, penalty: float = 0.0,
             else:
                 fits = fit_sites(p.sites, {}, FitOptions(k=k, seed=SEED, spike_penalty=penalty))
             measure(mode, k, fits, time.perf_counter() - t)
+            if mode == "calibrated":  # the same fits with --bias-correction (its time: fits plus correction)
+                correction = compensate(p, fits)
+                measure("bias-corrected", k, fits, time.perf_counter() - t, compensation=correction)
         if by_channel is not None and k in PER_CHANNEL_KS:
             t = time.perf_counter()
             fits, _ = fit_plan(by_channel, FitOptions(k=k, seed=SEED, spike_penalty=penalty, per_channel=True,
@@ -219,7 +223,8 @@ def sweep(name: str, ks: list[int], folder: Path, penalty: float = 0.0,
             fits, _ = fit_plan(p, FitOptions(k=k, seed=seed,
                                              spike_penalty=float(mode.split()[1]) if penalised else penalty,
                                              focus_kicks=FOCUS_KICKS if penalised else 0))
-            measure(mode, k, fits, time.perf_counter() - t, seed)
+            measure(mode, k, fits, time.perf_counter() - t, seed,
+                    compensation=compensate(p, fits) if mode == "bias-corrected" else None)
     return result
 
 
@@ -267,7 +272,8 @@ def plot(result: dict[str, object], path: Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     rows = result["rows"]
-    for mode, style in (("calibrated", "o-"), ("per channel", "d-."), ("data-free", "s--"), ("published", "^:")):
+    for mode, style in (("calibrated", "o-"), ("bias-corrected", "v-"), ("per channel", "d-."), ("data-free", "s--"),
+                        ("published", "^:")):
         pts = [r for r in rows if r["mode"] == mode and isinstance(r["k"], int)]  # type: ignore[index,union-attr]
         if pts:
             ax1.plot([r["k"] for r in pts], [100 * r["accuracy"] for r in pts], style, label=mode)
@@ -293,7 +299,7 @@ def table(results: list[dict[str, object]]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         by = {(r["mode"], r["k"]): r for r in res["rows"]}  # type: ignore[union-attr]
-        for mode in ("calibrated", "per channel", "data-free", "published"):
+        for mode in ("calibrated", "bias-corrected", "per channel", "data-free", "published"):
             cells = []
             for k in (2, 3, 4, 5, 6, 8, 10, 12, 16):
                 r = by.get((mode, k))
@@ -325,7 +331,8 @@ def target_row(result: dict[str, object]) -> tuple[dict[str, object], bool] | No
     kmax, smax = bounds(result)
     original = float(result["original_accuracy"])  # type: ignore[arg-type]
     close = [r for r in result["rows"] if isinstance(r["k"], int) and 100 * (original - r["accuracy"]) <= 0.3  # type: ignore[attr-defined]
-             and (r["mode"] in ("calibrated", "per channel") or str(r["mode"]).startswith("penalty"))]
+             and (r["mode"] in ("calibrated", "bias-corrected", "per channel")
+                  or str(r["mode"]).startswith("penalty"))]
     if not close:
         return None
     meeting = [r for r in close if r["k"] <= kmax and r["spikes_per_gate"] <= smax]
@@ -336,7 +343,7 @@ def how_converted(mode: str) -> str:
     """convert's options beyond --calib and --k for a row's mode: calibrated, per channel or penalty <value>."""
     if mode.startswith("penalty"):
         return f", --spike-penalty {mode.split()[1]}"
-    return {"calibrated": "", "per channel": ", --per-channel"}[mode]
+    return {"calibrated": "", "bias-corrected": ", --bias-correction", "per channel": ", --per-channel"}[mode]
 
 
 def targets(results: list[dict[str, object]]) -> str:
