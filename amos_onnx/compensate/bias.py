@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from amos_onnx.compensate.targets import BIASED_TYPES, Target, bias_values, find_targets, site_levels
+from amos_onnx.compensate.targets import BIASED_TYPES, Target, bias_values, constant_tensors, find_targets, site_levels
 from amos_onnx.data.dataset import sample_count
 from amos_onnx.data.inputs import model_layout, sliceable
 from amos_onnx.find.sites import Site
@@ -96,7 +96,8 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
     two runs, every site spiking, that check them all: unless they are closer there too, every bias stays as it
     was (Compensation.kept)."""
     sites = [s for s in p.sites if s.converts and not s.graph and s.name in fits]
-    targets = find_targets(p.model, sites)
+    tensor_level, site_level = site_levels(p.model, sites)
+    targets = find_targets(p.model, sites, tensor_level)
     levels = sorted({t.level for t in targets})
     if not targets or not p.feeds:
         return Compensation([], 0, len(levels))
@@ -105,8 +106,8 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
     mixed, switches, slots = measuring_model(p.model, sites, fits, targets, p.options.emit)
     label = f"{p.model_path} (bias correction)"
     sess = user_session(mixed, label, folder=p.model_path.parent)
-    _, site_level = site_levels(p.model, sites)
-    before = {t.node: bias_values(p.model, t) for t in targets}
+    constants = constant_tensors(p.model)
+    before = {t.node: bias_values(constants, t) for t in targets}
     biases = dict(before)
     results = [o.name for o in p.model.graph.output if o.type.tensor_type.elem_type in BIASED_TYPES]
 
@@ -121,12 +122,11 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
     for level in levels:
         chosen = [t for t in targets if t.level == level]
         spiking = run(level, [t.output for t in chosen] + results, biases)
-        trial = dict(biases)
-        for j, t in enumerate(chosen):
-            shift = mean_shift([s[j] for s in spiking], [o[column[t.node]] for o in original], t.axis)
-            trial[t.node] = biases[t.node] - shift / t.scale
-        if all(trial[t.node] is biases[t.node] or np.array_equal(trial[t.node], biases[t.node]) for t in chosen):
+        shifts = {t.node: mean_shift([s[j] for s in spiking], [o[column[t.node]] for o in original], t.axis)
+                  for j, t in enumerate(chosen)}
+        if not any(shift.any() for shift in shifts.values()):
             continue  # nothing stood out of the noise at this level: nothing to check
+        trial = {**biases, **{t.node: biases[t.node] - shifts[t.node] / t.scale for t in chosen}}
         was = _output_errors([s[len(chosen):] for s in spiking], want)
         now = _output_errors(run(level, results, trial), want)
         if _ratio(was, now) < 1.0:

@@ -66,11 +66,12 @@ def site_levels(model: onnx.ModelProto, sites: Iterable[Site]) -> tuple[dict[str
     return level, by_site
 
 
-def find_targets(model: onnx.ModelProto, sites: list[Site]) -> list[Target]:
+def find_targets(model: onnx.ModelProto, sites: list[Site],
+                 level: dict[str, int] | None = None) -> list[Target]:
     """The linear layers reached from the converting top-level sites' outputs (looking through PASSED ops, never
     through another site), each with a bias it can take: Conv (bias input 2), Gemm without transA (input 2, a
     vector or absent), MatMul by a constant 2-D matrix followed by Add of a constant vector on the last axis."""
-    level, _ = site_levels(model, sites)
+    level = level if level is not None else site_levels(model, sites)[0]  # site_levels' tensor levels
     inits = constant_tensors(model)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -148,9 +149,10 @@ def _target(node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]], in
     return None
 
 
-def bias_values(model: onnx.ModelProto, target: Target) -> np.ndarray:
-    """The target's bias now, as a float64 vector of its channels (zeros where it has none)."""
+def bias_values(constants: dict[str, onnx.TensorProto], target: Target) -> np.ndarray:
+    """The target's bias now, as a float64 vector of its channels (zeros where it has none); `constants`: the
+    model's constant_tensors."""
     if not target.bias:
         return np.zeros(target.channels)
-    tensor = constant_tensors(model)[target.bias]
+    tensor = constants[target.bias]
     return np.broadcast_to(numpy_helper.to_array(tensor).astype(np.float64).ravel(), (target.channels,)).copy()
