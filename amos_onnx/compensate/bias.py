@@ -2,15 +2,18 @@
 onnxruntime on the kept calibration samples and subtracted from that layer's bias, level by level.
 
 One model holds every site's activation and gate side by side (fit.focus.switched_model) and every target's
-bias as an input. A first run, every switch off, gives the original outputs of the targets (compensate.targets);
-then for each level, the sites up to it switched on and the biases corrected so far fed in, one run measures the
-targets of that level: per channel, the mean of (spiking output - original output). Where it stands out of the
-noise (more than SIGNIFICANCE standard errors of the mean, over samples), the bias takes it back. Later levels
-so see the corrected network: their corrections take back what is left (sequential, as in SNN Calibration and
-AdaQuant). A bias is uniform over positions while a gate's error is not (a detector's background, where a later
-sigmoid saturates, can outweigh its objects), so each level's corrections are kept only when, with the sites up
-to that level spiking, they bring the model's outputs closer to the original's on the same samples (one more run
-per level), and all of them are written only when they do so with every site spiking.
+bias as an input (compensate.targets). It is cut into one segment per target level (rewrite.segments) and
+walked over the samples (compensate.walk) in streams that run side by side: the original (every switch off),
+the corrected (every site spiking, the biases corrected so far) and the plain (every site spiking, no
+correction). At each level the corrected stream's targets are compared with the original's: per channel, the
+mean of (spiking output - original output). Where it stands out of the noise (more than SIGNIFICANCE standard
+errors of the mean, over samples), the bias takes it back. Later levels so see the corrected network: their
+corrections take back what is left (sequential, as in SNN Calibration and AdaQuant). A bias is uniform over
+positions while a gate's error is not (a detector's background, where a later sigmoid saturates, can outweigh
+its objects), so each level's corrections are kept only when, with the sites up to that level spiking and the
+rest as they were, they bring the model's outputs closer to the original's (the rest of the model run from that
+level on), and all of them are written only when the corrected stream ends closer to the
+original than the plain one. Every node so runs about once per stream, and the checks from their level on.
 """
 
 from __future__ import annotations
@@ -23,14 +26,14 @@ import onnx
 from onnx import helper
 
 from amos_onnx.compensate.targets import BIASED_TYPES, Target, bias_values, constant_tensors, find_targets, site_levels
-from amos_onnx.data.dataset import sample_count
+from amos_onnx.compensate.walk import Walk
 from amos_onnx.data.inputs import model_layout, sliceable
 from amos_onnx.find.sites import Site
 from amos_onnx.fit import focus
 from amos_onnx.fit.sites import SiteFit
 from amos_onnx.options import EmitForm
 from amos_onnx.rewrite.biases import bias_inputs, set_biases
-from amos_onnx.runtime import run_checked, user_session
+from amos_onnx.rewrite.segments import split
 
 if TYPE_CHECKING:
     from amos_onnx.pipeline import Plan
@@ -90,53 +93,56 @@ class Compensation:
 
 def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
     """The bias corrections for the plan's model with these fits (see the module text), measured on the first
-    SAMPLES of the plan's kept calibration samples (all of them when fewer): a run with every switch off, then per
-    level one run that measures and one that checks the level's corrections (kept when they bring the model's
-    floating-point outputs closer to the original's: _output_errors, their ratio averaged over the outputs), then
-    two runs, every site spiking, that check them all: unless they are closer there too, every bias stays as it
-    was (Compensation.kept)."""
+    SAMPLES of the plan's kept calibration samples (all of them when fewer, fewer when their tensors outgrow
+    walk.WALK_BYTES): the measuring model walked segment by segment (one per target level) in three streams,
+    the original (every switch off), the corrected and the plain (every site spiking, biases as they were). At
+    each level the corrected stream's targets are measured against the original's; where their shifts stand out
+    they are taken back if, the sites after that level left as they were, the model's floating-point outputs get
+    closer to the original's, and the segment runs again with them. At the
+    end all of them are kept only if the corrected stream's outputs are closer to the original's than the plain
+    stream's (_output_errors, their ratio averaged over the outputs)."""
     sites = [s for s in p.sites if s.converts and not s.graph and s.name in fits]
-    tensor_level, site_level = site_levels(p.model, sites)
+    tensor_level, _ = site_levels(p.model, sites)
     targets = find_targets(p.model, sites, tensor_level)
     levels = sorted({t.level for t in targets})
     if not targets or not p.feeds:
         return Compensation([], 0, len(levels))
     kept = focus.first_samples(p.feeds, SAMPLES, sliceable(p.model, p.axes))
-    feeds = [model_layout(feed, p.axes) for feed in kept]
     mixed, switches, slots = measuring_model(p.model, sites, fits, targets, p.options.emit)
-    label = f"{p.model_path} (bias correction)"
-    sess = user_session(mixed, label, folder=p.model_path.parent)
-    constants = constant_tensors(p.model)
-    before = {t.node: bias_values(constants, t) for t in targets}
-    biases = dict(before)
     results = [o.name for o in p.model.graph.output if o.type.tensor_type.elem_type in BIASED_TYPES]
+    walk = Walk(mixed, split(mixed, tensor_level, levels, {t.output for t in targets}),
+                [model_layout(feed, p.axes) for feed in kept], ["original", "corrected", "plain"], results,
+                f"{p.model_path} (bias correction)", p.model_path.parent)
+    before = {t.node: bias_values(constant_tensors(p.model), t) for t in targets}
+    biases = dict(before)
 
-    def run(level: int, names: list[str], fed: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
-        flags = {switches[s.name]: np.array(site_level[s.name] <= level) for s in sites}
-        inputs = {slots[t.node]: fed[t.node].astype(helper.tensor_dtype_to_np_dtype(t.dtype)) for t in targets}
-        return [run_checked(sess, names, {**feed, **flags, **inputs}, label) for feed in feeds]
+    def extra(on: bool, fed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {**{switch: np.array(on) for switch in switches.values()},
+                **{slots[t.node]: fed[t.node].astype(helper.tensor_dtype_to_np_dtype(t.dtype)) for t in targets}}
 
-    original = run(0, [t.output for t in targets] + results, before)
-    column = {t.node: i for i, t in enumerate(targets)}
-    want = [o[len(targets):] for o in original]
-    for level in levels:
-        chosen = [t for t in targets if t.level == level]
-        spiking = run(level, [t.output for t in chosen] + results, biases)
-        shifts = {t.node: mean_shift([s[j] for s in spiking], [o[column[t.node]] for o in original], t.axis)
-                  for j, t in enumerate(chosen)}
-        if not any(shift.any() for shift in shifts.values()):
-            continue  # nothing stood out of the noise at this level: nothing to check
-        trial = {**biases, **{t.node: biases[t.node] - shifts[t.node] / t.scale for t in chosen}}
-        was = _output_errors([s[len(chosen):] for s in spiking], want)
-        now = _output_errors(run(level, results, trial), want)
-        if _ratio(was, now) < 1.0:
-            biases = trial
-    top = max(site_level.values())
-    plain, fixed = _output_errors(run(top, results, before), want), _output_errors(run(top, results, biases), want)
-    ratio = _ratio(plain, fixed)
+    goal = walk.finish(0, "original", extra(False, before), results)
+    for part in range(len(walk.segments)):
+        want, got = walk.run(part, "original", extra(False, before)), walk.run(part, "corrected", extra(True, biases))
+        chosen = [t for t in targets if part and t.level == levels[part - 1]]
+        shifts = {t.node: mean_shift([g[t.output] for g in got], [w[t.output] for w in want], t.axis)
+                  for t in chosen}
+        if any(shift.any() for shift in shifts.values()):
+            trial = {**biases, **{t.node: biases[t.node] - shifts[t.node] / t.scale for t in chosen}}
+            # the sites after this level as they were: every later switch off
+            was, now = (_output_errors(walk.finish(part, "corrected", extra(False, fed), results), goal[:len(got)])
+                        for fed in (biases, trial))
+            if _ratio(was, now) < 1.0:
+                biases, got = trial, walk.run(part, "corrected", extra(True, trial))
+        walk.store(part, "original", want)
+        walk.store(part, "corrected", got)
+        walk.store(part, "plain", walk.run(part, "plain", extra(True, before)))
+        walk.trim()
+    goal = walk.outputs("original", results)
+    ratio = _ratio(_output_errors(walk.outputs("plain", results), goal),
+                   _output_errors(walk.outputs("corrected", results), goal))
     chosen_biases = biases if ratio < 1.0 else before
     corrections = [Correction(t, before[t.node], chosen_biases[t.node]) for t in targets]
-    return Compensation(corrections, sum(map(sample_count, kept)), len(levels), ratio)
+    return Compensation(corrections, walk.samples, len(levels), ratio)
 
 
 def _ratio(plain: list[float], fixed: list[float]) -> float:

@@ -1,0 +1,106 @@
+"""A model walked segment by segment (rewrite.segments) over a few feeds, in named streams that run side by side.
+
+Each stream holds, per feed, the tensors later segments still read; a segment runs on them with the stream's
+own extra inputs (switches, biases), and what it makes is stored back once the caller has looked at it (and
+perhaps run the segment again with other extra inputs). Every node runs once per stream and run, so walking
+all levels costs about one pass of the model per stream, not one per level. When the streams' tensors outgrow
+WALK_BYTES, the last feeds are dropped from every stream (one feed at least stays): later segments are measured
+on fewer samples rather than memory running out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from amos_onnx.data.dataset import sample_count
+from amos_onnx.rewrite.segments import Segment, segment_model
+from amos_onnx.runtime import run_checked, user_session
+
+WALK_BYTES = 1 << 30  # the tensors every stream holds, all feeds together, at most (past it feeds are dropped)
+
+Tensors = dict[str, np.ndarray]
+
+
+class Walk:
+    """Streams `names` of `model` cut into `segments`, each starting from every feed, that hold the graph
+    outputs `results` to the end (outputs); `label` names the model in errors, `folder` holds its external data."""
+
+    def __init__(self, model: onnx.ModelProto, segments: list[Segment], feeds: list[Tensors], names: list[str],
+                 results: list[str], label: str, folder: Path) -> None:
+        self.model, self.segments, self.label, self.folder = model, segments, label, folder
+        self.streams: dict[str, list[Tensors]] = {name: [dict(feed) for feed in feeds] for name in names}
+        self.sessions: dict[int, ort.InferenceSession] = {}
+        self.last: dict[str, int] = {}  # the last segment that reads each tensor (results: past the last)
+        for part, segment in enumerate(segments):
+            for name in segment.inputs:
+                self.last[name] = part
+        for name in results:
+            self.last[name] = len(segments)
+
+    @property
+    def samples(self) -> int:
+        """Samples every stream still holds."""
+        return sum(sample_count(feed) for feed in next(iter(self.streams.values())))
+
+    def _session(self, part: int, held: Tensors) -> ort.InferenceSession:
+        if part not in self.sessions:
+            segment = self.segments[part]
+            types = {name: int(helper.np_dtype_to_tensor_dtype(held[name].dtype)) for name in segment.inputs}
+            piece = segment_model(self.model, segment, types)
+            options = ort.SessionOptions()
+            options.log_severity_level = 4
+            # many sessions take turns: threads spinning after one session's run would hold the cores the next needs
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.enable_mem_pattern = False
+            options.enable_cpu_mem_arena = False
+            self.sessions[part] = user_session(piece, self.label, folder=self.folder, options=options)
+        return self.sessions[part]
+
+    def run(self, part: int, stream: str, extra: Tensors) -> list[Tensors]:
+        """Segment `part` on every feed of `stream` with the `extra` inputs (the same for every feed): its
+        outputs per feed, not yet stored."""
+        segment = self.segments[part]
+        made = []
+        for held in self.streams[stream]:
+            feed = {name: extra[name] if name in extra else held[name] for name in segment.inputs}
+            sess = self._session(part, feed)
+            made.append(dict(zip(segment.outputs, run_checked(sess, list(segment.outputs), feed, self.label))))
+        return made
+
+    def finish(self, part: int, stream: str, extra: Tensors, names: list[str]) -> list[list[np.ndarray]]:
+        """The graph outputs `names`, per feed, when `stream` runs through segment `part` and every later one
+        with the `extra` inputs; the stream itself is left as it was."""
+        held = [dict(kept) for kept in self.streams[stream]]
+        for later in range(part, len(self.segments)):
+            segment = self.segments[later]
+            for tensors in held:
+                feed = {name: extra[name] if name in extra else tensors[name] for name in segment.inputs}
+                outputs = run_checked(self._session(later, feed), list(segment.outputs), feed, self.label)
+                tensors.update(zip(segment.outputs, outputs))
+                for name in [n for n in tensors if self.last.get(n, -1) <= later]:
+                    del tensors[name]
+        return [[tensors[name] for name in names] for tensors in held]
+
+    def store(self, part: int, stream: str, made: list[Tensors]) -> None:
+        """Keep a segment's outputs in `stream` and let go of what no later segment reads."""
+        for held, outputs in zip(self.streams[stream], made):
+            held.update(outputs)
+            for name in [n for n in held if self.last.get(n, -1) <= part]:
+                del held[name]
+
+    def trim(self) -> None:
+        """Drop the last feeds of every stream while the streams hold more than WALK_BYTES."""
+        streams = list(self.streams.values())
+        while len(streams[0]) > 1 and sum(a.nbytes for s in streams for held in s for a in held.values()
+                                          if isinstance(a, np.ndarray)) > WALK_BYTES:
+            for s in streams:
+                s.pop()
+
+    def outputs(self, stream: str, names: list[str]) -> list[list[np.ndarray]]:
+        """The graph outputs `names` per feed of a stream walked to the end."""
+        return [[held[name] for name in names] for held in self.streams[stream]]

@@ -1,0 +1,106 @@
+"""A model cut into segments by level (rewrite.segments) and walked over cached tensors (compensate.walk)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from test_compensate import Builder, _data, residual
+
+from amos_onnx.compensate import walk as walk_module
+from amos_onnx.compensate.targets import site_levels
+from amos_onnx.compensate.walk import Walk
+from amos_onnx.find.sites import Site
+from amos_onnx.options import FindOptions
+from amos_onnx.pipeline import _find
+from amos_onnx.rewrite.segments import split
+from amos_onnx.runtime import session
+
+
+def _levels(model: onnx.ModelProto) -> tuple[dict[str, int], list[Site]]:
+    sites, *_ = _find(model, FindOptions())
+    return site_levels(model, sites)[0], sites
+
+
+def test_a_residual_model_splits_by_level_and_its_segments_run_in_turn_give_its_outputs(tmp_path: Path) -> None:
+    """residual(): stem Relu (level 1), relu_a (2), relu_b (3). Cut at levels 1 and 2: segment 0 holds the
+    nodes before the first site's output (stem Conv and Relu), segment 1 those reading level 1 (conv_a, relu_a),
+    segment 2 the rest; the stem's output crosses two cuts (the residual). Walked over two feeds, the segments
+    give the whole model's output to float rounding (onnxruntime fuses Conv with the Add and Relu after it only
+    when they are in one model)."""
+    model = residual()
+    levels, _ = _levels(model)
+    segments = split(model, levels, [1, 2], set())
+    names = [[model.graph.node[i].name for i in s.nodes] for s in segments]
+    assert names == [["stem", "stem_relu"], ["conv_a", "relu_a"], ["conv_b", "sum", "relu_b", "y"]]
+    assert [s.inputs for s in segments] == [("x",), ("stem_relu",), ("relu_a", "stem_relu")]
+    assert [s.outputs for s in segments] == [("stem_relu",), ("relu_a",), ("y",)]
+    feeds = [{"x": _data(model, 3, 1)}, {"x": _data(model, 5, 2)}]
+    walk = Walk(model, segments, feeds, ["only"], ["y"], "residual", tmp_path)
+    for part in range(len(segments)):
+        walk.store(part, "only", walk.run(part, "only", {}))
+    whole = session(model, native=False)
+    for feed, (got,) in zip(feeds, walk.outputs("only", ["y"])):
+        np.testing.assert_allclose(got, whole.run(["y"], feed)[0], rtol=1e-5, atol=1e-5)
+    assert all(set(held) == {"y"} for held in walk.streams["only"])  # nothing else held at the end
+
+
+def test_constant_nodes_stay_constants_in_every_segment_that_reads_them(tmp_path: Path) -> None:
+    """A weight written as a Constant node (as paddle2onnx does) and read after the cut is copied into that
+    segment's model, not carried as a tensor between segments."""
+    b = Builder(["N", 4, 6, 6])
+    weight = numpy_helper.from_array(b.rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32), "w_value")
+    b.nodes.append(helper.make_node("Constant", [], ["w"], name="w", value=weight))
+    h = b.node("Relu", [b.node("Conv", ["x", "w"], "first", pads=[1] * 4)], "relu")
+    model = b.model(b.node("Conv", [h, "w"], "y", pads=[1] * 4), ["N", 4, 6, 6])
+    levels, _ = _levels(model)
+    segments = split(model, levels, [1], set())
+    assert [s.inputs for s in segments] == [("x",), ("relu",)]
+    feeds = [{"x": _data(model, 2, 1)}]
+    walk = Walk(model, segments, feeds, ["only"], ["y"], "constants", tmp_path)
+    for part in range(2):
+        walk.store(part, "only", walk.run(part, "only", {}))
+    assert np.array_equal(walk.outputs("only", ["y"])[0][0], session(model, native=False).run(["y"], feeds[0])[0])
+
+
+def test_a_subgraph_reading_an_outer_tensor_puts_it_among_the_segment_inputs(tmp_path: Path) -> None:
+    """An If whose branches read the first site's output from outside: the If lands after the cut and that
+    tensor is among its segment's inputs."""
+    b = Builder(["N", 4])
+    h = b.node("Relu", [b.node("Add", ["x", b.const("shift", (4,), 0.1)], "add")], "relu")
+    then = helper.make_graph([helper.make_node("Neg", [h], ["a"])], "then", [],
+                             [helper.make_tensor_value_info("a", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Identity", [h], ["b"])], "else", [],
+                              [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)])
+    b.inits.append(numpy_helper.from_array(np.array(True), "flag"))
+    b.nodes.append(helper.make_node("If", ["flag"], ["y"], name="y", then_branch=then, else_branch=other))
+    model = b.model("y", ["N", 4])
+    levels, _ = _levels(model)
+    segments = split(model, levels, [1], set())
+    assert segments[1].inputs == ("relu",)
+    feeds = [{"x": _data(model, 3, 1)}]
+    walk = Walk(model, segments, feeds, ["only"], ["y"], "if", tmp_path)
+    for part in range(2):
+        walk.store(part, "only", walk.run(part, "only", {}))
+    want = session(model, native=False).run(["y"], feeds[0])[0]
+    assert np.array_equal(walk.outputs("only", ["y"])[0][0], want) and want.min() < 0
+
+
+def test_streams_past_the_byte_bound_drop_their_last_feeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With room for about two feeds' tensors, trim keeps the first two feeds of every stream (one at least)."""
+    model = residual()
+    levels, _ = _levels(model)
+    feeds = [{"x": _data(model, 4, seed)} for seed in range(5)]
+    walk = Walk(model, split(model, levels, [1, 2], set()), feeds, ["a", "b"], ["y"], "trim", tmp_path)
+    for name in ("a", "b"):
+        walk.store(0, name, walk.run(0, name, {}))
+    per_feed = sum(a.nbytes for a in walk.streams["a"][0].values())
+    monkeypatch.setattr(walk_module, "WALK_BYTES", 4 * per_feed + 1)
+    walk.trim()
+    assert [len(s) for s in walk.streams.values()] == [2, 2] and walk.samples == 8
+    monkeypatch.setattr(walk_module, "WALK_BYTES", 0)
+    walk.trim()
+    assert [len(s) for s in walk.streams.values()] == [1, 1]
