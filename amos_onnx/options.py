@@ -106,6 +106,9 @@ class FitOptions:
         "With --calib: the mean shift the gates leave at each linear layer after them (Conv, Gemm, MatMul + Add) "
         "is measured on calibration samples, level by level with the sites before it spiking, and taken back "
         "through that layer's bias."))
+    sequential: bool = field(default=False, metadata=_help(
+        "With --calib: every gate is refitted, level by level, on the inputs it gets with the sites before it "
+        "spiking, against what the original network computes there (single gates in the top-level graph)."))
 
     def __post_init__(self) -> None:
         if isinstance(self.k, str) and self.k != AUTO:

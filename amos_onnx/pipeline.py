@@ -14,6 +14,7 @@ from amos_onnx.calibrate.reservoir import Reservoir
 from amos_onnx.calibrate.run import Kept, calibrate
 from amos_onnx.compensate import bias
 from amos_onnx.compensate.bias import Compensation
+from amos_onnx.compensate.sequential import sequential, sequential_notes
 from amos_onnx.data.dataset import DataSource, open_data
 from amos_onnx.errors import OptionError, OutputPathError
 from amos_onnx.find.composite import NearMiss
@@ -94,6 +95,9 @@ def plan(model_path: str | Path, calib: DataSource | None = None, options: Conve
         raise OptionError("--per-channel needs --calib: each channel's gate is fitted on that channel's values")
     if options.fit.bias_correction and calib is None:
         raise OptionError("--bias-correction needs --calib: the mean shifts are measured on calibration samples")
+    if options.fit.sequential and calib is None:
+        raise OptionError("--sequential needs --calib: the gates are refitted on the inputs calibration samples give "
+                          "them")
     stages = Stages()
     with stages.stage("load"):
         model, files, loose = read_model(model_path)
@@ -197,7 +201,7 @@ def convert(model_path: str | Path, output_path: str | Path, calib: DataSource |
     if compensation is not None and uncorrected_output is not None:
         write(p, uncorrected_output, fits)  # a copy: the same conversion without its corrections
     report = _write(p, Path(output_path), fits, in_place=True, compensation=compensation)
-    report.notes += focus_notes(focused, options.fit.focus_kicks)
+    report.notes += focus_notes(focused, options.fit.focus_kicks) + sequential_notes(fits)
     if options.fit.per_channel:
         report.notes += channel_notes(p.sites, options.find.channel_axis)
     return report
@@ -216,13 +220,23 @@ def fit_plan(p: Plan, options: FitOptions | None = None) -> tuple[dict[str, Site
         fits = fit_sites(p.sites, p.reservoirs, options)
     p.stages.seconds.pop("focus", None)
     if not options.focus_kicks or not p.feeds:
-        return fits, None
+        return _sequential(p, fits, options), None
     with p.stages.stage("focus"):
         effect = focus.effects(p, fits)
         chosen = frozenset(focus.chosen(effect, fits))
         if chosen:
             fits = fit_sites(p.sites, p.reservoirs, options, Refocus(chosen, fits, options.focus_kicks))
-    return fits, (replace(effect, focused=chosen) if chosen else None)
+    return _sequential(p, fits, options), (replace(effect, focused=chosen) if chosen else None)
+
+
+def _sequential(p: Plan, fits: dict[str, SiteFit], options: FitOptions) -> dict[str, SiteFit]:
+    """With options.sequential and kept calibration samples, the fits refitted level by level
+    (compensate.sequential), timed as the "sequential" stage."""
+    p.stages.seconds.pop("sequential", None)
+    if not options.sequential or not p.feeds:
+        return fits
+    with p.stages.stage("sequential"):
+        return sequential(p, fits, options)[0]
 
 
 def focus_notes(effect: focus.Effects | None, kicks: int) -> list[str]:

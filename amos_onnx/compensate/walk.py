@@ -34,6 +34,7 @@ class Walk:
                  results: list[str], label: str, folder: Path) -> None:
         self.model, self.segments, self.label, self.folder = model, segments, label, folder
         self.streams: dict[str, list[Tensors]] = {name: [dict(feed) for feed in feeds] for name in names}
+        self.counts = [sample_count(feed) for feed in feeds]
         self.sessions: dict[int, ort.InferenceSession] = {}
         self.last: dict[str, int] = {}  # the last segment that reads each tensor (results: past the last)
         for part, segment in enumerate(segments):
@@ -45,7 +46,7 @@ class Walk:
     @property
     def samples(self) -> int:
         """Samples every stream still holds."""
-        return sum(sample_count(feed) for feed in next(iter(self.streams.values())))
+        return sum(self.counts)
 
     def _session(self, part: int, held: Tensors) -> ort.InferenceSession:
         if part not in self.sessions:
@@ -100,6 +101,7 @@ class Walk:
                                           if isinstance(a, np.ndarray)) > WALK_BYTES:
             for s in streams:
                 s.pop()
+            self.counts.pop()
 
     def outputs(self, stream: str, names: list[str]) -> list[list[np.ndarray]]:
         """The graph outputs `names` per feed of a stream walked to the end."""

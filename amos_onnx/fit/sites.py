@@ -33,6 +33,7 @@ class FitSource(StrEnum):
 
     CALIBRATED = "calibrated"
     PER_CHANNEL = "calibrated per channel"
+    SEQUENTIAL = "calibrated sequentially"  # refitted on the inputs it gets with the sites before it spiking
     DATA_FREE = "data-free"
 
 
