@@ -5,9 +5,9 @@ The first pass fits every gate on its site's original inputs x against act(x) ("
 gate passes on the errors of the gates before it. Here the model is walked level by level (compensate.walk over
 the focus's switched model, one segment per site level) in two streams, the original (every switch off) and the
 spiking (every site refitted so far spiking). At each level, a site's inputs in both streams pair up position
-by position: x~ (spiking) and x (original). The gate is refitted on x~ against E[act(x) | x~], the mean of the
-original's outputs over the pairs whose x~ falls in the same quantile bin (AdaRound's asymmetric reconstruction,
-QDrop; in least squares, fitting the pairs and fitting their conditional mean are the same problem), from its
+by position: x~ (spiking) and x (original). The gate is refitted on x~ against E[act(x) | x~]: act(x~) plus the
+mean of act(x) - act(x~) over the pairs in x~'s quantile bin (AdaRound's asymmetric reconstruction, QDrop; in
+least squares, fitting the pairs and fitting their conditional mean are the same problem), from its
 first fit as a warm start. A gate so learns to undo part of the error it is handed. Sites of the first level see
 the original inputs: their refit is a searched one on their own samples (a ReLU's first fit is a rounding
 ladder, searched here too).
@@ -38,29 +38,31 @@ if TYPE_CHECKING:
     from amos_onnx.pipeline import Plan
 
 PAIRS = 100_000  # pairs per site a refit sees at most (a seeded draw of positions)
-BINS = 256  # quantile bins of x~ the conditional mean is taken over
+BINS = 32  # quantile bins of x~ the conditional mean is taken over
 
 
 @dataclass(frozen=True)
 class Conditional:
-    """E[act(x) | x~] as a function of x~: linear between the bins' means, the activation itself beyond them."""
+    """E[act(x) | x~] as a function of x~: act(x~) plus the mean of act(x) - act(x~) over the pairs in x~'s bin,
+    linear between the bins' centres and flat beyond them. The difference is small and smooth where the gates
+    before are good, so the bins' resolution limits only it, not the activation's curve."""
 
     func: Callable[[np.ndarray], np.ndarray]
     x: np.ndarray
-    y: np.ndarray
+    shift: np.ndarray
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
         v = np.asarray(v, np.float64)
-        inside = (v >= self.x[0]) & (v <= self.x[-1])
-        return np.asarray(np.where(inside, np.interp(v, self.x, self.y), self.func(v)))
+        return np.asarray(self.func(v) + np.interp(v, self.x, self.shift))
 
 
 def conditional(act: Activation, spiking: np.ndarray, original: np.ndarray) -> Conditional:
     """The conditional mean of act(original) given spiking, over BINS bins of equal counts."""
     order = np.argsort(spiking, kind="stable")
-    x, y = spiking[order], act.func(original[order])
+    x = spiking[order]
+    shift = act.func(original[order]) - act.func(x)
     edges = np.unique(np.linspace(0, x.size, BINS + 1).astype(np.int64))
-    sums = np.add.reduceat(np.stack([x, y]), edges[:-1], axis=1)
+    sums = np.add.reduceat(np.stack([x, shift]), edges[:-1], axis=1)
     counts = np.diff(edges)
     return Conditional(act.func, sums[0] / counts, sums[1] / counts)
 
