@@ -104,3 +104,19 @@ def test_streams_past_the_byte_bound_drop_their_last_feeds(tmp_path: Path, monke
     monkeypatch.setattr(walk_module, "WALK_BYTES", 0)
     walk.trim()
     assert [len(s) for s in walk.streams.values()] == [1, 1]
+
+
+def test_a_segment_without_nodes_runs_as_nothing(tmp_path: Path) -> None:
+    """Cut at a level no node reaches: that segment has no nodes and no outputs, makes nothing and needs no
+    session, and the walk still ends with the model's output."""
+    model = residual()
+    levels, _ = _levels(model)
+    segments = split(model, levels, [1, 2, 5], set())
+    assert segments[3].nodes == () and segments[3].outputs == ()
+    feeds = [{"x": _data(model, 2, 1)}]
+    walk = Walk(model, segments, feeds, ["only"], ["y"], "empty", tmp_path)
+    for part in range(len(segments)):
+        walk.store(part, "only", walk.run(part, "only", {}))
+    assert 3 not in walk.sessions
+    (got,) = walk.outputs("only", ["y"])[0]
+    np.testing.assert_allclose(got, session(model, native=False).run(["y"], feeds[0])[0], rtol=1e-5, atol=1e-5)

@@ -66,6 +66,8 @@ class Walk:
         """Segment `part` on every feed of `stream` with the `extra` inputs (the same for every feed): its
         outputs per feed, not yet stored."""
         segment = self.segments[part]
+        if not segment.outputs:  # nothing anyone reads (a level whose nodes all landed in other segments, say)
+            return [{} for _ in self.streams[stream]]
         made = []
         for held in self.streams[stream]:
             feed = {name: extra[name] if name in extra else held[name] for name in segment.inputs}
@@ -79,7 +81,7 @@ class Walk:
         held = [dict(kept) for kept in self.streams[stream]]
         for later in range(part, len(self.segments)):
             segment = self.segments[later]
-            for tensors in held:
+            for tensors in held if segment.outputs else ():
                 feed = {name: extra[name] if name in extra else tensors[name] for name in segment.inputs}
                 outputs = run_checked(self._session(later, feed), list(segment.outputs), feed, self.label)
                 tensors.update(zip(segment.outputs, outputs))
