@@ -128,9 +128,10 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
         here = [s for s in chosen if site_level[s.name] == part + 1]
         if here:
             handed = walk.run(part, "spiking", off)  # the sites before spiking, this level's not yet
-            jobs = [_job(s, fits[s.name], [h[s.input] for h in handed], [w[s.input] for w in want], options,
-                         rng) for s in here]
-            fits.update(zip([s.name for s in here], fork_map(refit, jobs)))
+            jobs = {s.name: _job(s, fits[s.name], [h[s.input] for h in handed], [w[s.input] for w in want],
+                                 options, rng) for s in here}
+            ready = {name: job for name, job in jobs.items() if job is not None}
+            fits.update(zip(ready, fork_map(refit, list(ready.values()))))
             walk.model = focus.switched_model(p.model, sites, fits, p.options.emit)[0]
             walk.sessions.clear()  # the gates changed: segments are built again from the new model
         walk.store(part, "original", want)
@@ -140,8 +141,9 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
 
 
 def _job(site: Site, first: SiteFit, spiking: list[np.ndarray], original: list[np.ndarray], options: FitOptions,
-         rng: np.random.Generator) -> Refit:
-    """A site's refit on PAIRS of its positions, drawn at random (seeded) from every feed."""
+         rng: np.random.Generator) -> Refit | None:
+    """A site's refit on PAIRS of its positions, drawn at random (seeded) from every feed; None without two
+    finite pairs."""
     x_tilde = np.concatenate([np.asarray(a, np.float64).ravel() for a in spiking])
     x = np.concatenate([np.asarray(a, np.float64).ravel() for a in original])
     keep = np.isfinite(x_tilde) & np.isfinite(x)
@@ -149,6 +151,8 @@ def _job(site: Site, first: SiteFit, spiking: list[np.ndarray], original: list[n
     if x.size > PAIRS:
         chosen = rng.choice(x.size, size=PAIRS, replace=False)
         x_tilde, x = x_tilde[chosen], x[chosen]
+    if x.size < 2:
+        return None
     assert site.activation is not None
     return Refit(site.activation, conditional(site.activation, x_tilde, x), x_tilde, first, options)
 
