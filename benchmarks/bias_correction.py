@@ -5,7 +5,7 @@ and without it, and what it costs.
 
 For each network of fashion_nets.py: one plan (calibrated on fashion_k.py's 2,000 training images, seed 0), then
 at each K the first pass of fits (--focus-kicks 0, as fashion_k.py's calibrated curve) written twice, without
-and with the bias correction (compensate.bias: measured on the plan's kept calibration samples, up to 256), and
+and with the bias correction (compensate.bias: measured on the plan's first kept calibration samples, up to 128), and
 run on the full 10,000-image test set with the native op. On the ReLU networks the per-channel gates
 (--per-channel) are measured with and without it too. The correction's seconds are its own stage's (the
 fits are shared). Writes its section of RESULTS.md with --write.
@@ -17,6 +17,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ import fashion_nets  # noqa: E402
 from fashion_k import SEED, calibration_images, divergence, run_original, run_spiking  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
+from amos_onnx.compensate.bias import SAMPLES  # noqa: E402
 from amos_onnx.load import load_model  # noqa: E402
 from amos_onnx.options import FitOptions  # noqa: E402
 from amos_onnx.pipeline import Plan, compensate, fit_plan, plan, write  # noqa: E402
@@ -93,27 +95,37 @@ def table(rows: list[dict[str, object]]) -> list[str]:
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+Rows = list[dict[str, object]]
+
+
+def run_nets(doc: str, network: Callable[[str, list[int], Path], Rows],
+             write: Callable[[list[str], Rows], None]) -> None:
+    """The command line both Fashion-MNIST compensation benchmarks share: --nets NAME:K,K,... (each network's rows
+    from `network`), then with --write `write(nets, rows)`."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--nets", nargs="*", default=list(DEFAULT_NETS), help="NAME:K,K,... per network")
     parser.add_argument("--write", action="store_true", help="replace this section of benchmarks/RESULTS.md")
     args = parser.parse_args()
-    rows: list[dict[str, object]] = []
+    rows: Rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.nets:
             name, ks = spec.split(":")
             rows += network(name, [int(k) for k in ks.split(",")], Path(tmp))
     if args.write:
-        write_section("bias_correction", "\n".join([
-            "## Bias correction on Fashion-MNIST",
-            "",
-            f"`benchmarks/bias_correction.py --nets {' '.join(args.nets)} --write` ({machine()}): first pass of "
-            "calibrated fits (--focus-kicks 0) on fashion_k.py's 2,000 calibration images, written without and with "
-            "--bias-correction (measured on the first 256 calibration images, level by level), full 10,000-image "
-            "test set, native op. KL: of the spiking softmax from the ANN's, per test image. Correction: the "
-            "compensate stage's wall time; fits: the fit stage's, shared by both.",
-            "", *table(rows)]))
+        write(args.nets, rows)
+
+
+def _write(nets: list[str], rows: Rows) -> None:
+    write_section("bias_correction", "\n".join([
+        "## Bias correction on Fashion-MNIST",
+        "",
+        f"`benchmarks/bias_correction.py --nets {' '.join(nets)} --write` ({machine()}): first pass of "
+        "calibrated fits (--focus-kicks 0) on fashion_k.py's 2,000 calibration images, written without and with "
+        f"--bias-correction (measured on the first {SAMPLES} calibration images, level by level), full "
+        "10,000-image test set, native op. KL: of the spiking softmax from the ANN's, per test image. Correction: "
+        "the compensate stage's wall time; fits: the fit stage's, shared by both.",
+        "", *table(rows)]))
 
 
 if __name__ == "__main__":
-    main()
+    run_nets(__doc__, network, _write)

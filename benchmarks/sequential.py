@@ -2,7 +2,7 @@
 
 For each network of fashion_nets.py: one plan (calibrated on fashion_k.py's 2,000 training images, seed 0), the
 first pass of calibrated fits at each K (--focus-kicks 0), then the same fits refitted sequentially
-(compensate.sequential, on the plan's first 128 kept calibration images); each written without and with
+(compensate.sequential, on the plan's first kept calibration images, up to 128); each written without and with
 --bias-correction and run on the full 10,000-image test set with the native op.
 
     .venv/bin/python benchmarks/sequential.py [--nets vgg:3,4 resnet:3,4 effnet:6,8 gelu:5,6] [--write]
@@ -10,9 +10,7 @@ first pass of calibrated fits at each K (--focus-kicks 0), then the same fits re
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,10 +19,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fashion_data  # noqa: E402
 import fashion_nets  # noqa: E402
-from bias_correction import DEFAULT_NETS, measure  # noqa: E402
+from bias_correction import measure, run_nets  # noqa: E402
 from fashion_k import SEED, calibration_images, run_original  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
+from amos_onnx.compensate.bias import SAMPLES  # noqa: E402
 from amos_onnx.compensate.sequential import sequential  # noqa: E402
 from amos_onnx.options import FitOptions  # noqa: E402
 from amos_onnx.pipeline import fit_plan, plan  # noqa: E402
@@ -67,29 +66,19 @@ def table(rows: list[dict[str, object]]) -> list[str]:
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nets", nargs="*", default=list(DEFAULT_NETS), help="NAME:K,K,... per network")
-    parser.add_argument("--write", action="store_true", help="replace this section of benchmarks/RESULTS.md")
-    args = parser.parse_args()
-    rows: list[dict[str, object]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for spec in args.nets:
-            name, ks = spec.split(":")
-            rows += network(name, [int(k) for k in ks.split(",")], Path(tmp))
-    if args.write:
-        write_section("sequential", "\n".join([
-            "## Sequential refits on Fashion-MNIST",
-            "",
-            f"`benchmarks/sequential.py --nets {' '.join(args.nets)} --write` ({machine()}): first pass of "
-            "calibrated fits (--focus-kicks 0) on fashion_k.py's 2,000 calibration images, and the same fits "
-            "refitted sequentially (--sequential: each gate, level by level, on the inputs it gets with the sites "
-            "before it spiking, against the original's outputs there; the first 128 calibration images), each "
-            "without and with --bias-correction; full 10,000-image test set, native op. KL: of the spiking softmax "
-            "from the ANN's, per test image. Refits: the sequential stage's wall time; correction: the compensate "
-            "stage's.",
-            "", *table(rows)]))
+def _write(nets: list[str], rows: list[dict[str, object]]) -> None:
+    write_section("sequential", "\n".join([
+        "## Sequential refits on Fashion-MNIST",
+        "",
+        f"`benchmarks/sequential.py --nets {' '.join(nets)} --write` ({machine()}): first pass of "
+        "calibrated fits (--focus-kicks 0) on fashion_k.py's 2,000 calibration images, and the same fits "
+        "refitted sequentially (--sequential: each gate, level by level, on the inputs it gets with the sites "
+        f"before it spiking, against the original's outputs there; the first {SAMPLES} calibration images), each "
+        "without and with --bias-correction; full 10,000-image test set, native op. KL: of the spiking softmax "
+        "from the ANN's, per test image. Refits: the sequential stage's wall time; correction: the compensate "
+        "stage's.",
+        "", *table(rows)]))
 
 
 if __name__ == "__main__":
-    main()
+    run_nets(__doc__, network, _write)

@@ -120,9 +120,10 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
         return {**{switch: np.array(on) for switch in switches.values()},
                 **{slots[t.node]: fed[t.node].astype(helper.tensor_dtype_to_np_dtype(t.dtype)) for t in targets}}
 
-    goal = walk.finish(0, "original", extra(False, before), results)
+    original, plain = extra(False, before), extra(True, before)
+    goal = walk.finish(0, "original", original, results)
     for part in range(len(walk.segments)):
-        want, got = walk.run(part, "original", extra(False, before)), walk.run(part, "corrected", extra(True, biases))
+        want, got = walk.run(part, "original", original), walk.run(part, "corrected", extra(True, biases))
         chosen = [t for t in targets if part and t.level == levels[part - 1]]
         shifts = {t.node: mean_shift([g[t.output] for g in got], [w[t.output] for w in want], t.axis)
                   for t in chosen}
@@ -135,7 +136,7 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
                 biases, got = trial, walk.run(part, "corrected", extra(True, trial))
         walk.store(part, "original", want)
         walk.store(part, "corrected", got)
-        walk.store(part, "plain", walk.run(part, "plain", extra(True, before)))
+        walk.store(part, "plain", walk.run(part, "plain", plain))
         walk.trim()
     goal = walk.outputs("original", results)
     ratio = _ratio(_output_errors(walk.outputs("plain", results), goal),

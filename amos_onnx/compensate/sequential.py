@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from amos_onnx.compensate.bias import SAMPLES  # one sample budget for both walks
 from amos_onnx.compensate.targets import site_levels
 from amos_onnx.compensate.walk import Walk
 from amos_onnx.data.inputs import model_layout, sliceable
@@ -29,7 +30,7 @@ from amos_onnx.find.sites import Site
 from amos_onnx.fit import focus
 from amos_onnx.fit.search import fit
 from amos_onnx.fit.sites import REFIT_STARTS, FitSource, SiteFit, absolute_penalty
-from amos_onnx.gate import GateParams, sample_error
+from amos_onnx.gate import sample_error
 from amos_onnx.options import FitOptions
 from amos_onnx.parallel import fork_map
 from amos_onnx.rewrite.segments import split
@@ -96,7 +97,7 @@ def refit(job: Refit) -> SiteFit:
 def refittable(site: Site, fit_: SiteFit | None) -> bool:
     """Whether a site gets a sequential refit: a calibrated gate, one per site, in the top-level graph."""
     return (site.converts and not site.graph and fit_ is not None and fit_.calibrated
-            and isinstance(fit_.params, GateParams) and fit_.params.axis is None
+            and fit_.params.axis is None
             and site.activation is not None and site.activation.channel_funcs is None)
 
 
@@ -105,8 +106,6 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
     """The plan's fits with every refittable site refitted sequentially (see the module text), with `options`
     (default: the plan's), on the plan's first kept calibration samples (focus.first_samples, bias.SAMPLES of
     them; fewer when their tensors outgrow walk.WALK_BYTES); with the number of samples the last level saw."""
-    from amos_onnx.compensate.bias import SAMPLES  # one sample budget for both walks
-
     options = options or p.options.fit
     sites = [s for s in p.sites if s.converts and not s.graph and s.name in fits]
     tensor_level, site_level = site_levels(p.model, sites)

@@ -24,6 +24,7 @@ from amos_onnx.runtime import run_checked, user_session
 WALK_BYTES = 1 << 30  # the tensors every stream holds, all feeds together, at most (past it feeds are dropped)
 
 Tensors = dict[str, np.ndarray]
+_SCRATCH = ""  # the stream finish() walks (no caller's stream has this name)
 
 
 class Walk:
@@ -77,17 +78,14 @@ class Walk:
 
     def finish(self, part: int, stream: str, extra: Tensors, names: list[str]) -> list[list[np.ndarray]]:
         """The graph outputs `names`, per feed, when `stream` runs through segment `part` and every later one
-        with the `extra` inputs; the stream itself is left as it was."""
-        held = [dict(kept) for kept in self.streams[stream]]
-        for later in range(part, len(self.segments)):
-            segment = self.segments[later]
-            for tensors in held if segment.outputs else ():
-                feed = {name: extra[name] if name in extra else tensors[name] for name in segment.inputs}
-                outputs = run_checked(self._session(later, feed), list(segment.outputs), feed, self.label)
-                tensors.update(zip(segment.outputs, outputs))
-                for name in [n for n in tensors if self.last.get(n, -1) <= later]:
-                    del tensors[name]
-        return [[tensors[name] for name in names] for tensors in held]
+        with the `extra` inputs; the stream itself is left as it was (a copy of it is walked)."""
+        self.streams[_SCRATCH] = [dict(held) for held in self.streams[stream]]
+        try:
+            for later in range(part, len(self.segments)):
+                self.store(later, _SCRATCH, self.run(later, _SCRATCH, extra))
+            return self.outputs(_SCRATCH, names)
+        finally:
+            del self.streams[_SCRATCH]
 
     def store(self, part: int, stream: str, made: list[Tensors]) -> None:
         """Keep a segment's outputs in `stream` and let go of what no later segment reads."""

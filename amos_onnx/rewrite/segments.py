@@ -78,12 +78,14 @@ def split(model: onnx.ModelProto, levels: dict[str, int], cuts: list[int], keep:
             if out:
                 owner[out] = part
     wanted = {o.name for o in graph.output} | keep
-    segments = []
-    for part, nodes in enumerate(placed):
+    segments: list[Segment] = []
+    later: set[str] = set()  # what the segments after this one read
+    for part in reversed(range(len(placed))):
+        nodes = placed[part]
         made = {out for i in nodes for out in graph.node[i].output if out}
-        later = set().union(*reads[part + 1:]) if part + 1 < len(reads) else set()
         inputs = tuple(sorted(n for n in reads[part] if n not in made))
-        segments.append(Segment(tuple(nodes), inputs, tuple(sorted(made & (later | wanted)))))
+        segments.insert(0, Segment(tuple(nodes), inputs, tuple(sorted(made & (later | wanted)))))
+        later |= reads[part]
     return segments
 
 
