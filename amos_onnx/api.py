@@ -16,25 +16,26 @@ from amos_onnx.fit.library import named_activations
 from amos_onnx.fit.search import KICKS, FitResult, fit
 from amos_onnx.gate import MAX_K
 from amos_onnx.load import load_model
+from amos_onnx.options import RayOptions
 from amos_onnx.report import files as report_files
 from amos_onnx.report.conversion import ConversionReport
-from amos_onnx.report.validate import validate
+from amos_onnx.report.validate import ValidateOptions, validate
 
 
 def write_report(
     original: str | Path, converted: str | Path, data: DataSource | None, out: str | Path,
     conversion: ConversionReport | None = None, native: bool | None = None, images: ImageOptions | None = None,
     progress: bool | None = None, batch_axes: Mapping[str, int] | None = None,
-    uncorrected: str | Path | None = None,
+    uncorrected: str | Path | None = None, ray: RayOptions | None = None,
 ) -> dict[str, object]:
     """Run both models on data, measure the spiking one, and write report.json, report.md and pictures to out.
     batch_axes: inputs whose samples lie on another axis than the first (--batch-axis). uncorrected: the same
     conversion without its bias correction (convert's uncorrected_output), run too for each layer's error
-    without it beside the error with it."""
-    result = validate(original, converted, data, native=native, images=images, progress=progress,
-                      batch_axes=dict(batch_axes or {}))
-    before = None if uncorrected is None else validate(original, uncorrected, data, native=native, images=images,
-                                                       progress=progress, batch_axes=dict(batch_axes or {}))
+    without it beside the error with it. ray: measure in shards on Ray actors (as validate does)."""
+    options = ValidateOptions(native=native, images=images, progress=progress, batch_axes=dict(batch_axes or {}),
+                              ray=ray)
+    result = validate(original, converted, data, options)
+    before = None if uncorrected is None else validate(original, uncorrected, data, options)
     return report_files.write(out, result, load_model(original), load_model(converted), conversion, before)
 
 

@@ -15,9 +15,10 @@ from typing import Any
 import click
 
 import amos_onnx
+from amos_onnx.cluster.connect import ray_module
 from amos_onnx.errors import AmosError, OptionError
 from amos_onnx.fit.search import KICKS
-from amos_onnx.options import AUTO, CalibrationOptions, ConvertOptions, FindOptions, FitOptions, K
+from amos_onnx.options import AUTO, CalibrationOptions, ConvertOptions, FindOptions, FitOptions, K, RayOptions
 from amos_onnx.report.validate import ValidateOptions
 
 EXIT_FAILED = 1
@@ -68,6 +69,29 @@ def _batch_axes(values: tuple[str, ...]) -> dict[str, int]:
 batch_axis_option = click.option(
     "--batch-axis", "batch_axes", multiple=True, metavar="NAME=AXIS",
     help=next(f for f in fields(CalibrationOptions) if f.name == "batch_axes").metadata["help"])
+
+
+def ray_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """--ray [ADDRESS], --ray-actors and --ray-cpus (options.RayOptions), read by _ray."""
+    function = _from(RayOptions, "cpus", "--ray-cpus")(function)
+    function = _from(RayOptions, "actors", "--ray-actors", type=int)(function)
+    return _from(RayOptions, "address", "--ray", is_flag=False, flag_value=LOCAL_RAY, metavar="[ADDRESS]",
+                 type=str)(function)
+
+
+LOCAL_RAY = "local"  # what a bare --ray stands for: a Ray cluster started on this machine
+
+
+def _ray(values: dict[str, Any]) -> RayOptions | None:
+    """RayOptions from --ray, --ray-actors and --ray-cpus (taken out of values); None without --ray. Ray must
+    be installed when asked for."""
+    address, actors, cpus = values.pop("address"), values.pop("actors"), values.pop("cpus")
+    if address is None:
+        if actors is not None or cpus != 1:
+            raise OptionError("--ray-actors and --ray-cpus need --ray")
+        return None
+    ray_module()
+    return RayOptions(None if address == LOCAL_RAY else address, actors, cpus)
 
 
 def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
@@ -180,8 +204,11 @@ def _convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> Conve
     """ConvertOptions from convert's command-line values (`seed` and `per_channel` serve calibration and fit)."""
     images = _images(calib, **{key: o[key] for key in IMAGE_KEYS})
     find = FindOptions(only=_ops(o["only"], "--only"), skip=_ops(o["skip"], "--skip"), channel_axis=o["channel_axis"])
+    ray = _ray(o)
+    if ray is not None and calib is None:
+        raise OptionError("--ray needs --calib: Ray runs the calibration")
     calibration = CalibrationOptions(seed=o["seed"], per_channel=o["per_channel"], images=images,
-                                     batch_axes=_batch_axes(o["batch_axes"]))
+                                     batch_axes=_batch_axes(o["batch_axes"]), ray=ray)
     fit = FitOptions(k=_k(o["k"]), k_per_op=_k_per_op(o["k_per_op"]), target_mse=o["target_mse"],
                      spike_penalty=o["spike_penalty"], seed=o["seed"], kicks=o["kicks"], focus_kicks=o["focus_kicks"],
                      per_channel=o["per_channel"], bias_correction=o["bias_correction"],
@@ -213,6 +240,7 @@ def _convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> Conve
               help="Also write report.json, report.md and pictures here (run on the calibration data).")
 @image_options
 @batch_axis_option
+@ray_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress line.")
 def convert(model: str, output: str, calib: str | None, report_dir: str | None, quiet: bool, **values: Any) -> None:
     """Convert MODEL into its spiking twin and write it to OUTPUT."""
@@ -224,6 +252,7 @@ def convert(model: str, output: str, calib: str | None, report_dir: str | None, 
             images, axes = options.calibration.images, options.calibration.batch_axes
             _run(lambda: amos_onnx.write_report(model, output, calib, report_dir, conversion=report, images=images,
                                                 batch_axes=axes, progress=options.progress,
+                                                ray=options.calibration.ray,
                                                 uncorrected=plain if plain and plain.exists() else None))
             click.echo(f"report: {report_dir}/report.md")
     for line in report.kind_lines() + report.notes:
@@ -268,15 +297,17 @@ def inspect(model: str, only: str | None, skip: str | None, as_json: bool) -> No
 @click.option("--no-native", is_flag=True, help="Run the function form even when the native op is built.")
 @image_options
 @batch_axis_option
+@ray_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress line.")
 def validate(original: str, converted: str, data: str | None, json_path: str | None, no_native: bool, quiet: bool,
              **values: Any) -> None:
     """Run ORIGINAL and CONVERTED on the same inputs; one PASSED/FAILED line per output (exit 1 on FAILED)."""
     images = _run(lambda: _images(data, **{key: values[key] for key in IMAGE_KEYS}))
     axes = _run(lambda: _batch_axes(values["batch_axes"]))
+    ray = _run(lambda: _ray(values))
     options = ValidateOptions(atol=values["atol"], rtol=values["rtol"], min_agreement=values["min_agreement"],
                               native=False if no_native else None, images=images, progress=False if quiet else None,
-                              batch_axes=axes)
+                              batch_axes=axes, ray=ray)
     report = _run(lambda: amos_onnx.validate(original, converted, data, options))
     for line in report.lines():
         click.echo(line)
@@ -293,14 +324,16 @@ def validate(original: str, converted: str, data: str | None, json_path: str | N
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Folder for the report.")
 @image_options
 @batch_axis_option
+@ray_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress line.")
 def report_command(original: str, converted: str, data: str | None, out: str, quiet: bool,
-                   batch_axes: tuple[str, ...], **image: Any) -> None:
+                   batch_axes: tuple[str, ...], **values: Any) -> None:
     """Measure CONVERTED against ORIGINAL on data and write report.json, report.md and pictures to OUT."""
-    images = _run(lambda: _images(data, **image))
+    ray = _run(lambda: _ray(values))
+    images = _run(lambda: _images(data, **values))
     axes = _run(lambda: _batch_axes(batch_axes))
     result = _run(lambda: amos_onnx.write_report(original, converted, data, out, images=images,
-                                                 progress=False if quiet else None, batch_axes=axes))
+                                                 progress=False if quiet else None, batch_axes=axes, ray=ray))
     totals = result["totals"]
     click.echo(f"mean spikes per gate {totals['mean_spikes_per_gate']:.3f}, spikes per input "
                f"{totals['spikes_per_input']:.1f}, latency {totals['latency_steps']} steps "

@@ -73,6 +73,29 @@ class CalibrationOptions:
     batch_axes: Mapping[str, int] = field(default_factory=dict, metadata=_help(
         "NAME=AXIS: the axis of input NAME that holds its samples, where it is not the first (a recurrent state "
         "[layers, N, H]: state=1); repeat for several. Symbolic dims that name the batch tell it too."))
+    ray: RayOptions | None = None  # calibrate in shards on Ray actors (amos_onnx.cluster)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how data is measured in shards on Ray (the `ray` extra): the cluster and its actors."""
+
+    address: str | None = field(default=None, metadata=_help(
+        "Run on Ray: nothing for a local cluster on this machine, 'auto' for the running cluster this machine "
+        "belongs to, or an address (host:port, ray://host:10001)."))
+    actors: int | None = field(default=None, metadata=_help(
+        "Ray actors, each holding its own onnxruntime sessions (default: the cluster's CPUs divided by "
+        "--ray-cpus)."))
+    cpus: int = field(default=1, metadata=_help("CPUs per Ray actor: its onnxruntime sessions use as many threads."))
+    shard_samples: int | None = None  # samples per shard (None: about 4 shards per actor, whole batches)
+
+    def __post_init__(self) -> None:
+        if self.actors is not None and self.actors < 1:
+            raise OptionError(f"--ray-actors {self.actors}: must be 1 or more")
+        if self.cpus < 1:
+            raise OptionError(f"--ray-cpus {self.cpus}: must be 1 or more")
+        if self.shard_samples is not None and self.shard_samples < 1:
+            raise OptionError(f"shard_samples {self.shard_samples}: must be 1 or more")
 
 
 REFIT_KICKS = 6  # local-search moves of a calibrated refit (the shipped gates had a longer search offline)

@@ -15,14 +15,15 @@ from amos_onnx.calibrate.run import Kept, calibrate
 from amos_onnx.compensate import bias
 from amos_onnx.compensate.bias import Compensation
 from amos_onnx.compensate.sequential import sequential, sequential_notes
-from amos_onnx.data.dataset import DataSource, open_data
+from amos_onnx.data.dataset import Dataset, DataSource, is_ray_dataset, open_data
+from amos_onnx.data.shards import Sharded
 from amos_onnx.errors import OptionError, OutputPathError
 from amos_onnx.find.composite import NearMiss
 from amos_onnx.find.sites import Site, find_sites, quantized_ops
 from amos_onnx.fit import focus
 from amos_onnx.fit.sites import Refocus, SiteFit, fit_sites
 from amos_onnx.load import FUNCTION_MIN_OPSET, default_opset, load_model, raise_opset, read_model, with_shapes
-from amos_onnx.options import ConvertOptions, EmitForm, FindOptions, FitOptions
+from amos_onnx.options import CalibrationOptions, ConvertOptions, EmitForm, FindOptions, FitOptions, RayOptions
 from amos_onnx.report.conversion import ConversionReport, SiteStatus, rewrite_notes, site_reports
 from amos_onnx.rewrite.graph import rewrite
 from amos_onnx.save import check_output_path, data_path, save_model
@@ -101,8 +102,7 @@ def plan(model_path: str | Path, calib: DataSource | None = None, options: Conve
     stages = Stages()
     with stages.stage("load"):
         model, files, loose = read_model(model_path)
-        data = open_data(calib, model, options.calibration.images, options.calibration.batch_axes) \
-            if calib is not None else None
+        data = _open(calib, model, options.calibration) if calib is not None else None
         opset_before = default_opset(model)
         if options.emit is EmitForm.FUNCTION:
             model = raise_opset(model, FUNCTION_MIN_OPSET)
@@ -124,6 +124,16 @@ def plan(model_path: str | Path, calib: DataSource | None = None, options: Conve
         result.calibration = data.description
         result.axes = dict(data.axes)
     return result
+
+
+def _open(calib: DataSource, model: onnx.ModelProto, options: CalibrationOptions) -> Dataset | Sharded:
+    """The calibration data: read here, or planned as shards for Ray actors (with options.ray, or a
+    ray.data.Dataset)."""
+    if options.ray is not None or is_ray_dataset(calib):
+        from amos_onnx.cluster.connect import plan_data
+
+        return plan_data(calib, model, options.images, options.batch_axes, options.ray or RayOptions())
+    return open_data(calib, model, options.images, options.batch_axes)
 
 
 def _check_output(p: Plan, output_path: str | Path) -> Path:

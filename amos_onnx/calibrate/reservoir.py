@@ -80,6 +80,29 @@ class Reservoir:
         if self._pending_size >= cap or kept < cap <= kept + self._pending_size:
             self._flush()
 
+    def merge(self, other: Reservoir) -> None:
+        """Take in another reservoir of the same tensor (another shard of the data, sampled with its own rng):
+        the union's exact range and count, and the `cap` values of the smallest keys of both samples, which is a
+        uniform sample of everything both saw (each value's key is uniform on its own)."""
+        if self.axis != other.axis:
+            raise ValueError(f"cannot merge reservoirs with channel axes {self.axis} and {other.axis}")
+        if other.channel_count:
+            if self.channel_count and other.channel_count != self.channel_count:
+                raise ValueError(f"channel axis {self.axis} has {other.channel_count} entries here, "
+                                 f"{self.channel_count} before")
+            if not self.channel_count:
+                self.channel_lo, self.channel_hi = other.channel_lo.copy(), other.channel_hi.copy()
+            self.channel_lo = np.minimum(self.channel_lo, other.channel_lo)
+            self.channel_hi = np.maximum(self.channel_hi, other.channel_hi)
+            self.channel_count = other.channel_count
+        self.seen += other.seen
+        self.lo, self.hi = min(self.lo, other.lo), max(self.hi, other.hi)
+        if other.values.size:
+            self._pending.append((other.values, other.keys, other.channels))
+            self._pending_size += other.values.size
+            self._cap = max(self._cap, other._cap)
+            self._flush()
+
     def _candidates(self, n: int, cap: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions among n new values that can enter the sample, with their keys: the same sample in
         distribution as a uniform key for every value, at a cost of the sample's size, not the batch's.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -15,6 +16,7 @@ from amos_onnx.calibrate.reservoir import Reservoir
 from amos_onnx.data.dataset import Dataset, sample_count
 from amos_onnx.data.inputs import model_layout, rows, sliceable
 from amos_onnx.data.progress import Progress
+from amos_onnx.data.shards import Sharded
 from amos_onnx.find.sites import Site
 from amos_onnx.options import CalibrationOptions
 from amos_onnx.runtime import run_checked, user_session
@@ -48,43 +50,77 @@ class Kept:
             self.held = (self.held[0] + sample_count(feed), self.held[1] + sum(a.nbytes for a in feed.values()))
 
 
+class Sampler:
+    """What calibration samples of a model: the input tensor of every converting site (inside If branches too:
+    calibrate.branches), exposed as outputs of a probe copy of the model; its session is made on first use (a
+    Ray driver that hands the data to actors never makes it)."""
+
+    def __init__(self, model: onnx.ModelProto, sites: list[Site], options: CalibrationOptions, label: str,
+                 folder: str | Path | None) -> None:
+        self.options, self.label, self.folder = options, label, folder
+        types = {s.input: s.dtype for s in sites if s.converts and not s.graph}
+        self.probe = exposed(model, types)
+        self.inner = expose_branches(self.probe, sites)  # in If branches; Loop and Scan bodies stay unsampled
+        self.tensors = sorted(types) + sorted(self.inner)
+        self.channel_axes = {s.samples: s.channel_axis for s in sites
+                             if options.per_channel and s.converts and s.channels}
+        self.threads: int | None = None  # onnxruntime threads of the session (None: its default, every core)
+        self._sess: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_sess": None}  # sent to Ray actors, which make their own
+
+    def reservoirs(self, rng: np.random.Generator) -> dict[str, Reservoir]:
+        """Empty reservoirs, one per sampled tensor, by Site.samples, drawing from rng."""
+        keys = [self.inner.get(name, name) for name in self.tensors]
+        return {key: Reservoir(self.options.cap, rng, self.channel_axes.get(key)) for key in keys}
+
+    def sample(self, data: Dataset, reservoirs: dict[str, Reservoir], bar: Progress | None = None,
+               keep: Kept | None = None) -> int:
+        """Every batch of data into the reservoirs; the number of samples read."""
+        if self._sess is None:
+            self._sess = user_session(self.probe, self.label, native=False, folder=self.folder, threads=self.threads)
+        runs = _Runs(sliceable(self.probe, data.axes), self.options.run_bytes)
+        done = 0
+        for batch in data.batches:
+            for feed in runs.split(batch):  # batch-first; onnxruntime and the reservoirs see the model's layout
+                laid_out = model_layout(feed, data.axes)
+                outputs = [name for name in self.tensors if name not in feed]
+                values = run_checked(self._sess, outputs, laid_out, self.label) if outputs else []
+                runs.measure(feed, values)
+                for name, value in zip(outputs, values):
+                    reservoirs[self.inner.get(name, name)].add(value)
+                for name in self.tensors:
+                    if name in feed:
+                        reservoirs[name].add(laid_out[name])
+                if keep is not None:
+                    keep.offer(feed)
+                done += sample_count(feed)
+                if bar is not None:
+                    bar.advance(sample_count(feed))
+        return done
+
+
 def calibrate(
-    model: onnx.ModelProto, sites: list[Site], data: Dataset, options: CalibrationOptions | None = None, *,
-    label: str = "model", progress: bool | None = None, folder: str | Path | None = None, keep: Kept | None = None,
+    model: onnx.ModelProto, sites: list[Site], data: Dataset | Sharded, options: CalibrationOptions | None = None,
+    *, label: str = "model", progress: bool | None = None, folder: str | Path | None = None, keep: Kept | None = None,
 ) -> tuple[dict[str, Reservoir], int]:
-    """Sample the input tensor of every converting site over all of `data`, batch by batch (inside If branches
-    too: calibrate.branches): the reservoirs, by Site.samples, and the number of samples seen. Memory stays at
-    one batch plus options.cap values per site. With options.per_channel, the reservoir of a tensor with a static
-    channel axis (Site.channel_axis, Site.channels) keeps each value's channel too. `keep`: the first batches are
-    kept there (Kept)."""
+    """Sample the input tensor of every converting site over all of `data`, batch by batch (Sampler): the
+    reservoirs, by Site.samples, and the number of samples seen. Memory stays at one batch plus options.cap values
+    per site. With options.per_channel, the reservoir of a tensor with a static channel axis (Site.channel_axis,
+    Site.channels) keeps each value's channel too. `keep`: the first batches are kept there (Kept). Sharded data
+    is sampled in shards on Ray actors (amos_onnx.cluster), their reservoirs merged."""
     options = options or CalibrationOptions()
-    types = {s.input: s.dtype for s in sites if s.converts and not s.graph}
-    probe = exposed(model, types)
-    inner = expose_branches(probe, sites)  # sites in If branches; those in Loop and Scan bodies stay unsampled
-    tensors = sorted(types) + sorted(inner)
-    if not tensors:  # nothing to sample: the data is not read
+    sampler = Sampler(model, sites, options, label, folder)
+    if not sampler.tensors:  # nothing to sample: the data is not read
         return {}, data.count or 0
-    rng = np.random.default_rng(options.seed)
-    axes = {s.samples: s.channel_axis for s in sites if options.per_channel and s.converts and s.channels}
-    reservoirs = {inner.get(name, name): Reservoir(options.cap, rng, axes.get(inner.get(name, name)))
-                  for name in tensors}
-    sess = user_session(probe, label, native=False, folder=folder)
+    if isinstance(data, Sharded):
+        from amos_onnx.cluster.calibrate import sample_on_ray
+
+        return sample_on_ray(sampler, data, progress, keep)
+    reservoirs = sampler.reservoirs(np.random.default_rng(options.seed))
     bar = Progress("calibrating", data.count, progress)
-    runs = _Runs(sliceable(model, data.axes), options.run_bytes)
-    for batch in data.batches:
-        for feed in runs.split(batch):  # batch-first; onnxruntime and the reservoirs see the model's layout
-            laid_out = model_layout(feed, data.axes)
-            outputs = [name for name in tensors if name not in feed]
-            values = run_checked(sess, outputs, laid_out, label) if outputs else []
-            runs.measure(feed, values)
-            for name, value in zip(outputs, values):
-                reservoirs[inner.get(name, name)].add(value)
-            for name in tensors:
-                if name in feed:
-                    reservoirs[name].add(laid_out[name])
-            if keep is not None:
-                keep.offer(feed)
-            bar.advance(sample_count(feed))
+    sampler.sample(data, reservoirs, bar, keep)
     bar.close()
     return reservoirs, bar.done
 

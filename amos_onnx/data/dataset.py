@@ -120,6 +120,11 @@ def _folder(folder: Path, model: onnx.ModelProto, options: ImageOptions, size: i
                    paths=tuple(files))
 
 
+def is_ray_dataset(source: object) -> bool:
+    """Whether data is a ray.data.Dataset (told without importing Ray)."""
+    return any(cls.__module__.startswith("ray.data") and cls.__name__ == "Dataset" for cls in type(source).__mro__)
+
+
 def sample_count(feed: Mapping[str, np.ndarray]) -> int:
     """Samples in one feed dict (the leading dimension of its first input that has one; 1 for scalars alone)."""
     first = next((a for a in feed.values() if np.ndim(a)), None)

@@ -79,10 +79,13 @@ class GateStats:
 class SpikeCounter:
     """Counts spikes of every gate node from the inputs the gates receive, batch by batch."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, seed: int = 0) -> None:
+        """seed: of each gate's sample reservoir (counters of different shards of the data need their own)."""
         self.nodes = gate_nodes(model)
         self.params = {n.name: gate_params(n) for n in self.nodes}
-        self.stats = {n.name: GateStats(n.name, n.input[0], self.params[n.name].k, n.output[0]) for n in self.nodes}
+        self.stats = {n.name: GateStats(n.name, n.input[0], self.params[n.name].k, n.output[0],
+                                        samples=Reservoir(SAMPLE_CAP, np.random.default_rng(seed)))
+                      for n in self.nodes}
 
     @property
     def inputs(self) -> list[str]:
@@ -112,6 +115,18 @@ class SpikeCounter:
             stats.evaluations += s.size
             stats.silent += int(np.count_nonzero(s == 0))
             stats.samples.add(x)
+
+    def merge(self, other: SpikeCounter) -> None:
+        """Take in another counter's counts of the same model's gates (over other data)."""
+        for name, stats in self.stats.items():
+            theirs = other.stats[name]
+            stats.spikes += theirs.spikes
+            stats.evaluations += theirs.evaluations
+            stats.silent += theirs.silent
+            stats.error_sq += theirs.error_sq
+            stats.error_count += theirs.error_count
+            stats.error_max = max(stats.error_max, theirs.error_max)
+            stats.samples.merge(theirs.samples)
 
     def mean_spikes(self) -> float | None:
         if not self.nodes:

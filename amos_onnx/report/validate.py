@@ -15,18 +15,19 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 from onnx import TensorProto
 
 from amos_onnx.calibrate.run import exposed
-from amos_onnx.data.dataset import Dataset, DataSource, open_data, sample_count
+from amos_onnx.data.dataset import Dataset, DataSource, is_ray_dataset, open_data, sample_count
 from amos_onnx.data.images import ImageOptions
 from amos_onnx.data.inputs import batch_axes, batch_size, batches, input_specs, model_layout, random_feeds
 from amos_onnx.data.progress import Progress
 from amos_onnx.errors import ModelLoadError
 from amos_onnx.load import load_model
+from amos_onnx.options import RayOptions
 from amos_onnx.report.spikes import SpikeCounter
+from amos_onnx.report.tally import OutputTally
 from amos_onnx.runtime import run_checked, user_session, uses_native
 
 DEFAULT_ATOL = 1e-3
@@ -92,26 +93,19 @@ class ValidationReport:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
 
-def _verdict(name: str, ref: np.ndarray, out: np.ndarray, atol: float | None, rtol: float | None,
-             min_agree: float | None) -> OutputVerdict:
-    ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
-    diff = np.abs(out64 - ref64)
-    max_err = float(diff.max()) if diff.size else 0.0
-    mean_err = float(diff.mean()) if diff.size else 0.0
-    checks, passed, agreement = [], True, None
-    classifier = ref.ndim == 2 and ref.shape[1] >= 2 and ref.dtype.kind == "f"
-    if classifier:
-        agreement = float(np.mean(ref.argmax(1) == out.argmax(1))) if ref.shape[0] else 1.0
+def _verdict(tally: OutputTally, atol: float | None, rtol: float | None, min_agree: float | None) -> OutputVerdict:
+    checks, passed, agreement = [], True, tally.agreement
+    if agreement is not None:
         floor = DEFAULT_MIN_AGREEMENT if min_agree is None else min_agree
         passed &= agreement >= floor
         checks.append(f"top-1 agreement >= {floor:g}")
-    if not classifier or atol is not None or rtol is not None:
+    if agreement is None or atol is not None or rtol is not None:
         a = DEFAULT_ATOL if atol is None else atol
         r = DEFAULT_RTOL if rtol is None else rtol
-        bound = a + r * (float(np.abs(ref64).max()) if ref64.size else 0.0)
-        passed &= max_err <= bound
+        bound = a + r * tally.original_max
+        passed &= tally.error_max <= bound
         checks.append(f"max-abs-err <= atol {a:g} + rtol {r:g} * max|orig| = {bound:.4g}")
-    return OutputVerdict(name, bool(passed), max_err, mean_err, agreement, "; ".join(checks))
+    return OutputVerdict(tally.name, bool(passed), tally.error_max, tally.mean_error, agreement, "; ".join(checks))
 
 
 @dataclass(frozen=True)
@@ -127,6 +121,7 @@ class ValidateOptions:
     images: ImageOptions | None = None
     progress: bool | None = None
     batch_axes: Mapping[str, int] = field(default_factory=dict)  # CalibrationOptions.batch_axes, for --data
+    ray: RayOptions | None = None  # measure the data in shards on Ray actors (amos_onnx.cluster)
 
 
 def _dataset(model: onnx.ModelProto, data: DataSource | None, options: ValidateOptions) -> Dataset:
@@ -138,61 +133,111 @@ def _dataset(model: onnx.ModelProto, data: DataSource | None, options: ValidateO
                    batches(feeds, batch_size(model, axes)), sample_count(feeds), axes=axes)
 
 
+@dataclass
+class Measured:
+    """What a pass of both models over data measured, in sums, counts and maxima: the pass over all the data, or
+    one shard's, merged with the others' (merge)."""
+
+    outputs: list[OutputTally]
+    counter: SpikeCounter
+    samples: int
+    native: bool
+
+    def merge(self, other: Measured) -> None:
+        for tally, theirs in zip(self.outputs, other.outputs):
+            tally.merge(theirs)
+        self.counter.merge(other.counter)
+        self.samples += other.samples
+        self.native = self.native and other.native
+
+
+class Comparison:
+    """Both models read and the tensors to compare chosen: the original's outputs, the gates' inputs (for their
+    spikes) and the gates' outputs that the original has too (each layer's error). Sessions are made on first
+    use, so a driver that hands the data to Ray actors never makes them."""
+
+    def __init__(self, original: str | Path, converted: str | Path, options: ValidateOptions) -> None:
+        self.original, self.converted, self.options = str(original), str(converted), options
+        self.orig_model, self.conv_model = load_model(original), load_model(converted)
+        self.names = [o.name for o in self.orig_model.graph.output]
+        counter = self.counter()
+        fed = {spec.name for spec in input_specs(self.orig_model)}
+        in_original = {name for node in self.orig_model.graph.node for name in node.output}
+        self.layer_names = [y for y in counter.outputs if y in in_original and y not in self.names]
+        self.watched = [x for x in counter.inputs if x not in fed] + self.layer_names
+        self.threads: int | None = None  # onnxruntime threads per session (None: its default, every core)
+        self._sessions: tuple[Any, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_sessions": None}  # sent to Ray actors, which make their own
+
+    def counter(self, seed: int = 0) -> SpikeCounter:
+        """An empty spike counter for the converted model's gates (`seed`: of its sample reservoirs)."""
+        try:
+            return SpikeCounter(self.conv_model, seed)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{self.converted}: {exc}") from None
+
+    def sessions(self) -> tuple[Any, Any]:
+        if self._sessions is None:
+            probe = exposed(self.conv_model, dict.fromkeys(self.watched, TensorProto.FLOAT))
+            orig = exposed(self.orig_model, dict.fromkeys(self.layer_names, TensorProto.FLOAT))
+            self._sessions = (
+                user_session(orig, self.original, native=False, folder=Path(self.original).parent,
+                             threads=self.threads),
+                user_session(probe, self.converted, native=self.options.native, folder=Path(self.converted).parent,
+                             threads=self.threads))
+        return self._sessions
+
+    def measure(self, dataset: Dataset, bar: Progress | None = None, seed: int = 0) -> Measured:
+        """Both models over every batch of the dataset; `seed`: of the spike counter's sample reservoirs (a
+        shard's own, so that merged samples stay uniform)."""
+        orig_sess, conv_sess = self.sessions()
+        conv_names = list(dict.fromkeys(self.names + self.watched))
+        orig_names = self.names + self.layer_names
+        measured = Measured([OutputTally(name) for name in self.names], self.counter(seed), 0, uses_native(conv_sess))
+        for batch in dataset.batches:
+            n = sample_count(batch)
+            feed = model_layout(batch, dataset.axes)
+            ref = dict(zip(orig_names, run_checked(orig_sess, orig_names, feed, self.original)))
+            got = dict(zip(conv_names, run_checked(conv_sess, conv_names, feed, self.converted)))
+            labels = None if dataset.labels is None else dataset.labels[measured.samples:measured.samples + n]
+            for i, tally in enumerate(measured.outputs):
+                tally.add(ref[tally.name], got[tally.name], labels if i == 0 else None)
+            measured.counter.add({**feed, **got})
+            measured.counter.compare(got, ref)
+            measured.samples += n
+            if bar is not None:
+                bar.advance(n)
+        return measured
+
+
 def validate(original: str | Path, converted: str | Path, data: DataSource | None = None,
              options: ValidateOptions | None = None, **keywords: Any) -> ValidationReport:
     """Compare a converted model with its original on data (or random inputs) and measure its spikes; options
-    (ValidateOptions) or its fields as keywords."""
+    (ValidateOptions) or its fields as keywords. With options.ray, or a ray.data.Dataset as data, the data is
+    measured in shards on Ray actors (amos_onnx.cluster) and the shards' figures merged."""
     options = options if options is not None else ValidateOptions(**keywords)
-    orig_model, conv_model = load_model(original), load_model(converted)
-    dataset = _dataset(orig_model, data, options)
-    fed = {spec.name for spec in input_specs(orig_model)}
-    names = [o.name for o in orig_model.graph.output]
-    try:
-        counter = SpikeCounter(conv_model)
-    except ModelLoadError as exc:
-        raise ModelLoadError(f"{converted}: {exc}") from None
-    # Gate inputs (for spikes) and outputs (for the per-layer error against the original's same tensor).
-    in_original = {name for node in orig_model.graph.node for name in node.output}
-    layer_names = [y for y in counter.outputs if y in in_original and y not in names]
-    watched = [x for x in counter.inputs if x not in fed] + layer_names
-    probe = exposed(conv_model, dict.fromkeys(watched, TensorProto.FLOAT))
-    orig_sess = user_session(exposed(orig_model, dict.fromkeys(layer_names, TensorProto.FLOAT)), str(original),
-                             native=False, folder=Path(original).parent)
-    conv_sess = user_session(probe, str(converted), native=options.native, folder=Path(converted).parent)
-    conv_names = list(dict.fromkeys(names + watched))
-    orig_names = names + layer_names
-    refs: list[list[np.ndarray]] = [[] for _ in names]
-    outs: list[list[np.ndarray]] = [[] for _ in names]
-    bar = Progress("validating", dataset.count, options.progress)
-    for batch in dataset.batches:
-        feed = model_layout(batch, dataset.axes)
-        ref = dict(zip(orig_names, run_checked(orig_sess, orig_names, feed, str(original))))
-        got = dict(zip(conv_names, run_checked(conv_sess, conv_names, feed, str(converted))))
-        for i, name in enumerate(names):
-            refs[i].append(ref[name])
-            outs[i].append(got[name])
-        counter.add({**feed, **got})
-        counter.compare(got, ref)
-        bar.advance(sample_count(batch))
-    bar.close()
-    report = ValidationReport(str(original), str(converted), dataset.description, bar.done, uses_native(conv_sess))
-    _judge(report, names, (refs, outs), dataset.labels, options)
+    comparison = Comparison(original, converted, options)
+    if options.ray is not None or is_ray_dataset(data):
+        from amos_onnx.cluster.validate import measure_on_ray
+
+        description, measured = measure_on_ray(comparison, data, options)
+    else:
+        dataset = _dataset(comparison.orig_model, data, options)
+        bar = Progress("validating", dataset.count, options.progress)
+        measured = comparison.measure(dataset, bar)
+        bar.close()
+        description = dataset.description
+    report = ValidationReport(comparison.original, comparison.converted, description, measured.samples,
+                              measured.native)
+    report.outputs = [_verdict(t, options.atol, options.rtol, options.min_agreement) for t in measured.outputs]
+    accuracies = measured.outputs[0].accuracies if measured.outputs else None
+    if accuracies is not None:
+        report.accuracy_original, report.accuracy_converted = accuracies
+    counter = measured.counter
     report.mean_spikes_per_gate = counter.mean_spikes()
     report.spikes_per_site = {name: st.mean_spikes for name, st in counter.stats.items()}
-    report.gates = [st.to_dict(bar.done) for st in counter.stats.values()]
+    report.gates = [st.to_dict(measured.samples) for st in counter.stats.values()]
     report.counter = counter
     return report
-
-
-def _judge(report: ValidationReport, names: list[str], runs: tuple[list[list[np.ndarray]], list[list[np.ndarray]]],
-           labels: np.ndarray | None, options: ValidateOptions) -> None:
-    """One verdict per output from the original's (refs) and the converted model's batches; the accuracies of
-    the first output when the data has labels and it is a classifier's [N, classes]."""
-    refs, outs = runs
-    for i, name in enumerate(names):
-        ref_all = np.concatenate([np.atleast_1d(r) for r in refs[i]])
-        out_all = np.concatenate([np.atleast_1d(o) for o in outs[i]])
-        report.outputs.append(_verdict(name, ref_all, out_all, options.atol, options.rtol, options.min_agreement))
-        if labels is not None and i == 0 and ref_all.ndim == 2:
-            report.accuracy_original = float(np.mean(ref_all.argmax(1) == labels))
-            report.accuracy_converted = float(np.mean(out_all.argmax(1) == labels))
