@@ -62,21 +62,6 @@ class FindOptions:
 
 
 @dataclass(frozen=True)
-class CalibrationOptions:
-    """How calibration samples each site's inputs: its random draw, and whether values keep their channel."""
-
-    seed: int = field(default=0, metadata=_help("Seed of the calibration's reservoir sampling."))
-    per_channel: bool = field(default=False, metadata=_help("Keep each value's channel (for per-channel gates)."))
-    images: ImageOptions | None = None
-    cap: int = 100_000  # values kept per site tensor, a uniform random sample of all it saw
-    run_bytes: int = 128 << 20  # a calibration run takes as many rows as keep its exposed outputs below this
-    batch_axes: Mapping[str, int] = field(default_factory=dict, metadata=_help(
-        "NAME=AXIS: the axis of input NAME that holds its samples, where it is not the first (a recurrent state "
-        "[layers, N, H]: state=1); repeat for several. Symbolic dims that name the batch tell it too."))
-    ray: RayOptions | None = None  # calibrate in shards on Ray actors (amos_onnx.cluster)
-
-
-@dataclass(frozen=True)
 class RayOptions:
     """Where and how data is measured in shards on Ray (the `ray` extra): the cluster and its actors."""
 
@@ -96,6 +81,21 @@ class RayOptions:
             raise OptionError(f"--ray-cpus {self.cpus}: must be 1 or more")
         if self.shard_samples is not None and self.shard_samples < 1:
             raise OptionError(f"shard_samples {self.shard_samples}: must be 1 or more")
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """How calibration samples each site's inputs: its random draw, and whether values keep their channel."""
+
+    seed: int = field(default=0, metadata=_help("Seed of the calibration's reservoir sampling."))
+    per_channel: bool = field(default=False, metadata=_help("Keep each value's channel (for per-channel gates)."))
+    images: ImageOptions | None = None
+    cap: int = 100_000  # values kept per site tensor, a uniform random sample of all it saw
+    run_bytes: int = 128 << 20  # a calibration run takes as many rows as keep its exposed outputs below this
+    batch_axes: Mapping[str, int] = field(default_factory=dict, metadata=_help(
+        "NAME=AXIS: the axis of input NAME that holds its samples, where it is not the first (a recurrent state "
+        "[layers, N, H]: state=1); repeat for several. Symbolic dims that name the batch tell it too."))
+    ray: RayOptions | None = None  # calibrate in shards on Ray actors (amos_onnx.cluster)
 
 
 REFIT_KICKS = 6  # local-search moves of a calibrated refit (the shipped gates had a longer search offline)
