@@ -172,9 +172,9 @@ def test_report_on_ray_writes_the_single_process_figures(fashion, cluster, tmp_p
 
 def test_calibration_on_ray_gives_models_within_a_tenth_of_a_point(fashion, cluster, tmp_path) -> None:
     """Calibrated through Ray (8 shards on 2 actors), the plan's reservoirs see exactly the single process's values
-    (count, range) and keep the same first batches; their samples are other uniform draws, so the fits differ as
-    between calibration seeds (the single process's test accuracy spans 0.18 points over seeds 0-9). Over seeds
-    0-2 the mean test accuracy through Ray is within 0.1 points of the single process's, each seed within 0.3."""
+    (count, range) and keep the same first batches; their samples are other uniform draws of those values. At
+    convert's default K, each of seeds 0-2 gives a test accuracy within 0.1 points of the single process's with the
+    same seed (at K=4 the draws matter more: benchmarks/ray_throughput.py measures both)."""
     from amos_onnx.pipeline import plan
 
     one = plan(fashion["model"], fashion["calib"], progress=False)
@@ -184,19 +184,17 @@ def test_calibration_on_ray_gives_models_within_a_tenth_of_a_point(fashion, clus
         theirs = many.reservoirs[name]
         assert (theirs.seen, theirs.lo, theirs.hi, theirs.values.size) == \
             (reservoir.seen, reservoir.lo, reservoir.hi, reservoir.values.size)
+        assert not np.array_equal(np.sort(theirs.values), np.sort(reservoir.values))  # another draw
     assert len(many.feeds) == len(one.feeds)
     assert all(np.array_equal(a["image"], b["image"]) for a, b in zip(one.feeds, many.feeds))
-    accuracies = {}
     for seed in (0, 1, 2):
+        accuracy = {}
         for mode, ray_options in (("one", None), ("ray", RayOptions(actors=2, shard_samples=256))):
             output = tmp_path / f"{mode}{seed}.onnx"
-            amos_onnx.convert(fashion["model"], output, fashion["calib"], k=4, seed=seed, progress=False,
-                              ray=ray_options)
-            accuracies[mode, seed] = amos_onnx.validate(fashion["model"], output, fashion["data"],
-                                                        progress=False).accuracy_converted
-    mean = {mode: np.mean([accuracies[mode, seed] for seed in (0, 1, 2)]) for mode in ("one", "ray")}
-    assert abs(mean["ray"] - mean["one"]) <= 0.001, accuracies
-    assert all(abs(accuracies["ray", seed] - accuracies["one", seed]) <= 0.003 for seed in (0, 1, 2)), accuracies
+            amos_onnx.convert(fashion["model"], output, fashion["calib"], seed=seed, progress=False, ray=ray_options)
+            accuracy[mode] = amos_onnx.validate(fashion["model"], output, fashion["data"],
+                                                progress=False).accuracy_converted
+        assert abs(accuracy["ray"] - accuracy["one"]) <= 0.001, (seed, accuracy)
 
 
 def test_a_ray_dataset_is_measured_like_the_same_arrays(fashion, cluster, tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
-"""Throughput of `validate` on Ray against the number of actors, beside the single process, on this machine.
+"""validate's throughput on Ray against the number of actors, and calibration through Ray against one process.
 
-    .venv/bin/python benchmarks/ray_throughput.py [--reps 2] [--write]
+    .venv/bin/python benchmarks/ray_cluster.py [--reps 2] [--seeds 0,1,2,3] [--write]
 
 The Fashion-MNIST VGG of fashion_nets.py, converted at K=4 (calibrated on fashion_k.py's 2,000 training images),
 validated on 20,000 Fashion-MNIST images (the 10,000 test images and the last 10,000 training images) from one
@@ -9,6 +9,11 @@ machine's CPUs, with 1 and 2 actors of 1 CPU (one onnxruntime thread per session
 configuration runs `reps` times, round-robin; the figure is images per second of the best run, each a ratio to
 the single process's of the same run order. The Ray runs include each run's actor start (the models loaded and
 their sessions made per actor), not the cluster's start, printed apart.
+
+Calibration: the same VGG converted at convert's default K (ReLU 10) and at K=4, with each calibration seed, in
+one process and through Ray (2 actors, 8 shards of the 2,000 images); each model's test accuracy on the 10,000
+test images (the native op). Ray's reservoirs hold other uniform draws of the same values than the single
+process's, so the two differ as two seeds do.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ CONFIGS = {"one process": None, "Ray, 1 actor x 1 CPU": RayOptions(actors=1, cpu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--seeds", default="0,1,2,3", help="calibration seeds, comma-separated")
     parser.add_argument("--write", action="store_true", help="write the results into benchmarks/RESULTS.md")
     args = parser.parse_args()
     import ray
@@ -62,14 +68,16 @@ def main() -> None:
                 agree[name] = (report.samples, report.accuracy_converted, report.outputs[0].agreement,
                                report.mean_spikes_per_gate)
                 print(f"{name}: {rate:.0f} images/s", flush=True)
+        calibration = calibrate_both(model, [int(v) for v in args.seeds.split(",")], Path(tmp))
         ray.shutdown()
     assert len(set(agree.values())) == 1, agree  # every configuration measured the same figures
     samples, accuracy, agreement, spikes = next(iter(agree.values()))
     rows = [f"| {name} | {rate:.0f} | {rate / best['one process']:.2f}x |" for name, rate in best.items()]
     text = "\n".join([
-        "## validate on Ray: throughput against actors",
+        "## Ray: validate's throughput against actors, calibration against one process",
         "",
-        f"`.venv/bin/python benchmarks/ray_throughput.py --reps {args.reps} --write` ({machine()}). The Fashion-MNIST "
+        f"`.venv/bin/python benchmarks/ray_cluster.py --reps {args.reps} --seeds {args.seeds} --write` ({machine()}). "
+        "The Fashion-MNIST "
         f"VGG at K=4, {samples} images; every configuration gave the same figures (spiking accuracy "
         f"{100 * float(accuracy):.2f}%, top-1 agreement {float(agreement):.4f}, {float(spikes):.3f} mean spikes per "
         f"gate). Best of {args.reps} runs, each with its actors' start; the local cluster's own start took "
@@ -78,10 +86,42 @@ def main() -> None:
         "| configuration | images/s | vs one process |",
         "|---|---|---|",
         *rows,
+        "",
+        f"Calibration through Ray (2 actors, 8 shards of the {len(calibration_images())} calibration images) against "
+        "one process, same seed: test accuracy of each conversion on the 10,000 test images (ANN "
+        f"{100 * calibration['ann']:.2f}%).",
+        "",
+        "| K | seed | one process | Ray | Ray - one process (points) |",
+        "|---|---|---|---|---|",
+        *[f"| {k} | {seed} | {100 * one:.2f}% | {100 * many:.2f}% | {100 * (many - one):+.2f} |"
+          for k, seed, one, many in calibration["rows"]],
     ])
     print(text)
     if args.write:
-        write_section("ray_throughput", text)
+        write_section("ray_cluster", text)
+
+
+def calibrate_both(model: Path, seeds: list[int], folder: Path) -> dict[str, object]:
+    """Test accuracy of the VGG converted in one process and through Ray, at the default K and K=4, per seed."""
+    xte, yte = fashion_data.load("test")
+    calib = folder / "calib.npz"
+    np.savez(calib, image=calibration_images())
+
+    def accuracy(path: Path) -> float:
+        return float(np.mean(amos_onnx.session(path).run(None, {"image": xte})[0].argmax(1) == yte))
+
+    rows = []
+    for k in ("default", 4):
+        for seed in seeds:
+            pair = []
+            for options in (None, RayOptions(actors=2, shard_samples=256)):
+                out = folder / "calibrated.onnx"
+                amos_onnx.convert(model, out, calib, k=None if k == "default" else k, seed=seed, progress=False,
+                                  ray=options)
+                pair.append(accuracy(out))
+            rows.append((k, seed, *pair))
+            print(f"K {k}, seed {seed}: one process {pair[0]:.4f}, Ray {pair[1]:.4f}", flush=True)
+    return {"ann": accuracy(model), "rows": rows}
 
 
 if __name__ == "__main__":
