@@ -74,16 +74,26 @@ class GateParams:
 
 def simulate(params: GateParams, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Run the gate on x in float32; returns (output, spikes per element)."""
-    v = np.asarray(x, dtype=np.float32)
+    v = np.array(x, dtype=np.float32)  # a copy: the membrane is updated in place
     y = np.zeros(v.shape, dtype=np.float32)
     spikes = np.zeros(v.shape, dtype=np.int32)
+    # With finite parameters, adding weight * z (and subtracting reset * z) adds exactly the weight where the
+    # neuron fires and a zero elsewhere: the same float32 values as Where(z, y + weight, y), five times faster. An
+    # infinite reset or weight times a zero would be NaN: such gates take the Where form.
+    finite = all(np.all(np.isfinite(a)) for a in (params.resets, params.weights))
     for t in range(params.k):
         threshold, reset, weight = params.step(t, v.ndim)
         z = v > threshold
-        y = np.where(z, y + weight, y)
+        if finite:
+            y += weight * z
+        else:
+            y = np.where(z, y + weight, y)
         spikes += z
         if t < params.k - 1:
-            v = np.where(z, v - reset, v)
+            if finite:
+                v -= reset * z
+            else:
+                v = np.where(z, v - reset, v)
     return y, spikes
 
 
