@@ -231,3 +231,22 @@ def test_the_command_line_joins_a_cluster_by_its_address(fashion, cluster) -> No
     assert result.returncode == alone.returncode == 0, result.stderr
     assert "on 2 Ray actors" in result.stdout.splitlines()[0]
     assert result.stdout.splitlines()[1:] == alone.stdout.splitlines()[1:]
+
+
+def test_ray_options_are_checked_before_a_cluster_starts(tmp_path: Path) -> None:
+    """convert --ray needs --calib, validate --ray needs --data, and data that does not shard is refused: one
+    line, exit 2, nothing written."""
+    from click.testing import CliRunner
+    from conftest import activation_model, save
+
+    from amos_onnx.cli import main
+
+    src = save(activation_model("Relu", 17), tmp_path / "m.onnx")
+    runner = CliRunner()
+    result = runner.invoke(main, ["convert", str(src), str(tmp_path / "out.onnx"), "--ray"])
+    assert result.exit_code == 2 and "--ray needs --calib" in result.output
+    assert not (tmp_path / "out.onnx").exists()
+    result = runner.invoke(main, ["validate", str(src), str(src), "--ray"])
+    assert result.exit_code == 2 and "--ray needs --data" in result.output
+    with pytest.raises(DataError, match="data of type dict does not shard over Ray"):
+        amos_onnx.validate(src, src, {"x": np.zeros((4, 16), np.float32)}, ray=RayOptions())
