@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import onnx
 
-from amos_onnx.data.images import ImageOptions, image_batches, image_files, plan
+from amos_onnx.data.images import ImageOptions, describe, image_batches, image_files, plan
 from amos_onnx.data.inputs import BatchAxes, batch_axes, batch_size, batches, check_feeds, input_specs, load_npz
 from amos_onnx.errors import DataError
 
@@ -114,10 +114,8 @@ def _folder(folder: Path, model: onnx.ModelProto, options: ImageOptions, size: i
                         f"({', '.join(s.name for s in specs)})")
     image_plan = plan(specs[0], options, str(folder))
     files = image_files(folder)
-    description = (f"{folder} ({len(files)} images, {image_plan.layout} {image_plan.channels}x{image_plan.height}x"
-                   f"{image_plan.width}{', BGR' if options.bgr else ''})")
-    return Dataset(description, image_batches(files, specs[0].name, image_plan, options, size), len(files),
-                   paths=tuple(files))
+    return Dataset(describe(folder, len(files), image_plan, options),
+                   image_batches(files, specs[0].name, image_plan, options, size), len(files), paths=tuple(files))
 
 
 def is_ray_dataset(source: object) -> bool:

@@ -64,6 +64,12 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
+def describe(folder: Path, count: int, image_plan: ImagePlan, options: ImageOptions) -> str:
+    """A folder of images as reports name it: its image count and the inputs they become."""
+    return (f"{folder} ({count} images, {image_plan.layout} {image_plan.channels}x{image_plan.height}x"
+            f"{image_plan.width}{', BGR' if options.bgr else ''})")
+
+
 def _fixed(dim: int | str | None) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from amos_onnx.data.dataset import Dataset, sample_count
-from amos_onnx.data.images import ImageOptions, image_batches, image_files, plan
+from amos_onnx.data.images import ImageOptions, describe, image_batches, image_files, plan
 from amos_onnx.data.inputs import (
     LABELS,
     BatchAxes,
@@ -81,6 +81,7 @@ def plan_shards(source: str | Path | Sequence[str | Path], model: onnx.ModelProt
     axes = batch_axes(model, given_axes)
     size = batch_size(model, axes)
     counts = [_count(path, model, images, axes) for path in paths]
+    what = _describe(paths[0], counts[0], model, images) if len(paths) == 1 else f"{len(paths)} files ({paths[0]}, ...)"
     total = sum(counts)
     per = shard_samples or math.ceil(total / (SHARDS_PER_WORKER * max(workers, 1)))
     per = max(size, math.ceil(per / size) * size)
@@ -90,8 +91,15 @@ def plan_shards(source: str | Path | Sequence[str | Path], model: onnx.ModelProt
         for start in range(0, count, per):
             shards.append(Shard(len(shards), str(path), start, min(count, start + per), path.is_dir()))
         read += image_files(path) if path.is_dir() else [path]
-    what = str(paths[0]) if len(paths) == 1 else f"{len(paths)} files ({paths[0]}, ...)"
     return Sharded(f"{what} in {len(shards)} shards", tuple(shards), total, tuple(read), axes, images, size)
+
+
+def _describe(path: Path, count: int, model: onnx.ModelProto, images: ImageOptions | None) -> str:
+    """A path as the single-process path describes it (a folder: its images and the inputs they become)."""
+    if not path.is_dir():
+        return str(path)
+    options = images or ImageOptions()
+    return describe(path, count, plan(input_specs(model)[0], options, str(path)), options)
 
 
 def _count(path: Path, model: onnx.ModelProto, images: ImageOptions | None, axes: BatchAxes) -> int:
