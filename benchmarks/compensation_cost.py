@@ -1,0 +1,102 @@
+"""Peak memory and wall time of calibrated conversions of the PyPI models with the compensation off and on.
+
+    .venv/bin/python benchmarks/compensation_cost.py [--samples 64] [--write]
+
+NudeNet (320x320), PP-OCRv4 det (640x640) and rec (48x320), calibrated on conversion_speed.py's folders of the
+natural size (photos with seeded crops, rendered text pages and lines), each converted three ways with convert's
+defaults otherwise (focus on): plain, --bias-correction, and --bias-correction --sequential. Every conversion runs
+in a fresh spawned process; its peak memory is the largest resident set of that process and of the fit workers
+it forks (getrusage), so the ratios compare like with like within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pypi_models  # noqa: E402
+from conversion_speed import PPOCR, line_folder, photo_folder  # noqa: E402
+from results import machine, write_section  # noqa: E402
+
+from amos_onnx.data.images import ImageOptions  # noqa: E402
+
+MODES = {"plain": {}, "--bias-correction": {"bias_correction": True},
+         "--bias-correction --sequential": {"bias_correction": True, "sequential": True}}
+
+
+def _convert(model: Path, out: Path, folder: Path, images: ImageOptions, options: dict[str, bool]) -> tuple[float, int]:
+    """In the spawned process: one conversion's wall seconds and peak resident set (KiB, itself or a worker)."""
+    import amos_onnx
+
+    start = time.perf_counter()
+    amos_onnx.convert(model, out, folder, images=images, progress=False, **options)
+    seconds = time.perf_counter() - start
+    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return seconds, peak
+
+
+def _child(conn: object, *args: object) -> None:
+    conn.send(_convert(*args))  # type: ignore[attr-defined, arg-type]
+
+
+def in_fresh_process(*args: object) -> tuple[float, int]:
+    """_convert in a spawned process (not a pool's daemon: the fits fork workers of their own)."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(send, *args))
+    process.start()
+    result = receive.recv()
+    process.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--write", action="store_true", help="write the results into benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        pages = work / "pages"
+        pypi_models.text_images(pages, args.samples, seed=0)
+        cases = [("NudeNet YOLOv8n, 320x320", pypi_models.NUDENET, photo_folder(work / "photos", args.samples),
+                  ImageOptions(size=(320, 320))),
+                 ("PP-OCRv4 det, 640x640", pypi_models.OCR_DET, pages, ImageOptions(size=(640, 640), **PPOCR)),
+                 ("PP-OCRv4 rec, 48x320", pypi_models.OCR_REC, line_folder(work / "rec", args.samples, (48, 320)),
+                  ImageOptions(size=(48, 320), **PPOCR))]
+        for name, spec, folder, images in cases:
+            model = pypi_models.model_file(*spec)
+            measured = {}
+            for mode, options in MODES.items():
+                measured[mode] = in_fresh_process(model, work / "out.onnx", folder, images, options)
+                print(f"{name}, {mode}: {measured[mode][0]:.1f} s, peak {measured[mode][1] / 1024:.0f} MiB", flush=True)
+            rows.append((name, measured))
+    lines = [f"| {name} | {mode} | {seconds:.1f} | {seconds / measured['plain'][0]:.2f}x | {peak / 1024:.0f} | "
+             f"{peak / measured['plain'][1]:.2f}x |"
+             for name, measured in rows for mode, (seconds, peak) in measured.items()]
+    text = "\n".join([
+        "## The compensation's cost: time and peak memory",
+        "",
+        f"`.venv/bin/python benchmarks/compensation_cost.py --samples {args.samples} --write` ({machine()}). "
+        f"Calibrated conversions on {args.samples} samples of each model's natural size (conversion_speed.py's "
+        "folders), convert's defaults otherwise (focus on), each in a fresh process; peak: the largest resident set "
+        "of the process or of a fit worker it forked.",
+        "",
+        "| conversion | compensation | wall (s) | vs plain | peak memory (MiB) | vs plain |",
+        "|---|---|---|---|---|---|",
+        *lines,
+    ])
+    print(text)
+    if args.write:
+        write_section("compensation_cost", text)
+
+
+if __name__ == "__main__":
+    main()
