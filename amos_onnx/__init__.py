@@ -1,7 +1,7 @@
 """amos-onnx: turn any ONNX network into its AMOS spiking twin (at most one spike per neuron).
 
-The public API is this module's __all__; the stage packages (find, data, calibrate, fit, rewrite, report) hold
-the rest, and no name exported here shadows one of them.
+The public API is this module's __all__; the stage packages (find, data, calibrate, fit, compensate, rewrite,
+report, and cluster for Ray) hold the rest, and no name exported here shadows one of them.
 """
 
 from __future__ import annotations
