@@ -52,16 +52,21 @@ def measure(p: Plan, fits: dict, corrected: bool, test: tuple[np.ndarray, np.nda
             "layers": len(compensation.corrections) if compensation else 0}
 
 
-def network(name: str, ks: list[int], folder: Path) -> list[dict[str, object]]:
+def baseline(name: str) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], float, Plan]:
+    """A Fashion network's test set with the ANN's logits, the ANN's accuracy, and its calibrated plan."""
     path, _ = fashion_nets.network(name)
     xte, yte = fashion_data.load("test")
     ann_logits = run_original(path, xte)
-    ann = float(np.mean(ann_logits.argmax(1) == yte))
-    p = plan(path, calib={"image": calibration_images()}, seed=SEED)
+    return (xte, yte, ann_logits), float(np.mean(ann_logits.argmax(1) == yte)), \
+        plan(path, calib={"image": calibration_images()}, seed=SEED)
+
+
+def network(name: str, ks: list[int], folder: Path) -> list[dict[str, object]]:
+    (xte, yte, ann_logits), ann, p = baseline(name)
     modes = [("one gate per site", p, False)]
     if all(s.activation is not None and s.activation.relu_like for s in p.sites if s.converts):
-        modes.append(("per channel", plan(path, calib={"image": calibration_images()}, seed=SEED, per_channel=True),
-                      True))
+        by_channel = plan(p.model_path, calib={"image": calibration_images()}, seed=SEED, per_channel=True)
+        modes.append(("per channel", by_channel, True))
     rows = []
     for k in ks:
         for mode, q, per_channel in modes:

@@ -14,30 +14,22 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fashion_data  # noqa: E402
-import fashion_nets  # noqa: E402
-from bias_correction import measure, run_nets  # noqa: E402
-from fashion_k import SEED, calibration_images, run_original  # noqa: E402
+from bias_correction import baseline, measure, run_nets  # noqa: E402
+from fashion_k import SEED  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
 from amos_onnx.compensate.bias import SAMPLES  # noqa: E402
 from amos_onnx.compensate.sequential import sequential  # noqa: E402
 from amos_onnx.options import FitOptions  # noqa: E402
-from amos_onnx.pipeline import fit_plan, plan  # noqa: E402
+from amos_onnx.pipeline import fit_plan  # noqa: E402
 
 MODES = (("first pass", False, False), ("first pass + bias correction", False, True), ("sequential", True, False),
          ("sequential + bias correction", True, True))
 
 
 def network(name: str, ks: list[int], folder: Path) -> list[dict[str, object]]:
-    path, _ = fashion_nets.network(name)
-    xte, yte = fashion_data.load("test")
-    ann_logits = run_original(path, xte)
-    ann = float(np.mean(ann_logits.argmax(1) == yte))
-    p = plan(path, calib={"image": calibration_images()}, seed=SEED)
+    test, ann, p = baseline(name)
     rows = []
     for k in ks:
         options = FitOptions(k=k, seed=SEED, focus_kicks=0)
@@ -46,7 +38,7 @@ def network(name: str, ks: list[int], folder: Path) -> list[dict[str, object]]:
         refitted, _ = sequential(p, first, options)
         seconds = time.perf_counter() - start
         for mode, refit, corrected in MODES:
-            row = measure(p, refitted if refit else first, corrected, (xte, yte, ann_logits), folder)
+            row = measure(p, refitted if refit else first, corrected, test, folder)
             rows.append({"net": name, "ann": ann, "k": k, "mode": mode, "refit_seconds": seconds if refit else 0.0,
                          **row})
             print(f"{name} K={k} {mode}: {100 * row['accuracy']:.2f}% (ANN {100 * ann:.2f}%), KL "

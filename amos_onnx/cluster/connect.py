@@ -73,8 +73,7 @@ def shardable(source: Any) -> None:
 def sharded(source: Any, model: onnx.ModelProto, images: ImageOptions | None, axes: Mapping[str, int],
             options: RayOptions, workers: int) -> Sharded:
     """The data as shards the workers read on their own: paths planned from their headers (data.shards), or a
-    ray.data.Dataset read in batches."""
-    shardable(source)
+    ray.data.Dataset read in batches (shardable(source) checked first)."""
     if is_ray_dataset(source):
         given = batch_axes(model, axes)
         return Sharded("a ray.data.Dataset", (), None, (), given, images, batch_size(model, given), source)
