@@ -11,7 +11,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from amos_onnx.calibrate.reservoir import Reservoir
-from amos_onnx.calibrate.run import Kept, calibrate
+from amos_onnx.calibrate.run import BLOCK_SAMPLES, Kept, calibrate
 from amos_onnx.compensate import bias
 from amos_onnx.compensate.bias import Compensation
 from amos_onnx.compensate.sequential import sequential, sequential_notes
@@ -132,7 +132,8 @@ def _open(calib: DataSource, model: onnx.ModelProto, options: CalibrationOptions
     if options.ray is not None or is_ray_dataset(calib):
         from amos_onnx.cluster.connect import plan_data
 
-        return plan_data(calib, model, options.images, options.batch_axes, options.ray or RayOptions())
+        return plan_data(calib, model, options.images, options.batch_axes, options.ray or RayOptions(),
+                         BLOCK_SAMPLES)
     return open_data(calib, model, options.images, options.batch_axes)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from click.testing import CliRunner
 from conftest import ROOT, activation_model, save
@@ -116,6 +117,46 @@ def test_merged_reservoirs_are_the_smallest_keys_of_all_shards_and_uniform() -> 
         counts += np.bincount((merged.values // 20_000).astype(int), minlength=10)
     share, n = counts / counts.sum(), counts.sum()
     assert np.all(np.abs(share - 0.1) < 3 * np.sqrt(0.1 * 0.9 / n)), share
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_calibration_in_shards_samples_exactly_what_one_process_samples(per_channel: bool, tmp_path: Path) -> None:
+    """7,000 rows ([N, 4, 8] into a Tanh: 4 blocks of 2,048 samples) sampled shard by shard by the Ray actors' job
+    (cluster.calibrate._Sample), in shards of one and of two blocks, merged in any order: the single process's
+    reservoirs value for value (count, range, sample, keys, channels), and its first batches."""
+    from amos_onnx.calibrate.run import BLOCK_SAMPLES, Blocks, Kept, Sampler, calibrate
+    from amos_onnx.cluster.calibrate import _Sample
+    from amos_onnx.find.sites import find_sites
+    from amos_onnx.options import CalibrationOptions
+
+    model = activation_model("Tanh", 17, shape=["N", 4, 8])
+    model_path = save(model, tmp_path / "tanh.onnx")
+    x = np.random.default_rng(0).normal(0, 2, (7000, 4, 8)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    sites, _ = find_sites(gs.import_onnx(model), 17)
+    options = CalibrationOptions(cap=3000, seed=5, per_channel=per_channel)
+    kept = Kept(300, 1 << 30)
+    one, count = calibrate(model, sites, open_data(tmp_path / "x.npz", model), options, keep=kept)
+    assert count == 7000 and all(r.seen == 7000 * 32 for r in one.values())
+    for shard_samples in (1, 2 * BLOCK_SAMPLES):
+        sharded = plan_shards(tmp_path / "x.npz", model, None, None, 2, shard_samples, unit=BLOCK_SAMPLES)
+        assert len(sharded.shards) == (4 if shard_samples == 1 else 2)
+        job = _Sample(Sampler(model, sites, options, str(model_path), tmp_path), 300, 1 << 30)
+        parts = [job.run(open_shard(s, sharded, model), s, s.index + 1, 1) for s in reversed(sharded.shards)]
+        merged = Blocks()
+        for part in parts:
+            merged.add(part.reservoirs.reservoirs, part.reservoirs.count)
+        assert merged.count == 4
+        for name, theirs in merged.settled({}).items():
+            mine = one[name]
+            assert (theirs.seen, theirs.lo, theirs.hi) == (mine.seen, mine.lo, mine.hi)
+            assert np.array_equal(theirs.values, mine.values) and np.array_equal(theirs.channels, mine.channels)
+            assert np.array_equal(theirs.keys, mine.keys) and mine.values.size == (4 * 4096 if per_channel else 3000)
+            assert np.array_equal(theirs.channel_lo, mine.channel_lo) and np.array_equal(theirs.channel_hi,
+                                                                                          mine.channel_hi)
+        first = np.concatenate([feed["x"] for part in reversed(parts) for feed in part.kept])
+        single = np.concatenate([feed["x"] for feed in kept.feeds])
+        assert len(single) >= 300 and np.array_equal(first[:len(single)], single)
 
 
 def test_merged_channel_reservoirs_keep_each_channel_s_range() -> None:

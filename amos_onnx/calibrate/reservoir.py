@@ -103,6 +103,14 @@ class Reservoir:
             self._cap = max(self._cap, other._cap)
             self._flush()
 
+    def order_by_key(self) -> None:
+        """The kept values (keys, channels) in the order of their keys: one order for the same sample however
+        the parts it was merged from came in."""
+        order = np.argsort(self.keys, kind="stable")
+        self._values, self._keys = self._values[order], self._keys[order]
+        if self.axis is not None:
+            self._channels = self._channels[order]
+
     def _candidates(self, n: int, cap: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions among n new values that can enter the sample, with their keys: the same sample in
         distribution as a uniform key for every value, at a cost of the sample's size, not the batch's.

@@ -14,7 +14,7 @@ from onnx import helper
 from amos_onnx.calibrate.branches import expose_branches
 from amos_onnx.calibrate.reservoir import Reservoir
 from amos_onnx.data.dataset import Dataset, sample_count
-from amos_onnx.data.inputs import model_layout, rows, sliceable
+from amos_onnx.data.inputs import BatchAxes, batch_size, model_layout, rows, sliceable, whole_batches
 from amos_onnx.data.progress import Progress
 from amos_onnx.data.shards import Sharded
 from amos_onnx.find.sites import Site
@@ -50,6 +50,43 @@ class Kept:
             self.held = (self.held[0] + sample_count(feed), self.held[1] + sum(a.nbytes for a in feed.values()))
 
 
+BLOCK_SAMPLES = 2048  # the sampling's random draws restart every this many samples (whole batches): see Blocks
+
+
+def block_rng(seed: int, file: int, block: int) -> np.random.Generator:
+    """The random draws of one block of calibration samples (block `block` of the `file`-th data file); the first
+    block draws as one unbroken stream of the seed did."""
+    return np.random.default_rng(seed if (file, block) == (0, 0) else [seed, file, block])
+
+
+@dataclass
+class Blocks:
+    """Reservoirs sampled block by block, each block of BLOCK_SAMPLES samples with its own draws (block_rng), then
+    merged (Reservoir.merge keeps the smallest keys of all): the same sample however the blocks are split
+    between processes and whatever order they come back in (Ray actors take whole blocks), since a sample merged
+    from several blocks is put in the order of its keys."""
+
+    reservoirs: dict[str, Reservoir] | None = None
+    count: int = 0  # blocks merged
+
+    def add(self, reservoirs: dict[str, Reservoir], blocks: int = 1) -> None:
+        if self.reservoirs is None:
+            self.reservoirs = reservoirs
+        else:
+            for name, reservoir in reservoirs.items():
+                self.reservoirs[name].merge(reservoir)
+        self.count += blocks
+
+    def settled(self, empty: dict[str, Reservoir]) -> dict[str, Reservoir]:
+        """The merged reservoirs (`empty` when no block was sampled), ordered by key when merged from several."""
+        if self.reservoirs is None:
+            return empty
+        if self.count > 1:
+            for reservoir in self.reservoirs.values():
+                reservoir.order_by_key()
+        return self.reservoirs
+
+
 class Sampler:
     """What calibration samples of a model: the input tensor of every converting site (inside If branches too:
     calibrate.branches), exposed as outputs of a probe copy of the model; its session is made on first use (a
@@ -75,30 +112,47 @@ class Sampler:
         keys = [self.inner.get(name, name) for name in self.tensors]
         return {key: Reservoir(self.options.cap, rng, self.channel_axes.get(key)) for key in keys}
 
-    def sample(self, data: Dataset, reservoirs: dict[str, Reservoir], bar: Progress | None = None,
-               keep: Kept | None = None) -> int:
-        """Every batch of data into the reservoirs; the number of samples read."""
+    def sample(self, data: Dataset, blocks: Blocks, bar: Progress | None = None, keep: Kept | None = None,
+               start: int = 0, file: int = 0) -> int:
+        """Every batch of data, whose first sample is sample `start` of the `file`-th data file, into the blocks'
+        reservoirs, block by block; the number of samples read."""
         if self._sess is None:
             self._sess = user_session(self.probe, self.label, native=False, folder=self.folder, threads=self.threads)
-        runs = _Runs(sliceable(self.probe, data.axes), self.options.run_bytes)
+        block_size = whole_batches(BLOCK_SAMPLES, batch_size(self.probe, data.axes))
+        block, runs = -1, _Runs(False, 0)
+        reservoirs: dict[str, Reservoir] = {}
         done = 0
         for batch in data.batches:
+            if (start + done) // block_size != block:
+                if block >= 0:
+                    blocks.add(reservoirs)
+                block = (start + done) // block_size
+                reservoirs = self.reservoirs(block_rng(self.options.seed, file, block))
+                runs = _Runs(sliceable(self.probe, data.axes), self.options.run_bytes)
             for feed in runs.split(batch):  # batch-first; onnxruntime and the reservoirs see the model's layout
-                laid_out = model_layout(feed, data.axes)
-                outputs = [name for name in self.tensors if name not in feed]
-                values = run_checked(self._sess, outputs, laid_out, self.label) if outputs else []
-                runs.measure(feed, values)
-                for name, value in zip(outputs, values):
-                    reservoirs[self.inner.get(name, name)].add(value)
-                for name in self.tensors:
-                    if name in feed:
-                        reservoirs[name].add(laid_out[name])
+                self._run(feed, data.axes, reservoirs, runs)
                 if keep is not None:
                     keep.offer(feed)
                 done += sample_count(feed)
                 if bar is not None:
                     bar.advance(sample_count(feed))
+        if block >= 0:
+            blocks.add(reservoirs)
         return done
+
+    def _run(self, feed: dict[str, np.ndarray], axes: BatchAxes, reservoirs: dict[str, Reservoir],
+             runs: _Runs) -> None:
+        """One run of the probe on a batch-first feed, its exposed tensors (and sampled inputs) into the
+        reservoirs."""
+        laid_out = model_layout(feed, axes)
+        outputs = [name for name in self.tensors if name not in feed]
+        values = run_checked(self._sess, outputs, laid_out, self.label) if outputs else []
+        runs.measure(feed, values)
+        for name, value in zip(outputs, values):
+            reservoirs[self.inner.get(name, name)].add(value)
+        for name in self.tensors:
+            if name in feed:
+                reservoirs[name].add(laid_out[name])
 
 
 def calibrate(
@@ -106,10 +160,11 @@ def calibrate(
     *, label: str = "model", progress: bool | None = None, folder: str | Path | None = None, keep: Kept | None = None,
 ) -> tuple[dict[str, Reservoir], int]:
     """Sample the input tensor of every converting site over all of `data`, batch by batch (Sampler): the
-    reservoirs, by Site.samples, and the number of samples seen. Memory stays at one batch plus options.cap values
-    per site. With options.per_channel, the reservoir of a tensor with a static channel axis (Site.channel_axis,
-    Site.channels) keeps each value's channel too. `keep`: the first batches are kept there (Kept). Sharded data
-    is sampled in shards on Ray actors (amos_onnx.cluster), their reservoirs merged."""
+    reservoirs, by Site.samples, and the number of samples seen. Memory stays at one batch plus twice options.cap
+    values per site (the block's sample and the merged one). With options.per_channel, the reservoir of a tensor
+    with a static channel axis (Site.channel_axis, Site.channels) keeps each value's channel too. `keep`: the
+    first batches are kept there (Kept). Sharded data is sampled in shards on Ray actors (amos_onnx.cluster),
+    their reservoirs merged; the reservoirs are the same either way (Blocks)."""
     options = options or CalibrationOptions()
     sampler = Sampler(model, sites, options, label, folder)
     if not sampler.tensors:  # nothing to sample: the data is not read
@@ -118,11 +173,11 @@ def calibrate(
         from amos_onnx.cluster.calibrate import sample_on_ray
 
         return sample_on_ray(sampler, data, progress, keep)
-    reservoirs = sampler.reservoirs(np.random.default_rng(options.seed))
+    blocks = Blocks()
     bar = Progress("calibrating", data.count, progress)
-    sampler.sample(data, reservoirs, bar, keep)
+    sampler.sample(data, blocks, bar, keep)
     bar.close()
-    return reservoirs, bar.done
+    return blocks.settled(sampler.reservoirs(block_rng(options.seed, 0, 0))), bar.done
 
 
 class _Runs:

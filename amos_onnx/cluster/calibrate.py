@@ -10,27 +10,30 @@ import numpy as np
 import onnx
 
 from amos_onnx.calibrate.reservoir import Reservoir
-from amos_onnx.calibrate.run import Kept, Sampler
+from amos_onnx.calibrate.run import Blocks, Kept, Sampler, block_rng
 from amos_onnx.cluster.connect import actors, start
 from amos_onnx.cluster.run import partials
 from amos_onnx.data.dataset import Dataset
-from amos_onnx.data.shards import Sharded
+from amos_onnx.data.shards import Shard, Sharded
 from amos_onnx.options import RayOptions
 
 
 @dataclass
 class Sampled:
-    """One shard's reservoirs, its sample count and, for the first shards, its first batches."""
+    """One shard's reservoirs (merged from its blocks), its sample and block counts and, for the first shards,
+    its first batches."""
 
-    reservoirs: dict[str, Reservoir]
+    reservoirs: Blocks
     samples: int
     kept: list[dict[str, np.ndarray]] = field(default_factory=list)
 
 
 @dataclass
 class _Sample:
-    """The job of a calibrating actor (see cluster.run): keeps the first batches of a shard that starts within
-    the first `keep_samples` samples (or of every batch of a ray.data.Dataset, whose order is not known)."""
+    """The job of a calibrating actor (see cluster.run): samples a shard block by block as the single process does
+    (calibrate.run.Blocks; a ray.data.Dataset's batch, whose place in the data is not known, with draws of its
+    own) and keeps the first batches of a shard that starts within the first `keep_samples` samples (or of every
+    batch of a ray.data.Dataset)."""
 
     sampler: Sampler
     keep_samples: int
@@ -40,27 +43,29 @@ class _Sample:
     def model(self) -> onnx.ModelProto:
         return self.sampler.probe
 
-    def run(self, data: Dataset, start: int | None, seed: int, threads: int) -> Sampled:
+    def run(self, data: Dataset, shard: Shard | None, seed: int, threads: int) -> Sampled:
         self.sampler.threads = threads
-        reservoirs = self.sampler.reservoirs(np.random.default_rng([self.sampler.options.seed, seed]))
-        kept = Kept(self.keep_samples, self.keep_bytes) if start is None or start < self.keep_samples else None
-        samples = self.sampler.sample(data, reservoirs, keep=kept)
-        return Sampled(reservoirs, samples, kept.feeds if kept is not None else [])
+        start, file = (shard.start, shard.file) if shard is not None else (0, seed)
+        kept = Kept(self.keep_samples, self.keep_bytes) if start < self.keep_samples else None
+        blocks = Blocks()
+        samples = self.sampler.sample(data, blocks, keep=kept, start=start, file=file)
+        return Sampled(blocks, samples, kept.feeds if kept is not None else [])
 
 
 def sample_on_ray(sampler: Sampler, data: Sharded, progress: bool | None,
                   keep: Kept | None) -> tuple[dict[str, Reservoir], int]:
-    """The reservoirs of every site over all the data, and the samples seen, from shards sampled on Ray actors."""
+    """The reservoirs of every site over all the data, and the samples seen, from shards sampled on Ray actors:
+    for shards of files, the single process's reservoirs (whole blocks per shard: calibrate.run.Blocks)."""
     ray_options = sampler.options.ray or RayOptions()
     ray = start(ray_options)
     workers = actors(ray, ray_options)
     job = _Sample(sampler, keep.samples if keep else 0, keep.bytes if keep else 0)
-    merged = sampler.reservoirs(np.random.default_rng(sampler.options.seed))
+    merged = Blocks()
     samples = 0
     first: list[tuple[int, list[dict[str, np.ndarray]]]] = []
     for index, part in partials(ray, job, data, workers, ray_options, "calibrating", progress):
-        for name, reservoir in part.reservoirs.items():
-            merged[name].merge(reservoir)
+        if part.reservoirs.reservoirs is not None:
+            merged.add(part.reservoirs.reservoirs, part.reservoirs.count)
         samples += part.samples
         if part.kept:
             first.append((index, part.kept))
@@ -68,4 +73,4 @@ def sample_on_ray(sampler: Sampler, data: Sharded, progress: bool | None,
         for _, feeds in sorted(first, key=lambda item: item[0]):
             for feed in feeds:
                 keep.offer(feed)
-    return merged, samples
+    return merged.settled(sampler.reservoirs(block_rng(sampler.options.seed, 0, 0))), samples

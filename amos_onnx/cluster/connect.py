@@ -71,17 +71,17 @@ def shardable(source: Any) -> None:
 
 
 def sharded(source: Any, model: onnx.ModelProto, images: ImageOptions | None, axes: Mapping[str, int],
-            options: RayOptions, workers: int) -> Sharded:
-    """The data as shards the workers read on their own: paths planned from their headers (data.shards), or a
-    ray.data.Dataset read in batches (shardable(source) checked first)."""
+            options: RayOptions, workers: int, unit: int = 1) -> Sharded:
+    """The data as shards the workers read on their own: paths planned from their headers (data.shards) in whole
+    units of `unit` samples, or a ray.data.Dataset read in batches (shardable(source) checked first)."""
     if is_ray_dataset(source):
         given = batch_axes(model, axes)
         return Sharded("a ray.data.Dataset", (), None, (), given, images, batch_size(model, given), source)
-    return plan_shards(source, model, images, axes, workers, options.shard_samples)
+    return plan_shards(source, model, images, axes, workers, options.shard_samples, unit)
 
 
 def plan_data(source: Any, model: onnx.ModelProto, images: ImageOptions | None, axes: Mapping[str, int],
-              options: RayOptions) -> Sharded:
-    """Ray started or joined, and the data planned as shards for its actors."""
+              options: RayOptions, unit: int = 1) -> Sharded:
+    """Ray started or joined, and the data planned as shards (of whole `unit`s of samples) for its actors."""
     shardable(source)
-    return sharded(source, model, images, axes, options, actors(start(options), options))
+    return sharded(source, model, images, axes, options, actors(start(options), options), unit)

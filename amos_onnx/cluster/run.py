@@ -2,8 +2,8 @@
 sessions made once), reads whole shards itself and returns one partial result per shard; the driver streams the
 partials in, at most one per shard (a shard retried after its actor died counts once), and draws the progress.
 
-A job is a picklable object with `model` (the model the data is checked against) and `run(data, start, seed,
-threads)`: the partial result over a Dataset, with `samples`; `start` is the shard's first sample (None for a
+A job is a picklable object with `model` (the model the data is checked against) and `run(data, shard, seed,
+threads)`: the partial result over a Dataset, with `samples`; `shard` is where the data lies (None for a
 ray.data.Dataset's batch), `seed` its own random seed, `threads` the onnxruntime threads of each session.
 """
 
@@ -46,15 +46,15 @@ class Worker:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if SHARD in batch:
             shards = [pickle.loads(item) for item in batch[SHARD]]
-            items = [(s.index, s.start, s.index + 1, s) for s in shards]
+            items = [(s.index, s.index + 1, s) for s in shards]
         else:
             self.batches += 1
-            items = [(-1, None, hash((os.getpid(), self.batches)) & 0x7FFFFFFF, None)]
+            items = [(-1, hash((os.getpid(), self.batches)) & 0x7FFFFFFF, None)]
         out = []
-        for index, start, seed, shard in items:
+        for index, seed, shard in items:
             try:
                 data = open_shard(shard, self.sharded, self.job.model) if shard is not None else self._rows(batch)
-                partial = self.job.run(data, start, seed, self.threads)
+                partial = self.job.run(data, shard, seed, self.threads)
             except AmosError as exc:
                 partial = Failed(exc.one_line())
             out.append(pickle.dumps((index, partial)))

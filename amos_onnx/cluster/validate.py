@@ -11,6 +11,7 @@ import onnx
 from amos_onnx.cluster.connect import actors, shardable, sharded, start
 from amos_onnx.cluster.run import partials
 from amos_onnx.data.dataset import Dataset
+from amos_onnx.data.shards import Shard
 from amos_onnx.errors import OptionError
 from amos_onnx.options import RayOptions
 from amos_onnx.report.validate import Comparison, Measured, ValidateOptions
@@ -26,7 +27,7 @@ class _Measure:
     def model(self) -> onnx.ModelProto:
         return self.comparison.orig_model
 
-    def run(self, data: Dataset, start: int | None, seed: int, threads: int) -> Measured:
+    def run(self, data: Dataset, shard: Shard | None, seed: int, threads: int) -> Measured:
         self.comparison.threads = threads
         return self.comparison.measure(data, seed=seed)
 

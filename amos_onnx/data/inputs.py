@@ -219,6 +219,11 @@ def batch_size(model: onnx.ModelProto, axes: BatchAxes | None = None) -> int:
     return DEFAULT_BATCH
 
 
+def whole_batches(samples: int, size: int) -> int:
+    """`samples` rounded up to whole batches of `size` (at least one batch)."""
+    return max(size, -(-samples // size) * size)
+
+
 def batches(feeds: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
     """Consecutive slices of every input along axis 0 (a scalar input, rank 0, goes with every batch)."""
     n = next((a.shape[0] for a in feeds.values() if a.ndim), 1)

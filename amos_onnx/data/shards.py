@@ -35,6 +35,7 @@ from amos_onnx.data.inputs import (
     input_specs,
     model_layout,
     npz_headers,
+    whole_batches,
 )
 from amos_onnx.errors import DataError
 
@@ -50,6 +51,7 @@ class Shard:
     start: int
     stop: int
     folder: bool = False
+    file: int = 0  # the path's place in the list of paths
 
     @property
     def where(self) -> str:
@@ -72,9 +74,11 @@ class Sharded:
 
 
 def plan_shards(source: str | Path | Sequence[str | Path], model: onnx.ModelProto, images: ImageOptions | None,
-                given_axes: BatchAxes | None, workers: int, shard_samples: int | None = None) -> Sharded:
+                given_axes: BatchAxes | None, workers: int, shard_samples: int | None = None,
+                unit: int = 1) -> Sharded:
     """The shards of a path or a list of paths for this model, checked from headers and listings (shapes, dtypes,
-    sample counts); `shard_samples` per shard, else about SHARDS_PER_WORKER per worker, in whole batches."""
+    sample counts); `shard_samples` per shard, else about SHARDS_PER_WORKER per worker, in whole units of
+    `unit` samples rounded up to whole batches (calibration's blocks: calibrate.run.BLOCK_SAMPLES)."""
     paths = [Path(source)] if isinstance(source, str | Path) else [Path(p) for p in source]
     if not paths or not all(isinstance(p, Path) for p in paths):
         raise DataError("sharded data must be a path or a list of paths (.npz, .npy, image folders)")
@@ -84,12 +88,13 @@ def plan_shards(source: str | Path | Sequence[str | Path], model: onnx.ModelProt
     what = _describe(paths[0], counts[0], model, images) if len(paths) == 1 else f"{len(paths)} files ({paths[0]}, ...)"
     total = sum(counts)
     per = shard_samples or math.ceil(total / (SHARDS_PER_WORKER * max(workers, 1)))
-    per = max(size, math.ceil(per / size) * size)
+    step = whole_batches(unit, size)
+    per = max(step, math.ceil(per / step) * step)
     shards: list[Shard] = []
     read: list[Path] = []
-    for path, count in zip(paths, counts):
+    for file, (path, count) in enumerate(zip(paths, counts)):
         for start in range(0, count, per):
-            shards.append(Shard(len(shards), str(path), start, min(count, start + per), path.is_dir()))
+            shards.append(Shard(len(shards), str(path), start, min(count, start + per), path.is_dir(), file))
         read += image_files(path) if path.is_dir() else [path]
     return Sharded(f"{what} in {len(shards)} shards", tuple(shards), total, tuple(read), axes, images, size)
 
