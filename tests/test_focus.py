@@ -162,15 +162,14 @@ def test_a_fixed_batch_of_one_is_measured_on_every_calibration_sample(tmp_path: 
     assert effect.samples == 8 and len(effect.by_site) == 10
     mixed, switches = focus.switched_model(p.model, p.sites, fits, p.options.emit)
     sess = session(mixed, native=False)
-
-    def y(on: str | None, window: np.ndarray) -> np.ndarray:
-        flags = {name: np.array(site == on) for site, name in switches.items()}
-        return np.concatenate([sess.run(["y"], {"x": row, **flags})[0] for row in window]).astype(np.float64)
-
     for i, site in enumerate(sorted(p.sites, key=lambda s: int(s.name[4:]))):
         window = x[2 * (i % 4):2 * (i % 4) + 2]
-        change = np.mean(np.square(y(site.name, window) - y(None, window)))
-        assert effect.by_site[site.name] == pytest.approx(change, rel=1e-9)
+
+        def y(on: bool) -> np.ndarray:
+            flags = {name: np.array(on and other == site.name) for other, name in switches.items()}
+            return np.concatenate([sess.run(["y"], {"x": row, **flags})[0] for row in window]).astype(np.float64)
+
+        assert effect.by_site[site.name] == pytest.approx(np.mean(np.square(y(True) - y(False))), rel=1e-9)
 
 
 def test_fit_plan_refits_the_focused_fit_with_more_moves_and_keeps_the_others(tmp_path: Path) -> None:

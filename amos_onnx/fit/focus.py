@@ -5,8 +5,7 @@ A gate's error matters as much as the network lets it through: the same squared 
 CNN and at a squeeze-excitation gate moves the logits very differently. effects() measures it directly:
 one model holds every measured site's activation and its gate side by side, a switch per site picks the
 gate, and the calibration samples kept by calibrate run once per site with only that site switched (each site
-on its window of them, the windows taken in turn: all the kept samples are measured once the sites are as many
-as the windows). The
+on its window of them, the windows taken in turn, so that every kept sample is measured). The
 fits whose sites make up most of the measured change are then refitted with more moves (fit.sites.fit_sites'
 refocus, as pipeline.fit_plan does), starting from their first fit.
 """
@@ -105,9 +104,8 @@ def measuring_windows(feeds: list[dict[str, np.ndarray]], sites: int, calibratio
     """The kept samples cut into consecutive windows, one run's share each: as many samples as `sites` + 1 runs
     may see within FOCUS_PASSES times the calibration's samples and FOCUS_BYTES of inputs (all of them in one
     window without a count): whole kept batches (at least one), or with `sliceable` inputs (a free batch
-    dimension) exactly that many rows (at least one); at most one window per site. The sites' runs take the
-    windows in turn, so the measuring covers up to `sites` windows of the kept samples, one batch at a time, not
-    just the first window, when a run can take only a few samples (a model with a fixed batch, large inputs)."""
+    dimension) exactly that many rows (at least one). The sites' runs take the windows in turn, so every kept
+    sample is measured, one batch at a time, even when a run can take only one (a model with a fixed batch)."""
     if calibration_samples is None or not feeds:
         return [feeds]
     row_bytes = sum(a.nbytes for a in feeds[0].values()) / max(sample_count(feeds[0]), 1)
