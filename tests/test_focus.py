@@ -101,75 +101,31 @@ def test_effects_are_the_outputs_mean_square_change_and_the_loud_site_gets_the_f
     assert focus.chosen(effect, fits) == {"loud_site"}
 
 
-def test_measuring_windows_share_focus_passes_times_the_calibration(tmp_path: Path) -> None:
-    """measuring_windows: consecutive windows of the kept samples, each as many as one of sites + 1 runs may see
-    within FOCUS_PASSES times the calibration's samples and FOCUS_BYTES of inputs (whole batches, at least one,
-    unless the batch dimension is free: then exactly that many rows, at least one), at most one per site; all in
-    one window without a count. effects measures each site on its window: with 90 calibration samples the loud
-    site's effect is the converted model's change on the first 120 kept rows, the quiet one's on the next 120
-    (1e-3 relative)."""
-    feeds = [{"x": np.arange(10 * i, 10 * i + 10, dtype=np.float32)[:, None]} for i in range(5)]
-
-    def shape(windows: list[list[dict[str, np.ndarray]]]) -> list[list[int]]:
-        return [[len(f["x"]) for f in window] for window in windows]
-
-    assert focus.measuring_windows(feeds, 3, None) == [feeds]
-    assert shape(focus.measuring_windows(feeds, 3, 25)) == [[10, 10], [10, 10], [10]]  # 4 * 25 // 4 = 25 a run
-    assert shape(focus.measuring_windows(feeds, 3, 1)) == [[10], [10], [10]]  # one batch at least, one per site
-    assert shape(focus.measuring_windows(feeds, 1, 1000)) == [[10] * 5]
-    sliced = focus.measuring_windows(feeds, 3, 25, sliceable=True)
-    assert shape(sliced) == [[10, 10, 5], [5, 10, 10]]
-    assert np.array_equal(np.concatenate([f["x"] for w in sliced for f in w]).ravel(), np.arange(50))
-    assert shape(focus.measuring_windows(feeds, 3, 1, sliceable=True)) == [[1], [1], [1]]
+def test_measuring_sees_at_most_focus_passes_times_the_calibration(tmp_path: Path) -> None:
+    """measuring_feeds: the first kept samples that, over sites + 1 runs, stay within FOCUS_PASSES times the
+    calibration's samples and FOCUS_BYTES of inputs (whole batches, at least one, unless the batch dimension is
+    free: then exactly that many rows, at least one; all without a count). effects measures on exactly those: the
+    loud site's effect is the converted model's change on them (1e-3 relative)."""
+    feeds = [{"x": np.zeros((10, 32), np.float32)} for _ in range(5)]
+    assert focus.measuring_feeds(feeds, 3, None) is feeds
+    assert len(focus.measuring_feeds(feeds, 3, 25)) == 2  # 4 * 25 // 4 = 25 samples per run: two batches of 10
+    assert len(focus.measuring_feeds(feeds, 3, 1)) == 1  # one batch at least
+    assert len(focus.measuring_feeds(feeds, 1, 1000)) == 5
+    assert [len(f["x"]) for f in focus.measuring_feeds(feeds, 3, 25, sliceable=True)] == [10, 10, 5]
+    assert [len(f["x"]) for f in focus.measuring_feeds(feeds, 3, 1, sliceable=True)] == [1]
     large = [{"x": np.zeros((4, 3, 640, 640), np.float32)} for _ in range(3)]  # 4.9 MB a row
     per_run = focus.FOCUS_BYTES // large[0]["x"][0].nbytes // 10
-    assert sum(len(f["x"]) for f in focus.measuring_windows(large, 9, 10_000, sliceable=True)[0]) == per_run
+    assert sum(len(f["x"]) for f in focus.measuring_feeds(large, 9, 10_000, sliceable=True)) == per_run
     path = _loud_and_quiet(tmp_path)
     p = plan(path, calib=tmp_path / "calib.npz")
     fits = fit_sites(p.sites, p.reservoirs, FitOptions(k=8))
     allowed = focus.FOCUS_PASSES * 90 // 3  # 2 measured sites: 3 runs
     effect = focus.effects(p, fits, calibration_samples=90)
-    assert effect.samples == 2 * allowed < sum(len(f["x"]) for f in p.feeds)  # a free batch dimension: rows
-    x = np.concatenate([f["x"] for f in p.feeds])
+    assert effect.samples == allowed < sum(len(f["x"]) for f in p.feeds)  # a free batch dimension: rows
+    x = np.concatenate([f["x"] for f in p.feeds])[:effect.samples]
     write(p, tmp_path / "out.onnx", fits)
-    for part, name, window in ((slice(0, 16), "loud_site", x[:allowed]),
-                               (slice(16, 32), "quiet_site", x[allowed:2 * allowed])):
-        change = np.square(_run(tmp_path / "out.onnx", {"x": window}).astype(np.float64)
-                           - _run(path, {"x": window}))
-        assert effect.by_site[name] == pytest.approx(change[:, part].sum() / change.size, rel=1e-3)
-
-
-def test_a_fixed_batch_of_one_is_measured_on_every_calibration_sample(tmp_path: Path) -> None:
-    """A chain of 10 Tanh sites (each input scaled by 1.5) on x [1, 16], a fixed batch of one, calibrated on 8
-    samples: one run may take 4 * 8 // 11 = 2 of them, so the sites take 4 windows of 2 in turn and all 8 are
-    measured (before: the first 2 only). Each site's effect is the mean square change of y with its gate alone
-    switched on, on its window (the switched model run here, 1e-9 relative)."""
-    nodes, inits, last = [], [numpy_helper.from_array(np.array([1.5], np.float32), "gain")], "x"
-    for i in range(10):
-        nodes += [helper.make_node("Mul", [last, "gain"], [f"m{i}"], name=f"scale{i}"),
-                  helper.make_node("Tanh", [f"m{i}"], [f"t{i}"], name=f"tanh{i}")]
-        last = f"t{i}"
-    nodes.append(helper.make_node("Identity", [last], ["y"], name="out"))
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], inits)
-    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
-                tmp_path / "chain.onnx")
-    x = np.random.default_rng(3).normal(0, 1, (8, 1, 16)).astype(np.float32)
-    np.savez(tmp_path / "calib.npz", x=x[:, 0])
-    p = plan(path, calib=tmp_path / "calib.npz")
-    fits = fit_sites(p.sites, p.reservoirs, FitOptions(k=3))
-    effect = focus.effects(p, fits)
-    assert effect.samples == 8 and len(effect.by_site) == 10
-    mixed, switches = focus.switched_model(p.model, p.sites, fits, p.options.emit)
-    sess = session(mixed, native=False)
-    for i, site in enumerate(sorted(p.sites, key=lambda s: int(s.name[4:]))):
-        window = x[2 * (i % 4):2 * (i % 4) + 2]
-
-        def y(on: bool) -> np.ndarray:
-            flags = {name: np.array(on and other == site.name) for other, name in switches.items()}
-            return np.concatenate([sess.run(["y"], {"x": row, **flags})[0] for row in window]).astype(np.float64)
-
-        assert effect.by_site[site.name] == pytest.approx(np.mean(np.square(y(True) - y(False))), rel=1e-9)
+    change = np.square(_run(tmp_path / "out.onnx", {"x": x}).astype(np.float64) - _run(path, {"x": x}))
+    assert effect.by_site["loud_site"] == pytest.approx(change[:, :16].sum() / change.size, rel=1e-3)
 
 
 def test_fit_plan_refits_the_focused_fit_with_more_moves_and_keeps_the_others(tmp_path: Path) -> None:

@@ -4,8 +4,7 @@ more local-search moves for it.
 A gate's error matters as much as the network lets it through: the same squared error at the stem of a
 CNN and at a squeeze-excitation gate moves the logits very differently. effects() measures it directly:
 one model holds every measured site's activation and its gate side by side, a switch per site picks the
-gate, and the calibration samples kept by calibrate run once per site with only that site switched (each site
-on its window of them, the windows taken in turn, so that every kept sample is measured). The
+gate, and the calibration samples kept by calibrate run once per site with only that site switched. The
 fits whose sites make up most of the measured change are then refitted with more moves (fit.sites.fit_sites'
 refocus, as pipeline.fit_plan does), starting from their first fit.
 """
@@ -34,10 +33,9 @@ FOCUS_SHARE = 0.5  # the largest fits are focused until they make up this share 
 FOCUS_FITS = 2  # ... at most this many
 KEEP_SAMPLES = 256  # calibration samples kept for measuring (calibrate's keep) ...
 KEEP_BYTES = 64 << 20  # ... and at most this much of them (at least one batch)
-# Measuring runs the model once per measured site on a window of the kept samples, and once on each window
-# without gates: over the sites' runs it sees at most this many times the calibration's samples (at least one
-# kept batch per run), so it costs about as many calibration passes whatever the site count, plus one pass over
-# the kept samples ...
+# Measuring runs the model once per measured site and once more: over all its runs it sees at most this many
+# times the calibration's samples (at least one kept batch per run), so it costs about as many calibration passes
+# whatever the site count ...
 FOCUS_PASSES = 4
 FOCUS_BYTES = 64 << 20  # ... and at most this many bytes of inputs (at least one sample per run)
 
@@ -91,50 +89,24 @@ def switched_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, Si
 @dataclass(frozen=True)
 class Effects:
     """Mean square change of the model's floating-point outputs, per site, with that site's gate alone in
-    place of its activation, on its window of the `samples` calibration samples measured (all of them when one
-    run may take them all). `focused`: the sites chosen for more moves (chosen)."""
+    place of its activation, on `samples` calibration samples. `focused`: the sites chosen for more moves
+    (chosen)."""
 
     by_site: dict[str, float]
     samples: int
     focused: frozenset[str] = frozenset()
 
 
-def measuring_windows(feeds: list[dict[str, np.ndarray]], sites: int, calibration_samples: int | None,
-                      sliceable: bool = False) -> list[list[dict[str, np.ndarray]]]:
-    """The kept samples cut into consecutive windows, one run's share each: as many samples as `sites` + 1 runs
-    may see within FOCUS_PASSES times the calibration's samples and FOCUS_BYTES of inputs (all of them in one
-    window without a count): whole kept batches (at least one), or with `sliceable` inputs (a free batch
-    dimension) exactly that many rows (at least one). The sites' runs take the windows in turn, so every kept
-    sample is measured, one batch at a time, even when a run can take only one (a model with a fixed batch)."""
+def measuring_feeds(feeds: list[dict[str, np.ndarray]], sites: int, calibration_samples: int | None,
+                    sliceable: bool = False) -> list[dict[str, np.ndarray]]:
+    """The first kept samples that `sites` + 1 runs may see within FOCUS_PASSES times the calibration's samples
+    and FOCUS_BYTES of inputs (all of them without a count): whole kept batches (at least one), or with
+    `sliceable` inputs (a free batch dimension) exactly that many rows (at least one)."""
     if calibration_samples is None or not feeds:
-        return [feeds]
+        return feeds
     row_bytes = sum(a.nbytes for a in feeds[0].values()) / max(sample_count(feeds[0]), 1)
     allowed = min(FOCUS_PASSES * calibration_samples, int(FOCUS_BYTES // max(row_bytes, 1.0))) // (sites + 1)
-    return _windows(feeds, max(allowed, 1), sites, sliceable)
-
-
-def _windows(feeds: list[dict[str, np.ndarray]], size: int, limit: int,
-             sliceable: bool) -> list[list[dict[str, np.ndarray]]]:
-    """At most `limit` consecutive windows of the feeds, each of `size` rows (sliceable) or of the whole feeds
-    that fit in `size` samples (at least one)."""
-    windows: list[list[dict[str, np.ndarray]]] = []
-    window: list[dict[str, np.ndarray]] = []
-    held = 0
-    for feed in feeds:
-        n, start = sample_count(feed), 0
-        while start < n and len(windows) < limit:
-            if not sliceable and window and held + n > size:
-                windows.append(window)
-                window, held = [], 0
-            take = min(n - start, size - held) if sliceable else n
-            window.append(feed if take == n else rows(feed, start, start + take))
-            held, start = held + take, start + take
-            if held >= size:
-                windows.append(window)
-                window, held = [], 0
-    if window and len(windows) < limit:
-        windows.append(window)
-    return windows
+    return first_samples(feeds, allowed, sliceable)
 
 
 def first_samples(feeds: list[dict[str, np.ndarray]], allowed: int,
@@ -156,14 +128,13 @@ def first_samples(feeds: list[dict[str, np.ndarray]], allowed: int,
 
 def effects(p: Plan, fits: dict[str, SiteFit], calibration_samples: int | None = None) -> Effects:
     """Each searched site's effect on the plan's model's outputs (see Effects), measured in onnxruntime on the
-    plan's kept feeds: each site on its window of them (measuring_windows for `calibration_samples`, default the
-    plan's), against the model without gates on the same window."""
+    plan's kept feeds, as many as measuring_feeds allows for `calibration_samples` (default: the plan's)."""
     measured = [s for s in p.sites if searched(s, fits.get(s.name))]
     if not measured or not p.feeds:
         return Effects({}, 0)
     samples = p.samples if calibration_samples is None else calibration_samples
-    windows = [[model_layout(feed, p.axes) for feed in window]  # batch-first until here
-               for window in measuring_windows(p.feeds, len(measured), samples, sliceable(p.model, p.axes))]
+    kept = measuring_feeds(p.feeds, len(measured), samples, sliceable(p.model, p.axes))  # batch-first
+    feeds = [model_layout(feed, p.axes) for feed in kept]
     mixed, switches = switched_model(p.model, measured, fits, p.options.emit)
     label = f"{p.model_path} (focus)"
     sess = user_session(mixed, label, folder=p.model_path.parent)
@@ -171,15 +142,14 @@ def effects(p: Plan, fits: dict[str, SiteFit], calibration_samples: int | None =
     if not outputs:
         return Effects({}, 0)
 
-    def run(on: str | None, window: list[dict[str, np.ndarray]]) -> np.ndarray:
+    def run(on: str | None) -> np.ndarray:
         flags = {name: np.array(site == on) for site, name in switches.items()}
-        runs = [run_checked(sess, outputs, {**feed, **flags}, label) for feed in window]
+        runs = [run_checked(sess, outputs, {**feed, **flags}, label) for feed in feeds]
         return np.concatenate([np.asarray(r, np.float64).ravel() for parts in runs for r in parts])
 
-    bases = [run(None, window) for window in windows]
-    by_site = {s.name: float(np.mean(np.square(run(s.name, windows[i % len(windows)]) - bases[i % len(windows)])))
-               for i, s in enumerate(measured)}
-    return Effects(by_site, sum(sample_count(feed) for window in windows for feed in window))
+    base = run(None)
+    by_site = {s.name: float(np.mean(np.square(run(s.name) - base))) for s in measured}
+    return Effects(by_site, sum(map(sample_count, kept)))
 
 
 def chosen(effect: Effects, fits: dict[str, SiteFit]) -> set[str]:
