@@ -1,7 +1,8 @@
 """Bias correction on the Fashion-MNIST networks: accuracy, agreement with the ANN, KL divergence and spikes with
 and without it, and what it costs.
 
-    .venv/bin/python benchmarks/bias_correction.py [--nets vgg:3,4 resnet:3,4 effnet:6,8 gelu:5,6] [--write]
+    .venv/bin/python benchmarks/bias_correction.py [--nets vgg:3,4 resnet:3,4 effnet:6,8 gelu:5,6] [--spike-penalty P]
+        [--write]
 
 For each network of fashion_nets.py: one plan (calibrated on fashion_k.py's 2,000 training images, seed 0), then
 at each K the first pass of fits (--focus-kicks 0, as fashion_k.py's calibrated curve) written twice, without
@@ -61,7 +62,7 @@ def baseline(name: str) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], floa
         plan(path, calib={"image": calibration_images()}, seed=SEED)
 
 
-def network(name: str, ks: list[int], folder: Path) -> list[dict[str, object]]:
+def network(name: str, ks: list[int], folder: Path, penalty: float = 0.0) -> list[dict[str, object]]:
     (xte, yte, ann_logits), ann, p = baseline(name)
     modes = [("one gate per site", p, False)]
     if all(s.activation is not None and s.activation.relu_like for s in p.sites if s.converts):
@@ -71,7 +72,8 @@ def network(name: str, ks: list[int], folder: Path) -> list[dict[str, object]]:
     for k in ks:
         for mode, q, per_channel in modes:
             start = time.perf_counter()
-            fits, _ = fit_plan(q, FitOptions(k=k, seed=SEED, focus_kicks=0, per_channel=per_channel))
+            fits, _ = fit_plan(q, FitOptions(k=k, seed=SEED, focus_kicks=0, per_channel=per_channel,
+                                             spike_penalty=penalty))
             fit_seconds = time.perf_counter() - start
             for corrected in (False, True):
                 row = measure(q, fits, corrected, (xte, yte, ann_logits), folder)
@@ -103,28 +105,38 @@ def table(rows: list[dict[str, object]]) -> list[str]:
 Rows = list[dict[str, object]]
 
 
-def run_nets(doc: str, network: Callable[[str, list[int], Path], Rows],
-             write: Callable[[list[str], Rows], None]) -> None:
+def run_nets(doc: str, network: Callable[[str, list[int], Path, float], Rows],
+             write: Callable[[list[str], Rows, float], None]) -> None:
     """The command line both Fashion-MNIST compensation benchmarks share: --nets NAME:K,K,... (each network's rows
-    from `network`), then with --write `write(nets, rows)`."""
+    from `network`, with --spike-penalty's value), then with --write `write(nets, rows, penalty)`."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--nets", nargs="*", default=list(DEFAULT_NETS), help="NAME:K,K,... per network")
+    parser.add_argument("--spike-penalty", type=float, default=0.0,
+                        help="convert's --spike-penalty for every fit (a section of its own when not 0)")
     parser.add_argument("--write", action="store_true", help="replace this section of benchmarks/RESULTS.md")
     args = parser.parse_args()
     rows: Rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.nets:
             name, ks = spec.split(":")
-            rows += network(name, [int(k) for k in ks.split(",")], Path(tmp))
+            rows += network(name, [int(k) for k in ks.split(",")], Path(tmp), args.spike_penalty)
     if args.write:
-        write(args.nets, rows)
+        write(args.nets, rows, args.spike_penalty)
 
 
-def _write(nets: list[str], rows: Rows) -> None:
-    write_section("bias_correction", "\n".join([
-        "## Bias correction on Fashion-MNIST",
+def section(name: str, script: str, nets: list[str], penalty: float) -> tuple[str, str]:
+    """A compensation benchmark's RESULTS.md section name and its command, with the spike penalty when not 0."""
+    option = f" --spike-penalty {penalty:g}" if penalty else ""
+    return (f"{name}_spike_penalty" if penalty else name,
+            f"`benchmarks/{script} --nets {' '.join(nets)}{option} --write` ({machine()})")
+
+
+def _write(nets: list[str], rows: Rows, penalty: float) -> None:
+    name, command = section("bias_correction", "bias_correction.py", nets, penalty)
+    write_section(name, "\n".join([
+        "## Bias correction on Fashion-MNIST" + (f", spike penalty {penalty:g}" if penalty else ""),
         "",
-        f"`benchmarks/bias_correction.py --nets {' '.join(nets)} --write` ({machine()}): first pass of "
+        f"{command}: first pass of "
         "calibrated fits (--focus-kicks 0) on fashion_k.py's 2,000 calibration images, written without and with "
         f"--bias-correction (measured on the first {SAMPLES} calibration images, level by level), full "
         "10,000-image test set, native op. KL: of the spiking softmax from the ANN's, per test image. Correction: "

@@ -5,7 +5,8 @@ first pass of calibrated fits at each K (--focus-kicks 0), then the same fits re
 (compensate.sequential, on the plan's first kept calibration images, up to 128); each written without and with
 --bias-correction and run on the full 10,000-image test set with the native op.
 
-    .venv/bin/python benchmarks/sequential.py [--nets vgg:3,4 resnet:3,4 effnet:6,8 gelu:5,6] [--write]
+    .venv/bin/python benchmarks/sequential.py [--nets vgg:3,4 resnet:3,4 effnet:6,8 gelu:5,6] [--spike-penalty P]
+        [--write]
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bias_correction import baseline, measure, run_nets  # noqa: E402
+from bias_correction import baseline, measure, run_nets, section  # noqa: E402
 from fashion_k import SEED  # noqa: E402
-from results import machine, write_section  # noqa: E402
+from results import write_section  # noqa: E402
 
 from amos_onnx.compensate.bias import SAMPLES  # noqa: E402
 from amos_onnx.compensate.sequential import sequential  # noqa: E402
@@ -28,11 +29,11 @@ MODES = (("first pass", False, False), ("first pass + bias correction", False, T
          ("sequential + bias correction", True, True))
 
 
-def network(name: str, ks: list[int], folder: Path) -> list[dict[str, object]]:
+def network(name: str, ks: list[int], folder: Path, penalty: float = 0.0) -> list[dict[str, object]]:
     test, ann, p = baseline(name)
     rows = []
     for k in ks:
-        options = FitOptions(k=k, seed=SEED, focus_kicks=0)
+        options = FitOptions(k=k, seed=SEED, focus_kicks=0, spike_penalty=penalty)
         first, _ = fit_plan(p, options)
         start = time.perf_counter()
         refitted, _ = sequential(p, first, options)
@@ -58,11 +59,12 @@ def table(rows: list[dict[str, object]]) -> list[str]:
     return lines
 
 
-def _write(nets: list[str], rows: list[dict[str, object]]) -> None:
-    write_section("sequential", "\n".join([
-        "## Sequential refits on Fashion-MNIST",
+def _write(nets: list[str], rows: list[dict[str, object]], penalty: float) -> None:
+    name, command = section("sequential", "sequential.py", nets, penalty)
+    write_section(name, "\n".join([
+        "## Sequential refits on Fashion-MNIST" + (f", spike penalty {penalty:g}" if penalty else ""),
         "",
-        f"`benchmarks/sequential.py --nets {' '.join(nets)} --write` ({machine()}): first pass of "
+        f"{command}: first pass of "
         "calibrated fits (--focus-kicks 0) on fashion_k.py's 2,000 calibration images, and the same fits "
         "refitted sequentially (--sequential: each gate, level by level, on the inputs it gets with the sites "
         f"before it spiking, against the original's outputs there; the first {SAMPLES} calibration images), each "
