@@ -145,9 +145,9 @@ def test_calibration_in_shards_samples_exactly_what_one_process_samples(per_chan
         parts = [job.run(open_shard(s, sharded, model), s, s.index + 1, 1) for s in reversed(sharded.shards)]
         merged = Blocks()
         for part in parts:
-            merged.add(part.reservoirs.reservoirs, part.reservoirs.count)
+            merged.merge(part.blocks)
         assert merged.count == 4
-        for name, theirs in merged.settled({}).items():
+        for name, theirs in job.sampler.settled(merged).items():
             mine = one[name]
             assert (theirs.seen, theirs.lo, theirs.hi) == (mine.seen, mine.lo, mine.hi)
             assert np.array_equal(theirs.values, mine.values) and np.array_equal(theirs.channels, mine.channels)

@@ -70,6 +70,7 @@ class Blocks:
     count: int = 0  # blocks merged
 
     def add(self, reservoirs: dict[str, Reservoir], blocks: int = 1) -> None:
+        """Take in the reservoirs of `blocks` more blocks."""
         if self.reservoirs is None:
             self.reservoirs = reservoirs
         else:
@@ -77,14 +78,10 @@ class Blocks:
                 self.reservoirs[name].merge(reservoir)
         self.count += blocks
 
-    def settled(self, empty: dict[str, Reservoir]) -> dict[str, Reservoir]:
-        """The merged reservoirs (`empty` when no block was sampled), ordered by key when merged from several."""
-        if self.reservoirs is None:
-            return empty
-        if self.count > 1:
-            for reservoir in self.reservoirs.values():
-                reservoir.order_by_key()
-        return self.reservoirs
+    def merge(self, other: Blocks) -> None:
+        """Take in the blocks another process sampled."""
+        if other.reservoirs is not None:
+            self.add(other.reservoirs, other.count)
 
 
 class Sampler:
@@ -106,6 +103,16 @@ class Sampler:
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_sess": None}  # sent to Ray actors, which make their own
+
+    def settled(self, blocks: Blocks) -> dict[str, Reservoir]:
+        """The blocks' merged reservoirs, ordered by key when merged from several (empty ones of the first block's
+        draws when no block was sampled)."""
+        if blocks.reservoirs is None:
+            return self.reservoirs(block_rng(self.options.seed, 0, 0))
+        if blocks.count > 1:
+            for reservoir in blocks.reservoirs.values():
+                reservoir.order_by_key()
+        return blocks.reservoirs
 
     def reservoirs(self, rng: np.random.Generator) -> dict[str, Reservoir]:
         """Empty reservoirs, one per sampled tensor, by Site.samples, drawing from rng."""
@@ -177,7 +184,7 @@ def calibrate(
     bar = Progress("calibrating", data.count, progress)
     sampler.sample(data, blocks, bar, keep)
     bar.close()
-    return blocks.settled(sampler.reservoirs(block_rng(options.seed, 0, 0))), bar.done
+    return sampler.settled(blocks), bar.done
 
 
 class _Runs:

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from amos_onnx.calibrate.reservoir import Reservoir
-from amos_onnx.calibrate.run import Blocks, Kept, Sampler, block_rng
+from amos_onnx.calibrate.run import Blocks, Kept, Sampler
 from amos_onnx.cluster.connect import actors, start
 from amos_onnx.cluster.run import partials
 from amos_onnx.data.dataset import Dataset
@@ -23,7 +23,7 @@ class Sampled:
     """One shard's reservoirs (merged from its blocks), its sample and block counts and, for the first shards,
     its first batches."""
 
-    reservoirs: Blocks
+    blocks: Blocks
     samples: int
     kept: list[dict[str, np.ndarray]] = field(default_factory=list)
 
@@ -64,8 +64,7 @@ def sample_on_ray(sampler: Sampler, data: Sharded, progress: bool | None,
     samples = 0
     first: list[tuple[int, list[dict[str, np.ndarray]]]] = []
     for index, part in partials(ray, job, data, workers, ray_options, "calibrating", progress):
-        if part.reservoirs.reservoirs is not None:
-            merged.add(part.reservoirs.reservoirs, part.reservoirs.count)
+        merged.merge(part.blocks)
         samples += part.samples
         if part.kept:
             first.append((index, part.kept))
@@ -73,4 +72,4 @@ def sample_on_ray(sampler: Sampler, data: Sharded, progress: bool | None,
         for _, feeds in sorted(first, key=lambda item: item[0]):
             for feed in feeds:
                 keep.offer(feed)
-    return merged.settled(sampler.reservoirs(block_rng(sampler.options.seed, 0, 0))), samples
+    return sampler.settled(merged), samples
