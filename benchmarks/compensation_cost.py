@@ -5,55 +5,30 @@
 NudeNet (320x320), PP-OCRv4 det (640x640) and rec (48x320), calibrated on conversion_speed.py's folders of the
 natural size (photos with seeded crops, rendered text pages and lines), each converted three ways with convert's
 defaults otherwise (focus on): plain, --bias-correction, and --bias-correction --sequential. Every conversion runs
-in a fresh spawned process; its peak memory is the largest resident set of that process and of the fit workers
-it forks (getrusage), so the ratios compare like with like within one run.
+in a fresh process (large_model.measure; its wall time counts amos-onnx's import); its peak memory is the largest
+resident set of that process and of the fit workers it forks, so the ratios compare like with like within one
+run.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import resource
+import dataclasses
+import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pypi_models  # noqa: E402
 from conversion_speed import PPOCR, line_folder, photo_folder  # noqa: E402
+from large_model import measure  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
 from amos_onnx.data.images import ImageOptions  # noqa: E402
 
 MODES = {"plain": {}, "--bias-correction": {"bias_correction": True},
          "--bias-correction --sequential": {"bias_correction": True, "sequential": True}}
-
-
-def _convert(model: Path, out: Path, folder: Path, images: ImageOptions, options: dict[str, bool]) -> tuple[float, int]:
-    """In the spawned process: one conversion's wall seconds and peak resident set (KiB, itself or a worker)."""
-    import amos_onnx
-
-    start = time.perf_counter()
-    amos_onnx.convert(model, out, folder, images=images, progress=False, **options)
-    seconds = time.perf_counter() - start
-    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return seconds, peak
-
-
-def _child(conn: object, *args: object) -> None:
-    conn.send(_convert(*args))  # type: ignore[attr-defined, arg-type]
-
-
-def in_fresh_process(*args: object) -> tuple[float, int]:
-    """_convert in a spawned process (not a pool's daemon: the fits fork workers of their own)."""
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(send, *args))
-    process.start()
-    result = receive.recv()
-    process.join()
-    return result
 
 
 def main() -> None:
@@ -75,7 +50,9 @@ def main() -> None:
             model = pypi_models.model_file(*spec)
             measured = {}
             for mode, options in MODES.items():
-                measured[mode] = in_fresh_process(model, work / "out.onnx", folder, images, options)
+                more = json.dumps({"images": dataclasses.asdict(images), "progress": False, **options})
+                row = measure("convert", str(model), str(work / "out.onnx"), str(folder), more)
+                measured[mode] = (row["seconds"], row["peak_bytes"] / 1024)
                 print(f"{name}, {mode}: {measured[mode][0]:.1f} s, peak {measured[mode][1] / 1024:.0f} MiB", flush=True)
             rows.append((name, measured))
     lines = [f"| {name} | {mode} | {seconds:.1f} | {seconds / measured['plain'][0]:.2f}x | {peak / 1024:.0f} | "
@@ -86,8 +63,8 @@ def main() -> None:
         "",
         f"`.venv/bin/python benchmarks/compensation_cost.py --samples {args.samples} --write` ({machine()}). "
         f"Calibrated conversions on {args.samples} samples of each model's natural size (conversion_speed.py's "
-        "folders), convert's defaults otherwise (focus on), each in a fresh process; peak: the largest resident set "
-        "of the process or of a fit worker it forked.",
+        "folders), convert's defaults otherwise (focus on), each in a fresh process (wall time from before amos-onnx's "
+        "import); peak: the largest resident set of the process or of a fit worker it forked.",
         "",
         "| conversion | compensation | wall (s) | vs plain | peak memory (MiB) | vs plain |",
         "|---|---|---|---|---|---|",

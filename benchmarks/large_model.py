@@ -34,8 +34,12 @@ import amos_onnx
 action = sys.argv[1]
 if action == "inspect":
     report = amos_onnx.inspect(sys.argv[2])
-elif action == "convert":
-    report = amos_onnx.convert(sys.argv[2], sys.argv[3], calib=sys.argv[4] if len(sys.argv) > 4 else None)
+elif action == "convert":  # model, output[, calibration data[, convert's other keywords as JSON]]
+    more = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+    if "images" in more:
+        more["images"] = amos_onnx.ImageOptions(**{key: tuple(value) if isinstance(value, list) else value
+                                                   for key, value in more["images"].items()})
+    report = amos_onnx.convert(sys.argv[2], sys.argv[3], calib=sys.argv[4] if len(sys.argv) > 4 else None, **more)
 # This process's own peak: VmHWM of its address space. (ru_maxrss of SELF would also count the benchmark
 # process it was forked from before exec.) Forked fitting workers: RUSAGE_CHILDREN.
 own = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
@@ -79,6 +83,8 @@ def build(folder: Path, layers: int, width: int, seed: int = 0) -> tuple[Path, i
 
 
 def measure(*args: str) -> dict:
+    """inspect MODEL or convert MODEL OUTPUT [CALIB [JSON]] in a fresh process: its seconds (from before the
+    import), peak bytes (the process's VmHWM or a forked fitting worker's ru_maxrss), sites and summary."""
     out = subprocess.run([sys.executable, "-c", PROBE, *args], check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
