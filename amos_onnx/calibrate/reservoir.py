@@ -161,8 +161,8 @@ class Reservoir:
         self._pending, self._pending_size = [], 0
         cap = self._cap
         if values.size > cap:
-            keep = np.argpartition(keys, cap - 1)[:cap]
-            keep.sort()
+            keep = np.zeros(values.size, bool)  # the kept positions in their order: a mask, not a sort
+            keep[np.argpartition(keys, cap - 1)[:cap]] = True
             values, keys = values[keep], keys[keep]
             channels = channels[keep] if self.axis is not None else channels
         self._values, self._keys, self._channels = values, keys, channels
