@@ -11,7 +11,7 @@ the single process's of the same run order. The Ray runs include each run's acto
 their sessions made per actor), not the cluster's start, printed apart.
 
 Calibration: the same VGG converted at convert's default K (ReLU 10) and at K=4, with each calibration seed, in
-one process and through Ray (2 actors) on 8,192 training images (4 blocks of calibrate.run.BLOCK_SAMPLES, a
+one process and through Ray (2 actors) on 32,768 training images (4 blocks of calibrate.run.BLOCK_SAMPLES, a
 shard each); each conversion's wall time, its test accuracy on the 10,000 test images (the native op) and
 whether the two models' gates are the same bytes (they should be: the reservoirs are sampled block by block).
 """
@@ -36,7 +36,7 @@ from results import machine, write_section  # noqa: E402
 import amos_onnx  # noqa: E402
 from amos_onnx.options import RayOptions  # noqa: E402
 
-CALIBRATION_IMAGES = 8192  # 4 blocks of calibrate.run.BLOCK_SAMPLES
+CALIBRATION_IMAGES = 32_768  # 4 blocks of calibrate.run.BLOCK_SAMPLES
 CONFIGS = {"one process": None, "Ray, 1 actor x 1 CPU": RayOptions(actors=1, cpus=1),
            "Ray, 2 actors x 1 CPU": RayOptions(actors=2, cpus=1), "Ray, 1 actor x 2 CPUs": RayOptions(actors=1, cpus=2)}
 

@@ -121,7 +121,7 @@ def test_merged_reservoirs_are_the_smallest_keys_of_all_shards_and_uniform() -> 
 
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_calibration_in_shards_samples_exactly_what_one_process_samples(per_channel: bool, tmp_path: Path) -> None:
-    """7,000 rows ([N, 4, 8] into a Tanh: 4 blocks of 2,048 samples) sampled shard by shard by the Ray actors' job
+    """30,000 rows ([N, 4, 8] into a Tanh: 4 blocks of 8,192 samples) sampled shard by shard by the Ray actors' job
     (cluster.calibrate._Sample), in shards of one and of two blocks, merged in any order: the single process's
     reservoirs value for value (count, range, sample, keys, channels), and its first batches."""
     from amos_onnx.calibrate.run import BLOCK_SAMPLES, Blocks, Kept, Sampler, calibrate
@@ -131,13 +131,13 @@ def test_calibration_in_shards_samples_exactly_what_one_process_samples(per_chan
 
     model = activation_model("Tanh", 17, shape=["N", 4, 8])
     model_path = save(model, tmp_path / "tanh.onnx")
-    x = np.random.default_rng(0).normal(0, 2, (7000, 4, 8)).astype(np.float32)
+    x = np.random.default_rng(0).normal(0, 2, (30_000, 4, 8)).astype(np.float32)
     np.savez(tmp_path / "x.npz", x=x)
     sites, _ = find_sites(gs.import_onnx(model), 17)
     options = CalibrationOptions(cap=3000, seed=5, per_channel=per_channel)
     kept = Kept(300, 1 << 30)
     one, count = calibrate(model, sites, open_data(tmp_path / "x.npz", model), options, keep=kept)
-    assert count == 7000 and all(r.seen == 7000 * 32 for r in one.values())
+    assert count == 30_000 and all(r.seen == 30_000 * 32 for r in one.values())
     for shard_samples in (1, 2 * BLOCK_SAMPLES):
         sharded = plan_shards(tmp_path / "x.npz", model, None, None, 2, shard_samples, unit=BLOCK_SAMPLES)
         assert len(sharded.shards) == (4 if shard_samples == 1 else 2)

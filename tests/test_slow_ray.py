@@ -32,7 +32,7 @@ from amos_onnx.options import RayOptions  # noqa: E402
 pytestmark = pytest.mark.slow
 
 TRAIN_IMAGES = 20_000  # the network sees the first 20,000 training images, once
-CALIBRATION_IMAGES = 5_000  # of those, for calibration: 3 blocks of calibrate.run.BLOCK_SAMPLES
+CALIBRATION_IMAGES = 20_000  # all of those, for calibration: 3 blocks of calibrate.run.BLOCK_SAMPLES
 ACTOR_TITLE = b"MapBatches(Worker)"  # in a Ray Data actor's process title
 
 
@@ -173,7 +173,7 @@ def test_report_on_ray_writes_the_single_process_figures(fashion, cluster, tmp_p
 
 
 def test_calibration_on_ray_gives_the_single_process_model(fashion, cluster, tmp_path) -> None:
-    """Calibrated through Ray on 5,000 images (3 blocks of 2,048 samples: calibrate.run.Blocks, one shard each on
+    """Calibrated through Ray on 20,000 images (3 blocks of 8,192 samples: calibrate.run.Blocks, one shard each on
     2 actors), the plan's reservoirs are the single process's value for value and it keeps the same first
     batches; so for seeds 0-2 and K = 4 and convert's default, the converted model's gates are the single
     process's to the bit, and so is its test accuracy."""

@@ -50,7 +50,7 @@ class Kept:
             self.held = (self.held[0] + sample_count(feed), self.held[1] + sum(a.nbytes for a in feed.values()))
 
 
-BLOCK_SAMPLES = 2048  # the sampling's random draws restart every this many samples (whole batches): see Blocks
+BLOCK_SAMPLES = 8192  # the sampling's random draws restart every this many samples (whole batches): see Blocks
 
 
 def block_rng(seed: int, file: int, block: int) -> np.random.Generator:
