@@ -36,16 +36,22 @@ void amos_rest(const double* T, const double* h, const double* d, int64_t k, int
     }
 }
 
-/* Stable natural merge sort of indices by value (NaN last, as numpy's stable argsort): ties keep their input
- * order. Runs already in order are found first and merged pairwise: a fitter's membranes are a few shifted
- * runs of the sorted inputs, so this is close to one pass. */
+/* Stable natural merge sort of indices by value (NaN last, as numpy's stable argsort): the one order by (value,
+ * index), so ties keep their input order whatever order the indices start in. The indices start in `hint`'s order
+ * (NULL: 0..n-1); runs already in order along it are found first and merged pairwise. A fitter's membranes are a
+ * few shifted runs of the sorted inputs, and the order of the membranes one neuron earlier leaves two runs (the
+ * ones that fired it, shifted by its reset, and the rest), so this is close to one pass. */
 static int before_value(double a, double b) { return a < b || (b != b && a == a); }
+static int before(const double* v, int64_t i, int64_t j) {
+    return before_value(v[i], v[j]) || (!before_value(v[j], v[i]) && i < j);
+}
 
-static int64_t* sort_indices(const double* v, int64_t* idx, int64_t* tmp, int64_t* starts, int64_t n) {
+static int64_t* sort_indices(const double* v, const int64_t* hint, int64_t* idx, int64_t* tmp, int64_t* starts,
+                             int64_t n) {
     int64_t runs = 0;
     for (int64_t i = 0; i < n; ++i) {
-        idx[i] = i;
-        if (i == 0 || before_value(v[i], v[i - 1])) starts[runs++] = i;
+        idx[i] = hint ? hint[i] : i;
+        if (i == 0 || before(v, idx[i], idx[i - 1])) starts[runs++] = i;
     }
     starts[runs] = n;
     while (runs > 1) {
@@ -54,7 +60,7 @@ static int64_t* sort_indices(const double* v, int64_t* idx, int64_t* tmp, int64_
             const int64_t lo = starts[r], mid = starts[r + 1], hi = r + 2 <= runs ? starts[r + 2] : n;
             int64_t a = lo, b = mid, o = lo;
             if (r + 1 < runs) {
-                while (a < mid && b < hi) tmp[o++] = before_value(v[idx[b]], v[idx[a]]) ? idx[b++] : idx[a++];
+                while (a < mid && b < hi) tmp[o++] = before(v, idx[b], idx[a]) ? idx[b++] : idx[a++];
                 while (b < hi) tmp[o++] = idx[b++];
             }
             while (a < mid) tmp[o++] = idx[a++];
@@ -76,13 +82,14 @@ static float spacing32(float m) {
 }
 
 /* The cost of every split of one neuron's threshold (amos_onnx.fit.blocks.split_costs, the same float64
- * operations in the same order): sorts the membranes v, and for split i (samples i.. fire) gives
+ * operations in the same order): sorts the membranes v (starting from `hint`'s order when not NULL, and writing
+ * the order to `order` when not NULL), and for split i (samples i.. fire) gives
  * cost[i] = skipping cost of samples ..i-1 + best firing cost of samples i.., with cost = +inf where the gap
  * below sample i is too narrow for float32; se[i], sw[i]: the weighted error and weight sums of samples i..
  * Returns 0, or 1 when memory ran out. */
 int amos_split_costs(const double* v, const double* yb, const double* target, const double* w, const double* r0,
                      const double* r1, const int8_t* s0, const int8_t* s1, double lam, double room_ulps, int64_t n,
-                     double* vs, double* cost, double* se, double* sw) {
+                     const int64_t* hint, double* vs, double* cost, double* se, double* sw, int64_t* order) {
     int64_t* buffers = malloc((size_t)(3 * n + 1) * sizeof(int64_t));
     double* see = malloc((size_t)(n + 1) * sizeof(double));
     if (!buffers || !see) {
@@ -90,7 +97,9 @@ int amos_split_costs(const double* v, const double* yb, const double* target, co
         free(see);
         return 1;
     }
-    const int64_t* idx = sort_indices(v, buffers, buffers + n, buffers + 2 * n, n);
+    const int64_t* idx = sort_indices(v, hint, buffers, buffers + n, buffers + 2 * n, n);
+    if (order)
+        for (int64_t i = 0; i < n; ++i) order[i] = idx[i];
     double prefix = 0.0;
     cost[0] = 0.0;
     for (int64_t i = 0; i < n; ++i) {

@@ -63,13 +63,16 @@ def _before(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int) -> 
     return v, y
 
 
-def split_costs(split: Split, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The cost of every split of one neuron's threshold: (vs, cost, se, sw) with vs the membranes v sorted, and
+def split_costs(split: Split, lam: float,
+                hint: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The cost of every split of one neuron's threshold: (vs, cost, se, sw, order) with vs the membranes v sorted
+    (stable: v[order]), and
     for split i (samples i.. fire, n + 1 splits) cost[i] the skipping cost of samples ..i-1 plus the best firing
     cost of samples i.. (their weight d = se[i] / sw[i]); +inf where the gap below sample i is too narrow for
-    float32 (kernel.Split names the arrays). In C when the fitter's library is built (bit-identical), else numpy."""
+    float32 (kernel.Split names the arrays). In C when the fitter's library is built (bit-identical), else numpy.
+    `hint`: the order of an earlier split on the same samples, which the C sort starts from (faster, same result)."""
     if fit_kernel.available():
-        return fit_kernel.split_costs(split, lam, FLOAT32_ROOM)
+        return fit_kernel.split_costs(split, lam, FLOAT32_ROOM, hint)
     v, yb, target, w, r0, r1, s0, s1 = split
     order = np.argsort(v, kind="stable")
     vs, w = v[order], w[order]
@@ -93,15 +96,16 @@ def split_costs(split: Split, lam: float) -> tuple[np.ndarray, np.ndarray, np.nd
     room = FLOAT32_ROOM * np.spacing(np.maximum(np.abs(vs[1:]), np.abs(vs[:-1])).astype(np.float32))
     valid[1:n] = vs[1:] - vs[:-1] > room
     cost[~valid] = np.inf
-    return vs, cost, se, sw
+    return vs, cost, se, sw, order
 
 
 def update_threshold(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int,
-                     before: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-    """Exact best (T_t, d_t) with all other parameters fixed (`before`: _before's result, when known)."""
+                     before: tuple[np.ndarray, np.ndarray] | None = None, hint: np.ndarray | None = None) -> np.ndarray:
+    """Exact best (T_t, d_t) with all other parameters fixed (`before`: _before's result, when known); the order
+    that sorts the membranes arriving at neuron t. `hint`: an order of nearly sorted membranes (split_costs)."""
     v, yb = before if before is not None else _before(p, T, h, d, t)
     (r0, r1), (s0, s1) = rest(T, h, d, np.stack([v, v - h[t]]), t + 1)  # skipping or firing neuron t
-    vs, cost, se, sw = split_costs(Split(v, yb, p.target, p.w, r0, r1, s0, s1), p.lam)
+    vs, cost, se, sw, order = split_costs(Split(v, yb, p.target, p.w, r0, r1, s0, s1), p.lam, hint)
     n = len(vs)
     i = int(np.argmin(cost))
     current = int(np.searchsorted(vs, T[t], side="right"))  # samples from here on fire now
@@ -119,6 +123,7 @@ def update_threshold(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t:
         if not vs[i - 1] < np.float32(T[t]) < vs[i]:
             T[t] = vs[i - 1] if np.float32(vs[i - 1]) < np.float32(vs[i]) else T[t]
     d[t] = se[i] / sw[i] if i < n and sw[i] > 0 else 0.0
+    return order
 
 
 _RESET_FACTORS = np.array([0.0, 0.5, 0.85, 0.95, 1.05, 1.15, 2.0])  # of the current reset (1.0: candidate 0)
@@ -126,12 +131,12 @@ _RESET_STEPS = np.exp2(-np.arange(0, 12, 2))  # of the range's scale
 
 
 def update_reset(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int, scale: float,
-                 before: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-    """Best h_t among candidates around the current value and on the range's scale."""
+                 before: tuple[np.ndarray, np.ndarray] | None = None) -> bool:
+    """Best h_t among candidates around the current value and on the range's scale; whether h_t changed."""
     v, yb = before if before is not None else _before(p, T, h, d, t)
     z = v > T[t]
     if not z.any():
-        return
+        return False
     extra = scale * _RESET_STEPS
     others = np.concatenate([h[t] * _RESET_FACTORS, extra, -extra[:2]])
     # New resets beyond the range's scale only lose float32 precision; the current one (first) always stays,
@@ -144,6 +149,8 @@ def update_reset(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int
     best = int(np.argmin(costs))
     if costs[best] < costs[0] * (1 - 1e-12):  # candidate 0 is the current value: ties keep it
         h[t] = cands[best]
+        return True
+    return False
 
 
 def spike_matrix(T: np.ndarray, h: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -169,21 +176,23 @@ def solve_weights(T: np.ndarray, h: np.ndarray, x: np.ndarray, target: np.ndarra
 def descend(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, scale: float, sweeps: int) -> float:
     best = total_cost(p, T, h, d)
     for _ in range(sweeps):
-        # Neurons 0..t-1 are final when neuron t is updated: carry their membrane and output forward.
-        v, y = p.x.copy(), np.zeros_like(p.x)
+        # Neurons 0..t-1 are final when neuron t is updated: carry their membrane and output forward, and the
+        # order that sorts the membrane, which leaves two sorted runs after neuron t (the ones it fired, shifted).
+        v, y, order = p.x.copy(), np.zeros_like(p.x), None
         for t in range(len(T)):
-            update_threshold(p, T, h, d, t, (v, y))
-            if t < len(T) - 1:
-                update_reset(p, T, h, d, t, scale, (v, y))
-                update_threshold(p, T, h, d, t, (v, y))
+            order = update_threshold(p, T, h, d, t, (v, y), order)
+            # A reset kept as it was leaves the threshold update as it was: it would place T_t and d_t again.
+            if t < len(T) - 1 and update_reset(p, T, h, d, t, scale, (v, y)):
+                order = update_threshold(p, T, h, d, t, (v, y), order)
             z = v > T[t]
             y = y + d[t] * z
             v = v - h[t] * z
+        cost = total_cost(p, T, h, d)
         if p.lam == 0.0:
             d_new = solve_weights(T, h, p.x, p.target, p.w)
-            if total_cost(p, T, h, d_new) < total_cost(p, T, h, d):
-                d[:] = d_new
-        cost = total_cost(p, T, h, d)
+            cost_new = total_cost(p, T, h, d_new)
+            if cost_new < cost:
+                d[:], cost = d_new, cost_new
         if cost > best * (1.0 - 1e-6):
             best = min(best, cost)
             break

@@ -36,7 +36,7 @@ def _library() -> ctypes.CDLL | None:
                                                                                       ctypes.c_void_p, ctypes.c_void_p]
             lib.amos_split_costs.restype = ctypes.c_int
             lib.amos_split_costs.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_double] * 2 + [ctypes.c_int64] + [
-                ctypes.c_void_p] * 4
+                ctypes.c_void_p] * 6
             return lib
     return None
 
@@ -78,8 +78,11 @@ class Split(NamedTuple):
     s1: np.ndarray
 
 
-def split_costs(split: Split, lam: float, room_ulps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """amos_onnx.fit.blocks.split_costs in C: (vs, cost, se, sw)."""
+def split_costs(split: Split, lam: float, room_ulps: float,
+                hint: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """amos_onnx.fit.blocks.split_costs in C: (vs, cost, se, sw, order). `hint`: an earlier order of these samples
+    (an int64 permutation, kept from a call on the same samples) that the sort starts from; the result is the
+    same with or without it."""
     lib = _library()
     assert lib is not None
     arrays = [np.ascontiguousarray(a, np.float64) for a in split[:6]]
@@ -87,10 +90,13 @@ def split_costs(split: Split, lam: float, room_ulps: float) -> tuple[np.ndarray,
     n = arrays[0].size
     if any(a.size != n for a in arrays + spikes):
         raise ValueError("split_costs: arrays of different lengths")
-    vs = np.empty(n, np.float64)
+    if hint is not None and (hint.dtype != np.int64 or hint.size != n or not hint.flags.c_contiguous):
+        raise ValueError("split_costs: the hint is not an order of these samples")
+    vs, order = np.empty(n, np.float64), np.empty(n, np.int64)
     cost, se, sw = (np.empty(n + 1, np.float64) for _ in range(3))
     status = lib.amos_split_costs(*(a.ctypes.data for a in arrays + spikes), float(lam), float(room_ulps), n,
-                                  vs.ctypes.data, cost.ctypes.data, se.ctypes.data, sw.ctypes.data)
+                                  None if hint is None else hint.ctypes.data, vs.ctypes.data, cost.ctypes.data,
+                                  se.ctypes.data, sw.ctypes.data, order.ctypes.data)
     if status != 0:
         raise MemoryError(f"split_costs: no memory for {n} samples")
-    return vs, cost, se, sw
+    return vs, cost, se, sw, order
