@@ -212,7 +212,7 @@ def _convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> Conve
     fit = FitOptions(k=_k(o["k"]), k_per_op=_k_per_op(o["k_per_op"]), target_mse=o["target_mse"],
                      spike_penalty=o["spike_penalty"], seed=o["seed"], kicks=o["kicks"], focus_kicks=o["focus_kicks"],
                      per_channel=o["per_channel"], bias_correction=o["bias_correction"],
-                     sequential=o["sequential"])
+                     sequential=o["sequential"], latency=o["latency"], spike_budget=o["spike_budget"])
     return ConvertOptions(find, calibration, fit, o["emit"], False if quiet else None)
 
 
@@ -230,6 +230,8 @@ def _convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> Conve
 @_from(FitOptions, "per_channel", "--per-channel")
 @_from(FitOptions, "bias_correction", "--bias-correction")
 @_from(FitOptions, "sequential", "--sequential")
+@_from(FitOptions, "latency", "--latency", type=int)
+@_from(FitOptions, "spike_budget", "--spike-budget", type=float)
 @_from(FindOptions, "channel_axis", "--channel-axis", type=int)
 @_from(ConvertOptions, "emit", "--emit")
 @_from(FindOptions, "only", "--only", type=str)

@@ -132,6 +132,13 @@ class FitOptions:
     sequential: bool = field(default=False, metadata=_help(
         "With --calib: every gate is refitted, level by level, on the inputs it gets with the sites before it "
         "spiking, against what the original network computes there (single gates in the top-level graph)."))
+    latency: int | None = field(default=None, metadata=_help(
+        "With --calib: K per site chosen so that the time steps along the deepest path of gates are at most this "
+        "many, minimising the outputs' change measured on calibration samples (instead of --k)."))
+    spike_budget: float | None = field(default=None, metadata=_help(
+        "With --calib: K per site chosen so that the mean spikes per gate are at most this many, minimising the "
+        "outputs' change measured on calibration samples (with or instead of --latency)."))
+    k_per_site: Mapping[str, int] = field(default_factory=dict)  # K by site name (a budget's choice), before all
 
     def __post_init__(self) -> None:
         if isinstance(self.k, str) and self.k != AUTO:
@@ -148,6 +155,21 @@ class FitOptions:
             raise OptionError(f"--spike-penalty {self.spike_penalty}: must be zero or positive")
         _check_moves("--kicks", self.kicks)
         _check_moves("--focus-kicks", self.focus_kicks)
+        if self.latency is not None and self.latency < 1:
+            raise OptionError(f"--latency {self.latency}: must be at least 1 time step")
+        if self.spike_budget is not None and not (self.spike_budget > 0 and math.isfinite(self.spike_budget)):
+            raise OptionError(f"--spike-budget {self.spike_budget}: must be a positive number of spikes per gate")
+        if self.budgeted and (self.k is not None or self.k_per_op):
+            budget = "--latency" if self.latency is not None else "--spike-budget"
+            raise OptionError(f"{budget} chooses K per site: give it or --k / --k-per-op, not both")
+        for site, value in self.k_per_site.items():
+            if not 1 <= value <= MAX_K:
+                raise OptionError(f"K={value} for site {site}: K must be between 1 and {MAX_K}")
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether K per site is chosen for a latency or spike budget."""
+        return self.latency is not None or self.spike_budget is not None
 
 
 @dataclass(frozen=True)

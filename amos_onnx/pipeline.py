@@ -21,6 +21,7 @@ from amos_onnx.errors import OptionError, OutputPathError
 from amos_onnx.find.composite import NearMiss
 from amos_onnx.find.sites import Site, find_sites, quantized_ops
 from amos_onnx.fit import focus
+from amos_onnx.fit.budget import Allocation, allocate_plan
 from amos_onnx.fit.sites import Refocus, SiteFit, fit_sites
 from amos_onnx.load import FUNCTION_MIN_OPSET, default_opset, load_model, raise_opset, read_model, with_shapes
 from amos_onnx.options import CalibrationOptions, ConvertOptions, EmitForm, FindOptions, FitOptions, RayOptions
@@ -77,6 +78,7 @@ class Plan:
     feeds: list[dict] = field(default_factory=list)  # the first calibration batches (focus.KEEP_SAMPLES) ...
     axes: dict[str, int] = field(default_factory=dict)  # ... batch-first: inputs.model_layout(feed, axes) to run
     stages: Stages = field(default_factory=Stages)  # seconds per stage of the last plan, fit and write
+    allocation: Allocation | None = None  # K per site of the last fit with a latency or spike budget
 
 
 def _options(options: ConvertOptions | None, keywords: dict[str, Any]) -> ConvertOptions:
@@ -96,6 +98,9 @@ def plan(model_path: str | Path, calib: DataSource | None = None, options: Conve
         raise OptionError("--per-channel needs --calib: each channel's gate is fitted on that channel's values")
     if options.fit.bias_correction and calib is None:
         raise OptionError("--bias-correction needs --calib: the mean shifts are measured on calibration samples")
+    if options.fit.budgeted and calib is None:
+        raise OptionError(f"{'--latency' if options.fit.latency is not None else '--spike-budget'} needs --calib: "
+                          "K per site is chosen by the outputs' change measured on calibration samples")
     if options.fit.sequential and calib is None:
         raise OptionError("--sequential needs --calib: the gates are refitted on the inputs calibration samples give "
                           "them")
@@ -213,6 +218,9 @@ def convert(model_path: str | Path, output_path: str | Path, calib: DataSource |
         write(p, uncorrected_output, fits)  # a copy: the same conversion without its corrections
     report = _write(p, Path(output_path), fits, in_place=True, compensation=compensation)
     report.notes += focus_notes(focused, options.fit.focus_kicks) + sequential_notes(fits)
+    if p.allocation is not None:
+        report.budget = p.allocation.to_dict()
+        report.notes += p.allocation.lines()
     if options.fit.per_channel:
         report.notes += channel_notes(p.sites, options.find.channel_axis)
     return report
@@ -227,8 +235,15 @@ def fit_plan(p: Plan, options: FitOptions | None = None) -> tuple[dict[str, Site
     if options.per_channel and not p.options.calibration.per_channel:
         raise OptionError("per-channel fits need a plan whose calibration kept each value's channel "
                           "(plan(..., per_channel=True))")
-    with p.stages.stage("fit"):
-        fits = fit_sites(p.sites, p.reservoirs, options)
+    p.allocation = None
+    p.stages.seconds.pop("budget", None)
+    if options.budgeted:
+        with p.stages.stage("budget"):  # every site fitted at each candidate K, measured, and K chosen per site
+            p.allocation, fits = allocate_plan(p, options)
+        options = replace(options, latency=None, spike_budget=None, k_per_site=p.allocation.k)
+    else:
+        with p.stages.stage("fit"):
+            fits = fit_sites(p.sites, p.reservoirs, options)
     p.stages.seconds.pop("focus", None)
     if not options.focus_kicks or not p.feeds:
         return _sequential(p, fits, options), None

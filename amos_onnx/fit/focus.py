@@ -11,6 +11,7 @@ refocus, as pipeline.fit_plan does), starting from their first fit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -98,14 +99,14 @@ class Effects:
 
 
 def measuring_feeds(feeds: list[dict[str, np.ndarray]], sites: int, calibration_samples: int | None,
-                    sliceable: bool = False) -> list[dict[str, np.ndarray]]:
-    """The first kept samples that `sites` + 1 runs may see within FOCUS_PASSES times the calibration's samples
+                    sliceable: bool = False, passes: int = FOCUS_PASSES) -> list[dict[str, np.ndarray]]:
+    """The first kept samples that `sites` + 1 runs may see within `passes` times the calibration's samples
     and FOCUS_BYTES of inputs (all of them without a count): whole kept batches (at least one), or with
     `sliceable` inputs (a free batch dimension) exactly that many rows (at least one)."""
     if calibration_samples is None or not feeds:
         return feeds
     row_bytes = sum(a.nbytes for a in feeds[0].values()) / max(sample_count(feeds[0]), 1)
-    allowed = min(FOCUS_PASSES * calibration_samples, int(FOCUS_BYTES // max(row_bytes, 1.0))) // (sites + 1)
+    allowed = min(passes * calibration_samples, int(FOCUS_BYTES // max(row_bytes, 1.0))) // (sites + 1)
     return first_samples(feeds, allowed, sliceable)
 
 
@@ -130,26 +131,54 @@ def effects(p: Plan, fits: dict[str, SiteFit], calibration_samples: int | None =
     """Each searched site's effect on the plan's model's outputs (see Effects), measured in onnxruntime on the
     plan's kept feeds, as many as measuring_feeds allows for `calibration_samples` (default: the plan's)."""
     measured = [s for s in p.sites if searched(s, fits.get(s.name))]
-    if not measured or not p.feeds:
-        return Effects({}, 0)
+    by_site, samples = site_effects(p, measured, [fits], mean_square, calibration_samples)
+    return Effects(by_site[0] if by_site else {}, samples)
+
+
+Runs = list[list[np.ndarray]]  # a model's floating-point outputs, per kept feed, in the session's output order
+
+
+def mean_square(base: Runs, runs: Runs) -> float:
+    """Mean square change of every floating-point output element."""
+    def flat(r: Runs) -> np.ndarray:
+        return np.concatenate([np.asarray(a, np.float64).ravel() for parts in r for a in parts])
+
+    return float(np.mean(np.square(flat(runs) - flat(base))))
+
+
+def site_effects(p: Plan, measured: list[Site], fit_sets: list[dict[str, SiteFit]],
+                 change: Callable[[Runs, Runs], float], calibration_samples: int | None = None,
+                 passes: int = FOCUS_PASSES,
+                 groups: dict[str, frozenset[str]] | None = None) -> tuple[list[dict[str, float]], int]:
+    """For each set of fits, change(outputs without gates, outputs with one site's gate) for each `measured` site
+    (floating-point, top-level sites), or with `groups` (label: sites) for each group's gates together, on the
+    plan's kept feeds, as many as measuring_feeds allows for `calibration_samples` (default: the plan's),
+    `passes` and one run per group and set; and the number of samples measured on (no sets when nothing can be
+    measured)."""
+    groups = groups if groups is not None else {s.name: frozenset([s.name]) for s in measured}
+    if not measured or not p.feeds or not fit_sets or not groups:
+        return [], 0
     samples = p.samples if calibration_samples is None else calibration_samples
-    kept = measuring_feeds(p.feeds, len(measured), samples, sliceable(p.model, p.axes))  # batch-first
-    feeds = [model_layout(feed, p.axes) for feed in kept]
-    mixed, switches = switched_model(p.model, measured, fits, p.options.emit)
+    kept = measuring_feeds(p.feeds, len(groups) * len(fit_sets), samples, sliceable(p.model, p.axes), passes)
+    feeds = [model_layout(feed, p.axes) for feed in kept]  # kept feeds are batch-first
     label = f"{p.model_path} (focus)"
-    sess = user_session(mixed, label, folder=p.model_path.parent)
-    outputs = [o.name for o in sess.get_outputs() if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)")]
-    if not outputs:
-        return Effects({}, 0)
+    base: Runs | None = None
+    every = []
+    for fits in fit_sets:
+        mixed, switches = switched_model(p.model, measured, fits, p.options.emit)
+        sess = user_session(mixed, label, folder=p.model_path.parent)
+        outputs = [o.name for o in sess.get_outputs()
+                   if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)")]
+        if not outputs:
+            return [], 0
 
-    def run(on: str | None) -> np.ndarray:
-        flags = {name: np.array(site == on) for site, name in switches.items()}
-        runs = [run_checked(sess, outputs, {**feed, **flags}, label) for feed in feeds]
-        return np.concatenate([np.asarray(r, np.float64).ravel() for parts in runs for r in parts])
+        def run(on: frozenset[str]) -> Runs:
+            flags = {name: np.array(site in on) for site, name in switches.items()}  # noqa: B023 (run here)
+            return [run_checked(sess, outputs, {**feed, **flags}, label) for feed in feeds]  # noqa: B023
 
-    base = run(None)
-    by_site = {s.name: float(np.mean(np.square(run(s.name) - base))) for s in measured}
-    return Effects(by_site, sum(map(sample_count, kept)))
+        base = run(frozenset()) if base is None else base  # every set's model computes the original, gates off
+        every.append({key: change(base, run(on)) for key, on in groups.items()})
+    return every, sum(map(sample_count, kept))
 
 
 def chosen(effect: Effects, fits: dict[str, SiteFit]) -> set[str]:

@@ -196,9 +196,13 @@ def auto_fit(job: Job) -> SiteFit:
     return at(hi)
 
 
-def site_k(site: Site, k: int | str | None, k_per_op: Mapping[str, int]) -> int | str:
-    """K for one site: --k-per-op for its op, else --k (a number, or "auto"), else the activation's default."""
+def site_k(site: Site, k: int | str | None, k_per_op: Mapping[str, int],
+           k_per_site: Mapping[str, int] | None = None) -> int | str:
+    """K for one site: its own (a budget's choice), else --k-per-op for its op, else --k (a number, or "auto"),
+    else the activation's default."""
     assert site.activation is not None
+    if k_per_site and site.name in k_per_site:
+        return k_per_site[site.name]
     op = COMPOSITE if len(site.nodes) > 1 else site.op
     if op in k_per_op:
         return k_per_op[op]
@@ -272,7 +276,7 @@ def _jobs(sites: list[Site], reservoirs: dict[str, Reservoir],
         if not site.converts or site.activation is None:
             continue
         act, res = site.activation, reservoirs.get(site.samples)  # none where calibration cannot reach
-        kk = site_k(site, options.k, options.k_per_op)
+        kk = site_k(site, options.k, options.k_per_op, options.k_per_site)
         key: Key = (site.samples, act.label, str(kk))
         if act.channel_funcs is not None:  # per-channel slopes: never shared
             key = site.name
@@ -296,19 +300,34 @@ def fit_sites(sites: list[Site], reservoirs: dict[str, Reservoir], options: FitO
     the network's mean spikes per gate. per_channel: one gate per channel where the calibration kept channels,
     else one per site. refocus: refit only some sites' fits, with more moves (pipeline.fit_plan's focus)."""
     options = options or FitOptions()
-    keys, work, refit_keys = _jobs(sites, reservoirs, options)
-    if refocus is not None:
-        first = {key: refocus.earlier[name] for name, key in keys.items() if name in refocus.sites}
-        work = {key: job._replace(options=replace(job.options, kicks=refocus.kicks),
-                                  # per-channel gates cannot start the site's refit
-                                  start=first[key].params if first[key].params.axis is None else None,
-                                  k=first[key].params.k if job.k == AUTO else job.k)
-                for key, job in work.items() if key in first}
+    if refocus is None:
+        return fit_sites_many(sites, reservoirs, [options])[0]
+    keys, work, _ = _jobs(sites, reservoirs, options)
+    first = {key: refocus.earlier[name] for name, key in keys.items() if name in refocus.sites}
+    work = {key: job._replace(options=replace(job.options, kicks=refocus.kicks),
+                              # per-channel gates cannot start the site's refit
+                              start=first[key].params if first[key].params.axis is None else None,
+                              k=first[key].params.k if job.k == AUTO else job.k)
+            for key, job in work.items() if key in first}
     results = dict(zip(work, fork_map(fit_job, list(work.values()))))  # each fit seeded alone: order-free
-    if not options.spike_penalty and refocus is None:
-        _REFITS.update({rk: results[key].params for key, rk in refit_keys.items() if rk is not None})
-    fits = {name: results[key] if key in results else refocus.earlier[name]  # type: ignore[union-attr]
-            for name, key in keys.items()}
+    return _logged({name: results[key] if key in results else refocus.earlier[name] for name, key in keys.items()})
+
+
+def fit_sites_many(sites: list[Site], reservoirs: dict[str, Reservoir],
+                   options: list[FitOptions]) -> list[dict[str, SiteFit]]:
+    """fit_sites for each of several options (K per site differing, say), their fits in one pool of workers."""
+    plans = [_jobs(sites, reservoirs, o) for o in options]
+    work = {(i, key): job for i, (_, jobs, _) in enumerate(plans) for key, job in jobs.items()}
+    results = dict(zip(work, fork_map(fit_job, list(work.values()))))  # each fit seeded alone: order-free
+    every = []
+    for i, ((keys, _, refit_keys), o) in enumerate(zip(plans, options)):
+        if not o.spike_penalty:
+            _REFITS.update({rk: results[i, key].params for key, rk in refit_keys.items() if rk is not None})
+        every.append(_logged({name: results[i, key] for name, key in keys.items()}))
+    return every
+
+
+def _logged(fits: dict[str, SiteFit]) -> dict[str, SiteFit]:
     for name, fit_ in fits.items():
         log.info("%s: K=%d %s, mse %.3g, fitted in %.2f s", name, fit_.params.k, fit_.source, fit_.mse, fit_.seconds)
     return fits

@@ -65,6 +65,9 @@ class ConversionReport:
     # --bias-correction: every bias written, {"node", "initializer", "channels", "changed", "largest"} (largest:
     # the largest absolute change of a channel's bias)
     biases: list[dict[str, object]] = field(default_factory=list)
+    # --latency / --spike-budget: K per site, the latency and critical path, mean spikes per gate, the predicted
+    # output change beside the best uniform K's, and the measured curves (fit.budget.Allocation.to_dict)
+    budget: dict[str, object] | None = None
 
     @property
     def converted(self) -> int:

@@ -109,6 +109,7 @@ def markdown(data: dict, pictures: list[str], note: str | None) -> str:
     if stages:
         lines += ["Conversion time: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stages.items())
                   + f" (total {sum(stages.values()):.2f} s).", ""]
+    lines += budget_lines((data["conversion"] or {}).get("budget"))
     fits = {s["node"]: s for s in (data["conversion"] or {}).get("sites", [])}
     both = any("layer_rmse_uncorrected" in g for g in data["gates"])
     lines += ["## Gates", "", "Layer RMSE: the gate's output against the original network's same tensor on the same "
@@ -131,6 +132,21 @@ def markdown(data: dict, pictures: list[str], note: str | None) -> str:
     if note:
         lines.append(note)
     return "\n".join(lines) + "\n"
+
+
+def budget_lines(budget: dict | None) -> list[str]:
+    """The time budget's choice (convert --latency / --spike-budget): critical path, K per site on it, and the
+    predicted change against the best uniform K within the same budget."""
+    if not budget:
+        return []
+    path = " -> ".join(f"{name} (K={budget['k'][name]})" for name in budget["critical_path"])
+    uniform = budget.get("uniform")
+    lines = ["## Time budget", "", f"K chosen per site: latency {budget['latency_steps']} steps along the critical "
+             f"path {path}; {budget['spikes_per_gate']:.3f} spikes per gate (calibration samples).",
+             f"Predicted change of the outputs (each site's measured change at its K, summed): "
+             f"{budget['predicted_change']:.4g}" + (f"; the uniform K={uniform['k']} within the same budget: "
+                                                    f"{uniform['predicted_change']:.4g}." if uniform else "."), ""]
+    return lines
 
 
 def _error_picture(plt: object, gates: list[dict], fits: dict[str, dict], folder: Path) -> str | None:

@@ -1,0 +1,243 @@
+"""A time budget: K per site chosen for the network (convert --latency, --spike-budget).
+
+Measured, not guessed: every top-level site is fitted at each candidate K (a few around the budget's uniform K),
+and the change of the model's outputs with that site's gate alone in place (the focus's switched model, on the
+kept calibration samples) gives each site a curve of output change against K: the Kullback-Leibler divergence
+of the outputs' softmax for a classifier's scores, the relative square error otherwise. The choice minimises the
+sum of the chosen points (each site's change taken alone, added up) with the latency (K summed along the deepest
+path of gates, paths.SiteGraph) at most the budget and the mean spikes per gate at most the spike budget:
+greedily, the raise that buys the most change per step of latency (or per spike) first, raises that cost no
+latency (off the critical path) before any, then single moves of K between two sites while they lower the sum.
+The uniform K that fits the budget competes, so a budget never predicts worse than it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from amos_onnx.errors import OptionError
+from amos_onnx.fit import focus
+from amos_onnx.fit.paths import SiteGraph
+from amos_onnx.fit.sites import SiteFit, fit_sites_many
+from amos_onnx.gate import MAX_K
+from amos_onnx.options import FitOptions
+
+if TYPE_CHECKING:
+    from amos_onnx.pipeline import Plan
+
+BELOW, ABOVE = 2, 4  # candidate K: from the budget's uniform K minus BELOW to plus ABOVE
+# Measuring every site at every candidate K sees at most this many times the calibration's samples in all (the
+# focus's measure sees FOCUS_PASSES times): the curves rank K within a site, on the same samples.
+PASSES = 2
+SPIKE_KS = range(2, 9)  # candidate K with a spike budget alone
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """K per site, the latency and critical path it gives, its mean spikes per gate, and the predicted output
+    change (the sum of each site's measured change at its K) beside that of the uniform K it was judged against."""
+
+    k: dict[str, int]
+    latency: int
+    critical_path: list[str]
+    spikes_per_gate: float
+    predicted: float
+    uniform: tuple[int, float] | None  # (K, predicted change) of the best uniform K within the budget
+    candidates: tuple[int, ...]
+    curves: dict[str, dict[int, float]]
+    # The outputs' change with every gate in place, measured: (the per-site choice, the uniform K); the uniform K
+    # is kept when it measured less
+    measured: tuple[float, float] | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        uniform = None if self.uniform is None else {"k": self.uniform[0], "predicted_change": self.uniform[1]}
+        return {"k": self.k, "latency_steps": self.latency, "critical_path": self.critical_path,
+                "spikes_per_gate": self.spikes_per_gate, "predicted_change": self.predicted, "uniform": uniform,
+                "candidate_k": list(self.candidates), "measured_together": self.measured,
+                "curves": {s: {str(k): v for k, v in c.items()} for s, c in self.curves.items()}}
+
+    def lines(self) -> list[str]:
+        path = " -> ".join(f"{s} (K={self.k[s]})" for s in self.critical_path)
+        uniform = "" if self.uniform is None else (
+            f"; the uniform K={self.uniform[0]} within the budget predicts {self.uniform[1]:.3g}")
+        together = ""
+        if self.measured is not None:
+            mine, uniform_k = self.measured
+            together = (f"; measured with every gate in place: K per site {mine:.3g}, the uniform K {uniform_k:.3g}"
+                        + (" (the uniform K kept)" if uniform_k < mine else ""))
+        return [f"budget: latency {self.latency} steps along the critical path {path}; "
+                f"{self.spikes_per_gate:.2f} spikes per gate; predicted output change {self.predicted:.3g}{uniform}"
+                f"{together}"]
+
+
+def output_change(base: focus.Runs, runs: focus.Runs) -> float:
+    """How far `runs` moved the outputs of `base`, summed over the outputs: for scores of a classifier (rank 2,
+    at least 2 classes) the mean Kullback-Leibler divergence of their softmax (of the rows themselves when they
+    are probabilities already) from the original's, in nats per sample; otherwise the relative square error."""
+    total = 0.0
+    for o in range(len(base[0]) if base else 0):
+        a = [np.asarray(r[o], np.float64) for r in base]
+        b = [np.asarray(r[o], np.float64) for r in runs]
+        if a[0].ndim == 2 and a[0].shape[1] >= 2:
+            p, q = _probabilities(np.concatenate(a)), _probabilities(np.concatenate(b))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                terms = np.where(p > 0, p * (np.log(p) - np.log(np.maximum(q, 1e-300))), 0.0)
+            total += float(np.mean(np.sum(terms, axis=1)))
+        else:
+            x, y = np.concatenate([v.ravel() for v in a]), np.concatenate([v.ravel() for v in b])
+            total += float(np.sum(np.square(y - x)) / max(float(np.sum(np.square(x))), 1e-300))
+    return total
+
+
+def _probabilities(scores: np.ndarray) -> np.ndarray:
+    if np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
+        return scores
+    e = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def candidates(options: FitOptions, depth: int) -> tuple[int, ...]:
+    """The K each site is measured at: around the uniform K that fits the latency, else SPIKE_KS."""
+    if options.latency is None:
+        return tuple(SPIKE_KS)
+    uniform = min(options.latency // depth, MAX_K)
+    return tuple(range(max(1, uniform - BELOW), min(MAX_K, uniform + ABOVE) + 1))
+
+
+def allocate_plan(p: Plan, options: FitOptions) -> tuple[Allocation, dict[str, SiteFit]]:
+    """The plan's allocation and the fits at its K (every site fitted at each candidate K with `options`)."""
+    graph = SiteGraph.of(p.model, p.sites)
+    depth = graph.depth()
+    if options.latency is not None and options.latency < depth:
+        raise OptionError(f"--latency {options.latency}: the smallest reachable latency of {p.model_path} is {depth} "
+                          f"steps (K=1 at each of the {depth} gates on its deepest path)")
+    ks = candidates(options, depth)
+    at = [replace(options, latency=None, spike_budget=None, k_per_site=dict.fromkeys(graph.order, k)) for k in ks]
+    by_k = dict(zip(ks, fit_sites_many(p.sites, p.reservoirs, at)))
+    measured = {s.name: s for s in p.sites if s.name in graph.before and s.dtype in focus._MEASURED_TYPES}
+    curves = {name: {k: 0.0 for k in ks} for name in graph.order}
+    effects, _ = focus.site_effects(p, list(measured.values()), list(by_k.values()), output_change, passes=PASSES)
+    for k, by_site in zip(ks, effects):
+        for name, value in by_site.items():
+            curves[name][k] = value
+    weights = {name: (p.reservoirs[s.samples].seen / max(p.samples, 1) if s.samples in p.reservoirs else 0.0)
+               for s in p.sites if (name := s.name) in graph.before}
+    spikes = {name: {k: by_k[k][name].mean_spikes for k in ks} for name in graph.order}
+    pinned = {name: ks[min(len(ks) - 1, BELOW)] for name in graph.order if name not in measured}
+    chooser = Chooser(graph, curves, spikes, weights, options.latency, options.spike_budget, pinned)
+    allocation = chooser.allocation(ks)
+    chosen = {name: by_k[allocation.k.get(name, ks[0])][name] for name in by_k[ks[0]]}  # others: their own K
+    if allocation.uniform is None or allocation.k == chooser.uniform_k(allocation.uniform[0]):
+        return allocation, chosen
+    # Measured together: the choice against the uniform K within the budget, every gate in place at once.
+    k = allocation.uniform[0]
+    (mine, uniform), _ = focus.site_effects(p, list(measured.values()), [chosen, by_k[k]], output_change,
+                                            passes=PASSES, groups={"all": frozenset(measured)})
+    allocation = replace(allocation, measured=(mine["all"], uniform["all"]))
+    if uniform["all"] < mine["all"]:
+        return chooser.finish(chooser.uniform_k(k), ks, measured=allocation.measured), by_k[k]
+    return allocation, chosen
+
+
+class Chooser:
+    """K per site within the budgets (latency in steps, mean spikes per gate; None: no bound), minimising the
+    summed curves; `pinned` sites (not measurable) keep their K."""
+
+    def __init__(self, graph: SiteGraph, curves: dict[str, dict[int, float]], spikes: dict[str, dict[int, float]],
+                 weights: dict[str, float], latency: int | None, spike_budget: float | None,
+                 pinned: dict[str, int] | None = None) -> None:
+        self.graph, self.curves, self.spikes, self.weights = graph, curves, spikes, weights
+        self.latency, self.spike_budget, self.pinned = latency, spike_budget, pinned or {}
+        self.free = [s for s in graph.order if s not in self.pinned]
+
+    def spikes_per_gate(self, ks: dict[str, int]) -> float:
+        total = sum(self.weights.get(s, 0.0) for s in ks)
+        return sum(self.weights.get(s, 0.0) * self.spikes[s][k] for s, k in ks.items()) / total if total > 0 else 0.0
+
+    def change(self, ks: dict[str, int]) -> float:
+        return sum(self.curves[s][k] for s, k in ks.items())
+
+    def feasible(self, ks: dict[str, int]) -> bool:
+        return ((self.latency is None or self.graph.latency(ks) <= self.latency)
+                and (self.spike_budget is None or self.spikes_per_gate(ks) <= self.spike_budget * (1 + 1e-12)))
+
+    def _use(self, ks: dict[str, int]) -> float:
+        """The budgets' share a choice spends (latency and spikes, each over its bound)."""
+        use = self.graph.latency(ks) / self.latency if self.latency else 0.0
+        return use + (self.spikes_per_gate(ks) / self.spike_budget if self.spike_budget else 0.0)
+
+    def start(self, ks_: tuple[int, ...]) -> dict[str, int]:
+        """The cheapest choice: the smallest K everywhere, or where that spends too many spikes, each site's K
+        with the fewest; a one-line error when even that is over the spike budget."""
+        ks = {s: self.pinned.get(s, ks_[0]) for s in self.graph.order}
+        if self.feasible(ks):
+            return ks
+        fewest = {**ks, **{s: min(ks_, key=self._spikes_of(s)) for s in self.free}}
+        if self.feasible(fewest):
+            return fewest
+        raise OptionError(f"--spike-budget {self.spike_budget}: the fewest spikes per gate reachable with K in "
+                          f"{ks_[0]}..{ks_[-1]} are {self.spikes_per_gate(fewest):.3f}")
+
+    def _spikes_of(self, site: str) -> Callable[[int], tuple[float, int]]:
+        return lambda k: (self.spikes[site][k], k)
+
+    def _raise(self, ks: dict[str, int], ks_: tuple[int, ...]) -> dict[str, int]:
+        """Single-site moves that lower the change, free ones (no budget spent) first, then the best change per
+        budget spent, until none fits."""
+        while True:
+            use, best, best_score = self._use(ks), None, (False, 0.0)
+            for s in self.free:
+                for k in ks_:
+                    gain = self.curves[s][ks[s]] - self.curves[s][k]
+                    trial = {**ks, s: k}
+                    if k == ks[s] or gain <= 0 or not self.feasible(trial):
+                        continue
+                    spent = self._use(trial) - use
+                    score = (spent <= 0, gain if spent <= 0 else gain / spent)
+                    if score > best_score:
+                        best, best_score = trial, score
+            if best is None:
+                return ks
+            ks = best
+
+    def _exchange(self, ks: dict[str, int], ks_: tuple[int, ...], rounds: int = 50) -> dict[str, int]:
+        """Moves of one candidate step at two sites at once (one down, one up) while they lower the change."""
+        step = {k: i for i, k in enumerate(ks_)}
+        for _ in range(rounds):
+            now, improved = self.change(ks), False
+            for a in self.free:
+                for b in self.free:
+                    ia, ib = step[ks[a]] - 1, step[ks[b]] + 1
+                    if a == b or ia < 0 or ib >= len(ks_):
+                        continue
+                    trial = {**ks, a: ks_[ia], b: ks_[ib]}
+                    if self.change(trial) < now - 1e-15 * abs(now) and self.feasible(trial):
+                        ks, now, improved = trial, self.change(trial), True
+            if not improved:
+                return ks
+        return ks
+
+    def allocation(self, ks_: tuple[int, ...]) -> Allocation:
+        ks = self._exchange(self._raise(self.start(ks_), ks_), ks_)
+        uniform = None
+        for k in ks_:
+            trial = self.uniform_k(k)
+            if self.feasible(trial) and (uniform is None or self.change(trial) <= uniform[1]):
+                uniform = (k, self.change(trial))
+        if uniform is not None and uniform[1] < self.change(ks):
+            ks = self.uniform_k(uniform[0])
+        return self.finish(ks, ks_, uniform)
+
+    def uniform_k(self, k: int) -> dict[str, int]:
+        return {s: self.pinned.get(s, k) for s in self.graph.order}
+
+    def finish(self, ks: dict[str, int], ks_: tuple[int, ...], uniform: tuple[int, float] | None = None,
+               measured: tuple[float, float] | None = None) -> Allocation:
+        if uniform is None:
+            uniform = next(((k, self.change(ks)) for k in ks_ if self.uniform_k(k) == ks), None)
+        return Allocation(ks, self.graph.latency(ks), self.graph.critical_path(ks), self.spikes_per_gate(ks),
+                          self.change(ks), uniform, ks_, self.curves, measured)

@@ -1,0 +1,218 @@
+"""A time budget (convert --latency, --spike-budget): the paths of gates, the choice of K per site, and whole
+conversions against the original and against the uniform K within the same budget."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from conftest import save
+from test_compensate import _data, chain, residual, squeeze_excitation
+
+import amos_onnx
+from amos_onnx.cli import main
+from amos_onnx.errors import OptionError
+from amos_onnx.fit.budget import Chooser, candidates, output_change
+from amos_onnx.fit.paths import SiteGraph
+from amos_onnx.options import FitOptions
+from amos_onnx.pipeline import plan
+from amos_onnx.report.files import latency
+from amos_onnx.report.spikes import gate_nodes, gate_params
+from amos_onnx.runtime import session
+
+BUILDS = {"chain": chain, "residual": residual, "squeeze_excitation": squeeze_excitation}
+
+
+def _graph(model: onnx.ModelProto, tmp_path: Path) -> tuple[SiteGraph, Path]:
+    path = save(model, tmp_path / "model.onnx")
+    p = plan(path)
+    return SiteGraph.of(p.model, p.sites), path
+
+
+@pytest.mark.parametrize("name", sorted(BUILDS))
+def test_the_latency_of_any_k_per_site_is_the_converted_models(tmp_path: Path, name: str) -> None:
+    """SiteGraph.latency for K per site equals report.files.latency read off the model converted with those K,
+    and the converted model's gates carry those K, for seeded random choices."""
+    graph, path = _graph(BUILDS[name](), tmp_path)
+    rng = np.random.default_rng(1)
+    for trial in range(3):
+        ks = {site: int(rng.integers(1, 9)) for site in graph.order}
+        out = tmp_path / f"out{trial}.onnx"
+        amos_onnx.convert(path, out, k_per_site=ks, progress=False)
+        converted = onnx.load(out)
+        assert {n.name.removesuffix("/amos"): gate_params(n).k for n in gate_nodes(converted)} == ks
+        assert latency(converted)["latency_steps"] == graph.latency(ks)
+
+
+def test_paths_through_a_residual_block_and_a_squeeze_excitation_gate(tmp_path: Path) -> None:
+    """Residual: stem, the block's first Relu and the Relu after the add are in series (the skip path has fewer
+    gates). Squeeze-excitation: the sigmoid follows the stem on the deepest path; the critical path names the
+    sites with the largest K sum."""
+    graph, _ = _graph(residual(), tmp_path)
+    assert graph.order == ("stem_relu", "relu_a", "relu_b")
+    assert graph.before == {"stem_relu": frozenset(), "relu_a": {"stem_relu"}, "relu_b": {"relu_a", "stem_relu"}}
+    assert graph.depth() == 3
+    ks = {"stem_relu": 4, "relu_a": 2, "relu_b": 5}
+    assert graph.latency(ks) == 11 and graph.critical_path(ks) == ["stem_relu", "relu_a", "relu_b"]
+    graph, _ = _graph(squeeze_excitation(), tmp_path)
+    assert graph.before == {"stem_relu": frozenset(), "excite_sigmoid": {"stem_relu"}}
+    assert graph.critical_path({"stem_relu": 3, "excite_sigmoid": 6}) == ["stem_relu", "excite_sigmoid"]
+
+
+def _brute_force(graph: SiteGraph, curves: dict[str, dict[int, float]], ks: tuple[int, ...],
+                 limit: int) -> float:
+    best = float("inf")
+    for choice in itertools.product(ks, repeat=len(graph.order)):
+        chosen = dict(zip(graph.order, choice))
+        if graph.latency(chosen) <= limit:
+            best = min(best, sum(curves[s][k] for s, k in chosen.items()))
+    return best
+
+
+def test_the_choice_is_the_best_one_on_a_chain_with_convex_curves() -> None:
+    """Four gates in series, each error falling by a site's own factor per neuron: the greedy choice is the exact
+    optimum (checked against every choice) at every latency from 4 to 24, and never worse than uniform K."""
+    graph = SiteGraph(("a", "b", "c", "d"), {"a": frozenset(), "b": frozenset("a"), "c": frozenset("b"),
+                                             "d": frozenset("c")})
+    ks = tuple(range(1, 7))
+    scale = {"a": 5.0, "b": 1.0, "c": 0.2, "d": 2.0}
+    curves = {s: {k: scale[s] * 0.25**k for k in ks} for s in graph.order}
+    spikes = {s: {k: 0.1 * k for k in ks} for s in graph.order}
+    for limit in range(4, 25):
+        allocation = Chooser(graph, curves, spikes, dict.fromkeys(graph.order, 1.0), limit, None).allocation(ks)
+        assert allocation.latency <= limit
+        assert allocation.predicted == pytest.approx(_brute_force(graph, curves, ks, limit), rel=1e-12)
+        if allocation.uniform is not None:
+            assert allocation.predicted <= allocation.uniform[1]
+
+
+def test_a_gate_off_the_critical_path_gets_the_largest_k_for_free() -> None:
+    """Two branches joining: a long one of three gates and a short one of one. Within a budget of 9 steps the
+    short branch's gate takes the largest candidate K (up to 9 steps fit beside the long branch), the long one
+    shares 9 steps."""
+    graph = SiteGraph(("a1", "a2", "a3", "b", "out"), {"a1": frozenset(), "a2": frozenset({"a1"}),
+                                                       "a3": frozenset({"a2"}), "b": frozenset(),
+                                                       "out": frozenset({"a3", "b"})})
+    ks = tuple(range(1, 8))
+    curves = {s: {k: 2.0**-k for k in ks} for s in graph.order}
+    spikes = {s: dict.fromkeys(ks, 0.5) for s in graph.order}
+    allocation = Chooser(graph, curves, spikes, dict.fromkeys(graph.order, 1.0), 9, None).allocation(ks)
+    assert allocation.latency == 9 and allocation.k["b"] == 7
+    assert allocation.critical_path[-1] == "out" and sum(allocation.k[s] for s in ("a1", "a2", "a3", "out")) == 9
+
+
+def test_a_spike_budget_bounds_the_mean_spikes_per_gate_weighted_by_gates() -> None:
+    """Spikes grow with K; a large site (1,000 gates) and a small one (10): within 0.45 spikes per gate the large
+    site stays low and the small one takes what it can; a budget below the fewest reachable is a one-line
+    error naming that figure."""
+    graph = SiteGraph(("big", "small"), {"big": frozenset(), "small": frozenset({"big"})})
+    ks = tuple(range(2, 9))
+    curves = {s: {k: 2.0**-k for k in ks} for s in graph.order}
+    spikes = {s: {k: 0.1 * k for k in ks} for s in graph.order}
+    weights = {"big": 1000.0, "small": 10.0}
+    allocation = Chooser(graph, curves, spikes, weights, None, 0.45).allocation(ks)
+    assert allocation.spikes_per_gate <= 0.45 and allocation.k["small"] == 8 and allocation.k["big"] == 4
+    with pytest.raises(OptionError, match=r"--spike-budget 0\.1: the fewest spikes per gate reachable .* 0\.200"):
+        Chooser(graph, curves, spikes, weights, None, 0.1).allocation(ks)
+
+
+def test_candidate_k_lie_around_the_uniform_k_of_the_budget() -> None:
+    assert candidates(FitOptions(latency=24), 7) == (1, 2, 3, 4, 5, 6, 7)
+    assert candidates(FitOptions(latency=90), 18) == (3, 4, 5, 6, 7, 8, 9)
+    assert candidates(FitOptions(spike_budget=1.0), 18) == tuple(range(2, 9))
+
+
+def test_output_change_is_kl_for_scores_and_relative_error_otherwise() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (50, 5))
+    assert output_change([[logits]], [[logits]]) == 0.0
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    q_logits = logits + rng.normal(0, 0.1, logits.shape)
+    q = np.exp(q_logits) / np.exp(q_logits).sum(1, keepdims=True)
+    expected = float(np.mean(np.sum(p * np.log(p / q), axis=1)))
+    assert output_change([[logits]], [[q_logits]]) == pytest.approx(expected, rel=1e-9)
+    assert output_change([[p]], [[q]]) == pytest.approx(expected, rel=1e-9)  # probabilities are taken as they are
+    maps = rng.normal(0, 1, (4, 3, 5, 5))
+    assert output_change([[maps]], [[maps * 1.1]]) == pytest.approx(0.01, rel=1e-9)
+
+
+def _change(original: Path, converted: Path, x: np.ndarray) -> float:
+    a = session(original, native=False).run(None, {"x": x})
+    b = session(converted, native=False).run(None, {"x": x})
+    return output_change([a], [b])
+
+
+@pytest.mark.parametrize("name,limit", [("chain", 10), ("residual", 11), ("squeeze_excitation", 7)])
+def test_a_budgeted_conversion_keeps_its_latency_and_is_no_worse_than_the_uniform_k(
+        tmp_path: Path, name: str, limit: int) -> None:
+    """convert --latency: the converted model's latency (read off it) is at most the budget and the report's;
+    its gates carry the chosen K; on the calibration samples its outputs are closer to the original's than the
+    uniform K within the same budget, and stay within the stated tolerance of them; the function form and the
+    native op give the same bits."""
+    path = save(BUILDS[name](), tmp_path / "model.onnx")
+    x = _data(onnx.load(path), 256, seed=3)
+    np.savez(tmp_path / "calib.npz", x=x)
+    report = amos_onnx.convert(path, tmp_path / "out.onnx", tmp_path / "calib.npz", latency=limit, focus_kicks=0,
+                               progress=False)
+    converted = onnx.load(tmp_path / "out.onnx")
+    budget = report.budget
+    assert budget is not None and latency(converted)["latency_steps"] == budget["latency_steps"] <= limit
+    assert {n.name.removesuffix("/amos"): gate_params(n).k for n in gate_nodes(converted)} == budget["k"]
+    uniform = budget["uniform"]["k"]
+    amos_onnx.convert(path, tmp_path / "uniform.onnx", tmp_path / "calib.npz", k=uniform, focus_kicks=0,
+                      progress=False)
+    mine, theirs = _change(path, tmp_path / "out.onnx", x), _change(path, tmp_path / "uniform.onnx", x)
+    assert set(budget["k"].values()) != {uniform} and mine < 0.7 * theirs  # measured: 0.66, 0.53, 0.60 of it
+    # KL in nats per sample for the classifier (chain), relative square error of the maps otherwise
+    assert mine < {"chain": 1e-3, "residual": 0.04, "squeeze_excitation": 0.025}[name]
+    native = session(tmp_path / "out.onnx", native=True).run(None, {"x": x})
+    function = session(tmp_path / "out.onnx", native=False).run(None, {"x": x})
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(native, function))
+
+
+def test_budget_errors_are_one_line_and_name_the_smallest_reachable_latency(tmp_path: Path) -> None:
+    path = save(chain(), tmp_path / "model.onnx")
+    np.savez(tmp_path / "calib.npz", x=_data(onnx.load(path), 64, seed=3))
+    with pytest.raises(OptionError, match=r"--latency 2: the smallest reachable latency of .*model\.onnx is 3 steps"):
+        amos_onnx.convert(path, tmp_path / "out.onnx", tmp_path / "calib.npz", latency=2, progress=False)
+    runner = CliRunner()
+    cases = [(["--latency", "2", "--calib", str(tmp_path / "calib.npz")], "smallest reachable latency"),
+             (["--latency", "12"], "--latency needs --calib"),
+             (["--latency", "12", "--k", "4", "--calib", str(tmp_path / "calib.npz")], "not both"),
+             (["--spike-budget", "-1", "--calib", str(tmp_path / "calib.npz")], "positive number"),
+             (["--latency", "0", "--calib", str(tmp_path / "calib.npz")], "at least 1")]
+    for extra, message in cases:
+        result = runner.invoke(main, ["convert", str(path), str(tmp_path / "out.onnx"), *extra])
+        assert result.exit_code == 2, (extra, result.output)
+        assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_the_cli_prints_the_choice_and_the_report_shows_it(tmp_path: Path) -> None:
+    path = save(chain(), tmp_path / "model.onnx")
+    np.savez(tmp_path / "calib.npz", x=_data(onnx.load(path), 128, seed=3))
+    result = CliRunner().invoke(main, ["convert", str(path), str(tmp_path / "out.onnx"), "--calib",
+                                       str(tmp_path / "calib.npz"), "--latency", "9", "--report",
+                                       str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert "budget: latency" in result.output and "critical path relu1 (K=" in result.output
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Time budget" in text and "critical path relu1 (K=" in text
+
+
+def test_a_spike_budget_conversion_spends_no_more_spikes_than_it_may(tmp_path: Path) -> None:
+    """convert --spike-budget: the chosen K keep the mean spikes per gate on the calibration samples (the fits'
+    count, weighted by gates) within the budget, and the converted model's own spike count on those samples
+    (validate, the native op's spike outputs) is within 0.02 of it."""
+    path = save(chain(), tmp_path / "model.onnx")
+    x = _data(onnx.load(path), 256, seed=3)
+    np.savez(tmp_path / "calib.npz", x=x)
+    report = amos_onnx.convert(path, tmp_path / "out.onnx", tmp_path / "calib.npz", spike_budget=0.7, focus_kicks=0,
+                               progress=False)
+    assert report.budget is not None and report.budget["spikes_per_gate"] <= 0.7
+    measured = amos_onnx.validate(path, tmp_path / "out.onnx", tmp_path / "calib.npz")
+    assert measured.mean_spikes_per_gate == pytest.approx(report.budget["spikes_per_gate"], abs=0.02)
