@@ -216,3 +216,17 @@ def test_a_spike_budget_conversion_spends_no_more_spikes_than_it_may(tmp_path: P
     assert report.budget is not None and report.budget["spikes_per_gate"] <= 0.7
     measured = amos_onnx.validate(path, tmp_path / "out.onnx", tmp_path / "calib.npz")
     assert measured.mean_spikes_per_gate == pytest.approx(report.budget["spikes_per_gate"], abs=0.02)
+
+
+def test_a_model_without_top_level_gates_has_nothing_to_choose(tmp_path: Path) -> None:
+    """Only a Relu and a Sigmoid inside an If's branches: the budget has no gate on any path (latency 0), the
+    sites keep their default K, and the conversion goes through."""
+    from test_subgraphs import if_model
+
+    path = save(if_model(), tmp_path / "model.onnx")
+    np.savez(tmp_path / "calib.npz", cond=np.array(True),
+             x=np.random.default_rng(0).normal(0, 1, (50, 4)).astype(np.float32))
+    report = amos_onnx.convert(path, tmp_path / "out.onnx", tmp_path / "calib.npz", latency=5, progress=False)
+    assert report.budget is not None and report.budget["latency_steps"] == 0 and report.budget["k"] == {}
+    assert sorted(s.k for s in report.sites) == [10, 12]
+    assert any("no gate in the top-level graph" in note for note in report.notes)

@@ -61,6 +61,9 @@ class Allocation:
                 "curves": {s: {str(k): v for k, v in c.items()} for s, c in self.curves.items()}}
 
     def lines(self) -> list[str]:
+        if not self.k:
+            return ["budget: no gate in the top-level graph (If, Loop and Scan bodies run in their node's time): "
+                    "every site keeps its K"]
         path = " -> ".join(f"{s} (K={self.k[s]})" for s in self.critical_path)
         uniform = "" if self.uniform is None else (
             f"; the uniform K={self.uniform[0]} within the budget predicts {self.uniform[1]:.3g}")
@@ -112,6 +115,9 @@ def allocate_plan(p: Plan, options: FitOptions) -> tuple[Allocation, dict[str, S
     """The plan's allocation and the fits at its K (every site fitted at each candidate K with `options`)."""
     graph = SiteGraph.of(p.model, p.sites)
     depth = graph.depth()
+    if depth == 0:  # no gate in the top-level graph: nothing to choose, every site keeps its K
+        plain = replace(options, latency=None, spike_budget=None)
+        return Allocation({}, 0, [], 0.0, 0.0, None, (), {}), fit_sites_many(p.sites, p.reservoirs, [plain])[0]
     if options.latency is not None and options.latency < depth:
         raise OptionError(f"--latency {options.latency}: the smallest reachable latency of {p.model_path} is {depth} "
                           f"steps (K=1 at each of the {depth} gates on its deepest path)")

@@ -1,0 +1,219 @@
+"""Time steps per input: K per site chosen for a latency budget (convert --latency) against one K for every site,
+and against the rate-coded peer's accuracy at T steps.
+
+    .venv/bin/python benchmarks/latency_budget.py [--nets vgg,resnet,effnet] [--images 2000] [--write]
+
+- The networks of fashion_nets.py, calibrated on fashion_k.py's 2,000 training images (seed 0), convert's
+  defaults otherwise. Uniform: --k K for K = 2..8 (latency per input: K times the gates on the deepest path).
+  Budgeted: --latency N at each of those latencies and at the issue's targets (VGG 24, ResNet 48, EfficientNet 90
+  steps). Both plain and with --bias-correction.
+- Accuracy on the peer benchmark's test images (fashion_peer.test_subset(--images)) for the ReLU networks, on the
+  full 10,000-image test set for the EfficientNet-style one (its target's set; the peer converts ReLU only);
+  mean spikes per gate from the native op's spike counts on the same images.
+- Conversion time: each network's plain calibrated conversion (convert's defaults) and the budgeted ones, in
+  this run: the budget's cost as a ratio.
+- The peer: SpikingJelly's accuracy against T, from fashion_peer.py's last run (.cache/fashion-peer/<net>.json:
+  run fashion_peer.py first).
+
+Writes benchmarks/latency_budget_<net>.png (accuracy against time steps per input) and, with --write, its section
+of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fashion_data  # noqa: E402
+import fashion_k  # noqa: E402
+import fashion_nets  # noqa: E402
+from results import machine, write_section  # noqa: E402
+
+import amos_onnx  # noqa: E402
+from amos_onnx.report.files import latency  # noqa: E402
+
+PEER_CACHE = fashion_data.ROOT / ".cache/fashion-peer"
+OUT = Path(__file__).resolve().parent
+KS = range(2, 9)
+TARGETS = {"vgg": (24, 0.5), "resnet": (48, 0.5), "effnet": (90, 0.3)}  # steps per input, points of the ANN
+MODES = {"plain": {}, "bias-corrected": {"bias_correction": True}}
+
+
+def test_set(name: str, images: int) -> tuple[np.ndarray, np.ndarray, str]:
+    if name == "effnet":
+        x, y = fashion_data.load("test")
+        return x, y, "the full 10,000-image test set"
+    import fashion_peer
+
+    x, y = fashion_peer.test_subset(images)
+    return x, y, f"the peer benchmark's {images} test images"
+
+
+def measure(path: Path, calib: Path, out: Path, x: np.ndarray, y: np.ndarray, **options: object) -> dict[str, object]:
+    start = time.perf_counter()
+    report = amos_onnx.convert(path, out, calib, progress=False, **options)
+    seconds = time.perf_counter() - start
+    converted = onnx.load(out)
+    logits, spikes, _ = fashion_k.run_spiking(converted, x)
+    row = {"accuracy": float((logits.argmax(1) == y).mean()), "spikes_per_gate": spikes, "seconds": seconds,
+           "latency_steps": latency(converted)["latency_steps"]}
+    if report.budget is not None:
+        row["k"] = report.budget["k"]
+        row["measured_together"] = report.budget["measured_together"]
+    return row
+
+
+def network(name: str, images: int, folder: Path) -> dict[str, object]:
+    path, _ = fashion_nets.network(name)
+    x, y, where = test_set(name, images)
+    calib = folder / "calib.npz"
+    np.savez(calib, image=fashion_k.calibration_images())
+    ann = float((fashion_k.run_original(path, x).argmax(1) == y).mean())
+    plain = measure(path, calib, folder / "plain.onnx", x, y)
+    res: dict[str, object] = {"ann": ann, "where": where, "plain": plain, "modes": {}}
+    for mode, extra in MODES.items():
+        uniform = [dict(measure(path, calib, folder / "u.onnx", x, y, k=k, **extra), k=k) for k in KS]
+        depth = uniform[0]["latency_steps"] // KS[0]  # type: ignore[operator]
+        budgets = sorted({depth * k for k in KS} | {TARGETS[name][0]})
+        budgeted = [dict(measure(path, calib, folder / "b.onnx", x, y, latency=n, **extra), budget=n)
+                    for n in budgets]
+        res["modes"][mode] = {"uniform": uniform, "budgeted": budgeted}  # type: ignore[index]
+        for r in budgeted:
+            print(f"{name} {mode} latency {r['budget']}: {100 * r['accuracy']:.2f}% (ANN {100 * ann:.2f}%), "  # type: ignore[operator]
+                  f"{r['spikes_per_gate']:.3f} spikes/gate, {r['seconds']:.1f} s", flush=True)
+    return res
+
+
+def peer_curves(name: str) -> dict[str, dict[int, float]] | None:
+    path = PEER_CACHE / f"{name}.json"
+    if name == "effnet":
+        return None
+    if not path.exists():
+        raise SystemExit(f"{path}: no peer results; run benchmarks/fashion_peer.py first")
+    recipes = json.loads(path.read_text())["peer"]["recipes"]
+    return {label: {int(t): a for t, a in rec["accuracy"].items()} for label, rec in recipes.items()}
+
+
+def plot(name: str, res: dict, peer: dict[str, dict[int, float]] | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ann = 100 * res["ann"]
+    for label, acc in (peer or {}).items():
+        ts = sorted(acc)
+        ax.semilogx(ts, [100 * acc[t] for t in ts], "o:", base=2, label=f"SpikingJelly {label} (T)", alpha=0.7)
+    styles = {"plain": ("s-", "^-"), "bias-corrected": ("s--", "^--")}
+    for mode, rows in res["modes"].items():
+        uniform, budgeted = styles[mode]
+        ax.semilogx([r["latency_steps"] for r in rows["uniform"]], [100 * r["accuracy"] for r in rows["uniform"]],
+                    uniform, base=2, label=f"amos-onnx uniform K, {mode}")
+        ax.semilogx([r["latency_steps"] for r in rows["budgeted"]], [100 * r["accuracy"] for r in rows["budgeted"]],
+                    budgeted, base=2, label=f"amos-onnx --latency, {mode}")
+    ax.axhline(ann, color="k", lw=0.8, label=f"ANN {ann:.2f}%")
+    ax.axhline(ann - TARGETS[name][1], color="k", lw=0.5, ls=":")
+    ax.axvline(TARGETS[name][0], color="k", lw=0.5, ls=":")
+    ax.set_ylim(ann - 10, ann + 1)
+    ax.set(xlabel="time steps per input", ylabel="accuracy (%)", title=f"{name}: accuracy against latency "
+           f"({res['where']})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _cell(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    k = f"K={row['k']}, " if isinstance(row.get("k"), int) else ""
+    return f"{k}{row['latency_steps']} steps: {100 * row['accuracy']:.2f}% / {row['spikes_per_gate']:.2f}"
+
+
+def curve_lines(name: str, res: dict) -> list[str]:
+    """Per budget: the budgeted conversion beside the uniform K with the most steps within the same budget."""
+    lines = []
+    for mode, rows in res["modes"].items():
+        for b in rows["budgeted"]:
+            fitting = [u for u in rows["uniform"] if u["latency_steps"] <= b["budget"]]
+            u = max(fitting, key=lambda r: r["latency_steps"]) if fitting else None
+            diff = f"{100 * (b['accuracy'] - u['accuracy']):+.2f}" if u else "-"
+            lines.append(f"| {name} | {mode} | {b['budget']} | {_cell(u)} | {_cell(b)} | {diff} |")
+    return lines
+
+
+def target_lines(name: str, res: dict) -> list[str]:
+    """At the issue's target latency: the gap to the ANN, spikes against the uniform conversion it replaces (the
+    smallest uniform K within the target's points; else convert's default), and met or not."""
+    steps, points = TARGETS[name]
+    lines = []
+    for mode, rows in res["modes"].items():
+        b = next(r for r in rows["budgeted"] if r["budget"] == steps)
+        gap = 100 * (res["ann"] - b["accuracy"])
+        within = [u for u in rows["uniform"] if 100 * (res["ann"] - u["accuracy"]) <= points]
+        replaced = min(within, key=lambda r: r["latency_steps"]) if within else dict(res["plain"], k="default")
+        met = gap <= points and b["spikes_per_gate"] <= replaced["spikes_per_gate"] and b["latency_steps"] <= steps
+        lines.append(f"| {name} | {mode} | <= {steps} steps, within {points} | {b['latency_steps']} steps: "
+                     f"{100 * b['accuracy']:.2f}% ({gap:+.2f} below the ANN's {100 * res['ann']:.2f}%), "
+                     f"{b['spikes_per_gate']:.2f} spikes/gate | K={replaced['k']} ({replaced['latency_steps']} steps): "
+                     f"{replaced['spikes_per_gate']:.2f} spikes/gate | {'yes' if met else 'no'} | "
+                     f"{b['seconds']:.1f} s ({b['seconds'] / res['plain']['seconds']:.1f}x the plain "
+                     f"{res['plain']['seconds']:.1f} s) |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nets", default="vgg,resnet,effnet")
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    cache = fashion_data.ROOT / ".cache/latency-budget"
+    cache.mkdir(parents=True, exist_ok=True)
+    curves, targets = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.nets.split(","):
+            peer = peer_curves(name)
+            res = network(name, args.images, Path(tmp))
+            (cache / f"{name}.json").write_text(json.dumps(res, indent=1))
+            plot(name, res, peer, OUT / f"latency_budget_{name}.png")
+            curves += curve_lines(name, res)
+            targets += target_lines(name, res)
+    text = "\n".join([
+        "## K per site for a latency budget against one K for every site",
+        "",
+        f"Command: `.venv/bin/python benchmarks/latency_budget.py --nets {args.nets} --images {args.images} --write` "
+        f"({machine()}; the networks of fashion_nets.py, calibrated on fashion_k.py's 2,000 training images, seed 0, "
+        "convert's defaults otherwise, focus on). Uniform: `--k K`; budgeted: `--latency N` (each site fitted at "
+        "the candidate K around N over the gates on the deepest path, its gate alone in place measured on the "
+        "kept calibration samples, K chosen per site under the path constraint). Accuracy on the peer "
+        "benchmark's test images (VGG, ResNet) or the full test set (EfficientNet), spikes per gate from the native "
+        "op. Cells: latency per input, accuracy / mean spikes per gate; each budget beside the uniform K with the "
+        "most steps within it.",
+        "",
+        "| network | mode | budget (steps per input) | uniform K within it | --latency | difference (points) |",
+        "|---|---|---|---|---|---|", *curves, "",
+        "The targets (a budget that beats local threshold balancing's 32 and 64 steps by a quarter; the "
+        "EfficientNet-style network at half its uniform K=10's 180 steps), each with no more spikes per gate than "
+        "the uniform conversion it replaces (the smallest uniform K within the same points, else convert's default "
+        "K), and the conversion's time against the plain calibrated conversion's in the same run:",
+        "",
+        "| network | mode | target | --latency | the uniform conversion it replaces | met | conversion time |",
+        "|---|---|---|---|---|---|---|", *targets, "",
+        *[f"![{n}](latency_budget_{n}.png)" for n in args.nets.split(",")]])
+    print(text)
+    if args.write:
+        write_section("latency_budget", text)
+
+
+if __name__ == "__main__":
+    main()
