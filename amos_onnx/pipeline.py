@@ -236,7 +236,8 @@ def fit_plan(p: Plan, options: FitOptions | None = None) -> tuple[dict[str, Site
         raise OptionError("per-channel fits need a plan whose calibration kept each value's channel "
                           "(plan(..., per_channel=True))")
     p.allocation = None
-    p.stages.seconds.pop("budget", None)
+    for stage in ("fit", "budget"):  # the last fit's stage only: a budget's stage is its fits
+        p.stages.seconds.pop(stage, None)
     if options.budgeted:
         with p.stages.stage("budget"):  # every site fitted at each candidate K, measured, and K chosen per site
             p.allocation, fits = allocate_plan(p, options)

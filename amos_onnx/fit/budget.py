@@ -124,7 +124,7 @@ def allocate_plan(p: Plan, options: FitOptions) -> tuple[Allocation, dict[str, S
     ks = candidates(options, depth)
     at = [replace(options, latency=None, spike_budget=None, k_per_site=dict.fromkeys(graph.order, k)) for k in ks]
     by_k = dict(zip(ks, fit_sites_many(p.sites, p.reservoirs, at)))
-    measured = {s.name: s for s in p.sites if s.name in graph.before and s.dtype in focus._MEASURED_TYPES}
+    measured = {s.name: s for s in p.sites if s.name in graph.before and s.dtype in focus.MEASURED_TYPES}
     curves = {name: {k: 0.0 for k in ks} for name in graph.order}
     effects, _ = focus.site_effects(p, list(measured.values()), list(by_k.values()), output_change, passes=PASSES)
     for k, by_site in zip(ks, effects):

@@ -40,7 +40,7 @@ KEEP_BYTES = 64 << 20  # ... and at most this much of them (at least one batch)
 FOCUS_PASSES = 4
 FOCUS_BYTES = 64 << 20  # ... and at most this many bytes of inputs (at least one sample per run)
 
-_MEASURED_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)  # site types whose effect is measured
+MEASURED_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)  # site types whose effect is measured
 
 
 def searched(site: Site, fit_: SiteFit | None) -> bool:
@@ -48,7 +48,7 @@ def searched(site: Site, fit_: SiteFit | None) -> bool:
     ReLU-like gate is a rounding ladder, fitted without local search), in the top-level graph."""
     act = site.activation
     return (site.converts and not site.graph and act is not None and not act.relu_like and fit_ is not None
-            and fit_.calibrated and site.dtype in _MEASURED_TYPES)
+            and fit_.calibrated and site.dtype in MEASURED_TYPES)
 
 
 def switched_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, SiteFit],
