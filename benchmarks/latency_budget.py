@@ -57,14 +57,26 @@ def test_set(name: str, images: int) -> tuple[np.ndarray, np.ndarray, str]:
     return x, y, f"the peer benchmark's {images} test images"
 
 
-def measure(path: Path, calib: Path, out: Path, x: np.ndarray, y: np.ndarray, **options: object) -> dict[str, object]:
+def kl(reference: np.ndarray, logits: np.ndarray) -> float:
+    """Mean KL divergence of softmax(logits) from softmax(reference), millinats per image."""
+    def log_softmax(z: np.ndarray) -> np.ndarray:
+        z = z.astype(np.float64) - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+    a, b = log_softmax(reference), log_softmax(logits)
+    return 1000 * float(np.mean(np.sum(np.exp(a) * (a - b), axis=1)))
+
+
+def measure(path: Path, calib: Path, out: Path, x: np.ndarray, y: np.ndarray, ann: np.ndarray,
+            **options: object) -> dict[str, object]:
+    """Convert with `options`, run on x: accuracy, KL from the ANN's logits `ann`, spikes, time, latency."""
     start = time.perf_counter()
     report = amos_onnx.convert(path, out, calib, progress=False, **options)
     seconds = time.perf_counter() - start
     converted = onnx.load(out)
     logits, spikes, _ = fashion_k.run_spiking(converted, x)
-    row = {"accuracy": float((logits.argmax(1) == y).mean()), "spikes_per_gate": spikes, "seconds": seconds,
-           "latency_steps": latency(converted)["latency_steps"]}
+    row = {"accuracy": float((logits.argmax(1) == y).mean()), "kl": kl(ann, logits), "spikes_per_gate": spikes,
+           "seconds": seconds, "latency_steps": latency(converted)["latency_steps"]}
     if report.budget is not None:
         row["k"] = report.budget["k"]
         row["measured_together"] = report.budget["measured_together"]
@@ -76,21 +88,22 @@ def network(name: str, images: int, folder: Path) -> dict[str, object]:
     x, y, where = test_set(name, images)
     calib = folder / "calib.npz"
     np.savez(calib, image=fashion_k.calibration_images())
-    ann = float((fashion_k.run_original(path, x).argmax(1) == y).mean())
-    plain = measure(path, calib, folder / "plain.onnx", x, y)
+    logits = fashion_k.run_original(path, x)
+    ann = float((logits.argmax(1) == y).mean())
+    plain = measure(path, calib, folder / "plain.onnx", x, y, logits)
     res: dict[str, object] = {"name": name, "ann": ann, "where": where, "plain": plain, "modes": {}}
     for mode, extra in MODES.items():
-        uniform = [dict(measure(path, calib, folder / "u.onnx", x, y, k=k, **extra), k=k) for k in KS]
+        uniform = [dict(measure(path, calib, folder / "u.onnx", x, y, logits, k=k, **extra), k=k) for k in KS]
         depth = uniform[0]["latency_steps"] // KS[0]  # type: ignore[operator]
         budgets = sorted({depth * k for k in KS} | {TARGETS[name][0]})
-        budgeted = [dict(measure(path, calib, folder / "b.onnx", x, y, latency=n, **extra), budget=n)
+        budgeted = [dict(measure(path, calib, folder / "b.onnx", x, y, logits, latency=n, **extra), budget=n)
                     for n in budgets]
         res["modes"][mode] = {"uniform": uniform, "budgeted": budgeted}  # type: ignore[index]
         # The target with the spikes of the uniform conversion it replaces as a --spike-budget too.
         steps, _ = TARGETS[name]
         spikes = float(replaced(res, mode)["spikes_per_gate"])  # type: ignore[arg-type]
-        res["modes"][mode]["bounded"] = dict(measure(path, calib, folder / "b.onnx", x, y, latency=steps,  # type: ignore[index]
-                                                     spike_budget=spikes, **extra), budget=steps, spike_budget=spikes)
+        bounded = measure(path, calib, folder / "b.onnx", x, y, logits, latency=steps, spike_budget=spikes, **extra)
+        res["modes"][mode]["bounded"] = dict(bounded, budget=steps, spike_budget=spikes)  # type: ignore[index]
         for r in budgeted:
             print(f"{name} {mode} latency {r['budget']}: {100 * r['accuracy']:.2f}% (ANN {100 * ann:.2f}%), "  # type: ignore[operator]
                   f"{r['spikes_per_gate']:.3f} spikes/gate, {r['seconds']:.1f} s", flush=True)
@@ -149,7 +162,8 @@ def _cell(row: dict | None) -> str:
     if row is None:
         return "-"
     k = f"K={row['k']}, " if isinstance(row.get("k"), int) else ""
-    return f"{k}{row['latency_steps']} steps: {100 * row['accuracy']:.2f}% / {row['spikes_per_gate']:.2f}"
+    return (f"{k}{row['latency_steps']} steps: {100 * row['accuracy']:.2f}% / KL {row['kl']:.1f} / "
+            f"{row['spikes_per_gate']:.2f}")
 
 
 def curve_lines(name: str, res: dict) -> list[str]:
@@ -159,7 +173,7 @@ def curve_lines(name: str, res: dict) -> list[str]:
         for b in rows["budgeted"]:
             fitting = [u for u in rows["uniform"] if u["latency_steps"] <= b["budget"]]
             u = max(fitting, key=lambda r: r["latency_steps"]) if fitting else None
-            diff = f"{100 * (b['accuracy'] - u['accuracy']):+.2f}" if u else "-"
+            diff = f"{100 * (b['accuracy'] - u['accuracy']):+.2f} / {b['kl'] / u['kl']:.2f}x" if u else "-"
             lines.append(f"| {name} | {mode} | {b['budget']} | {_cell(u)} | {_cell(b)} | {diff} |")
     return lines
 
@@ -211,10 +225,11 @@ def main() -> None:
         "the candidate K around N over the gates on the deepest path, its gate alone in place measured on the "
         "kept calibration samples, K chosen per site under the path constraint). Accuracy on the peer "
         "benchmark's test images (VGG, ResNet) or the full test set (EfficientNet), spikes per gate from the native "
-        "op. Cells: latency per input, accuracy / mean spikes per gate; each budget beside the uniform K with the "
-        "most steps within it.",
+        "op. Cells: latency per input, accuracy / KL divergence of the softmax from the ANN's (millinats per image) / "
+        "mean spikes per gate; each budget beside the uniform K with the most steps within it.",
         "",
-        "| network | mode | budget (steps per input) | uniform K within it | --latency | difference (points) |",
+        "| network | mode | budget (steps per input) | uniform K within it | --latency | accuracy difference (points) "
+        "/ KL ratio |",
         "|---|---|---|---|---|---|", *curves, "",
         "The targets (a budget that beats local threshold balancing's 32 and 64 steps by a quarter; the "
         "EfficientNet-style network at half its uniform K=10's 180 steps), each with no more spikes per gate than "
