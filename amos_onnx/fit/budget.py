@@ -22,7 +22,7 @@ import numpy as np
 from amos_onnx.errors import OptionError
 from amos_onnx.fit import focus
 from amos_onnx.fit.paths import SiteGraph
-from amos_onnx.fit.sites import SiteFit, fit_sites_many
+from amos_onnx.fit.sites import SiteFit, fit_sites_at
 from amos_onnx.gate import MAX_K
 from amos_onnx.options import FitOptions
 
@@ -61,20 +61,27 @@ class Allocation:
                 "curves": {s: {str(k): v for k, v in c.items()} for s, c in self.curves.items()}}
 
     def lines(self) -> list[str]:
-        if not self.k:
-            return ["budget: no gate in the top-level graph (If, Loop and Scan bodies run in their node's time): "
-                    "every site keeps its K"]
-        path = " -> ".join(f"{s} (K={self.k[s]})" for s in self.critical_path)
-        uniform = "" if self.uniform is None else (
-            f"; the uniform K={self.uniform[0]} within the budget predicts {self.uniform[1]:.3g}")
-        together = ""
-        if self.measured is not None:
-            mine, uniform_k = self.measured
-            together = (f"; measured with every gate in place: K per site {mine:.3g}, the uniform K {uniform_k:.3g}"
-                        + (" (the uniform K kept)" if uniform_k < mine else ""))
-        return [f"budget: latency {self.latency} steps along the critical path {path}; "
-                f"{self.spikes_per_gate:.2f} spikes per gate; predicted output change {self.predicted:.3g}{uniform}"
-                f"{together}"]
+        return [f"budget: {describe(self.to_dict())}"]
+
+
+def describe(budget: dict) -> str:
+    """What a budget chose, from Allocation.to_dict (as the conversion report holds it): the critical path with
+    its K, spikes per gate, and the change predicted and measured beside the uniform K's."""
+    if not budget["k"]:
+        return ("no gate in the top-level graph (If, Loop and Scan bodies run in their node's time): every site "
+                "keeps its K")
+    path = " -> ".join(f"{s} (K={budget['k'][s]})" for s in budget["critical_path"])
+    text = (f"latency {budget['latency_steps']} steps along the critical path {path}; "
+            f"{budget['spikes_per_gate']:.2f} spikes per gate; predicted output change "
+            f"{budget['predicted_change']:.3g}")
+    if budget["uniform"] is not None:
+        text += f"; the uniform K={budget['uniform']['k']} within the budget predicts "
+        text += f"{budget['uniform']['predicted_change']:.3g}"
+    if budget["measured_together"] is not None:
+        mine, uniform = budget["measured_together"]
+        text += (f"; measured with every gate in place: K per site {mine:.3g}, the uniform K {uniform:.3g}"
+                 + (" (the uniform K kept)" if uniform < mine else ""))
+    return text
 
 
 def output_change(base: focus.Runs, runs: focus.Runs) -> float:
@@ -115,15 +122,14 @@ def allocate_plan(p: Plan, options: FitOptions) -> tuple[Allocation, dict[str, S
     """The plan's allocation and the fits at its K (every site fitted at each candidate K with `options`)."""
     graph = SiteGraph.of(p.model, p.sites)
     depth = graph.depth()
+    plain = replace(options, latency=None, spike_budget=None)
     if depth == 0:  # no gate in the top-level graph: nothing to choose, every site keeps its K
-        plain = replace(options, latency=None, spike_budget=None)
-        return Allocation({}, 0, [], 0.0, 0.0, None, (), {}), fit_sites_many(p.sites, p.reservoirs, [plain])[0]
+        return Allocation({}, 0, [], 0.0, 0.0, None, (), {}), fit_sites_at(p.sites, p.reservoirs, plain, [{}])[0]
     if options.latency is not None and options.latency < depth:
         raise OptionError(f"--latency {options.latency}: the smallest reachable latency of {p.model_path} is {depth} "
                           f"steps (K=1 at each of the {depth} gates on its deepest path)")
     ks = candidates(options, depth)
-    at = [replace(options, latency=None, spike_budget=None, k_per_site=dict.fromkeys(graph.order, k)) for k in ks]
-    by_k = dict(zip(ks, fit_sites_many(p.sites, p.reservoirs, at)))
+    by_k = dict(zip(ks, fit_sites_at(p.sites, p.reservoirs, plain, [dict.fromkeys(graph.order, k) for k in ks])))
     measured = {s.name: s for s in p.sites if s.name in graph.before and s.dtype in focus.MEASURED_TYPES}
     curves = {name: {k: 0.0 for k in ks} for name in graph.order}
     effects, _ = focus.site_effects(p, list(measured.values()), list(by_k.values()), output_change, passes=PASSES)
@@ -145,7 +151,7 @@ def allocate_plan(p: Plan, options: FitOptions) -> tuple[Allocation, dict[str, S
                                             passes=PASSES, groups={"all": frozenset(measured)})
     allocation = replace(allocation, measured=(mine["all"], uniform["all"]))
     if uniform["all"] < mine["all"]:
-        return chooser.finish(chooser.uniform_k(k), ks, measured=allocation.measured), by_k[k]
+        return chooser.finish(chooser.uniform_k(k), ks, allocation.uniform, allocation.measured), by_k[k]
     return allocation, chosen
 
 
@@ -171,11 +177,6 @@ class Chooser:
         return ((self.latency is None or self.graph.latency(ks) <= self.latency)
                 and (self.spike_budget is None or self.spikes_per_gate(ks) <= self.spike_budget * (1 + 1e-12)))
 
-    def _use(self, ks: dict[str, int]) -> float:
-        """The budgets' share a choice spends (latency and spikes, each over its bound)."""
-        use = self.graph.latency(ks) / self.latency if self.latency else 0.0
-        return use + (self.spikes_per_gate(ks) / self.spike_budget if self.spike_budget else 0.0)
-
     def start(self, ks_: tuple[int, ...]) -> dict[str, int]:
         """The cheapest choice: the smallest K everywhere, or where that spends too many spikes, each site's K
         with the fewest; a one-line error when even that is over the spike budget."""
@@ -193,25 +194,48 @@ class Chooser:
 
     def _raise(self, ks: dict[str, int], ks_: tuple[int, ...]) -> dict[str, int]:
         """Single-site moves that lower the change, free ones (no budget spent) first, then the best change per
-        budget spent, until none fits."""
+        budget spent, until none fits. A raise's latency comes from the steps around the site (SiteGraph.around),
+        its spikes from the site's share: each move costs O(1), not a walk of the graph."""
+        total = sum(self.weights.get(s, 0.0) for s in ks)
         while True:
-            use, best, best_score = self._use(ks), None, (False, 0.0)
+            latency, around = self.graph.latency(ks), self.graph.around(ks)
+            numerator = sum(self.weights.get(s, 0.0) * self.spikes[s][k] for s, k in ks.items())
+            use = self._spent(latency, numerator, total)
+            assert use is not None  # every choice made so far is within the budgets
+            best, best_score = None, (False, 0.0)
             for s in self.free:
+                weight, (before, after) = self.weights.get(s, 0.0), around[s]
                 for k in ks_:
                     gain = self.curves[s][ks[s]] - self.curves[s][k]
-                    trial = {**ks, s: k}
-                    if k == ks[s] or gain <= 0 or not self.feasible(trial):
+                    if k == ks[s] or gain <= 0:
                         continue
-                    spent = self._use(trial) - use
+                    steps = max(latency, before + k + after) if k > ks[s] else self.graph.latency({**ks, s: k})
+                    spent = self._spent(steps, numerator + weight * (self.spikes[s][k] - self.spikes[s][ks[s]]),
+                                        total)
+                    if spent is None:
+                        continue
+                    spent -= use
                     score = (spent <= 0, gain if spent <= 0 else gain / spent)
                     if score > best_score:
-                        best, best_score = trial, score
+                        best, best_score = (s, k), score
             if best is None:
                 return ks
-            ks = best
+            ks = {**ks, best[0]: best[1]}
+
+    def _spent(self, latency: int, numerator: float, total: float) -> float | None:
+        """The budgets' share a choice of this latency and spike sum spends (each over its bound), None when it
+        is over one."""
+        spikes = numerator / total if total > 0 else 0.0
+        if self.latency is not None and latency > self.latency:
+            return None
+        if self.spike_budget is not None and spikes > self.spike_budget * (1 + 1e-12):
+            return None
+        return (latency / self.latency if self.latency else 0.0) + (spikes / self.spike_budget if self.spike_budget
+                                                                     else 0.0)
 
     def _exchange(self, ks: dict[str, int], ks_: tuple[int, ...], rounds: int = 50) -> dict[str, int]:
-        """Moves of one candidate step at two sites at once (one down, one up) while they lower the change."""
+        """Moves of one candidate step at two sites at once (one down, one up) while they lower the change; the
+        budgets are checked only for moves that do."""
         step = {k: i for i, k in enumerate(ks_)}
         for _ in range(rounds):
             now, improved = self.change(ks), False
@@ -219,6 +243,10 @@ class Chooser:
                 for b in self.free:
                     ia, ib = step[ks[a]] - 1, step[ks[b]] + 1
                     if a == b or ia < 0 or ib >= len(ks_):
+                        continue
+                    delta = (self.curves[a][ks_[ia]] - self.curves[a][ks[a]]
+                             + self.curves[b][ks_[ib]] - self.curves[b][ks[b]])
+                    if delta >= 1e-12 * abs(now):
                         continue
                     trial = {**ks, a: ks_[ia], b: ks_[ib]}
                     if self.change(trial) < now - 1e-15 * abs(now) and self.feasible(trial):
@@ -241,9 +269,7 @@ class Chooser:
     def uniform_k(self, k: int) -> dict[str, int]:
         return {s: self.pinned.get(s, k) for s in self.graph.order}
 
-    def finish(self, ks: dict[str, int], ks_: tuple[int, ...], uniform: tuple[int, float] | None = None,
+    def finish(self, ks: dict[str, int], ks_: tuple[int, ...], uniform: tuple[int, float] | None,
                measured: tuple[float, float] | None = None) -> Allocation:
-        if uniform is None:
-            uniform = next(((k, self.change(ks)) for k in ks_ if self.uniform_k(k) == ks), None)
         return Allocation(ks, self.graph.latency(ks), self.graph.critical_path(ks), self.spikes_per_gate(ks),
                           self.change(ks), uniform, ks_, self.curves, measured)

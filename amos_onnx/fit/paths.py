@@ -50,6 +50,16 @@ class SiteGraph:
             done[name] = ks[name] + max((done[b] for b in self.before[name]), default=0)
         return done
 
+    def around(self, ks: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+        """Per site: the steps of the deepest path of gates before it and after it. Raising its K to k makes the
+        latency max(latency, before + k + after)."""
+        done = self.finish(ks)
+        after = dict.fromkeys(self.order, 0)
+        for name in reversed(self.order):
+            for b in self.before[name]:
+                after[b] = max(after[b], ks[name] + after[name])
+        return {name: (done[name] - ks[name], after[name]) for name in self.order}
+
     def latency(self, ks: Mapping[str, int]) -> int:
         """Time steps along the deepest path of gates, each costing its K."""
         return max(self.finish(ks).values(), default=0)
@@ -59,10 +69,11 @@ class SiteGraph:
         done = self.finish(ks)
         if not done:
             return []
-        path = [max(self.order, key=lambda n: (done[n], -self.order.index(n)))]
+        place = {name: i for i, name in enumerate(self.order)}
+        path = [max(self.order, key=lambda n: (done[n], -place[n]))]
         while self.before[path[-1]]:
             here = path[-1]
-            path.append(next(b for b in self.order if b in self.before[here] and done[b] == done[here] - ks[here]))
+            path.append(min((b for b in self.before[here] if done[b] == done[here] - ks[here]), key=place.__getitem__))
         return path[::-1]
 
     def depth(self) -> int:

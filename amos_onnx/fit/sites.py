@@ -301,7 +301,7 @@ def fit_sites(sites: list[Site], reservoirs: dict[str, Reservoir], options: FitO
     else one per site. refocus: refit only some sites' fits, with more moves (pipeline.fit_plan's focus)."""
     options = options or FitOptions()
     if refocus is None:
-        return fit_sites_many(sites, reservoirs, [options])[0]
+        return fit_sites_at(sites, reservoirs, options, [options.k_per_site])[0]
     keys, work, _ = _jobs(sites, reservoirs, options)
     first = {key: refocus.earlier[name] for name, key in keys.items() if name in refocus.sites}
     work = {key: job._replace(options=replace(job.options, kicks=refocus.kicks),
@@ -313,18 +313,20 @@ def fit_sites(sites: list[Site], reservoirs: dict[str, Reservoir], options: FitO
     return _logged({name: results[key] if key in results else refocus.earlier[name] for name, key in keys.items()})
 
 
-def fit_sites_many(sites: list[Site], reservoirs: dict[str, Reservoir],
-                   options: list[FitOptions]) -> list[dict[str, SiteFit]]:
-    """fit_sites for each of several options (K per site differing, say), their fits in one pool of workers."""
-    plans = [_jobs(sites, reservoirs, o) for o in options]
-    work = {(i, key): job for i, (_, jobs, _) in enumerate(plans) for key, job in jobs.items()}
+def fit_sites_at(sites: list[Site], reservoirs: dict[str, Reservoir], options: FitOptions,
+                 choices: list[Mapping[str, int]]) -> list[dict[str, SiteFit]]:
+    """fit_sites for each choice of K per site (options.k_per_site), their fits in one pool of workers: a fit
+    whose key (tensor, function, K) recurs across the choices, a site each choice leaves at its own K, is made
+    once."""
+    plans = [_jobs(sites, reservoirs, replace(options, k_per_site=choice)) for choice in choices]
+    work: dict[Key, Job] = {}
+    for _, jobs, _ in plans:  # a key's job is the same in every choice (the spike penalty's share included)
+        for key, job in jobs.items():
+            work.setdefault(key, job)
     results = dict(zip(work, fork_map(fit_job, list(work.values()))))  # each fit seeded alone: order-free
-    every = []
-    for i, ((keys, _, refit_keys), o) in enumerate(zip(plans, options)):
-        if not o.spike_penalty:
-            _REFITS.update({rk: results[i, key].params for key, rk in refit_keys.items() if rk is not None})
-        every.append(_logged({name: results[i, key] for name, key in keys.items()}))
-    return every
+    if not options.spike_penalty:
+        _REFITS.update({rk: results[key].params for _, _, keys in plans for key, rk in keys.items() if rk is not None})
+    return [_logged({name: results[key] for name, key in keys.items()}) for keys, _, _ in plans]
 
 
 def _logged(fits: dict[str, SiteFit]) -> dict[str, SiteFit]:

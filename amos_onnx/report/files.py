@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from amos_onnx.find.gates import registered_ops
+from amos_onnx.fit.budget import describe
 from amos_onnx.gate import simulate
 from amos_onnx.report.conversion import ConversionReport
 from amos_onnx.report.costs import fan_outs, macs
@@ -135,18 +136,8 @@ def markdown(data: dict, pictures: list[str], note: str | None) -> str:
 
 
 def budget_lines(budget: dict | None) -> list[str]:
-    """The time budget's choice (convert --latency / --spike-budget): critical path, K per site on it, and the
-    predicted change against the best uniform K within the same budget."""
-    if not budget:
-        return []
-    path = " -> ".join(f"{name} (K={budget['k'][name]})" for name in budget["critical_path"])
-    uniform = budget.get("uniform")
-    lines = ["## Time budget", "", f"K chosen per site: latency {budget['latency_steps']} steps along the critical "
-             f"path {path}; {budget['spikes_per_gate']:.3f} spikes per gate (calibration samples).",
-             f"Predicted change of the outputs (each site's measured change at its K, summed): "
-             f"{budget['predicted_change']:.4g}" + (f"; the uniform K={uniform['k']} within the same budget: "
-                                                    f"{uniform['predicted_change']:.4g}." if uniform else "."), ""]
-    return lines
+    """The time budget's choice (convert --latency / --spike-budget), as fit.budget.describe says it."""
+    return ["## Time budget", "", f"K chosen per site: {describe(budget)}.", ""] if budget else []
 
 
 def _error_picture(plt: object, gates: list[dict], fits: dict[str, dict], folder: Path) -> str | None:
