@@ -43,6 +43,27 @@ def test_rest_is_bit_identical(monkeypatch: pytest.MonkeyPatch, shape: tuple[int
     assert_same_bytes(numpy_out, c_out)
 
 
+def test_rest_takes_read_only_arrays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Arrays the buffer protocol will not hand out writable (read-only views) go to C by their ctypes address."""
+    rng = np.random.default_rng(5)
+    T, h, d, v = np.sort(rng.normal(size=8)), rng.normal(size=8), rng.normal(size=8), rng.normal(size=(3, 500))
+    for a in (T, h, d, v):
+        a.flags.writeable = False
+    assert_same_bytes(*both(monkeypatch, blocks.rest, T, h, d, v, 0))
+
+
+def test_error_only_costs_skip_the_spike_term_bit_for_bit() -> None:
+    """Without a penalty the cost leaves out lam * s: the same bits as adding 0.0 * s (squares are never -0.0)."""
+    rng = np.random.default_rng(6)
+    w, target, y = rng.random(999), rng.normal(size=999), rng.normal(size=999)
+    target[::5] = y[::5]  # exact zeros of the error, and of either sign in the difference
+    y[::7] = np.nan
+    s = rng.integers(0, 9, 999).astype(np.int8)
+    for lam in (0.0, -0.0):
+        assert blocks._costs(w, target, y, s, lam).tobytes() == (w * ((target - y) ** 2 + lam * s)).tobytes()
+    assert blocks._costs(w, target, y, s, 0.5).tobytes() == (w * ((target - y) ** 2 + 0.5 * s)).tobytes()
+
+
 def split_case(rng: np.random.Generator, trial: int) -> tuple:  # type: ignore[type-arg]
     n = int(rng.integers(0, 400))
     v = rng.normal(size=n) * 10.0 ** int(rng.integers(-3, 42))  # up to beyond float32's range (room = NaN there)

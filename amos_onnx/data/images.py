@@ -164,11 +164,12 @@ def _pixels(path: Path, image_plan: ImagePlan) -> np.ndarray:
 
 def _fill(out: np.ndarray, pixels: np.ndarray, table: np.ndarray, layout: str, bgr: bool = False) -> None:
     """Write one image's mapped pixels into `out` (the model's layout, no batch axis) by table lookup, channel
-    by channel (`bgr`: the model's channel c is the image's channel C - 1 - c)."""
+    by channel (`bgr`: the model's channel c is the image's channel C - 1 - c). Every 8-bit level indexes the
+    256-entry table, so clipping never acts: mode "clip" only spares numpy's bounds-checked, buffered take."""
     channels = table.shape[0]
     for c in range(channels):
         source = pixels[..., channels - 1 - c if bgr else c]
-        np.take(table[c], source, out=out[c] if layout == "NCHW" else out[..., c])
+        np.take(table[c], source, out=out[c] if layout == "NCHW" else out[..., c], mode="clip")
 
 
 def image_batches(files: list[Path], name: str, image_plan: ImagePlan, options: ImageOptions,
