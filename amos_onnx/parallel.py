@@ -39,8 +39,12 @@ def workers(count: int) -> int:
         except ValueError:
             log.warning("%s=%r is not a number; running in one process", JOBS_ENV, value)
             return 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(count, cpus))
+    return max(1, min(count, cpus()))
+
+
+def cpus() -> int:
+    """The CPUs this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _one_blas_thread() -> contextlib.AbstractContextManager[object]:
@@ -83,3 +87,22 @@ def fork_map(func: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
             return [_run(i) for i in range(len(jobs))]
     finally:
         _TASK = None
+
+
+def threads_map(func: Callable[[Any], Any], items: Sequence[Any], width: int | None = None) -> list[Any]:
+    """[func(item) for item in items], on `width` threads at once (default: one per CPU), in order: for work
+    that lets go of the GIL, such as onnxruntime runs, each on a session of one thread (run_threads). Two
+    single-threaded runs side by side keep two cores busier than one run on both: most of a network's nodes
+    are too small to split."""
+    width = min(width or cpus(), len(items))
+    if width <= 1:
+        return [func(item) for item in items]
+    with concurrent.futures.ThreadPoolExecutor(width) as pool:
+        return list(pool.map(func, items))
+
+
+def run_threads(width: int | None = None) -> int | None:
+    """The onnxruntime threads of a session whose runs go `width` at a time (threads_map; default one per
+    CPU): one, or onnxruntime's default when they go one at a time."""
+    return 1 if (width or cpus()) > 1 else None
+

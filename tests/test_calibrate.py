@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
 from pathlib import Path
 
@@ -367,3 +368,47 @@ def test_rows_are_calibrated_as_many_at_a_time_as_run_bytes_allows(tmp_path: Pat
     assert seen == 9 and [len(f["x"]) for f in kept.feeds] == [1, 2, 2, 2, 2]
     res = reservoirs["m"]
     assert res.seen == x.size and res.lo == float(x.min()) and res.hi == float(x.max())
+
+
+def _sampled(model: onnx.ModelProto, data: object, options: CalibrationOptions) -> tuple[dict[str, tuple], list]:
+    from amos_onnx.calibrate.run import Kept
+
+    sites, *_ = _find(model, FindOptions())
+    kept = Kept(100, 1 << 30)
+    reservoirs, seen = calibrate(model, sites, open_data(data, model), options, keep=kept)
+    state = {name: (r.seen, r.lo, r.hi, r.values.tobytes(), r.keys.tobytes()) for name, r in reservoirs.items()}
+    return {"seen": seen, **state}, [f["x" if "x" in f else next(iter(f))].tobytes() for f in kept.feeds]
+
+
+@pytest.mark.parametrize("width", [2, 3])
+def test_runs_side_by_side_sample_what_one_run_at_a_time_does(monkeypatch: pytest.MonkeyPatch, width: int) -> None:
+    """Calibration runs go to onnxruntime `width` at a time (one thread each), the reservoirs take them in the
+    data's order: the same values, keys, counts, ranges and kept feeds as one run at a time, on a CNN whose
+    batches are fixed and on a model whose rows are split into runs by run_bytes."""
+    import amos_onnx.calibrate.run
+    import amos_onnx.parallel
+
+    width_model = 300
+    nodes = [helper.make_node("Flatten", ["x"], ["m"]), helper.make_node("Tanh", ["m"], ["y"], name="tanh")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width_model])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width_model])])
+    rows = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = {"x": np.random.default_rng(1).normal(0, 2, (300, width_model)).astype(np.float32)}
+    cases = [(onnx.load(str(DIGITS)), TRAIN, CalibrationOptions(seed=2, cap=3000)),
+             (rows, x, CalibrationOptions(seed=4, cap=2000, run_bytes=7 * width_model * 4))]
+    pools = []
+
+    class Pool(ThreadPoolExecutor):
+        def __init__(self, workers: int) -> None:
+            pools.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(amos_onnx.calibrate.run, "ThreadPoolExecutor", Pool)
+    for model, data, options in cases:
+        monkeypatch.setattr(amos_onnx.parallel, "cpus", lambda: 1)
+        alone = _sampled(model, data, options)
+        assert not pools
+        monkeypatch.setattr(amos_onnx.parallel, "cpus", lambda: width)
+        assert _sampled(model, data, options) == alone
+        assert pools == [width]
+        pools.clear()

@@ -320,3 +320,29 @@ def test_a_state_with_its_samples_on_axis_1_calibrates_and_validates(tmp_path: P
     assert reported.exit_code == 0 and (tmp_path / "report/report.json").is_file(), reported.stderr
     bad = CliRunner().invoke(main, [*args, "--batch-axis", "state=3"])
     assert bad.exit_code == 2 and "--batch-axis state=3: input 'state' has rank 3" in bad.stderr
+
+
+def test_read_ahead_reads_one_batch_ahead_in_order_and_raises_where_the_reader_failed() -> None:
+    from amos_onnx.data.dataset import read_ahead
+
+    made: list[int] = []
+
+    def source(fail_at: int | None = None):  # type: ignore[no-untyped-def]
+        for i in range(6):
+            if i == fail_at:
+                raise DataError(f"batch {i} is bad")
+            made.append(i)
+            yield {"x": np.full((2, 3), i, np.float32)}
+
+    seen = []
+    for batch in read_ahead(source()):
+        seen.append(int(batch["x"][0, 0]))
+        assert len(made) <= len(seen) + 1  # the batch in hand and at most the next one
+    assert seen == list(range(6))
+    made.clear()
+    got = []
+    with pytest.raises(DataError, match="batch 3 is bad"):
+        for batch in read_ahead(source(fail_at=3)):
+            got.append(int(batch["x"][0, 0]))
+    assert got == [0, 1, 2]
+    assert list(read_ahead(iter([]))) == []

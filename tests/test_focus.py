@@ -101,6 +101,21 @@ def test_effects_are_the_outputs_mean_square_change_and_the_loud_site_gets_the_f
     assert focus.chosen(effect, fits) == {"loud_site"}
 
 
+def test_effects_measured_side_by_side_equal_one_run_at_a_time(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sites' runs go to onnxruntime one per core on sessions of one thread (parallel.threads_map): the
+    same effects, bit for bit, as one run at a time on every core."""
+    import amos_onnx.parallel
+
+    path = _loud_and_quiet(tmp_path)
+    p = plan(path, calib=tmp_path / "calib.npz")
+    fits = fit_sites(p.sites, p.reservoirs, FitOptions(k=8))
+    monkeypatch.setattr(amos_onnx.parallel, "cpus", lambda: 1)
+    alone = focus.effects(p, fits)
+    monkeypatch.setattr(amos_onnx.parallel, "cpus", lambda: 3)
+    assert focus.effects(p, fits) == alone
+
+
 def test_measuring_sees_at_most_focus_passes_times_the_calibration(tmp_path: Path) -> None:
     """measuring_feeds: the first kept samples that, over sites + 1 runs, stay within FOCUS_PASSES times the
     calibration's samples and FOCUS_BYTES of inputs (whole batches, at least one, unless the batch dimension is

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,13 @@ from onnx import helper
 
 from amos_onnx.calibrate.branches import expose_branches
 from amos_onnx.calibrate.reservoir import Reservoir
-from amos_onnx.data.dataset import Dataset, sample_count
+from amos_onnx.data.dataset import Dataset, read_ahead, sample_count
 from amos_onnx.data.inputs import BatchAxes, batch_size, model_layout, rows, sliceable, whole_batches
 from amos_onnx.data.progress import Progress
 from amos_onnx.data.shards import Sharded
 from amos_onnx.find.sites import Site
 from amos_onnx.options import CalibrationOptions
+from amos_onnx import parallel
 from amos_onnx.runtime import run_checked, user_session
 
 
@@ -98,7 +101,7 @@ class Sampler:
         self.tensors = sorted(types) + sorted(self.inner)
         self.channel_axes = {s.samples: s.channel_axis for s in sites
                              if options.per_channel and s.converts and s.channels}
-        self.threads: int | None = None  # onnxruntime threads of the session (None: its default, every core)
+        self.threads: int | None = None  # cores the runs may use (None: every core this process may use)
         self._sess: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -122,44 +125,42 @@ class Sampler:
     def sample(self, data: Dataset, blocks: Blocks, bar: Progress | None = None, keep: Kept | None = None,
                start: int = 0, file: int = 0) -> int:
         """Every batch of data, whose first sample is sample `start` of the `file`-th data file, into the blocks'
-        reservoirs, block by block; the number of samples read."""
+        reservoirs, block by block; the number of samples read. The runs go to onnxruntime side by side, one
+        per core, each on one thread (Ahead): a single run of a convolutional network keeps a second core
+        about half busy. The reservoirs take the outputs in the data's order, so they draw as one run at a
+        time did."""
+        width = self.threads or parallel.cpus()
         if self._sess is None:
-            self._sess = user_session(self.probe, self.label, native=False, folder=self.folder, threads=self.threads)
+            self._sess = user_session(self.probe, self.label, native=False, folder=self.folder,
+                                      threads=1 if width > 1 else self.threads)
         block_size = whole_batches(BLOCK_SAMPLES, batch_size(self.probe, data.axes))
-        block, runs = -1, _Runs(False, 0)
-        reservoirs: dict[str, Reservoir] = {}
-        done = 0
-        for batch in data.batches:
-            if (start + done) // block_size != block:
-                if block >= 0:
-                    blocks.add(reservoirs)
-                block = (start + done) // block_size
-                reservoirs = self.reservoirs(block_rng(self.options.seed, file, block))
-                runs = _Runs(sliceable(self.probe, data.axes), self.options.run_bytes)
-            for feed in runs.split(batch):  # batch-first; onnxruntime and the reservoirs see the model's layout
-                self._run(feed, data.axes, reservoirs, runs)
-                if keep is not None:
-                    keep.offer(feed)
-                done += sample_count(feed)
-                if bar is not None:
-                    bar.advance(sample_count(feed))
-        if block >= 0:
-            blocks.add(reservoirs)
-        return done
+        ahead = Ahead(width, blocks, bar, keep)
+        block, runs, reservoirs, submitted = -1, _Runs(False, 0), {}, 0
+        with ahead:
+            for batch in read_ahead(data.batches):  # the next batch is read while this one runs
+                if (start + submitted) // block_size != block:
+                    block = (start + submitted) // block_size
+                    reservoirs = self.reservoirs(block_rng(self.options.seed, file, block))
+                    runs = _Runs(sliceable(self.probe, data.axes), self.options.run_bytes)
+                for feed in runs.split(batch):  # batch-first; onnxruntime and the reservoirs see the model's layout
+                    ahead.submit(self._job(feed, data.axes), feed, reservoirs, runs)
+                    submitted += sample_count(feed)
+                    if runs.sliceable and runs.per_row is None:  # the next run's rows follow from this one's outputs
+                        ahead.drain()
+        return ahead.done
 
-    def _run(self, feed: dict[str, np.ndarray], axes: BatchAxes, reservoirs: dict[str, Reservoir],
-             runs: _Runs) -> None:
-        """One run of the probe on a batch-first feed, its exposed tensors (and sampled inputs) into the
-        reservoirs."""
+    def _job(self, feed: dict[str, np.ndarray], axes: BatchAxes) -> Callable[[], _Outputs]:
+        """One run of the probe on a batch-first feed: its exposed tensors (and the sampled inputs), by
+        reservoir key."""
         laid_out = model_layout(feed, axes)
         outputs = [name for name in self.tensors if name not in feed]
-        values = run_checked(self._sess, outputs, laid_out, self.label) if outputs else []
-        runs.measure(feed, values)
-        for name, value in zip(outputs, values):
-            reservoirs[self.inner.get(name, name)].add(value)
-        for name in self.tensors:
-            if name in feed:
-                reservoirs[name].add(laid_out[name])
+
+        def run() -> _Outputs:
+            values = run_checked(self._sess, outputs, laid_out, self.label) if outputs else []
+            sampled = [(self.inner.get(name, name), value) for name, value in zip(outputs, values)]
+            return values, sampled + [(name, laid_out[name]) for name in self.tensors if name in feed]
+
+        return run
 
 
 def calibrate(
@@ -210,3 +211,64 @@ class _Runs:
     def measure(self, feed: dict[str, np.ndarray], values: list[np.ndarray]) -> None:
         if self.per_row is None and self.sliceable:
             self.per_row = sum(np.asarray(v).nbytes for v in values) / max(sample_count(feed), 1)
+
+
+_Outputs = tuple[list[np.ndarray], list[tuple[str, np.ndarray]]]  # a run's outputs; every sampled tensor by key
+
+
+class Ahead:
+    """Runs that go ahead of the reservoirs: at most `width` of them on worker threads (onnxruntime lets go
+    of the GIL while it runs), their outputs taken in the order they were submitted, each into its block's
+    reservoirs (a finished block into `blocks`), with the progress bar and the kept batches."""
+
+    def __init__(self, width: int, blocks: Blocks, bar: Progress | None, keep: Kept | None) -> None:
+        self.width, self.blocks, self.bar, self.keep = width, blocks, bar, keep
+        self.pool = ThreadPoolExecutor(width) if width > 1 else None
+        self.pending: deque[tuple[Future[_Outputs] | Callable[[], _Outputs], dict[str, np.ndarray],
+                                  dict[str, Reservoir], _Runs]] = deque()
+        self.current: dict[str, Reservoir] | None = None  # the block whose reservoirs take outputs now
+        self.done = 0
+
+    def __enter__(self) -> Ahead:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        try:
+            if kind is None:
+                self.drain()
+                if self.current is not None:
+                    self.blocks.add(self.current)
+        finally:
+            for job, *_rest in self.pending:
+                if isinstance(job, Future):
+                    job.cancel()
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+
+    def submit(self, job: Callable[[], _Outputs], feed: dict[str, np.ndarray], reservoirs: dict[str, Reservoir],
+               runs: _Runs) -> None:
+        self.pending.append((self.pool.submit(job) if self.pool is not None else job, feed, reservoirs, runs))
+        while len(self.pending) > self.width:
+            self._take()
+
+    def drain(self) -> None:
+        while self.pending:
+            self._take()
+
+    def _take(self) -> None:
+        job, feed, reservoirs, runs = self.pending.popleft()
+        values, sampled = job.result() if isinstance(job, Future) else job()
+        if reservoirs is not self.current:
+            if self.current is not None:
+                self.blocks.add(self.current)
+            self.current = reservoirs
+        runs.measure(feed, values)
+        for key, value in sampled:
+            reservoirs[key].add(value)
+        if self.keep is not None:
+            self.keep.offer(feed)
+        self.done += sample_count(feed)
+        if self.bar is not None:
+            self.bar.advance(sample_count(feed))
+
+

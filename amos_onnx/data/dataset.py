@@ -13,6 +13,7 @@ Accepted sources (calibration and validation alike):
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -127,3 +128,20 @@ def sample_count(feed: Mapping[str, np.ndarray]) -> int:
     """Samples in one feed dict (the leading dimension of its first input that has one; 1 for scalars alone)."""
     first = next((a for a in feed.values() if np.ndim(a)), None)
     return int(first.shape[0]) if first is not None else 1
+
+
+Batch = dict[str, np.ndarray]
+_END: Any = object()  # what next() gives once the batches run out
+
+
+def read_ahead(batches: Iterable[Batch]) -> Iterator[Batch]:
+    """The batches, each next one read on a thread of its own while the caller works on the one before it
+    (decoding and resizing images lets go of the GIL): one batch more in memory, the same batches in the
+    same order, and the reader's error raised where that batch would have come."""
+    source = iter(batches)
+    with ThreadPoolExecutor(1) as reader:
+        coming = reader.submit(next, source, _END)
+        while (batch := coming.result()) is not _END:
+            coming = reader.submit(next, source, _END)
+            yield batch
+

@@ -24,6 +24,7 @@ from amos_onnx.data.inputs import model_layout, rows, sliceable
 from amos_onnx.find.sites import Site
 from amos_onnx.fit.sites import SiteFit
 from amos_onnx.options import EmitForm
+from amos_onnx.parallel import run_threads, threads_map
 from amos_onnx.rewrite.graph import Emitter, node_id
 from amos_onnx.runtime import run_checked, user_session
 
@@ -166,7 +167,7 @@ def site_effects(p: Plan, measured: list[Site], fit_sets: list[dict[str, SiteFit
     every = []
     for fits in fit_sets:
         mixed, switches = switched_model(p.model, measured, fits, p.options.emit)
-        sess = user_session(mixed, label, folder=p.model_path.parent)
+        sess = user_session(mixed, label, folder=p.model_path.parent, threads=run_threads())
         outputs = [o.name for o in sess.get_outputs()
                    if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)")]
         if not outputs:
@@ -177,7 +178,8 @@ def site_effects(p: Plan, measured: list[Site], fit_sets: list[dict[str, SiteFit
             return [run_checked(sess, outputs, {**feed, **flags}, label) for feed in feeds]  # noqa: B023
 
         base = run(frozenset()) if base is None else base  # every set's model computes the original, gates off
-        every.append({key: change(base, run(on)) for key, on in groups.items()})
+        changes = threads_map(lambda on: change(base, run(on)), list(groups.values()))  # noqa: B023 (run here)
+        every.append(dict(zip(groups, changes)))
     return every, sum(map(sample_count, kept))
 
 

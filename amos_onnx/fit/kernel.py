@@ -46,7 +46,8 @@ _library()  # now, before any fork
 
 def available() -> bool:
     """Whether the fitter runs its loop in C here (the library is built and not turned off)."""
-    if os.environ.get(NATIVE_FIT_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    value = os.environ.get(NATIVE_FIT_ENV)  # asked once per kernel call: kept cheap when unset
+    if value is not None and value.strip().lower() in ("0", "false", "no", "off"):
         return False
     return _library() is not None
 
