@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from amos_onnx import parallel
 from amos_onnx.calibrate.branches import expose_branches
 from amos_onnx.calibrate.reservoir import Reservoir
 from amos_onnx.data.dataset import Dataset, read_ahead, sample_count
@@ -21,7 +22,6 @@ from amos_onnx.data.progress import Progress
 from amos_onnx.data.shards import Sharded
 from amos_onnx.find.sites import Site
 from amos_onnx.options import CalibrationOptions
-from amos_onnx import parallel
 from amos_onnx.runtime import run_checked, user_session
 
 
