@@ -346,3 +346,21 @@ def test_read_ahead_reads_one_batch_ahead_in_order_and_raises_where_the_reader_f
             got.append(int(batch["x"][0, 0]))
     assert got == [0, 1, 2]
     assert list(read_ahead(iter([]))) == []
+
+
+def test_validate_with_both_models_side_by_side_gives_one_run_at_a_time_s_figures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """validate runs the two models on each batch side by side, one thread each, and reads the next batch
+    ahead: every figure (tallies, spike counts, per-layer errors, accuracies) equals one run at a time's."""
+    import amos_onnx.parallel
+
+    digits = ROOT / "examples/digits"
+    out = tmp_path / "spiking.onnx"
+    amos_onnx.convert(digits / "digits_cnn.onnx", out, digits / "digits_train.npz", progress=False, k=6)
+    figures = []
+    for width in (1, 3):
+        monkeypatch.setattr(amos_onnx.parallel, "cpus", lambda: width)  # noqa: B023 (called here)
+        report = amos_onnx.validate(digits / "digits_cnn.onnx", out, digits / "digits_test.npz")
+        figures.append(report.to_dict())
+    assert figures[0] == figures[1]
+    assert figures[0]["samples"] == 360

@@ -18,8 +18,9 @@ from typing import Any
 import onnx
 from onnx import TensorProto
 
+from amos_onnx import parallel
 from amos_onnx.calibrate.run import exposed
-from amos_onnx.data.dataset import Dataset, DataSource, is_ray_dataset, open_data, sample_count
+from amos_onnx.data.dataset import Dataset, DataSource, is_ray_dataset, open_data, read_ahead, sample_count
 from amos_onnx.data.images import ImageOptions
 from amos_onnx.data.inputs import batch_axes, batch_size, batches, input_specs, model_layout, random_feeds
 from amos_onnx.data.progress import Progress
@@ -182,12 +183,16 @@ class Comparison:
         if self._sessions is None:
             probe = exposed(self.conv_model, dict.fromkeys(self.watched, TensorProto.FLOAT))
             orig = exposed(self.orig_model, dict.fromkeys(self.layer_names, TensorProto.FLOAT))
+            threads = 1 if self._width() > 1 else self.threads  # the two models' runs go side by side
             self._sessions = (
-                user_session(orig, self.original, native=False, folder=Path(self.original).parent,
-                             threads=self.threads),
+                user_session(orig, self.original, native=False, folder=Path(self.original).parent, threads=threads),
                 user_session(probe, self.converted, native=self.options.native, folder=Path(self.converted).parent,
-                             threads=self.threads))
+                             threads=threads))
         return self._sessions
+
+    def _width(self) -> int:
+        """How many runs go to onnxruntime at once: one per core (or per thread given), each on one thread."""
+        return self.threads or parallel.cpus()
 
     def measure(self, dataset: Dataset, bar: Progress | None = None, seed: int = 0) -> Measured:
         """Both models over every batch of the dataset; `seed`: of the spike counter's sample reservoirs (a
@@ -196,11 +201,13 @@ class Comparison:
         conv_names = list(dict.fromkeys(self.names + self.watched))
         orig_names = self.names + self.layer_names
         measured = Measured([OutputTally(name) for name in self.names], self.counter(seed), 0, uses_native(conv_sess))
-        for batch in dataset.batches:
+        for batch in read_ahead(dataset.batches):  # the next batch is read while both models run on this one
             n = sample_count(batch)
             feed = model_layout(batch, dataset.axes)
-            ref = dict(zip(orig_names, run_checked(orig_sess, orig_names, feed, self.original)))
-            got = dict(zip(conv_names, run_checked(conv_sess, conv_names, feed, self.converted)))
+            runs = [(orig_sess, orig_names, self.original), (conv_sess, conv_names, self.converted)]
+            outputs = parallel.threads_map(lambda run: run_checked(run[0], run[1], feed, run[2]), runs,  # noqa: B023
+                                  self._width())
+            ref, got = dict(zip(orig_names, outputs[0])), dict(zip(conv_names, outputs[1]))
             labels = None if dataset.labels is None else dataset.labels[measured.samples:measured.samples + n]
             for i, tally in enumerate(measured.outputs):
                 tally.add(ref[tally.name], got[tally.name], labels if i == 0 else None)
