@@ -6,9 +6,9 @@ The Fashion-MNIST VGG of fashion_nets.py, converted at K=4 (calibrated on fashio
 validated on 20,000 Fashion-MNIST images (the 10,000 test images and the last 10,000 training images) from one
 .npz: in one process (its two models' runs side by side, one onnxruntime thread each), and on a local Ray
 cluster started here with this machine's CPUs, with 1 and 2 actors of 1 CPU (one onnxruntime thread per
-session) and 1 actor of 2 CPUs. Each configuration runs `reps` times, round-robin; the figure is images per second of the best run, each a ratio to
-the single process's of the same run order. The Ray runs include each run's actor start (the models loaded and
-their sessions made per actor), not the cluster's start, printed apart.
+session) and 1 actor of 2 CPUs. Each configuration runs `reps` times, round-robin; the figure is images per
+second of the best run, each a ratio to the single process's of the same run order. The Ray runs include each
+run's actor start (the models loaded and their sessions made per actor), not the cluster's start, printed apart.
 
 Calibration: the same VGG converted at convert's default K (ReLU 10) and at K=4, with each calibration seed, in
 one process and through Ray (2 actors) on 32,768 training images (4 blocks of calibrate.run.BLOCK_SAMPLES, a
