@@ -102,7 +102,6 @@ def threads_map(func: Callable[[Any], Any], items: Sequence[Any], width: int | N
 
 
 def run_threads(width: int | None = None) -> int | None:
-    """The onnxruntime threads of a session whose runs go `width` at a time (threads_map; default one per
-    CPU): one, or onnxruntime's default when they go one at a time."""
+    """The onnxruntime threads of a session whose runs go `width` at a time (default one per CPU): one when
+    they go side by side (threads_map), else None (onnxruntime's default, or the caller's own)."""
     return 1 if (width or cpus()) > 1 else None
-

@@ -132,7 +132,7 @@ class Sampler:
         width = self.threads or parallel.cpus()
         if self._sess is None:
             self._sess = user_session(self.probe, self.label, native=False, folder=self.folder,
-                                      threads=1 if width > 1 else self.threads)
+                                      threads=parallel.run_threads(width) or self.threads)
         block_size = whole_batches(BLOCK_SAMPLES, batch_size(self.probe, data.axes))
         ahead = Ahead(width, blocks, bar, keep)
         block, runs, reservoirs, submitted = -1, _Runs(False, 0), {}, 0
@@ -270,5 +270,3 @@ class Ahead:
         self.done += sample_count(feed)
         if self.bar is not None:
             self.bar.advance(sample_count(feed))
-
-

@@ -144,4 +144,3 @@ def read_ahead(batches: Iterable[Batch]) -> Iterator[Batch]:
         while (batch := coming.result()) is not _END:
             coming = reader.submit(next, source, _END)
             yield batch
-

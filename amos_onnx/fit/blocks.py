@@ -51,7 +51,7 @@ def rest(T: np.ndarray, h: np.ndarray, d: np.ndarray, v: np.ndarray, start: int)
 
 def _costs(w: np.ndarray, target: np.ndarray, y: np.ndarray, s: np.ndarray, lam: float) -> np.ndarray:
     """w * ((target - y)^2 + lam * s), elementwise. Without a penalty the spike term is skipped: adding
-    0.0 * s to a square (never -0.0) leaves it as it is, bit for bit, at a third of the passes."""
+    0.0 * s to a square (never -0.0) leaves it as it is, bit for bit, in half the passes over the arrays."""
     square = (target - y) ** 2
     return w * (square + lam * s if lam else square)
 

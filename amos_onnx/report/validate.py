@@ -183,7 +183,7 @@ class Comparison:
         if self._sessions is None:
             probe = exposed(self.conv_model, dict.fromkeys(self.watched, TensorProto.FLOAT))
             orig = exposed(self.orig_model, dict.fromkeys(self.layer_names, TensorProto.FLOAT))
-            threads = 1 if self._width() > 1 else self.threads  # the two models' runs go side by side
+            threads = parallel.run_threads(self._width()) or self.threads  # the two models' runs side by side
             self._sessions = (
                 user_session(orig, self.original, native=False, folder=Path(self.original).parent, threads=threads),
                 user_session(probe, self.converted, native=self.options.native, folder=Path(self.converted).parent,
@@ -205,8 +205,8 @@ class Comparison:
             n = sample_count(batch)
             feed = model_layout(batch, dataset.axes)
             runs = [(orig_sess, orig_names, self.original), (conv_sess, conv_names, self.converted)]
-            outputs = parallel.threads_map(lambda run: run_checked(run[0], run[1], feed, run[2]), runs,  # noqa: B023
-                                  self._width())
+            outputs = parallel.threads_map(
+                lambda run: run_checked(run[0], run[1], feed, run[2]), runs, self._width())  # noqa: B023 (here)
             ref, got = dict(zip(orig_names, outputs[0])), dict(zip(conv_names, outputs[1]))
             labels = None if dataset.labels is None else dataset.labels[measured.samples:measured.samples + n]
             for i, tally in enumerate(measured.outputs):
