@@ -71,7 +71,8 @@ class RayOptions:
     actors: int | None = field(default=None, metadata=_help(
         "Ray actors, each holding its own onnxruntime sessions (default: the cluster's CPUs divided by "
         "--ray-cpus)."))
-    cpus: int = field(default=1, metadata=_help("CPUs per Ray actor: its onnxruntime sessions use as many threads."))
+    cpus: int = field(default=1, metadata=_help(
+        "CPUs per Ray actor: as many of its onnxruntime runs go side by side, one thread each."))
     shard_samples: int | None = None  # samples per shard (None: about 4 shards per actor, whole batches)
 
     def __post_init__(self) -> None:

@@ -4,7 +4,8 @@ partials in, at most one per shard (a shard retried after its actor died counts 
 
 A job is a picklable object with `model` (the model the data is checked against) and `run(data, shard, seed,
 threads)`: the partial result over a Dataset, with `samples`; `shard` is where the data lies (None for a
-ray.data.Dataset's batch), `seed` its own random seed, `threads` the onnxruntime threads of each session.
+ray.data.Dataset's batch), `seed` its own random seed, `threads` the CPUs its runs use
+(as many side by side, one onnxruntime thread each).
 """
 
 from __future__ import annotations

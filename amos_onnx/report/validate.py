@@ -166,7 +166,7 @@ class Comparison:
         in_original = {name for node in self.orig_model.graph.node for name in node.output}
         self.layer_names = [y for y in counter.outputs if y in in_original and y not in self.names]
         self.watched = [x for x in counter.inputs if x not in fed] + self.layer_names
-        self.threads: int | None = None  # onnxruntime threads per session (None: its default, every core)
+        self.threads: int | None = None  # cores the runs may use (None: every core this process may use)
         self._sessions: tuple[Any, Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
