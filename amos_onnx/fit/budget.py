@@ -174,8 +174,7 @@ class Chooser:
         return sum(self.curves[s][k] for s, k in ks.items())
 
     def feasible(self, ks: dict[str, int]) -> bool:
-        return ((self.latency is None or self.graph.latency(ks) <= self.latency)
-                and (self.spike_budget is None or self.spikes_per_gate(ks) <= self.spike_budget * (1 + 1e-12)))
+        return self._spent(self.graph.latency(ks), self.spikes_per_gate(ks)) is not None
 
     def start(self, ks_: tuple[int, ...]) -> dict[str, int]:
         """The cheapest choice: the smallest K everywhere, or where that spends too many spikes, each site's K
@@ -200,7 +199,7 @@ class Chooser:
         while True:
             latency, around = self.graph.latency(ks), self.graph.around(ks)
             numerator = sum(self.weights.get(s, 0.0) * self.spikes[s][k] for s, k in ks.items())
-            use = self._spent(latency, numerator, total)
+            use = self._spent(latency, numerator / total if total > 0 else 0.0)
             assert use is not None  # every choice made so far is within the budgets
             best, best_score = None, (False, 0.0)
             for s in self.free:
@@ -210,8 +209,8 @@ class Chooser:
                     if k == ks[s] or gain <= 0:
                         continue
                     steps = max(latency, before + k + after) if k > ks[s] else self.graph.latency({**ks, s: k})
-                    spent = self._spent(steps, numerator + weight * (self.spikes[s][k] - self.spikes[s][ks[s]]),
-                                        total)
+                    spikes = numerator + weight * (self.spikes[s][k] - self.spikes[s][ks[s]])
+                    spent = self._spent(steps, spikes / total if total > 0 else 0.0)
                     if spent is None:
                         continue
                     spent -= use
@@ -222,10 +221,9 @@ class Chooser:
                 return ks
             ks = {**ks, best[0]: best[1]}
 
-    def _spent(self, latency: int, numerator: float, total: float) -> float | None:
-        """The budgets' share a choice of this latency and spike sum spends (each over its bound), None when it
-        is over one."""
-        spikes = numerator / total if total > 0 else 0.0
+    def _spent(self, latency: int, spikes: float) -> float | None:
+        """The budgets' share a choice of this latency and mean spikes per gate spends (each over its bound), None
+        when it is over one."""
         if self.latency is not None and latency > self.latency:
             return None
         if self.spike_budget is not None and spikes > self.spike_budget * (1 + 1e-12):
