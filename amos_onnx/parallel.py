@@ -16,7 +16,7 @@ import gc
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -89,16 +89,27 @@ def fork_map(func: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
         _TASK = None
 
 
-def threads_map(func: Callable[[Any], Any], items: Sequence[Any], width: int | None = None) -> list[Any]:
-    """[func(item) for item in items], on `width` threads at once (default: one per CPU), in order: for work
-    that lets go of the GIL, such as onnxruntime runs, each on a session of one thread (run_threads). Two
-    single-threaded runs side by side keep two cores busier than one run on both: most of a network's nodes
-    are too small to split."""
-    width = min(width or cpus(), len(items))
+Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
+
+
+@contextlib.contextmanager
+def side_by_side(width: int | None = None) -> Iterator[Mapper]:
+    """A map, [func(item) for item in items] in order, that runs `width` items at once on threads (default: one
+    per CPU) for as long as the context holds them: for work that lets go of the GIL, such as onnxruntime runs,
+    each on a session of one thread (run_threads). Two single-threaded runs side by side keep two cores busier
+    than one run on both: most of a network's nodes are too small to split."""
+    width = width or cpus()
     if width <= 1:
-        return [func(item) for item in items]
+        yield lambda func, items: [func(item) for item in items]
+        return
     with concurrent.futures.ThreadPoolExecutor(width) as pool:
-        return list(pool.map(func, items))
+        yield lambda func, items: list(pool.map(func, items))
+
+
+def threads_map(func: Callable[[Any], Any], items: Sequence[Any], width: int | None = None) -> list[Any]:
+    """[func(item) for item in items], side by side (side_by_side, for one map)."""
+    with side_by_side(min(width or cpus(), len(items))) as map_:
+        return map_(func, items)
 
 
 def run_threads(width: int | None = None) -> int | None:

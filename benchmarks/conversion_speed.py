@@ -34,7 +34,7 @@ import amos_onnx  # noqa: E402
 from amos_onnx.data.dataset import open_data, read_ahead, sample_count  # noqa: E402
 from amos_onnx.data.images import ImageOptions  # noqa: E402
 from amos_onnx.data.inputs import model_layout, rows, sliceable  # noqa: E402
-from amos_onnx.parallel import run_threads, threads_map  # noqa: E402
+from amos_onnx.parallel import run_threads, side_by_side  # noqa: E402
 from amos_onnx.runtime import session  # noqa: E402
 
 SAMPLE_IMAGES = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "coffee.png", "coins.png",
@@ -97,9 +97,10 @@ def plain_pass(model: Path, calib: object, images: ImageOptions | None = None) -
     sess = session(proto, native=False, folder=model.parent, threads=run_threads())
     one = sliceable(proto, data.axes)  # a row per run where the batch is free, as the calibration runs large rows
     start = time.perf_counter()
-    for batch in read_ahead(data.batches):
-        feeds = [rows(batch, i, i + 1) for i in range(sample_count(batch))] if one else [batch]
-        threads_map(lambda feed: sess.run(None, model_layout(feed, data.axes)), feeds)  # noqa: B023 (run here)
+    with side_by_side() as map_:
+        for batch in read_ahead(data.batches):
+            feeds = [rows(batch, i, i + 1) for i in range(sample_count(batch))] if one else [batch]
+            map_(lambda feed: sess.run(None, model_layout(feed, data.axes)), feeds)  # noqa: B023 (run here)
     return time.perf_counter() - start
 
 

@@ -201,21 +201,21 @@ class Comparison:
         conv_names = list(dict.fromkeys(self.names + self.watched))
         orig_names = self.names + self.layer_names
         measured = Measured([OutputTally(name) for name in self.names], self.counter(seed), 0, uses_native(conv_sess))
-        for batch in read_ahead(dataset.batches):  # the next batch is read while both models run on this one
-            n = sample_count(batch)
-            feed = model_layout(batch, dataset.axes)
-            runs = [(orig_sess, orig_names, self.original), (conv_sess, conv_names, self.converted)]
-            outputs = parallel.threads_map(
-                lambda run: run_checked(run[0], run[1], feed, run[2]), runs, self._width())  # noqa: B023 (here)
-            ref, got = dict(zip(orig_names, outputs[0])), dict(zip(conv_names, outputs[1]))
-            labels = None if dataset.labels is None else dataset.labels[measured.samples:measured.samples + n]
-            for i, tally in enumerate(measured.outputs):
-                tally.add(ref[tally.name], got[tally.name], labels if i == 0 else None)
-            measured.counter.add({**feed, **got})
-            measured.counter.compare(got, ref)
-            measured.samples += n
-            if bar is not None:
-                bar.advance(n)
+        runs = [(orig_sess, orig_names, self.original), (conv_sess, conv_names, self.converted)]
+        with parallel.side_by_side(min(self._width(), len(runs))) as map_:  # one pool for every batch
+            for batch in read_ahead(dataset.batches):  # the next batch is read while both models run on this one
+                n = sample_count(batch)
+                feed = model_layout(batch, dataset.axes)
+                outputs = map_(lambda run: run_checked(run[0], run[1], feed, run[2]), runs)  # noqa: B023 (here)
+                ref, got = dict(zip(orig_names, outputs[0])), dict(zip(conv_names, outputs[1]))
+                labels = None if dataset.labels is None else dataset.labels[measured.samples:measured.samples + n]
+                for i, tally in enumerate(measured.outputs):
+                    tally.add(ref[tally.name], got[tally.name], labels if i == 0 else None)
+                measured.counter.add({**feed, **got})
+                measured.counter.compare(got, ref)
+                measured.samples += n
+                if bar is not None:
+                    bar.advance(n)
         return measured
 
 
