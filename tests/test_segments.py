@@ -120,3 +120,31 @@ def test_a_segment_without_nodes_runs_as_nothing(tmp_path: Path) -> None:
     assert 3 not in walk.sessions
     (got,) = walk.outputs("only", ["y"])[0]
     np.testing.assert_allclose(got, session(model, native=False).run(["y"], feeds[0])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_finish_runs_the_rest_as_one_model_and_gives_what_the_segments_give_in_turn(tmp_path: Path) -> None:
+    """finish(part) on the residual model: from each part, the output the segments give run one by one (to float
+    rounding: one model lets onnxruntime fuse the Conv, Add and Relu across the cuts), the stream untouched, and
+    the stem's output (a graph output here too, made before the tail) taken from what the stream holds. One
+    tail model is kept, built again for another part or after use()."""
+    model = residual()
+    model.graph.output.append(helper.make_tensor_value_info("stem_relu", TensorProto.FLOAT, None))
+    levels, _ = _levels(model)
+    segments = split(model, levels, [1, 2], set())
+    feeds = [{"x": _data(model, 3, 1)}, {"x": _data(model, 2, 2)}]
+    walk = Walk(model, segments, feeds, ["only"], ["y", "stem_relu"], "finish", tmp_path)
+    whole = session(model, native=False)
+    want = [whole.run(["y", "stem_relu"], feed) for feed in feeds]
+    for part in range(len(segments)):
+        held = [dict(h) for h in walk.streams["only"]]
+        finished = walk.finish(part, "only", {}, ["y", "stem_relu"])
+        assert walk.tail is not None and walk.tail[0] == (part, ("y", "stem_relu"))
+        assert walk.tail[1].nodes == tuple(i for s in segments[part:] for i in s.nodes)
+        assert walk.tail[1].outputs == (("y", "stem_relu") if part == 0 else ("y",))
+        for got, expected in zip(finished, want):
+            for a, b in zip(got, expected):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        assert all(h.keys() == k.keys() for h, k in zip(walk.streams["only"], held))  # the stream as it was
+        walk.store(part, "only", walk.run(part, "only", {}))
+    walk.use(model)
+    assert walk.tail is None and not walk.sessions

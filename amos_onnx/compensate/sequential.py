@@ -131,8 +131,7 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
                                  options, rng) for s in here}
             ready = {name: job for name, job in jobs.items() if job is not None}
             fits.update(zip(ready, fork_map(refit, list(ready.values()))))
-            walk.model = focus.switched_model(p.model, sites, fits, p.options.emit)[0]
-            walk.sessions.clear()  # the gates changed: segments are built again from the new model
+            walk.use(focus.switched_model(p.model, sites, fits, p.options.emit)[0])  # the gates changed
         walk.store(part, "original", want)
         walk.store(part, "spiking", walk.run(part, "spiking", on))
         walk.trim()

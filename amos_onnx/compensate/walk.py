@@ -5,7 +5,8 @@ own extra inputs (switches, biases), and what it makes is stored back once the c
 perhaps run the segment again with other extra inputs). Every node runs once per stream and run, so walking
 all levels costs about one pass of the model per stream, not one per level. When the streams' tensors outgrow
 WALK_BYTES, the last feeds are dropped from every stream (one feed at least stays): later segments are measured
-on fewer samples rather than memory running out.
+on fewer samples rather than memory running out. A stream can also be finished: the rest of the model run from
+a segment on, as one model, to the graph's outputs, without storing anything.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from amos_onnx.runtime import run_checked, user_session
 WALK_BYTES = 1 << 30  # the tensors every stream holds, all feeds together, at most (past it feeds are dropped)
 
 Tensors = dict[str, np.ndarray]
-_SCRATCH = ""  # the stream finish() walks (no caller's stream has this name)
 
 
 class Walk:
@@ -37,6 +37,7 @@ class Walk:
         self.streams: dict[str, list[Tensors]] = {name: [dict(feed) for feed in feeds] for name in names}
         self.counts = [sample_count(feed) for feed in feeds]
         self.sessions: dict[int, ort.InferenceSession] = {}
+        self.tail: tuple[tuple[int, tuple[str, ...]], Segment, ort.InferenceSession | None] | None = None
         self.last: dict[str, int] = {}  # the last segment that reads each tensor (results: past the last)
         for part, segment in enumerate(segments):
             for name in segment.inputs:
@@ -49,19 +50,41 @@ class Walk:
         """Samples every stream still holds."""
         return sum(self.counts)
 
+    def _open(self, piece: onnx.ModelProto) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        # many sessions take turns: threads spinning after one session's run would hold the cores the next needs
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.enable_mem_pattern = False
+        options.enable_cpu_mem_arena = False
+        return user_session(piece, self.label, folder=self.folder, options=options)
+
     def _session(self, part: int, held: Tensors) -> ort.InferenceSession:
         if part not in self.sessions:
             segment = self.segments[part]
             types = {name: int(helper.np_dtype_to_tensor_dtype(held[name].dtype)) for name in segment.inputs}
-            piece = segment_model(self.model, segment, types)
-            options = ort.SessionOptions()
-            options.log_severity_level = 4
-            # many sessions take turns: threads spinning after one session's run would hold the cores the next needs
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            options.enable_mem_pattern = False
-            options.enable_cpu_mem_arena = False
-            self.sessions[part] = user_session(piece, self.label, folder=self.folder, options=options)
+            self.sessions[part] = self._open(segment_model(self.model, segment, types))
         return self.sessions[part]
+
+    def use(self, model: onnx.ModelProto) -> None:
+        """Walk the later segments of `model` (the same nodes, other gates): every session is built again."""
+        self.model = model
+        self.sessions.clear()
+        self.tail = None
+
+    def _tail(self, part: int, held: Tensors, names: list[str]) -> tuple[Segment, ort.InferenceSession | None]:
+        """Segments `part` to the end as one model making those of `names` they make (onnxruntime plans it as
+        one and runs it in one call per feed, a quarter faster than segment by segment on PP-OCR rec); the last
+        one built is kept (the bias checks finish twice from each part)."""
+        if self.tail is None or self.tail[0] != (part, tuple(names)):
+            nodes = tuple(i for segment in self.segments[part:] for i in segment.nodes)
+            made = {out for i in nodes for out in self.model.graph.node[i].output if out}
+            inputs = sorted({n for segment in self.segments[part:] for n in segment.inputs} - made)
+            tail = Segment(nodes, tuple(inputs), tuple(n for n in names if n in made))
+            types = {name: int(helper.np_dtype_to_tensor_dtype(held[name].dtype)) for name in tail.inputs}
+            sess = self._open(segment_model(self.model, tail, types)) if tail.outputs else None
+            self.tail = ((part, tuple(names)), tail, sess)
+        return self.tail[1], self.tail[2]
 
     def run(self, part: int, stream: str, extra: Tensors) -> list[Tensors]:
         """Segment `part` on every feed of `stream` with the `extra` inputs (the same for every feed): its
@@ -78,14 +101,14 @@ class Walk:
 
     def finish(self, part: int, stream: str, extra: Tensors, names: list[str]) -> list[list[np.ndarray]]:
         """The graph outputs `names`, per feed, when `stream` runs through segment `part` and every later one
-        with the `extra` inputs; the stream itself is left as it was (a copy of it is walked)."""
-        self.streams[_SCRATCH] = [dict(held) for held in self.streams[stream]]
-        try:
-            for later in range(part, len(self.segments)):
-                self.store(later, _SCRATCH, self.run(later, _SCRATCH, extra))
-            return self.outputs(_SCRATCH, names)
-        finally:
-            del self.streams[_SCRATCH]
+        (as one model, _tail) with the `extra` inputs; the stream itself is left as it was."""
+        finished = []
+        for held in self.streams[stream]:
+            tail, sess = self._tail(part, {**held, **extra}, names)
+            feed = {name: extra[name] if name in extra else held[name] for name in tail.inputs}
+            made = dict(zip(tail.outputs, run_checked(sess, list(tail.outputs), feed, self.label))) if sess else {}
+            finished.append([made[name] if name in made else held[name] for name in names])
+        return finished
 
     def store(self, part: int, stream: str, made: list[Tensors]) -> None:
         """Keep a segment's outputs in `stream` and let go of what no later segment reads."""
