@@ -211,7 +211,7 @@ def _convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> Conve
                                      batch_axes=_batch_axes(o["batch_axes"]), ray=ray)
     fit = FitOptions(k=_k(o["k"]), k_per_op=_k_per_op(o["k_per_op"]), target_mse=o["target_mse"],
                      spike_penalty=o["spike_penalty"], seed=o["seed"], kicks=o["kicks"], focus_kicks=o["focus_kicks"],
-                     per_channel=o["per_channel"], bias_correction=o["bias_correction"],
+                     per_channel=o["per_channel"], bias_correction=o["bias_correction"], reconstruct=o["reconstruct"],
                      sequential=o["sequential"], latency=o["latency"], spike_budget=o["spike_budget"])
     return ConvertOptions(find, calibration, fit, o["emit"], False if quiet else None)
 
@@ -229,6 +229,7 @@ def _convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> Conve
 @_from(FitOptions, "focus_kicks", "--focus-kicks")
 @_from(FitOptions, "per_channel", "--per-channel")
 @_from(FitOptions, "bias_correction", "--bias-correction")
+@_from(FitOptions, "reconstruct", "--reconstruct")
 @_from(FitOptions, "sequential", "--sequential")
 @_from(FitOptions, "latency", "--latency", type=int)
 @_from(FitOptions, "spike_budget", "--spike-budget", type=float)
@@ -247,8 +248,9 @@ def _convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> Conve
 def convert(model: str, output: str, calib: str | None, report_dir: str | None, quiet: bool, **values: Any) -> None:
     """Convert MODEL into its spiking twin and write it to OUTPUT."""
     options = _run(lambda: _convert_options(values, calib, quiet))
-    with tempfile.TemporaryDirectory() as tmp:  # with --report and --bias-correction: the conversion without it
-        plain = Path(tmp) / "uncorrected.onnx" if report_dir and options.fit.bias_correction else None
+    with tempfile.TemporaryDirectory() as tmp:  # with --report and a compensation: the conversion without it
+        compensated = options.fit.bias_correction or options.fit.reconstruct
+        plain = Path(tmp) / "uncorrected.onnx" if report_dir and compensated else None
         report = _run(lambda: amos_onnx.convert(model, output, calib, options, uncorrected_output=plain))
         if report_dir:
             images, axes = options.calibration.images, options.calibration.batch_axes

@@ -14,6 +14,7 @@ from amos_onnx.calibrate.reservoir import Reservoir
 from amos_onnx.calibrate.run import BLOCK_SAMPLES, Kept, calibrate
 from amos_onnx.compensate import bias
 from amos_onnx.compensate.bias import Compensation
+from amos_onnx.compensate.reconstruct import Reconstruction, reconstruct
 from amos_onnx.compensate.sequential import sequential, sequential_notes
 from amos_onnx.data.dataset import Dataset, DataSource, is_ray_dataset, open_data
 from amos_onnx.data.shards import Sharded
@@ -98,6 +99,10 @@ def plan(model_path: str | Path, calib: DataSource | None = None, options: Conve
         raise OptionError("--per-channel needs --calib: each channel's gate is fitted on that channel's values")
     if options.fit.bias_correction and calib is None:
         raise OptionError("--bias-correction needs --calib: the mean shifts are measured on calibration samples")
+    if options.fit.reconstruct and calib is None:
+        raise OptionError("--reconstruct needs --calib: the layers are refitted on calibration samples")
+    if options.fit.reconstruct and options.fit.bias_correction:
+        raise OptionError("--reconstruct refits the biases too: give it or --bias-correction, not both")
     if options.fit.budgeted and calib is None:
         raise OptionError(f"{'--latency' if options.fit.latency is not None else '--spike-budget'} needs --calib: "
                           "K per site is chosen by the outputs' change measured on calibration samples")
@@ -152,27 +157,28 @@ def _check_output(p: Plan, output_path: str | Path) -> Path:
 
 
 def write(p: Plan, output_path: str | Path, fits: dict[str, SiteFit], in_place: bool = False,
-          compensation: Compensation | None = None) -> ConversionReport:
+          compensation: Compensation | Reconstruction | None = None) -> ConversionReport:
     """Rewrite the plan's model with the given fits (one per converting site) and the biases of `compensation`
     (compensate(p, fits)) and save it; the plan stays usable for other fits unless in_place (which saves a copy
     of the weights held in memory)."""
     return _write(p, _check_output(p, output_path), fits, in_place, compensation)
 
 
-def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
-    """The plan's bias corrections for these fits (compensate.bias), timed as the "compensate" stage."""
+def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation | Reconstruction:
+    """The plan's bias corrections for these fits (compensate.bias), or with options.fit.reconstruct its layers'
+    refits (compensate.reconstruct), timed as the "compensate" stage."""
     with p.stages.stage("compensate"):
-        return bias.compensate(p, fits)
+        return reconstruct(p, fits) if p.options.fit.reconstruct else bias.compensate(p, fits)
 
 
 def _write(p: Plan, output_path: Path, fits: dict[str, SiteFit], in_place: bool,
-           compensation: Compensation | None = None) -> ConversionReport:
+           compensation: Compensation | Reconstruction | None = None) -> ConversionReport:
     model = p.model
     with p.stages.stage("rewrite"):
         if not in_place:
             model = onnx.ModelProto()
             model.CopyFrom(p.model)
-        written = bias.apply(model, compensation) if compensation is not None else []
+        written = compensation.apply(model) if compensation is not None else []
         result = rewrite(model, p.sites, {name: f.params for name, f in fits.items()}, p.options.emit)
     with p.stages.stage("save"):
         save_model(model, output_path, p.model_path.parent, full_check=p.full_check)
@@ -183,9 +189,7 @@ def _write(p: Plan, output_path: Path, fits: dict[str, SiteFit], in_place: bool,
         report.calibration_samples = p.samples
     report.ir_version = result.ir_version
     if compensation is not None:
-        changed = [c for c in compensation.corrections if c.changed]
-        report.biases = [{"node": c.target.name, "initializer": name, "channels": c.target.channels,
-                          "changed": c.changed, "largest": c.largest} for c, name in zip(changed, written)]
+        report.biases = compensation.rows(written)
         report.notes += compensation.notes()
     report.near_misses = [(m.node, m.reason) for m in p.misses]
     report.notes += p.notes + rewrite_notes(result)
@@ -213,7 +217,7 @@ def convert(model_path: str | Path, output_path: str | Path, calib: DataSource |
     options = _options(options, keywords)
     p = plan(model_path, calib, options, output=output_path)
     fits, focused = fit_plan(p)
-    compensation = compensate(p, fits) if options.fit.bias_correction and p.feeds else None
+    compensation = compensate(p, fits) if (options.fit.bias_correction or options.fit.reconstruct) and p.feeds else None
     if compensation is not None and uncorrected_output is not None:
         write(p, uncorrected_output, fits)  # a copy: the same conversion without its corrections
     report = _write(p, Path(output_path), fits, in_place=True, compensation=compensation)

@@ -38,7 +38,7 @@ DEFAULT_NETS = ("vgg:3,4", "resnet:3,4", "effnet:6,8", "gelu:5,6")
 
 
 def measure(p: Plan, fits: dict, corrected: bool, test: tuple[np.ndarray, np.ndarray, np.ndarray],  # type: ignore[type-arg]
-            folder: Path) -> dict[str, float]:
+            folder: Path) -> dict[str, object]:
     xte, yte, ann_logits = test
     start = time.perf_counter()
     compensation = compensate(p, fits) if corrected else None
@@ -50,7 +50,7 @@ def measure(p: Plan, fits: dict, corrected: bool, test: tuple[np.ndarray, np.nda
     return {"accuracy": float(np.mean(logits.argmax(1) == yte)),
             "agreement": float(np.mean(logits.argmax(1) == ann_logits.argmax(1))),
             "kl": divergence(ann_logits, logits), "spikes": spikes, "seconds": seconds,
-            "layers": len(compensation.corrections) if compensation else 0}
+            "notes": compensation.notes() if compensation else []}
 
 
 def baseline(name: str) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], float, Plan]:

@@ -330,9 +330,10 @@ def _nudenet_text(r: dict[str, object]) -> str:
 
 
 def _bias_notes(report: object) -> list[str]:
-    """The conversion's bias-correction and sequential refits' notes, as sub-items (none without them)."""
+    """The conversion's bias-correction, weight reconstruction and sequential refits' notes, as sub-items (none
+    without them)."""
     return [f"  {note[0].upper()}{note[1:]}." for note in report.notes
-            if note.startswith(("bias correction", "sequential refits"))]  # type: ignore[attr-defined]
+            if note.startswith(("bias correction", "weight reconstruction", "sequential refits"))]  # type: ignore[attr-defined]
 
 
 def _ocr_text(r: dict[str, object]) -> str:
@@ -362,10 +363,12 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     parser.add_argument("--bias-correction", action="store_true",
                         help="convert with --bias-correction (its own section of RESULTS.md)")
+    parser.add_argument("--reconstruct", action="store_true",
+                        help="convert with --reconstruct (its own section of RESULTS.md)")
     parser.add_argument("--sequential", action="store_true",
                         help="convert with --sequential (its own section of RESULTS.md, with --bias-correction too)")
     args = parser.parse_args()
-    chosen = [name for name in ("sequential", "bias_correction") if getattr(args, name)]
+    chosen = [name for name in ("sequential", "bias_correction", "reconstruct") if getattr(args, name)]
     more = {name: True for name in chosen}
     with tempfile.TemporaryDirectory() as tmp:
         nude = _nudenet_text(run_nudenet(Path(tmp) / "nudenet", **more))

@@ -47,9 +47,10 @@ def network(name: str, ks: list[int], folder: Path, penalty: float = 0.0) -> lis
     return rows
 
 
-def table(rows: list[dict[str, object]]) -> list[str]:
+def table(rows: list[dict[str, object]], last: str = "correction") -> list[str]:
+    """The rows as a table; `last`: what the last column times (the compensate stage)."""
     lines = ["| network (ANN) | K | fits | accuracy (%) | below the ANN (points) | agreement with the ANN (%) | "
-             "KL (mnat/image) | spikes per gate | refits (s) | correction (s) |", "|---" * 10 + "|"]
+             f"KL (mnat/image) | spikes per gate | refits (s) | {last} (s) |", "|---" * 10 + "|"]
     for r in rows:
         ann, accuracy = 100 * float(r["ann"]), 100 * float(r["accuracy"])  # type: ignore[arg-type]
         lines.append(f"| {r['net']} ({ann:.2f}) | {r['k']} | {r['mode']} | {accuracy:.2f} | {ann - accuracy:.2f} | "

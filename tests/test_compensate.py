@@ -152,6 +152,17 @@ def _mean_error(original: Path, converted: Path, x: np.ndarray) -> tuple[float, 
     return float(np.mean(error**2)), float(shift.mean())
 
 
+def convert_both(model: onnx.ModelProto, folder: Path, **compensation: object):  # type: ignore[no-untyped-def]
+    """The model saved, converted at K=2 without the focus on 256 seeded calibration samples, plainly and with
+    `compensation`: its path and bytes, the plain and compensated outputs, the compensated conversion's report."""
+    path = save(model, folder / "model.onnx")
+    np.savez(folder / "calib.npz", x=_data(model, 256, 1))
+    plain, fixed = folder / "plain.onnx", folder / "fixed.onnx"
+    amos_onnx.convert(path, plain, folder / "calib.npz", k=2, focus_kicks=0, progress=False)
+    report = amos_onnx.convert(path, fixed, folder / "calib.npz", k=2, focus_kicks=0, progress=False, **compensation)
+    return path, path.read_bytes(), plain, fixed, report
+
+
 @pytest.mark.parametrize("build", [chain, residual, squeeze_excitation, concatenation, transformer_block])
 def test_bias_correction_takes_back_the_mean_shift_of_the_outputs(tmp_path: Path, build) -> None:  # type: ignore[no-untyped-def]
     """At K=2 the gates shift each layer's mean: on held-out inputs, in onnxruntime, the corrected model's
@@ -159,13 +170,7 @@ def test_bias_correction_takes_back_the_mean_shift_of_the_outputs(tmp_path: Path
     graphs) at no more mean square error (1%), with the same ops (only bias initializers differ, each listed in
     the report), the function form and the native op agreeing to the bit, and the input model untouched."""
     model = build()
-    path = save(model, tmp_path / "model.onnx")
-    before = path.read_bytes()
-    np.savez(tmp_path / "calib.npz", x=_data(model, 256, 1))
-    plain, fixed = tmp_path / "plain.onnx", tmp_path / "fixed.onnx"
-    amos_onnx.convert(path, plain, tmp_path / "calib.npz", k=2, focus_kicks=0, progress=False)
-    report = amos_onnx.convert(path, fixed, tmp_path / "calib.npz", k=2, focus_kicks=0, bias_correction=True,
-                               progress=False)
+    path, before, plain, fixed, report = convert_both(model, tmp_path, bias_correction=True)
     x = _data(model, 256, 2)
     (mse, shift), (mse_fixed, shift_fixed) = _mean_error(path, plain, x), _mean_error(path, fixed, x)
     assert shift_fixed < 0.6 * shift, (shift_fixed, shift)

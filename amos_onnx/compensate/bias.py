@@ -32,7 +32,7 @@ from amos_onnx.find.sites import Site
 from amos_onnx.fit import focus
 from amos_onnx.fit.sites import SiteFit
 from amos_onnx.options import EmitForm
-from amos_onnx.rewrite.biases import bias_inputs, set_biases
+from amos_onnx.rewrite.biases import bias_inputs, set_constants
 from amos_onnx.rewrite.segments import split
 
 if TYPE_CHECKING:
@@ -89,6 +89,16 @@ class Compensation:
             top = max(changed, key=lambda c: c.largest)
             text += f"; largest change {top.largest:.3g} at {top.target.name}"
         return [text]
+
+    def apply(self, model: onnx.ModelProto) -> list[str]:
+        """Write the changed biases into `model` (in place): the initializers written."""
+        return apply(model, self)
+
+    def rows(self, written: list[str]) -> list[dict[str, object]]:
+        """The report's rows: each changed bias, with the initializer apply() wrote for it."""
+        changed = [c for c in self.corrections if c.changed]
+        return [{"node": c.target.name, "initializer": name, "channels": c.target.channels, "changed": c.changed,
+                 "largest": c.largest} for c, name in zip(changed, written)]
 
 
 def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
@@ -202,7 +212,7 @@ def measuring_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, S
 
 
 def apply(model: onnx.ModelProto, compensation: Compensation) -> list[str]:
-    """Write the changed biases into `model` (in place; rewrite.biases.set_biases): the initializers written."""
+    """Write the changed biases into `model` (in place; rewrite.biases.set_constants): the initializers written."""
     changed = [c for c in compensation.corrections if c.changed]
-    return set_biases(model, [(c.target.node, c.target.name, c.target.slot, c.target.bias,
-                               c.after.astype(helper.tensor_dtype_to_np_dtype(c.target.dtype))) for c in changed])
+    return set_constants(model, [(c.target.node, c.target.name, c.target.slot, c.target.bias,
+                                  c.after.astype(helper.tensor_dtype_to_np_dtype(c.target.dtype))) for c in changed])

@@ -63,7 +63,8 @@ class ConversionReport:
     near_misses: list[tuple[str, str]] = field(default_factory=list)  # (node, why it is not a composite)
     stage_seconds: dict[str, float] = field(default_factory=dict)  # wall time per pipeline stage
     # --bias-correction: every bias written, {"node", "initializer", "channels", "changed", "largest"} (largest:
-    # the largest absolute change of a channel's bias)
+    # the largest absolute change of a channel's bias); --reconstruct: every refitted layer, the same and
+    # "weight_initializer", "weight_change" (relative, Frobenius) and "held_out_ratio" (its error after over before)
     biases: list[dict[str, object]] = field(default_factory=list)
     # --latency / --spike-budget: K per site, the latency and critical path, mean spikes per gate, the predicted
     # output change beside the best uniform K's, and the measured curves (fit.budget.Allocation.to_dict)

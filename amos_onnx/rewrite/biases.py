@@ -1,4 +1,5 @@
-"""Graph edits for bias correction (compensate.bias): biases fed as inputs for measuring, corrected biases written."""
+"""Graph edits for the compensation (compensate.bias, compensate.reconstruct): biases fed as inputs for measuring,
+corrected biases and refitted weights written."""
 
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ def bias_inputs(model: onnx.ModelProto, slots: list[Slot]) -> dict[str, str]:
     return names
 
 
-def set_biases(model: onnx.ModelProto, biases: list[tuple[str, str, int, str, np.ndarray]]) -> list[str]:
-    """In place: each (node, label, input index, its bias's name or "", values) gets its values. An initializer
-    that only its node reads is replaced; a shared or absent one, or one a Constant node computes, gets a new
-    initializer named after `label`. The initializers written, by name."""
+def set_constants(model: onnx.ModelProto, constants: list[tuple[str, str, int, str, np.ndarray]],
+                  kind: str = "bias") -> list[str]:
+    """In place: each (node, label, input index, the constant's name there or "", values) gets its values. An
+    initializer that only its node reads is replaced; a shared or absent one, or one a Constant node computes, gets
+    a new initializer named `label`/amos/`kind`. The initializers written, by name."""
     uses: dict[str, int] = {}
     for node in _every_node(model.graph):
         for name in node.input:
@@ -41,14 +43,14 @@ def set_biases(model: onnx.ModelProto, biases: list[tuple[str, str, int, str, np
     nodes = {node_id(n): n for n in model.graph.node}
     taken = set(inits) | {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
     written = []
-    for key, label, slot, bias, values in biases:
+    for key, label, slot, bias, values in constants:
         if bias in inits and uses.get(bias, 0) == 1:
             inits[bias].CopyFrom(numpy_helper.from_array(values, bias))
             written.append(bias)
             continue
-        name, i = f"{label}/amos/bias", 1
+        name, i = f"{label}/amos/{kind}", 1
         while name in taken:
-            name, i = f"{label}/amos/bias_{i}", i + 1
+            name, i = f"{label}/amos/{kind}_{i}", i + 1
         taken.add(name)
         model.graph.initializer.append(numpy_helper.from_array(values, name))
         _set_input(nodes[key], slot, name)

@@ -1,0 +1,111 @@
+"""The linear layers a weight reconstruction refits (compensate.reconstruct): their weights as a matrix per group,
+and the rows of inputs they multiply at chosen output positions.
+
+A Conv (2-D, explicit or no padding, any groups, strides and dilations) computes, at each output position and in
+each group, the dot product of its weight rows with one patch of its input; a Gemm (without transA, alpha 1) does
+the same with one row of its input. So both are "rows times a matrix plus a bias", and refitting them is a least
+squares problem over the rows their inputs give.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from amos_onnx.compensate.targets import Target, bias_values
+from amos_onnx.rewrite.graph import node_id
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A target's layer: its node's input, weight (float64, as stored) and bias (float64, per channel, zeros where
+    it has none), and for a Conv its groups, kernel, strides, dilations and pads (top, left, bottom, right)."""
+
+    target: Target
+    input: str
+    weight_name: str
+    weight: np.ndarray
+    bias: np.ndarray
+    groups: int = 1
+    kernel: tuple[int, int] = (1, 1)
+    strides: tuple[int, int] = (1, 1)
+    dilations: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    transposed: bool = False  # a Gemm's B stored as (inputs, outputs): transB 0
+
+    @property
+    def conv(self) -> bool:
+        return self.weight.ndim == 4
+
+    def matrices(self) -> np.ndarray:
+        """The weights as (groups, outputs per group, inputs per group)."""
+        if self.conv:
+            return self.weight.reshape(self.groups, self.weight.shape[0] // self.groups, -1)
+        return (self.weight.T if self.transposed else self.weight)[None]
+
+    def with_matrices(self, matrices: np.ndarray) -> np.ndarray:
+        """Weights of the stored shape from (groups, outputs per group, inputs per group)."""
+        if self.conv:
+            return matrices.reshape(self.weight.shape)
+        return matrices[0].T if self.transposed else matrices[0]
+
+
+def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def layer(model: onnx.ModelProto, target: Target, constants: dict[str, onnx.TensorProto]) -> Layer | None:
+    """The target's layer when it can be refitted (a 2-D Conv without auto padding, or a Gemm with alpha 1, with
+    its weight in an initializer or a Constant node); None otherwise (MatMul + Add targets among them)."""
+    node = next((n for n in model.graph.node if node_id(n) == target.node), None)
+    if node is None or node.op_type not in ("Conv", "Gemm") or node.input[1] not in constants:
+        return None
+    weight = numpy_helper.to_array(constants[node.input[1]]).astype(np.float64)
+    bias = bias_values(constants, target)
+    if node.op_type == "Gemm":
+        if _attr(node, "alpha", 1.0) != 1.0 or weight.ndim != 2:
+            return None
+        return Layer(target, node.input[0], node.input[1], weight, bias * target.scale,
+                     transposed=not _attr(node, "transB", 0))
+    if weight.ndim != 4 or _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+        return None
+    top, left, bottom, right = _ints(node, "pads", (0, 0, 0, 0))
+    (sh, sw), (dh, dw) = _ints(node, "strides", (1, 1)), _ints(node, "dilations", (1, 1))
+    return Layer(target, node.input[0], node.input[1], weight, bias, _ints(node, "group", (1,))[0],
+                 (int(weight.shape[2]), int(weight.shape[3])), (sh, sw), (dh, dw), (top, left, bottom, right))
+
+
+def _ints(node: onnx.NodeProto, name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    value = _attr(node, name, default)
+    return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)  # type: ignore[call-overload]
+
+
+def positions(layer_: Layer, shape: tuple[int, ...]) -> int:
+    """Output positions per sample of the layer on an input of `shape` (batch first)."""
+    if not layer_.conv:
+        return 1
+    out = [(shape[2 + a] + layer_.pads[a] + layer_.pads[2 + a] - layer_.dilations[a] * (layer_.kernel[a] - 1) - 1)
+           // layer_.strides[a] + 1 for a in range(2)]
+    return max(out[0], 0) * max(out[1], 0)
+
+
+def patches(layer_: Layer, x: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """The rows the layer multiplies at the `chosen` output positions (flat indices into samples x positions) of
+    input `x`: (groups, len(chosen), inputs per group), float64."""
+    x = np.asarray(x, np.float64)
+    if not layer_.conv:
+        return x.reshape(x.shape[0], -1)[chosen][None]
+    (top, left, bottom, right), (sh, sw), (dh, dw) = layer_.pads, layer_.strides, layer_.dilations
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    width = (padded.shape[3] - dw * (layer_.kernel[1] - 1) - 1) // sw + 1
+    count = positions(layer_, x.shape)
+    n, rest = np.divmod(chosen, count)
+    oh, ow = np.divmod(rest, width)
+    taps = [padded[n, :, oh * sh + i * dh, ow * sw + j * dw]
+            for i in range(layer_.kernel[0]) for j in range(layer_.kernel[1])]  # each (rows, channels)
+    rows = np.stack(taps, axis=2)  # rows, channels, kernel taps: the weight's (in, kh, kw) order
+    g = layer_.groups
+    return rows.reshape(len(chosen), g, -1).transpose(1, 0, 2)

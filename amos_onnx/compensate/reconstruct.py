@@ -1,0 +1,198 @@
+"""Weight reconstruction: each linear layer after the gates refitted, in closed form, to give from the inputs it
+really gets what the original layer gave from the original inputs (SNN Calibration's advanced mode, Li et al.
+2021; AdaQuant's layer-wise reconstruction without the rounding).
+
+The model is walked level by level (compensate.walk over the focus's switched model, one segment per layer
+level) in three streams: the original (every switch off), the reconstructed (every site spiking, the layers
+refitted so far in place) and the plain (every site spiking, no change). At each level, a layer's input in the
+reconstructed stream (x~) and in the original (x) give, at up to ROWS seeded output positions, the rows it
+multiplies (compensate.layers); its weights and bias are refitted by ridge regression of the original output
+W x + b on x~, pulled towards W (ALPHA: the ridge's weight against the rows' mean square). The refit is kept when
+it lowers the layer's error on held-out samples (every HELD_OUT-th sample, never fitted on); with too few rows
+for its inputs (under ROW_FACTOR per unknown) the layer keeps its weights. Later levels then see the refitted
+layers. All the refits are written only when the reconstructed stream's outputs end closer to the original's
+than the plain stream's (as for bias correction). Weights and biases change; the gates and the graph do not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from amos_onnx.compensate.bias import BIASED_TYPES, _output_errors, _ratio
+from amos_onnx.compensate.layers import Layer, layer, patches, positions
+from amos_onnx.compensate.targets import constant_tensors, find_targets, site_levels
+from amos_onnx.compensate.walk import Walk
+from amos_onnx.data.inputs import model_layout, sliceable
+from amos_onnx.fit import focus
+from amos_onnx.fit.sites import SiteFit
+from amos_onnx.rewrite.biases import set_constants
+from amos_onnx.rewrite.segments import split
+
+if TYPE_CHECKING:
+    from amos_onnx.pipeline import Plan
+
+ALPHA = 1e-3  # ridge weight, relative to the mean diagonal of the rows' Gram matrix
+ROW_FACTOR = 2  # fitted rows per unknown (inputs per group + the bias) at least, else the layer is kept
+ELEMENTS = 1 << 23  # rows x inputs x groups drawn per layer at most (64 MiB of float64 per stream)
+HELD_OUT = 4  # every HELD_OUT-th sample judges the refit and is never fitted on
+SAMPLES = focus.KEEP_SAMPLES  # every kept calibration sample (the refits need rows: more than bias correction)
+
+
+@dataclass(frozen=True)
+class Refit:
+    """A layer's weights and bias (float64, as stored; the bias per channel, before a Gemm's beta) after its refit,
+    and its held-out error after over before."""
+
+    layer: Layer
+    weight: np.ndarray
+    bias: np.ndarray
+    ratio: float
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """The refits, on `samples` calibration samples; `layers`: the layers found; `ratio`: the outputs' error with
+    the refits over without (every site spiking)."""
+
+    refits: list[Refit]
+    layers: int
+    samples: int
+    ratio: float = 1.0
+
+    @property
+    def kept(self) -> bool:
+        return bool(self.refits) and self.ratio < 1.0
+
+    def notes(self) -> list[str]:
+        if not self.layers:
+            return ["weight reconstruction: no Conv or Gemm with constant weights follows a converted site"]
+        found = (f"{len(self.refits)} of {self.layers} layers refitted on {self.samples} calibration samples level by "
+                 f"level; the outputs' error (KL for a classifier's, else mean square) x{self.ratio:.3g} of the "
+                 "unrefitted")
+        return [f"weight reconstruction: {found}" + ("" if self.kept else ", not closer: every weight kept")]
+
+    def apply(self, model: onnx.ModelProto) -> list[str]:
+        """Write the refitted weights and biases into `model` (in place): the initializers written (every weight,
+        then every bias)."""
+        return write(model, self.refits) if self.kept else []
+
+    def rows(self, written: list[str]) -> list[dict[str, object]]:
+        """The report's rows: each refitted layer, the initializers apply() wrote for it, its bias's largest change,
+        its weights' relative change and its held-out error after over before."""
+        if not written:
+            return []
+        count = len(self.refits)
+        return [{"node": r.layer.target.name, "initializer": written[count + i], "weight_initializer": written[i],
+                 "channels": r.layer.target.channels, "changed": int(np.count_nonzero(r.bias != r.layer.bias)),
+                 "largest": float(np.max(np.abs(r.bias - r.layer.bias), initial=0.0)),
+                 "weight_change": float(np.linalg.norm(r.weight - r.layer.weight)
+                                        / max(float(np.linalg.norm(r.layer.weight)), 1e-300)),
+                 "held_out_ratio": r.ratio} for i, r in enumerate(self.refits)]
+
+
+def write(model: onnx.ModelProto, refits: list[Refit]) -> list[str]:
+    """Each refit's weight and bias into `model` (rewrite.biases.set_constants): the initializers written."""
+    constants = constant_tensors(model)
+    weights, biases = [], []
+    for r in refits:
+        t = r.layer.target
+        dtype = helper.tensor_dtype_to_np_dtype(constants[r.layer.weight_name].data_type)
+        weights.append((t.node, t.name, 1, r.layer.weight_name, r.weight.astype(dtype)))
+        bias = (r.bias / t.scale).astype(helper.tensor_dtype_to_np_dtype(t.dtype))  # a Gemm's beta scales it
+        biases.append((t.node, t.name, t.slot, t.bias, bias))
+    return set_constants(model, weights, "weight") + set_constants(model, biases)
+
+
+def reconstruct(p: Plan, fits: dict[str, SiteFit]) -> Reconstruction:
+    """The refits for the plan's model with these fits (see the module text), on the first SAMPLES of the plan's
+    kept calibration samples (fewer when their tensors outgrow walk.WALK_BYTES)."""
+    sites = [s for s in p.sites if s.converts and not s.graph and s.name in fits]
+    tensor_level, _ = site_levels(p.model, sites)
+    constants = constant_tensors(p.model)
+    layers = [found for t in find_targets(p.model, sites, tensor_level) if (found := layer(p.model, t, constants))]
+    if not layers or not p.feeds:
+        return Reconstruction([], len(layers), 0)
+    levels = sorted({ly.target.level for ly in layers})
+    mixed, switches = focus.switched_model(p.model, sites, fits, p.options.emit)
+    results = [o.name for o in p.model.graph.output if o.type.tensor_type.elem_type in BIASED_TYPES]
+    kept = focus.first_samples(p.feeds, SAMPLES, sliceable(p.model, p.axes))
+    walk = Walk(mixed, split(mixed, tensor_level, levels, {ly.input for ly in layers}),
+                [model_layout(feed, p.axes) for feed in kept], ["original", "refitted", "plain"], results,
+                f"{p.model_path} (weight reconstruction)", p.model_path.parent)
+    off = {switch: np.array(False) for switch in switches.values()}
+    on = {switch: np.array(True) for switch in switches.values()}
+    rng = np.random.default_rng(p.options.fit.seed)
+    refits: list[Refit] = []
+    for part in range(len(walk.segments)):
+        # the original and plain streams run this segment before its layers change
+        want, plain, got = (walk.run(part, stream, switch) for stream, switch in
+                            (("original", off), ("plain", on), ("refitted", on)))
+        here = [ly for ly in layers if part and ly.target.level == levels[part - 1]]
+        done = [r for ly in here if (r := refit(ly, _inputs(walk, "refitted", got, ly.input),
+                                                 _inputs(walk, "original", want, ly.input), rng)) is not None]
+        if done:
+            write(walk.model, done)
+            walk.use(walk.model)  # the refitted layers' segment is built again with their new weights
+            got = walk.run(part, "refitted", on)
+            refits += done
+        walk.store(part, "original", want)
+        walk.store(part, "refitted", got)
+        walk.store(part, "plain", plain)
+        walk.trim()
+    goal = walk.outputs("original", results)
+    ratio = _ratio(_output_errors(walk.outputs("plain", results), goal),
+                   _output_errors(walk.outputs("refitted", results), goal))
+    return Reconstruction(refits, len(layers), walk.samples, ratio)
+
+
+def _inputs(walk: Walk, stream: str, made: list[dict[str, np.ndarray]], name: str) -> list[np.ndarray]:
+    """A tensor per feed of `stream`: made by this segment, or held from an earlier one."""
+    return [m[name] if name in m else held[name] for m, held in zip(made, walk.streams[stream])]
+
+
+def refit(ly: Layer, spiking: list[np.ndarray], original: list[np.ndarray], rng: np.random.Generator) -> Refit | None:
+    """The layer refitted by ridge regression of its original output on the rows of its spiking input (see the
+    module text), or None when too few rows fit it or the refit does not lower its held-out error."""
+    counts = [positions(ly, x.shape) * x.shape[0] for x in original]
+    per_sample = [positions(ly, x.shape) for x in original]
+    matrices = ly.matrices()
+    groups, outs, ins = matrices.shape
+    total = sum(counts)
+    draw = min(total, max(ELEMENTS // (groups * (ins + 1)), 1))
+    chosen = np.sort(rng.choice(total, size=draw, replace=False)) if draw < total else np.arange(total)
+    starts = np.cumsum([0, *counts])
+    first_sample = np.cumsum([0, *(x.shape[0] for x in original)])
+    parts_s, parts_o, samples = [], [], []
+    for f, (xs, xo) in enumerate(zip(spiking, original)):
+        local = chosen[(chosen >= starts[f]) & (chosen < starts[f + 1])] - starts[f]
+        if local.size:
+            parts_s.append(patches(ly, xs, local))
+            parts_o.append(patches(ly, xo, local))
+            samples.append(first_sample[f] + local // max(per_sample[f], 1))
+    if not parts_s:
+        return None
+    rows_s, rows_o = np.concatenate(parts_s, axis=1), np.concatenate(parts_o, axis=1)
+    bias = ly.bias.reshape(groups, outs)
+    target = np.einsum("grd,god->gro", rows_o, matrices) + bias[:, None, :]
+    held = np.concatenate(samples) % HELD_OUT == HELD_OUT - 1
+    fitted = ~held
+    if fitted.sum() < ROW_FACTOR * (ins + 1) or not held.any():
+        return None
+    design = np.concatenate([rows_s, np.ones(rows_s.shape[:2] + (1,))], axis=2)
+    before = np.concatenate([matrices, bias[:, :, None]], axis=2).transpose(0, 2, 1)  # groups, ins + 1, outs
+    gram = np.einsum("grd,gre->gde", design[:, fitted], design[:, fitted])
+    ridge = ALPHA * np.trace(gram, axis1=1, axis2=2) / (ins + 1)
+    system = gram + ridge[:, None, None] * np.eye(ins + 1)
+    after = np.linalg.solve(system, np.einsum("grd,gro->gdo", design[:, fitted], target[:, fitted])
+                            + ridge[:, None, None] * before)
+    errors = [float(np.sum(np.square(np.einsum("grd,gdo->gro", design[:, held], m) - target[:, held])))
+              for m in (before, after)]
+    if not np.all(np.isfinite(after)) or not errors[1] < errors[0]:
+        return None
+    weight = ly.with_matrices(after[:, :-1, :].transpose(0, 2, 1))
+    return Refit(ly, weight, after[:, -1, :].reshape(-1), errors[1] / errors[0])

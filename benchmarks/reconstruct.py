@@ -1,0 +1,72 @@
+"""Weight reconstruction (convert --reconstruct) on the Fashion-MNIST networks, beside bias correction.
+
+For each network of fashion_nets.py: one plan (calibrated on fashion_k.py's 2,000 training images, seed 0), the
+first pass of calibrated fits at each K (--focus-kicks 0), written four ways: as they are, with --bias-correction,
+with --reconstruct (compensate.reconstruct, on the plan's kept calibration images, up to 256), and refitted
+sequentially (--sequential) with --reconstruct; each run on the full 10,000-image test set with the native op.
+
+    .venv/bin/python benchmarks/reconstruct.py [--nets vgg:3,4 resnet:3,4 effnet:6,8 gelu:5,6]
+        [--spike-penalty P] [--write]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bias_correction import baseline, measure, run_nets, section  # noqa: E402
+from fashion_k import SEED  # noqa: E402
+from results import write_section  # noqa: E402
+from sequential import table  # noqa: E402
+
+from amos_onnx.compensate.reconstruct import SAMPLES  # noqa: E402
+from amos_onnx.compensate.sequential import sequential  # noqa: E402
+from amos_onnx.options import FitOptions  # noqa: E402
+from amos_onnx.pipeline import fit_plan  # noqa: E402
+
+# (label, sequential refits first, the compensation: None, "bias correction" or "reconstruction")
+MODES = (("first pass", False, None), ("first pass + bias correction", False, "bias correction"),
+         ("first pass + reconstruction", False, "reconstruction"),
+         ("sequential + reconstruction", True, "reconstruction"))
+
+
+def network(name: str, ks: list[int], folder: Path, penalty: float = 0.0) -> list[dict[str, object]]:
+    test, ann, p = baseline(name)
+    rows = []
+    for k in ks:
+        options = FitOptions(k=k, seed=SEED, focus_kicks=0, spike_penalty=penalty)
+        first, _ = fit_plan(p, options)
+        start = time.perf_counter()
+        refitted, _ = sequential(p, first, options)
+        refit_seconds = time.perf_counter() - start
+        for mode, refit, compensation in MODES:
+            p.options = replace(p.options, fit=replace(p.options.fit, reconstruct=compensation == "reconstruction"))
+            row = measure(p, refitted if refit else first, compensation is not None, test, folder)
+            rows.append({"net": name, "ann": ann, "k": k, "mode": mode,
+                         "refit_seconds": refit_seconds if refit else 0.0, **row})
+            print(f"{name} K={k} {mode}: {100 * float(row['accuracy']):.2f}% (ANN {100 * ann:.2f}%), KL "  # type: ignore[arg-type]
+                  f"{1000 * float(row['kl']):.1f} mnat, {float(row['spikes']):.3f} spikes/gate, "  # type: ignore[arg-type]
+                  f"{float(row['seconds']):.1f} s {row['notes']}", flush=True)  # type: ignore[arg-type]
+    return rows
+
+
+def _write(nets: list[str], rows: list[dict[str, object]], penalty: float) -> None:
+    name, command = section("reconstruct", "reconstruct.py", nets, penalty)
+    write_section(name, "\n".join([
+        "## Weight reconstruction on Fashion-MNIST" + (f", spike penalty {penalty:g}" if penalty else ""),
+        "",
+        f"{command}: first pass of calibrated fits (--focus-kicks 0) on fashion_k.py's 2,000 calibration images, "
+        "written as they are, with --bias-correction (the first 128 calibration images), with --reconstruct (each "
+        "Conv and Gemm after the gates refitted by ridge regression, level by level, on the inputs it gets with "
+        f"the sites before it spiking; the first {SAMPLES} calibration images, every fourth held out to judge each "
+        "refit), and refitted sequentially (--sequential) with --reconstruct; full 10,000-image test set, native "
+        "op. KL: of the spiking softmax from the ANN's, per test image. Refits: the sequential stage's wall time; "
+        "compensation: the compensate stage's (bias correction or reconstruction).",
+        "", *table(rows, "compensation")]))
+
+
+if __name__ == "__main__":
+    run_nets(__doc__, network, _write)
