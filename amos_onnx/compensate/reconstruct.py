@@ -3,15 +3,17 @@ really gets what the original layer gave from the original inputs (SNN Calibrati
 2021; AdaQuant's layer-wise reconstruction without the rounding).
 
 The model is walked level by level (compensate.walk over the focus's switched model, one segment per layer
-level) in three streams: the original (every switch off), the reconstructed (every site spiking, the layers
-refitted so far in place) and the plain (every site spiking, no change). At each level, a layer's input in the
-reconstructed stream (x~) and in the original (x) give, at up to ROWS seeded output positions, the rows it
-multiplies (compensate.layers); its weights and bias are refitted by ridge regression of the original output
+level) in three streams: the original (every switch off), the refitted (every site spiking, the layers refitted
+so far in place) and the plain (every site spiking, no change). At each level, a layer's input in the refitted
+stream (x~) and in the original (x) give, at seeded output positions (ELEMENTS bounds rows x inputs), the rows
+it multiplies (compensate.layers); its weights and bias are refitted by ridge regression of the original output
 W x + b on x~, pulled towards W (ALPHA: the ridge's weight against the rows' mean square). The refit is kept when
 it lowers the layer's error on held-out samples (every HELD_OUT-th sample, never fitted on); with too few rows
-for its inputs (under ROW_FACTOR per unknown) the layer keeps its weights. Later levels then see the refitted
-layers. All the refits are written only when the reconstructed stream's outputs end closer to the original's
-than the plain stream's (as for bias correction). Weights and biases change; the gates and the graph do not.
+for its inputs (under ROW_FACTOR per unknown) the layer keeps its weights, and with fewer than MIN_SAMPLES
+samples no layer is refitted (one sample's rows are alike: many rows of a few samples fit those samples, not
+the data). Later levels then see the refitted layers. All the refits are written only when the refitted
+stream's outputs end closer to the original's than the plain stream's (as for bias correction). Weights and
+biases change; the gates and the graph do not.
 """
 
 from __future__ import annotations
@@ -36,10 +38,13 @@ from amos_onnx.rewrite.segments import split
 if TYPE_CHECKING:
     from amos_onnx.pipeline import Plan
 
-ALPHA = 1e-3  # ridge weight, relative to the mean diagonal of the rows' Gram matrix
+ALPHA = 0.1  # ridge weight towards the trained weights, relative to the mean diagonal of the rows' Gram matrix
 ROW_FACTOR = 2  # fitted rows per unknown (inputs per group + the bias) at least, else the layer is kept
 ELEMENTS = 1 << 23  # rows x inputs x groups drawn per layer at most (64 MiB of float64 per stream)
 HELD_OUT = 4  # every HELD_OUT-th sample judges the refit and is never fitted on
+# Samples the walk needs at least (the rows of one sample are alike: many rows of a few samples fit those samples);
+# with fewer, no layer is refitted and the note says so.
+MIN_SAMPLES = 32
 SAMPLES = focus.KEEP_SAMPLES  # every kept calibration sample (the refits need rows: more than bias correction)
 
 
@@ -74,6 +79,9 @@ class Reconstruction:
         found = (f"{len(self.refits)} of {self.layers} layers refitted on {self.samples} calibration samples level by "
                  f"level; the outputs' error (KL for a classifier's, else mean square) x{self.ratio:.3g} of the "
                  "unrefitted")
+        if self.samples < MIN_SAMPLES:
+            return [f"weight reconstruction: {self.samples} calibration samples, fewer than the {MIN_SAMPLES} a refit "
+                    f"needs to fit and judge it (the rows of one sample are alike): every weight kept"]
         return [f"weight reconstruction: {found}" + ("" if self.kept else ", not closer: every weight kept")]
 
     def apply(self, model: onnx.ModelProto) -> list[str]:
@@ -129,6 +137,8 @@ def reconstruct(p: Plan, fits: dict[str, SiteFit]) -> Reconstruction:
     rng = np.random.default_rng(p.options.fit.seed)
     refits: list[Refit] = []
     for part in range(len(walk.segments)):
+        if walk.samples < MIN_SAMPLES:  # too few from the start, or trimmed to too few
+            return Reconstruction([], len(layers), walk.samples)
         # the original and plain streams run this segment before its layers change
         want, plain, got = (walk.run(part, stream, switch) for stream, switch in
                             (("original", off), ("plain", on), ("refitted", on)))
@@ -178,20 +188,19 @@ def refit(ly: Layer, spiking: list[np.ndarray], original: list[np.ndarray], rng:
         return None
     rows_s, rows_o = np.concatenate(parts_s, axis=1), np.concatenate(parts_o, axis=1)
     bias = ly.bias.reshape(groups, outs)
-    target = np.einsum("grd,god->gro", rows_o, matrices) + bias[:, None, :]
+    target = rows_o @ matrices.transpose(0, 2, 1) + bias[:, None, :]  # groups, rows, outs
     held = np.concatenate(samples) % HELD_OUT == HELD_OUT - 1
     fitted = ~held
     if fitted.sum() < ROW_FACTOR * (ins + 1) or not held.any():
         return None
     design = np.concatenate([rows_s, np.ones(rows_s.shape[:2] + (1,))], axis=2)
     before = np.concatenate([matrices, bias[:, :, None]], axis=2).transpose(0, 2, 1)  # groups, ins + 1, outs
-    gram = np.einsum("grd,gre->gde", design[:, fitted], design[:, fitted])
+    fit_rows, held_rows = design[:, fitted], design[:, held]
+    gram = fit_rows.transpose(0, 2, 1) @ fit_rows
     ridge = ALPHA * np.trace(gram, axis1=1, axis2=2) / (ins + 1)
     system = gram + ridge[:, None, None] * np.eye(ins + 1)
-    after = np.linalg.solve(system, np.einsum("grd,gro->gdo", design[:, fitted], target[:, fitted])
-                            + ridge[:, None, None] * before)
-    errors = [float(np.sum(np.square(np.einsum("grd,gdo->gro", design[:, held], m) - target[:, held])))
-              for m in (before, after)]
+    after = np.linalg.solve(system, fit_rows.transpose(0, 2, 1) @ target[:, fitted] + ridge[:, None, None] * before)
+    errors = [float(np.sum(np.square(held_rows @ m - target[:, held]))) for m in (before, after)]
     if not np.all(np.isfinite(after)) or not errors[1] < errors[0]:
         return None
     weight = ly.with_matrices(after[:, :-1, :].transpose(0, 2, 1))
