@@ -30,7 +30,7 @@ def write_report(
 ) -> dict[str, object]:
     """Run both models on data, measure the spiking one, and write report.json, report.md and pictures to out.
     batch_axes: inputs whose samples lie on another axis than the first (--batch-axis). uncorrected: the same
-    conversion without its bias correction (convert's uncorrected_output), run too for each layer's error
+    conversion without its compensation (convert's uncorrected_output), run too for each layer's error
     without it beside the error with it. ray: measure in shards on Ray actors (as validate does)."""
     options = ValidateOptions(native=native, images=images, progress=progress, batch_axes=dict(batch_axes or {}),
                               ray=ray)

@@ -158,9 +158,9 @@ def _check_output(p: Plan, output_path: str | Path) -> Path:
 
 def write(p: Plan, output_path: str | Path, fits: dict[str, SiteFit], in_place: bool = False,
           compensation: Compensation | Reconstruction | None = None) -> ConversionReport:
-    """Rewrite the plan's model with the given fits (one per converting site) and the biases of `compensation`
-    (compensate(p, fits)) and save it; the plan stays usable for other fits unless in_place (which saves a copy
-    of the weights held in memory)."""
+    """Rewrite the plan's model with the given fits (one per converting site) and the biases or weights of
+    `compensation` (compensate(p, fits)) and save it; the plan stays usable for other fits unless in_place (which
+    saves a copy of the weights held in memory)."""
     return _write(p, _check_output(p, output_path), fits, in_place, compensation)
 
 

@@ -76,12 +76,12 @@ class Reconstruction:
     def notes(self) -> list[str]:
         if not self.layers:
             return ["weight reconstruction: no Conv or Gemm with constant weights follows a converted site"]
-        found = (f"{len(self.refits)} of {self.layers} layers refitted on {self.samples} calibration samples level by "
-                 f"level; the outputs' error (KL for a classifier's, else mean square) x{self.ratio:.3g} of the "
-                 "unrefitted")
         if self.samples < MIN_SAMPLES:
             return [f"weight reconstruction: {self.samples} calibration samples, fewer than the {MIN_SAMPLES} a refit "
                     f"needs to fit and judge it (the rows of one sample are alike): every weight kept"]
+        found = (f"{len(self.refits)} of {self.layers} layers refitted on {self.samples} calibration samples level by "
+                 f"level; the outputs' error (KL for a classifier's, else mean square) x{self.ratio:.3g} of the "
+                 "unrefitted")
         return [f"weight reconstruction: {found}" + ("" if self.kept else ", not closer: every weight kept")]
 
     def apply(self, model: onnx.ModelProto) -> list[str]:

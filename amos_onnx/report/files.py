@@ -114,8 +114,9 @@ def markdown(data: dict, pictures: list[str], note: str | None) -> str:
     fits = {s["node"]: s for s in (data["conversion"] or {}).get("sites", [])}
     both = any("layer_rmse_uncorrected" in g for g in data["gates"])
     lines += ["## Gates", "", "Layer RMSE: the gate's output against the original network's same tensor on the same "
-              "inputs (error accumulated up to this layer)" + (", with the bias correction and without it" if both
-                                                               else "") + ". Fit MSE: the gate against its "
+              "inputs (error accumulated up to this layer)"
+              + (", with the compensation (bias correction or weight reconstruction) and without it" if both else "")
+              + ". Fit MSE: the gate against its "
               "function on the calibration samples.", "",
               "| gate node | K | gates/input | spikes/gate | silent share | spikes/input | synaptic ops/input | "
               "layer RMSE | " + ("without correction | " if both else "") + "fit | fit MSE |",
@@ -150,11 +151,11 @@ def _error_picture(plt: object, gates: list[dict], fits: dict[str, dict], folder
     x = np.arange(len(rows))
     rmse = [r[1] if r[1] is not None else np.nan for r in rows]
     fit_rmse = [np.sqrt(r[2]) if r[2] is not None else np.nan for r in rows]
-    if any("layer_rmse_uncorrected" in g for g in gates):  # the bias correction's effect, layer by layer
+    if any("layer_rmse_uncorrected" in g for g in gates):  # the compensation's effect, layer by layer
         before = [g.get("layer_rmse_uncorrected") for g in gates]
         ax.bar(x - 0.3, [v if v is not None else np.nan for v in before], width=0.3,
-               label="layer RMSE without bias correction (accumulated)")
-        ax.bar(x, rmse, width=0.3, label="layer RMSE with bias correction (accumulated)")
+               label="layer RMSE without compensation (accumulated)")
+        ax.bar(x, rmse, width=0.3, label="layer RMSE with compensation (accumulated)")
         ax.bar(x + 0.3, fit_rmse, width=0.3, label="gate fit RMSE on its calibration samples")
     else:
         ax.bar(x - 0.2, rmse, width=0.4, label="layer RMSE vs original network (accumulated)")
@@ -226,7 +227,8 @@ def write(folder: str | Path, validation: ValidationReport, original: onnx.Model
           conversion: ConversionReport | None = None,
           uncorrected: ValidationReport | None = None) -> dict[str, object]:
     """Write report.json, report.md and the pictures into `folder` (created if missing). `uncorrected`: the
-    validation of the same conversion without bias correction; each gate then has "layer_rmse_uncorrected"."""
+    validation of the same conversion without its compensation (bias correction or weight reconstruction); each
+    gate then has "layer_rmse_uncorrected"."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = build(validation, original, converted, conversion)
