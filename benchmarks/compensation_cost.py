@@ -3,11 +3,11 @@
     .venv/bin/python benchmarks/compensation_cost.py [--samples 64] [--write]
 
 NudeNet (320x320), PP-OCRv4 det (640x640) and rec (48x320), calibrated on conversion_speed.py's folders of the
-natural size (photos with seeded crops, rendered text pages and lines), each converted three ways with convert's
-defaults otherwise (focus on): plain, --bias-correction, and --bias-correction --sequential. Every conversion runs
-in a fresh process (large_model.measure; its wall time counts amos-onnx's import); its peak memory is the largest
-resident set of that process and of the fit workers it forks, so the ratios compare like with like within one
-run.
+natural size (photos with seeded crops, rendered text pages and lines), each converted four ways with convert's
+defaults otherwise (focus on): plain, --bias-correction, --bias-correction --sequential and --reconstruct. Every
+conversion runs in a fresh process (large_model.measure; its wall time counts amos-onnx's import); its peak memory
+is the largest resident set of that process and of the fit workers it forks, so the ratios compare like with like
+within one run. Each compensation's note (what it did) follows the table.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from results import machine, write_section  # noqa: E402
 from amos_onnx.data.images import ImageOptions  # noqa: E402
 
 MODES = {"plain": {}, "--bias-correction": {"bias_correction": True},
-         "--bias-correction --sequential": {"bias_correction": True, "sequential": True}}
+         "--bias-correction --sequential": {"bias_correction": True, "sequential": True},
+         "--reconstruct": {"reconstruct": True}}
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--write", action="store_true", help="write the results into benchmarks/RESULTS.md")
     args = parser.parse_args()
-    rows = []
+    rows, notes = [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         pages = work / "pages"
@@ -53,6 +54,7 @@ def main() -> None:
                 more = json.dumps({"images": dataclasses.asdict(images), "progress": False, **options})
                 row = measure("convert", str(model), str(work / "out.onnx"), str(folder), more)
                 measured[mode] = (row["seconds"], row["peak_bytes"] / 1024)
+                notes += [f"- {name}, {mode}: {note}" for note in row["compensation"]]
                 print(f"{name}, {mode}: {measured[mode][0]:.1f} s, peak {measured[mode][1] / 1024:.0f} MiB", flush=True)
             rows.append((name, measured))
     lines = [f"| {name} | {mode} | {seconds:.1f} | {seconds / measured['plain'][0]:.2f}x | {peak / 1024:.0f} | "
@@ -69,6 +71,10 @@ def main() -> None:
         "| conversion | compensation | wall (s) | vs plain | peak memory (MiB) | vs plain |",
         "|---|---|---|---|---|---|",
         *lines,
+        "",
+        "What each compensation did (its note):",
+        "",
+        *notes,
     ])
     print(text)
     if args.write:

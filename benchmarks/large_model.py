@@ -45,7 +45,9 @@ elif action == "convert":  # model, output[, calibration data[, convert's other 
 own = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 peak = max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 print(json.dumps({"seconds": time.perf_counter() - start, "peak_bytes": peak * 1024,
-                  "sites": len(report.sites), "summary": report.summary()}))
+                  "sites": len(report.sites), "summary": report.summary(),
+                  "compensation": [n for n in getattr(report, "notes", [])
+                                   if n.startswith(("bias correction", "weight reconstruction"))]}))
 """
 
 
