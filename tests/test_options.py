@@ -100,8 +100,8 @@ def test_one_seed_option_seeds_calibration_and_fits(tmp_path: Path) -> None:
     from amos_onnx.cli import _convert_options
 
     values = {"k": "6", "k_per_op": None, "target_mse": 1e-4, "spike_penalty": 0.0, "seed": 7, "kicks": 6,
-              "focus_kicks": 0, "per_channel": False, "bias_correction": True, "sequential": True, "channel_axis": None,
-              "latency": None, "spike_budget": None,
+              "focus_kicks": 0, "per_channel": False, "bias_correction": True, "reconstruct": False, "sequential": True,
+              "channel_axis": None, "latency": None, "spike_budget": None,
               "emit": "function", "only": None,
               "skip": None, "image_size": None, "layout": None, "scale": 1 / 255, "mean": None, "std": None,
               "bgr": False, "batch_axes": ("state=1",), "address": None, "actors": None, "cpus": 1}
