@@ -131,9 +131,9 @@ class FitOptions:
         "is measured on calibration samples, level by level with the sites before it spiking, and taken back "
         "through that layer's bias."))
     reconstruct: bool = field(default=False, metadata=_help(
-        "With --calib: the weights and bias of each Conv and Gemm after the gates are refitted, level by level, by "
-        "ridge regression on the inputs they get with the sites before them spiking, against what the original "
-        "layer computes; kept where held-out samples' error drops (instead of --bias-correction)."))
+        "With --calib: the weights and bias of each Conv, Gemm and MatMul + Add after the gates are refitted, level "
+        "by level, by ridge regression on the inputs they get with the sites before them spiking, against what the "
+        "original layer computes; kept where held-out samples' error drops (instead of --bias-correction)."))
     sequential: bool = field(default=False, metadata=_help(
         "With --calib: every gate is refitted, level by level, on the inputs it gets with the sites before it "
         "spiking, against what the original network computes there (single gates in the top-level graph)."))

@@ -3,8 +3,9 @@ and the rows of inputs they multiply at chosen output positions.
 
 A Conv (2-D, explicit or no padding, any groups, strides and dilations) computes, at each output position and in
 each group, the dot product of its weight rows with one patch of its input; a Gemm (without transA, alpha 1) does
-the same with one row of its input. So both are "rows times a matrix plus a bias", and refitting them is a least
-squares problem over the rows their inputs give.
+the same with one row of its input, and a MatMul by a constant matrix followed by the Add of a bias with each
+vector along its input's last axis (a token). So all are "rows times a matrix plus a bias", and refitting them is
+a least squares problem over the rows their inputs give.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from amos_onnx.rewrite.graph import node_id
 
 @dataclass(frozen=True)
 class Layer:
-    """A target's layer: its node's input, weight (float64, as stored) and bias (float64, per channel, zeros where
-    it has none), and for a Conv its groups, kernel, strides, dilations and pads (top, left, bottom, right)."""
+    """A target's layer: its input, the node holding its weight (node_id; the target's node but for MatMul + Add),
+    the weight (float64, as stored) and bias (float64, per channel, zeros where it has none), and for a Conv its
+    groups, kernel, strides, dilations and pads (top, left, bottom, right)."""
 
     target: Target
     input: str
+    weight_node: str
     weight_name: str
     weight: np.ndarray
     bias: np.ndarray
@@ -34,7 +37,7 @@ class Layer:
     strides: tuple[int, int] = (1, 1)
     dilations: tuple[int, int] = (1, 1)
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
-    transposed: bool = False  # a Gemm's B stored as (inputs, outputs): transB 0
+    transposed: bool = False  # B stored as (inputs, outputs): a Gemm's with transB 0, a MatMul's
 
     @property
     def conv(self) -> bool:
@@ -58,23 +61,29 @@ def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
 
 
 def layer(model: onnx.ModelProto, target: Target, constants: dict[str, onnx.TensorProto]) -> Layer | None:
-    """The target's layer when it can be refitted (a 2-D Conv without auto padding, or a Gemm with alpha 1, with
-    its weight in an initializer or a Constant node); None otherwise (MatMul + Add targets among them)."""
-    node = next((n for n in model.graph.node if node_id(n) == target.node), None)
-    if node is None or node.op_type not in ("Conv", "Gemm") or node.input[1] not in constants:
+    """The target's layer when it can be refitted (a 2-D Conv without auto padding, a Gemm with alpha 1, or a
+    MatMul + Add, with its weight in an initializer or a Constant node); None otherwise."""
+    nodes = {node_id(n): n for n in model.graph.node}
+    node = nodes.get(target.node)
+    if node is not None and node.op_type == "Add":  # MatMul + Add: the weight is the MatMul's
+        made = {out: n for n in model.graph.node for out in n.output}
+        node = made.get(node.input[1 - target.slot])
+        if node is None or node.op_type != "MatMul":
+            return None
+    if node is None or node.op_type not in ("Conv", "Gemm", "MatMul") or node.input[1] not in constants:
         return None
     weight = numpy_helper.to_array(constants[node.input[1]]).astype(np.float64)
     bias = bias_values(constants, target)
-    if node.op_type == "Gemm":
+    if node.op_type in ("Gemm", "MatMul"):
         if _attr(node, "alpha", 1.0) != 1.0 or weight.ndim != 2:
             return None
-        return Layer(target, node.input[0], node.input[1], weight, bias * target.scale,
-                     transposed=not _attr(node, "transB", 0))
+        return Layer(target, node.input[0], node_id(node), node.input[1], weight, bias * target.scale,
+                     transposed=not _attr(node, "transB", 0))  # a MatMul has no transB: (inputs, outputs)
     if weight.ndim != 4 or _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
         return None
     top, left, bottom, right = _ints(node, "pads", (0, 0, 0, 0))
     (sh, sw), (dh, dw) = _ints(node, "strides", (1, 1)), _ints(node, "dilations", (1, 1))
-    return Layer(target, node.input[0], node.input[1], weight, bias, _ints(node, "group", (1,))[0],
+    return Layer(target, node.input[0], node_id(node), node.input[1], weight, bias, _ints(node, "group", (1,))[0],
                  (int(weight.shape[2]), int(weight.shape[3])), (sh, sw), (dh, dw), (top, left, bottom, right))
 
 
@@ -84,9 +93,10 @@ def _ints(node: onnx.NodeProto, name: str, default: tuple[int, ...]) -> tuple[in
 
 
 def positions(layer_: Layer, shape: tuple[int, ...]) -> int:
-    """Output positions per sample of the layer on an input of `shape` (batch first)."""
+    """Output positions per sample of the layer on an input of `shape` (batch first): a Conv's pixels, a MatMul's
+    tokens (every axis between the first and the last), one for a Gemm."""
     if not layer_.conv:
-        return 1
+        return int(np.prod(shape[1:-1], dtype=np.int64))
     out = [(shape[2 + a] + layer_.pads[a] + layer_.pads[2 + a] - layer_.dilations[a] * (layer_.kernel[a] - 1) - 1)
            // layer_.strides[a] + 1 for a in range(2)]
     return max(out[0], 0) * max(out[1], 0)
@@ -97,7 +107,7 @@ def patches(layer_: Layer, x: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     input `x`: (groups, len(chosen), inputs per group), float64."""
     x = np.asarray(x, np.float64)
     if not layer_.conv:
-        return x.reshape(x.shape[0], -1)[chosen][None]
+        return x.reshape(-1, x.shape[-1])[chosen][None]
     (top, left, bottom, right), (sh, sw), (dh, dw) = layer_.pads, layer_.strides, layer_.dilations
     padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     width = (padded.shape[3] - dw * (layer_.kernel[1] - 1) - 1) // sw + 1

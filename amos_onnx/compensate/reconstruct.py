@@ -75,7 +75,8 @@ class Reconstruction:
 
     def notes(self) -> list[str]:
         if not self.layers:
-            return ["weight reconstruction: no Conv or Gemm with constant weights follows a converted site"]
+            return ["weight reconstruction: no Conv, Gemm or MatMul + Add with constant weights follows a converted "
+                    "site"]
         if self.samples < MIN_SAMPLES:
             return [f"weight reconstruction: {self.samples} calibration samples, fewer than the {MIN_SAMPLES} a refit "
                     f"needs to fit and judge it (the rows of one sample are alike): every weight kept"]
@@ -110,7 +111,7 @@ def write(model: onnx.ModelProto, refits: list[Refit]) -> list[str]:
     for r in refits:
         t = r.layer.target
         dtype = helper.tensor_dtype_to_np_dtype(constants[r.layer.weight_name].data_type)
-        weights.append((t.node, t.name, 1, r.layer.weight_name, r.weight.astype(dtype)))
+        weights.append((r.layer.weight_node, t.name, 1, r.layer.weight_name, r.weight.astype(dtype)))
         bias = (r.bias / t.scale).astype(helper.tensor_dtype_to_np_dtype(t.dtype))  # a Gemm's beta scales it
         biases.append((t.node, t.name, t.slot, t.bias, bias))
     return set_constants(model, weights, "weight") + set_constants(model, biases)
