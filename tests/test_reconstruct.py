@@ -26,9 +26,9 @@ from test_compensate import (
 import amos_onnx
 from amos_onnx.cli import main
 from amos_onnx.compensate import reconstruct as reconstruct_module
-from amos_onnx.compensate.layers import layer, patches, positions
+from amos_onnx.compensate.layers import layers, patches, positions
 from amos_onnx.compensate.reconstruct import refit
-from amos_onnx.compensate.targets import constant_tensors, find_targets
+from amos_onnx.compensate.targets import find_targets
 from amos_onnx.errors import OptionError
 from amos_onnx.options import FindOptions
 from amos_onnx.pipeline import _find
@@ -58,19 +58,17 @@ def test_patches_times_the_weights_give_the_layers_output_in_onnxruntime(build) 
     to float rounding."""
     model = build()
     sites, *_ = _find(model, FindOptions())
-    constants = constant_tensors(model)
-    found = [layer(model, t, constants) for t in find_targets(model, sites)]
-    assert [(ly.target.node, ly.weight_node) if ly else None for ly in found] == (
+    found = layers(model, find_targets(model, sites))
+    assert [(ly.target.node, ly.weight_node) for ly in found] == (
         [("grouped", "grouped"), ("depth", "depth"), ("y", "y")] if build is grouped
         else [("lin2", "mm2"), ("y", "mm3")])
     x = _data(model, 3, 1)
-    names = [ly.input for ly in found if ly] + [ly.target.output for ly in found if ly]
+    names = [ly.input for ly in found] + [ly.target.output for ly in found]
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     copy.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names if n != "y"])
     values = dict(zip(names, session(copy, native=False).run(names, {"x": x})))
     for ly in found:
-        assert ly is not None
         inputs, want = values[ly.input], values[ly.target.output]
         rows = patches(ly, inputs, np.arange(positions(ly, inputs.shape) * inputs.shape[0]))
         got = np.einsum("grd,god->gro", rows, ly.matrices()) + ly.bias.reshape(ly.matrices().shape[:2])[:, None]
@@ -88,8 +86,7 @@ def test_a_refit_undoes_a_known_distortion_and_none_is_made_where_nothing_is_wro
     arrive as they should give no refit (its held-out error cannot drop below zero)."""
     model = grouped()
     sites, *_ = _find(model, FindOptions())
-    ly = layer(model, find_targets(model, sites)[0], constant_tensors(model))
-    assert ly is not None
+    ly = layers(model, find_targets(model, sites))[0]
     rng = np.random.default_rng(0)
     original = [rng.normal(0, 1, (6, 8, 11, 11)), rng.normal(0, 1, (5, 8, 11, 11))]
     monkeypatch.setattr(reconstruct_module, "ALPHA", 0.0)

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from amos_onnx.compensate.targets import Target, bias_values
+from amos_onnx.compensate.targets import Target, bias_values, constant_tensors
 from amos_onnx.rewrite.graph import node_id
 
 
@@ -60,13 +60,21 @@ def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
-def layer(model: onnx.ModelProto, target: Target, constants: dict[str, onnx.TensorProto]) -> Layer | None:
-    """The target's layer when it can be refitted (a 2-D Conv without auto padding, a Gemm with alpha 1, or a
-    MatMul + Add, with its weight in an initializer or a Constant node); None otherwise."""
+def layers(model: onnx.ModelProto, targets: list[Target]) -> list[Layer]:
+    """The targets' layers that can be refitted (layer), in the targets' order."""
+    constants = constant_tensors(model)
     nodes = {node_id(n): n for n in model.graph.node}
+    made = {out: n for n in model.graph.node for out in n.output}
+    return [found for t in targets if (found := layer(t, constants, nodes, made)) is not None]
+
+
+def layer(target: Target, constants: dict[str, onnx.TensorProto], nodes: dict[str, onnx.NodeProto],
+          made: dict[str, onnx.NodeProto]) -> Layer | None:
+    """The target's layer when it can be refitted (a 2-D Conv without auto padding, a Gemm with alpha 1, or a
+    MatMul + Add, with its weight in an initializer or a Constant node); None otherwise. `constants`: the model's
+    constant_tensors, `nodes`: its nodes by node_id, `made`: by the tensors they make."""
     node = nodes.get(target.node)
     if node is not None and node.op_type == "Add":  # MatMul + Add: the weight is the MatMul's
-        made = {out: n for n in model.graph.node for out in n.output}
         node = made.get(node.input[1 - target.slot])
         if node is None or node.op_type != "MatMul":
             return None

@@ -26,7 +26,7 @@ import onnx
 from onnx import helper
 
 from amos_onnx.compensate.bias import BIASED_TYPES, _output_errors, _ratio
-from amos_onnx.compensate.layers import Layer, layer, patches, positions
+from amos_onnx.compensate.layers import Layer, layers, patches, positions
 from amos_onnx.compensate.targets import constant_tensors, find_targets, site_levels
 from amos_onnx.compensate.walk import Walk
 from amos_onnx.data.inputs import model_layout, sliceable
@@ -122,15 +122,14 @@ def reconstruct(p: Plan, fits: dict[str, SiteFit]) -> Reconstruction:
     kept calibration samples (fewer when their tensors outgrow walk.WALK_BYTES)."""
     sites = [s for s in p.sites if s.converts and not s.graph and s.name in fits]
     tensor_level, _ = site_levels(p.model, sites)
-    constants = constant_tensors(p.model)
-    layers = [found for t in find_targets(p.model, sites, tensor_level) if (found := layer(p.model, t, constants))]
-    if not layers or not p.feeds:
-        return Reconstruction([], len(layers), 0)
-    levels = sorted({ly.target.level for ly in layers})
+    found = layers(p.model, find_targets(p.model, sites, tensor_level))
+    if not found or not p.feeds:
+        return Reconstruction([], len(found), 0)
+    levels = sorted({ly.target.level for ly in found})
     mixed, switches = focus.switched_model(p.model, sites, fits, p.options.emit)
     results = [o.name for o in p.model.graph.output if o.type.tensor_type.elem_type in BIASED_TYPES]
     kept = focus.first_samples(p.feeds, SAMPLES, sliceable(p.model, p.axes))
-    walk = Walk(mixed, split(mixed, tensor_level, levels, {ly.input for ly in layers}),
+    walk = Walk(mixed, split(mixed, tensor_level, levels, {ly.input for ly in found}),
                 [model_layout(feed, p.axes) for feed in kept], ["original", "refitted", "plain"], results,
                 f"{p.model_path} (weight reconstruction)", p.model_path.parent)
     off = {switch: np.array(False) for switch in switches.values()}
@@ -139,11 +138,11 @@ def reconstruct(p: Plan, fits: dict[str, SiteFit]) -> Reconstruction:
     refits: list[Refit] = []
     for part in range(len(walk.segments)):
         if walk.samples < MIN_SAMPLES:  # too few from the start, or trimmed to too few
-            return Reconstruction([], len(layers), walk.samples)
+            return Reconstruction([], len(found), walk.samples)
         # the original and plain streams run this segment before its layers change
         want, plain, got = (walk.run(part, stream, switch) for stream, switch in
                             (("original", off), ("plain", on), ("refitted", on)))
-        here = [ly for ly in layers if part and ly.target.level == levels[part - 1]]
+        here = [ly for ly in found if part and ly.target.level == levels[part - 1]]
         done = [r for ly in here if (r := refit(ly, _inputs(walk, "refitted", got, ly.input),
                                                  _inputs(walk, "original", want, ly.input), rng)) is not None]
         if done:
@@ -158,7 +157,7 @@ def reconstruct(p: Plan, fits: dict[str, SiteFit]) -> Reconstruction:
     goal = walk.outputs("original", results)
     ratio = _ratio(_output_errors(walk.outputs("plain", results), goal),
                    _output_errors(walk.outputs("refitted", results), goal))
-    return Reconstruction(refits, len(layers), walk.samples, ratio)
+    return Reconstruction(refits, len(found), walk.samples, ratio)
 
 
 def _inputs(walk: Walk, stream: str, made: list[dict[str, np.ndarray]], name: str) -> list[np.ndarray]:
