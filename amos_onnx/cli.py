@@ -249,8 +249,7 @@ def convert(model: str, output: str, calib: str | None, report_dir: str | None, 
     """Convert MODEL into its spiking twin and write it to OUTPUT."""
     options = _run(lambda: _convert_options(values, calib, quiet))
     with tempfile.TemporaryDirectory() as tmp:  # with --report and a compensation: the conversion without it
-        compensated = options.fit.bias_correction or options.fit.reconstruct
-        plain = Path(tmp) / "uncorrected.onnx" if report_dir and compensated else None
+        plain = Path(tmp) / "uncorrected.onnx" if report_dir and options.fit.compensated else None
         report = _run(lambda: amos_onnx.convert(model, output, calib, options, uncorrected_output=plain))
         if report_dir:
             images, axes = options.calibration.images, options.calibration.batch_axes

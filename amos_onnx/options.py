@@ -172,6 +172,11 @@ class FitOptions:
                 raise OptionError(f"K={value} for site {site}: K must be between 1 and {MAX_K}")
 
     @property
+    def compensated(self) -> bool:
+        """Whether the layers after the gates are compensated (bias correction or weight reconstruction)."""
+        return self.bias_correction or self.reconstruct
+
+    @property
     def budgeted(self) -> bool:
         """Whether K per site is chosen for a latency or spike budget."""
         return self.latency is not None or self.spike_budget is not None

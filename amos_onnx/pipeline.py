@@ -217,7 +217,7 @@ def convert(model_path: str | Path, output_path: str | Path, calib: DataSource |
     options = _options(options, keywords)
     p = plan(model_path, calib, options, output=output_path)
     fits, focused = fit_plan(p)
-    compensation = compensate(p, fits) if (options.fit.bias_correction or options.fit.reconstruct) and p.feeds else None
+    compensation = compensate(p, fits) if options.fit.compensated and p.feeds else None
     if compensation is not None and uncorrected_output is not None:
         write(p, uncorrected_output, fits)  # a copy: the same conversion without its corrections
     report = _write(p, Path(output_path), fits, in_place=True, compensation=compensation)

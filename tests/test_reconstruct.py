@@ -184,19 +184,3 @@ def test_too_few_calibration_samples_refit_nothing_and_say_so(tmp_path: Path) ->
     assert any(note.startswith("weight reconstruction: 16 calibration samples, fewer than the 32") for note in
                report.notes), report.notes
 
-
-def test_the_report_shows_each_layers_error_with_and_without_the_refits(tmp_path: Path) -> None:
-    """convert --report --reconstruct runs the same conversion without its refits on the data too: each gate's
-    accumulated error both ways, the last gate closer to the original's tensor with them."""
-    import json
-
-    model = chain()
-    path = save(model, tmp_path / "model.onnx")
-    np.savez(tmp_path / "calib.npz", x=_data(model, 256, 1))
-    result = CliRunner().invoke(main, ["convert", str(path), str(tmp_path / "out.onnx"), "--calib",
-                                       str(tmp_path / "calib.npz"), "--k", "2", "--focus-kicks", "0",
-                                       "--reconstruct", "--report", str(tmp_path / "report"), "-q"])
-    assert result.exit_code == 0, result.output
-    gates = json.loads((tmp_path / "report/report.json").read_text())["gates"]
-    assert len(gates) == 3 and all(g["layer_rmse"] > 0 and g["layer_rmse_uncorrected"] > 0 for g in gates)
-    assert gates[-1]["layer_rmse"] < gates[-1]["layer_rmse_uncorrected"]

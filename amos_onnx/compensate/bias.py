@@ -91,8 +91,12 @@ class Compensation:
         return [text]
 
     def apply(self, model: onnx.ModelProto) -> list[str]:
-        """Write the changed biases into `model` (in place): the initializers written."""
-        return apply(model, self)
+        """Write the changed biases into `model` (in place; rewrite.biases.set_constants): the initializers
+        written."""
+        changed = [c for c in self.corrections if c.changed]
+        return set_constants(model, [(c.target.node, c.target.name, c.target.slot, c.target.bias,
+                                      c.after.astype(helper.tensor_dtype_to_np_dtype(c.target.dtype)))
+                                     for c in changed])
 
     def rows(self, written: list[str]) -> list[dict[str, object]]:
         """The report's rows: each changed bias, with the initializer apply() wrote for it."""
@@ -110,7 +114,7 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
     they are taken back if, the sites after that level left as they were, the model's floating-point outputs get
     closer to the original's, and the segment runs again with them. At the
     end all of them are kept only if the corrected stream's outputs are closer to the original's than the plain
-    stream's (_output_errors, their ratio averaged over the outputs)."""
+    stream's (output_errors, their ratio averaged over the outputs)."""
     sites = [s for s in p.sites if s.converts and not s.graph and s.name in fits]
     tensor_level, _ = site_levels(p.model, sites)
     targets = find_targets(p.model, sites, tensor_level)
@@ -140,29 +144,35 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
         if any(shift.any() for shift in shifts.values()):
             trial = {**biases, **{t.node: biases[t.node] - shifts[t.node] / t.scale for t in chosen}}
             # the sites after this level as they were: every later switch off
-            was, now = (_output_errors(walk.finish(part, "corrected", extra(False, fed), results), goal[:len(got)])
+            was, now = (output_errors(walk.finish(part, "corrected", extra(False, fed), results), goal[:len(got)])
                         for fed in (biases, trial))
-            if _ratio(was, now) < 1.0:
+            if error_ratio(was, now) < 1.0:
                 biases, got = trial, walk.run(part, "corrected", extra(True, trial))
         walk.store(part, "original", want)
         walk.store(part, "corrected", got)
         walk.store(part, "plain", walk.run(part, "plain", plain))
         walk.trim()
-    goal = walk.outputs("original", results)
-    ratio = _ratio(_output_errors(walk.outputs("plain", results), goal),
-                   _output_errors(walk.outputs("corrected", results), goal))
+    ratio = end_ratio(walk, "corrected", results)
     chosen_biases = biases if ratio < 1.0 else before
     corrections = [Correction(t, before[t.node], chosen_biases[t.node]) for t in targets]
     return Compensation(corrections, walk.samples, len(levels), ratio)
 
 
-def _ratio(plain: list[float], fixed: list[float]) -> float:
+def end_ratio(walk: Walk, fixed: str, results: list[str]) -> float:
+    """At the end of a walk: the outputs' error of stream `fixed` over that of stream "plain", against stream
+    "original" (error_ratio of output_errors)."""
+    goal = walk.outputs("original", results)
+    return error_ratio(output_errors(walk.outputs("plain", results), goal),
+                       output_errors(walk.outputs(fixed, results), goal))
+
+
+def error_ratio(plain: list[float], fixed: list[float]) -> float:
     """The outputs' errors with the corrections over without, averaged over the outputs (1 when none has any)."""
     ratios = [b / a for a, b in zip(plain, fixed) if a > 0]
     return float(np.mean(ratios)) if ratios else 1.0
 
 
-def _output_errors(got: list[list[np.ndarray]], want: list[list[np.ndarray]]) -> list[float]:
+def output_errors(got: list[list[np.ndarray]], want: list[list[np.ndarray]]) -> list[float]:
     """Per model output, its distance from the original's over every run (runs may differ in shape): for a
     classifier's output (2-D, at least two columns, as validate tells them) the mean KL divergence of the spiking
     softmax from the original's per row, which a common shift of the logits does not change; else the mean
@@ -209,10 +219,3 @@ def measuring_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, S
     (rewrite.biases.bias_inputs): the model, the switches by site name and the bias inputs by target node."""
     mixed, switches = focus.switched_model(model, sites, fits, form)
     return mixed, switches, bias_inputs(mixed, [(t.node, t.slot, t.output, t.dtype, t.channels) for t in targets])
-
-
-def apply(model: onnx.ModelProto, compensation: Compensation) -> list[str]:
-    """Write the changed biases into `model` (in place; rewrite.biases.set_constants): the initializers written."""
-    changed = [c for c in compensation.corrections if c.changed]
-    return set_constants(model, [(c.target.node, c.target.name, c.target.slot, c.target.bias,
-                                  c.after.astype(helper.tensor_dtype_to_np_dtype(c.target.dtype))) for c in changed])

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from amos_onnx.compensate.bias import BIASED_TYPES, _output_errors, _ratio
+from amos_onnx.compensate.bias import BIASED_TYPES, end_ratio
 from amos_onnx.compensate.layers import Layer, layers, patches, positions
 from amos_onnx.compensate.targets import constant_tensors, find_targets, site_levels
 from amos_onnx.compensate.walk import Walk
@@ -154,10 +154,7 @@ def reconstruct(p: Plan, fits: dict[str, SiteFit]) -> Reconstruction:
         walk.store(part, "refitted", got)
         walk.store(part, "plain", plain)
         walk.trim()
-    goal = walk.outputs("original", results)
-    ratio = _ratio(_output_errors(walk.outputs("plain", results), goal),
-                   _output_errors(walk.outputs("refitted", results), goal))
-    return Reconstruction(refits, len(found), walk.samples, ratio)
+    return Reconstruction(refits, len(found), walk.samples, end_ratio(walk, "refitted", results))
 
 
 def _inputs(walk: Walk, stream: str, made: list[dict[str, np.ndarray]], name: str) -> list[np.ndarray]:

@@ -73,7 +73,8 @@ class Walk:
         self.sessions.clear()
         self.tail = None
 
-    def _tail(self, part: int, held: Tensors, names: list[str]) -> tuple[Segment, ort.InferenceSession | None]:
+    def _tail(self, part: int, held: Tensors, extra: Tensors,
+              names: list[str]) -> tuple[Segment, ort.InferenceSession | None]:
         """Segments `part` to the end as one model making those of `names` they make (onnxruntime plans it as
         one and runs it in one call per feed: the bias checks on PP-OCR rec and det 5-10% faster than segment by
         segment); the last one built is kept (the bias checks finish twice from each part)."""
@@ -82,7 +83,8 @@ class Walk:
             made = {out for i in nodes for out in self.model.graph.node[i].output if out}
             inputs = sorted({n for segment in self.segments[part:] for n in segment.inputs} - made)
             tail = Segment(nodes, tuple(inputs), tuple(n for n in names if n in made))
-            types = {name: int(helper.np_dtype_to_tensor_dtype(held[name].dtype)) for name in tail.inputs}
+            types = {name: int(helper.np_dtype_to_tensor_dtype((extra[name] if name in extra else held[name]).dtype))
+                     for name in tail.inputs}
             sess = self._open(segment_model(self.model, tail, types)) if tail.outputs else None
             self.tail = ((part, tuple(names)), tail, sess)
         return self.tail[1], self.tail[2]
@@ -105,7 +107,7 @@ class Walk:
         (as one model, _tail) with the `extra` inputs; the stream itself is left as it was."""
         finished = []
         for held in self.streams[stream]:
-            tail, sess = self._tail(part, {**held, **extra}, names)
+            tail, sess = self._tail(part, held, extra, names)
             feed = {name: extra[name] if name in extra else held[name] for name in tail.inputs}
             made = dict(zip(tail.outputs, run_checked(sess, list(tail.outputs), feed, self.label))) if sess else {}
             finished.append([made[name] if name in made else held[name] for name in names])
