@@ -44,15 +44,18 @@ class Layer:
         return self.weight.ndim == 4
 
     def matrices(self) -> np.ndarray:
-        """The weights as (groups, outputs per group, inputs per group)."""
+        """The weights as (groups, outputs per group, inputs per group); a Conv's inputs kernel tap by tap, each
+        tap's channels together (the order patches() gives its rows in)."""
         if self.conv:
-            return self.weight.reshape(self.groups, self.weight.shape[0] // self.groups, -1)
+            g, outs, taps = self.groups, self.weight.shape[0] // self.groups, self.kernel[0] * self.kernel[1]
+            return self.weight.reshape(g, outs, -1, taps).transpose(0, 1, 3, 2).reshape(g, outs, -1)
         return (self.weight.T if self.transposed else self.weight)[None]
 
     def with_matrices(self, matrices: np.ndarray) -> np.ndarray:
-        """Weights of the stored shape from (groups, outputs per group, inputs per group)."""
+        """Weights of the stored shape from (groups, outputs per group, inputs per group), as matrices() gives."""
         if self.conv:
-            return matrices.reshape(self.weight.shape)
+            g, outs, taps = self.groups, self.weight.shape[0] // self.groups, self.kernel[0] * self.kernel[1]
+            return matrices.reshape(g, outs, taps, -1).transpose(0, 1, 3, 2).reshape(self.weight.shape)
         return matrices[0].T if self.transposed else matrices[0]
 
 
@@ -112,18 +115,22 @@ def positions(layer_: Layer, shape: tuple[int, ...]) -> int:
 
 def patches(layer_: Layer, x: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     """The rows the layer multiplies at the `chosen` output positions (flat indices into samples x positions) of
-    input `x`: (groups, len(chosen), inputs per group), float64."""
-    x = np.asarray(x, np.float64)
+    input `x`: (groups, len(chosen), inputs per group), float32, in matrices()' order (a Conv's kernel tap by tap,
+    each tap's channels together: one gather from the input laid out channels last)."""
+    x = np.asarray(x, np.float32)
     if not layer_.conv:
         return x.reshape(-1, x.shape[-1])[chosen][None]
     (top, left, bottom, right), (sh, sw), (dh, dw) = layer_.pads, layer_.strides, layer_.dilations
-    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    width = (padded.shape[3] - dw * (layer_.kernel[1] - 1) - 1) // sw + 1
-    count = positions(layer_, x.shape)
-    n, rest = np.divmod(chosen, count)
+    padded = x.transpose(0, 2, 3, 1)  # channels last
+    if top or left or bottom or right:
+        padded = np.zeros((x.shape[0], x.shape[2] + top + bottom, x.shape[3] + left + right, x.shape[1]), np.float32)
+        padded[:, top:top + x.shape[2], left:left + x.shape[3]] = x.transpose(0, 2, 3, 1)
+    width = (padded.shape[2] - dw * (layer_.kernel[1] - 1) - 1) // sw + 1
+    n, rest = np.divmod(chosen, positions(layer_, x.shape))
     oh, ow = np.divmod(rest, width)
-    taps = [padded[n, :, oh * sh + i * dh, ow * sw + j * dw]
-            for i in range(layer_.kernel[0]) for j in range(layer_.kernel[1])]  # each (rows, channels)
-    rows = np.stack(taps, axis=2)  # rows, channels, kernel taps: the weight's (in, kh, kw) order
+    i, j = np.divmod(np.arange(layer_.kernel[0] * layer_.kernel[1]), layer_.kernel[1])
+    rows = padded[n[:, None], oh[:, None] * sh + i * dh, ow[:, None] * sw + j * dw]  # rows, taps, channels
     g = layer_.groups
-    return rows.reshape(len(chosen), g, -1).transpose(1, 0, 2)
+    if g == 1:
+        return rows.reshape(1, len(chosen), -1)
+    return rows.reshape(len(chosen), rows.shape[1], g, -1).transpose(2, 0, 1, 3).reshape(g, len(chosen), -1)

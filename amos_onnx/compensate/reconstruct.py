@@ -111,10 +111,20 @@ def write(model: onnx.ModelProto, refits: list[Refit]) -> list[str]:
     for r in refits:
         t = r.layer.target
         dtype = helper.tensor_dtype_to_np_dtype(constants[r.layer.weight_name].data_type)
-        weights.append((r.layer.weight_node, t.name, 1, r.layer.weight_name, r.weight.astype(dtype)))
-        bias = (r.bias / t.scale).astype(helper.tensor_dtype_to_np_dtype(t.dtype))  # a Gemm's beta scales it
+        weights.append((r.layer.weight_node, t.name, 1, r.layer.weight_name, stored(r.weight, dtype)))
+        bias = stored(r.bias / t.scale, helper.tensor_dtype_to_np_dtype(t.dtype))  # a Gemm's beta scales it
         biases.append((t.node, t.name, t.slot, t.bias, bias))
     return set_constants(model, weights, "weight") + set_constants(model, biases)
+
+
+def stored(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """`values` in the stored type, those below its normal range written as 0. A refit leaves weights of about
+    1e-40 where the trained ones were 0 (a pruned filter's), and a subnormal weight makes each of its products
+    subnormal: PP-OCRv4 rec's Convs ran 16x slower in onnxruntime with them."""
+    out = values.astype(dtype)
+    if np.issubdtype(out.dtype, np.floating):
+        out[np.abs(out) < np.finfo(out.dtype).tiny] = 0
+    return out
 
 
 def reconstruct(p: Plan, fits: dict[str, SiteFit]) -> Reconstruction:
@@ -140,16 +150,19 @@ def reconstruct(p: Plan, fits: dict[str, SiteFit]) -> Reconstruction:
         if walk.samples < MIN_SAMPLES:  # too few from the start, or trimmed to too few
             return Reconstruction([], len(found), walk.samples)
         # the original and plain streams run this segment before its layers change
-        want, plain, got = (walk.run(part, stream, switch) for stream, switch in
-                            (("original", off), ("plain", on), ("refitted", on)))
+        want, plain = walk.run(part, "original", off), walk.run(part, "plain", on)
         here = [ly for ly in found if part and ly.target.level == levels[part - 1]]
+        # the refitted stream runs once, after the refits, when earlier segments made every layer's input
+        early = all(ly.input in walk.streams["refitted"][0] for ly in here)
+        got = [{} for _ in walk.streams["refitted"]] if early else walk.run(part, "refitted", on)
         done = [r for ly in here if (r := refit(ly, _inputs(walk, "refitted", got, ly.input),
                                                  _inputs(walk, "original", want, ly.input), rng)) is not None]
         if done:
             write(walk.model, done)
             walk.use(walk.model)  # the refitted layers' segment is built again with their new weights
-            got = walk.run(part, "refitted", on)
             refits += done
+        if done or early:
+            got = walk.run(part, "refitted", on)
         walk.store(part, "original", want)
         walk.store(part, "refitted", got)
         walk.store(part, "plain", plain)
@@ -164,41 +177,62 @@ def _inputs(walk: Walk, stream: str, made: list[dict[str, np.ndarray]], name: st
 
 def refit(ly: Layer, spiking: list[np.ndarray], original: list[np.ndarray], rng: np.random.Generator) -> Refit | None:
     """The layer refitted by ridge regression of its original output on the rows of its spiking input (see the
-    module text), or None when too few rows fit it or the refit does not lower its held-out error."""
-    counts = [positions(ly, x.shape) * x.shape[0] for x in original]
-    per_sample = [positions(ly, x.shape) for x in original]
+    module text), or None when too few rows fit it or the refit does not lower its held-out error. The rows are
+    float32; the regression needs only their Gram matrices (with a column of ones for the bias), solved in
+    float64."""
     matrices = ly.matrices()
     groups, outs, ins = matrices.shape
-    total = sum(counts)
+    per_sample = np.array([positions(ly, x.shape) for x in original], np.int64)
+    counts = per_sample * [x.shape[0] for x in original]
+    total = int(counts.sum())
     draw = min(total, max(ELEMENTS // (groups * (ins + 1)), 1))
+    if not total:
+        return None
     chosen = np.sort(rng.choice(total, size=draw, replace=False)) if draw < total else np.arange(total)
     starts = np.cumsum([0, *counts])
+    feed = np.searchsorted(starts, chosen, side="right") - 1
+    local = chosen - starts[feed]
     first_sample = np.cumsum([0, *(x.shape[0] for x in original)])
-    parts_s, parts_o, samples = [], [], []
-    for f, (xs, xo) in enumerate(zip(spiking, original)):
-        local = chosen[(chosen >= starts[f]) & (chosen < starts[f + 1])] - starts[f]
-        if local.size:
-            parts_s.append(patches(ly, xs, local))
-            parts_o.append(patches(ly, xo, local))
-            samples.append(first_sample[f] + local // max(per_sample[f], 1))
-    if not parts_s:
+    held = (first_sample[feed] + local // np.maximum(per_sample[feed], 1)) % HELD_OUT == HELD_OUT - 1
+    if np.count_nonzero(~held) < ROW_FACTOR * (ins + 1) or not held.any():
         return None
-    rows_s, rows_o = np.concatenate(parts_s, axis=1), np.concatenate(parts_o, axis=1)
+    (fit_s, fit_o), (held_s, held_o) = ([_rows(ly, xs, feed[mask], local[mask]) for xs in (spiking, original)]
+                                        for mask in (~held, held))
     bias = ly.bias.reshape(groups, outs)
-    target = rows_o @ matrices.transpose(0, 2, 1) + bias[:, None, :]  # groups, rows, outs
-    held = np.concatenate(samples) % HELD_OUT == HELD_OUT - 1
-    fitted = ~held
-    if fitted.sum() < ROW_FACTOR * (ins + 1) or not held.any():
-        return None
-    design = np.concatenate([rows_s, np.ones(rows_s.shape[:2] + (1,))], axis=2)
     before = np.concatenate([matrices, bias[:, :, None]], axis=2).transpose(0, 2, 1)  # groups, ins + 1, outs
-    fit_rows, held_rows = design[:, fitted], design[:, held]
-    gram = fit_rows.transpose(0, 2, 1) @ fit_rows
+    gram = _augmented(fit_s, fit_s)
     ridge = ALPHA * np.trace(gram, axis1=1, axis2=2) / (ins + 1)
     system = gram + ridge[:, None, None] * np.eye(ins + 1)
-    after = np.linalg.solve(system, fit_rows.transpose(0, 2, 1) @ target[:, fitted] + ridge[:, None, None] * before)
-    errors = [float(np.sum(np.square(held_rows @ m - target[:, held]))) for m in (before, after)]
-    if not np.all(np.isfinite(after)) or not errors[1] < errors[0]:
+    after = np.linalg.solve(system, _augmented(fit_s, fit_o) @ before + ridge[:, None, None] * before)
+    if not np.all(np.isfinite(after)):
+        return None
+    target = _apply(held_o, before)
+    errors = [float(np.sum(np.square(_apply(held_s, m) - target))) for m in (before, after)]
+    if not errors[1] < errors[0]:
         return None
     weight = ly.with_matrices(after[:, :-1, :].transpose(0, 2, 1))
     return Refit(ly, weight, after[:, -1, :].reshape(-1), errors[1] / errors[0])
+
+
+def _rows(ly: Layer, inputs: list[np.ndarray], feed: np.ndarray, local: np.ndarray) -> np.ndarray:
+    """The rows (patches) at positions `local` of inputs[feed], feed sorted: (groups, rows, inputs per group)."""
+    bounds = np.flatnonzero(np.diff(feed, prepend=-1, append=-1))
+    parts = [patches(ly, inputs[feed[a]], local[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+
+def _augmented(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[a 1]^T [b 1] per group, float64 (the products in float32): (groups, ins + 1, ins + 1)."""
+    groups, rows, ins = a.shape
+    out = np.empty((groups, ins + 1, ins + 1))
+    out[:, :ins, :ins] = a.transpose(0, 2, 1) @ b
+    ones = np.ones(rows, np.float32)
+    out[:, :ins, ins] = ones @ a
+    out[:, ins, :ins] = ones @ b
+    out[:, ins, ins] = rows
+    return out
+
+
+def _apply(rows: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """[rows 1] @ m per group (m: groups, ins + 1, outs), float64."""
+    return (rows @ m[:, :-1].astype(np.float32)).astype(np.float64) + m[:, -1][:, None, :]
