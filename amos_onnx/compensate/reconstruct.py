@@ -7,11 +7,12 @@ level) in three streams: the original (every switch off), the refitted (every si
 so far in place) and the plain (every site spiking, no change). At each level, a layer's input in the refitted
 stream (x~) and in the original (x) give, at seeded output positions (ELEMENTS bounds rows x inputs), the rows
 it multiplies (compensate.layers); its weights and bias are refitted by ridge regression of the original output
-W x + b on x~, pulled towards W (ALPHA: the ridge's weight against the rows' mean square). The refit is kept when
-it lowers the layer's error on held-out samples (every HELD_OUT-th sample, never fitted on); with too few rows
-for its inputs (under ROW_FACTOR per unknown) the layer keeps its weights, and with fewer than MIN_SAMPLES
-samples no layer is refitted (one sample's rows are alike: many rows of a few samples fit those samples, not
-the data). Later levels then see the refitted layers. All the refits are written only when the refitted
+W x + b on x~, pulled towards W (ALPHA: the ridge's weight against the rows' mean square), from the rows' Gram
+matrices (rows float32, solve float64; values the stored type cannot hold as normal numbers written as 0). The
+refit is kept when it lowers the layer's error on held-out samples (every HELD_OUT-th sample, never fitted on);
+with too few rows for its inputs (under ROW_FACTOR per unknown) the layer keeps its weights, and with fewer than
+MIN_SAMPLES samples no layer is refitted (one sample's rows are alike: many rows of a few samples fit those
+samples, not the data). Later levels then see the refitted layers. All the refits are written only when the refitted
 stream's outputs end closer to the original's than the plain stream's (as for bias correction). Weights and
 biases change; the gates and the graph do not.
 """
@@ -149,23 +150,25 @@ def reconstruct(p: Plan, fits: dict[str, SiteFit]) -> Reconstruction:
     for part in range(len(walk.segments)):
         if walk.samples < MIN_SAMPLES:  # too few from the start, or trimmed to too few
             return Reconstruction([], len(found), walk.samples)
-        # the original and plain streams run this segment before its layers change
-        want, plain = walk.run(part, "original", off), walk.run(part, "plain", on)
+        # the plain and original streams run this segment before its layers change; each stream's outputs are
+        # stored as soon as nothing else needs them (the original's after the refits), so that one or two
+        # segments' outputs are held at a time, not three
+        walk.store(part, "plain", walk.run(part, "plain", on))
+        want = walk.run(part, "original", off)
         here = [ly for ly in found if part and ly.target.level == levels[part - 1]]
         # the refitted stream runs once, after the refits, when earlier segments made every layer's input
         early = all(ly.input in walk.streams["refitted"][0] for ly in here)
         got = [{} for _ in walk.streams["refitted"]] if early else walk.run(part, "refitted", on)
         done = [r for ly in here if (r := refit(ly, _inputs(walk, "refitted", got, ly.input),
                                                  _inputs(walk, "original", want, ly.input), rng)) is not None]
+        walk.store(part, "original", want)
         if done:
             write(walk.model, done)
             walk.use(walk.model)  # the refitted layers' segment is built again with their new weights
             refits += done
         if done or early:
             got = walk.run(part, "refitted", on)
-        walk.store(part, "original", want)
         walk.store(part, "refitted", got)
-        walk.store(part, "plain", plain)
         walk.trim()
     return Reconstruction(refits, len(found), walk.samples, end_ratio(walk, "refitted", results))
 
@@ -207,7 +210,7 @@ def refit(ly: Layer, spiking: list[np.ndarray], original: list[np.ndarray], rng:
     if not np.all(np.isfinite(after)):
         return None
     target = _apply(held_o, before)
-    errors = [float(np.sum(np.square(_apply(held_s, m) - target))) for m in (before, after)]
+    errors = [_distance(_apply(held_s, m), target) for m in (before, after)]
     if not errors[1] < errors[0]:
         return None
     weight = ly.with_matrices(after[:, :-1, :].transpose(0, 2, 1))
@@ -234,5 +237,13 @@ def _augmented(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _apply(rows: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """[rows 1] @ m per group (m: groups, ins + 1, outs), float64."""
-    return (rows @ m[:, :-1].astype(np.float32)).astype(np.float64) + m[:, -1][:, None, :]
+    """[rows 1] @ m per group (m: groups, ins + 1, outs), float32."""
+    out = rows @ m[:, :-1].astype(np.float32)
+    out += m[:, -1][:, None, :].astype(np.float32)
+    return out
+
+
+def _distance(got: np.ndarray, want: np.ndarray) -> float:
+    """Sum of squares of got - want (float32, `got` overwritten), summed in float64."""
+    got -= want
+    return float(np.sum(np.square(got, out=got), dtype=np.float64))
