@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -102,3 +104,21 @@ def run_checked(sess: ort.InferenceSession, outputs: list[str], feed: dict, labe
     except Exception as exc:  # as above
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{label}: onnxruntime failed on the data: {text}") from None
+
+
+@functools.cache
+def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):  # not glibc
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give the free pages of the C heap back to the system (glibc's malloc_trim; nothing on other C libraries).
+    The tensors onnxruntime frees after each run otherwise stay in glibc's arenas: walking PP-OCRv4 rec segment by
+    segment, its resident set was 1.18 GB of which 0.5 GB free (0.68 GB after a trim). A trim costs page faults
+    later: about 1 s of rec's 11 s reconstruction, for a peak about 100 MB lower."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

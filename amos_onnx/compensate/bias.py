@@ -3,17 +3,18 @@ onnxruntime on the kept calibration samples and subtracted from that layer's bia
 
 One model holds every site's activation and gate side by side (fit.focus.switched_model) and every target's
 bias as an input (compensate.targets). It is cut into one segment per target level (rewrite.segments) and
-walked over the samples (compensate.walk) in streams that run side by side: the original (every switch off),
-the corrected (every site spiking, the biases corrected so far) and the plain (every site spiking, no
-correction). At each level the corrected stream's targets are compared with the original's: per channel, the
-mean of (spiking output - original output). Where it stands out of the noise (more than SIGNIFICANCE standard
-errors of the mean, over samples), the bias takes it back. Later levels so see the corrected network: their
-corrections take back what is left (sequential, as in SNN Calibration and AdaQuant). A bias is uniform over
-positions while a gate's error is not (a detector's background, where a later sigmoid saturates, can outweigh
-its objects), so each level's corrections are kept only when, with the sites up to that level spiking and the
-rest as they were, they bring the model's outputs closer to the original's (the rest of the model run from that
-level on), and all of them are written only when the corrected stream ends closer to the
-original than the plain one. Every node so runs about once per stream, and the checks from their level on.
+walked over the samples (compensate.walk) in two streams that run side by side: the original (every switch off)
+and the corrected (every site spiking, the biases corrected so far); the plain outputs (every site spiking, no
+correction) come from one run of the whole model at the start. At each level the corrected stream's targets are
+compared with the original's: per channel, the mean of (spiking output - original output). Where it stands out
+of the noise (more than SIGNIFICANCE standard errors of the mean, over samples), the bias takes it back. Later
+levels so see the corrected network: their corrections take back what is left (sequential, as in SNN
+Calibration and AdaQuant). A bias is uniform over positions while a gate's error is not (a detector's
+background, where a later sigmoid saturates, can outweigh its objects), so each level's corrections are kept
+only when, with the sites up to that level spiking and the rest as they were, they bring the model's outputs
+closer to the original's (the rest of the model run from that level on), and all of them are written only when
+the corrected stream ends closer to the original than the plain outputs. Every node so runs about once per
+stream, and the checks from their level on.
 """
 
 from __future__ import annotations
@@ -108,13 +109,14 @@ class Compensation:
 def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
     """The bias corrections for the plan's model with these fits (see the module text), measured on the first
     SAMPLES of the plan's kept calibration samples (all of them when fewer, fewer when their tensors outgrow
-    walk.WALK_BYTES): the measuring model walked segment by segment (one per target level) in three streams,
-    the original (every switch off), the corrected and the plain (every site spiking, biases as they were). At
+    walk.WALK_BYTES): the measuring model walked segment by segment (one per target level) in two streams,
+    the original (every switch off) and the corrected (every site spiking), and run once whole for the plain
+    outputs (every site spiking, biases as they were). At
     each level the corrected stream's targets are measured against the original's; where their shifts stand out
     they are taken back if, the sites after that level left as they were, the model's floating-point outputs get
     closer to the original's, and the segment runs again with them. At the
     end all of them are kept only if the corrected stream's outputs are closer to the original's than the plain
-    stream's (output_errors, their ratio averaged over the outputs)."""
+    ones (output_errors, their ratio averaged over the outputs)."""
     sites = [s for s in p.sites if s.converts and not s.graph and s.name in fits]
     tensor_level, _ = site_levels(p.model, sites)
     targets = find_targets(p.model, sites, tensor_level)
@@ -125,7 +127,7 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
     mixed, switches, slots = measuring_model(p.model, sites, fits, targets, p.options.emit)
     results = [o.name for o in p.model.graph.output if o.type.tensor_type.elem_type in BIASED_TYPES]
     walk = Walk(mixed, split(mixed, tensor_level, levels, {t.output for t in targets}),
-                [model_layout(feed, p.axes) for feed in kept], ["original", "corrected", "plain"], results,
+                [model_layout(feed, p.axes) for feed in kept], ["original", "corrected"], results,
                 f"{p.model_path} (bias correction)", p.model_path.parent)
     before = {t.node: bias_values(constant_tensors(p.model), t) for t in targets}
     biases = dict(before)
@@ -135,7 +137,7 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
                 **{slots[t.node]: fed[t.node].astype(helper.tensor_dtype_to_np_dtype(t.dtype)) for t in targets}}
 
     original, plain = extra(False, before), extra(True, before)
-    goal = walk.finish(0, "original", original, results)
+    goal, unchanged = (walk.finish(0, "original", switched, results) for switched in (original, plain))
     for part in range(len(walk.segments)):
         want, got = walk.run(part, "original", original), walk.run(part, "corrected", extra(True, biases))
         chosen = [t for t in targets if part and t.level == levels[part - 1]]
@@ -150,19 +152,19 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
                 biases, got = trial, walk.run(part, "corrected", extra(True, trial))
         walk.store(part, "original", want)
         walk.store(part, "corrected", got)
-        walk.store(part, "plain", walk.run(part, "plain", plain))
         walk.trim()
-    ratio = end_ratio(walk, "corrected", results)
+    ratio = end_ratio(walk, "corrected", results, unchanged)
     chosen_biases = biases if ratio < 1.0 else before
     corrections = [Correction(t, before[t.node], chosen_biases[t.node]) for t in targets]
     return Compensation(corrections, walk.samples, len(levels), ratio)
 
 
-def end_ratio(walk: Walk, fixed: str, results: list[str]) -> float:
-    """At the end of a walk: the outputs' error of stream `fixed` over that of stream "plain", against stream
-    "original" (error_ratio of output_errors)."""
+def end_ratio(walk: Walk, fixed: str, results: list[str], plain: list[list[np.ndarray]]) -> float:
+    """At the end of a walk: the outputs' error of stream `fixed` over that of the `plain` outputs (per feed, as
+    the walk started: those of the feeds it still holds), against stream "original" (error_ratio of
+    output_errors)."""
     goal = walk.outputs("original", results)
-    return error_ratio(output_errors(walk.outputs("plain", results), goal),
+    return error_ratio(output_errors(plain[:len(goal)], goal),
                        output_errors(walk.outputs(fixed, results), goal))
 
 

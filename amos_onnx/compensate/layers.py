@@ -116,21 +116,23 @@ def positions(layer_: Layer, shape: tuple[int, ...]) -> int:
 def patches(layer_: Layer, x: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     """The rows the layer multiplies at the `chosen` output positions (flat indices into samples x positions) of
     input `x`: (groups, len(chosen), inputs per group), float32, in matrices()' order (a Conv's kernel tap by tap,
-    each tap's channels together: one gather from the input laid out channels last)."""
-    x = np.asarray(x, np.float32)
+    each tap's channels together). A Conv's rows are gathered straight from the input, the padding's taps set to 0:
+    a few thousand rows of a large input cost no copy of it."""
+    x = np.asarray(x)
     if not layer_.conv:
-        return x.reshape(-1, x.shape[-1])[chosen][None]
-    (top, left, bottom, right), (sh, sw), (dh, dw) = layer_.pads, layer_.strides, layer_.dilations
-    padded = x.transpose(0, 2, 3, 1)  # channels last
-    if top or left or bottom or right:
-        padded = np.zeros((x.shape[0], x.shape[2] + top + bottom, x.shape[3] + left + right, x.shape[1]), np.float32)
-        padded[:, top:top + x.shape[2], left:left + x.shape[3]] = x.transpose(0, 2, 3, 1)
-    width = (padded.shape[2] - dw * (layer_.kernel[1] - 1) - 1) // sw + 1
+        return x.reshape(-1, x.shape[-1])[chosen][None].astype(np.float32, copy=False)
+    (top, left, _, right), (sh, sw), (dh, dw) = layer_.pads, layer_.strides, layer_.dilations
+    count, (height, width) = len(chosen), x.shape[2:]
     n, rest = np.divmod(chosen, positions(layer_, x.shape))
-    oh, ow = np.divmod(rest, width)
+    oh, ow = np.divmod(rest, (width + left + right - dw * (layer_.kernel[1] - 1) - 1) // sw + 1)
     i, j = np.divmod(np.arange(layer_.kernel[0] * layer_.kernel[1]), layer_.kernel[1])
-    rows = padded[n[:, None], oh[:, None] * sh + i * dh, ow[:, None] * sw + j * dw]  # rows, taps, channels
+    h, w = oh[:, None] * sh + i * dh - top, ow[:, None] * sw + j * dw - left  # rows, taps
+    inside = (h >= 0) & (h < height) & (w >= 0) & (w < width)
+    rows = x.reshape(x.shape[0], x.shape[1], -1)[n[:, None], :, np.where(inside, h * width + w, 0)]  # rows, taps, C
+    rows = rows.astype(np.float32, copy=False)
+    if not inside.all():
+        rows[~inside] = 0
     g = layer_.groups
     if g == 1:
-        return rows.reshape(1, len(chosen), -1)
-    return rows.reshape(len(chosen), rows.shape[1], g, -1).transpose(2, 0, 1, 3).reshape(g, len(chosen), -1)
+        return rows.reshape(1, count, -1)
+    return rows.reshape(count, rows.shape[1], g, -1).transpose(2, 0, 1, 3).reshape(g, count, -1)

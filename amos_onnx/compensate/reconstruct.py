@@ -3,8 +3,9 @@ really gets what the original layer gave from the original inputs (SNN Calibrati
 2021; AdaQuant's layer-wise reconstruction without the rounding).
 
 The model is walked level by level (compensate.walk over the focus's switched model, one segment per layer
-level) in three streams: the original (every switch off), the refitted (every site spiking, the layers refitted
-so far in place) and the plain (every site spiking, no change). At each level, a layer's input in the refitted
+level) in two streams: the original (every switch off) and the refitted (every site spiking, the layers
+refitted so far in place); the plain outputs (every site spiking, no change) come from one run of the whole model
+at the start. At each level, a layer's input in the refitted
 stream (x~) and in the original (x) give, at seeded output positions (ELEMENTS bounds rows x inputs), the rows
 it multiplies (compensate.layers); its weights and bias are refitted by ridge regression of the original output
 W x + b on x~, pulled towards W (ALPHA: the ridge's weight against the rows' mean square), from the rows' Gram
@@ -13,7 +14,7 @@ refit is kept when it lowers the layer's error on held-out samples (every HELD_O
 with too few rows for its inputs (under ROW_FACTOR per unknown) the layer keeps its weights, and with fewer than
 MIN_SAMPLES samples no layer is refitted (one sample's rows are alike: many rows of a few samples fit those
 samples, not the data). Later levels then see the refitted layers. All the refits are written only when the refitted
-stream's outputs end closer to the original's than the plain stream's (as for bias correction). Weights and
+stream's outputs end closer to the original's than the plain ones (as for bias correction). Weights and
 biases change; the gates and the graph do not.
 """
 
@@ -141,19 +142,20 @@ def reconstruct(p: Plan, fits: dict[str, SiteFit]) -> Reconstruction:
     results = [o.name for o in p.model.graph.output if o.type.tensor_type.elem_type in BIASED_TYPES]
     kept = focus.first_samples(p.feeds, SAMPLES, sliceable(p.model, p.axes))
     walk = Walk(mixed, split(mixed, tensor_level, levels, {ly.input for ly in found}),
-                [model_layout(feed, p.axes) for feed in kept], ["original", "refitted", "plain"], results,
+                [model_layout(feed, p.axes) for feed in kept], ["original", "refitted"], results,
                 f"{p.model_path} (weight reconstruction)", p.model_path.parent)
     off = {switch: np.array(False) for switch in switches.values()}
     on = {switch: np.array(True) for switch in switches.values()}
     rng = np.random.default_rng(p.options.fit.seed)
     refits: list[Refit] = []
+    if walk.samples < MIN_SAMPLES:
+        return Reconstruction([], len(found), walk.samples)
+    plain = walk.finish(0, "original", on, results)  # before any layer changes
     for part in range(len(walk.segments)):
-        if walk.samples < MIN_SAMPLES:  # too few from the start, or trimmed to too few
+        if walk.samples < MIN_SAMPLES:  # trimmed to too few
             return Reconstruction([], len(found), walk.samples)
-        # the plain and original streams run this segment before its layers change; each stream's outputs are
-        # stored as soon as nothing else needs them (the original's after the refits), so that one or two
-        # segments' outputs are held at a time, not three
-        walk.store(part, "plain", walk.run(part, "plain", on))
+        # the original stream runs this segment before its layers change, and its outputs are stored once
+        # the refits have read them: one stream's segment outputs are held at a time, not two
         want = walk.run(part, "original", off)
         here = [ly for ly in found if part and ly.target.level == levels[part - 1]]
         # the refitted stream runs once, after the refits, when earlier segments made every layer's input
@@ -170,7 +172,7 @@ def reconstruct(p: Plan, fits: dict[str, SiteFit]) -> Reconstruction:
             got = walk.run(part, "refitted", on)
         walk.store(part, "refitted", got)
         walk.trim()
-    return Reconstruction(refits, len(found), walk.samples, end_ratio(walk, "refitted", results))
+    return Reconstruction(refits, len(found), walk.samples, end_ratio(walk, "refitted", results, plain))
 
 
 def _inputs(walk: Walk, stream: str, made: list[dict[str, np.ndarray]], name: str) -> list[np.ndarray]:
@@ -199,14 +201,14 @@ def refit(ly: Layer, spiking: list[np.ndarray], original: list[np.ndarray], rng:
     held = (first_sample[feed] + local // np.maximum(per_sample[feed], 1)) % HELD_OUT == HELD_OUT - 1
     if np.count_nonzero(~held) < ROW_FACTOR * (ins + 1) or not held.any():
         return None
-    (fit_s, fit_o), (held_s, held_o) = ([_rows(ly, xs, feed[mask], local[mask]) for xs in (spiking, original)]
-                                        for mask in (~held, held))
+    (fit_s, fit_o), (held_s, held_o) = ([_rows(ly, xs, feed[mask], local[mask], (groups, ins))
+                                         for xs in (spiking, original)] for mask in (~held, held))
     bias = ly.bias.reshape(groups, outs)
     before = np.concatenate([matrices, bias[:, :, None]], axis=2).transpose(0, 2, 1)  # groups, ins + 1, outs
     gram = _augmented(fit_s, fit_s)
     ridge = ALPHA * np.trace(gram, axis1=1, axis2=2) / (ins + 1)
     system = gram + ridge[:, None, None] * np.eye(ins + 1)
-    after = np.linalg.solve(system, _augmented(fit_s, fit_o) @ before + ridge[:, None, None] * before)
+    after = np.linalg.solve(system, _right_side(fit_s, fit_o, before) + ridge[:, None, None] * before)
     if not np.all(np.isfinite(after)):
         return None
     target = _apply(held_o, before)
@@ -217,11 +219,15 @@ def refit(ly: Layer, spiking: list[np.ndarray], original: list[np.ndarray], rng:
     return Refit(ly, weight, after[:, -1, :].reshape(-1), errors[1] / errors[0])
 
 
-def _rows(ly: Layer, inputs: list[np.ndarray], feed: np.ndarray, local: np.ndarray) -> np.ndarray:
-    """The rows (patches) at positions `local` of inputs[feed], feed sorted: (groups, rows, inputs per group)."""
+def _rows(ly: Layer, inputs: list[np.ndarray], feed: np.ndarray, local: np.ndarray,
+          shape: tuple[int, int]) -> np.ndarray:
+    """The rows (patches) at positions `local` of inputs[feed], feed sorted: (groups, rows, inputs per group),
+    `shape` giving the groups and inputs per group."""
     bounds = np.flatnonzero(np.diff(feed, prepend=-1, append=-1))
-    parts = [patches(ly, inputs[feed[a]], local[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+    out = np.empty((shape[0], len(local), shape[1]), np.float32)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        out[:, a:b] = patches(ly, inputs[feed[a]], local[a:b])
+    return out
 
 
 def _augmented(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -233,6 +239,20 @@ def _augmented(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out[:, :ins, ins] = ones @ a
     out[:, ins, :ins] = ones @ b
     out[:, ins, ins] = rows
+    return out
+
+
+def _right_side(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """[a 1]^T [b 1] m per group, float64 (the products in float32): through [b 1] m, the original outputs, when
+    the layer has fewer than half as many outputs as inputs (a k x k Conv's: 4.5x fewer products at 3 x 3), else
+    through the Gram matrix of a and b."""
+    groups, rows, ins = a.shape
+    if 2 * m.shape[2] >= ins:
+        return _augmented(a, b) @ m
+    target = _apply(b, m)
+    out = np.empty((groups, ins + 1, m.shape[2]))
+    out[:, :ins] = a.transpose(0, 2, 1) @ target
+    out[:, ins] = np.ones(rows, np.float32) @ target
     return out
 
 

@@ -20,7 +20,7 @@ from onnx import helper
 
 from amos_onnx.data.dataset import sample_count
 from amos_onnx.rewrite.segments import Segment, segment_model
-from amos_onnx.runtime import run_checked, user_session
+from amos_onnx.runtime import release_freed_memory, run_checked, user_session
 
 WALK_BYTES = 1 << 30  # the tensors every stream holds, all feeds together, at most (past it feeds are dropped)
 
@@ -121,13 +121,15 @@ class Walk:
                 del held[name]
 
     def trim(self) -> None:
-        """Drop the last feeds of every stream while the streams hold more than WALK_BYTES."""
+        """Drop the last feeds of every stream while the streams hold more than WALK_BYTES, and give what the
+        segment's runs freed back to the system (runtime.release_freed_memory)."""
         streams = list(self.streams.values())
         while len(streams[0]) > 1 and sum(a.nbytes for s in streams for held in s for a in held.values()
                                           if isinstance(a, np.ndarray)) > WALK_BYTES:
             for s in streams:
                 s.pop()
             self.counts.pop()
+        release_freed_memory()
 
     def outputs(self, stream: str, names: list[str]) -> list[list[np.ndarray]]:
         """The graph outputs `names` per feed of a stream walked to the end."""
