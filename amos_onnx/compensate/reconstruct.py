@@ -3,19 +3,18 @@ really gets what the original layer gave from the original inputs (SNN Calibrati
 2021; AdaQuant's layer-wise reconstruction without the rounding).
 
 The model is walked level by level (compensate.walk over the focus's switched model, one segment per layer
-level) in two streams: the original (every switch off) and the refitted (every site spiking, the layers
-refitted so far in place); the plain outputs (every site spiking, no change) come from one run of the whole model
-at the start. At each level, a layer's input in the refitted
-stream (x~) and in the original (x) give, at seeded output positions (ELEMENTS bounds rows x inputs), the rows
-it multiplies (compensate.layers); its weights and bias are refitted by ridge regression of the original output
-W x + b on x~, pulled towards W (ALPHA: the ridge's weight against the rows' mean square), from the rows' Gram
-matrices (rows float32, solve float64; values the stored type cannot hold as normal numbers written as 0). The
-refit is kept when it lowers the layer's error on held-out samples (every HELD_OUT-th sample, never fitted on);
-with too few rows for its inputs (under ROW_FACTOR per unknown) the layer keeps its weights, and with fewer than
-MIN_SAMPLES samples no layer is refitted (one sample's rows are alike: many rows of a few samples fit those
-samples, not the data). Later levels then see the refitted layers. All the refits are written only when the refitted
-stream's outputs end closer to the original's than the plain ones (as for bias correction). Weights and
-biases change; the gates and the graph do not.
+level) in two streams: the original (every switch off) and the refitted (every site spiking, the layers refitted
+so far in place); the plain outputs (every site spiking, no change) come from one run of the whole model at the
+start. At each level, a layer's input in the refitted stream (x~) and in the original (x) give, at seeded output
+positions (ELEMENTS bounds rows x inputs), the rows it multiplies (compensate.layers); its weights and bias are
+refitted by ridge regression of the original output W x + b on x~, pulled towards W (ALPHA: the ridge's weight
+against the rows' mean square), from the rows' Gram matrices (rows float32, solve float64; values the stored type
+cannot hold as normal numbers written as 0). The refit is kept when it lowers the layer's error on held-out
+samples (every HELD_OUT-th sample, never fitted on); with too few rows for its inputs (under ROW_FACTOR per
+unknown) the layer keeps its weights, and with fewer than MIN_SAMPLES samples no layer is refitted (one sample's
+rows are alike: many rows of a few samples fit those samples, not the data). Later levels then see the refitted
+layers. All the refits are written only when the refitted stream's outputs end closer to the original's than the
+plain ones (as for bias correction). Weights and biases change; the gates and the graph do not.
 """
 
 from __future__ import annotations
