@@ -247,7 +247,8 @@ def test_corrections_that_do_not_bring_the_outputs_closer_are_not_written(tmp_pa
 
 def test_weights_and_biases_held_in_constant_nodes_are_corrected_through_a_new_initializer(tmp_path: Path) -> None:
     """paddle2onnx writes weights and biases as Constant nodes: the layers after the sites are found the same,
-    and each corrected bias becomes an initializer of its own that the layer reads (the Constant left as it was)."""
+    and each corrected bias becomes an initializer of its own that the layer reads; its Constant, which nothing
+    reads any more, is removed (the others stay)."""
     model = residual()
     constants = [helper.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t)
                  for t in model.graph.initializer]
@@ -261,6 +262,10 @@ def test_weights_and_biases_held_in_constant_nodes_are_corrected_through_a_new_i
     report = amos_onnx.convert(path, tmp_path / "fixed.onnx", tmp_path / "calib.npz", k=2, focus_kicks=0,
                                bias_correction=True, progress=False)
     assert report.biases and all(e["initializer"] == f"{e['node']}/amos/bias" for e in report.biases)
+    kept = {n.output[0] for n in onnx.load(str(tmp_path / "fixed.onnx")).graph.node if n.op_type == "Constant"}
+    replaced = {model.graph.node[[n.name for n in model.graph.node].index(e["node"])].input[2]
+                for e in report.biases}
+    assert not kept & replaced and kept == {c.output[0] for c in constants} - replaced
     x = _data(model, 256, 2)
     assert _mean_error(path, tmp_path / "fixed.onnx", x)[1] < 0.6 * _mean_error(path, tmp_path / "plain.onnx", x)[1]
 

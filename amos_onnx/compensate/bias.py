@@ -97,7 +97,7 @@ class Compensation:
         changed = [c for c in self.corrections if c.changed]
         return set_constants(model, [(c.target.node, c.target.name, c.target.slot, c.target.bias,
                                       c.after.astype(helper.tensor_dtype_to_np_dtype(c.target.dtype)))
-                                     for c in changed])
+                                     for c in changed], prune=True)
 
     def rows(self, written: list[str]) -> list[dict[str, object]]:
         """The report's rows: each changed bias, with the initializer apply() wrote for it."""

@@ -89,7 +89,7 @@ class Reconstruction:
     def apply(self, model: onnx.ModelProto) -> list[str]:
         """Write the refitted weights and biases into `model` (in place): the initializers written (every weight,
         then every bias)."""
-        return write(model, self.refits) if self.kept else []
+        return write(model, self.refits, prune=True) if self.kept else []
 
     def rows(self, written: list[str]) -> list[dict[str, object]]:
         """The report's rows: each refitted layer, the initializers apply() wrote for it, its bias's largest change,
@@ -105,8 +105,9 @@ class Reconstruction:
                  "held_out_ratio": r.ratio} for i, r in enumerate(self.refits)]
 
 
-def write(model: onnx.ModelProto, refits: list[Refit]) -> list[str]:
-    """Each refit's weight and bias into `model` (rewrite.biases.set_constants): the initializers written."""
+def write(model: onnx.ModelProto, refits: list[Refit], prune: bool = False) -> list[str]:
+    """Each refit's weight and bias into `model` (rewrite.biases.set_constants, with `prune` for a model to save):
+    the initializers written."""
     constants = constant_tensors(model)
     weights, biases = [], []
     for r in refits:
@@ -115,7 +116,7 @@ def write(model: onnx.ModelProto, refits: list[Refit]) -> list[str]:
         weights.append((r.layer.weight_node, t.name, 1, r.layer.weight_name, stored(r.weight, dtype)))
         bias = stored(r.bias / t.scale, helper.tensor_dtype_to_np_dtype(t.dtype))  # a Gemm's beta scales it
         biases.append((t.node, t.name, t.slot, t.bias, bias))
-    return set_constants(model, weights, "weight") + set_constants(model, biases)
+    return set_constants(model, weights, "weight", prune) + set_constants(model, biases, prune=prune)
 
 
 def stored(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -31,10 +31,12 @@ def bias_inputs(model: onnx.ModelProto, slots: list[Slot]) -> dict[str, str]:
 
 
 def set_constants(model: onnx.ModelProto, constants: list[tuple[str, str, int, str, np.ndarray]],
-                  kind: str = "bias") -> list[str]:
+                  kind: str = "bias", prune: bool = False) -> list[str]:
     """In place: each (node, label, input index, the constant's name there or "", values) gets its values. An
     initializer that only its node reads is replaced; a shared or absent one, or one a Constant node computes, gets
-    a new initializer named `label`/amos/`kind`. The initializers written, by name."""
+    a new initializer named `label`/amos/`kind`. With `prune`, a top-level Constant node so left unread is removed
+    (paddle2onnx's weights: a saved file would carry both; a walk's model keeps it, its segments index the nodes).
+    The initializers written, by name."""
     uses: dict[str, int] = {}
     for node in _every_node(model.graph):
         for name in node.input:
@@ -55,7 +57,18 @@ def set_constants(model: onnx.ModelProto, constants: list[tuple[str, str, int, s
         model.graph.initializer.append(numpy_helper.from_array(values, name))
         _set_input(nodes[key], slot, name)
         written.append(name)
+    if prune:
+        _drop_unread_constants(model, {bias for _, _, _, bias, _ in constants if bias and bias not in inits})
     return written
+
+
+def _drop_unread_constants(model: onnx.ModelProto, names: set[str]) -> None:
+    """Remove the top-level Constant nodes making one of `names` that no node, subgraph or graph output reads."""
+    read = {name for node in _every_node(model.graph) for name in node.input} | {o.name for o in model.graph.output}
+    dead = [n for n in model.graph.node if n.op_type == "Constant" and not n.input and list(n.output)
+            and all(o in names and o not in read for o in n.output)]
+    for node in dead:
+        model.graph.node.remove(node)
 
 
 def _set_input(node: onnx.NodeProto, slot: int, name: str) -> None:
