@@ -8,13 +8,14 @@ so far in place); the plain outputs (every site spiking, no change) come from on
 start. At each level, a layer's input in the refitted stream (x~) and in the original (x) give, at seeded output
 positions (ELEMENTS bounds rows x inputs), the rows it multiplies (compensate.layers); its weights and bias are
 refitted by ridge regression of the original output W x + b on x~, pulled towards W (ALPHA: the ridge's weight
-against the rows' mean square), from the rows' Gram matrices (rows float32, solve float64; values the stored type
-cannot hold as normal numbers written as 0). The refit is kept when it lowers the layer's error on held-out
-samples (every HELD_OUT-th sample, never fitted on); with too few rows for its inputs (under ROW_FACTOR per
-unknown) the layer keeps its weights, and with fewer than MIN_SAMPLES samples no layer is refitted (one sample's
-rows are alike: many rows of a few samples fit those samples, not the data). Later levels then see the refitted
-layers. All the refits are written only when the refitted stream's outputs end closer to the original's than the
-plain ones (as for bias correction). Weights and biases change; the gates and the graph do not.
+against the rows' mean square), from the rows' Gram matrices (rows float32, solve float64; written by
+rewrite.biases.set_constants, which stores values below the type's normal range as 0). The refit is kept when it
+lowers the layer's error on held-out samples (every HELD_OUT-th sample, never fitted on); with too few rows for
+its inputs (under ROW_FACTOR per unknown) the layer keeps its weights, and with fewer than MIN_SAMPLES samples no
+layer is refitted (one sample's rows are alike: many rows of a few samples fit those samples, not the data).
+Later levels then see the refitted layers. All the refits are written only when the refitted stream's outputs end
+closer to the original's than the plain ones (as for bias correction). Weights and biases change; the gates and
+the graph do not.
 """
 
 from __future__ import annotations
@@ -113,20 +114,10 @@ def write(model: onnx.ModelProto, refits: list[Refit], prune: bool = False) -> l
     for r in refits:
         t = r.layer.target
         dtype = helper.tensor_dtype_to_np_dtype(constants[r.layer.weight_name].data_type)
-        weights.append((r.layer.weight_node, t.name, 1, r.layer.weight_name, stored(r.weight, dtype)))
-        bias = stored(r.bias / t.scale, helper.tensor_dtype_to_np_dtype(t.dtype))  # a Gemm's beta scales it
+        weights.append((r.layer.weight_node, t.name, 1, r.layer.weight_name, r.weight.astype(dtype)))
+        bias = (r.bias / t.scale).astype(helper.tensor_dtype_to_np_dtype(t.dtype))  # a Gemm's beta scales it
         biases.append((t.node, t.name, t.slot, t.bias, bias))
     return set_constants(model, weights, "weight", prune) + set_constants(model, biases, prune=prune)
-
-
-def stored(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """`values` in the stored type, those below its normal range written as 0. A refit leaves weights of about
-    1e-40 where the trained ones were 0 (a pruned filter's), and a subnormal weight makes each of its products
-    subnormal: PP-OCRv4 rec's Convs ran 16x slower in onnxruntime with them."""
-    out = values.astype(dtype)
-    if np.issubdtype(out.dtype, np.floating):
-        out[np.abs(out) < np.finfo(out.dtype).tiny] = 0
-    return out
 
 
 def reconstruct(p: Plan, fits: dict[str, SiteFit]) -> Reconstruction:
