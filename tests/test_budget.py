@@ -83,7 +83,7 @@ def test_the_choice_is_the_best_one_on_a_chain_with_convex_curves() -> None:
     curves = {s: {k: scale[s] * 0.25**k for k in ks} for s in graph.order}
     spikes = {s: {k: 0.1 * k for k in ks} for s in graph.order}
     for limit in range(4, 25):
-        allocation = Chooser(graph, curves, spikes, dict.fromkeys(graph.order, 1.0), limit, None).allocation(ks)
+        allocation = Chooser(graph, curves, spikes, dict.fromkeys(graph.order, 1.0), limit, None).allocation()
         assert allocation.latency <= limit
         assert allocation.predicted == pytest.approx(_brute_force(graph, curves, ks, limit), rel=1e-12)
         if allocation.uniform is not None:
@@ -100,7 +100,7 @@ def test_a_gate_off_the_critical_path_gets_the_largest_k_for_free() -> None:
     ks = tuple(range(1, 8))
     curves = {s: {k: 2.0**-k for k in ks} for s in graph.order}
     spikes = {s: dict.fromkeys(ks, 0.5) for s in graph.order}
-    allocation = Chooser(graph, curves, spikes, dict.fromkeys(graph.order, 1.0), 9, None).allocation(ks)
+    allocation = Chooser(graph, curves, spikes, dict.fromkeys(graph.order, 1.0), 9, None).allocation()
     assert allocation.latency == 9 and allocation.k["b"] == 7
     assert allocation.critical_path[-1] == "out" and sum(allocation.k[s] for s in ("a1", "a2", "a3", "out")) == 9
 
@@ -114,10 +114,10 @@ def test_a_spike_budget_bounds_the_mean_spikes_per_gate_weighted_by_gates() -> N
     curves = {s: {k: 2.0**-k for k in ks} for s in graph.order}
     spikes = {s: {k: 0.1 * k for k in ks} for s in graph.order}
     weights = {"big": 1000.0, "small": 10.0}
-    allocation = Chooser(graph, curves, spikes, weights, None, 0.45).allocation(ks)
+    allocation = Chooser(graph, curves, spikes, weights, None, 0.45).allocation()
     assert allocation.spikes_per_gate <= 0.45 and allocation.k["small"] == 8 and allocation.k["big"] == 4
     with pytest.raises(OptionError, match=r"--spike-budget 0\.1: the fewest spikes per gate reachable .* 0\.200"):
-        Chooser(graph, curves, spikes, weights, None, 0.1).allocation(ks)
+        Chooser(graph, curves, spikes, weights, None, 0.1).allocation()
 
 
 def test_candidate_k_lie_around_the_uniform_k_of_the_budget() -> None:

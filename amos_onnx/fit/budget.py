@@ -141,7 +141,7 @@ def allocate_plan(p: Plan, options: FitOptions) -> tuple[Allocation, dict[str, S
     spikes = {name: {k: by_k[k][name].mean_spikes for k in ks} for name in graph.order}
     pinned = {name: ks[min(len(ks) - 1, BELOW)] for name in graph.order if name not in measured}
     chooser = Chooser(graph, curves, spikes, weights, options.latency, options.spike_budget, pinned)
-    allocation = chooser.allocation(ks)
+    allocation = chooser.allocation()
     chosen = {name: by_k[allocation.k.get(name, ks[0])][name] for name in by_k[ks[0]]}  # others: their own K
     if allocation.uniform is None or allocation.k == chooser.uniform_k(allocation.uniform[0]):
         return allocation, chosen
@@ -151,13 +151,14 @@ def allocate_plan(p: Plan, options: FitOptions) -> tuple[Allocation, dict[str, S
                                             passes=PASSES, groups={"all": frozenset(measured)})
     allocation = replace(allocation, measured=(mine["all"], uniform["all"]))
     if uniform["all"] < mine["all"]:
-        return chooser.finish(chooser.uniform_k(k), ks, allocation.uniform, allocation.measured), by_k[k]
+        return chooser.finish(chooser.uniform_k(k), allocation.uniform, allocation.measured), by_k[k]
     return allocation, chosen
 
 
 class Chooser:
     """K per site within the budgets (latency in steps, mean spikes per gate; None: no bound), minimising the
-    summed curves; `pinned` sites (not measurable) keep their K."""
+    summed curves; each site's candidate K are those its curve holds; `pinned` sites (not measurable) keep
+    their K."""
 
     def __init__(self, graph: SiteGraph, curves: dict[str, dict[int, float]], spikes: dict[str, dict[int, float]],
                  weights: dict[str, float], latency: int | None, spike_budget: float | None,
@@ -165,6 +166,7 @@ class Chooser:
         self.graph, self.curves, self.spikes, self.weights = graph, curves, spikes, weights
         self.latency, self.spike_budget, self.pinned = latency, spike_budget, pinned or {}
         self.free = [s for s in graph.order if s not in self.pinned]
+        self.ks = {s: tuple(sorted(curves[s])) for s in graph.order}
 
     def spikes_per_gate(self, ks: dict[str, int]) -> float:
         total = sum(self.weights.get(s, 0.0) for s in ks)
@@ -176,22 +178,23 @@ class Chooser:
     def feasible(self, ks: dict[str, int]) -> bool:
         return self._spent(self.graph.latency(ks), self.spikes_per_gate(ks)) is not None
 
-    def start(self, ks_: tuple[int, ...]) -> dict[str, int]:
-        """The cheapest choice: the smallest K everywhere, or where that spends too many spikes, each site's K
-        with the fewest; a one-line error when even that is over the spike budget."""
-        ks = {s: self.pinned.get(s, ks_[0]) for s in self.graph.order}
+    def start(self) -> dict[str, int]:
+        """The cheapest choice: each site's smallest K, or where that spends too many spikes, each site's K with
+        the fewest; a one-line error when even that is over the spike budget."""
+        ks = {s: self.pinned.get(s, self.ks[s][0]) for s in self.graph.order}
         if self.feasible(ks):
             return ks
-        fewest = {**ks, **{s: min(ks_, key=self._spikes_of(s)) for s in self.free}}
+        fewest = {**ks, **{s: min(self.ks[s], key=self._spikes_of(s)) for s in self.free}}
         if self.feasible(fewest):
             return fewest
+        every = sorted({k for s in self.free for k in self.ks[s]})
         raise OptionError(f"--spike-budget {self.spike_budget}: the fewest spikes per gate reachable with K in "
-                          f"{ks_[0]}..{ks_[-1]} are {self.spikes_per_gate(fewest):.3f}")
+                          f"{every[0]}..{every[-1]} are {self.spikes_per_gate(fewest):.3f}")
 
     def _spikes_of(self, site: str) -> Callable[[int], tuple[float, int]]:
         return lambda k: (self.spikes[site][k], k)
 
-    def _raise(self, ks: dict[str, int], ks_: tuple[int, ...]) -> dict[str, int]:
+    def _raise(self, ks: dict[str, int]) -> dict[str, int]:
         """Single-site moves that lower the change, free ones (no budget spent) first, then the best change per
         budget spent, until none fits. A raise's latency comes from the steps around the site (SiteGraph.around),
         its spikes from the site's share: each move costs O(1), not a walk of the graph."""
@@ -204,7 +207,7 @@ class Chooser:
             best, best_score = None, (False, 0.0)
             for s in self.free:
                 weight, (before, after) = self.weights.get(s, 0.0), around[s]
-                for k in ks_:
+                for k in self.ks[s]:
                     gain = self.curves[s][ks[s]] - self.curves[s][k]
                     if k == ks[s] or gain <= 0:
                         continue
@@ -231,43 +234,49 @@ class Chooser:
         return (latency / self.latency if self.latency else 0.0) + (spikes / self.spike_budget if self.spike_budget
                                                                      else 0.0)
 
-    def _exchange(self, ks: dict[str, int], ks_: tuple[int, ...], rounds: int = 50) -> dict[str, int]:
+    def _exchange(self, ks: dict[str, int], rounds: int = 50) -> dict[str, int]:
         """Moves of one candidate step at two sites at once (one down, one up) while they lower the change; the
         budgets are checked only for moves that do."""
-        step = {k: i for i, k in enumerate(ks_)}
         for _ in range(rounds):
             now, improved = self.change(ks), False
             for a in self.free:
                 for b in self.free:
-                    ia, ib = step[ks[a]] - 1, step[ks[b]] + 1
-                    if a == b or ia < 0 or ib >= len(ks_):
+                    ia, ib = self.ks[a].index(ks[a]) - 1, self.ks[b].index(ks[b]) + 1
+                    if a == b or ia < 0 or ib >= len(self.ks[b]):
                         continue
-                    delta = (self.curves[a][ks_[ia]] - self.curves[a][ks[a]]
-                             + self.curves[b][ks_[ib]] - self.curves[b][ks[b]])
+                    down, up = self.ks[a][ia], self.ks[b][ib]
+                    delta = (self.curves[a][down] - self.curves[a][ks[a]] + self.curves[b][up] - self.curves[b][ks[b]])
                     if delta >= 1e-12 * abs(now):
                         continue
-                    trial = {**ks, a: ks_[ia], b: ks_[ib]}
+                    trial = {**ks, a: down, b: up}
                     if self.change(trial) < now - 1e-15 * abs(now) and self.feasible(trial):
                         ks, now, improved = trial, self.change(trial), True
             if not improved:
                 return ks
         return ks
 
-    def allocation(self, ks_: tuple[int, ...]) -> Allocation:
-        ks = self._exchange(self._raise(self.start(ks_), ks_), ks_)
+    def allocation(self) -> Allocation:
+        """The choice, or the best uniform K within the budgets (among the K every free site has) when its summed
+        curves are lower."""
+        ks = self._exchange(self._raise(self.start()))
         uniform = None
-        for k in ks_:
+        for k in self.shared():
             trial = self.uniform_k(k)
             if self.feasible(trial) and (uniform is None or self.change(trial) <= uniform[1]):
                 uniform = (k, self.change(trial))
         if uniform is not None and uniform[1] < self.change(ks):
             ks = self.uniform_k(uniform[0])
-        return self.finish(ks, ks_, uniform)
+        return self.finish(ks, uniform)
+
+    def shared(self) -> list[int]:
+        """The candidate K of every free site."""
+        return sorted(set.intersection(*(set(self.ks[s]) for s in self.free))) if self.free else []
 
     def uniform_k(self, k: int) -> dict[str, int]:
         return {s: self.pinned.get(s, k) for s in self.graph.order}
 
-    def finish(self, ks: dict[str, int], ks_: tuple[int, ...], uniform: tuple[int, float] | None,
+    def finish(self, ks: dict[str, int], uniform: tuple[int, float] | None,
                measured: tuple[float, float] | None = None) -> Allocation:
+        every = tuple(sorted({k for s in self.graph.order for k in self.ks[s]}))
         return Allocation(ks, self.graph.latency(ks), self.graph.critical_path(ks), self.spikes_per_gate(ks),
-                          self.change(ks), uniform, ks_, self.curves, measured)
+                          self.change(ks), uniform, every, self.curves, measured)
