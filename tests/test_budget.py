@@ -16,7 +16,8 @@ from test_compensate import _data, chain, residual, squeeze_excitation
 import amos_onnx
 from amos_onnx.cli import main
 from amos_onnx.errors import OptionError
-from amos_onnx.fit.budget import Chooser, candidates, output_change
+from amos_onnx.fit import budget
+from amos_onnx.fit.budget import Chooser, allocate_plan, candidates, output_change
 from amos_onnx.fit.paths import SiteGraph
 from amos_onnx.options import FitOptions
 from amos_onnx.pipeline import plan
@@ -247,3 +248,47 @@ def test_a_budget_works_with_per_channel_gates_and_compensation(tmp_path: Path) 
     assert {n.name.removesuffix("/amos"): gate_params(n).k for n in gate_nodes(converted)} == report.budget["k"]
     assert [s.source for s in report.sites] == ["calibrated per channel"] * 3 and len(report.biases) == 3
     assert _change(path, tmp_path / "out.onnx", x) < 0.04
+
+
+@pytest.mark.parametrize("name,limit", [("chain", 10), ("residual", 11), ("squeeze_excitation", 7)])
+def test_a_site_is_tried_at_more_k_only_where_its_choice_sits_at_the_edge(
+        tmp_path: Path, name: str, limit: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The K tried per site start around the budget's uniform K (budget.FIRST) and grow only where the choice
+    sits at the edge of those tried: every chosen K lies inside its site's tried K or at the edge of the
+    candidates, fewer fits are made than every site at every candidate, and the choice is the one made with
+    every candidate tried (these graphs; measured on the same samples)."""
+    path = save(BUILDS[name](), tmp_path / "model.onnx")
+    np.savez(tmp_path / "calib.npz", x=_data(onnx.load(path), 256, seed=3))
+    p = plan(path, tmp_path / "calib.npz", latency=limit, focus_kicks=0, progress=False)
+    lazy, fits = allocate_plan(p, p.options.fit)
+    outer = lazy.candidates
+    assert outer == candidates(p.options.fit, SiteGraph.of(p.model, p.sites).depth())
+    for site, k in lazy.k.items():
+        tried = sorted(lazy.curves[site])
+        assert tried == list(range(tried[0], tried[-1] + 1))
+        assert tried[0] < k < tried[-1] or k == tried[0] == outer[0] or k == tried[-1] == outer[-1]
+        assert fits[site].params.k == k
+    assert sum(map(len, lazy.curves.values())) < len(outer) * len(lazy.k)
+    monkeypatch.setattr(budget, "FIRST", (budget.BELOW, budget.ABOVE))
+    every, _ = allocate_plan(p, p.options.fit)
+    assert all(len(c) == len(every.candidates) for c in every.curves.values())
+    assert every.k == lazy.k
+    assert all(lazy.curves[s][k] == every.curves[s][k] for s in lazy.curves for k in lazy.curves[s])
+
+
+def test_windows_widen_at_the_edge_a_choice_sits_on_and_down_when_nothing_fits() -> None:
+    """budget.widened: the next K of the candidates joins a window whose edge was chosen (not past the
+    candidates' edge); with no choice within the spike budget every window gains its next smaller K; None when
+    nothing can be added."""
+    graph = SiteGraph(("a", "b", "c"), {"a": frozenset(), "b": frozenset("a"), "c": frozenset("b")})
+    outer = tuple(range(1, 8))
+    windows = {"a": [2, 3, 4, 5], "b": [2, 3, 4, 5], "c": [6, 7]}
+    curves = {s: {k: 2.0**-k for k in w} for s, w in windows.items()}
+    spikes = {s: {k: 0.1 * k for k in w} for s, w in windows.items()}
+    chooser = Chooser(graph, curves, spikes, dict.fromkeys(graph.order, 1.0), 12, None, candidates=outer)
+    chosen = chooser.finish({"a": 2, "b": 4, "c": 7}, (4, 0.1))
+    assert budget.widened(windows, chooser, chosen, outer) == {"a": [1, 2, 3, 4, 5], "b": [2, 3, 4, 5], "c": [6, 7]}
+    assert budget.widened(windows, chooser, None, outer) == {"a": [1, 2, 3, 4, 5], "b": [1, 2, 3, 4, 5],
+                                                             "c": [5, 6, 7]}
+    inside = chooser.finish({"a": 3, "b": 4, "c": 7}, (4, 0.1))
+    assert budget.widened(windows, chooser, inside, outer) is None

@@ -1,8 +1,9 @@
 """A time budget: K per site chosen for the network (convert --latency, --spike-budget).
 
-Measured, not guessed: every top-level site is fitted at each candidate K (a few around the budget's uniform K),
-and the change of the model's outputs with that site's gate alone in place (the focus's switched model, on the
-kept calibration samples) gives each site a curve of output change against K: the Kullback-Leibler divergence
+Measured, not guessed: every top-level site is fitted at a few K around the budget's uniform K (more where the
+choice sits at the edge of those tried, up to candidates()), and the change of the model's outputs with that
+site's gate alone in place (the focus's switched model, on the kept calibration samples) gives each site a
+curve of output change against K: the Kullback-Leibler divergence
 of the outputs' softmax for a classifier's scores, the relative square error otherwise. The choice minimises the
 sum of the chosen points (each site's change taken alone, added up) with the latency (K summed along the deepest
 path of gates, paths.SiteGraph) at most the budget and the mean spikes per gate at most the spike budget:
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from amos_onnx.errors import OptionError
+from amos_onnx.find.sites import Site
 from amos_onnx.fit import focus
 from amos_onnx.fit.paths import SiteGraph
 from amos_onnx.fit.sites import SiteFit, fit_sites_at
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from amos_onnx.pipeline import Plan
 
 BELOW, ABOVE = 2, 4  # candidate K: from the budget's uniform K minus BELOW to plus ABOVE
+FIRST = 1, 2  # the K first tried at a site: from the budget's uniform K minus FIRST[0] to plus FIRST[1]
 # Measuring every site at every candidate K sees at most this many times the calibration's samples in all (the
 # focus's measure sees FOCUS_PASSES times): the curves rank K within a site, on the same samples.
 PASSES = 2
@@ -119,7 +122,9 @@ def candidates(options: FitOptions, depth: int) -> tuple[int, ...]:
 
 
 def allocate_plan(p: Plan, options: FitOptions) -> tuple[Allocation, dict[str, SiteFit]]:
-    """The plan's allocation and the fits at its K (every site fitted at each candidate K with `options`)."""
+    """The plan's allocation and the fits at its K (with `options`): each site fitted and measured at the K of
+    its window (first_window), the windows widened where the choice sits at their edge (widened) and the choice
+    made again, until it sits inside every window or at the edge of candidates()."""
     graph = SiteGraph.of(p.model, p.sites)
     depth = graph.depth()
     plain = replace(options, latency=None, spike_budget=None)
@@ -128,31 +133,118 @@ def allocate_plan(p: Plan, options: FitOptions) -> tuple[Allocation, dict[str, S
     if options.latency is not None and options.latency < depth:
         raise OptionError(f"--latency {options.latency}: the smallest reachable latency of {p.model_path} is {depth} "
                           f"steps (K=1 at each of the {depth} gates on its deepest path)")
-    ks = candidates(options, depth)
-    by_k = dict(zip(ks, fit_sites_at(p.sites, p.reservoirs, plain, [dict.fromkeys(graph.order, k) for k in ks])))
+    outer = candidates(options, depth)
     measured = {s.name: s for s in p.sites if s.name in graph.before and s.dtype in focus.MEASURED_TYPES}
-    curves = {name: {k: 0.0 for k in ks} for name in graph.order}
-    effects, _ = focus.site_effects(p, list(measured.values()), list(by_k.values()), output_change, passes=PASSES)
-    for k, by_site in zip(ks, effects):
-        for name, value in by_site.items():
-            curves[name][k] = value
+    pinned = {name: outer[min(len(outer) - 1, BELOW)] for name in graph.order if name not in measured}
+    windows = {name: [pinned[name]] if name in pinned else first_window(options, depth, outer) for name in graph.order}
     weights = {name: (p.reservoirs[s.samples].seen / max(p.samples, 1) if s.samples in p.reservoirs else 0.0)
                for s in p.sites if (name := s.name) in graph.before}
-    spikes = {name: {k: by_k[k][name].mean_spikes for k in ks} for name in graph.order}
-    pinned = {name: ks[min(len(ks) - 1, BELOW)] for name in graph.order if name not in measured}
-    chooser = Chooser(graph, curves, spikes, weights, options.latency, options.spike_budget, pinned)
-    allocation = chooser.allocation()
-    chosen = {name: by_k[allocation.k.get(name, ks[0])][name] for name in by_k[ks[0]]}  # others: their own K
+    tried = Tried(p, graph, measured, plain, runs=len(measured) * len(outer))
+    while True:
+        tried.add(windows)
+        chooser = Chooser(graph, tried.curves, tried.spikes, weights, options.latency, options.spike_budget, pinned,
+                          outer)
+        try:
+            allocation = chooser.allocation()
+        except OptionError:  # over the spike budget at every site's smallest K: lower K first, where there are
+            lower = widened(windows, chooser, None, outer)
+            if lower is None:
+                raise
+            windows = lower
+            continue
+        wider = widened(windows, chooser, allocation, outer)
+        if wider is None:
+            break
+        windows = wider
+    chosen = tried.at(allocation.k)
     if allocation.uniform is None or allocation.k == chooser.uniform_k(allocation.uniform[0]):
         return allocation, chosen
     # Measured together: the choice against the uniform K within the budget, every gate in place at once.
     k = allocation.uniform[0]
-    (mine, uniform), _ = focus.site_effects(p, list(measured.values()), [chosen, by_k[k]], output_change,
+    at_k = tried.at(chooser.uniform_k(k))
+    (mine, uniform), _ = focus.site_effects(p, list(measured.values()), [chosen, at_k], output_change,
                                             passes=PASSES, groups={"all": frozenset(measured)})
     allocation = replace(allocation, measured=(mine["all"], uniform["all"]))
     if uniform["all"] < mine["all"]:
-        return chooser.finish(chooser.uniform_k(k), allocation.uniform, allocation.measured), by_k[k]
+        return chooser.finish(chooser.uniform_k(k), allocation.uniform, allocation.measured), at_k
     return allocation, chosen
+
+
+def first_window(options: FitOptions, depth: int, outer: tuple[int, ...]) -> list[int]:
+    """The K a measured site is first fitted and measured at: with a latency, the budget's uniform K minus
+    FIRST[0] to plus FIRST[1] (within candidates()); with a spike budget alone, every candidate."""
+    if options.latency is None:
+        return list(outer)
+    uniform = min(options.latency // depth, MAX_K)
+    return [k for k in outer if uniform - FIRST[0] <= k <= uniform + FIRST[1]]
+
+
+def widened(windows: dict[str, list[int]], chooser: Chooser, allocation: Allocation | None,
+            outer: tuple[int, ...]) -> dict[str, list[int]] | None:
+    """The windows with the next K of candidates() added where the choice sits at a window's edge; without a
+    choice (none was within the spike budget), or when no uniform K within the budgets was found, the next
+    smaller K at every free site. None when nothing is added."""
+    grown = {name: list(window) for name, window in windows.items()}
+    shared = chooser.shared()
+    down = allocation is None or (allocation.uniform is None and bool(shared) and shared[0] > outer[0])
+    for name in chooser.free:
+        window = grown[name]
+        k = None if allocation is None else allocation.k[name]
+        if (down or k == window[0]) and window[0] > outer[0]:
+            window.insert(0, window[0] - 1)
+        if k == window[-1] and window[-1] < outer[-1]:
+            window.append(window[-1] + 1)
+    return grown if grown != windows else None
+
+
+class Tried:
+    """The fits and measured curves (output change and mean spikes against K) of each site, at the K tried so far;
+    the fits of the sites outside the top-level graph, at their own K, from the first call of add."""
+
+    def __init__(self, p: Plan, graph: SiteGraph, measured: dict[str, Site], options: FitOptions, runs: int) -> None:
+        self.p, self.graph, self.measured, self.options, self.runs = p, graph, measured, options, runs
+        self.fits: dict[str, dict[int, SiteFit]] = {name: {} for name in graph.order}
+        self.curves: dict[str, dict[int, float]] = {name: {} for name in graph.order}
+        self.spikes: dict[str, dict[int, float]] = {name: {} for name in graph.order}
+        self.others: dict[str, SiteFit] | None = None
+
+    def add(self, windows: dict[str, list[int]]) -> None:
+        """Fit and measure every site at the K of its window not tried yet, all fits in one pool of workers and
+        each K's measures in one switched model; every call measures on the same samples (runs: the budget's
+        whole count, as if every site were measured at every candidate K)."""
+        need: dict[int, list[str]] = {}
+        for name, window in windows.items():
+            for k in window:
+                if k not in self.fits[name]:
+                    need.setdefault(k, []).append(name)
+        if not need:
+            return
+        choices, keep = [dict.fromkeys(names, k) for k, names in need.items()], list(need.values())
+        if self.others is None:  # the first call: the sites outside the top-level graph too, at their own K
+            choices.append({})
+            keep.append([s.name for s in self.p.sites if s.converts and s.name not in self.fits])
+        sets = fit_sites_at(self.p.sites, self.p.reservoirs, self.options, choices, keep)
+        for (k, names), fits in zip(need.items(), sets):
+            for name in names:
+                self.fits[name][k] = fits[name]
+                self.spikes[name][k] = fits[name].mean_spikes
+                self.curves[name][k] = 0.0  # unless measured below
+        if self.others is None:
+            self.others = sets[-1]
+        # Each switched model holds a gate at every measured site (the same model for every K, so one run without
+        # gates serves them all); only the sites new at that K are switched on.
+        full = [self.at({name: need_k if name in names else next(iter(self.fits[name]))
+                         for name in self.graph.order}) for need_k, names in need.items()]
+        wanted = [[n for n in names if n in self.measured] for names in need.values()]
+        effects, _ = focus.site_effects(self.p, list(self.measured.values()), full, output_change, passes=PASSES,
+                                        wanted=wanted, runs=self.runs)
+        for k, by_site in zip(need, effects):
+            for name, value in by_site.items():
+                self.curves[name][k] = value
+
+    def at(self, ks: dict[str, int]) -> dict[str, SiteFit]:
+        """Every site's fit for a choice of K per site (tried), the others at their own K."""
+        return {**(self.others or {}), **{name: self.fits[name][k] for name, k in ks.items()}}
 
 
 class Chooser:
@@ -162,11 +254,13 @@ class Chooser:
 
     def __init__(self, graph: SiteGraph, curves: dict[str, dict[int, float]], spikes: dict[str, dict[int, float]],
                  weights: dict[str, float], latency: int | None, spike_budget: float | None,
-                 pinned: dict[str, int] | None = None) -> None:
+                 pinned: dict[str, int] | None = None, candidates: tuple[int, ...] | None = None) -> None:
         self.graph, self.curves, self.spikes, self.weights = graph, curves, spikes, weights
         self.latency, self.spike_budget, self.pinned = latency, spike_budget, pinned or {}
         self.free = [s for s in graph.order if s not in self.pinned]
         self.ks = {s: tuple(sorted(curves[s])) for s in graph.order}
+        # the K a site may take (reported), of which each site's curve holds those tried
+        self.candidates = candidates or tuple(sorted({k for s in graph.order for k in self.ks[s]}))
 
     def spikes_per_gate(self, ks: dict[str, int]) -> float:
         total = sum(self.weights.get(s, 0.0) for s in ks)
@@ -277,6 +371,5 @@ class Chooser:
 
     def finish(self, ks: dict[str, int], uniform: tuple[int, float] | None,
                measured: tuple[float, float] | None = None) -> Allocation:
-        every = tuple(sorted({k for s in self.graph.order for k in self.ks[s]}))
         return Allocation(ks, self.graph.latency(ks), self.graph.critical_path(ks), self.spikes_per_gate(ks),
-                          self.change(ks), uniform, every, self.curves, measured)
+                          self.change(ks), uniform, self.candidates, self.curves, measured)

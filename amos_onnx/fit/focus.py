@@ -11,7 +11,7 @@ refocus, as pipeline.fit_plan does), starting from their first fit.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -149,23 +149,30 @@ def mean_square(base: Runs, runs: Runs) -> float:
 
 def site_effects(p: Plan, measured: list[Site], fit_sets: list[dict[str, SiteFit]],
                  change: Callable[[Runs, Runs], float], calibration_samples: int | None = None,
-                 passes: int = FOCUS_PASSES,
-                 groups: dict[str, frozenset[str]] | None = None) -> tuple[list[dict[str, float]], int]:
+                 passes: int = FOCUS_PASSES, groups: dict[str, frozenset[str]] | None = None,
+                 wanted: Sequence[Collection[str]] | None = None,
+                 runs: int | None = None) -> tuple[list[dict[str, float]], int]:
     """For each set of fits, change(outputs without gates, outputs with one site's gate) for each `measured` site
-    (floating-point, top-level sites), or with `groups` (label: sites) for each group's gates together, on the
-    plan's kept feeds, as many as measuring_feeds allows for `calibration_samples` (default: the plan's),
-    `passes` and one run per group and set; and the number of samples measured on (no sets when nothing can be
-    measured)."""
+    (floating-point, top-level sites; every set has a fit for each), or with `groups` (label: sites) for each
+    group's gates together, on the plan's kept feeds, as many as measuring_feeds allows for
+    `calibration_samples` (default: the plan's), `passes` and `runs` runs (default: one per group and set); and
+    the number of samples measured on (no sets when nothing can be measured). `wanted`: per set, the groups
+    measured (labels; default all). Calls with the same `runs` measure on the same samples."""
     groups = groups if groups is not None else {s.name: frozenset([s.name]) for s in measured}
     if not measured or not p.feeds or not fit_sets or not groups:
         return [], 0
     samples = p.samples if calibration_samples is None else calibration_samples
-    kept = measuring_feeds(p.feeds, len(groups) * len(fit_sets), samples, sliceable(p.model, p.axes), passes)
+    wanted = wanted if wanted is not None else [list(groups)] * len(fit_sets)
+    runs = runs if runs is not None else sum(map(len, wanted))
+    kept = measuring_feeds(p.feeds, runs, samples, sliceable(p.model, p.axes), passes)
     feeds = [model_layout(feed, p.axes) for feed in kept]  # kept feeds are batch-first
     label = f"{p.model_path} (focus)"
     base: Runs | None = None
-    every = []
-    for fits in fit_sets:
+    every: list[dict[str, float]] = []
+    for fits, labels in zip(fit_sets, wanted):
+        if not labels:
+            every.append({})
+            continue
         mixed, switches = switched_model(p.model, measured, fits, p.options.emit)
         sess = user_session(mixed, label, folder=p.model_path.parent, threads=run_threads())
         outputs = [o.name for o in sess.get_outputs()
@@ -178,8 +185,8 @@ def site_effects(p: Plan, measured: list[Site], fit_sets: list[dict[str, SiteFit
             return [run_checked(sess, outputs, {**feed, **flags}, label) for feed in feeds]  # noqa: B023
 
         base = run(frozenset()) if base is None else base  # every set's model computes the original, gates off
-        changes = threads_map(lambda on: change(base, run(on)), list(groups.values()))  # noqa: B023 (run here)
-        every.append(dict(zip(groups, changes)))
+        changes = threads_map(lambda on: change(base, run(on)), [groups[g] for g in labels])  # noqa: B023 (run here)
+        every.append(dict(zip(labels, changes)))
     return every, sum(map(sample_count, kept))
 
 

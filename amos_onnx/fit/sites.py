@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import NamedTuple
@@ -309,24 +309,44 @@ def fit_sites(sites: list[Site], reservoirs: dict[str, Reservoir], options: FitO
                               start=first[key].params if first[key].params.axis is None else None,
                               k=first[key].params.k if job.k == AUTO else job.k)
             for key, job in work.items() if key in first}
-    results = dict(zip(work, fork_map(fit_job, list(work.values()))))  # each fit seeded alone: order-free
+    results = _fitted(work)
     return _logged({name: results[key] if key in results else refocus.earlier[name] for name, key in keys.items()})
 
 
 def fit_sites_at(sites: list[Site], reservoirs: dict[str, Reservoir], options: FitOptions,
-                 choices: list[Mapping[str, int]]) -> list[dict[str, SiteFit]]:
+                 choices: Sequence[Mapping[str, int]],
+                 keep: Sequence[Collection[str]] | None = None) -> list[dict[str, SiteFit]]:
     """fit_sites for each choice of K per site (options.k_per_site), their fits in one pool of workers: a fit
     whose key (tensor, function, K) recurs across the choices, a site each choice leaves at its own K, is made
-    once."""
+    once. `keep`: per choice, the sites whose fits are made and returned (default every site; the spike
+    penalty's shares are the network's either way)."""
     plans = [_jobs(sites, reservoirs, replace(options, k_per_site=choice)) for choice in choices]
+    if keep is not None:
+        plans = [_kept(names, *plan) for names, plan in zip(keep, plans)]
     work: dict[Key, Job] = {}
     for _, jobs, _ in plans:  # a key's job is the same in every choice (the spike penalty's share included)
         for key, job in jobs.items():
             work.setdefault(key, job)
-    results = dict(zip(work, fork_map(fit_job, list(work.values()))))  # each fit seeded alone: order-free
+    results = _fitted(work)
     if not options.spike_penalty:
         _REFITS.update({rk: results[key].params for _, _, keys in plans for key, rk in keys.items() if rk is not None})
     return [_logged({name: results[key] for name, key in keys.items()}) for keys, _, _ in plans]
+
+
+def _fitted(work: dict[Key, Job]) -> dict[Key, SiteFit]:
+    """Every job's fit, in worker processes, the largest K first (so that the last fits to finish are small ones
+    and no worker waits long at the end); each fit is seeded alone, so the order changes no result."""
+    order = sorted(work, key=lambda key: -MAX_K - 1 if work[key].k == AUTO else -int(work[key].k))
+    return dict(zip(order, fork_map(fit_job, [work[key] for key in order])))
+
+
+def _kept(names: Collection[str], keys: dict[str, Key], jobs: dict[Key, Job],
+          refits: dict[Key, tuple[object, ...] | None]) -> tuple[dict[str, Key], dict[Key, Job],
+                                                                dict[Key, tuple[object, ...] | None]]:
+    """_jobs' plan cut to the sites `names`."""
+    keys = {name: key for name, key in keys.items() if name in names}
+    used = dict.fromkeys(keys.values())
+    return keys, {key: jobs[key] for key in used}, {key: refits[key] for key in used}
 
 
 def _logged(fits: dict[str, SiteFit]) -> dict[str, SiteFit]:
