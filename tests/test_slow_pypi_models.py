@@ -69,6 +69,11 @@ def test_ocr_pipeline_reads_the_same_text(tmp_path: Path) -> None:
         assert result["left"][key] == 0, key
     assert result["chars"] > 500
     assert result["cer"] <= pypi_models.OCR_MAX_CER, result["pages"]
+    # one model spiking at a time, and the original detector's boxes scored next to its threshold
+    assert set(result["alone"]) == {"det", "cls", "rec"}
+    assert all(0 <= v <= pypi_models.OCR_MAX_CER for v in result["alone"].values()), result["alone"]
+    assert set(result["near"]) == {p["image"] for p in result["pages"]}
+    assert all(abs(v - result["box_thresh"]) <= pypi_models.BOX_MARGIN for v in sum(result["near"].values(), []))
 
 
 def test_silero_vad_converts_from_the_command_line_and_keeps_its_speech_decisions(tmp_path: Path) -> None:
