@@ -3,7 +3,8 @@
 For each network of fashion_nets.py: one plan (calibrated on fashion_k.py's 2,000 training images, seed 0), the
 first pass of calibrated fits at each K (--focus-kicks 0), written four ways: as they are, with --bias-correction,
 with --reconstruct (compensate.reconstruct, on the plan's kept calibration images, up to 256), and refitted
-sequentially (--sequential) with --reconstruct; each run on the full 10,000-image test set with the native op.
+sequentially (--sequential) with --reconstruct; and convert's own fits (the focus on) refitted sequentially with
+--reconstruct; each run on the full 10,000-image test set with the native op.
 
     .venv/bin/python benchmarks/reconstruct.py [--nets vgg:3,4 resnet:3,4 effnet:6,8 gelu:5,6]
         [--spike-penalty P] [--write]
@@ -24,29 +25,33 @@ from sequential import table  # noqa: E402
 
 from amos_onnx.compensate.reconstruct import SAMPLES  # noqa: E402
 from amos_onnx.compensate.sequential import sequential  # noqa: E402
-from amos_onnx.options import FitOptions  # noqa: E402
+from amos_onnx.options import FOCUS_KICKS, FitOptions  # noqa: E402
 from amos_onnx.pipeline import fit_plan  # noqa: E402
 
-# (label, sequential refits first, the compensation: None, "bias correction" or "reconstruction")
-MODES = (("first pass", False, None), ("first pass + bias correction", False, "bias correction"),
-         ("first pass + reconstruction", False, "reconstruction"),
-         ("sequential + reconstruction", True, "reconstruction"))
+# (label, the fits: "first" pass or with the "focus" (convert's defaults), sequential refits on them, the
+# compensation: None, "bias correction" or "reconstruction")
+MODES = (("first pass", "first", False, None), ("first pass + bias correction", "first", False, "bias correction"),
+         ("first pass + reconstruction", "first", False, "reconstruction"),
+         ("sequential + reconstruction", "first", True, "reconstruction"),
+         ("focus + sequential + reconstruction", "focus", True, "reconstruction"))
 
 
 def network(name: str, ks: list[int], folder: Path, penalty: float = 0.0) -> list[dict[str, object]]:
     test, ann, p = baseline(name)
     rows = []
     for k in ks:
-        options = FitOptions(k=k, seed=SEED, focus_kicks=0, spike_penalty=penalty)
-        first, _ = fit_plan(p, options)
-        start = time.perf_counter()
-        refitted, _ = sequential(p, first, options)
-        refit_seconds = time.perf_counter() - start
-        for mode, refit, compensation in MODES:
+        fits, refitted, refit_seconds = {}, {}, {}
+        for kind, kicks in (("first", 0), ("focus", FOCUS_KICKS)):
+            options = FitOptions(k=k, seed=SEED, focus_kicks=kicks, spike_penalty=penalty)
+            fits[kind], _ = fit_plan(p, options)
+            start = time.perf_counter()
+            refitted[kind], _ = sequential(p, fits[kind], options)
+            refit_seconds[kind] = time.perf_counter() - start
+        for mode, kind, refit, compensation in MODES:
             p.options = replace(p.options, fit=replace(p.options.fit, reconstruct=compensation == "reconstruction"))
-            row = measure(p, refitted if refit else first, compensation is not None, test, folder)
+            row = measure(p, refitted[kind] if refit else fits[kind], compensation is not None, test, folder)
             rows.append({"net": name, "ann": ann, "k": k, "mode": mode,
-                         "refit_seconds": refit_seconds if refit else 0.0, **row})
+                         "refit_seconds": refit_seconds[kind] if refit else 0.0, **row})
             print(f"{name} K={k} {mode}: {100 * float(row['accuracy']):.2f}% (ANN {100 * ann:.2f}%), KL "  # type: ignore[arg-type]
                   f"{1000 * float(row['kl']):.1f} mnat, {float(row['spikes']):.3f} spikes/gate, "  # type: ignore[arg-type]
                   f"{float(row['seconds']):.1f} s {row['notes']}", flush=True)  # type: ignore[arg-type]
@@ -62,7 +67,9 @@ def _write(nets: list[str], rows: list[dict[str, object]], penalty: float) -> No
         "written as they are, with --bias-correction (the first 128 calibration images), with --reconstruct (each "
         "Conv and Gemm after the gates refitted by ridge regression, level by level, on the inputs it gets with "
         f"the sites before it spiking; the first {SAMPLES} calibration images, every fourth held out to judge each "
-        "refit), and refitted sequentially (--sequential) with --reconstruct; full 10,000-image test set, native "
+        "refit), and refitted sequentially (--sequential) with --reconstruct; last, convert's own fits (the focus "
+        "on: the fits that move the outputs most refitted with more moves) refitted sequentially with "
+        "--reconstruct; full 10,000-image test set, native "
         "op. KL: of the spiking softmax from the ANN's, per test image. Refits: the sequential stage's wall time; "
         "compensation: the compensate stage's (bias correction or reconstruction).",
         "", *table(rows, "compensation")]))
