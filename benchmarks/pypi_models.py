@@ -354,9 +354,8 @@ def run_ocr(work: Path, more_pages: int = 0, **options: object) -> dict[str, obj
     if more_pages:
         text_images(work / "more", more_pages, seed=2)
         extra = sorted((work / "more").iterdir())
-        more = {"pages": more_pages, "chars": 0, "cer": 0.0}
         reference = {p.name: "\n".join(_read(original, p)) for p in extra}
-        more.update(chars=sum(map(len, reference.values())), cer=_cer(reference, spiking, extra))
+        more = {"pages": more_pages, "chars": sum(map(len, reference.values())), "cer": _cer(reference, spiking, extra)}
     return {"reports": reports, "seconds": seconds, "pages": pages, "chars": chars,
             "cer": sum(p["distance"] for p in pages) / max(chars, 1), "alone": alone, "box_thresh": threshold,
             "near": near, "more": more,
