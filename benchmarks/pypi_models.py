@@ -291,11 +291,13 @@ def _box_scores(ocr: object, paths: list[Path]) -> dict[str, list[float]]:
 
     post.box_score_fast = recorded
     found = {}
-    for path in paths:
-        scores.clear()
-        _read(ocr, path)
-        found[path.name] = list(scores)
-    post.box_score_fast = score
+    try:
+        for path in paths:
+            scores.clear()
+            _read(ocr, path)
+            found[path.name] = list(scores)
+    finally:
+        post.box_score_fast = score
     return found
 
 

@@ -292,3 +292,10 @@ def test_windows_widen_at_the_edge_a_choice_sits_on_and_down_when_nothing_fits()
                                                              "c": [5, 6, 7]}
     inside = chooser.finish({"a": 3, "b": 4, "c": 7}, (4, 0.1))
     assert budget.widened(windows, chooser, inside, outer) is None
+    # no uniform K within the budgets among the K every site has: each window gains its next smaller K
+    shared = {"a": [3, 4, 5], "b": [3, 4, 5], "c": [3, 4, 5]}
+    chooser = Chooser(graph, {s: {k: 2.0**-k for k in w} for s, w in shared.items()},
+                      {s: {k: 0.1 * k for k in w} for s, w in shared.items()}, dict.fromkeys(graph.order, 1.0), 12,
+                      None, candidates=outer)
+    assert budget.widened(shared, chooser, chooser.finish({"a": 4, "b": 4, "c": 4}, None), outer) == {
+        "a": [2, 3, 4, 5], "b": [2, 3, 4, 5], "c": [2, 3, 4, 5]}
