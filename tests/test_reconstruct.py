@@ -14,6 +14,7 @@ from onnx import numpy_helper
 from test_compensate import (
     Builder,
     _data,
+    _mean_error,
     _ops,
     chain,
     concatenation,
@@ -167,7 +168,8 @@ def test_refits_that_do_not_bring_the_outputs_closer_are_not_written(tmp_path: P
     np.savez(tmp_path / "calib.npz", x=_data(model, 64, 1))
     report = amos_onnx.convert(path, tmp_path / "fixed.onnx", tmp_path / "calib.npz", k=2, focus_kicks=0,
                                reconstruct=True, progress=False)
-    amos_onnx.convert(path, tmp_path / "plain.onnx", tmp_path / "calib.npz", k=2, focus_kicks=0, progress=False)
+    amos_onnx.convert(path, tmp_path / "plain.onnx", tmp_path / "calib.npz", k=2, focus_kicks=0, reconstruct=False,
+                      progress=False)
     assert report.biases == [] and any("not closer: every weight kept" in note for note in report.notes)
     fixed, plain = (onnx.load(str(tmp_path / f"{n}.onnx")) for n in ("fixed", "plain"))
     assert [numpy_helper.to_array(t).tobytes() for t in fixed.graph.initializer] == [
@@ -189,6 +191,33 @@ def test_reconstruct_needs_calibration_data_stands_alone_and_the_cli_flag_turns_
     assert "weight reconstruction: " in result.output
     result = CliRunner().invoke(main, ["convert", str(path), str(tmp_path / "none.onnx"), "--reconstruct"])
     assert result.exit_code == 2 and "--reconstruct needs --calib" in result.output
+
+
+def test_reconstruction_is_on_by_default_with_calibration_and_each_flag_turns_it_off(tmp_path: Path) -> None:
+    """A calibrated conversion refits the layers unless told not to: its file equals --reconstruct's and differs
+    from --no-reconstruct's (which equals the data-free form of the option, reconstruct=False, and lists no
+    layers); --bias-correction alone replaces it; a data-free conversion runs without it and says nothing of it."""
+    model = residual()
+    path = save(model, tmp_path / "model.onnx")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=_data(model, 64, 1))
+    runner = CliRunner()
+    for name, flags in [("default", []), ("on", ["--reconstruct"]), ("off", ["--no-reconstruct"]),
+                        ("bias", ["--bias-correction"])]:
+        result = runner.invoke(main, ["convert", str(path), str(tmp_path / f"{name}.onnx"), "--calib", str(calib),
+                                      "--k", "2", "--focus-kicks", "0", "-q", *flags])
+        assert result.exit_code == 0, result.output
+        assert ("weight reconstruction: " in result.output) == (name in ("default", "on")), (name, result.output)
+        assert ("bias correction: " in result.output) == (name == "bias"), (name, result.output)
+    files = {name: (tmp_path / f"{name}.onnx").read_bytes() for name in ("default", "on", "off", "bias")}
+    assert files["default"] == files["on"] and len({files["default"], files["off"], files["bias"]}) == 3
+    report = amos_onnx.convert(path, tmp_path / "api.onnx", calib, k=2, focus_kicks=0, reconstruct=False,
+                               progress=False)
+    assert (tmp_path / "api.onnx").read_bytes() == files["off"] and report.biases == []
+    free = amos_onnx.convert(path, tmp_path / "free.onnx", k=2, progress=False)
+    assert free.biases == [] and not any("reconstruction" in note for note in free.notes)
+    x = _data(model, 256, 2)
+    assert _mean_error(path, tmp_path / "default.onnx", x)[0] < _mean_error(path, tmp_path / "off.onnx", x)[0]
 
 
 def test_too_few_calibration_samples_refit_nothing_and_say_so(tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ def test_sequential_refits_and_the_outputs(tmp_path: Path, build, k: int, bound:
     before = path.read_bytes()
     np.savez(tmp_path / "calib.npz", x=_data(model, 256, 1))
     plain, refitted = tmp_path / "plain.onnx", tmp_path / "refitted.onnx"
-    amos_onnx.convert(path, plain, tmp_path / "calib.npz", k=k, focus_kicks=0, progress=False)
+    amos_onnx.convert(path, plain, tmp_path / "calib.npz", k=k, focus_kicks=0, reconstruct=False, progress=False)
     report = amos_onnx.convert(path, refitted, tmp_path / "calib.npz", k=k, focus_kicks=0, sequential=True,
                                progress=False)
     x = _data(model, 256, 2)
@@ -85,7 +85,8 @@ def test_sequential_with_bias_correction_and_the_cli(tmp_path: Path) -> None:
     model = residual()
     path = save(model, tmp_path / "model.onnx")
     np.savez(tmp_path / "calib.npz", x=_data(model, 256, 1))
-    amos_onnx.convert(path, tmp_path / "plain.onnx", tmp_path / "calib.npz", k=2, focus_kicks=0, progress=False)
+    amos_onnx.convert(path, tmp_path / "plain.onnx", tmp_path / "calib.npz", k=2, focus_kicks=0, reconstruct=False,
+                      progress=False)
     result = CliRunner().invoke(main, ["convert", str(path), str(tmp_path / "out.onnx"), "--calib",
                                        str(tmp_path / "calib.npz"), "--k", "2", "--focus-kicks", "0",
                                        "--sequential", "--bias-correction", "-q"])

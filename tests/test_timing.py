@@ -14,7 +14,7 @@ import amos_onnx
 DIGITS = ROOT / "examples/digits/digits_cnn.onnx"
 TRAIN = ROOT / "examples/digits/digits_train.npz"
 TEST = ROOT / "examples/digits/digits_test.npz"
-STAGES = ["load", "find", "calibrate", "fit", "focus", "rewrite", "save"]
+STAGES = ["load", "find", "calibrate", "fit", "focus", "compensate", "rewrite", "save"]
 
 
 def test_every_stage_and_site_is_timed_and_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -31,6 +31,7 @@ from amos_onnx.compensate.bias import BIASED_TYPES, end_ratio
 from amos_onnx.compensate.layers import Layer, layers, patches, positions
 from amos_onnx.compensate.targets import constant_tensors, find_targets, site_levels
 from amos_onnx.compensate.walk import Walk
+from amos_onnx.data.dataset import sample_count
 from amos_onnx.data.inputs import model_layout, sliceable
 from amos_onnx.fit import focus
 from amos_onnx.fit.sites import SiteFit
@@ -128,10 +129,13 @@ def reconstruct(p: Plan, fits: dict[str, SiteFit]) -> Reconstruction:
     found = layers(p.model, find_targets(p.model, sites, tensor_level))
     if not found or not p.feeds:
         return Reconstruction([], len(found), 0)
+    kept = focus.first_samples(p.feeds, SAMPLES, sliceable(p.model, p.axes))
+    count = sum(sample_count(feed) for feed in kept)
+    if count < MIN_SAMPLES:  # before any model is built: with too few samples (on by default) it costs nothing
+        return Reconstruction([], len(found), count)
     levels = sorted({ly.target.level for ly in found})
     mixed, switches = focus.switched_model(p.model, sites, fits, p.options.emit)
     results = [o.name for o in p.model.graph.output if o.type.tensor_type.elem_type in BIASED_TYPES]
-    kept = focus.first_samples(p.feeds, SAMPLES, sliceable(p.model, p.axes))
     walk = Walk(mixed, split(mixed, tensor_level, levels, {ly.input for ly in found}),
                 [model_layout(feed, p.axes) for feed in kept], ["original", "refitted"], results,
                 f"{p.model_path} (weight reconstruction)", p.model_path.parent)
@@ -139,8 +143,6 @@ def reconstruct(p: Plan, fits: dict[str, SiteFit]) -> Reconstruction:
     on = {switch: np.array(True) for switch in switches.values()}
     rng = np.random.default_rng(p.options.fit.seed)
     refits: list[Refit] = []
-    if walk.samples < MIN_SAMPLES:
-        return Reconstruction([], len(found), walk.samples)
     plain = walk.finish(0, "original", on, results)  # before any layer changes
     for part in range(len(walk.segments)):
         if walk.samples < MIN_SAMPLES:  # trimmed to too few
