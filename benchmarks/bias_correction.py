@@ -59,14 +59,15 @@ def baseline(name: str) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], floa
     xte, yte = fashion_data.load("test")
     ann_logits = run_original(path, xte)
     return (xte, yte, ann_logits), float(np.mean(ann_logits.argmax(1) == yte)), \
-        plan(path, calib={"image": calibration_images()}, seed=SEED)
+        plan(path, calib={"image": calibration_images()}, seed=SEED, bias_correction=True)  # compensate(): bias
 
 
 def network(name: str, ks: list[int], folder: Path, penalty: float = 0.0) -> list[dict[str, object]]:
     (xte, yte, ann_logits), ann, p = baseline(name)
     modes = [("one gate per site", p, False)]
     if all(s.activation is not None and s.activation.relu_like for s in p.sites if s.converts):
-        by_channel = plan(p.model_path, calib={"image": calibration_images()}, seed=SEED, per_channel=True)
+        by_channel = plan(p.model_path, calib={"image": calibration_images()}, seed=SEED, per_channel=True,
+                          bias_correction=True)
         modes.append(("per channel", by_channel, True))
     rows = []
     for k in ks:

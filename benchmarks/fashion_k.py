@@ -138,7 +138,7 @@ def sweep(name: str, ks: list[int], folder: Path, penalty: float = 0.0,
     path, facts = fashion_nets.network(name)
     xte, yte = fashion_data.load("test")
     start = time.perf_counter()
-    p = plan(path, calib={"image": calibration_images()}, seed=SEED)
+    p = plan(path, calib={"image": calibration_images()}, seed=SEED, bias_correction=True)  # compensate(): bias
     plan_seconds = time.perf_counter() - start
     ann_logits = run_original(path, xte)
     ann = ann_logits.argmax(1)

@@ -48,7 +48,8 @@ def network(name: str, ks: list[int], folder: Path, penalty: float = 0.0) -> lis
             refitted[kind], _ = sequential(p, fits[kind], options)
             refit_seconds[kind] = time.perf_counter() - start
         for mode, kind, refit, compensation in MODES:
-            p.options = replace(p.options, fit=replace(p.options.fit, reconstruct=compensation == "reconstruction"))
+            p.options = replace(p.options, fit=replace(p.options.fit, reconstruct=compensation == "reconstruction",
+                                                       bias_correction=compensation == "bias correction"))
             row = measure(p, refitted[kind] if refit else fits[kind], compensation is not None, test, folder)
             rows.append({"net": name, "ann": ann, "k": k, "mode": mode,
                          "refit_seconds": refit_seconds[kind] if refit else 0.0, **row})
