@@ -14,7 +14,9 @@ and against the rate-coded peer's accuracy at T steps.
 - Conversion time: each conversion runs in a fresh process that imports amos-onnx only (as the CLI does; this
   one holds torch, whose objects slow every garbage collection), timed around convert(); the budgeted ones
   against the calibrated conversion at convert's default K in the same mode,
-  in this run: the budget's cost as a ratio.
+  in this run: the budget's cost as a ratio. At the targets also the median ratio of REPEATS pairs (the default
+  K's conversion, then the budget's), timed alternately: one conversion's time moves by a few tenths with the
+  machine's load.
 - The peer: SpikingJelly's accuracy against T, from fashion_peer.py's last run (.cache/fashion-peer/<net>.json:
   run fashion_peer.py first; without it the plots go without the peer, and the section says so).
 
@@ -80,13 +82,33 @@ print(json.dumps({"seconds": time.perf_counter() - start, "budget": report.budge
 """
 
 
+def probe(path: Path, calib: Path, out: Path, options: dict[str, object]) -> dict[str, object]:
+    """convert() with `options` in a fresh process (PROBE): its wall time and the report's budget."""
+    done = subprocess.run([sys.executable, "-c", PROBE, str(path), str(out), str(calib), json.dumps(options)],
+                          check=True, capture_output=True, text=True).stdout
+    return json.loads(done.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+REPEATS = 3  # conversion pairs (the default K, then the budget) timed alternately at each target
+
+
+def timing(path: Path, calib: Path, out: Path, extra: dict[str, object], steps: int,
+           spikes: float) -> dict[str, float]:
+    """At the target: the median over REPEATS alternating pairs of fresh-process conversions of the budgeted
+    conversion's time over the default K's in the same mode, --latency alone and with --spike-budget."""
+    ratios: dict[str, list[float]] = {"latency": [], "bounded": []}
+    for _ in range(REPEATS):
+        for key, more in (("latency", {"latency": steps}), ("bounded", {"latency": steps, "spike_budget": spikes})):
+            reference = float(probe(path, calib, out, extra)["seconds"])  # type: ignore[arg-type]
+            ratios[key].append(float(probe(path, calib, out, {**extra, **more})["seconds"]) / reference)  # type: ignore[arg-type]
+    return {key: float(np.median(values)) for key, values in ratios.items()}
+
+
 def measure(path: Path, calib: Path, out: Path, x: np.ndarray, y: np.ndarray, ann: np.ndarray,
             **options: object) -> dict[str, object]:
     """Convert with `options` (in a fresh process, PROBE), run on x: accuracy, KL from the ANN's logits `ann`,
     spikes, time, latency."""
-    done = subprocess.run([sys.executable, "-c", PROBE, str(path), str(out), str(calib), json.dumps(options)],
-                          check=True, capture_output=True, text=True).stdout
-    report = json.loads(done.strip().splitlines()[-1])
+    report: dict = probe(path, calib, out, options)  # type: ignore[type-arg]
     converted = onnx.load(out)
     logits, spikes, _ = fashion_k.run_spiking(converted, x)
     row = {"accuracy": float((logits.argmax(1) == y).mean()), "kl": kl(ann, logits), "spikes_per_gate": spikes,
@@ -119,6 +141,7 @@ def network(name: str, images: int, folder: Path) -> dict[str, object]:
         spikes = float(replaced(res, mode)["spikes_per_gate"])  # type: ignore[arg-type]
         bounded = measure(path, calib, folder / "b.onnx", x, y, logits, latency=steps, spike_budget=spikes, **extra)
         res["modes"][mode]["bounded"] = dict(bounded, budget=steps, spike_budget=spikes)  # type: ignore[index]
+        res["modes"][mode]["timing"] = timing(path, calib, folder / "t.onnx", extra, steps, spikes)  # type: ignore[index]
         for r in budgeted:
             print(f"{name} {mode} latency {r['budget']}: {100 * r['accuracy']:.2f}% (ANN {100 * ann:.2f}%), "  # type: ignore[operator]
                   f"{r['spikes_per_gate']:.3f} spikes/gate, {r['seconds']:.1f} s", flush=True)
@@ -203,18 +226,18 @@ def target_lines(name: str, res: dict) -> list[str]:
     lines = []
     for mode, rows in res["modes"].items():
         was = replaced(res, mode)
-        for b in (next(r for r in rows["budgeted"] if r["budget"] == steps), rows["bounded"]):
+        for b, key in ((next(r for r in rows["budgeted"] if r["budget"] == steps), "latency"),
+                       (rows["bounded"], "bounded")):
             gap = 100 * (res["ann"] - b["accuracy"])
             met = gap <= points and b["spikes_per_gate"] <= was["spikes_per_gate"] and b["latency_steps"] <= steps
             flags = f"--latency {steps}" + (f" --spike-budget {b['spike_budget']:.3f}" if "spike_budget" in b else "")
             reference = rows["reference"]["seconds"]
-            ratio = b["seconds"] / reference
             lines.append(f"| {name} | {mode} | <= {steps} steps, within {points} | {flags} | {b['latency_steps']} "
                          f"steps: {100 * b['accuracy']:.2f}% ({gap:+.2f} below the ANN's {100 * res['ann']:.2f}%), "
                          f"{b['spikes_per_gate']:.3f} spikes/gate | K={was['k']} ({was['latency_steps']} steps): "
                          f"{100 * was['accuracy']:.2f}%, {was['spikes_per_gate']:.3f} spikes/gate | "
-                         f"{'yes' if met else 'no'} | {b['seconds']:.1f} s ({ratio:.1f}x the default K's "
-                         f"{reference:.1f} s) |")
+                         f"{'yes' if met else 'no'} | {b['seconds']:.1f} s against the default K's {reference:.1f} "
+                         f"s; median of {REPEATS} alternating pairs {rows['timing'][key]:.2f}x |")
     return lines
 
 
@@ -258,7 +281,9 @@ def main() -> None:
         "EfficientNet-style network at half its uniform K=10's 180 steps), each with no more spikes per gate than "
         "the uniform conversion it replaces (the smallest uniform K within the same points, else convert's default "
         "K), and the conversion's time against the calibrated conversion at convert's default K in the same mode, in "
-        "the same run (each conversion in a fresh process that imports amos-onnx only, timed around convert()); "
+        "the same run (each conversion in a fresh process that imports amos-onnx only, timed around convert(); "
+        f"first the conversions measured for the table, then the median ratio of {REPEATS} pairs of conversions, "
+        "the default K's then the budget's, timed alternately); "
         "the second row of each gives that conversion's spikes per gate on these images as `--spike-budget` too "
         "(the budget counts spikes on the calibration samples):",
         "",
