@@ -292,11 +292,14 @@ def test_bias_correction_works_with_the_other_options(tmp_path: Path, options: d
     assert np.array_equal(native, session(tmp_path / "fixed.onnx", native=False).run(None, {"x": x})[0])
 
 
-@pytest.mark.parametrize("flag", ["--bias-correction", "--reconstruct"])
-def test_the_report_shows_each_layers_error_with_and_without_the_compensation(tmp_path: Path, flag: str) -> None:
-    """convert --report with --bias-correction or --reconstruct also runs the same conversion without its
-    compensation on the data: report.json gives each gate's accumulated error both ways and report.md a column
-    for each; the compensated model's last gate is closer to the original's tensor than the plain one's."""
+@pytest.mark.parametrize("flags", [["--bias-correction"], ["--reconstruct"], []],
+                         ids=["bias", "reconstruct", "default"])
+def test_the_report_shows_each_layers_error_with_and_without_the_compensation(tmp_path: Path,
+                                                                              flags: list[str]) -> None:
+    """convert --report with --bias-correction, --reconstruct or neither (reconstruction is the default) also runs
+    the same conversion without its compensation on the data: report.json gives each gate's accumulated error both
+    ways and report.md a column for each; the compensated model's last gate is closer to the original's tensor than
+    the plain one's."""
     import json
 
     model = chain()
@@ -304,7 +307,7 @@ def test_the_report_shows_each_layers_error_with_and_without_the_compensation(tm
     np.savez(tmp_path / "calib.npz", x=_data(model, 256, 1))
     result = CliRunner().invoke(main, ["convert", str(path), str(tmp_path / "out.onnx"), "--calib",
                                        str(tmp_path / "calib.npz"), "--k", "2", "--focus-kicks", "0",
-                                       flag, "--report", str(tmp_path / "report"), "-q"])
+                                       *flags, "--report", str(tmp_path / "report"), "-q"])
     assert result.exit_code == 0, result.output
     gates = json.loads((tmp_path / "report/report.json").read_text())["gates"]
     assert len(gates) == 3 and all(g["layer_rmse"] > 0 and g["layer_rmse_uncorrected"] > 0 for g in gates)
