@@ -174,9 +174,12 @@ def write(p: Plan, output_path: str | Path, fits: dict[str, SiteFit], in_place: 
 
 def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation | Reconstruction:
     """The plan's layers after the gates compensated for these fits as its options say (FitOptions.compensation):
-    their refits (compensate.reconstruct) or their bias corrections (compensate.bias, also when the options ask
-    for neither), timed as the "compensate" stage."""
+    their refits (compensate.reconstruct) or their bias corrections (compensate.bias), timed as the "compensate"
+    stage. Options that ask for neither are a caller's error, not a silent choice of one."""
     kind = p.options.fit.compensation(p.calibration is not None)
+    if kind is None:
+        raise ValueError("compensate: the plan's options ask for no compensation (reconstruct=False, no bias "
+                         "correction, or no calibration data)")
     with p.stages.stage("compensate"):
         return reconstruct(p, fits) if kind is CompensationKind.RECONSTRUCT else bias.compensate(p, fits)
 
@@ -228,7 +231,7 @@ def convert(model_path: str | Path, output_path: str | Path, calib: DataSource |
     options = _options(options, keywords)
     p = plan(model_path, calib, options, output=output_path)
     fits, focused = fit_plan(p)
-    compensation = compensate(p, fits) if options.fit.compensation(calib is not None) and p.feeds else None
+    compensation = compensate(p, fits) if options.fit.compensation(p.calibration is not None) and p.feeds else None
     if compensation is not None and uncorrected_output is not None:
         write(p, uncorrected_output, fits)  # a copy: the same conversion without its corrections
     report = _write(p, Path(output_path), fits, in_place=True, compensation=compensation)

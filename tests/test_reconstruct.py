@@ -31,8 +31,9 @@ from amos_onnx.compensate.layers import layers, patches, positions
 from amos_onnx.compensate.reconstruct import refit
 from amos_onnx.compensate.targets import find_targets
 from amos_onnx.errors import OptionError
-from amos_onnx.options import FindOptions
-from amos_onnx.pipeline import _find
+from amos_onnx.fit.sites import fit_sites
+from amos_onnx.options import FindOptions, FitOptions
+from amos_onnx.pipeline import _find, compensate, plan
 from amos_onnx.rewrite.biases import normal_or_zero, set_constants
 from amos_onnx.runtime import session
 
@@ -214,6 +215,9 @@ def test_reconstruction_is_on_by_default_with_calibration_and_each_flag_turns_it
     report = amos_onnx.convert(path, tmp_path / "api.onnx", calib, k=2, focus_kicks=0, reconstruct=False,
                                progress=False)
     assert (tmp_path / "api.onnx").read_bytes() == files["off"] and report.biases == []
+    p = plan(path, calib, reconstruct=False)
+    with pytest.raises(ValueError, match="ask for no compensation"):  # never a silent choice of one
+        compensate(p, fit_sites(p.sites, p.reservoirs, FitOptions(k=2)))
     free = amos_onnx.convert(path, tmp_path / "free.onnx", k=2, progress=False)
     assert free.biases == [] and not any("reconstruction" in note for note in free.notes)
     x = _data(model, 256, 2)
