@@ -16,8 +16,9 @@ from test_compensate import _data, chain, residual, squeeze_excitation
 import amos_onnx
 from amos_onnx.cli import main
 from amos_onnx.errors import OptionError
-from amos_onnx.fit import budget
-from amos_onnx.fit.budget import Chooser, allocate_plan, candidates, output_change
+from amos_onnx.fit import budget, change
+from amos_onnx.fit.budget import Chooser, allocate_plan, candidates
+from amos_onnx.fit.change import output_change, significantly_lower, standard_error, unit_changes
 from amos_onnx.fit.paths import SiteGraph
 from amos_onnx.options import FitOptions
 from amos_onnx.pipeline import plan
@@ -139,6 +140,74 @@ def test_output_change_is_kl_for_scores_and_relative_error_otherwise() -> None:
     assert output_change([[p]], [[q]]) == pytest.approx(expected, rel=1e-9)  # probabilities are taken as they are
     maps = rng.normal(0, 1, (4, 3, 5, 5))
     assert output_change([[maps]], [[maps * 1.1]]) == pytest.approx(0.01, rel=1e-9)
+
+
+def test_unit_changes_are_each_samples_share_of_the_change() -> None:
+    """unit_changes gives one share per sample (a row of the outputs' first axis) that sums to output_change,
+    for scores, for maps and for both outputs together; outputs that disagree on their rows give one share per
+    feed; a scalar output gives one per feed."""
+    rng = np.random.default_rng(0)
+    logits, maps = rng.normal(0, 2, (2, 30, 5)), rng.normal(0, 1, (2, 30, 3, 4))
+    base = [[logits[f], maps[f]] for f in range(2)]
+    runs = [[logits[f] + rng.normal(0, 0.1, (30, 5)), maps[f] * 1.1] for f in range(2)]
+    shares = unit_changes(base, runs)
+    assert shares.shape == (60,) and np.all(shares >= 0)
+    assert shares.sum() == pytest.approx(output_change(base, runs), rel=1e-12)
+    assert output_change([[m] for m, _ in base], [[m] for m, _ in runs]) == pytest.approx(
+        float(np.mean(np.sum(_kl_rows(np.concatenate(logits), np.concatenate([r[0] for r in runs])), axis=1))),
+        rel=1e-12)
+    uneven = [[logits[f], maps[f][:10]] for f in range(2)], [[r[0], r[1][:10]] for r in runs]
+    assert unit_changes(*uneven).shape == (2,)
+    assert unit_changes(*uneven).sum() == pytest.approx(output_change(*uneven), rel=1e-12)
+    scalar = [[np.array(1.0)], [np.array(2.0)]], [[np.array(1.5)], [np.array(2.0)]]
+    assert unit_changes(*scalar) == pytest.approx([0.25 / 5, 0.0])
+
+
+def _kl_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    p = np.exp(a) / np.exp(a).sum(1, keepdims=True)
+    q = np.exp(b) / np.exp(b).sum(1, keepdims=True)
+    return p * np.log(p / q)  # type: ignore[no-any-return]
+
+
+def test_a_choice_is_significantly_lower_only_beyond_the_noise_of_the_samples() -> None:
+    """significantly_lower: a lower sum by more than SIGNIFICANCE standard errors of the paired per-sample
+    difference; the same gap within the noise is not; a difference the same at every sample is; with one sample,
+    any lower sum."""
+    rng = np.random.default_rng(0)
+    other = rng.exponential(1.0, 400)
+    noise = rng.normal(0, 1.0, 400)
+    noise -= noise.mean()
+    assert standard_error(other - 0.1 + noise, other) == pytest.approx(float(np.std(noise, ddof=1) * 20), rel=1e-9)
+    assert significantly_lower(other - 0.2 + noise, other)  # gap 80, standard error about 20
+    assert not significantly_lower(other - 0.05 + noise, other)  # gap 20: 1 standard error
+    assert not significantly_lower(other + 0.2 + noise, other)
+    assert significantly_lower(other - 1e-9, other) and not significantly_lower(other, other)
+    assert significantly_lower(np.array([0.5]), np.array([0.6])) and not significantly_lower(np.array([0.6]),
+                                                                                             np.array([0.5]))
+
+
+def test_a_choice_not_significantly_better_keeps_the_uniform_k(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chain of test_a_budgeted_conversion_keeps_its_latency_and_is_no_worse_than_the_uniform_k (its choice
+    measures 0.66 of the uniform K's change) with a significance no choice can reach: the uniform K is kept, the
+    file is the uniform K's conversion, and the report says why; at change.SIGNIFICANCE the choice stays."""
+    path = save(chain(), tmp_path / "model.onnx")
+    np.savez(tmp_path / "calib.npz", x=_data(onnx.load(path), 256, seed=3))
+    chosen = amos_onnx.convert(path, tmp_path / "chosen.onnx", tmp_path / "calib.npz", latency=10, focus_kicks=0,
+                               progress=False).budget
+    assert chosen is not None and not chosen["uniform_kept"] and len(set(chosen["k"].values())) > 1
+    mine, uniform = chosen["measured_together"]
+    assert uniform - mine > change.SIGNIFICANCE * chosen["measured_standard_error"] > 0
+    monkeypatch.setattr(change, "SIGNIFICANCE", 1e9)
+    report = amos_onnx.convert(path, tmp_path / "kept.onnx", tmp_path / "calib.npz", latency=10, focus_kicks=0,
+                               progress=False)
+    kept = report.budget
+    assert kept is not None and kept["uniform_kept"] and set(kept["k"].values()) == {chosen["uniform"]["k"]}
+    assert kept["measured_together"] == chosen["measured_together"]
+    assert any("the uniform K kept: K per site is not lower by 1e+09 standard errors" in n for n in report.notes)
+    amos_onnx.convert(path, tmp_path / "uniform.onnx", tmp_path / "calib.npz", k=chosen["uniform"]["k"],
+                      focus_kicks=0, progress=False)
+    assert onnx.load(tmp_path / "kept.onnx") == onnx.load(tmp_path / "uniform.onnx")
 
 
 def _change(original: Path, converted: Path, x: np.ndarray) -> float:

@@ -9,7 +9,9 @@ sum of the chosen points (each site's change taken alone, added up) with the lat
 path of gates, paths.SiteGraph) at most the budget and the mean spikes per gate at most the spike budget:
 greedily, the raise that buys the most change per step of latency (or per spike) first, raises that cost no
 latency (off the critical path) before any, then single moves of K between two sites while they lower the sum.
-The uniform K that fits the budget competes, so a budget never predicts worse than it.
+The uniform K that fits the budget competes, so a budget never predicts worse than it; and measured with every gate
+in place, the choice replaces the uniform K only when it moves the outputs less by more than the samples' noise
+(change.SIGNIFICANCE standard errors of the paired per-sample difference).
 """
 
 from __future__ import annotations
@@ -18,11 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from amos_onnx.errors import OptionError
 from amos_onnx.find.sites import Site
-from amos_onnx.fit import focus
+from amos_onnx.fit import change, focus
+from amos_onnx.fit.change import output_change, significantly_lower, standard_error, unit_changes
 from amos_onnx.fit.paths import SiteGraph
 from amos_onnx.fit.sites import SiteFit, fit_sites_at
 from amos_onnx.gate import MAX_K
@@ -52,15 +53,19 @@ class Allocation:
     uniform: tuple[int, float] | None  # (K, predicted change) of the best uniform K within the budget
     candidates: tuple[int, ...]
     curves: dict[str, dict[int, float]]
-    # The outputs' change with every gate in place, measured: (the per-site choice, the uniform K); the uniform K
-    # is kept when it measured less
-    measured: tuple[float, float] | None = None
+    # The outputs' change with every gate in place, measured: (the per-site choice, the uniform K, the standard
+    # error of their difference); the uniform K is kept unless the choice measured significantly less
+    measured: tuple[float, float, float] | None = None
+    uniform_kept: bool = False  # the check kept the uniform K
 
     def to_dict(self) -> dict[str, object]:
         uniform = None if self.uniform is None else {"k": self.uniform[0], "predicted_change": self.uniform[1]}
         return {"k": self.k, "latency_steps": self.latency, "critical_path": self.critical_path,
                 "spikes_per_gate": self.spikes_per_gate, "predicted_change": self.predicted, "uniform": uniform,
-                "candidate_k": list(self.candidates), "measured_together": self.measured,
+                "candidate_k": list(self.candidates),
+                "measured_together": None if self.measured is None else self.measured[:2],
+                "measured_standard_error": None if self.measured is None else self.measured[2],
+                "uniform_kept": self.uniform_kept,
                 "curves": {s: {str(k): v for k, v in c.items()} for s, c in self.curves.items()}}
 
     def lines(self) -> list[str]:
@@ -83,34 +88,11 @@ def describe(budget: dict) -> str:
     if budget["measured_together"] is not None:
         mine, uniform = budget["measured_together"]
         text += (f"; measured with every gate in place: K per site {mine:.3g}, the uniform K {uniform:.3g}"
-                 + (" (the uniform K kept)" if uniform < mine else ""))
+                 f" (standard error of the difference {budget['measured_standard_error']:.2g})")
+        if budget["uniform_kept"]:
+            text += (f"; the uniform K kept: K per site is not lower by {change.SIGNIFICANCE:g} standard errors"
+                     if mine < uniform else "; the uniform K kept")
     return text
-
-
-def output_change(base: focus.Runs, runs: focus.Runs) -> float:
-    """How far `runs` moved the outputs of `base`, summed over the outputs: for scores of a classifier (rank 2,
-    at least 2 classes) the mean Kullback-Leibler divergence of their softmax (of the rows themselves when they
-    are probabilities already) from the original's, in nats per sample; otherwise the relative square error."""
-    total = 0.0
-    for o in range(len(base[0]) if base else 0):
-        a = [np.asarray(r[o], np.float64) for r in base]
-        b = [np.asarray(r[o], np.float64) for r in runs]
-        if a[0].ndim == 2 and a[0].shape[1] >= 2:
-            p, q = _probabilities(np.concatenate(a)), _probabilities(np.concatenate(b))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                terms = np.where(p > 0, p * (np.log(p) - np.log(np.maximum(q, 1e-300))), 0.0)
-            total += float(np.mean(np.sum(terms, axis=1)))
-        else:
-            x, y = np.concatenate([v.ravel() for v in a]), np.concatenate([v.ravel() for v in b])
-            total += float(np.sum(np.square(y - x)) / max(float(np.sum(np.square(x))), 1e-300))
-    return total
-
-
-def _probabilities(scores: np.ndarray) -> np.ndarray:
-    if np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
-        return scores
-    e = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def candidates(options: FitOptions, depth: int) -> tuple[int, ...]:
@@ -162,11 +144,14 @@ def allocate_plan(p: Plan, options: FitOptions) -> tuple[Allocation, dict[str, S
     # Measured together: the choice against the uniform K within the budget, every gate in place at once.
     k = allocation.uniform[0]
     at_k = tried.at(chooser.uniform_k(k))
-    (mine, uniform), _ = focus.site_effects(p, list(measured.values()), [chosen, at_k], output_change,
+    (mine, uniform), _ = focus.site_effects(p, list(measured.values()), [chosen, at_k], unit_changes,
                                             passes=PASSES, groups={"all": frozenset(measured)})
-    allocation = replace(allocation, measured=(mine["all"], uniform["all"]))
-    if uniform["all"] < mine["all"]:
-        return chooser.finish(chooser.uniform_k(k), allocation.uniform, allocation.measured), at_k
+    mine_all, uniform_all = mine["all"], uniform["all"]
+    allocation = replace(allocation, measured=(float(mine_all.sum()), float(uniform_all.sum()),
+                                               standard_error(mine_all, uniform_all)))
+    if not significantly_lower(mine_all, uniform_all):
+        return replace(chooser.finish(chooser.uniform_k(k), allocation.uniform, allocation.measured),
+                       uniform_kept=True), at_k
     return allocation, chosen
 
 
@@ -370,6 +355,6 @@ class Chooser:
         return {s: self.pinned.get(s, k) for s in self.graph.order}
 
     def finish(self, ks: dict[str, int], uniform: tuple[int, float] | None,
-               measured: tuple[float, float] | None = None) -> Allocation:
+               measured: tuple[float, float, float] | None = None) -> Allocation:
         return Allocation(ks, self.graph.latency(ks), self.graph.critical_path(ks), self.spikes_per_gate(ks),
                           self.change(ks), uniform, self.candidates, self.curves, measured)

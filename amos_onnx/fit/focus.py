@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import onnx
@@ -22,6 +22,7 @@ from onnx import TensorProto, helper
 from amos_onnx.data.dataset import sample_count
 from amos_onnx.data.inputs import model_layout, rows, sliceable
 from amos_onnx.find.sites import Site
+from amos_onnx.fit.change import Runs
 from amos_onnx.fit.sites import SiteFit
 from amos_onnx.options import EmitForm
 from amos_onnx.parallel import run_threads, threads_map
@@ -136,9 +137,6 @@ def effects(p: Plan, fits: dict[str, SiteFit], calibration_samples: int | None =
     return Effects(by_site[0] if by_site else {}, samples)
 
 
-Runs = list[list[np.ndarray]]  # a model's floating-point outputs, per kept feed, in the session's output order
-
-
 def mean_square(base: Runs, runs: Runs) -> float:
     """Mean square change of every floating-point output element."""
     def flat(r: Runs) -> np.ndarray:
@@ -147,11 +145,14 @@ def mean_square(base: Runs, runs: Runs) -> float:
     return float(np.mean(np.square(flat(runs) - flat(base))))
 
 
+Change = TypeVar("Change")  # what a change function gives: a float, or per-sample shares (change.unit_changes)
+
+
 def site_effects(p: Plan, measured: list[Site], fit_sets: list[dict[str, SiteFit]],
-                 change: Callable[[Runs, Runs], float], calibration_samples: int | None = None,
+                 change: Callable[[Runs, Runs], Change], calibration_samples: int | None = None,
                  passes: int = FOCUS_PASSES, groups: dict[str, frozenset[str]] | None = None,
                  wanted: Sequence[Collection[str]] | None = None,
-                 runs: int | None = None) -> tuple[list[dict[str, float]], int]:
+                 runs: int | None = None) -> tuple[list[dict[str, Change]], int]:
     """For each set of fits, change(outputs without gates, outputs with one site's gate) for each `measured` site
     (floating-point, top-level sites; every set has a fit for each), or with `groups` (label: sites) for each
     group's gates together, on the plan's kept feeds, as many as measuring_feeds allows for
@@ -168,7 +169,7 @@ def site_effects(p: Plan, measured: list[Site], fit_sets: list[dict[str, SiteFit
     feeds = [model_layout(feed, p.axes) for feed in kept]  # kept feeds are batch-first
     label = f"{p.model_path} (focus)"
     base: Runs | None = None
-    every: list[dict[str, float]] = []
+    every: list[dict[str, Change]] = []
     for fits, labels in zip(fit_sets, wanted):
         if not labels:
             every.append({})
