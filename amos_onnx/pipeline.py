@@ -22,7 +22,8 @@ from amos_onnx.errors import OptionError, OutputPathError
 from amos_onnx.find.composite import NearMiss
 from amos_onnx.find.sites import Site, find_sites, quantized_ops
 from amos_onnx.fit import focus
-from amos_onnx.fit.budget import Allocation, allocate_plan
+from amos_onnx.fit.budget import allocate_plan
+from amos_onnx.fit.choose import Allocation
 from amos_onnx.fit.sites import Refocus, SiteFit, fit_sites
 from amos_onnx.load import FUNCTION_MIN_OPSET, default_opset, load_model, raise_opset, read_model, with_shapes
 from amos_onnx.options import (

@@ -17,8 +17,9 @@ import amos_onnx
 from amos_onnx.cli import main
 from amos_onnx.errors import OptionError
 from amos_onnx.fit import budget, change
-from amos_onnx.fit.budget import Chooser, allocate_plan, candidates
+from amos_onnx.fit.budget import allocate_plan, candidates
 from amos_onnx.fit.change import output_change, significantly_lower, standard_error, unit_changes
+from amos_onnx.fit.choose import Chooser
 from amos_onnx.fit.paths import SiteGraph
 from amos_onnx.options import FitOptions
 from amos_onnx.pipeline import plan

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from amos_onnx.find.gates import registered_ops
-from amos_onnx.fit.budget import describe
+from amos_onnx.fit.choose import describe
 from amos_onnx.gate import simulate
 from amos_onnx.report.conversion import ConversionReport
 from amos_onnx.report.costs import fan_outs, macs
