@@ -22,7 +22,7 @@ from amos_onnx.errors import OptionError, OutputPathError
 from amos_onnx.find.composite import NearMiss
 from amos_onnx.find.sites import Site, find_sites, quantized_ops
 from amos_onnx.fit import focus
-from amos_onnx.fit.budget import allocate_plan
+from amos_onnx.fit.budget import allocate_plan, check_measurable
 from amos_onnx.fit.choose import Allocation
 from amos_onnx.fit.sites import Refocus, SiteFit, fit_sites
 from amos_onnx.load import FUNCTION_MIN_OPSET, default_opset, load_model, raise_opset, read_model, with_shapes
@@ -125,6 +125,7 @@ def plan(model_path: str | Path, calib: DataSource | None = None, options: Conve
         opset_before = default_opset(model)
         if options.emit is EmitForm.FUNCTION:
             model = raise_opset(model, FUNCTION_MIN_OPSET)
+    check_measurable(model, Path(model_path), options.fit)  # before the calibration: a budget must measure
     with stages.stage("find"):
         sites, misses, find_notes = _find(model, options.find)
     if loose is not None:

@@ -263,6 +263,27 @@ def test_budget_errors_are_one_line_and_name_the_smallest_reachable_latency(tmp_
     assert not (tmp_path / "out.onnx").exists()
 
 
+def test_a_budget_on_a_model_without_floating_point_outputs_is_a_one_line_error(tmp_path: Path) -> None:
+    """A classifier exported with its ArgMax (int64 labels only) gives a budget nothing to measure: a one-line
+    error naming the file and the output, exit 2, no output file; --k still converts every gate."""
+    model = chain()
+    model.graph.node.append(onnx.helper.make_node("ArgMax", ["y"], ["label"], axis=1, keepdims=0, name="argmax"))
+    del model.graph.output[:]
+    model.graph.output.append(onnx.helper.make_tensor_value_info("label", onnx.TensorProto.INT64, ["N"]))
+    path = save(model, tmp_path / "labels.onnx")
+    np.savez(tmp_path / "calib.npz", x=_data(model, 64, seed=3))
+    with pytest.raises(OptionError, match=r"--spike-budget 0\.5: .*labels\.onnx has no floating-point output .*"
+                                          r"\(label \(int64\)\); choose K with --k"):
+        amos_onnx.convert(path, tmp_path / "out.onnx", tmp_path / "calib.npz", spike_budget=0.5, progress=False)
+    result = CliRunner().invoke(main, ["convert", str(path), str(tmp_path / "out.onnx"), "--calib",
+                                       str(tmp_path / "calib.npz"), "--latency", "9"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "--latency 9:" in result.output and "no floating-point output" in result.output
+    assert not (tmp_path / "out.onnx").exists()
+    amos_onnx.convert(path, tmp_path / "out.onnx", tmp_path / "calib.npz", k=3, progress=False)
+    assert {gate_params(n).k for n in gate_nodes(onnx.load(tmp_path / "out.onnx"))} == {3}
+
+
 def test_the_cli_prints_the_choice_and_the_report_shows_it(tmp_path: Path) -> None:
     path = save(chain(), tmp_path / "model.onnx")
     np.savez(tmp_path / "calib.npz", x=_data(onnx.load(path), 128, seed=3))

@@ -13,7 +13,10 @@ per-sample difference).
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+import onnx
 
 from amos_onnx.errors import OptionError
 from amos_onnx.find.sites import Site
@@ -56,6 +59,7 @@ def allocate_plan(p: Plan, options: FitOptions) -> tuple[Allocation, dict[str, S
     if options.latency is not None and options.latency < depth:
         raise OptionError(f"--latency {options.latency}: the smallest reachable latency of {p.model_path} is {depth} "
                           f"steps (K=1 at each of the {depth} gates on its deepest path)")
+    check_measurable(p.model, p.model_path, options)
     outer = candidates(options, depth)
     measured = {s.name: s for s in p.sites if s.name in graph.before and s.dtype in focus.MEASURED_TYPES}
     pinned = {name: outer[min(len(outer) - 1, BELOW)] for name in graph.order if name not in measured}
@@ -94,6 +98,18 @@ def allocate_plan(p: Plan, options: FitOptions) -> tuple[Allocation, dict[str, S
         return replace(chooser.finish(chooser.uniform_k(k), allocation.uniform, allocation.measured),
                        uniform_kept=True), at_k
     return allocation, chosen
+
+
+def check_measurable(model: onnx.ModelProto, model_path: Path, options: FitOptions) -> None:
+    """A one-line error when a budget cannot measure the outputs' change: the model has no floating-point output
+    (an exported ArgMax's labels, say)."""
+    outputs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
+    if options.budgeted and not any(t in focus.MEASURED_TYPES for t in outputs.values()):
+        flag = (f"--latency {options.latency}" if options.latency is not None
+                else f"--spike-budget {options.spike_budget}")
+        kinds = ", ".join(f"{name} ({onnx.TensorProto.DataType.Name(t).lower()})" for name, t in outputs.items())
+        raise OptionError(f"{flag}: {model_path} has no floating-point output to measure how far each site's gate "
+                          f"moves it ({kinds}); choose K with --k, --k-per-op or --k auto")
 
 
 def first_window(options: FitOptions, depth: int, outer: tuple[int, ...]) -> list[int]:
