@@ -234,3 +234,24 @@ def test_too_few_calibration_samples_refit_nothing_and_say_so(tmp_path: Path) ->
     assert report.biases == []
     assert any(note.startswith("weight reconstruction: 16 calibration samples, fewer than the 32") for note in
                report.notes), report.notes
+
+
+def test_a_model_with_only_integer_outputs_gives_compensation_nothing_to_judge_by(tmp_path: Path) -> None:
+    """A classifier exported with its ArgMax (int64 labels only): neither weight reconstruction (the default) nor
+    bias correction can tell whether a change brings the outputs closer, so neither runs; each note says why, and
+    the file is the one written without compensation."""
+    model = chain()
+    model.graph.node.append(onnx.helper.make_node("ArgMax", ["y"], ["label"], axis=1, keepdims=0, name="argmax"))
+    del model.graph.output[:]
+    model.graph.output.append(onnx.helper.make_tensor_value_info("label", onnx.TensorProto.INT64, ["N"]))
+    path = save(model, tmp_path / "labels.onnx")
+    np.savez(tmp_path / "calib.npz", x=_data(model, 64, 1))
+    convert = {"k": 3, "progress": False}
+    plain = amos_onnx.convert(path, tmp_path / "plain.onnx", tmp_path / "calib.npz", reconstruct=False, **convert)
+    assert not any("reconstruction" in n or "bias correction" in n for n in plain.notes)
+    for name, flags, note in [("default", {}, "weight reconstruction: no floating-point output to judge it by"),
+                              ("bias", {"bias_correction": True}, "bias correction: no floating-point output to "
+                                                                  "judge it by")]:
+        report = amos_onnx.convert(path, tmp_path / f"{name}.onnx", tmp_path / "calib.npz", **flags, **convert)
+        assert report.biases == [] and any(n.startswith(note) for n in report.notes), report.notes
+        assert onnx.load(tmp_path / f"{name}.onnx") == onnx.load(tmp_path / "plain.onnx")

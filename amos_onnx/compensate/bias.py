@@ -70,6 +70,7 @@ class Compensation:
     samples: int
     levels: int
     ratio: float = 1.0  # the outputs' error with the corrections over without, every site spiking (mean over outputs)
+    judged: bool = True  # False: the model has no floating-point output to judge corrections by, none is measured
 
     @property
     def kept(self) -> bool:
@@ -80,6 +81,8 @@ class Compensation:
         changed = [c for c in self.corrections if c.changed]
         if not self.corrections:
             return ["bias correction: no linear layer with a bias follows a converted site"]
+        if not self.judged:
+            return [f"bias correction: {NO_JUDGE}: every bias kept as it was"]
         found = (f"{len(self.corrections)} layers' biases measured on {self.samples} calibration samples level by "
                  f"level ({self.levels} levels); the outputs' error (KL for a classifier's, else mean square) "
                  f"x{self.ratio:.3g} of the uncorrected")
@@ -123,13 +126,16 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
     levels = sorted({t.level for t in targets})
     if not targets or not p.feeds:
         return Compensation([], 0, len(levels))
+    before = {t.node: bias_values(constant_tensors(p.model), t) for t in targets}
+    results = judged_outputs(p.model)
+    if not results:  # nothing to judge the corrections by: none is measured
+        return Compensation([Correction(t, before[t.node], before[t.node]) for t in targets], 0, len(levels),
+                            judged=False)
     kept = focus.first_samples(p.feeds, SAMPLES, sliceable(p.model, p.axes))
     mixed, switches, slots = measuring_model(p.model, sites, fits, targets, p.options.emit)
-    results = [o.name for o in p.model.graph.output if o.type.tensor_type.elem_type in BIASED_TYPES]
     walk = Walk(mixed, split(mixed, tensor_level, levels, {t.output for t in targets}),
                 [model_layout(feed, p.axes) for feed in kept], ["original", "corrected"], results,
                 f"{p.model_path} (bias correction)", p.model_path.parent)
-    before = {t.node: bias_values(constant_tensors(p.model), t) for t in targets}
     biases = dict(before)
 
     def extra(on: bool, fed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -157,6 +163,14 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
     chosen_biases = biases if ratio < 1.0 else before
     corrections = [Correction(t, before[t.node], chosen_biases[t.node]) for t in targets]
     return Compensation(corrections, walk.samples, len(levels), ratio)
+
+
+NO_JUDGE = "no floating-point output to judge it by (the model's outputs are integers or labels)"
+
+
+def judged_outputs(model: onnx.ModelProto) -> list[str]:
+    """The model's outputs a compensation is judged by: its floating-point ones."""
+    return [o.name for o in model.graph.output if o.type.tensor_type.elem_type in BIASED_TYPES]
 
 
 def end_ratio(walk: Walk, fixed: str, results: list[str], plain: list[list[np.ndarray]]) -> float:

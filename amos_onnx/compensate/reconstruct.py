@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from amos_onnx.compensate.bias import BIASED_TYPES, end_ratio
+from amos_onnx.compensate.bias import NO_JUDGE, end_ratio, judged_outputs
 from amos_onnx.compensate.layers import Layer, layers, patches, positions
 from amos_onnx.compensate.targets import constant_tensors, find_targets, site_levels
 from amos_onnx.compensate.walk import Walk
@@ -71,6 +71,7 @@ class Reconstruction:
     layers: int
     samples: int
     ratio: float = 1.0
+    judged: bool = True  # False: the model has no floating-point output to judge refits by, none is made
 
     @property
     def kept(self) -> bool:
@@ -80,6 +81,8 @@ class Reconstruction:
         if not self.layers:
             return ["weight reconstruction: no Conv, Gemm or MatMul + Add with constant weights follows a converted "
                     "site"]
+        if not self.judged:
+            return [f"weight reconstruction: {NO_JUDGE}: every weight kept"]
         if self.samples < MIN_SAMPLES:
             return [f"weight reconstruction: {self.samples} calibration samples, fewer than the {MIN_SAMPLES} a refit "
                     f"needs to fit and judge it (the rows of one sample are alike): every weight kept"]
@@ -131,11 +134,11 @@ def reconstruct(p: Plan, fits: dict[str, SiteFit]) -> Reconstruction:
         return Reconstruction([], len(found), 0)
     kept = focus.first_samples(p.feeds, SAMPLES, sliceable(p.model, p.axes))
     count = sum(sample_count(feed) for feed in kept)
-    if count < MIN_SAMPLES:  # before any model is built: with too few samples (on by default) it costs nothing
-        return Reconstruction([], len(found), count)
+    results = judged_outputs(p.model)
+    if not results or count < MIN_SAMPLES:  # before any model is built: on by default, it then costs nothing
+        return Reconstruction([], len(found), count, judged=bool(results))
     levels = sorted({ly.target.level for ly in found})
     mixed, switches = focus.switched_model(p.model, sites, fits, p.options.emit)
-    results = [o.name for o in p.model.graph.output if o.type.tensor_type.elem_type in BIASED_TYPES]
     walk = Walk(mixed, split(mixed, tensor_level, levels, {ly.input for ly in found}),
                 [model_layout(feed, p.axes) for feed in kept], ["original", "refitted"], results,
                 f"{p.model_path} (weight reconstruction)", p.model_path.parent)
