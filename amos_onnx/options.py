@@ -147,7 +147,8 @@ class FitOptions:
         "spiking, against what the original network computes there (single gates in the top-level graph)."))
     latency: int | None = field(default=None, metadata=_help(
         "With --calib: K per site chosen so that the time steps along the deepest path of gates are at most this "
-        "many, minimising the outputs' change measured on calibration samples (instead of --k)."))
+        "many, minimising the outputs' change measured on calibration samples (instead of --k); the uniform K within "
+        "the budget is kept unless the choice moves the outputs significantly less there."))
     spike_budget: float | None = field(default=None, metadata=_help(
         "With --calib: K per site chosen so that the mean spikes per gate are at most this many, minimising the "
         "outputs' change measured on calibration samples (with or instead of --latency)."))
