@@ -11,7 +11,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from conftest import save
-from test_compensate import _data, chain, residual, squeeze_excitation
+from test_compensate import _data, chain, detached, labelled, residual, squeeze_excitation
 
 import amos_onnx
 from amos_onnx.cli import main
@@ -263,17 +263,23 @@ def test_budget_errors_are_one_line_and_name_the_smallest_reachable_latency(tmp_
     assert not (tmp_path / "out.onnx").exists()
 
 
-def test_a_budget_on_a_model_without_floating_point_outputs_is_a_one_line_error(tmp_path: Path) -> None:
-    """A classifier exported with its ArgMax (int64 labels only) gives a budget nothing to measure: a one-line
-    error naming the file and the output, exit 2, no output file; --k still converts every gate."""
-    model = chain()
-    model.graph.node.append(onnx.helper.make_node("ArgMax", ["y"], ["label"], axis=1, keepdims=0, name="argmax"))
-    del model.graph.output[:]
-    model.graph.output.append(onnx.helper.make_tensor_value_info("label", onnx.TensorProto.INT64, ["N"]))
-    path = save(model, tmp_path / "labels.onnx")
-    np.savez(tmp_path / "calib.npz", x=_data(model, 64, seed=3))
-    with pytest.raises(OptionError, match=r"--spike-budget 0\.5: .*labels\.onnx has no floating-point output .*"
-                                          r"\(label \(int64\)\); choose K with --k"):
+def test_a_classifier_exported_with_its_labels_is_measured_at_its_scores(tmp_path: Path) -> None:
+    """A classifier whose only output is its ArgMax cast to int32: the budget measures at the scores the labels
+    are computed from, so it makes the same choice and the same file's gates and weights as the scores' model;
+    a model none of whose outputs comes from a floating-point tensor is a one-line error naming the file and its
+    outputs (exit 2, no output file), and --k still converts it."""
+    np.savez(tmp_path / "calib.npz", x=_data(chain(), 128, seed=3))
+    scores, labels = save(chain(), tmp_path / "scores.onnx"), save(labelled(chain()), tmp_path / "labels.onnx")
+    reports = [amos_onnx.convert(path, tmp_path / f"{path.stem}_out.onnx", tmp_path / "calib.npz", latency=10,
+                                 progress=False).budget for path in (scores, labels)]
+    assert reports[0] is not None and reports[1] is not None and reports[0]["k"] == reports[1]["k"]
+    assert reports[0]["measured_together"] == reports[1]["measured_together"]
+    written = [onnx.load(tmp_path / f"{name}_out.onnx").graph.initializer for name in ("scores", "labels")]
+    assert sorted(t.SerializeToString() for t in written[0]) == sorted(t.SerializeToString() for t in written[1])
+    path = save(detached(chain()), tmp_path / "ids.onnx")
+    np.savez(tmp_path / "calib.npz", x=_data(chain(), 128, seed=3), ids=np.arange(128))
+    with pytest.raises(OptionError, match=r"--spike-budget 0\.5: .*ids\.onnx has no floating-point output, nor one "
+                                          r"its outputs are computed from, .*\(ids_out \(int64\)\); choose K"):
         amos_onnx.convert(path, tmp_path / "out.onnx", tmp_path / "calib.npz", spike_budget=0.5, progress=False)
     result = CliRunner().invoke(main, ["convert", str(path), str(tmp_path / "out.onnx"), "--calib",
                                        str(tmp_path / "calib.npz"), "--latency", "9"])

@@ -105,6 +105,27 @@ def transformer_block() -> onnx.ModelProto:
     return b.model(out, ["N", 6, 8])
 
 
+def labelled(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its scores' ArgMax, cast to int32, as its only output (a classifier exported with its
+    labels)."""
+    out = model.graph.output[0].name
+    model.graph.node.extend([helper.make_node("ArgMax", [out], ["label64"], axis=1, keepdims=0, name="argmax"),
+                             helper.make_node("Cast", ["label64"], ["label"], to=TensorProto.INT32, name="cast")])
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("label", TensorProto.INT32, ["N"]))
+    return model
+
+
+def detached(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with an int64 input passed through as its only output: no output comes from a floating-point
+    tensor."""
+    model.graph.input.append(helper.make_tensor_value_info("ids", TensorProto.INT64, ["N"]))
+    model.graph.node.append(helper.make_node("Identity", ["ids"], ["ids_out"], name="ids_identity"))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("ids_out", TensorProto.INT64, ["N"]))
+    return model
+
+
 def _data(model: onnx.ModelProto, n: int, seed: int) -> np.ndarray:
     shape = [n] + [int(d.dim_value) for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
     return np.random.default_rng(seed).normal(0, 1, shape).astype(np.float32)

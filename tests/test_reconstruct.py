@@ -19,6 +19,8 @@ from test_compensate import (
     chain,
     concatenation,
     convert_both,
+    detached,
+    labelled,
     residual,
     squeeze_excitation,
     transformer_block,
@@ -236,16 +238,21 @@ def test_too_few_calibration_samples_refit_nothing_and_say_so(tmp_path: Path) ->
                report.notes), report.notes
 
 
-def test_a_model_with_only_integer_outputs_gives_compensation_nothing_to_judge_by(tmp_path: Path) -> None:
-    """A classifier exported with its ArgMax (int64 labels only): neither weight reconstruction (the default) nor
-    bias correction can tell whether a change brings the outputs closer, so neither runs; each note says why, and
-    the file is the one written without compensation."""
-    model = chain()
-    model.graph.node.append(onnx.helper.make_node("ArgMax", ["y"], ["label"], axis=1, keepdims=0, name="argmax"))
-    del model.graph.output[:]
-    model.graph.output.append(onnx.helper.make_tensor_value_info("label", onnx.TensorProto.INT64, ["N"]))
-    path = save(model, tmp_path / "labels.onnx")
-    np.savez(tmp_path / "calib.npz", x=_data(model, 64, 1))
+def test_a_classifier_exported_with_its_labels_is_compensated_by_its_scores(tmp_path: Path) -> None:
+    """A classifier whose only output is its ArgMax cast to int32: weight reconstruction (the default) and bias
+    correction judge at the scores the labels come from, so they write the same weights and biases as for the
+    scores' model; a model none of whose outputs comes from a floating-point tensor gives them nothing to judge
+    by: neither runs, each note says why, and the file is the one written without compensation."""
+    np.savez(tmp_path / "calib.npz", x=_data(chain(), 64, 1))
+    scores, labels = save(chain(), tmp_path / "scores.onnx"), save(labelled(chain()), tmp_path / "labels.onnx")
+    for flags in ({}, {"bias_correction": True}):
+        reports = [amos_onnx.convert(path, tmp_path / f"{path.stem}_out.onnx", tmp_path / "calib.npz", k=3,
+                                     progress=False, **flags) for path in (scores, labels)]
+        assert reports[1].biases and reports[0].biases == reports[1].biases
+        written = [onnx.load(tmp_path / f"{name}_out.onnx").graph.initializer for name in ("scores", "labels")]
+        assert sorted(t.SerializeToString() for t in written[0]) == sorted(t.SerializeToString() for t in written[1])
+    path = save(detached(chain()), tmp_path / "ids.onnx")
+    np.savez(tmp_path / "calib.npz", x=_data(chain(), 64, 1), ids=np.arange(64))
     convert = {"k": 3, "progress": False}
     plain = amos_onnx.convert(path, tmp_path / "plain.onnx", tmp_path / "calib.npz", reconstruct=False, **convert)
     assert not any("reconstruction" in n or "bias correction" in n for n in plain.notes)

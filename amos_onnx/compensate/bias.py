@@ -26,11 +26,12 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from amos_onnx.compensate.targets import BIASED_TYPES, Target, bias_values, constant_tensors, find_targets, site_levels
+from amos_onnx.compensate.targets import Target, bias_values, constant_tensors, find_targets, site_levels
 from amos_onnx.compensate.walk import Walk
 from amos_onnx.data.inputs import model_layout, sliceable
 from amos_onnx.find.sites import Site
 from amos_onnx.fit import focus
+from amos_onnx.fit.change import judged_tensors
 from amos_onnx.fit.sites import SiteFit
 from amos_onnx.options import EmitForm
 from amos_onnx.rewrite.biases import bias_inputs, set_constants
@@ -165,12 +166,13 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
     return Compensation(corrections, walk.samples, len(levels), ratio)
 
 
-NO_JUDGE = "no floating-point output to judge it by (the model's outputs are integers or labels)"
+NO_JUDGE = "no floating-point output to judge it by, nor one its outputs are computed from"
 
 
 def judged_outputs(model: onnx.ModelProto) -> list[str]:
-    """The model's outputs a compensation is judged by: its floating-point ones."""
-    return [o.name for o in model.graph.output if o.type.tensor_type.elem_type in BIASED_TYPES]
+    """The tensors a compensation is judged by (change.judged_tensors): the floating-point outputs, else those
+    the outputs are computed from (outputs of the switched model)."""
+    return [name for name, _ in judged_tensors(model)]
 
 
 def end_ratio(walk: Walk, fixed: str, results: list[str], plain: list[list[np.ndarray]]) -> float:

@@ -21,7 +21,7 @@ import onnx
 from amos_onnx.errors import OptionError
 from amos_onnx.find.sites import Site
 from amos_onnx.fit import focus
-from amos_onnx.fit.change import output_change, significantly_lower, standard_error, unit_changes
+from amos_onnx.fit.change import judged_tensors, output_change, significantly_lower, standard_error, unit_changes
 from amos_onnx.fit.choose import Allocation, Chooser
 from amos_onnx.fit.paths import SiteGraph
 from amos_onnx.fit.sites import SiteFit, fit_sites_at
@@ -101,15 +101,16 @@ def allocate_plan(p: Plan, options: FitOptions) -> tuple[Allocation, dict[str, S
 
 
 def check_measurable(model: onnx.ModelProto, model_path: Path, options: FitOptions) -> None:
-    """A one-line error when a budget cannot measure the outputs' change: the model has no floating-point output
-    (an exported ArgMax's labels, say)."""
+    """A one-line error when a budget cannot measure the outputs' change: no floating-point output, and none the
+    outputs are computed from (change.judged_tensors)."""
     outputs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
-    if options.budgeted and not any(t in focus.MEASURED_TYPES for t in outputs.values()):
+    if options.budgeted and not judged_tensors(model):
         flag = (f"--latency {options.latency}" if options.latency is not None
                 else f"--spike-budget {options.spike_budget}")
         kinds = ", ".join(f"{name} ({onnx.TensorProto.DataType.Name(t).lower()})" for name, t in outputs.items())
-        raise OptionError(f"{flag}: {model_path} has no floating-point output to measure how far each site's gate "
-                          f"moves it ({kinds}); choose K with --k, --k-per-op or --k auto")
+        raise OptionError(f"{flag}: {model_path} has no floating-point output, nor one its outputs are computed "
+                          f"from, to measure how far each site's gate moves it ({kinds}); choose K with --k, "
+                          "--k-per-op or --k auto")
 
 
 def first_window(options: FitOptions, depth: int, outer: tuple[int, ...]) -> list[int]:

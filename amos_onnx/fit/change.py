@@ -6,13 +6,21 @@ Kullback-Leibler divergence of their softmax (of the rows themselves when they a
 the original's, in nats per sample; otherwise the relative square error. unit_changes splits it into the shares
 of the samples (the rows of the outputs' first axis, or the feeds where outputs disagree on their rows), so that
 two sets of gates measured on the same samples can be compared sample by sample.
+
+The outputs measured are the model's floating-point ones; a model without any (an exported ArgMax's labels, say)
+is measured at the floating-point tensors its outputs are computed from (judged_tensors).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
+from onnx import TensorProto
+
+from amos_onnx.load import with_shapes
 
 Runs = list[list[np.ndarray]]  # a model's floating-point outputs, per feed, in the session's output order
+MEASURED_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)  # the element types measured
 
 # A per-site choice of K replaces the uniform K only when its measured change is lower by more than this many
 # standard errors of the paired per-sample difference: a gap within the samples' noise does not carry to others.
@@ -75,3 +83,31 @@ def significantly_lower(mine: np.ndarray, other: np.ndarray) -> bool:
     if mine.size < 2:
         return gap > 0
     return gap > SIGNIFICANCE * standard_error(mine, other)
+
+
+def judged_tensors(model: onnx.ModelProto) -> list[tuple[str, int]]:
+    """The tensors (name, element type) a conversion's effect on the outputs is measured at: the model's
+    floating-point outputs; without any, the first floating-point tensors found walking back from each output
+    through the nodes that make it (ArgMax's scores, through a Cast, say); none when no output comes from one."""
+    floats = [(o.name, o.type.tensor_type.elem_type) for o in model.graph.output
+              if o.type.tensor_type.elem_type in MEASURED_TYPES]
+    if floats or not model.graph.output:
+        return floats
+    typed = with_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*typed.input, *typed.value_info, *typed.output]}
+    constant = {t.name for t in model.graph.initializer} | {
+        out for n in model.graph.node if n.op_type == "Constant" for out in n.output}
+    made = {out: n for n in model.graph.node for out in n.output if out}
+    found: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    pending = [o.name for o in model.graph.output]
+    while pending:
+        name = pending.pop(0)
+        if name in seen or name in constant:
+            continue
+        seen.add(name)
+        if types.get(name) in MEASURED_TYPES and name in made:
+            found.append((name, types[name]))
+        elif name in made:
+            pending += [i for i in made[name].input if i]
+    return found

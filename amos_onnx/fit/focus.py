@@ -22,7 +22,7 @@ from onnx import TensorProto, helper
 from amos_onnx.data.dataset import sample_count
 from amos_onnx.data.inputs import model_layout, rows, sliceable
 from amos_onnx.find.sites import Site
-from amos_onnx.fit.change import Runs
+from amos_onnx.fit.change import MEASURED_TYPES, Runs, judged_tensors
 from amos_onnx.fit.sites import SiteFit
 from amos_onnx.options import EmitForm
 from amos_onnx.parallel import run_threads, threads_map
@@ -42,7 +42,6 @@ KEEP_BYTES = 64 << 20  # ... and at most this much of them (at least one batch)
 FOCUS_PASSES = 4
 FOCUS_BYTES = 64 << 20  # ... and at most this many bytes of inputs (at least one sample per run)
 
-MEASURED_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)  # site types whose effect is measured
 
 
 def searched(site: Site, fit_: SiteFit | None) -> bool:
@@ -56,7 +55,8 @@ def searched(site: Site, fit_: SiteFit | None) -> bool:
 def switched_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, SiteFit],
                    form: EmitForm) -> tuple[onnx.ModelProto, dict[str, str]]:
     """A copy of `model` in which each site's output is If(switch, its gate, its activation), with one boolean
-    scalar switch input per site (its name by site name): a run computes only the gates switched on."""
+    scalar switch input per site (its name by site name): a run computes only the gates switched on. The tensors
+    the outputs are measured at (change.judged_tensors) are outputs of it."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graph, emitter = copy.graph, Emitter(copy, form)
@@ -85,6 +85,9 @@ def switched_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, Si
         switches[site.name] = switch
     del graph.node[:]
     graph.node.extend(nodes)
+    outputs = {o.name for o in graph.output}  # a model without floating-point outputs: what they come from too
+    graph.output.extend(helper.make_tensor_value_info(name, dtype, None) for name, dtype in judged_tensors(model)
+                        if name not in outputs)
     emitter.add_functions(copy)
     return copy, switches
 
