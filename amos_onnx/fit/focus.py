@@ -43,7 +43,6 @@ FOCUS_PASSES = 4
 FOCUS_BYTES = 64 << 20  # ... and at most this many bytes of inputs (at least one sample per run)
 
 
-
 def searched(site: Site, fit_: SiteFit | None) -> bool:
     """Whether more moves can change this site's gate: a calibrated fit of a gate the fitter searches (a
     ReLU-like gate is a rounding ladder, fitted without local search), in the top-level graph."""
