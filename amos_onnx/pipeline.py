@@ -23,6 +23,7 @@ from amos_onnx.find.composite import NearMiss
 from amos_onnx.find.sites import Site, find_sites, quantized_ops
 from amos_onnx.fit import focus
 from amos_onnx.fit.budget import allocate_plan, check_measurable
+from amos_onnx.fit.change import judged_tensors
 from amos_onnx.fit.choose import Allocation
 from amos_onnx.fit.sites import Refocus, SiteFit, fit_sites
 from amos_onnx.load import FUNCTION_MIN_OPSET, default_opset, load_model, raise_opset, read_model, with_shapes
@@ -89,6 +90,9 @@ class Plan:
     axes: dict[str, int] = field(default_factory=dict)  # ... batch-first: inputs.model_layout(feed, axes) to run
     stages: Stages = field(default_factory=Stages)  # seconds per stage of the last plan, fit and write
     allocation: Allocation | None = None  # K per site of the last fit with a latency or spike budget
+    # the tensors the outputs' change is measured at (change.judged_tensors): the floating-point outputs, or what
+    # integer outputs are computed from
+    judged: list[tuple[str, int]] = field(default_factory=list)
 
 
 def _options(options: ConvertOptions | None, keywords: dict[str, Any]) -> ConvertOptions:
@@ -125,14 +129,15 @@ def plan(model_path: str | Path, calib: DataSource | None = None, options: Conve
         opset_before = default_opset(model)
         if options.emit is EmitForm.FUNCTION:
             model = raise_opset(model, FUNCTION_MIN_OPSET)
-    check_measurable(model, Path(model_path), options.fit)  # before the calibration: a budget must measure
+    judged = judged_tensors(model)
+    check_measurable(judged, model, Path(model_path), options.fit)  # before the calibration: a budget must measure
     with stages.stage("find"):
         sites, misses, find_notes = _find(model, options.find)
     if loose is not None:
         find_notes.insert(0, f"the ONNX checker's full check refuses the model ({loose}); it passes the basic check "
                              "and onnxruntime loads it, so it is converted, and the output is checked the same way")
     result = Plan(Path(model_path), model, options, sites, misses, find_notes, files, opset_before, loose is None,
-                  inputs=[Path(model_path), *files, *(data.paths if data else ())], stages=stages)
+                  inputs=[Path(model_path), *files, *(data.paths if data else ())], stages=stages, judged=judged)
     if output is not None:
         _check_output(result, output)
     if data is not None:

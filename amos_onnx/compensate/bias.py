@@ -19,6 +19,7 @@ stream, and the checks from their level on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,7 +32,6 @@ from amos_onnx.compensate.walk import Walk
 from amos_onnx.data.inputs import model_layout, sliceable
 from amos_onnx.find.sites import Site
 from amos_onnx.fit import focus
-from amos_onnx.fit.change import judged_tensors
 from amos_onnx.fit.sites import SiteFit
 from amos_onnx.options import EmitForm
 from amos_onnx.rewrite.biases import bias_inputs, set_constants
@@ -128,12 +128,12 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
     if not targets or not p.feeds:
         return Compensation([], 0, len(levels))
     before = {t.node: bias_values(constant_tensors(p.model), t) for t in targets}
-    results = judged_outputs(p.model)
+    results = [name for name, _ in p.judged]
     if not results:  # nothing to judge the corrections by: none is measured
         return Compensation([Correction(t, before[t.node], before[t.node]) for t in targets], 0, len(levels),
                             judged=False)
     kept = focus.first_samples(p.feeds, SAMPLES, sliceable(p.model, p.axes))
-    mixed, switches, slots = measuring_model(p.model, sites, fits, targets, p.options.emit)
+    mixed, switches, slots = measuring_model(p.model, sites, fits, targets, p.options.emit, p.judged)
     walk = Walk(mixed, split(mixed, tensor_level, levels, {t.output for t in targets}),
                 [model_layout(feed, p.axes) for feed in kept], ["original", "corrected"], results,
                 f"{p.model_path} (bias correction)", p.model_path.parent)
@@ -167,12 +167,6 @@ def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation:
 
 
 NO_JUDGE = "no floating-point output to judge it by, nor one its outputs are computed from"
-
-
-def judged_outputs(model: onnx.ModelProto) -> list[str]:
-    """The tensors a compensation is judged by (change.judged_tensors): the floating-point outputs, else those
-    the outputs are computed from (outputs of the switched model)."""
-    return [name for name, _ in judged_tensors(model)]
 
 
 def end_ratio(walk: Walk, fixed: str, results: list[str], plain: list[list[np.ndarray]]) -> float:
@@ -232,8 +226,10 @@ def mean_shift(spiking: list[np.ndarray], original: list[np.ndarray], axis: int)
 
 
 def measuring_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, SiteFit], targets: list[Target],
-                    form: EmitForm) -> tuple[onnx.ModelProto, dict[str, str], dict[str, str]]:
-    """focus.switched_model with each target's bias as an input of its own and each target's output as an output
-    (rewrite.biases.bias_inputs): the model, the switches by site name and the bias inputs by target node."""
-    mixed, switches = focus.switched_model(model, sites, fits, form)
+                    form: EmitForm, judged: Sequence[tuple[str, int]] = ()) -> tuple[onnx.ModelProto, dict[str, str],
+                                                                                      dict[str, str]]:
+    """focus.switched_model (with `judged` as outputs) with each target's bias as an input of its own and each
+    target's output as an output (rewrite.biases.bias_inputs): the model, the switches by site name and the bias
+    inputs by target node."""
+    mixed, switches = focus.switched_model(model, sites, fits, form, judged)
     return mixed, switches, bias_inputs(mixed, [(t.node, t.slot, t.output, t.dtype, t.channels) for t in targets])

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from amos_onnx.compensate.bias import NO_JUDGE, end_ratio, judged_outputs
+from amos_onnx.compensate.bias import NO_JUDGE, end_ratio
 from amos_onnx.compensate.layers import Layer, layers, patches, positions
 from amos_onnx.compensate.targets import constant_tensors, find_targets, site_levels
 from amos_onnx.compensate.walk import Walk
@@ -134,11 +134,11 @@ def reconstruct(p: Plan, fits: dict[str, SiteFit]) -> Reconstruction:
         return Reconstruction([], len(found), 0)
     kept = focus.first_samples(p.feeds, SAMPLES, sliceable(p.model, p.axes))
     count = sum(sample_count(feed) for feed in kept)
-    results = judged_outputs(p.model)
+    results = [name for name, _ in p.judged]
     if not results or count < MIN_SAMPLES:  # before any model is built: on by default, it then costs nothing
         return Reconstruction([], len(found), count, judged=bool(results))
     levels = sorted({ly.target.level for ly in found})
-    mixed, switches = focus.switched_model(p.model, sites, fits, p.options.emit)
+    mixed, switches = focus.switched_model(p.model, sites, fits, p.options.emit, p.judged)
     walk = Walk(mixed, split(mixed, tensor_level, levels, {ly.input for ly in found}),
                 [model_layout(feed, p.axes) for feed in kept], ["original", "refitted"], results,
                 f"{p.model_path} (weight reconstruction)", p.model_path.parent)

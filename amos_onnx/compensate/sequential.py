@@ -113,7 +113,7 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
     if not chosen or not p.feeds:
         return fits, 0
     fits = dict(fits)
-    mixed, switches = focus.switched_model(p.model, sites, fits, p.options.emit)
+    mixed, switches = focus.switched_model(p.model, sites, fits, p.options.emit, p.judged)
     levels = sorted(set(site_level.values()))
     kept = focus.first_samples(p.feeds, SAMPLES, sliceable(p.model, p.axes))
     walk = Walk(mixed, split(mixed, tensor_level, levels, {s.input for s in chosen}),
@@ -131,7 +131,7 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
                                  options, rng) for s in here}
             ready = {name: job for name, job in jobs.items() if job is not None}
             fits.update(zip(ready, fork_map(refit, list(ready.values()))))
-            walk.use(focus.switched_model(p.model, sites, fits, p.options.emit)[0])  # the gates changed
+            walk.use(focus.switched_model(p.model, sites, fits, p.options.emit, p.judged)[0])  # the gates changed
         walk.store(part, "original", want)
         walk.store(part, "spiking", walk.run(part, "spiking", on))
         walk.trim()

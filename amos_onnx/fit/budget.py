@@ -21,7 +21,7 @@ import onnx
 from amos_onnx.errors import OptionError
 from amos_onnx.find.sites import Site
 from amos_onnx.fit import focus
-from amos_onnx.fit.change import judged_tensors, output_change, significantly_lower, standard_error, unit_changes
+from amos_onnx.fit.change import output_change, significantly_lower, standard_error, unit_changes
 from amos_onnx.fit.choose import Allocation, Chooser
 from amos_onnx.fit.paths import SiteGraph
 from amos_onnx.fit.sites import SiteFit, fit_sites_at
@@ -59,7 +59,7 @@ def allocate_plan(p: Plan, options: FitOptions) -> tuple[Allocation, dict[str, S
     if options.latency is not None and options.latency < depth:
         raise OptionError(f"--latency {options.latency}: the smallest reachable latency of {p.model_path} is {depth} "
                           f"steps (K=1 at each of the {depth} gates on its deepest path)")
-    check_measurable(p.model, p.model_path, options)
+    check_measurable(p.judged, p.model, p.model_path, options)
     outer = candidates(options, depth)
     measured = {s.name: s for s in p.sites if s.name in graph.before and s.dtype in focus.MEASURED_TYPES}
     pinned = {name: outer[min(len(outer) - 1, BELOW)] for name in graph.order if name not in measured}
@@ -100,11 +100,12 @@ def allocate_plan(p: Plan, options: FitOptions) -> tuple[Allocation, dict[str, S
     return allocation, chosen
 
 
-def check_measurable(model: onnx.ModelProto, model_path: Path, options: FitOptions) -> None:
-    """A one-line error when a budget cannot measure the outputs' change: no floating-point output, and none the
-    outputs are computed from (change.judged_tensors)."""
+def check_measurable(judged: list[tuple[str, int]], model: onnx.ModelProto, model_path: Path,
+                     options: FitOptions) -> None:
+    """A one-line error when a budget cannot measure the outputs' change: nothing to measure at (`judged`,
+    change.judged_tensors of `model`: no floating-point output, and none the outputs are computed from)."""
     outputs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
-    if options.budgeted and not judged_tensors(model):
+    if options.budgeted and not judged:
         flag = (f"--latency {options.latency}" if options.latency is not None
                 else f"--spike-budget {options.spike_budget}")
         kinds = ", ".join(f"{name} ({onnx.TensorProto.DataType.Name(t).lower()})" for name, t in outputs.items())

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper
 from amos_onnx.data.dataset import sample_count
 from amos_onnx.data.inputs import model_layout, rows, sliceable
 from amos_onnx.find.sites import Site
-from amos_onnx.fit.change import MEASURED_TYPES, Runs, judged_tensors
+from amos_onnx.fit.change import MEASURED_TYPES, Runs
 from amos_onnx.fit.sites import SiteFit
 from amos_onnx.options import EmitForm
 from amos_onnx.parallel import run_threads, threads_map
@@ -51,11 +51,11 @@ def searched(site: Site, fit_: SiteFit | None) -> bool:
             and fit_.calibrated and site.dtype in MEASURED_TYPES)
 
 
-def switched_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, SiteFit],
-                   form: EmitForm) -> tuple[onnx.ModelProto, dict[str, str]]:
+def switched_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, SiteFit], form: EmitForm,
+                   judged: Sequence[tuple[str, int]] = ()) -> tuple[onnx.ModelProto, dict[str, str]]:
     """A copy of `model` in which each site's output is If(switch, its gate, its activation), with one boolean
     scalar switch input per site (its name by site name): a run computes only the gates switched on. The tensors
-    the outputs are measured at (change.judged_tensors) are outputs of it."""
+    the outputs are measured at (`judged`: a plan's, change.judged_tensors) are outputs of it."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graph, emitter = copy.graph, Emitter(copy, form)
@@ -85,7 +85,7 @@ def switched_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, Si
     del graph.node[:]
     graph.node.extend(nodes)
     outputs = {o.name for o in graph.output}  # a model without floating-point outputs: what they come from too
-    graph.output.extend(helper.make_tensor_value_info(name, dtype, None) for name, dtype in judged_tensors(model)
+    graph.output.extend(helper.make_tensor_value_info(name, dtype, None) for name, dtype in judged
                         if name not in outputs)
     emitter.add_functions(copy)
     return copy, switches
@@ -176,7 +176,7 @@ def site_effects(p: Plan, measured: list[Site], fit_sets: list[dict[str, SiteFit
         if not labels:
             every.append({})
             continue
-        mixed, switches = switched_model(p.model, measured, fits, p.options.emit)
+        mixed, switches = switched_model(p.model, measured, fits, p.options.emit, p.judged)
         sess = user_session(mixed, label, folder=p.model_path.parent, threads=run_threads())
         outputs = [o.name for o in sess.get_outputs()
                    if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)")]
