@@ -144,7 +144,8 @@ class FitOptions:
         "samples' error drops. --no-reconstruct keeps every weight as trained."))
     sequential: bool = field(default=False, metadata=_help(
         "With --calib: every gate is refitted, level by level, on the inputs it gets with the sites before it "
-        "spiking, against what the original network computes there (single gates in the top-level graph)."))
+        "spiking, against what the original network computes there (the gates in the top-level graph; per-channel "
+        "ones one per gate their channels share)."))
     latency: int | None = field(default=None, metadata=_help(
         "With --calib: K per site chosen so that the time steps along the deepest path of gates are at most this "
         "many, minimising the outputs' change measured on calibration samples (instead of --k); the uniform K within "

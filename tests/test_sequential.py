@@ -14,9 +14,11 @@ from test_compensate import Builder, _data, _ops, chain, concatenation, residual
 
 import amos_onnx
 from amos_onnx.cli import main
-from amos_onnx.compensate.sequential import conditional
+from amos_onnx.compensate.sequential import _shared_rows, conditional
 from amos_onnx.errors import OptionError
 from amos_onnx.find.gates import Activation
+from amos_onnx.gate import GateParams
+from amos_onnx.report.spikes import gate_params
 from amos_onnx.runtime import session
 
 
@@ -98,3 +100,42 @@ def test_sequential_with_bias_correction_and_the_cli(tmp_path: Path) -> None:
     assert not (tmp_path / "bare.onnx").exists()
     with pytest.raises(OptionError, match="--sequential needs --calib"):
         amos_onnx.convert(path, tmp_path / "api.onnx", sequential=True)
+
+
+def test_a_per_channel_gates_distinct_gates_each_with_the_channels_sharing_it() -> None:
+    """Channels 0 and 2 share a gate, 1 has its own: two gates, with rows [0, 2] and [1]."""
+    a, b = np.array([0.1, 0.5, 0.9]), np.array([0.2, 0.6, 1.0])
+    params = GateParams(np.stack([a, b, a]), np.stack([a, b, a]), np.stack([a, b, a]), axis=1)
+    shared = {tuple(rows): gate.thresholds.tolist() for rows, gate in _shared_rows(params)}
+    assert shared == {(0, 2): pytest.approx(a.astype(np.float32).tolist()),
+                      (1,): pytest.approx(b.astype(np.float32).tolist())}
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_per_channel_gates_are_refitted_sequentially_one_per_gate_their_channels_share(tmp_path: Path,
+                                                                                     k: int) -> None:
+    """--per-channel --sequential on eight Conv + Tanh layers: every gate keeps its [C, K] set on axis 1 and is
+    refitted (sources and notes say so); on held-out inputs, in onnxruntime, the outputs' mean square error
+    against the original's below 0.8x the per-channel first pass's (measured 0.69x at K=2, 0.70x at K=3);
+    the same ops, the function form and the native op agreeing to the bit."""
+    model = deep_tanh(k)
+    path = save(model, tmp_path / "model.onnx")
+    np.savez(tmp_path / "calib.npz", x=_data(model, 256, 1))
+    plain, refitted = tmp_path / "plain.onnx", tmp_path / "refitted.onnx"
+    options = {"k": k, "focus_kicks": 0, "reconstruct": False, "per_channel": True, "progress": False}
+    amos_onnx.convert(path, plain, tmp_path / "calib.npz", **options)
+    report = amos_onnx.convert(path, refitted, tmp_path / "calib.npz", sequential=True, **options)
+    x = _data(model, 256, 2)
+    first, later = _output_mse(path, plain, x), _output_mse(path, refitted, x)
+    assert later < 0.8 * first, (later, first)
+    assert _ops(onnx.load(str(plain))) == _ops(onnx.load(str(refitted)))
+    gates = [n for n in onnx.load(str(refitted)).graph.node if n.op_type == "AmosGate"]
+    assert len(gates) == 8 and all(gate_params(g).axis == 1 and gate_params(g).thresholds.shape == (8, k)
+                                   for g in gates)
+    before = {n.output[0]: gate_params(n).thresholds.tobytes() for n in onnx.load(str(plain)).graph.node
+              if n.op_type == "AmosGate"}
+    assert all(gate_params(g).thresholds.tobytes() != before[g.output[0]] for g in gates)
+    assert {s.source for s in report.sites if s.source is not None} == {"calibrated sequentially"}
+    assert any(note.startswith("sequential refits: 8 of 8 gates") for note in report.notes)
+    assert np.array_equal(session(refitted, native=True).run(None, {"x": x})[0],
+                          session(refitted, native=False).run(None, {"x": x})[0])

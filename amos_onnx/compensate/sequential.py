@@ -10,7 +10,8 @@ mean of act(x) - act(x~) over the pairs in x~'s quantile bin (AdaRound's asymmet
 least squares, fitting the pairs and fitting their conditional mean are the same problem), from its
 first fit as a warm start. A gate so learns to undo part of the error it is handed. Sites of the first level see
 the original inputs: their refit is a searched one on their own samples (a ReLU's first fit is a rounding
-ladder, searched here too).
+ladder, searched here too). A per-channel site's gates are refitted one per gate its channels share, each on the
+pairs of those channels.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from amos_onnx.find.sites import Site
 from amos_onnx.fit import focus
 from amos_onnx.fit.search import fit
 from amos_onnx.fit.sites import REFIT_STARTS, FitSource, SiteFit, absolute_penalty
-from amos_onnx.gate import sample_error
+from amos_onnx.gate import GateParams, sample_error
 from amos_onnx.options import FitOptions
 from amos_onnx.parallel import fork_map
 from amos_onnx.rewrite.segments import split
@@ -70,34 +71,69 @@ def conditional(act: Activation, spiking: np.ndarray, original: np.ndarray) -> C
 
 @dataclass(frozen=True)
 class Refit:
-    """One site's sequential refit: its function, K, the pairs' target and inputs, its first fit."""
+    """One gate's sequential refit: the site's function, the pairs' target and inputs, the gate it starts from
+    (its first fit's); for a per-channel site, the channels that gate serves (rows of the site's parameters)."""
 
     act: Activation
     target: Conditional
     samples: np.ndarray
-    first: SiteFit
+    start: GateParams
     options: FitOptions
+    rows: np.ndarray | None = None
 
 
-def refit(job: Refit) -> SiteFit:
+@dataclass(frozen=True)
+class Refitted:
+    """A refit's gate (its start where the inputs span too little to refit), its range and, on its pairs, its
+    error against the target and mean spikes."""
+
+    params: GateParams
+    changed: bool
+    lo: float
+    hi: float
+    mse: float
+    max_error: float
+    spikes: float
+    pairs: int
+
+
+def refit(job: Refit) -> Refitted:
     """A gate refitted on x~ against the conditional target, warm-started from its first fit."""
     lo, hi = float(job.samples.min()), float(job.samples.max())
     if job.act.relu_like:
         lo = min(lo, 0.0)
-    if hi - lo < 1e-3:
-        return job.first
-    penalty = absolute_penalty(job.act, job.samples, lo, hi, job.options.spike_penalty)
-    result = fit(job.target, job.first.params.k, lo, hi, job.samples, warm=[job.first.params], kicks=job.options.kicks,
-                 seed=job.options.seed, keep_starts=REFIT_STARTS, spike_penalty=penalty)
-    mse, max_error, spikes = sample_error(result.params, job.target, job.samples)
-    return replace(job.first, params=result.params, source=FitSource.SEQUENTIAL, lo=lo, hi=hi, mse=mse,
-                   max_error=max_error, mean_spikes=spikes)
+    params, changed = job.start, False
+    if hi - lo >= 1e-3:
+        penalty = absolute_penalty(job.act, job.samples, lo, hi, job.options.spike_penalty)
+        params = fit(job.target, job.start.k, lo, hi, job.samples, warm=[job.start], kicks=job.options.kicks,
+                     seed=job.options.seed, keep_starts=REFIT_STARTS, spike_penalty=penalty).params
+        changed = True
+    return Refitted(params, changed, lo, hi, *sample_error(params, job.target, job.samples), job.samples.size)
+
+
+def refitted(first: SiteFit, jobs: list[Refit], results: list[Refitted]) -> SiteFit:
+    """A site's fit after its refits: one gate's, or a per-channel site's rows replaced by their group's refitted
+    gate (error and spikes over all its pairs); the first fit where nothing was refitted."""
+    if not any(r.changed for r in results):
+        return first
+    n = sum(r.pairs for r in results)
+    params = results[0].params
+    if first.params.axis is not None:
+        arrays = [np.array(a) for a in (first.params.thresholds, first.params.resets, first.params.weights)]
+        for job, result in zip(jobs, results):
+            for array, gate in zip(arrays, (result.params.thresholds, result.params.resets, result.params.weights)):
+                array[job.rows] = gate
+        params = GateParams(arrays[0], arrays[1], arrays[2], axis=first.params.axis)
+    return replace(first, params=params, source=FitSource.SEQUENTIAL, lo=min(r.lo for r in results),
+                   hi=max(r.hi for r in results), mse=sum(r.mse * r.pairs for r in results) / n,
+                   max_error=max(r.max_error for r in results),
+                   mean_spikes=sum(r.spikes * r.pairs for r in results) / n)
 
 
 def refittable(site: Site, fit_: SiteFit | None) -> bool:
-    """Whether a site gets a sequential refit: a calibrated gate, one per site, in the top-level graph."""
+    """Whether a site gets a sequential refit: a calibrated gate (one per site or per channel) of an activation
+    that is one function for every channel, in the top-level graph."""
     return (site.converts and not site.graph and fit_ is not None and fit_.calibrated
-            and fit_.params.axis is None
             and site.activation is not None and site.activation.channel_funcs is None)
 
 
@@ -129,8 +165,11 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
             handed = walk.run(part, "spiking", off)  # the sites before spiking, this level's not yet
             jobs = {s.name: _job(s, fits[s.name], [h[s.input] for h in handed], [w[s.input] for w in want],
                                  options, rng) for s in here}
-            ready = {name: job for name, job in jobs.items() if job is not None}
-            fits.update(zip(ready, fork_map(refit, list(ready.values()))))
+            flat = [(name, job) for name, site_jobs in jobs.items() for job in site_jobs]
+            results = fork_map(refit, [job for _, job in flat])
+            for name, site_jobs in jobs.items():
+                mine = [result for (owner, _), result in zip(flat, results) if owner == name]
+                fits[name] = refitted(fits[name], site_jobs, mine)
             walk.use(focus.switched_model(p.model, sites, fits, p.options.emit, p.judged)[0])  # the gates changed
         walk.store(part, "original", want)
         walk.store(part, "spiking", walk.run(part, "spiking", on))
@@ -139,20 +178,47 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
 
 
 def _job(site: Site, first: SiteFit, spiking: list[np.ndarray], original: list[np.ndarray], options: FitOptions,
-         rng: np.random.Generator) -> Refit | None:
-    """A site's refit on PAIRS of its positions, drawn at random (seeded) from every feed; None without two
-    finite pairs."""
+         rng: np.random.Generator) -> list[Refit]:
+    """A site's refits on PAIRS of its positions, drawn at random (seeded) from every feed: one, or for a
+    per-channel site one per gate its channels share (_shared_rows); none without two finite pairs."""
     x_tilde = np.concatenate([np.asarray(a, np.float64).ravel() for a in spiking])
     x = np.concatenate([np.asarray(a, np.float64).ravel() for a in original])
+    axis = first.params.axis
+    channel = None if axis is None else np.concatenate([_channel_of(np.shape(a), axis) for a in spiking])
     keep = np.isfinite(x_tilde) & np.isfinite(x)
     x_tilde, x = x_tilde[keep], x[keep]
+    channel = None if channel is None else channel[keep]
     if x.size > PAIRS:
         chosen = rng.choice(x.size, size=PAIRS, replace=False)
         x_tilde, x = x_tilde[chosen], x[chosen]
-    if x.size < 2:
-        return None
-    assert site.activation is not None
-    return Refit(site.activation, conditional(site.activation, x_tilde, x), x_tilde, first, options)
+        channel = None if channel is None else channel[chosen]
+    act = site.activation
+    assert act is not None
+    if channel is None:
+        return [Refit(act, conditional(act, x_tilde, x), x_tilde, first.params, options)] if x.size >= 2 else []
+    jobs = []
+    for rows, gate in _shared_rows(first.params):
+        mine = np.isin(channel, rows)
+        if np.count_nonzero(mine) >= 2:
+            jobs.append(Refit(act, conditional(act, x_tilde[mine], x[mine]), x_tilde[mine], gate, options, rows))
+    return jobs
+
+
+def _channel_of(shape: tuple[int, ...], axis: int) -> np.ndarray:
+    """The channel (index along `axis`) of every flat position of an array of this shape."""
+    axis %= len(shape)
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    return (np.arange(int(np.prod(shape, dtype=np.int64))) // inner) % shape[axis]
+
+
+def _shared_rows(params: GateParams) -> list[tuple[np.ndarray, GateParams]]:
+    """A per-channel gate's distinct gates, each with the channels (rows) that share it."""
+    rows = np.concatenate([params.thresholds, params.resets, params.weights], axis=1)
+    distinct, inverse = np.unique(rows, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    k = params.k
+    return [(np.flatnonzero(inverse == g), GateParams(row[:k], row[k:2 * k], row[2 * k:]))
+            for g, row in enumerate(distinct)]
 
 
 def sequential_notes(fits: dict[str, SiteFit]) -> list[str]:
