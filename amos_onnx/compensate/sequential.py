@@ -209,15 +209,15 @@ def _job(site: Site, first: SiteFit, spiking: list[np.ndarray], original: list[n
         mine = np.isin(channel, rows)
         if np.count_nonzero(mine) >= CHANNEL_MIN_SAMPLES:
             jobs.append(Refit(act, conditional(act, x_tilde[mine], x[mine]), x_tilde[mine], gate, options, rows,
-                              _group_range(res, rows, first) if res is not None else (np.inf, -np.inf)))
+                              _group_range(res, rows, first)))
     return jobs
 
 
-def _group_range(res: Reservoir, rows: np.ndarray, first: SiteFit) -> tuple[float, float]:
+def _group_range(res: Reservoir | None, rows: np.ndarray, first: SiteFit) -> tuple[float, float]:
     """The range a per-channel group's first fit covered (channels.channel_gates): its channels' exact range,
-    widened by CHANNEL_MARGIN of its width on each side, within the site's."""
-    if res.channel_count != first.params.channels:
-        return (np.inf, -np.inf)
+    widened by CHANNEL_MARGIN of its width on each side, within the site's; the site's without its channels'."""
+    if res is None or res.channel_count != first.params.channels:
+        return first.lo, first.hi
     lo, hi = float(res.channel_lo[rows].min()), float(res.channel_hi[rows].max())
     margin = CHANNEL_MARGIN * (hi - lo)
     return max(lo - margin, first.lo), min(hi + margin, first.hi)
