@@ -12,8 +12,8 @@ first fit as a warm start. A gate so learns to undo part of the error it is hand
 the original inputs: their refit is a searched one on their own samples (a ReLU's first fit is a rounding
 ladder, searched here too). A per-channel site's gates are refitted one per gate its channels share, each on the
 pairs of those channels, over at least the range the gate was fitted for: a refit on the pairs' range alone
-spends its steps where the kept samples lie, which on Fashion-MNIST's test images moved the outputs half as much
-but on NudeNet's other images lost 20 of 31 boxes.
+spends its steps where the kept samples lie, which on Fashion-MNIST's test images moved the outputs up to half as
+much but on NudeNet's other images lost 20 of 31 boxes.
 """
 
 from __future__ import annotations
