@@ -171,11 +171,9 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
             handed = walk.run(part, "spiking", off)  # the sites before spiking, this level's not yet
             jobs = {s.name: _job(s, fits[s.name], [h[s.input] for h in handed], [w[s.input] for w in want],
                                  options, rng, p.reservoirs.get(s.samples)) for s in here}
-            flat = [(name, job) for name, site_jobs in jobs.items() for job in site_jobs]
-            results = fork_map(refit, [job for _, job in flat])
+            results = iter(fork_map(refit, [job for site_jobs in jobs.values() for job in site_jobs]))
             for name, site_jobs in jobs.items():
-                mine = [result for (owner, _), result in zip(flat, results) if owner == name]
-                fits[name] = refitted(fits[name], site_jobs, mine)
+                fits[name] = refitted(fits[name], site_jobs, [next(results) for _ in site_jobs])
             walk.use(focus.switched_model(p.model, sites, fits, p.options.emit, p.judged)[0])  # the gates changed
         walk.store(part, "original", want)
         walk.store(part, "spiking", walk.run(part, "spiking", on))

@@ -21,7 +21,7 @@ import onnx
 from amos_onnx.errors import OptionError
 from amos_onnx.find.sites import Site
 from amos_onnx.fit import focus
-from amos_onnx.fit.change import output_change, significantly_lower, standard_error, unit_changes
+from amos_onnx.fit.change import MEASURED_TYPES, output_change, significantly_lower, standard_error, unit_changes
 from amos_onnx.fit.choose import Allocation, Chooser
 from amos_onnx.fit.paths import SiteGraph
 from amos_onnx.fit.sites import SiteFit, fit_sites_at
@@ -61,7 +61,7 @@ def allocate_plan(p: Plan, options: FitOptions) -> tuple[Allocation, dict[str, S
                           f"steps (K=1 at each of the {depth} gates on its deepest path)")
     check_measurable(p.judged, p.model, p.model_path, options)
     outer = candidates(options, depth)
-    measured = {s.name: s for s in p.sites if s.name in graph.before and s.dtype in focus.MEASURED_TYPES}
+    measured = {s.name: s for s in p.sites if s.name in graph.before and s.dtype in MEASURED_TYPES}
     pinned = {name: outer[min(len(outer) - 1, BELOW)] for name in graph.order if name not in measured}
     windows = {name: [pinned[name]] if name in pinned else first_window(options, depth, outer) for name in graph.order}
     weights = {name: (p.reservoirs[s.samples].seen / max(p.samples, 1) if s.samples in p.reservoirs else 0.0)
@@ -104,8 +104,8 @@ def check_measurable(judged: list[tuple[str, int]], model: onnx.ModelProto, mode
                      options: FitOptions) -> None:
     """A one-line error when a budget cannot measure the outputs' change: nothing to measure at (`judged`,
     change.judged_tensors of `model`: no floating-point output, and none the outputs are computed from)."""
-    outputs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
     if options.budgeted and not judged:
+        outputs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
         flag = (f"--latency {options.latency}" if options.latency is not None
                 else f"--spike-budget {options.spike_budget}")
         kinds = ", ".join(f"{name} ({onnx.TensorProto.DataType.Name(t).lower()})" for name, t in outputs.items())
