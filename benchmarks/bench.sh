@@ -15,7 +15,8 @@ total=$SECONDS
 for step in "fashion_nets.py" "fashion_k.py --write" "per_channel.py --write" "fashion_peer.py --write" "latency_budget.py --write" \
     "conversion_cost.py --write" "conversion_speed.py --write" "large_model.py --write" "digits_activations.py --write" "fit.py --write" \
     "auto_k.py --write" "digits_report.py --write" "fuzz.py --cases 20000 --write" "runtime.py --write" "channel_axis_runtime.py --write" \
-    "pypi_models.py --write" "silero_vad.py --write" "ray_cluster.py --write" "compensation_cost.py --write"; do
+    "pypi_models.py --write" "silero_vad.py --write" "ray_cluster.py --write" "compensation_cost.py --write" \
+    "fit_spread.py --nets vgg:4 resnet:4 effnet:6 gelu:5 --seeds 5 --write"; do
     start=$SECONDS
     echo "$PYTHON benchmarks/$step"
     # shellcheck disable=SC2086  # each step is a script and its arguments
