@@ -16,6 +16,13 @@ for step in "fashion_nets.py" "fashion_k.py --write" "per_channel.py --write" "f
     "conversion_cost.py --write" "conversion_speed.py --write" "large_model.py --write" "digits_activations.py --write" "fit.py --write" \
     "auto_k.py --write" "digits_report.py --write" "fuzz.py --cases 20000 --write" "runtime.py --write" "channel_axis_runtime.py --write" \
     "pypi_models.py --write" "silero_vad.py --write" "ray_cluster.py --write" "compensation_cost.py --write" \
+    "pypi_models.py --bias-correction --write" "pypi_models.py --reconstruct --write" \
+    "pypi_models.py --sequential --bias-correction --write" "reservoir_draws.py --seeds 0,1,2,3 --write" \
+    "bias_correction.py --nets vgg:3,4 resnet:3,4 effnet:6,8 gelu:5,6 --write" \
+    "sequential.py --nets vgg:3,4 resnet:3,4 effnet:6,8,10 gelu:5,6 --write" \
+    "sequential.py --nets vgg:3,4 resnet:3,4 --spike-penalty 0.01 --write" \
+    "reconstruct.py --nets vgg:3,4 resnet:3,4 effnet:6,8,10 gelu:5,6 --write" \
+    "reconstruct.py --nets vgg:3,4 resnet:3,4 --spike-penalty 0.01 --write" \
     "fit_spread.py --nets vgg:4 resnet:4 effnet:6 gelu:5 --seeds 5 --write"; do
     start=$SECONDS
     echo "$PYTHON benchmarks/$step"
