@@ -154,21 +154,29 @@ def reconstruct(p: Plan, fits: dict[str, SiteFit]) -> Reconstruction:
         # the refits have read them: one stream's segment outputs are held at a time, not two
         want = walk.run(part, "original", off)
         here = [ly for ly in found if part and ly.target.level == levels[part - 1]]
-        # the refitted stream runs once, after the refits, when earlier segments made every layer's input
-        early = all(ly.input in walk.streams["refitted"][0] for ly in here)
-        got = [{} for _ in walk.streams["refitted"]] if early else walk.run(part, "refitted", on)
-        done = [r for ly in here if (r := refit(ly, _inputs(walk, "refitted", got, ly.input),
-                                                 _inputs(walk, "original", want, ly.input), rng)) is not None]
+        done, got = level_refits(walk, part, here, want, on, rng)
+        refits += done
         walk.store(part, "original", want)
-        if done:
-            write(walk.model, done)
-            walk.use(walk.model)  # the refitted layers' segment is built again with their new weights
-            refits += done
-        if done or early:
-            got = walk.run(part, "refitted", on)
-        walk.store(part, "refitted", got)
+        walk.store(part, "refitted", got if got is not None else walk.run(part, "refitted", on))
         walk.trim()
     return Reconstruction(refits, len(found), walk.samples, end_ratio(walk, "refitted", results, plain))
+
+
+def level_refits(walk: Walk, part: int, here: list[Layer], want: list[dict[str, np.ndarray]],
+                 on: dict[str, np.ndarray], rng: np.random.Generator,
+                 stream: str = "refitted") -> tuple[list[Refit], list[dict[str, np.ndarray]] | None]:
+    """The layers `here` of segment `part` refitted on their inputs in `stream` (every site spiking: switches
+    `on`) against those in `want` (the original stream's outputs of this segment), written into the walk's model
+    (its segments built again); with the stream's outputs of this segment when they still hold (no layer changed
+    and they were needed), else None: the caller runs the segment once more."""
+    early = all(ly.input in walk.streams[stream][0] for ly in here)
+    got = [{} for _ in walk.streams[stream]] if early else walk.run(part, stream, on)
+    done = [r for ly in here if (r := refit(ly, _inputs(walk, stream, got, ly.input),
+                                             _inputs(walk, "original", want, ly.input), rng)) is not None]
+    if done:
+        write(walk.model, done)
+        walk.use(walk.model)  # the refitted layers' segment is built again with their new weights
+    return done, None if done or early else got
 
 
 def _inputs(walk: Walk, stream: str, made: list[dict[str, np.ndarray]], name: str) -> list[np.ndarray]:
