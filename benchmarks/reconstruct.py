@@ -47,6 +47,9 @@ def network(name: str, ks: list[int], folder: Path, penalty: float = 0.0) -> lis
     rows = []
     for k in ks:
         fits, refitted, refit_seconds = {}, {}, {}
+        # the refits walk the layers as the reconstruction will (sequential reads the plan's compensation): every
+        # sequential row here is measured with reconstruction
+        p.options = replace(p.options, fit=replace(p.options.fit, reconstruct=True, bias_correction=False))
         for kind, kicks in (("first", 0), ("focus", FOCUS_KICKS)):
             options = FitOptions(k=k, seed=SEED, focus_kicks=kicks, spike_penalty=penalty)
             fits[kind], _ = fit_plan(p, options)
