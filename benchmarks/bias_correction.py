@@ -53,13 +53,18 @@ def measure(p: Plan, fits: dict, corrected: bool, test: tuple[np.ndarray, np.nda
             "notes": compensation.notes() if compensation else []}
 
 
-def baseline(name: str) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], float, Plan]:
-    """A Fashion network's test set with the ANN's logits, the ANN's accuracy, and its calibrated plan."""
+def ann_test(name: str) -> tuple[Path, tuple[np.ndarray, np.ndarray, np.ndarray], float]:
+    """A Fashion network's model file, its test set with the ANN's logits, and the ANN's accuracy."""
     path, _ = fashion_nets.network(name)
     xte, yte = fashion_data.load("test")
     ann_logits = run_original(path, xte)
-    return (xte, yte, ann_logits), float(np.mean(ann_logits.argmax(1) == yte)), \
-        plan(path, calib={"image": calibration_images()}, seed=SEED, bias_correction=True)  # compensate(): bias
+    return path, (xte, yte, ann_logits), float(np.mean(ann_logits.argmax(1) == yte))
+
+
+def baseline(name: str) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], float, Plan]:
+    """A Fashion network's test set with the ANN's logits, the ANN's accuracy, and its calibrated plan."""
+    path, test, ann = ann_test(name)
+    return test, ann, plan(path, calib={"image": calibration_images()}, seed=SEED, bias_correction=True)  # bias
 
 
 def network(name: str, ks: list[int], folder: Path, penalty: float = 0.0) -> list[dict[str, object]]:

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bias_correction import baseline, measure  # noqa: E402
+from bias_correction import ann_test, measure  # noqa: E402
 from fashion_k import calibration_images  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
@@ -35,10 +35,10 @@ WITHIN = 0.3  # points below the ANN the compensation issue asks for
 
 def network(name: str, k: int, seeds: int, folder: Path) -> list[dict[str, object]]:
     """One row per mode: each seed's points below the ANN, KL and spikes per gate."""
-    test, ann, p = baseline(name)
+    path, test, ann = ann_test(name)
     runs: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode, _, _ in MODES}
     for seed in range(seeds):
-        plans = {per_channel: plan(p.model_path, calib={"image": calibration_images()}, seed=seed,
+        plans = {per_channel: plan(path, calib={"image": calibration_images()}, seed=seed,
                                    per_channel=per_channel) for per_channel in (False, True)}
         for mode, per_channel, refit in MODES:
             q: Plan = plans[per_channel]
