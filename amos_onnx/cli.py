@@ -212,7 +212,8 @@ def _convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> Conve
     fit = FitOptions(k=_k(o["k"]), k_per_op=_k_per_op(o["k_per_op"]), target_mse=o["target_mse"],
                      spike_penalty=o["spike_penalty"], seed=o["seed"], kicks=o["kicks"], focus_kicks=o["focus_kicks"],
                      per_channel=o["per_channel"], bias_correction=o["bias_correction"], reconstruct=o["reconstruct"],
-                     sequential=o["sequential"], latency=o["latency"], spike_budget=o["spike_budget"])
+                     sequential=o["sequential"], latency=o["latency"], spike_budget=o["spike_budget"],
+                     range_weight=o["range_weight"])
     return ConvertOptions(find, calibration, fit, o["emit"], False if quiet else None)
 
 
@@ -227,6 +228,7 @@ def _convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> Conve
 @_from(FitOptions, "spike_penalty", "--spike-penalty")
 @_from(FitOptions, "kicks", "--kicks")
 @_from(FitOptions, "focus_kicks", "--focus-kicks")
+@_from(FitOptions, "range_weight", "--range-weight")
 @_from(FitOptions, "per_channel", "--per-channel")
 @_from(FitOptions, "bias_correction", "--bias-correction")
 @_from(FitOptions, "reconstruct", "--reconstruct/--no-reconstruct")

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from amos_onnx.data.images import ImageOptions
 from amos_onnx.errors import OptionError
 from amos_onnx.find.gates import selectable_ops
+from amos_onnx.fit.search import GRID_FLOOR
 from amos_onnx.gate import MAX_K
 
 AUTO: Literal["auto"] = "auto"
@@ -130,6 +131,11 @@ class FitOptions:
     focus_kicks: int = field(default=FOCUS_KICKS, metadata=_help(
         "With --calib: the fits that move the model's outputs most (measured on calibration samples, one site's "
         "gate at a time) are refitted with this many moves (0: no focus)."))
+    range_weight: float = field(default=GRID_FLOOR, metadata=_help(
+        "With --calib: the share of each fit's squared error taken evenly over the site's whole calibrated range, "
+        "the rest on its calibration samples. 0 fits the samples alone: the most accurate gates where the inputs "
+        "to come are like the calibration data; more keeps the gate accurate over the whole range, for inputs "
+        "unlike them."))
     per_channel: bool = field(default=False, metadata=_help(
         "One gate per channel of each site; channels with alike calibration values share one refined gate "
         "(needs --calib). Channels: the last axis after MatMul, Gemm or a layer norm, else axis 1."))
@@ -168,6 +174,8 @@ class FitOptions:
             raise OptionError(f"--target-mse {self.target_mse}: must be positive")
         if not (self.spike_penalty >= 0 and math.isfinite(self.spike_penalty)):
             raise OptionError(f"--spike-penalty {self.spike_penalty}: must be zero or positive")
+        if not 0.0 <= self.range_weight <= 1.0:
+            raise OptionError(f"--range-weight {self.range_weight}: must be between 0 and 1")
         _check_moves("--kicks", self.kicks)
         _check_moves("--focus-kicks", self.focus_kicks)
         if self.latency is not None and self.latency < 1:

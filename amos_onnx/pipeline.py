@@ -25,6 +25,7 @@ from amos_onnx.fit import focus
 from amos_onnx.fit.budget import allocate_plan, check_measurable
 from amos_onnx.fit.change import judged_tensors
 from amos_onnx.fit.choose import Allocation
+from amos_onnx.fit.search import GRID_FLOOR
 from amos_onnx.fit.sites import Refocus, SiteFit, fit_sites
 from amos_onnx.load import FUNCTION_MIN_OPSET, default_opset, load_model, raise_opset, read_model, with_shapes
 from amos_onnx.options import (
@@ -122,6 +123,8 @@ def plan(model_path: str | Path, calib: DataSource | None = None, options: Conve
     if options.fit.sequential and calib is None:
         raise OptionError("--sequential needs --calib: the gates are refitted on the inputs calibration samples give "
                           "them")
+    if options.fit.range_weight != GRID_FLOOR and calib is None:
+        raise OptionError("--range-weight needs --calib: it weighs each site's calibration samples against its range")
     stages = Stages()
     with stages.stage("load"):
         model, files, loose = read_model(model_path)

@@ -122,7 +122,8 @@ def refit(job: Refit) -> Refitted:
     if hi - lo >= 1e-3:
         penalty = absolute_penalty(job.act, job.samples, lo, hi, job.options.spike_penalty)
         params = fit(job.target, job.start.k, lo, hi, job.samples, warm=[job.start], kicks=job.options.kicks,
-                     seed=job.options.seed, keep_starts=REFIT_STARTS, spike_penalty=penalty).params
+                     seed=job.options.seed, keep_starts=REFIT_STARTS, spike_penalty=penalty,
+                     range_weight=job.options.range_weight).params
         changed = True
     return Refitted(params, changed, lo, hi, *sample_error(params, job.target, job.samples), job.samples.size)
 

@@ -42,8 +42,9 @@ class FitResult:
     hi: float
 
 
-# Share of a calibrated fit's loss on a uniform grid over the whole range, so inputs rarer than the samples
-# show still count; a larger share buys the top of the range with resolution where the data is.
+# Share of a calibrated fit's loss on a uniform grid over the whole range (the default of convert's
+# --range-weight), so inputs rarer than the samples show still count; a larger share buys the top of the range
+# with resolution where the data is.
 GRID_FLOOR = 0.01
 
 
@@ -57,8 +58,8 @@ def _finite(samples: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _problem(func: Func, lo: float, hi: float, samples: tuple[np.ndarray, np.ndarray], lam: float, points: int,
-             tails: bool = False, sort: bool = True) -> Problem:
-    """Training points: the range grid alone, or samples (1 - GRID_FLOOR of the weight) plus the grid as a floor;
+             tails: bool = False, sort: bool = True, floor: float = GRID_FLOOR) -> Problem:
+    """Training points: the range grid alone, or samples (1 - floor of the weight) plus the grid as a floor;
     with `tails`, where f saturates beyond the range, points out there too (TAIL_WEIGHT). `samples`: _finite's.
     `sort`: by x, for the descents' sorts of membranes (a set only scored need not be)."""
     grid = np.linspace(lo, hi, points)
@@ -69,7 +70,7 @@ def _problem(func: Func, lo: float, hi: float, samples: tuple[np.ndarray, np.nda
         if s.size > points:  # evenly spaced ranks: the samples' distribution without a draw's noise
             s = ordered[np.linspace(0, s.size - 1, points).round().astype(np.int64)]
         x = np.concatenate([s, grid])
-        w = np.concatenate([np.full(s.size, (1 - GRID_FLOOR) / s.size), np.full(grid.size, GRID_FLOOR / grid.size)])
+        w = np.concatenate([np.full(s.size, (1 - floor) / s.size), np.full(grid.size, floor / grid.size)])
     tail = tail_points(func, lo, hi) if tails else np.empty(0)
     if tail.size:
         x = np.concatenate([x, tail])
@@ -157,13 +158,14 @@ REFINE_STARTS = 2  # structured starts on the samples' own core range that a ref
 
 
 def refine(func: Func, lo: float, hi: float, samples: np.ndarray, start: GateParams, *, relu_like: bool = False,
-           spike_penalty: float = 0.0) -> GateParams:
+           spike_penalty: float = 0.0, range_weight: float = GRID_FLOOR) -> GateParams:
     """A gate refitted from `start` to other samples and range by descent (no local search): a site's gate
     refitted to a group of its channels' values. The REFINE_STARTS structured starts on the samples' core range
     that cost least as they are compete with it. The start is kept unless the refit costs less on the fine
-    set without leaving f's range beyond it (where f saturates) by more than the start does."""
+    set without leaving f's range beyond it (where f saturates) by more than the start does. range_weight: the
+    share of the loss on a uniform grid over [lo, hi] (Search.range_weight)."""
     prepared = _finite(samples)
-    coarse = _problem(func, lo, hi, prepared, spike_penalty, 2049)
+    coarse = _problem(func, lo, hi, prepared, spike_penalty, 2049, floor=range_weight)
     k = start.k
     candidates = [_arrays(start)]
     core_lo, core_hi = (float(q) for q in np.quantile(samples, [0.001, 0.999]))
@@ -180,7 +182,7 @@ def refine(func: Func, lo: float, hi: float, samples: np.ndarray, start: GatePar
         T, h, d = (a.copy() for a in c)
         descended.append((descend(coarse, T, h, d, hi - lo, sweeps=6), len(descended), (T, h, d)))
     T, h, d = min(descended, key=lambda r: (r[0], r[1]))[2]
-    fine = _problem(func, lo, hi, prepared, spike_penalty, 8193)
+    fine = _problem(func, lo, hi, prepared, spike_penalty, 8193, floor=range_weight)
     descend(fine, T, h, d, hi - lo, sweeps=3)
     with np.errstate(over="ignore"):
         dense_x = np.linspace(lo, hi, REFINE_SLIVER_POINTS)
@@ -216,7 +218,8 @@ class Search:
     points polishes it. spike_penalty: the cost of one mean spike, in squared error. kicks: local-search moves
     (deterministic for a seed); time_budget: seconds that may stop the search earlier, at the price of run-to-run
     differences. keep_starts: how many starts get a descent, those with the least cost as they are (a refit's
-    budget). tails: points beyond the range in the loss, where f saturates."""
+    budget). tails: points beyond the range in the loss, where f saturates. range_weight: with samples, the share of
+    the loss on a uniform grid over the whole range (0: the samples alone)."""
 
     relu_like: bool = False
     spike_penalty: float = 0.0
@@ -225,6 +228,7 @@ class Search:
     seed: int = 0
     keep_starts: int | None = None
     tails: bool = False
+    range_weight: float = GRID_FLOOR
 
 
 def _starts(func: Func, k: int, lo: float, hi: float, finite: np.ndarray, samples: np.ndarray | None,
@@ -298,14 +302,15 @@ def fit(func: Func, k: int, lo: float, hi: float, samples: np.ndarray | None = N
     lam, tails = search.spike_penalty, search.tails
     prepared = _finite(samples)
     # ReLU-like gates resolve 2^K levels: they need the fine set from the start.
-    coarse = _problem(func, lo, hi, prepared, lam, 8193 if search.relu_like else 2049, tails)
+    floor = search.range_weight
+    coarse = _problem(func, lo, hi, prepared, lam, 8193 if search.relu_like else 2049, tails, floor=floor)
     finite = np.empty(0) if samples is None else np.sort(samples[np.isfinite(samples)], axis=None)  # for quantiles
     starts = _starts(func, k, lo, hi, finite, samples, search, warm)
     chosen, raw, start = _best_start(coarse, starts, search, hi - lo)
     where = np.quantile(finite, np.linspace(0, 1, 257)) if finite.size else None
     T, h, d = start if search.relu_like else _search(coarse, start, lo, hi, search.kicks, deadline, rng, where)
-    fine = coarse if search.relu_like else _problem(func, lo, hi, prepared, lam, 8193, tails)  # the same points
-    check = _problem(func, lo, hi, prepared, lam, 65537, tails, sort=False)  # only scored
+    fine = coarse if search.relu_like else _problem(func, lo, hi, prepared, lam, 8193, tails, floor=floor)
+    check = _problem(func, lo, hi, prepared, lam, 65537, tails, sort=False, floor=floor)  # only scored
     # The search's result, the chosen start as it was for ReLU-like f (a rounding ladder is near-optimal), and the
     # warm starts (padded with silent neurons, so adding neurons never makes a fit worse) compete.
     candidates = [(T, h, d)] + ([raw] if search.relu_like else []) + [pad_start(w, k, hi, hi - lo) for w in warm]

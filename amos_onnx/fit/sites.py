@@ -119,13 +119,14 @@ def _calibrated(act: Activation, k: int, samples: np.ndarray, fit_range: tuple[f
     error_only, result = job.error_only, None
     if not options.spike_penalty or (error_only is None and job.start is None):
         result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=warm, kicks=options.kicks,
-                     seed=options.seed, keep_starts=REFIT_STARTS)
+                     seed=options.seed, keep_starts=REFIT_STARTS, range_weight=options.range_weight)
         error_only = result.params
     if options.spike_penalty:
         lam = absolute_penalty(act, samples, lo, hi, options.spike_penalty)
         result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like,
                      warm=[*warm, *([error_only] if error_only is not None else [])],
-                     kicks=options.kicks, seed=options.seed, keep_starts=REFIT_STARTS, spike_penalty=lam)
+                     kicks=options.kicks, seed=options.seed, keep_starts=REFIT_STARTS, spike_penalty=lam,
+                     range_weight=options.range_weight)
     assert result is not None
     return result
 
@@ -167,7 +168,7 @@ def _fit_job(job: Job) -> SiteFit:
         return SiteFit(params, FitSource.CALIBRATED, lo, hi, mse, max_err, spikes, res.seen)
     if options.per_channel and res.axis is not None:
         lam = absolute_penalty(act, samples, lo, hi, options.spike_penalty)
-        params, mse, max_err, spikes = channel_gates(act, result, res, lam)
+        params, mse, max_err, spikes = channel_gates(act, result, res, lam, options.range_weight)
         return SiteFit(params, FitSource.PER_CHANNEL, lo, hi, mse, max_err, spikes, res.seen)
     mse, max_err, spikes = sample_error(result.params, act.func, samples)
     return SiteFit(result.params, FitSource.CALIBRATED, lo, hi, mse, max_err, spikes, res.seen)
@@ -238,7 +239,8 @@ def _refit_key(job: Job) -> tuple[object, ...] | None:
     if job.k == AUTO or res is None or res.seen == 0 or act.channel_funcs is not None or options.per_channel:
         return None
     digest = hashlib.blake2b(np.ascontiguousarray(res.values).tobytes(), digest_size=16).hexdigest()
-    return (act.label, act.relu_like, int(job.k), options.seed, options.kicks, REFIT_STARTS, _range(act, res), digest)
+    return (act.label, act.relu_like, int(job.k), options.seed, options.kicks, options.range_weight, REFIT_STARTS,
+            _range(act, res), digest)
 
 
 def _shares(seen: list[tuple[Key, int]]) -> dict[Key, float]:

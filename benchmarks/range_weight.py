@@ -1,0 +1,133 @@
+"""How much each calibrated fit should weigh the whole range against the calibration samples (--range-weight).
+
+A calibrated fit minimises the squared error on the site's calibration samples plus, with a share of the loss
+(--range-weight, 0.01 by default), on a uniform grid over the site's whole calibrated range [lo, hi]. The range
+is the exact min and max of every value seen, often many standard deviations out, so the grid asks the gate to
+resolve values the data hardly has, at the cost of resolution where it is. This benchmark converts at weights
+0.01, 0.001 and 0:
+
+- fashion: the compensation issue's four Fashion-MNIST networks at their target K, one gate per site and per
+  channel, seeds 0..N-1 (the calibration's draw and the fits' search; the same 2,000 calibration images),
+  weight reconstruction on (convert's default); full 10,000-image test set (inputs like the calibration data).
+- pypi: NudeNet and the PP-OCR pipeline as pypi_models.py converts and judges them (images unlike the
+  calibration images: other photographs, a scanned page against rendered ones).
+
+    .venv/bin/python benchmarks/range_weight.py [--part fashion|pypi|all] [--seeds 3] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pypi_models  # noqa: E402
+from bias_correction import ann_test, measure  # noqa: E402
+from fashion_k import calibration_images  # noqa: E402
+from fit_spread import WITHIN, _spread  # noqa: E402
+from results import machine, write_section  # noqa: E402
+
+from amos_onnx.options import FitOptions  # noqa: E402
+from amos_onnx.pipeline import fit_plan, plan  # noqa: E402
+
+NETS = ("vgg:4", "resnet:4", "effnet:6", "gelu:5")
+WEIGHTS = (0.01, 0.001, 0.0)
+MODES = (("one gate per site", False), ("per channel", True))
+
+
+def network(name: str, k: int, seeds: int, folder: Path) -> list[dict[str, object]]:
+    """One row per mode and weight: each seed's points below the ANN, KL and spikes per gate."""
+    path, test, ann = ann_test(name)
+    runs: dict[tuple[str, float], list[tuple[float, float, float]]] = {}
+    for seed in range(seeds):
+        for mode, per_channel in MODES:
+            q = plan(path, calib={"image": calibration_images()}, seed=seed, per_channel=per_channel)
+            for weight in WEIGHTS:
+                fits, _ = fit_plan(q, FitOptions(k=k, seed=seed, per_channel=per_channel, range_weight=weight))
+                row = measure(q, fits, True, test, folder)
+                run = (100 * (ann - float(row["accuracy"])), 1000 * float(row["kl"]),  # type: ignore[arg-type]
+                       float(row["spikes"]))  # type: ignore[arg-type]
+                runs.setdefault((mode, weight), []).append(run)
+                print(f"{name} K={k} {mode} weight {weight} seed {seed}: {run[0]:.2f} below, KL {run[1]:.1f}, "
+                      f"{run[2]:.3f} spikes/gate", flush=True)
+    return [{"net": name, "ann": ann, "k": k, "mode": mode, "weight": weight, "runs": runs[(mode, weight)]}
+            for mode, _ in MODES for weight in WEIGHTS]
+
+
+def fashion_table(rows: list[dict[str, object]]) -> list[str]:
+    lines = ["| network (ANN) | K | gates | --range-weight | points below the ANN: mean (least to most) | "
+             f"KL (mnat/image) | spikes per gate | seeds within {WITHIN} points |", "|---" * 8 + "|"]
+    for r in rows:
+        runs: list[tuple[float, float, float]] = r["runs"]  # type: ignore[assignment]
+        below, kl, spikes = (list(v) for v in zip(*runs))
+        lines.append(f"| {r['net']} ({100 * float(r['ann']):.2f}) | {r['k']} | {r['mode']} | {r['weight']} | "  # type: ignore[arg-type]
+                     f"{_spread(below, 2)} | {_spread(kl, 1)} | {_spread(spikes, 3)} | "
+                     f"{sum(b <= WITHIN for b in below)} of {len(runs)} |")
+    return lines
+
+
+def pypi_rows(folder: Path) -> list[str]:
+    lines = ["| --range-weight | NudeNet: boxes matched / the original's | precision | mean IoU | "
+             "mean score difference | lost boxes' scores | PP-OCR: CER on the 5 images (page.png) | "
+             "det / cls / rec alone | CER on 24 more pages | conversion s (NudeNet; det, cls, rec) |",
+             "|---" * 10 + "|"]
+    for weight in WEIGHTS:
+        nude = pypi_models.run_nudenet(folder / f"nudenet-{weight}", range_weight=weight)
+        ocr = pypi_models.run_ocr(folder / f"ocr-{weight}", more_pages=pypi_models.OCR_MORE_PAGES, range_weight=weight)
+        boxes: pypi_models.BoxMatch = nude["boxes"]  # type: ignore[assignment]
+        pages: list[dict[str, object]] = ocr["pages"]  # type: ignore[assignment]
+        page = next(p for p in pages if p["image"] == "page.png")
+        alone: dict[str, float] = ocr["alone"]  # type: ignore[assignment]
+        more: dict[str, float] = ocr["more"]  # type: ignore[assignment]
+        seconds: dict[str, float] = ocr["seconds"]  # type: ignore[assignment]
+        lost = ", ".join(f"{s:.3f}" for s in boxes.missed) or "-"
+        lines.append(
+            f"| {weight} | {boxes.matched} / {boxes.original} | {boxes.precision:.3f} | {np.mean(boxes.ious):.3f} | "
+            f"{np.mean(boxes.score_diffs):.3f} | {lost} | {float(ocr['cer']):.3f} ({page['distance']} of "  # type: ignore[arg-type]
+            f"{len(str(page['original']))}) | {alone['det']:.3f} / {alone['cls']:.3f} / {alone['rec']:.3f} | "
+            f"{more['cer']:.3f} | {float(nude['seconds']):.0f}; "  # type: ignore[arg-type]
+            f"{', '.join(f'{seconds[m]:.0f}' for m in ('det', 'cls', 'rec'))} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("fashion", "pypi", "all"), default="all")
+    parser.add_argument("--nets", nargs="*", default=list(NETS), help="NAME:K per network")
+    parser.add_argument("--seeds", type=int, default=3, help="fit seeds 0..N-1")
+    parser.add_argument("--write", action="store_true", help="replace this benchmark's sections of RESULTS.md")
+    args = parser.parse_args()
+    weights = ", ".join(str(w) for w in WEIGHTS)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.part in ("fashion", "all"):
+            rows: list[dict[str, object]] = []
+            for spec in args.nets:
+                name, k = spec.split(":")
+                rows += network(name, int(k), args.seeds, Path(tmp))
+            if args.write:
+                write_section("range_weight_fashion", "\n".join([
+                    "## The range's weight in calibrated fits: Fashion-MNIST", "",
+                    f"`benchmarks/range_weight.py --part fashion --nets {' '.join(args.nets)} --seeds {args.seeds} "
+                    f"--write` ({machine()}): convert --range-weight {weights} (0.01 is the default), --seed 0 to "
+                    f"{args.seeds - 1}, calibrated on fashion_k.py's 2,000 training images, convert's own fits (the "
+                    "focus on) with weight reconstruction (convert's default), one gate per site or per channel "
+                    "(--per-channel); full 10,000-image test set, native op. KL: of the spiking softmax from the "
+                    "ANN's, per test image.", "", *fashion_table(rows)]))
+        if args.part in ("pypi", "all"):
+            lines = pypi_rows(Path(tmp))
+            if args.write:
+                write_section("range_weight_pypi", "\n".join([
+                    "## The range's weight in calibrated fits: real models from PyPI wheels", "",
+                    f"`benchmarks/range_weight.py --part pypi --write` ({machine()}): pypi_models.py's NudeNet and "
+                    f"PP-OCR conversions and judgements (see that section) with convert --range-weight {weights} "
+                    "(0.01 is the default), seed 0, convert's defaults otherwise; the images judged are unlike the "
+                    "calibration images.", "", *lines]))
+
+
+if __name__ == "__main__":
+    main()
