@@ -9,8 +9,9 @@ resolve values the data hardly has, at the cost of resolution where it is. This 
 - fashion: the compensation issue's four Fashion-MNIST networks at their target K, one gate per site and per
   channel, seeds 0..N-1 (the calibration's draw and the fits' search; the same 2,000 calibration images),
   weight reconstruction on (convert's default); full 10,000-image test set (inputs like the calibration data).
-- pypi: NudeNet and the PP-OCR pipeline as pypi_models.py converts and judges them (images unlike the
-  calibration images: other photographs, a scanned page against rendered ones).
+- pypi: NudeNet and the PP-OCR pipeline as pypi_models.py converts and judges them (mostly on images unlike
+  the calibration images: other photographs, a scanned page against rendered ones; the OCR's 24 more pages are
+  rendered as its calibration pages are).
 
     .venv/bin/python benchmarks/range_weight.py [--part fashion|pypi|all] [--seeds 3] [--write]
 """
@@ -125,8 +126,9 @@ def main() -> None:
                     "## The range's weight in calibrated fits: real models from PyPI wheels", "",
                     f"`benchmarks/range_weight.py --part pypi --write` ({machine()}): pypi_models.py's NudeNet and "
                     f"PP-OCR conversions and judgements (see that section) with convert --range-weight {weights} "
-                    "(0.01 is the default), seed 0, convert's defaults otherwise; the images judged are unlike the "
-                    "calibration images.", "", *lines]))
+                    "(0.01 is the default), seed 0, convert's defaults otherwise. NudeNet's images and page.png (a "
+                    "scan) are unlike the calibration images; the 24 more pages are rendered as the calibration pages "
+                    "are.", "", *lines]))
 
 
 if __name__ == "__main__":
