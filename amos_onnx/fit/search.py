@@ -285,9 +285,11 @@ def _finish(func: Func, lo: float, hi: float, problems: tuple[Problem, Problem],
 
 
 def fit(func: Func, k: int, lo: float, hi: float, samples: np.ndarray | None = None, *,
-        warm: Sequence[GateParams] = (), search: Search | None = None, **keywords: Any) -> FitResult:
+        warm: Sequence[GateParams] = (), fallback: Sequence[GateParams] = (), search: Search | None = None,
+        **keywords: Any) -> FitResult:
     """Fit a K-neuron gate to func on [lo, hi], weighted by samples when given, warm-started from `warm`, searched
-    as `search` says (or its fields as keywords: relu_like=True, kicks=40, ...).
+    as `search` says (or its fields as keywords: relu_like=True, kicks=40, ...). `fallback`: gates (of fewer
+    neurons, say) that compete with the result as they are, padded with silent neurons, without starting a search.
 
     Where f saturates beyond the range, a fit whose gate leaves f's range out there by more than its
     in-range max error is redone from itself and every warm start with points beyond the range in the loss.
@@ -313,11 +315,13 @@ def fit(func: Func, k: int, lo: float, hi: float, samples: np.ndarray | None = N
     check = _problem(func, lo, hi, prepared, lam, 65537, tails, sort=False, floor=floor)  # only scored
     # The search's result, the chosen start as it was for ReLU-like f (a rounding ladder is near-optimal), and the
     # warm starts (padded with silent neurons, so adding neurons never makes a fit worse) compete.
-    candidates = [(T, h, d)] + ([raw] if search.relu_like else []) + [pad_start(w, k, hi, hi - lo) for w in warm]
+    candidates = [(T, h, d)] + ([raw] if search.relu_like else [])
+    candidates += [pad_start(w, k, hi, hi - lo) for w in [*warm, *fallback]]
     T, h, d = _finish(func, lo, hi, (fine, check), candidates)
     params = open_bottom(GateParams(T, h, d), func, lo, hi)
     mse, max_err, spikes = evaluate(params, func, lo, hi)
     if not tails and tail_excursion(params, func, lo, hi) > max_err:
-        return fit(func, k, lo, hi, samples, warm=[params, *warm], search=replace(search, tails=True))
+        return fit(func, k, lo, hi, samples, warm=[params, *warm], fallback=fallback,
+                   search=replace(search, tails=True))
     log.debug("fit K=%d on [%g, %g]: mse %.3g max %.3g spikes %.2f", k, lo, hi, mse, max_err, spikes)
     return FitResult(params, mse, max_err, spikes, lo, hi)

@@ -67,6 +67,7 @@ def _range(act: Activation, res: Reservoir | None) -> tuple[float, float]:
     return lo, hi
 
 
+TOP_K = library.K_RANGE.stop - 1  # the library's largest K: a fit beyond it competes with one at it
 _DATA_FREE: dict[tuple[str, float, float, bool, int, float], FitResult] = {}
 
 
@@ -91,7 +92,8 @@ def _data_free(act: Activation, k: int, penalty: float = 0.0) -> FitResult:
                                   keep_starts=REFIT_STARTS, warm=[shipped.params] if shipped else [],
                                   spike_penalty=absolute_penalty(act, None, act.lo, act.hi, penalty))
         else:
-            _DATA_FREE[key] = shipped or fit(act.func, k, act.lo, act.hi, relu_like=act.relu_like)
+            _DATA_FREE[key] = shipped or fit(act.func, k, act.lo, act.hi, relu_like=act.relu_like,
+                                             fallback=[_data_free(act, TOP_K).params] if k > TOP_K else [])
     return _DATA_FREE[key]
 
 
@@ -108,23 +110,28 @@ def _per_channel(act: Activation, shared: FitResult, samples: np.ndarray | None)
 
 
 def _calibrated(act: Activation, k: int, samples: np.ndarray, fit_range: tuple[float, float], job: Job) -> FitResult:
-    """A site's gate refitted on its samples, warm-started from the library's gate (and job.start). With a spike
-    penalty, the error-only refit (job.error_only when already made) joins the penalised refit's starts, so the
-    penalised refit never returns a gate that the error-only one beats on the penalised cost."""
+    """A site's gate refitted on its samples, warm-started from the library's gate (and job.start); beyond the
+    library's largest K, this site's fit at that K competes with it (fit's fallback: a search over many neurons
+    can land worse than one over fewer, and adding neurons must not make a gate worse). With a spike penalty, the
+    error-only refit (job.error_only when already made) joins the penalised refit's starts, so the penalised
+    refit never returns a gate that the error-only one beats on the penalised cost."""
     lo, hi = fit_range
     options = job.options
     shipped = library.lookup(act, k)
     warm = [shipped.params] if shipped is not None else []
     warm += [job.start] if job.start is not None else []
+    top = job._replace(k=TOP_K, error_only=None, start=None)
+    beyond = [_calibrated(act, TOP_K, samples, fit_range, top).params] if k > TOP_K else []
     error_only, result = job.error_only, None
     if not options.spike_penalty or (error_only is None and job.start is None):
-        result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=warm, kicks=options.kicks,
-                     seed=options.seed, keep_starts=REFIT_STARTS, range_weight=options.range_weight)
+        result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=warm, fallback=beyond,
+                     kicks=options.kicks, seed=options.seed, keep_starts=REFIT_STARTS,
+                     range_weight=options.range_weight)
         error_only = result.params
     if options.spike_penalty:
         lam = absolute_penalty(act, samples, lo, hi, options.spike_penalty)
         result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like,
-                     warm=[*warm, *([error_only] if error_only is not None else [])],
+                     warm=[*warm, *([error_only] if error_only is not None else [])], fallback=beyond,
                      kicks=options.kicks, seed=options.seed, keep_starts=REFIT_STARTS, spike_penalty=lam,
                      range_weight=options.range_weight)
     assert result is not None
