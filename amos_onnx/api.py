@@ -13,7 +13,7 @@ from amos_onnx.errors import DataError, OptionError
 from amos_onnx.find.gates import Activation
 from amos_onnx.fit import library
 from amos_onnx.fit.library import named_activations
-from amos_onnx.fit.search import KICKS, FitResult, fit
+from amos_onnx.fit.search import GRID_FLOOR, KICKS, FitResult, fit
 from amos_onnx.gate import MAX_K
 from amos_onnx.load import load_model
 from amos_onnx.options import RayOptions
@@ -53,6 +53,7 @@ def _named(name: str) -> Activation:
 def fit_function(
     name: str, k: int, fit_range: tuple[float, float] | None = None, samples: np.ndarray | None = None, *,
     spike_cost: float = 0.0, seed: int = 0, kicks: int | None = None, time_budget: float | None = None,
+    range_weight: float = GRID_FLOOR,
 ) -> FitResult:
     """Fit a gate for a named function ("Sigmoid", "silu", ...) on a range and/or samples, warm-started from
     the shipped pre-fitted gate; that gate itself when nothing asks for another (default range, no samples,
@@ -60,7 +61,9 @@ def fit_function(
 
     spike_cost: the squared error one mean spike may cost (absolute, unlike convert's relative spike_penalty).
     The budget: `kicks` local-search moves (the fitter's default when None; each costs one short descent), and
-    `time_budget` seconds that may stop the search earlier (results then depend on the machine's speed)."""
+    `time_budget` seconds that may stop the search earlier (results then depend on the machine's speed).
+    range_weight: with samples, the share of the loss on a uniform grid over the range (convert's
+    --range-weight)."""
     act = _named(name)
     if not 1 <= k <= MAX_K:
         raise OptionError(f"--k {k}: K must be between 1 and {MAX_K}")
@@ -74,6 +77,8 @@ def fit_function(
         raise OptionError(f"--time-budget {time_budget}: the time budget must be a positive number of seconds")
     if not (spike_cost >= 0 and np.isfinite(spike_cost)):
         raise OptionError(f"--spike-cost {spike_cost}: must be zero or positive")
+    if not 0.0 <= range_weight <= 1.0:
+        raise OptionError(f"--range-weight {range_weight}: must be between 0 and 1")
     if fit_range is not None:
         lo, hi = fit_range
     else:
@@ -85,5 +90,5 @@ def fit_function(
     if shipped is not None and default and (lo, hi) == (act.lo, act.hi):
         return shipped
     return fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, spike_penalty=spike_cost, seed=seed,
-               kicks=KICKS if kicks is None else kicks, time_budget=time_budget,
+               kicks=KICKS if kicks is None else kicks, time_budget=time_budget, range_weight=range_weight,
                warm=[shipped.params] if shipped is not None else [])

@@ -17,7 +17,7 @@ import click
 import amos_onnx
 from amos_onnx.cluster.connect import ray_module
 from amos_onnx.errors import AmosError, OptionError
-from amos_onnx.fit.search import KICKS
+from amos_onnx.fit.search import GRID_FLOOR, KICKS
 from amos_onnx.options import AUTO, CalibrationOptions, ConvertOptions, FindOptions, FitOptions, K, RayOptions
 from amos_onnx.report.validate import ValidateOptions
 
@@ -358,6 +358,9 @@ def report_command(original: str, converted: str, data: str | None, out: str, qu
               help=f"Iteration budget: local-search moves (default {KICKS}); more find better gates, for more time.")
 @click.option("--time-budget", type=float, default=None,
               help="Seconds after which the local search stops (the result then depends on the machine's speed).")
+@click.option("--range-weight", type=float, default=GRID_FLOOR, show_default=True,
+              help="With --samples: the share of the squared error taken evenly over the range, the rest on the "
+                   "samples (convert's --range-weight).")
 @click.option("--json", "as_json", is_flag=True, help="Print parameters and figures as JSON.")
 def fit_command(function: str, k: int, bounds: tuple[float, float] | None, samples: str | None, as_json: bool,
                 **budget: Any) -> None:
@@ -367,6 +370,12 @@ def fit_command(function: str, k: int, bounds: tuple[float, float] | None, sampl
     result = _run(lambda: amos_onnx.fit_function(function, k, bounds, values, **budget))
     data = {**result.params.to_dict(), "function": function, "range": [result.lo, result.hi], "mse": result.mse,
             "max_error": result.max_error, "mean_spikes": result.mean_spikes}
+    if values is not None:  # the fit's own objective: the error where the samples are
+        from amos_onnx.api import _named
+        from amos_onnx.gate import sample_error
+
+        on = sample_error(result.params, _named(function).func, values.astype("float32"))
+        data.update(samples_mse=on[0], samples_max_error=on[1], samples_mean_spikes=on[2])
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -374,6 +383,9 @@ def fit_command(function: str, k: int, bounds: tuple[float, float] | None, sampl
         click.echo(f"{name}: {' '.join(f'{v:.8g}' for v in data[name])}")
     click.echo(f"{function} K={k} on [{result.lo:g}, {result.hi:g}]: mse {result.mse:.3g}, "
                f"max error {result.max_error:.3g}, mean spikes {result.mean_spikes:.3f} (dense grid of 200,001 points)")
+    if values is not None:
+        click.echo(f"on the {values.size} samples: mse {data['samples_mse']:.3g}, max error "
+                   f"{data['samples_max_error']:.3g}, mean spikes {data['samples_mean_spikes']:.3f}")
 
 
 def _load_samples(path: str) -> Any:

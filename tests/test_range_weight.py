@@ -3,6 +3,7 @@ calibrated range, against the calibration samples themselves."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +76,21 @@ def test_a_bad_range_weight_is_a_one_line_error_and_writes_nothing(tmp_path: Pat
         assert result.exit_code == 2, result.output
         assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
         assert not out.exists()
+
+
+def test_fit_takes_the_range_weight_and_reports_the_error_on_the_samples(tmp_path: Path) -> None:
+    """amos-onnx fit --samples: the quality on the samples beside the dense grid's, and --range-weight 0.001
+    lowers the samples' MSE on heavy-tailed samples (measured 0.0314 against 0.0349 at the default) while the
+    grid's grows; a weight outside [0, 1] is a one-line error."""
+    np.save(tmp_path / "s.npy", np.random.default_rng(0).standard_t(3, 20000).astype(np.float32))
+    figures = {}
+    for weight in ("0.01", "0.001"):
+        result = CliRunner().invoke(main, ["fit", "silu", "--k", "6", "--samples", str(tmp_path / "s.npy"),
+                                           "--range-weight", weight, "--json"])
+        assert result.exit_code == 0, result.output
+        figures[weight] = json.loads(result.output)
+    assert figures["0.001"]["samples_mse"] <= 0.95 * figures["0.01"]["samples_mse"], figures
+    assert figures["0.001"]["mse"] > figures["0.01"]["mse"], figures
+    bad = CliRunner().invoke(main, ["fit", "silu", "--k", "6", "--range-weight", "3"])
+    assert bad.exit_code == 2 and "--range-weight 3.0: must be between 0 and 1" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1, bad.output
