@@ -24,6 +24,7 @@ from fashion_k import calibration_images  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
 from amos_onnx.compensate.sequential import sequential  # noqa: E402
+from amos_onnx.fit.search import GRID_FLOOR  # noqa: E402
 from amos_onnx.options import FitOptions  # noqa: E402
 from amos_onnx.pipeline import Plan, fit_plan, plan  # noqa: E402
 
@@ -33,8 +34,9 @@ MODES = (("reconstruction", False, False), ("sequential + reconstruction", False
 WITHIN = 0.3  # points below the ANN the compensation issue asks for
 
 
-def network(name: str, k: int, seeds: int, folder: Path) -> list[dict[str, object]]:
-    """One row per mode: each seed's points below the ANN, KL and spikes per gate."""
+def network(name: str, k: int, seeds: int, folder: Path, range_weight: float = GRID_FLOOR) -> list[dict[str, object]]:
+    """One row per mode: each seed's points below the ANN, KL and spikes per gate (fits with convert's
+    --range-weight `range_weight`)."""
     path, test, ann = ann_test(name)
     runs: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode, _, _ in MODES}
     for seed in range(seeds):
@@ -42,7 +44,7 @@ def network(name: str, k: int, seeds: int, folder: Path) -> list[dict[str, objec
                                    per_channel=per_channel) for per_channel in (False, True)}
         for mode, per_channel, refit in MODES:
             q: Plan = plans[per_channel]
-            options = FitOptions(k=k, seed=seed, per_channel=per_channel)
+            options = FitOptions(k=k, seed=seed, per_channel=per_channel, range_weight=range_weight)
             fits, _ = fit_plan(q, options)
             if refit:
                 fits, _ = sequential(q, fits, options)
@@ -74,19 +76,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nets", nargs="*", default=list(NETS), help="NAME:K per network")
     parser.add_argument("--seeds", type=int, default=3, help="fit seeds 0..N-1")
+    parser.add_argument("--range-weight", type=float, default=GRID_FLOOR,
+                        help="convert's --range-weight (another than the default writes its own section)")
     parser.add_argument("--write", action="store_true", help="replace this section of benchmarks/RESULTS.md")
     args = parser.parse_args()
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.nets:
             name, k = spec.split(":")
-            rows += network(name, int(k), args.seeds, Path(tmp))
+            rows += network(name, int(k), args.seeds, Path(tmp), args.range_weight)
     if not args.write:
         return
-    write_section("fit_spread", "\n".join([
-        "## The compensated conversions across fit seeds", "",
-        f"`benchmarks/fit_spread.py --nets {' '.join(args.nets)} --seeds {args.seeds} --write` ({machine()}): "
-        f"convert --seed 0 to {args.seeds - 1}: calibrated on fashion_k.py's 2,000 training images, convert's own "
+    flag = f" --range-weight {args.range_weight:g}" if args.range_weight != GRID_FLOOR else ""
+    write_section("fit_spread" + flag.replace(" --range-weight ", "_range_weight_"), "\n".join([
+        "## The compensated conversions across fit seeds" + flag.replace(" --", ", --"), "",
+        f"`benchmarks/fit_spread.py --nets {' '.join(args.nets)} --seeds {args.seeds}{flag} --write` ({machine()}): "
+        f"convert --seed 0 to {args.seeds - 1}{flag}"
+        + ": calibrated on fashion_k.py's 2,000 training images, convert's own "
         "fits (the focus on) with weight reconstruction (convert's default), refitted sequentially or not "
         "(--sequential), one gate per site or per channel (--per-channel); full 10,000-image test set, native op. "
         "KL: of the spiking softmax from the ANN's, per test image. The seed moves the calibration's draw of the "
