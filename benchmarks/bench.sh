@@ -24,6 +24,8 @@ for step in "fashion_nets.py" "fashion_k.py --write" "per_channel.py --write" "f
     "reconstruct.py --nets vgg:3,4 resnet:3,4 effnet:6,8,10 gelu:5,6 --write" \
     "reconstruct.py --nets vgg:3,4 resnet:3,4 --spike-penalty 0.01 --write" \
     "fit_spread.py --nets vgg:4 resnet:4 effnet:6 gelu:5 --seeds 5 --write" \
+    "fit_spread.py --nets vgg:4 resnet:4 effnet:6 gelu:5 --seeds 5 --range-weight 0.001 --write" \
+    "fit_spread.py --nets vgg:4 resnet:4 effnet:6 gelu:5 --seeds 5 --range-weight 0 --write" \
     "range_weight.py --part fashion --nets vgg:4 resnet:4 effnet:6 gelu:5 --seeds 2 --write" \
     "range_weight.py --part pypi --write"; do
     start=$SECONDS
