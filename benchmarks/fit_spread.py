@@ -60,13 +60,16 @@ def _spread(values: list[float], digits: int) -> str:
     return f"{sum(values) / len(values):.{digits}f} ({min(values):.{digits}f} to {max(values):.{digits}f})"
 
 
-def table(rows: list[dict[str, object]]) -> list[str]:
-    lines = ["| network (ANN) | K | mode | points below the ANN: mean (least to most) | KL (mnat/image) | "
-             f"spikes per gate | seeds within {WITHIN} points |", "|---" * 7 + "|"]
+def table(rows: list[dict[str, object]], columns: tuple[tuple[str, str], ...] = (("mode", "mode"),)) -> list[str]:
+    """The rows' spreads, after the network, K and `columns` (header, row key)."""
+    heads = " | ".join(head for head, _ in columns)
+    lines = [f"| network (ANN) | K | {heads} | points below the ANN: mean (least to most) | KL (mnat/image) | "
+             f"spikes per gate | seeds within {WITHIN} points |", "|---" * (6 + len(columns)) + "|"]
     for r in rows:
         runs: list[tuple[float, float, float]] = r["runs"]  # type: ignore[assignment]
         below, kl, spikes = (list(v) for v in zip(*runs))
-        lines.append(f"| {r['net']} ({100 * float(r['ann']):.2f}) | {r['k']} | {r['mode']} | "  # type: ignore[arg-type]
+        cells = " | ".join(str(r[key]) for _, key in columns)
+        lines.append(f"| {r['net']} ({100 * float(r['ann']):.2f}) | {r['k']} | {cells} | "  # type: ignore[arg-type]
                      f"{_spread(below, 2)} | {_spread(kl, 1)} | {_spread(spikes, 3)} | "
                      f"{sum(b <= WITHIN for b in below)} of {len(runs)} |")
     return lines

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pypi_models  # noqa: E402
 from bias_correction import ann_test, measure  # noqa: E402
 from fashion_k import calibration_images  # noqa: E402
-from fit_spread import WITHIN, _spread  # noqa: E402
+from fit_spread import table  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
 from amos_onnx.options import FitOptions  # noqa: E402
@@ -57,18 +57,6 @@ def network(name: str, k: int, seeds: int, folder: Path) -> list[dict[str, objec
                       f"{run[2]:.3f} spikes/gate", flush=True)
     return [{"net": name, "ann": ann, "k": k, "mode": mode, "weight": weight, "runs": runs[(mode, weight)]}
             for mode, _ in MODES for weight in WEIGHTS]
-
-
-def fashion_table(rows: list[dict[str, object]]) -> list[str]:
-    lines = ["| network (ANN) | K | gates | --range-weight | points below the ANN: mean (least to most) | "
-             f"KL (mnat/image) | spikes per gate | seeds within {WITHIN} points |", "|---" * 8 + "|"]
-    for r in rows:
-        runs: list[tuple[float, float, float]] = r["runs"]  # type: ignore[assignment]
-        below, kl, spikes = (list(v) for v in zip(*runs))
-        lines.append(f"| {r['net']} ({100 * float(r['ann']):.2f}) | {r['k']} | {r['mode']} | {r['weight']} | "  # type: ignore[arg-type]
-                     f"{_spread(below, 2)} | {_spread(kl, 1)} | {_spread(spikes, 3)} | "
-                     f"{sum(b <= WITHIN for b in below)} of {len(runs)} |")
-    return lines
 
 
 def pypi_rows(folder: Path) -> list[str]:
@@ -118,7 +106,7 @@ def main() -> None:
                     f"{args.seeds - 1}, calibrated on fashion_k.py's 2,000 training images, convert's own fits (the "
                     "focus on) with weight reconstruction (convert's default), one gate per site or per channel "
                     "(--per-channel); full 10,000-image test set, native op. KL: of the spiking softmax from the "
-                    "ANN's, per test image.", "", *fashion_table(rows)]))
+                    "ANN's, per test image.", "", *table(rows, (("gates", "mode"), ("--range-weight", "weight")))]))
         if args.part in ("pypi", "all"):
             lines = pypi_rows(Path(tmp))
             if args.write:
