@@ -39,7 +39,7 @@ def write_report(
     return report_files.write(out, result, load_model(original), load_model(converted), conversion, before)
 
 
-def _named(name: str) -> Activation:
+def named_function(name: str) -> Activation:
     """The named function `amos-onnx fit` knows, in any case (the registry's op spelling first: gelu is Gelu)."""
     named = named_activations()
     if name in named:
@@ -64,7 +64,7 @@ def fit_function(
     `time_budget` seconds that may stop the search earlier (results then depend on the machine's speed).
     range_weight: with samples, the share of the loss on a uniform grid over the range (convert's
     --range-weight)."""
-    act = _named(name)
+    act = named_function(name)
     if not 1 <= k <= MAX_K:
         raise OptionError(f"--k {k}: K must be between 1 and {MAX_K}")
     if samples is not None:

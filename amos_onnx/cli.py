@@ -7,148 +7,32 @@ import logging
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import MISSING, fields
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import click
 
 import amos_onnx
-from amos_onnx.cluster.connect import ray_module
+from amos_onnx.api import named_function
+from amos_onnx.cli_values import (
+    IMAGE_KEYS,
+    batch_axis_option,
+    convert_options,
+    image_options,
+    images_from,
+    option_from,
+    parse_batch_axes,
+    parse_ops,
+    ray_from,
+    ray_options,
+)
 from amos_onnx.errors import AmosError, OptionError
 from amos_onnx.fit.search import GRID_FLOOR, KICKS
-from amos_onnx.options import AUTO, CalibrationOptions, ConvertOptions, FindOptions, FitOptions, K, RayOptions
+from amos_onnx.gate import sample_error
+from amos_onnx.options import ConvertOptions, FindOptions, FitOptions
 from amos_onnx.report.validate import ValidateOptions
 
 EXIT_FAILED = 1
-
-
-def _ops(value: str | None, option: str) -> frozenset[str] | None:
-    if value is None:
-        return None
-    ops = frozenset(v.strip() for v in value.split(",") if v.strip())
-    if not ops:
-        raise OptionError(f"{option}: give a comma-separated list of op types, e.g. Relu,Sigmoid")
-    return ops
-
-
-def _k(value: str | None) -> K:
-    if value is None:
-        return None
-    if value == AUTO:
-        return AUTO
-    try:
-        return int(value)
-    except ValueError:
-        raise OptionError(f"--k {value}: give a number of neurons or 'auto'") from None
-
-
-def _named_ints(items: list[str], option: str, form: str) -> dict[str, int]:
-    """NAME=NUMBER items of an option as a dict; `form` (e.g. "OP=K, e.g. Relu=8") in the error."""
-    result = {}
-    for item in items:
-        name, _, number = item.rpartition("=")
-        try:
-            result[name.strip()] = int(number)
-        except ValueError:
-            name = ""
-        if not name.strip():
-            raise OptionError(f"{option} {item}: expected {form}")
-    return result
-
-
-def _k_per_op(value: str | None) -> dict[str, int]:
-    return {} if value is None else _named_ints(value.split(","), "--k-per-op", "OP=K, e.g. Relu=8")
-
-
-def _batch_axes(values: tuple[str, ...]) -> dict[str, int]:
-    return _named_ints(list(values), "--batch-axis", "NAME=AXIS, e.g. state=1")
-
-
-batch_axis_option = click.option(
-    "--batch-axis", "batch_axes", multiple=True, metavar="NAME=AXIS",
-    help=next(f for f in fields(CalibrationOptions) if f.name == "batch_axes").metadata["help"])
-
-
-def ray_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    """--ray [ADDRESS], --ray-actors and --ray-cpus (options.RayOptions), read by _ray."""
-    function = _from(RayOptions, "cpus", "--ray-cpus")(function)
-    function = _from(RayOptions, "actors", "--ray-actors", type=int)(function)
-    return _from(RayOptions, "address", "--ray", is_flag=False, flag_value=LOCAL_RAY, metavar="[ADDRESS]",
-                 type=str)(function)
-
-
-LOCAL_RAY = "local"  # what a bare --ray stands for: a Ray cluster started on this machine
-
-
-def _ray(values: dict[str, Any]) -> RayOptions | None:
-    """RayOptions from --ray, --ray-actors and --ray-cpus (taken out of values); None without --ray. Ray must
-    be installed when asked for."""
-    address, actors, cpus = values.pop("address"), values.pop("actors"), values.pop("cpus")
-    if address is None:
-        if actors is not None or cpus != 1:
-            raise OptionError("--ray-actors and --ray-cpus need --ray")
-        return None
-    ray_module()
-    return RayOptions(None if address == LOCAL_RAY else address, actors, cpus)
-
-
-def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        return tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise OptionError(f"{option} {value}: give comma-separated numbers, e.g. 0.485,0.456,0.406") from None
-
-
-def _size(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    height, _, width = value.lower().partition("x")
-    try:
-        return (int(height), int(width or height))
-    except ValueError:
-        raise OptionError(f"--image-size {value}: give HxW (e.g. 224x224) or one number") from None
-
-
-IMAGE_KEYS = ("image_size", "layout", "scale", "mean", "std", "bgr")
-
-
-def image_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    """The preprocessing options for a folder of images, shared by convert, validate and report."""
-    options = [
-        click.option("--image-size", type=str, default=None, help="HxW images are resized to (default: the model's)."),
-        click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
-                     help="Image input layout (default: told from the model's input shape)."),
-        click.option("--scale", type=float, default=1 / 255, show_default="1/255",
-                     help="Pixel values are multiplied by this."),
-        click.option("--mean", type=str, default=None,
-                     help="Per-channel mean subtracted after scaling, e.g. 0.485,0.456,0.406."),
-        click.option("--std", type=str, default=None,
-                     help="Per-channel std divided by after the mean, e.g. 0.229,0.224,0.225."),
-        click.option("--bgr", is_flag=True, help="Feed channels in BGR order (default RGB)."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
-
-
-def _images(path: str | None, image_size: str | None, layout: str | None, scale: float, mean: str | None,
-            std: str | None, bgr: bool) -> Any:
-    """ImageOptions when the data path is a folder, else None (and no image option may be given)."""
-    from pathlib import Path
-
-    from amos_onnx.data.images import ImageOptions
-
-    given = image_size or layout or mean or std or bgr or scale != 1 / 255
-    if path is None or not Path(path).is_dir():
-        if given:
-            raise OptionError("image options (--image-size, --layout, --scale, --mean, --std, --bgr) need a folder of "
-                              "images as data")
-        return None
-    return ImageOptions(_size(image_size), layout, scale, _floats(mean, "--mean"), _floats(std, "--std"), bgr)
 
 
 def _run(action: Callable[[], Any]) -> Any:
@@ -186,59 +70,28 @@ def main(verbose: bool) -> None:
     onnxruntime.set_default_logger_severity(2 if verbose else 4)  # its warnings and errors would break our lines
 
 
-def _from(kind: type, name: str, *decls: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """A click option whose help (and, for a value click can show, default) come from an option object's field."""
-    spec = next(f for f in fields(kind) if f.name == name)
-    default = None if spec.default is MISSING else spec.default
-    if isinstance(default, bool):
-        return click.option(*decls, name, is_flag=True, help=spec.metadata["help"], **kwargs)
-    if isinstance(default, StrEnum):
-        default = default.value
-    if default is not None:
-        kwargs.setdefault("show_default", True)
-        kwargs.setdefault("type", type(default))
-    return click.option(*decls, name, default=default, help=spec.metadata["help"], **kwargs)
-
-
-def _convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> ConvertOptions:
-    """ConvertOptions from convert's command-line values (`seed` and `per_channel` serve calibration and fit)."""
-    images = _images(calib, **{key: o[key] for key in IMAGE_KEYS})
-    find = FindOptions(only=_ops(o["only"], "--only"), skip=_ops(o["skip"], "--skip"), channel_axis=o["channel_axis"])
-    ray = _ray(o)
-    if ray is not None and calib is None:
-        raise OptionError("--ray needs --calib: Ray runs the calibration")
-    calibration = CalibrationOptions(seed=o["seed"], per_channel=o["per_channel"], images=images,
-                                     batch_axes=_batch_axes(o["batch_axes"]), ray=ray)
-    fit = FitOptions(k=_k(o["k"]), k_per_op=_k_per_op(o["k_per_op"]), target_mse=o["target_mse"],
-                     spike_penalty=o["spike_penalty"], seed=o["seed"], kicks=o["kicks"], focus_kicks=o["focus_kicks"],
-                     per_channel=o["per_channel"], bias_correction=o["bias_correction"], reconstruct=o["reconstruct"],
-                     sequential=o["sequential"], latency=o["latency"], spike_budget=o["spike_budget"],
-                     range_weight=o["range_weight"])
-    return ConvertOptions(find, calibration, fit, o["emit"], False if quiet else None)
-
-
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("output", type=click.Path(dir_okay=False))
 @click.option("--calib", type=click.Path(), default=None,
               help=".npz (one array per model input), .npy (one-input model) or a folder of images.")
-@_from(FitOptions, "k", "--k", type=str)
-@_from(FitOptions, "k_per_op", "--k-per-op", type=str)
-@_from(FitOptions, "target_mse", "--target-mse")
-@_from(FitOptions, "spike_penalty", "--spike-penalty")
-@_from(FitOptions, "kicks", "--kicks")
-@_from(FitOptions, "focus_kicks", "--focus-kicks")
-@_from(FitOptions, "range_weight", "--range-weight")
-@_from(FitOptions, "per_channel", "--per-channel")
-@_from(FitOptions, "bias_correction", "--bias-correction")
-@_from(FitOptions, "reconstruct", "--reconstruct/--no-reconstruct")
-@_from(FitOptions, "sequential", "--sequential")
-@_from(FitOptions, "latency", "--latency", type=int)
-@_from(FitOptions, "spike_budget", "--spike-budget", type=float)
-@_from(FindOptions, "channel_axis", "--channel-axis", type=int)
-@_from(ConvertOptions, "emit", "--emit")
-@_from(FindOptions, "only", "--only", type=str)
-@_from(FindOptions, "skip", "--skip", type=str)
+@option_from(FitOptions, "k", "--k", type=str)
+@option_from(FitOptions, "k_per_op", "--k-per-op", type=str)
+@option_from(FitOptions, "target_mse", "--target-mse")
+@option_from(FitOptions, "spike_penalty", "--spike-penalty")
+@option_from(FitOptions, "kicks", "--kicks")
+@option_from(FitOptions, "focus_kicks", "--focus-kicks")
+@option_from(FitOptions, "range_weight", "--range-weight")
+@option_from(FitOptions, "per_channel", "--per-channel")
+@option_from(FitOptions, "bias_correction", "--bias-correction")
+@option_from(FitOptions, "reconstruct", "--reconstruct/--no-reconstruct")
+@option_from(FitOptions, "sequential", "--sequential")
+@option_from(FitOptions, "latency", "--latency", type=int)
+@option_from(FitOptions, "spike_budget", "--spike-budget", type=float)
+@option_from(FindOptions, "channel_axis", "--channel-axis", type=int)
+@option_from(ConvertOptions, "emit", "--emit")
+@option_from(FindOptions, "only", "--only", type=str)
+@option_from(FindOptions, "skip", "--skip", type=str)
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the calibration's sampling and of every fit's local search.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
@@ -249,7 +102,7 @@ def _convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> Conve
 @click.option("-q", "--quiet", is_flag=True, help="No progress line.")
 def convert(model: str, output: str, calib: str | None, report_dir: str | None, quiet: bool, **values: Any) -> None:
     """Convert MODEL into its spiking twin and write it to OUTPUT."""
-    options = _run(lambda: _convert_options(values, calib, quiet))
+    options = _run(lambda: convert_options(values, calib, quiet))
     with tempfile.TemporaryDirectory() as tmp:  # with --report and a compensation: the conversion without it
         plain = Path(tmp) / "uncorrected.onnx" if report_dir and options.fit.compensation(calib is not None) else None
         report = _run(lambda: amos_onnx.convert(model, output, calib, options, uncorrected_output=plain))
@@ -275,7 +128,7 @@ def convert(model: str, output: str, calib: str | None, report_dir: str | None, 
 @click.option("--json", "as_json", is_flag=True, help="Print the sites as JSON.")
 def inspect(model: str, only: str | None, skip: str | None, as_json: bool) -> None:
     """List MODEL's activation sites and whether each would convert; writes nothing."""
-    report = _run(lambda: amos_onnx.inspect(model, FindOptions(_ops(only, "--only"), _ops(skip, "--skip"))))
+    report = _run(lambda: amos_onnx.inspect(model, FindOptions(parse_ops(only, "--only"), parse_ops(skip, "--skip"))))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
@@ -307,9 +160,9 @@ def inspect(model: str, only: str | None, skip: str | None, as_json: bool) -> No
 def validate(original: str, converted: str, data: str | None, json_path: str | None, no_native: bool, quiet: bool,
              **values: Any) -> None:
     """Run ORIGINAL and CONVERTED on the same inputs; one PASSED/FAILED line per output (exit 1 on FAILED)."""
-    images = _run(lambda: _images(data, **{key: values[key] for key in IMAGE_KEYS}))
-    axes = _run(lambda: _batch_axes(values["batch_axes"]))
-    ray = _run(lambda: _ray(values))
+    images = _run(lambda: images_from(data, **{key: values[key] for key in IMAGE_KEYS}))
+    axes = _run(lambda: parse_batch_axes(values["batch_axes"]))
+    ray = _run(lambda: ray_from(values))
     options = ValidateOptions(atol=values["atol"], rtol=values["rtol"], min_agreement=values["min_agreement"],
                               native=False if no_native else None, images=images, progress=False if quiet else None,
                               batch_axes=axes, ray=ray)
@@ -334,9 +187,9 @@ def validate(original: str, converted: str, data: str | None, json_path: str | N
 def report_command(original: str, converted: str, data: str | None, out: str, quiet: bool,
                    batch_axes: tuple[str, ...], **values: Any) -> None:
     """Measure CONVERTED against ORIGINAL on data and write report.json, report.md and pictures to OUT."""
-    ray = _run(lambda: _ray(values))
-    images = _run(lambda: _images(data, **values))
-    axes = _run(lambda: _batch_axes(batch_axes))
+    ray = _run(lambda: ray_from(values))
+    images = _run(lambda: images_from(data, **values))
+    axes = _run(lambda: parse_batch_axes(batch_axes))
     result = _run(lambda: amos_onnx.write_report(original, converted, data, out, images=images,
                                                  progress=False if quiet else None, batch_axes=axes, ray=ray))
     totals = result["totals"]
@@ -371,10 +224,7 @@ def fit_command(function: str, k: int, bounds: tuple[float, float] | None, sampl
     data = {**result.params.to_dict(), "function": function, "range": [result.lo, result.hi], "mse": result.mse,
             "max_error": result.max_error, "mean_spikes": result.mean_spikes}
     if values is not None:  # the fit's own objective: the error where the samples are
-        from amos_onnx.api import _named
-        from amos_onnx.gate import sample_error
-
-        on = sample_error(result.params, _named(function).func, values.astype("float32"))
+        on = sample_error(result.params, named_function(function).func, values.astype("float32"))
         data.update(samples_mse=on[0], samples_max_error=on[1], samples_mean_spikes=on[2])
     if as_json:
         click.echo(json.dumps(data, indent=2))
