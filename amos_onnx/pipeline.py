@@ -26,7 +26,8 @@ from amos_onnx.fit.budget import allocate_plan, check_measurable
 from amos_onnx.fit.change import judged_tensors
 from amos_onnx.fit.choose import Allocation
 from amos_onnx.fit.search import GRID_FLOOR
-from amos_onnx.fit.sites import Refocus, SiteFit, fit_sites
+from amos_onnx.fit.site_fit import SiteFit
+from amos_onnx.fit.sites import Refocus, fit_sites
 from amos_onnx.load import FUNCTION_MIN_OPSET, default_opset, load_model, raise_opset, read_model, with_shapes
 from amos_onnx.options import (
     CalibrationOptions,

@@ -46,7 +46,8 @@ from results import machine, write_section  # noqa: E402
 
 from amos_onnx.compensate.reconstruct import Reconstruction  # noqa: E402
 from amos_onnx.fit import focus  # noqa: E402
-from amos_onnx.fit.sites import SiteFit, fit_sites  # noqa: E402
+from amos_onnx.fit.site_fit import SiteFit  # noqa: E402
+from amos_onnx.fit.sites import fit_sites  # noqa: E402
 from amos_onnx.gate import (  # noqa: E402
     binary_relu,
     preset,

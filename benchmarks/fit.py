@@ -33,7 +33,7 @@ import amos_onnx  # noqa: E402
 from amos_onnx.api import fit_function  # noqa: E402
 from amos_onnx.calibrate.reservoir import Reservoir  # noqa: E402
 from amos_onnx.fit import library  # noqa: E402
-from amos_onnx.fit.sites import fit_site  # noqa: E402
+from amos_onnx.fit.site_fit import fit_site  # noqa: E402
 from amos_onnx.gate import GateParams, preset, simulate  # noqa: E402
 from amos_onnx.options import FitOptions  # noqa: E402
 

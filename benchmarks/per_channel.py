@@ -27,7 +27,8 @@ from fashion_k import CALIBRATION_IMAGES, SEED, calibration_images, calibration_
 from results import machine, write_section  # noqa: E402
 
 from amos_onnx.calibrate.run import exposed  # noqa: E402
-from amos_onnx.fit.sites import SiteFit, fit_sites  # noqa: E402
+from amos_onnx.fit.site_fit import SiteFit  # noqa: E402
+from amos_onnx.fit.sites import fit_sites  # noqa: E402
 from amos_onnx.gate import sample_error  # noqa: E402
 from amos_onnx.options import FitOptions  # noqa: E402
 from amos_onnx.pipeline import plan  # noqa: E402

@@ -173,7 +173,7 @@ def test_k_per_op_and_auto_k(tmp_path: Path) -> None:
     assert all(4 <= k <= 16 for k in ks)
     assert all(s.mse is not None and s.mse <= 1e-3 for s in auto.sites)
     # the smallest such K: one neuron fewer misses the target on the same samples
-    from amos_onnx.fit.sites import fit_site
+    from amos_onnx.fit.site_fit import fit_site
 
     model = onnx.load(str(DIGITS))
     sites, *_ = _find(model, FindOptions())
@@ -223,7 +223,7 @@ def test_a_spike_penalty_weighs_each_site_by_its_share_of_gate_evaluations(tmp_p
     (measured: max 0.074, mean 0.021, 3.96 spikes), the small one stays as it was (max 0.056, mean 0.015).
     (At L itself the big site's refit lands on 2.24 spikes at 2.3x the error: the penalised search is not
     monotone in L, which is why this test does not compare the two.)"""
-    from amos_onnx.fit.sites import fit_site
+    from amos_onnx.fit.site_fit import fit_site
 
     path = _two_tanh_sites(tmp_path)
     p = plan(path, calib=tmp_path / "calib.npz")
@@ -247,6 +247,7 @@ def test_a_penalty_sweep_reuses_the_error_only_refits_bit_for_bit(tmp_path: Path
     """Converting the same calibration again with a spike penalty starts each penalised refit from the error-only
     refit made before in this process instead of making it again: the same gates to the bit as a penalised
     conversion alone, with one refit per site instead of two (counted in one process)."""
+    from amos_onnx.fit import site_fit
     from amos_onnx.fit import sites as fit_module
     monkeypatch.setenv("AMOS_ONNX_JOBS", "1")
     monkeypatch.setattr(fit_module, "_REFITS", {})
@@ -255,8 +256,8 @@ def test_a_penalty_sweep_reuses_the_error_only_refits_bit_for_bit(tmp_path: Path
     alone = fit_sites(p.sites, p.reservoirs, FitOptions(k=8, spike_penalty=0.002))
     assert fit_module._REFITS == {}  # a penalised conversion keeps nothing: only error-only refits are kept
     calls = []
-    real = fit_module.fit
-    monkeypatch.setattr(fit_module, "fit",
+    real = site_fit.fit
+    monkeypatch.setattr(site_fit, "fit",
                         lambda *a, **kw: calls.append(kw.get("spike_penalty", 0.0)) or real(*a, **kw))
     fit_sites(p.sites, p.reservoirs, FitOptions(k=8))
     assert len(fit_module._REFITS) == 2 and calls == [0.0, 0.0]
@@ -286,7 +287,7 @@ def test_a_penalised_refit_never_returns_a_gate_the_error_only_refit_beats(name,
       refit descends only its best few starts, with a few moves: 3.64e-3 at 1.46 against 3.05e-3 at 2.48.
       With the error-only refit as one more warm start: 3.04e-3 at 2.46."""
     from amos_onnx import named_activations
-    from amos_onnx.fit.sites import absolute_penalty, fit_site
+    from amos_onnx.fit.site_fit import absolute_penalty, fit_site
     from amos_onnx.gate import simulate
 
     act = named_activations()[name]
@@ -314,13 +315,14 @@ def test_convert_kicks_buys_a_lower_penalised_cost_with_more_local_search(tmp_pa
     from click.testing import CliRunner
 
     from amos_onnx.cli import main
-    from amos_onnx.fit.sites import Job, _range, _refit_key, absolute_penalty, fit_site
+    from amos_onnx.fit.site_fit import Job, absolute_penalty, fit_site, site_range
+    from amos_onnx.fit.sites import _refit_key
 
     path = _two_tanh_sites(tmp_path)
     p = plan(path, calib=tmp_path / "calib.npz")
     site = next(s for s in p.sites if s.name == "big_site")
     res = p.reservoirs[site.input]
-    lo, hi = _range(site.activation, res)
+    lo, hi = site_range(site.activation, res)
     lam = absolute_penalty(site.activation, res.values, lo, hi, 0.002 * 60 / 32)
     few, many = (fit_site(site.activation, 8, res, FitOptions(spike_penalty=0.002 * 60 / 32, kicks=n)) for n in (6, 40))
     assert many.mse + lam * many.mean_spikes <= 0.95 * (few.mse + lam * few.mean_spikes)

@@ -14,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from amos_onnx.cli import main
 from amos_onnx.fit import focus
-from amos_onnx.fit.sites import _range, absolute_penalty, fit_sites
+from amos_onnx.fit.site_fit import absolute_penalty, site_range
+from amos_onnx.fit.sites import fit_sites
 from amos_onnx.gate import simulate
 from amos_onnx.options import FitOptions
 from amos_onnx.pipeline import fit_plan, plan, write
@@ -157,7 +158,7 @@ def test_fit_plan_refits_the_focused_fit_with_more_moves_and_keeps_the_others(tm
         assert np.array_equal(getattr(fits["quiet_site"].params, field), getattr(first["quiet_site"].params, field))
     site = next(s for s in p.sites if s.name == "loud_site")
     res = p.reservoirs[site.input]
-    lo, hi = _range(site.activation, res)
+    lo, hi = site_range(site.activation, res)
     lam = absolute_penalty(site.activation, res.values, lo, hi, 0.002)
 
     def cost(params) -> float:  # type: ignore[no-untyped-def]

@@ -32,7 +32,7 @@ from amos_onnx.compensate.walk import Walk
 from amos_onnx.data.inputs import model_layout, sliceable
 from amos_onnx.find.sites import Site
 from amos_onnx.fit import focus
-from amos_onnx.fit.sites import SiteFit
+from amos_onnx.fit.site_fit import SiteFit
 from amos_onnx.options import EmitForm
 from amos_onnx.rewrite.biases import bias_inputs, set_constants
 from amos_onnx.rewrite.segments import split

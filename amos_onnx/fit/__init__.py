@@ -1,2 +1,2 @@
-"""Fit: every site's gate (sites, channels), the fitter (search, blocks, starts, kernel), the shipped gates
+"""Fit: every site's gate (sites, site_fit, channels), the fitter (search, blocks, starts, kernel), the shipped gates
 (library), and the network-aware refits (focus)."""

@@ -24,7 +24,8 @@ from amos_onnx.fit import focus
 from amos_onnx.fit.change import MEASURED_TYPES, output_change, significantly_lower, standard_error, unit_changes
 from amos_onnx.fit.choose import Allocation, Chooser
 from amos_onnx.fit.paths import SiteGraph
-from amos_onnx.fit.sites import SiteFit, fit_sites_at
+from amos_onnx.fit.site_fit import SiteFit
+from amos_onnx.fit.sites import fit_sites_at
 from amos_onnx.gate import MAX_K
 from amos_onnx.options import FitOptions
 

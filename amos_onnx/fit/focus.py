@@ -23,7 +23,7 @@ from amos_onnx.data.dataset import sample_count
 from amos_onnx.data.inputs import model_layout, rows, sliceable
 from amos_onnx.find.sites import Site
 from amos_onnx.fit.change import MEASURED_TYPES, Runs
-from amos_onnx.fit.sites import SiteFit
+from amos_onnx.fit.site_fit import SiteFit
 from amos_onnx.options import EmitForm
 from amos_onnx.parallel import run_threads, threads_map
 from amos_onnx.rewrite.graph import Emitter, node_id

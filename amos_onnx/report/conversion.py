@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
 from amos_onnx.find.sites import Site
-from amos_onnx.fit.sites import FitSource, SiteFit
+from amos_onnx.fit.site_fit import FitSource, SiteFit
 from amos_onnx.options import EmitForm
 from amos_onnx.rewrite.graph import RewriteResult
 
