@@ -95,6 +95,8 @@ class Plan:
     # the tensors the outputs' change is measured at (change.judged_tensors): the floating-point outputs, or what
     # integer outputs are computed from
     judged: list[tuple[str, int]] = field(default_factory=list)
+    # the layer refits the last sequential walk made for the fits it returned (compensate.sequential), judged
+    walked: tuple[dict[str, SiteFit], Reconstruction] | None = None
 
 
 def _options(options: ConvertOptions | None, keywords: dict[str, Any]) -> ConvertOptions:
@@ -185,14 +187,20 @@ def write(p: Plan, output_path: str | Path, fits: dict[str, SiteFit], in_place: 
 
 def compensate(p: Plan, fits: dict[str, SiteFit]) -> Compensation | Reconstruction:
     """The plan's layers after the gates compensated for these fits as its options say (FitOptions.compensation):
-    their refits (compensate.reconstruct) or their bias corrections (compensate.bias), timed as the "compensate"
-    stage. Options that ask for neither are a caller's error, not a silent choice of one."""
+    their refits (compensate.reconstruct; those the sequential walk made, Plan.walked, when it returned these very
+    fits) or their bias corrections (compensate.bias), timed as the "compensate" stage. Options that ask for neither
+    are a caller's error, not a silent choice of one."""
     kind = p.options.fit.compensation(p.calibration is not None)
     if kind is None:
         raise ValueError("compensate: the plan's options ask for no compensation (reconstruct=False, no bias "
                          "correction, or no calibration data)")
     with p.stages.stage("compensate"):
-        return reconstruct(p, fits) if kind is CompensationKind.RECONSTRUCT else bias.compensate(p, fits)
+        if kind is not CompensationKind.RECONSTRUCT:
+            return bias.compensate(p, fits)
+        if p.walked is not None and p.walked[0].keys() == fits.keys() and all(
+                p.walked[0][name] is fit for name, fit in fits.items()):
+            return p.walked[1]  # the sequential walk refitted the layers for these very fits
+        return reconstruct(p, fits)
 
 
 def _write(p: Plan, output_path: Path, fits: dict[str, SiteFit], in_place: bool,

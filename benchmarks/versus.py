@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/versus.py --source /path/to/other/checkout
 
-Five command-line conversions (the digits example calibrated; the Fashion-MNIST VGG at K=5, the
-EfficientNet-style network at K=10 with the focus and data-free, the GELU network at K=8 per channel, calibrated
-on 2,000 training images drawn with seed 0), each run alternately with the other checkout's amos_onnx and this
+Seven command-line conversions (the digits example calibrated; the Fashion-MNIST VGG at K=5, the
+EfficientNet-style network at K=10 with the focus and data-free, the GELU network at K=8 per channel, the ResNet at
+K=4 and the GELU network at K=5 per channel with sequential refits, calibrated on 2,000 training images drawn with
+seed 0), each run alternately with the other checkout's amos_onnx and this
 one's, twice; prints the best of two for each and their ratio. The machines are shared and noisy: only ratios
 from one run are worth comparing.
 """
@@ -40,7 +41,10 @@ def main() -> None:
              ("vgg K=5 calibrated", [nets / "vgg.onnx", "--k", "5", "--calib", calib]),
              ("effnet K=10 calibrated, focus", [nets / "effnet.onnx", "--k", "10", "--calib", calib]),
              ("effnet data-free", [nets / "effnet.onnx", "--k", "10"]),
-             ("gelu K=8 per-channel", [nets / "gelu.onnx", "--k", "8", "--calib", calib, "--per-channel"])]
+             ("gelu K=8 per-channel", [nets / "gelu.onnx", "--k", "8", "--calib", calib, "--per-channel"]),
+             ("resnet K=4 sequential", [nets / "resnet.onnx", "--k", "4", "--calib", calib, "--sequential"]),
+             ("gelu K=5 per-channel sequential",
+              [nets / "gelu.onnx", "--k", "5", "--calib", calib, "--per-channel", "--sequential"])]
     for name, (model, *options) in cases:
         seconds: dict[str, list[float]] = {"other": [], "this": []}
         for label, source in (("other", args.source), ("this", ROOT)) * 2:

@@ -20,7 +20,9 @@ same walk before the next level's gates (compensate.reconstruct.level_refits on 
 gate is refitted on the inputs it will get in the reconstructed model. Refitted against the unreconstructed
 inputs instead, the gates undid errors the reconstruction then undid again: per-channel GELU gates at K=5 moved
 the Fashion-MNIST outputs more than without any refit at each of five seeds. The walk then holds the
-reconstruction's samples (reconstruct.SAMPLES), and the layers' refits are made again, the same, by compensate().
+reconstruction's samples (reconstruct.SAMPLES) and the model's judged outputs, and at its end the layers' refits
+are those reconstruct() would make for the final gates: they are judged as it judges them (the outputs' error with
+over without them) and left on the plan, where compensate() takes them for these fits instead of walking again.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ import onnx
 
 from amos_onnx.calibrate.reservoir import Reservoir
 from amos_onnx.compensate import reconstruct
-from amos_onnx.compensate.bias import SAMPLES  # the walk's samples without reconstruction (bias correction's)
+from amos_onnx.compensate.bias import (
+    SAMPLES,  # the walk's samples without reconstruction (bias correction's)
+    end_ratio,
+)
 from amos_onnx.compensate.layers import Layer, layers
 from amos_onnx.compensate.targets import find_targets, site_levels
 from amos_onnx.compensate.walk import Walk
@@ -162,8 +167,9 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
     the number of samples the last level saw. When the plan's compensation is weight reconstruction, the layers
     after each level's gates are refitted on the way (reconstruct.level_refits, as reconstruct() does) before the
     next level's gates are, so those are refitted on the inputs they will get in the reconstructed model; the
-    refitted weights are not kept here (compensate() makes them again for these gates)."""
+    refits are left on the plan (Plan.walked) for compensate() with the fits returned."""
     options = options or p.options.fit
+    p.walked = None
     sites = [s for s in p.sites if s.converts and not s.graph and s.name in fits]
     tensor_level, site_level = site_levels(p.model, sites)
     chosen = [s for s in sites if refittable(s, fits[s.name])]
@@ -179,11 +185,13 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
     levels = sorted(set(site_level.values()))
     kept = focus.first_samples(p.feeds, reconstruct.SAMPLES if found else SAMPLES, sliceable(p.model, p.axes))
     walk = Walk(mixed, split(mixed, tensor_level, levels, {s.input for s in chosen} | {ly.input for ly in found}),
-                [model_layout(feed, p.axes) for feed in kept], ["original", "spiking"], [],
-                f"{p.model_path} (sequential refits)", p.model_path.parent)
+                [model_layout(feed, p.axes) for feed in kept], ["original", "spiking"],
+                [name for name, _ in p.judged] if found else [], f"{p.model_path} (sequential refits)",
+                p.model_path.parent)
     off = {switch: np.array(False) for switch in switches.values()}
     on = {switch: np.array(True) for switch in switches.values()}
     rng, layer_rng = np.random.default_rng(options.seed), np.random.default_rng(p.options.fit.seed)
+    walked: list[reconstruct.Refit] = []
     for part in range(len(walk.segments)):
         want = walk.run(part, "original", off)
         got = None
@@ -191,6 +199,7 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
             done, got = reconstruct.level_refits(walk, part, [ly for ly in found if ly.target.level == part],
                                                  want, on, layer_rng, "spiking")
             reconstruct.write(base, done)
+            walked += done
         here = [s for s in chosen if site_level[s.name] == part + 1]
         if here:
             handed = walk.run(part, "spiking", off)  # the sites before spiking, this level's not yet
@@ -204,7 +213,24 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
         walk.store(part, "original", want)
         walk.store(part, "spiking", got if got is not None else walk.run(part, "spiking", on))
         walk.trim()
+    if found and walk.samples >= reconstruct.MIN_SAMPLES:  # every level's layers refitted, as reconstruct() would
+        p.walked = (dict(fits), _judged(p, sites, fits, tensor_level, walk, kept, walked, len(found)))
     return fits, walk.samples
+
+
+def _judged(p: Plan, sites: list[Site], fits: dict[str, SiteFit], tensor_level: dict[str, int], walk: Walk,
+            kept: list[dict[str, np.ndarray]], refits: list[reconstruct.Refit],
+            found: int) -> reconstruct.Reconstruction:
+    """The walk's layer refits judged as reconstruct() judges its own: the outputs' error of the spiking stream
+    (final gates, refitted layers) over that of the final gates with the layers as they were (one run of that
+    model on the feeds the walk still holds), both against the original stream's."""
+    results = [name for name, _ in p.judged]
+    model, switches = focus.switched_model(p.model, sites, fits, p.options.emit, p.judged)
+    feeds = [model_layout(feed, p.axes) for feed in kept[:len(walk.counts)]]
+    plain = Walk(model, split(model, tensor_level, [], set()), feeds, ["plain"], results,
+                 f"{p.model_path} (sequential refits)", p.model_path.parent)
+    outputs = plain.finish(0, "plain", {switch: np.array(True) for switch in switches.values()}, results)
+    return reconstruct.Reconstruction(refits, found, walk.samples, end_ratio(walk, "spiking", results, outputs))
 
 
 def _layers(p: Plan, sites: list[Site], tensor_level: dict[str, int]) -> list[Layer]:
