@@ -171,10 +171,11 @@ def test_with_reconstruction_the_gates_are_refitted_on_the_reconstructed_layers_
                                                                                       per_channel: bool) -> None:
     """With the default weight reconstruction, --sequential refits each level's layers in its walk before the next
     level's gates, as reconstruct() refits them for the final gates: the same layers with the same weights
-    (measured equal to the bit; allowed 1e-5 of the largest weight, or bias, for another processor's rounding), judged
-    alike (the outputs' error ratio measured equal, allowed 1e-4), and compensate() takes the walk's instead of walking again. On eight
-    Conv + Tanh layers at K=3, held-out inputs, in onnxruntime: the outputs' mean square error against the
-    original's below 0.9x that of the reconstruction alone (measured 0.83x, one gate per site and per channel)."""
+    (measured equal to the bit; allowed 1e-5 of the largest weight, or bias, for another processor's rounding),
+    judged alike (the outputs' error ratio measured equal, allowed 1e-4), and compensate() takes the walk's instead
+    of walking again. On eight Conv + Tanh layers at K=3, held-out inputs, in onnxruntime: the outputs' mean square
+    error against the original's below 0.9x that of the reconstruction alone (measured 0.83x, one gate per site and
+    per channel)."""
     model = deep_tanh(3)
     path = save(model, tmp_path / "model.onnx")
     np.savez(tmp_path / "calib.npz", x=_data(model, 256, 1))
