@@ -9,6 +9,9 @@ spread on the full 10,000-image test set (native op): points below the ANN and K
 many seeds are within 0.3 points of the ANN.
 
     .venv/bin/python benchmarks/fit_spread.py [--nets vgg:4 resnet:4 effnet:6 gelu:5] [--seeds 3] [--write]
+
+--range-weight and --kicks are convert's (--kicks with several values: a row per value, with the fit stages'
+mean wall time); --modes keeps some of the four modes. Any of them writes its own section.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -25,35 +29,44 @@ from results import machine, write_section  # noqa: E402
 
 from amos_onnx.compensate.sequential import sequential  # noqa: E402
 from amos_onnx.fit.search import GRID_FLOOR  # noqa: E402
-from amos_onnx.options import FitOptions  # noqa: E402
+from amos_onnx.options import REFIT_KICKS, FitOptions  # noqa: E402
 from amos_onnx.pipeline import Plan, fit_plan, plan  # noqa: E402
 
 NETS = ("vgg:4", "resnet:4", "effnet:6", "gelu:5")
 MODES = (("reconstruction", False, False), ("sequential + reconstruction", False, True),
          ("per channel + reconstruction", True, False), ("per channel + sequential + reconstruction", True, True))
+MODE_NAMES = tuple(mode for mode, _, _ in MODES)
 WITHIN = 0.3  # points below the ANN the compensation issue asks for
 
 
-def network(name: str, k: int, seeds: int, folder: Path, range_weight: float = GRID_FLOOR) -> list[dict[str, object]]:
-    """One row per mode: each seed's points below the ANN, KL and spikes per gate (fits with convert's
-    --range-weight `range_weight`)."""
+def network(name: str, k: int, seeds: int, folder: Path, range_weight: float = GRID_FLOOR,
+            kicks: tuple[int, ...] = (REFIT_KICKS,), modes: tuple[str, ...] = MODE_NAMES) -> list[dict[str, object]]:
+    """One row per mode and number of moves: each seed's points below the ANN, KL and spikes per gate (fits with
+    convert's --range-weight `range_weight` and --kicks), and the fit stages' mean wall time (the fits, the focus,
+    the sequential refits)."""
     path, test, ann = ann_test(name)
-    runs: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode, _, _ in MODES}
+    chosen = [(mode, per_channel, refit, n) for mode, per_channel, refit in MODES if mode in modes for n in kicks]
+    runs: dict[tuple[str, int], list[tuple[float, float, float]]] = {(mode, n): [] for mode, _, _, n in chosen}
+    seconds: dict[tuple[str, int], float] = dict.fromkeys(runs, 0.0)
     for seed in range(seeds):
         plans = {per_channel: plan(path, calib={"image": calibration_images()}, seed=seed,
-                                   per_channel=per_channel) for per_channel in (False, True)}
-        for mode, per_channel, refit in MODES:
+                                   per_channel=per_channel) for per_channel in {c[1] for c in chosen}}
+        for mode, per_channel, refit, n in chosen:
             q: Plan = plans[per_channel]
-            options = FitOptions(k=k, seed=seed, per_channel=per_channel, range_weight=range_weight)
+            options = FitOptions(k=k, seed=seed, per_channel=per_channel, range_weight=range_weight, kicks=n)
+            start = time.perf_counter()
             fits, _ = fit_plan(q, options)
             if refit:
                 fits, _ = sequential(q, fits, options)
+            seconds[mode, n] += (time.perf_counter() - start) / seeds
             row = measure(q, fits, True, test, folder)
-            runs[mode].append((100 * (ann - float(row["accuracy"])), 1000 * float(row["kl"]),  # type: ignore[arg-type]
-                               float(row["spikes"])))  # type: ignore[arg-type]
-            print(f"{name} K={k} {mode} seed {seed}: {runs[mode][-1][0]:.2f} below, KL {runs[mode][-1][1]:.1f}, "
-                  f"{runs[mode][-1][2]:.3f} spikes/gate", flush=True)
-    return [{"net": name, "ann": ann, "k": k, "mode": mode, "runs": runs[mode]} for mode, _, _ in MODES]
+            run = runs[mode, n]
+            run.append((100 * (ann - float(row["accuracy"])), 1000 * float(row["kl"]),  # type: ignore[arg-type]
+                        float(row["spikes"])))  # type: ignore[arg-type]
+            print(f"{name} K={k} {mode} kicks {n} seed {seed}: {run[-1][0]:.2f} below, KL {run[-1][1]:.1f}, "
+                  f"{run[-1][2]:.3f} spikes/gate", flush=True)
+    return [{"net": name, "ann": ann, "k": k, "mode": mode, "kicks": n, "seconds": f"{seconds[mode, n]:.1f}",
+             "runs": runs[mode, n]} for mode, n in runs]
 
 
 def _spread(values: list[float], digits: int) -> str:
@@ -81,17 +94,27 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="fit seeds 0..N-1")
     parser.add_argument("--range-weight", type=float, default=GRID_FLOOR,
                         help="convert's --range-weight (another than the default writes its own section)")
+    parser.add_argument("--kicks", type=int, nargs="+", default=[REFIT_KICKS],
+                        help="convert's --kicks, one row per value (another than the default writes its own section)")
+    parser.add_argument("--modes", nargs="+", choices=MODE_NAMES, default=list(MODE_NAMES), metavar="MODE",
+                        help=f"the modes to run, of: {'; '.join(MODE_NAMES)}")
     parser.add_argument("--write", action="store_true", help="replace this section of benchmarks/RESULTS.md")
     args = parser.parse_args()
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.nets:
             name, k = spec.split(":")
-            rows += network(name, int(k), args.seeds, Path(tmp), args.range_weight)
+            rows += network(name, int(k), args.seeds, Path(tmp), args.range_weight, tuple(args.kicks),
+                            tuple(args.modes))
     if not args.write:
         return
     flag = f" --range-weight {args.range_weight:g}" if args.range_weight != GRID_FLOOR else ""
-    write_section("fit_spread" + flag.replace(" --range-weight ", "_range_weight_"), "\n".join([
+    flag += f" --kicks {' '.join(map(str, args.kicks))}" if args.kicks != [REFIT_KICKS] else ""
+    flag += "".join(f' --modes "{mode}"' for mode in args.modes) if args.modes != list(MODE_NAMES) else ""
+    columns = (("mode", "mode"),) + ((("--kicks", "kicks"), ("fit stages (s)", "seconds"))
+                                      if args.kicks != [REFIT_KICKS] else ())
+    key = flag.replace('"', "").replace(" + ", "+").replace(" --", "_").replace("-", "_").replace(" ", "_")
+    write_section("fit_spread" + key, "\n".join([
         "## The compensated conversions across fit seeds" + flag.replace(" --", ", --"), "",
         f"`benchmarks/fit_spread.py --nets {' '.join(args.nets)} --seeds {args.seeds}{flag} --write` ({machine()}): "
         f"convert --seed 0 to {args.seeds - 1}{flag}"
@@ -101,7 +124,7 @@ def main() -> None:
         "KL: of the spiking softmax from the ANN's, per test image. The seed moves the calibration's draw of the "
         "values each site keeps, the fits' local search and the sequential refits' draw of pairs; the images are "
         "the same.",
-        "", *table(rows)]))
+        "", *table(rows, columns)]))
 
 
 if __name__ == "__main__":
