@@ -26,6 +26,7 @@ for step in "fashion_nets.py" "fashion_k.py --write" "per_channel.py --write" "f
     "fit_spread.py --nets vgg:4 resnet:4 effnet:6 gelu:5 --seeds 5 --write" \
     "fit_spread.py --nets vgg:4 resnet:4 effnet:6 gelu:5 --seeds 5 --range-weight 0.001 --write" \
     "fit_spread.py --nets vgg:4 resnet:4 effnet:6 gelu:5 --seeds 5 --range-weight 0 --write" \
+    "fit_spread.py --nets effnet:10 --seeds 5 --range-weight 0 --kicks 6 60 200 --modes per-channel --write" \
     "range_weight.py --part fashion --nets vgg:4 resnet:4 effnet:6 gelu:5 --seeds 2 --write" \
     "range_weight.py --part pypi --write"; do
     start=$SECONDS

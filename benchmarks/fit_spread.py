@@ -35,12 +35,14 @@ from amos_onnx.pipeline import Plan, fit_plan, plan  # noqa: E402
 NETS = ("vgg:4", "resnet:4", "effnet:6", "gelu:5")
 MODES = (("reconstruction", False, False), ("sequential + reconstruction", False, True),
          ("per channel + reconstruction", True, False), ("per channel + sequential + reconstruction", True, True))
-MODE_NAMES = tuple(mode for mode, _, _ in MODES)
+MODE_KEYS = dict(zip(("one-gate", "one-gate+sequential", "per-channel", "per-channel+sequential"),
+                     (mode for mode, _, _ in MODES)))  # --modes' names
 WITHIN = 0.3  # points below the ANN the compensation issue asks for
 
 
 def network(name: str, k: int, seeds: int, folder: Path, range_weight: float = GRID_FLOOR,
-            kicks: tuple[int, ...] = (REFIT_KICKS,), modes: tuple[str, ...] = MODE_NAMES) -> list[dict[str, object]]:
+            kicks: tuple[int, ...] = (REFIT_KICKS,), modes: tuple[str, ...] = tuple(MODE_KEYS.values())
+            ) -> list[dict[str, object]]:
     """One row per mode and number of moves: each seed's points below the ANN, KL and spikes per gate (fits with
     convert's --range-weight `range_weight` and --kicks), and the fit stages' mean wall time (the fits, the focus,
     the sequential refits)."""
@@ -96,8 +98,8 @@ def main() -> None:
                         help="convert's --range-weight (another than the default writes its own section)")
     parser.add_argument("--kicks", type=int, nargs="+", default=[REFIT_KICKS],
                         help="convert's --kicks, one row per value (another than the default writes its own section)")
-    parser.add_argument("--modes", nargs="+", choices=MODE_NAMES, default=list(MODE_NAMES), metavar="MODE",
-                        help=f"the modes to run, of: {'; '.join(MODE_NAMES)}")
+    parser.add_argument("--modes", nargs="+", choices=list(MODE_KEYS), default=list(MODE_KEYS),
+                        help="the modes to run (default all four)")
     parser.add_argument("--write", action="store_true", help="replace this section of benchmarks/RESULTS.md")
     args = parser.parse_args()
     rows: list[dict[str, object]] = []
@@ -105,19 +107,20 @@ def main() -> None:
         for spec in args.nets:
             name, k = spec.split(":")
             rows += network(name, int(k), args.seeds, Path(tmp), args.range_weight, tuple(args.kicks),
-                            tuple(args.modes))
+                            tuple(MODE_KEYS[mode] for mode in args.modes))
     if not args.write:
         return
     flag = f" --range-weight {args.range_weight:g}" if args.range_weight != GRID_FLOOR else ""
     flag += f" --kicks {' '.join(map(str, args.kicks))}" if args.kicks != [REFIT_KICKS] else ""
-    flag += "".join(f' --modes "{mode}"' for mode in args.modes) if args.modes != list(MODE_NAMES) else ""
+    convert = flag.replace(f" --kicks {' '.join(map(str, args.kicks))}", " --kicks N (a row per N)")
+    flag += f" --modes {' '.join(args.modes)}" if args.modes != list(MODE_KEYS) else ""
     columns = (("mode", "mode"),) + ((("--kicks", "kicks"), ("fit stages (s)", "seconds"))
                                       if args.kicks != [REFIT_KICKS] else ())
-    key = flag.replace('"', "").replace(" + ", "+").replace(" --", "_").replace("-", "_").replace(" ", "_")
+    key = flag.replace(" --", "_").replace("-", "_").replace(" ", "_")
     write_section("fit_spread" + key, "\n".join([
         "## The compensated conversions across fit seeds" + flag.replace(" --", ", --"), "",
         f"`benchmarks/fit_spread.py --nets {' '.join(args.nets)} --seeds {args.seeds}{flag} --write` ({machine()}): "
-        f"convert --seed 0 to {args.seeds - 1}{flag}"
+        f"convert --seed 0 to {args.seeds - 1}{convert}"
         + ": calibrated on fashion_k.py's 2,000 training images, convert's own "
         "fits (the focus on) with weight reconstruction (convert's default), refitted sequentially or not "
         "(--sequential), one gate per site or per channel (--per-channel); full 10,000-image test set, native op. "
