@@ -83,6 +83,7 @@ def main(verbose: bool) -> None:
 @option_from(FitOptions, "focus_kicks", "--focus-kicks")
 @option_from(FitOptions, "range_weight", "--range-weight")
 @option_from(FitOptions, "per_channel", "--per-channel")
+@option_from(FitOptions, "channel_kicks", "--channel-kicks")
 @option_from(FitOptions, "bias_correction", "--bias-correction")
 @option_from(FitOptions, "reconstruct", "--reconstruct/--no-reconstruct")
 @option_from(FitOptions, "sequential", "--sequential")

@@ -136,6 +136,9 @@ class FitOptions:
         "the rest on its calibration samples. 0 fits the samples alone: the most accurate gates where the inputs "
         "to come are like the calibration data; more keeps the gate accurate over the whole range, for inputs "
         "unlike them."))
+    channel_kicks: int = field(default=0, metadata=_help(
+        "With --per-channel: local-search moves of each channel group's refit of its site's gate (0: descent "
+        "alone). More give lower error for more fitting time."))
     per_channel: bool = field(default=False, metadata=_help(
         "One gate per channel of each site; channels with alike calibration values share one refined gate "
         "(needs --calib). Channels: the last axis after MatMul, Gemm or a layer norm, else axis 1."))
@@ -178,6 +181,9 @@ class FitOptions:
             raise OptionError(f"--range-weight {self.range_weight}: must be between 0 and 1")
         _check_moves("--kicks", self.kicks)
         _check_moves("--focus-kicks", self.focus_kicks)
+        _check_moves("--channel-kicks", self.channel_kicks)
+        if self.channel_kicks and not self.per_channel:
+            raise OptionError("--channel-kicks needs --per-channel: it searches each channel group's gate")
         if self.latency is not None and self.latency < 1:
             raise OptionError(f"--latency {self.latency}: must be at least 1 time step")
         if self.spike_budget is not None and not (self.spike_budget > 0 and math.isfinite(self.spike_budget)):

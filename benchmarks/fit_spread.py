@@ -41,34 +41,36 @@ WITHIN = 0.3  # points below the ANN the compensation issue asks for
 
 
 def network(name: str, k: int, seeds: int, folder: Path, range_weight: float = GRID_FLOOR,
-            kicks: tuple[int, ...] = (REFIT_KICKS,), modes: tuple[str, ...] = tuple(MODE_KEYS.values())
-            ) -> list[dict[str, object]]:
-    """One row per mode and number of moves: each seed's points below the ANN, KL and spikes per gate (fits with
-    convert's --range-weight `range_weight` and --kicks), and the fit stages' mean wall time (the fits, the focus,
-    the sequential refits)."""
+            kicks: tuple[int, ...] = (REFIT_KICKS,), modes: tuple[str, ...] = tuple(MODE_KEYS.values()),
+            channel_kicks: tuple[int, ...] = (0,)) -> list[dict[str, object]]:
+    """One row per mode and search budget (each of `kicks` with each of `channel_kicks`, convert's --kicks and
+    --channel-kicks): each seed's points below the ANN, KL and spikes per gate (fits with convert's --range-weight
+    `range_weight`), and the fit stages' mean wall time (the fits, the focus, the sequential refits)."""
     path, test, ann = ann_test(name)
-    chosen = [(mode, per_channel, refit, n) for mode, per_channel, refit in MODES if mode in modes for n in kicks]
-    runs: dict[tuple[str, int], list[tuple[float, float, float]]] = {(mode, n): [] for mode, _, _, n in chosen}
-    seconds: dict[tuple[str, int], float] = dict.fromkeys(runs, 0.0)
+    chosen = [(mode, per_channel, refit, (n, c)) for mode, per_channel, refit in MODES if mode in modes
+              for n in kicks for c in channel_kicks]
+    runs: dict[tuple[str, tuple[int, int]], list[tuple[float, float, float]]] = {(c[0], c[3]): [] for c in chosen}
+    seconds: dict[tuple[str, tuple[int, int]], float] = dict.fromkeys(runs, 0.0)
     for seed in range(seeds):
         plans = {per_channel: plan(path, calib={"image": calibration_images()}, seed=seed,
                                    per_channel=per_channel) for per_channel in {c[1] for c in chosen}}
-        for mode, per_channel, refit, n in chosen:
+        for mode, per_channel, refit, moves in chosen:
             q: Plan = plans[per_channel]
-            options = FitOptions(k=k, seed=seed, per_channel=per_channel, range_weight=range_weight, kicks=n)
+            options = FitOptions(k=k, seed=seed, per_channel=per_channel, range_weight=range_weight, kicks=moves[0],
+                                 channel_kicks=moves[1])
             start = time.perf_counter()
             fits, _ = fit_plan(q, options)
             if refit:
                 fits, _ = sequential(q, fits, options)
-            seconds[mode, n] += (time.perf_counter() - start) / seeds
+            seconds[mode, moves] += (time.perf_counter() - start) / seeds
             row = measure(q, fits, True, test, folder)
-            run = runs[mode, n]
+            run = runs[mode, moves]
             run.append((100 * (ann - float(row["accuracy"])), 1000 * float(row["kl"]),  # type: ignore[arg-type]
                         float(row["spikes"])))  # type: ignore[arg-type]
-            print(f"{name} K={k} {mode} kicks {n} seed {seed}: {run[-1][0]:.2f} below, KL {run[-1][1]:.1f}, "
-                  f"{run[-1][2]:.3f} spikes/gate", flush=True)
-    return [{"net": name, "ann": ann, "k": k, "mode": mode, "kicks": n, "seconds": f"{seconds[mode, n]:.1f}",
-             "runs": runs[mode, n]} for mode, n in runs]
+            print(f"{name} K={k} {mode} kicks {moves[0]} channel kicks {moves[1]} seed {seed}: {run[-1][0]:.2f} "
+                  f"below, KL {run[-1][1]:.1f}, {run[-1][2]:.3f} spikes/gate", flush=True)
+    return [{"net": name, "ann": ann, "k": k, "mode": mode, "kicks": moves[0], "channel_kicks": moves[1],
+             "seconds": f"{seconds[mode, moves]:.1f}", "runs": runs[mode, moves]} for mode, moves in runs]
 
 
 def _spread(values: list[float], digits: int) -> str:
@@ -98,24 +100,35 @@ def main() -> None:
                         help="convert's --range-weight (another than the default writes its own section)")
     parser.add_argument("--kicks", type=int, nargs="+", default=[REFIT_KICKS],
                         help="convert's --kicks, one row per value (another than the default writes its own section)")
+    parser.add_argument("--channel-kicks", type=int, nargs="+", default=[0],
+                        help="convert's --channel-kicks, one row per value (per-channel modes only; another than "
+                             "the default writes its own section)")
     parser.add_argument("--modes", nargs="+", choices=list(MODE_KEYS), default=list(MODE_KEYS),
                         help="the modes to run (default all four)")
     parser.add_argument("--write", action="store_true", help="replace this section of benchmarks/RESULTS.md")
     args = parser.parse_args()
+    if args.channel_kicks != [0] and any(not mode.startswith("per-channel") for mode in args.modes):
+        parser.error("--channel-kicks needs --modes per-channel and/or per-channel+sequential")
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.nets:
             name, k = spec.split(":")
             rows += network(name, int(k), args.seeds, Path(tmp), args.range_weight, tuple(args.kicks),
-                            tuple(MODE_KEYS[mode] for mode in args.modes))
+                            tuple(MODE_KEYS[mode] for mode in args.modes), tuple(args.channel_kicks))
     if not args.write:
         return
     flag = f" --range-weight {args.range_weight:g}" if args.range_weight != GRID_FLOOR else ""
-    flag += f" --kicks {' '.join(map(str, args.kicks))}" if args.kicks != [REFIT_KICKS] else ""
-    convert = flag.replace(f" --kicks {' '.join(map(str, args.kicks))}", " --kicks N (a row per N)")
+    convert = flag
+    columns: tuple[tuple[str, str], ...] = (("mode", "mode"),)
+    for option, values, default, key in (("--kicks", args.kicks, [REFIT_KICKS], "kicks"),
+                                         ("--channel-kicks", args.channel_kicks, [0], "channel_kicks")):
+        if values != default:
+            flag += f" {option} {' '.join(map(str, values))}"
+            convert += f" {option} N (a row per N)" if len(values) > 1 else f" {option} {values[0]}"
+            columns += ((option, key),)
+    if len(columns) > 1:
+        columns += (("fit stages (s)", "seconds"),)
     flag += f" --modes {' '.join(args.modes)}" if args.modes != list(MODE_KEYS) else ""
-    columns = (("mode", "mode"),) + ((("--kicks", "kicks"), ("fit stages (s)", "seconds"))
-                                      if args.kicks != [REFIT_KICKS] else ())
     key = flag.replace(" --", "_").replace("-", "_").replace(" ", "_")
     write_section("fit_spread" + key, "\n".join([
         "## The compensated conversions across fit seeds" + flag.replace(" --", ", --"), "",

@@ -41,6 +41,9 @@ TRAIN = ROOT / "examples/digits/digits_train.npz"
     (lambda: FitOptions(spike_penalty=float("inf")), "--spike-penalty inf: must be zero or positive"),
     (lambda: FitOptions(kicks=-1), "--kicks -1: the number of local-search moves must be 0 or more"),
     (lambda: FitOptions(focus_kicks=-2), "--focus-kicks -2: the number of local-search moves must be 0 or more"),
+    (lambda: FitOptions(channel_kicks=-3, per_channel=True),
+     "--channel-kicks -3: the number of local-search moves must be 0 or more"),
+    (lambda: FitOptions(channel_kicks=5), "--channel-kicks needs --per-channel"),
     (lambda: FindOptions(only=frozenset({"Relu", "Swish"})), "--only: unknown activation op Swish"),
     (lambda: ConvertOptions(emit="onnx"), "--emit onnx: must be one of function, inline"),  # type: ignore[arg-type]
     (lambda: ConvertOptions(FindOptions(channel_axis=1)), "--channel-axis 1: only with --per-channel"),
@@ -101,7 +104,7 @@ def test_one_seed_option_seeds_calibration_and_fits(tmp_path: Path) -> None:
 
     values = {"k": "6", "k_per_op": None, "target_mse": 1e-4, "spike_penalty": 0.0, "seed": 7, "kicks": 6,
               "focus_kicks": 0, "per_channel": False, "bias_correction": True, "reconstruct": False, "sequential": True,
-              "channel_axis": None, "latency": None, "spike_budget": None, "range_weight": 0.001,
+              "channel_axis": None, "latency": None, "spike_budget": None, "range_weight": 0.001, "channel_kicks": 0,
               "emit": "function", "only": None,
               "skip": None, "image_size": None, "layout": None, "scale": 1 / 255, "mean": None, "std": None,
               "bgr": False, "batch_axes": ("state=1",), "address": None, "actors": None, "cpus": 1}

@@ -262,3 +262,38 @@ def test_channel_axis_options(tmp_path: Path) -> None:
     default = CliRunner().invoke(main, [*base[:2], str(tmp_path / "d.onnx"), *base[2:], "--per-channel"])
     assert "--per-channel: 1 sites have their channels on the last axis (after MatMul, Gemm or a layer norm), " \
            "0 on axis 1" in default.output
+
+
+def test_channel_kicks_search_each_channel_groups_gate(tmp_path: Path) -> None:
+    """`convert --per-channel --channel-kicks 40`: each channel group's refit of the site's gate takes 40
+    local-search moves after its descent. Softplus at K=4 on the four channels: against the original in
+    onnxruntime on 200 fresh inputs, the mean square error at most 0.7x that of the descent alone (measured 0.0040
+    against 0.0070); the same op sequence, a [C, K] set on axis 1, and the function form and the native op give the
+    same bits. Without --per-channel, or with a negative count, the option is a one-line error (exit 2)."""
+    src = save(channel_model("Softplus"), tmp_path / "orig.onnx")
+    np.savez(tmp_path / "calib.npz", x=inputs(0, 200))
+    x = inputs(1, 200)
+    original = run(src, x)
+    mse = {}
+    for kicks in ("0", "40"):
+        out = tmp_path / f"kicks{kicks}.onnx"
+        result = CliRunner().invoke(main, ["convert", str(src), str(out), "--k", "4", "--calib",
+                                           str(tmp_path / "calib.npz"), "--per-channel", "--channel-kicks", kicks,
+                                           "--quiet"])
+        assert result.exit_code == 0, result.output
+        model = onnx.load(str(out))
+        assert [n.op_type for n in model.graph.node] == ["Mul", "Add", "AmosGate"]
+        params = gate_params(model.graph.node[-1])
+        assert params.axis == 1 and params.thresholds.shape == (4, 4)
+        y = run(out, x)
+        if native_library() is not None:
+            assert np.array_equal(y, session(out, native=True).run(None, {"x": x})[0])
+        mse[kicks] = float(np.mean((y - original) ** 2))
+    assert mse["40"] <= 0.7 * mse["0"], mse
+    for extra, message in ((["--channel-kicks", "10"], "--channel-kicks needs --per-channel"),
+                           (["--per-channel", "--channel-kicks", "-1"], "--channel-kicks -1: the number of")):
+        result = CliRunner().invoke(main, ["convert", str(src), str(tmp_path / "bad.onnx"), "--calib",
+                                           str(tmp_path / "calib.npz"), *extra])
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+        assert result.stderr.startswith(f"amos-onnx: error: {message}"), result.stderr
+        assert not (tmp_path / "bad.onnx").exists()

@@ -35,13 +35,14 @@ def channel_groups(spans: np.ndarray, groups: int) -> np.ndarray:
     return np.unique(label, return_inverse=True)[1]
 
 
-def channel_gates(act: Activation, site: FitResult, res: Reservoir, lam: float,
-                  range_weight: float = GRID_FLOOR) -> tuple[GateParams, float, float, float]:
+def channel_gates(act: Activation, site: FitResult, res: Reservoir, lam: float, range_weight: float = GRID_FLOOR,
+                  kicks: int = 0, seed: int = 0) -> tuple[GateParams, float, float, float]:
     """One gate per channel of the site's input (along res.axis): channels grouped by where their values lie
     (channel_groups on their 1%..99% quantiles, CHANNEL_GROUPS at most), the site's gate refined on each group's
     values over the group's range (exact, widened by CHANNEL_MARGIN; search.refine with the same absolute spike
-    penalty and range_weight); a channel with fewer than CHANNEL_MIN_SAMPLES values keeps the site's gate. With
-    the MSE, max error and mean spikes of those gates on all the samples."""
+    penalty and range_weight, and `kicks` local-search moves seeded by `seed`); a channel with fewer than
+    CHANNEL_MIN_SAMPLES values keeps the site's gate. With the MSE, max error and mean spikes of those gates on all
+    the samples."""
     order = np.argsort(res.channels, kind="stable")
     edges = np.searchsorted(res.channels[order], np.arange(res.channel_count + 1))
     values = [res.values[order[edges[c]:edges[c + 1]]] for c in range(res.channel_count)]
@@ -62,7 +63,7 @@ def channel_gates(act: Activation, site: FitResult, res: Reservoir, lam: float,
                 lo, hi = lo - 0.5, hi + 0.5
             x = np.concatenate([values[c] for c in members])
             gates.append(refine(act.func, lo, hi, x, site.params, relu_like=act.relu_like, spike_penalty=lam,
-                                range_weight=range_weight))
+                                range_weight=range_weight, kicks=kicks, seed=seed))
             group[members] = len(gates) - 1
     squares, worst, spikes = 0.0, 0.0, 0.0  # over all the samples, one simulation per gate
     of_value = group[res.channels]

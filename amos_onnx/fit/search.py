@@ -158,12 +158,13 @@ REFINE_STARTS = 2  # structured starts on the samples' own core range that a ref
 
 
 def refine(func: Func, lo: float, hi: float, samples: np.ndarray, start: GateParams, *, relu_like: bool = False,
-           spike_penalty: float = 0.0, range_weight: float = GRID_FLOOR) -> GateParams:
-    """A gate refitted from `start` to other samples and range by descent (no local search): a site's gate
-    refitted to a group of its channels' values. The REFINE_STARTS structured starts on the samples' core range
-    that cost least as they are compete with it. The start is kept unless the refit costs less on the fine
-    set without leaving f's range beyond it (where f saturates) by more than the start does. range_weight: the
-    share of the loss on a uniform grid over [lo, hi] (Search.range_weight)."""
+           spike_penalty: float = 0.0, range_weight: float = GRID_FLOOR, kicks: int = 0, seed: int = 0) -> GateParams:
+    """A gate refitted from `start` to other samples and range by descent: a site's gate refitted to a group of
+    its channels' values. The REFINE_STARTS structured starts on the samples' core range that cost least as they
+    are compete with it; the best descended one then takes `kicks` local-search moves (fit's, seeded by `seed`).
+    The start is kept unless the refit costs less on the fine set without leaving f's range beyond it (where f
+    saturates) by more than the start does. range_weight: the share of the loss on a uniform grid over [lo, hi]
+    (Search.range_weight)."""
     prepared = _finite(samples)
     coarse = _problem(func, lo, hi, prepared, spike_penalty, 2049, floor=range_weight)
     k = start.k
@@ -182,6 +183,9 @@ def refine(func: Func, lo: float, hi: float, samples: np.ndarray, start: GatePar
         T, h, d = (a.copy() for a in c)
         descended.append((descend(coarse, T, h, d, hi - lo, sweeps=6), len(descended), (T, h, d)))
     T, h, d = min(descended, key=lambda r: (r[0], r[1]))[2]
+    if kicks:
+        where = np.quantile(samples[np.isfinite(samples)], np.linspace(0, 1, 257))
+        T, h, d = _search(coarse, (T, h, d), lo, hi, kicks, float("inf"), np.random.default_rng(seed), where)
     fine = _problem(func, lo, hi, prepared, spike_penalty, 8193, floor=range_weight)
     descend(fine, T, h, d, hi - lo, sweeps=3)
     with np.errstate(over="ignore"):

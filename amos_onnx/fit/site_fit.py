@@ -168,7 +168,8 @@ def _fit_job(job: Job) -> SiteFit:
         return SiteFit(params, FitSource.CALIBRATED, lo, hi, mse, max_err, spikes, res.seen)
     if options.per_channel and res.axis is not None:
         lam = absolute_penalty(act, samples, lo, hi, options.spike_penalty)
-        params, mse, max_err, spikes = channel_gates(act, result, res, lam, options.range_weight)
+        params, mse, max_err, spikes = channel_gates(act, result, res, lam, options.range_weight,
+                                                     options.channel_kicks, options.seed)
         return SiteFit(params, FitSource.PER_CHANNEL, lo, hi, mse, max_err, spikes, res.seen)
     mse, max_err, spikes = sample_error(result.params, act.func, samples)
     return SiteFit(result.params, FitSource.CALIBRATED, lo, hi, mse, max_err, spikes, res.seen)
