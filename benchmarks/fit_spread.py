@@ -10,8 +10,9 @@ many seeds are within 0.3 points of the ANN.
 
     .venv/bin/python benchmarks/fit_spread.py [--nets vgg:4 resnet:4 effnet:6 gelu:5] [--seeds 3] [--write]
 
---range-weight and --kicks are convert's (--kicks with several values: a row per value, with the fit stages'
-mean wall time); --modes keeps some of the four modes. Any of them writes its own section.
+--range-weight, --spike-penalty, --kicks and --channel-kicks are convert's (the last two with several values: a
+row per value, with the fit stages' mean wall time); --modes keeps some of the four modes. Any of them writes its
+own section.
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ WITHIN = 0.3  # points below the ANN the compensation issue asks for
 
 def network(name: str, k: int, seeds: int, folder: Path, range_weight: float = GRID_FLOOR,
             kicks: tuple[int, ...] = (REFIT_KICKS,), modes: tuple[str, ...] = tuple(MODE_KEYS.values()),
-            channel_kicks: tuple[int, ...] = (0,)) -> list[dict[str, object]]:
+            channel_kicks: tuple[int, ...] = (0,), spike_penalty: float = 0.0) -> list[dict[str, object]]:
     """One row per mode and search budget (each of `kicks` with each of `channel_kicks`, convert's --kicks and
     --channel-kicks): each seed's points below the ANN, KL and spikes per gate (fits with convert's --range-weight
-    `range_weight`), and the fit stages' mean wall time (the fits, the focus, the sequential refits)."""
+    `range_weight` and --spike-penalty `spike_penalty`), and the fit stages' mean wall time (the fits, the focus, the
+    sequential refits)."""
     path, test, ann = ann_test(name)
     chosen = [(mode, per_channel, refit, (n, c)) for mode, per_channel, refit in MODES if mode in modes
               for n in kicks for c in channel_kicks]
@@ -57,7 +59,7 @@ def network(name: str, k: int, seeds: int, folder: Path, range_weight: float = G
         for mode, per_channel, refit, moves in chosen:
             q: Plan = plans[per_channel]
             options = FitOptions(k=k, seed=seed, per_channel=per_channel, range_weight=range_weight, kicks=moves[0],
-                                 channel_kicks=moves[1])
+                                 channel_kicks=moves[1], spike_penalty=spike_penalty)
             start = time.perf_counter()
             fits, _ = fit_plan(q, options)
             if refit:
@@ -103,6 +105,8 @@ def main() -> None:
     parser.add_argument("--channel-kicks", type=int, nargs="+", default=[0],
                         help="convert's --channel-kicks, one row per value (per-channel modes only; another than "
                              "the default writes its own section)")
+    parser.add_argument("--spike-penalty", type=float, default=0.0,
+                        help="convert's --spike-penalty (another than 0 writes its own section)")
     parser.add_argument("--modes", nargs="+", choices=list(MODE_KEYS), default=list(MODE_KEYS),
                         help="the modes to run (default all four)")
     parser.add_argument("--write", action="store_true", help="replace this section of benchmarks/RESULTS.md")
@@ -114,10 +118,12 @@ def main() -> None:
         for spec in args.nets:
             name, k = spec.split(":")
             rows += network(name, int(k), args.seeds, Path(tmp), args.range_weight, tuple(args.kicks),
-                            tuple(MODE_KEYS[mode] for mode in args.modes), tuple(args.channel_kicks))
+                            tuple(MODE_KEYS[mode] for mode in args.modes), tuple(args.channel_kicks),
+                            args.spike_penalty)
     if not args.write:
         return
     flag = f" --range-weight {args.range_weight:g}" if args.range_weight != GRID_FLOOR else ""
+    flag += f" --spike-penalty {args.spike_penalty:g}" if args.spike_penalty else ""
     convert = flag
     columns: tuple[tuple[str, str], ...] = (("mode", "mode"),)
     for option, values, default, key in (("--kicks", args.kicks, [REFIT_KICKS], "kicks"),
