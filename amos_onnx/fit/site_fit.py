@@ -50,6 +50,8 @@ class SiteFit:
 
 
 def site_range(act: Activation, res: Reservoir | None) -> tuple[float, float]:
+    """The range a site's gate is fitted over: its calibrated min and max (from 0 for a ReLU-like function, widened
+    to at least 1 when they (nearly) meet), else the activation's default range."""
     if res is None or res.seen == 0:
         return act.lo, act.hi
     lo, hi = res.lo, res.hi
@@ -137,7 +139,7 @@ def fit_site(act: Activation, k: int, res: Reservoir | None, options: FitOptions
     spike_penalty is relative to the site, absolute_penalty; seed and kicks drive the refit's search). With
     options.per_channel and samples that know their channel (Reservoir.axis), the site's gate is then refined per
     channel (channels.channel_gates). `error_only`: this site's error-only calibrated refit when already made
-    (_refit_key). `start`: an earlier calibrated fit of this site to start from too (fit_sites' refocus)."""
+    (sites._refit_key). `start`: an earlier calibrated fit of this site to start from too (fit_sites' refocus)."""
     return fit_job(Job(act, k, res, options or FitOptions(), error_only, start))
 
 
