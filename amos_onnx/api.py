@@ -16,7 +16,7 @@ from amos_onnx.fit.library import named_activations
 from amos_onnx.fit.search import GRID_FLOOR, KICKS, FitResult, fit
 from amos_onnx.gate import MAX_K
 from amos_onnx.load import load_model
-from amos_onnx.options import RayOptions
+from amos_onnx.options import RayOptions, check_moves, check_range_weight
 from amos_onnx.report import files as report_files
 from amos_onnx.report.conversion import ConversionReport
 from amos_onnx.report.validate import ValidateOptions, validate
@@ -71,14 +71,13 @@ def fit_function(
         samples = np.asarray(samples, np.float64).ravel()
         if samples.size == 0 or not np.all(np.isfinite(samples)):
             raise DataError("samples must be a non-empty array of finite values")
-    if kicks is not None and kicks < 0:
-        raise OptionError(f"--kicks {kicks}: the number of local-search moves must be 0 or more")
+    if kicks is not None:
+        check_moves("--kicks", kicks)
     if time_budget is not None and not time_budget > 0:
         raise OptionError(f"--time-budget {time_budget}: the time budget must be a positive number of seconds")
     if not (spike_cost >= 0 and np.isfinite(spike_cost)):
         raise OptionError(f"--spike-cost {spike_cost}: must be zero or positive")
-    if not 0.0 <= range_weight <= 1.0:
-        raise OptionError(f"--range-weight {range_weight}: must be between 0 and 1")
+    check_range_weight(range_weight)
     if fit_range is not None:
         lo, hi = fit_range
     else:

@@ -49,9 +49,16 @@ def _check_ops(option: str, ops: frozenset[str] | Mapping[str, int] | None) -> N
                           hint=f"known: {', '.join(sorted(known))}")
 
 
-def _check_moves(option: str, value: int) -> None:
+def check_moves(option: str, value: int) -> None:
+    """A number of local-search moves (--kicks and the like): 0 or more."""
     if value < 0:
         raise OptionError(f"{option} {value}: the number of local-search moves must be 0 or more")
+
+
+def check_range_weight(value: float) -> None:
+    """--range-weight: a share of the loss, between 0 and 1."""
+    if not 0.0 <= value <= 1.0:
+        raise OptionError(f"--range-weight {value}: must be between 0 and 1")
 
 
 @dataclass(frozen=True)
@@ -177,11 +184,10 @@ class FitOptions:
             raise OptionError(f"--target-mse {self.target_mse}: must be positive")
         if not (self.spike_penalty >= 0 and math.isfinite(self.spike_penalty)):
             raise OptionError(f"--spike-penalty {self.spike_penalty}: must be zero or positive")
-        if not 0.0 <= self.range_weight <= 1.0:
-            raise OptionError(f"--range-weight {self.range_weight}: must be between 0 and 1")
-        _check_moves("--kicks", self.kicks)
-        _check_moves("--focus-kicks", self.focus_kicks)
-        _check_moves("--channel-kicks", self.channel_kicks)
+        check_range_weight(self.range_weight)
+        check_moves("--kicks", self.kicks)
+        check_moves("--focus-kicks", self.focus_kicks)
+        check_moves("--channel-kicks", self.channel_kicks)
         if self.channel_kicks and not self.per_channel:
             raise OptionError("--channel-kicks needs --per-channel: it searches each channel group's gate")
         if self.latency is not None and self.latency < 1:

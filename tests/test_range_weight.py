@@ -54,15 +54,6 @@ def test_range_weight_trades_the_range_for_the_inputs_like_the_calibration_data(
     assert sweep_error[0.0] >= 3 * sweep_error[0.01], sweep_error
 
 
-def test_the_default_range_weight_is_the_fitter_s_own(tmp_path: Path) -> None:
-    """--range-weight 0.01 (the default) writes the same file as no option at all."""
-    src = save(activation_model("Softplus", 17), tmp_path / "softplus.onnx")
-    np.savez(tmp_path / "calib.npz", x=_heavy_tailed(0))
-    amos_onnx.convert(src, tmp_path / "a.onnx", calib=tmp_path / "calib.npz", k=K, progress=False)
-    amos_onnx.convert(src, tmp_path / "b.onnx", calib=tmp_path / "calib.npz", k=K, range_weight=0.01, progress=False)
-    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
-
-
 def test_a_bad_range_weight_is_a_one_line_error_and_writes_nothing(tmp_path: Path) -> None:
     src = save(activation_model("Softplus", 17), tmp_path / "softplus.onnx")
     np.savez(tmp_path / "calib.npz", x=_heavy_tailed(0))

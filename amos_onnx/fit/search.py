@@ -57,6 +57,11 @@ def _finite(samples: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     return s, np.sort(s)
 
 
+def _ranks(finite: np.ndarray) -> np.ndarray | None:
+    """Where the local search's kicks aim: 257 quantiles of the finite samples (None without samples)."""
+    return np.quantile(finite, np.linspace(0, 1, 257)) if finite.size else None
+
+
 def _problem(func: Func, lo: float, hi: float, samples: tuple[np.ndarray, np.ndarray], lam: float, points: int,
              tails: bool = False, sort: bool = True, floor: float = GRID_FLOOR) -> Problem:
     """Training points: the range grid alone, or samples (1 - floor of the weight) plus the grid as a floor;
@@ -184,7 +189,7 @@ def refine(func: Func, lo: float, hi: float, samples: np.ndarray, start: GatePar
         descended.append((descend(coarse, T, h, d, hi - lo, sweeps=6), len(descended), (T, h, d)))
     T, h, d = min(descended, key=lambda r: (r[0], r[1]))[2]
     if kicks:
-        where = np.quantile(samples[np.isfinite(samples)], np.linspace(0, 1, 257))
+        where = _ranks(samples[np.isfinite(samples)])
         T, h, d = _search(coarse, (T, h, d), lo, hi, kicks, float("inf"), np.random.default_rng(seed), where)
     fine = _problem(func, lo, hi, prepared, spike_penalty, 8193, floor=range_weight)
     descend(fine, T, h, d, hi - lo, sweeps=3)
@@ -313,7 +318,7 @@ def fit(func: Func, k: int, lo: float, hi: float, samples: np.ndarray | None = N
     finite = np.empty(0) if samples is None else np.sort(samples[np.isfinite(samples)], axis=None)  # for quantiles
     starts = _starts(func, k, lo, hi, finite, samples, search, warm)
     chosen, raw, start = _best_start(coarse, starts, search, hi - lo)
-    where = np.quantile(finite, np.linspace(0, 1, 257)) if finite.size else None
+    where = _ranks(finite)
     T, h, d = start if search.relu_like else _search(coarse, start, lo, hi, search.kicks, deadline, rng, where)
     fine = coarse if search.relu_like else _problem(func, lo, hi, prepared, lam, 8193, tails, floor=floor)
     check = _problem(func, lo, hi, prepared, lam, 65537, tails, sort=False, floor=floor)  # only scored
