@@ -238,6 +238,31 @@ def test_too_few_calibration_samples_refit_nothing_and_say_so(tmp_path: Path) ->
                report.notes), report.notes
 
 
+
+@pytest.mark.parametrize("bound", ["kept", "walk"])
+def test_samples_held_back_by_memory_are_named_in_the_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          bound: str) -> None:
+    """64 calibration samples, but memory holds fewer than MIN_SAMPLES of them (the samples kept for measuring,
+    or the walk's tensors, as for a detector's large images): every weight stays, and the note says how many of
+    the 64 were held and by which bound, so that nobody adds calibration data in vain."""
+    from amos_onnx.compensate import walk as walk_module
+    from amos_onnx.fit import focus
+
+    model = chain()
+    path = save(model, tmp_path / "model.onnx")
+    x = _data(model, 64, 1)
+    feeds = [{"x": x[i:i + 1]} for i in range(64)]  # a sample per batch, as a pipeline's recorded inputs come
+    if bound == "kept":
+        monkeypatch.setattr(focus, "KEEP_BYTES", 10 * x[:1].nbytes)
+    else:
+        monkeypatch.setattr(walk_module, "WALK_BYTES", 1)  # the walk trims to one feed
+    report = amos_onnx.convert(path, tmp_path / "out.onnx", feeds, k=2, progress=False)
+    assert report.biases == []
+    note = next(n for n in report.notes if n.startswith("weight reconstruction"))
+    room = "of samples kept for measuring" if bound == "kept" else "of this model's tensors its walk holds"
+    assert " of the 64 calibration samples (as many as fit in the " in note and room in note, note
+    assert "fewer than the 32 a refit needs" in note and note.endswith("every weight kept"), note
+
 def test_a_classifier_exported_with_its_labels_is_compensated_by_its_scores(tmp_path: Path) -> None:
     """A classifier whose only output is its ArgMax cast to int32: weight reconstruction (the default) and bias
     correction judge at the scores the labels come from, so they write the same weights and biases as for the

@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from amos_onnx.compensate import walk as walks
 from amos_onnx.compensate.bias import NO_JUDGE, end_ratio
 from amos_onnx.compensate.layers import Layer, layers, patches, positions
 from amos_onnx.compensate.targets import constant_tensors, find_targets, site_levels
@@ -72,6 +73,8 @@ class Reconstruction:
     samples: int
     ratio: float = 1.0
     judged: bool = True  # False: the model has no floating-point output to judge refits by, none is made
+    offered: int = 0  # the calibration's samples, when memory held fewer of them (`samples`); else 0
+    bound: str = ""  # the memory bound that held them: "kept" (focus.KEEP_BYTES) or "walk" (walk.WALK_BYTES)
 
     @property
     def kept(self) -> bool:
@@ -84,8 +87,13 @@ class Reconstruction:
         if not self.judged:
             return [f"weight reconstruction: {NO_JUDGE}: every weight kept"]
         if self.samples < MIN_SAMPLES:
-            return [f"weight reconstruction: {self.samples} calibration samples, fewer than the {MIN_SAMPLES} a refit "
-                    f"needs to fit and judge it (the rows of one sample are alike): every weight kept"]
+            held = f"{self.samples} calibration samples"
+            if self.offered > self.samples:  # memory, not the calibration data, held them: more data would not help
+                room = (f"the {focus.KEEP_BYTES / 2**20:.0f} MiB of samples kept for measuring" if self.bound == "kept"
+                        else f"the {walks.WALK_BYTES / 2**20:.0f} MiB of this model's tensors its walk holds")
+                held = f"{self.samples} of the {self.offered} calibration samples (as many as fit in {room})"
+            return [f"weight reconstruction: {held}, fewer than the {MIN_SAMPLES} a refit needs to fit and judge it "
+                    "(the rows of one sample are alike): every weight kept"]
         found = (f"{len(self.refits)} of {self.layers} layers refitted on {self.samples} calibration samples level by "
                  f"level; the outputs' error (KL for a classifier's, else mean square) x{self.ratio:.3g} of the "
                  "unrefitted")
@@ -136,7 +144,7 @@ def reconstruct(p: Plan, fits: dict[str, SiteFit]) -> Reconstruction:
     count = sum(sample_count(feed) for feed in kept)
     results = [name for name, _ in p.judged]
     if not results or count < MIN_SAMPLES:  # before any model is built: on by default, it then costs nothing
-        return Reconstruction([], len(found), count, judged=bool(results))
+        return Reconstruction([], len(found), count, judged=bool(results), offered=p.samples, bound="kept")
     levels = sorted({ly.target.level for ly in found})
     mixed, switches = focus.switched_model(p.model, sites, fits, p.options.emit, p.judged)
     walk = Walk(mixed, split(mixed, tensor_level, levels, {ly.input for ly in found}),
@@ -149,7 +157,7 @@ def reconstruct(p: Plan, fits: dict[str, SiteFit]) -> Reconstruction:
     plain = walk.finish(0, "original", on, results)  # before any layer changes
     for part in range(len(walk.segments)):
         if walk.samples < MIN_SAMPLES:  # trimmed to too few
-            return Reconstruction([], len(found), walk.samples)
+            return Reconstruction([], len(found), walk.samples, offered=p.samples, bound="walk")
         # the original stream runs this segment before its layers change, and its outputs are stored once
         # the refits have read them: one stream's segment outputs are held at a time, not two
         want = walk.run(part, "original", off)
