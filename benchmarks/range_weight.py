@@ -23,10 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pypi_models  # noqa: E402
+import pypi_sweep  # noqa: E402
 from bias_correction import ann_test, measure  # noqa: E402
 from fashion_k import calibration_images  # noqa: E402
 from fit_spread import table  # noqa: E402
@@ -59,31 +57,6 @@ def network(name: str, k: int, seeds: int, folder: Path) -> list[dict[str, objec
             for mode, _ in MODES for weight in WEIGHTS]
 
 
-def pypi_rows(folder: Path) -> list[str]:
-    lines = ["| --range-weight | NudeNet: boxes matched / the original's | precision | mean IoU | "
-             "mean score difference | lost boxes' scores | PP-OCR: CER on the 5 images (page.png) | "
-             "det / cls / rec alone | CER on 24 more pages | conversion s (NudeNet; det, cls, rec) |",
-             "|---" * 10 + "|"]
-    for weight in WEIGHTS:
-        nude = pypi_models.run_nudenet(folder / f"nudenet-{weight}", range_weight=weight)
-        ocr = pypi_models.run_ocr(folder / f"ocr-{weight}", more_pages=pypi_models.OCR_MORE_PAGES, range_weight=weight)
-        boxes: pypi_models.BoxMatch = nude["boxes"]  # type: ignore[assignment]
-        pages: list[dict[str, object]] = ocr["pages"]  # type: ignore[assignment]
-        page = next(p for p in pages if p["image"] == "page.png")
-        alone: dict[str, float] = ocr["alone"]  # type: ignore[assignment]
-        more: dict[str, float] = ocr["more"]  # type: ignore[assignment]
-        seconds: dict[str, float] = ocr["seconds"]  # type: ignore[assignment]
-        lost = ", ".join(f"{s:.3f}" for s in boxes.missed) or "-"
-        lines.append(
-            f"| {weight} | {boxes.matched} / {boxes.original} | {boxes.precision:.3f} | {np.mean(boxes.ious):.3f} | "
-            f"{np.mean(boxes.score_diffs):.3f} | {lost} | {float(ocr['cer']):.3f} ({page['distance']} of "  # type: ignore[arg-type]
-            f"{len(str(page['original']))}) | {alone['det']:.3f} / {alone['cls']:.3f} / {alone['rec']:.3f} | "
-            f"{more['cer']:.3f} | {float(nude['seconds']):.0f}; "  # type: ignore[arg-type]
-            f"{', '.join(f'{seconds[m]:.0f}' for m in ('det', 'cls', 'rec'))} |")
-        print(lines[-1], flush=True)
-    return lines
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("fashion", "pypi", "all"), default="all")
@@ -108,7 +81,8 @@ def main() -> None:
                     "(--per-channel); full 10,000-image test set, native op. KL: of the spiking softmax from the "
                     "ANN's, per test image.", "", *table(rows, (("gates", "mode"), ("--range-weight", "weight")))]))
         if args.part in ("pypi", "all"):
-            lines = pypi_rows(Path(tmp))
+            lines = pypi_sweep.rows(Path(tmp), "--range-weight",
+                                    [(str(w), {"range_weight": w}) for w in WEIGHTS])
             if args.write:
                 write_section("range_weight_pypi", "\n".join([
                     "## The range's weight in calibrated fits: real models from PyPI wheels", "",
