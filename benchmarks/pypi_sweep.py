@@ -1,7 +1,7 @@
 """The real PyPI models (pypi_models.py's NudeNet and PP-OCR pipeline, converted and judged as there) under
 several option sets, a table row each: here K for every site, against convert's default K per activation
-(NudeNet's SiLU K=16; PP-OCR's composites and hard-swish K=16, hard-sigmoid K=12, ReLU K=10). range_weight.py's
-pypi part makes its rows with the same function.
+(NudeNet's SiLU K=16, its one sigmoid K=12; PP-OCR's composites and hard-swish K=16, hard-sigmoid K=12, ReLU
+K=10). range_weight.py's pypi part makes its rows with the same function.
 
 How far the spiking twins move from the originals when every gate gets more neurons: whether the boxes NudeNet
 loses and the lines the OCR reads differently come from the gates' resolution (they would come back as K grows)

@@ -238,7 +238,6 @@ def test_too_few_calibration_samples_refit_nothing_and_say_so(tmp_path: Path) ->
                report.notes), report.notes
 
 
-
 @pytest.mark.parametrize("bound", ["kept", "walk"])
 def test_samples_held_back_by_memory_are_named_in_the_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           bound: str) -> None:
@@ -259,9 +258,12 @@ def test_samples_held_back_by_memory_are_named_in_the_note(tmp_path: Path, monke
     report = amos_onnx.convert(path, tmp_path / "out.onnx", feeds, k=2, progress=False)
     assert report.biases == []
     note = next(n for n in report.notes if n.startswith("weight reconstruction"))
-    room = "of samples kept for measuring" if bound == "kept" else "of this model's tensors its walk holds"
-    assert " of the 64 calibration samples (as many as fit in the " in note and room in note, note
+    held, room = ((10, "of samples kept for measuring") if bound == "kept"
+                  else (1, "of this model's tensors its walk holds"))
+    assert f"weight reconstruction: {held} of the 64 calibration samples (as many as fit in the " in note, note
+    assert room in note, note
     assert "fewer than the 32 a refit needs" in note and note.endswith("every weight kept"), note
+
 
 def test_a_classifier_exported_with_its_labels_is_compensated_by_its_scores(tmp_path: Path) -> None:
     """A classifier whose only output is its ArgMax cast to int32: weight reconstruction (the default) and bias
