@@ -1,8 +1,10 @@
-/* The fitter's inner loop in C: amos_onnx.fit.blocks.rest for float64 membranes (loaded with ctypes by
- * amos_onnx/fit/kernel.py). Each neuron j = start..k-1 in turn: z = (v > T[j]), y += z * d[j], s += z,
- * v -= z * h[j]. The same float64 operations in the same order as the numpy loop (z as 0.0 or 1.0, no fused
- * multiply-add: -ffp-contract=off), so its outputs are bit-identical to it; only faster (one pass over each
- * block of samples held in L1, vectorised: an AVX2 clone and a baseline clone, picked at load time). */
+/* The fitter's inner loop in C (loaded with ctypes by amos_onnx/fit/kernel.py), each function the same float64
+ * operations in the same order as its numpy form in amos_onnx.fit.blocks, so its outputs are bit-identical to it
+ * (z as 0.0 or 1.0, no fused multiply-add: -ffp-contract=off); only faster:
+ * - amos_rest: neurons start..k-1 from membranes v: z = (v > T[j]), y += z * d[j], s += z, v -= z * h[j]; one
+ *   pass over each block of samples held in L1, vectorised (an AVX2 clone and a baseline clone, picked at load time);
+ * - amos_split_costs: the cost of every split of one neuron's threshold;
+ * - amos_sweep: one sweep of the block descent, every neuron's threshold, weight and reset in turn. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -86,17 +88,11 @@ static float spacing32(float m) {
  * the order to `order` when not NULL), and for split i (samples i.. fire) gives
  * cost[i] = skipping cost of samples ..i-1 + best firing cost of samples i.., with cost = +inf where the gap
  * below sample i is too narrow for float32; se[i], sw[i]: the weighted error and weight sums of samples i..
- * Returns 0, or 1 when memory ran out. */
-int amos_split_costs(const double* v, const double* yb, const double* target, const double* w, const double* r0,
-                     const double* r1, const int8_t* s0, const int8_t* s1, double lam, double room_ulps, int64_t n,
-                     const int64_t* hint, double* vs, double* cost, double* se, double* sw, int64_t* order) {
-    int64_t* buffers = malloc((size_t)(3 * n + 1) * sizeof(int64_t));
-    double* see = malloc((size_t)(n + 1) * sizeof(double));
-    if (!buffers || !see) {
-        free(buffers);
-        free(see);
-        return 1;
-    }
+ * `buffers`: 3n + 1 indices, `see`: n + 1 values of scratch. */
+static void split_costs_into(const double* v, const double* yb, const double* target, const double* w,
+                             const double* r0, const double* r1, const int8_t* s0, const int8_t* s1, double lam,
+                             double room_ulps, int64_t n, const int64_t* hint, double* vs, double* cost, double* se,
+                             double* sw, int64_t* order, int64_t* buffers, double* see) {
     const int64_t* idx = sort_indices(v, hint, buffers, buffers + n, buffers + 2 * n, n);
     if (order)
         for (int64_t i = 0; i < n; ++i) order[i] = idx[i];
@@ -126,7 +122,212 @@ int amos_split_costs(const double* v, const double* yb, const double* target, co
         const float room = (float)room_ulps * spacing32((float)top);
         if (!(vs[i] - vs[i - 1] > (double)room)) cost[i] = INFINITY;
     }
+}
+
+/* split_costs_into with its scratch allocated here: 0, or 1 when memory ran out. */
+int amos_split_costs(const double* v, const double* yb, const double* target, const double* w, const double* r0,
+                     const double* r1, const int8_t* s0, const int8_t* s1, double lam, double room_ulps, int64_t n,
+                     const int64_t* hint, double* vs, double* cost, double* se, double* sw, int64_t* order) {
+    int64_t* buffers = malloc((size_t)(3 * n + 1) * sizeof(int64_t));
+    double* see = malloc((size_t)(n + 1) * sizeof(double));
+    if (!buffers || !see) {
+        free(buffers);
+        free(see);
+        return 1;
+    }
+    split_costs_into(v, yb, target, w, r0, r1, s0, s1, lam, room_ulps, n, hint, vs, cost, se, sw, order, buffers, see);
     free(buffers);
     free(see);
+    return 0;
+}
+
+/* ---- One sweep of the block descent (amos_onnx.fit.blocks.sweep's numpy form, step by step) ---- */
+
+/* numpy's sum of a contiguous float64 row (np.sum; over the last axis of a C array, row by row): 0.0 plus the
+ * pairwise sum, below 8 values in order, up to 128 in eight interleaved partial sums, else split in two at a
+ * multiple of 8. */
+static double pairwise_sum(const double* a, int64_t n) {
+    if (n < 8) {
+        double res = 0.0;
+        for (int64_t i = 0; i < n; ++i) res += a[i];
+        return res;
+    }
+    if (n <= 128) {
+        double r[8];
+        for (int j = 0; j < 8; ++j) r[j] = a[j];
+        int64_t i = 8;
+        for (; i < n - (n % 8); i += 8)
+            for (int j = 0; j < 8; ++j) r[j] += a[i + j];
+        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; ++i) res += a[i];
+        return res;
+    }
+    int64_t half = n / 2;
+    half -= half % 8;
+    return pairwise_sum(a, half) + pairwise_sum(a + half, n - half);
+}
+
+static double numpy_sum(const double* a, int64_t n) { return 0.0 + pairwise_sum(a, n); }
+
+/* numpy_sum exported, for the tests to hold it to np.sum. */
+double amos_numpy_sum(const double* a, int64_t n) { return numpy_sum(a, n); }
+
+/* numpy's argmin: the first NaN, else the first least value. */
+static int64_t argmin(const double* a, int64_t n) {
+    int64_t best = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        if (a[i] != a[i]) return i;
+        if (a[i] < a[best]) best = i;
+    }
+    return best;
+}
+
+/* numpy's searchsorted(sorted, key, side="right"): the first index whose value sorts after key (NaN last). */
+static int64_t search_right(const double* sorted, int64_t n, double key) {
+    int64_t lo = 0, hi = n;
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (before_value(key, sorted[mid]))
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+
+typedef struct {
+    const double *x, *target, *w;
+    int64_t n;
+    double lam, room_ulps;
+} Problem;
+
+/* A sweep's scratch: membranes and outputs carried along the neurons, a threshold update's arrays, and a reset
+ * update's samples that fire the neuron (z_*) with one candidate's row. */
+typedef struct {
+    double *v, *y, *vh, *r0, *r1, *vs, *cost, *se, *sw, *see, *zv, *zy, *zt, *zw, *vf, *rf, *row;
+    int8_t *s0, *s1, *sf;
+    int64_t *orders[2], *sort;
+    void *doubles, *bytes, *indices;
+} Work;
+
+static void free_work(Work* wk) {
+    free(wk->doubles);
+    free(wk->bytes);
+    free(wk->indices);
+}
+
+static int alloc_work(Work* wk, int64_t n) {
+    const size_t m = (size_t)n + 1;
+    double* f = wk->doubles = malloc(17 * m * sizeof(double));
+    int8_t* b = wk->bytes = malloc(3 * m);
+    int64_t* i = wk->indices = malloc(5 * m * sizeof(int64_t));
+    if (!f || !b || !i) {
+        free_work(wk);
+        return 1;
+    }
+    double** slots[] = {&wk->v, &wk->y, &wk->vh, &wk->r0, &wk->r1, &wk->vs, &wk->cost, &wk->se, &wk->sw,
+                        &wk->see, &wk->zv, &wk->zy, &wk->zt, &wk->zw, &wk->vf, &wk->rf, &wk->row};
+    for (size_t j = 0; j < sizeof(slots) / sizeof(slots[0]); ++j) *slots[j] = f + j * m;
+    wk->s0 = b, wk->s1 = b + m, wk->sf = b + 2 * m;
+    wk->orders[0] = i, wk->orders[1] = i + m, wk->sort = i + 2 * m;
+    return 0;
+}
+
+/* blocks.update_threshold: the exact best T[t] and d[t] with all else fixed, from the membranes arriving at neuron
+ * t (wk->v) and the output before it (wk->y); the order that sorts those membranes (one of wk->orders, the other
+ * than `hint`, the order of nearly sorted membranes the sort starts from, or NULL). */
+static const int64_t* update_threshold(const Problem* p, Work* wk, double* T, double* h, double* d, int64_t k,
+                                       int64_t t, const int64_t* hint) {
+    const int64_t n = p->n;
+    for (int64_t i = 0; i < n; ++i) wk->vh[i] = wk->v[i] - h[t];
+    amos_rest(T, h, d, k, t + 1, wk->v, n, wk->r0, wk->s0); /* neuron t skips */
+    amos_rest(T, h, d, k, t + 1, wk->vh, n, wk->r1, wk->s1); /* neuron t fires */
+    int64_t* order = hint == wk->orders[0] ? wk->orders[1] : wk->orders[0];
+    split_costs_into(wk->v, wk->y, p->target, p->w, wk->r0, wk->r1, wk->s0, wk->s1, p->lam, p->room_ulps, n, hint,
+                     wk->vs, wk->cost, wk->se, wk->sw, order, wk->sort, wk->see);
+    const double *vs = wk->vs, *cost = wk->cost;
+    int64_t i = argmin(cost, n + 1);
+    const int64_t current = search_right(vs, n, T[t]); /* samples from here on fire now */
+    if (isfinite(cost[current]) && cost[i] >= cost[current] - 1e-15 * fabs(cost[current])) i = current;
+    if (i == current && (i == 0 || i == n)) {
+        /* fires for all or none: stays where it is */
+    } else if (i == 0) {
+        const double gap = vs[n - 1] - vs[0];
+        T[t] = vs[0] - (1.0 > gap ? 1.0 : gap);
+    } else if (i == n) {
+        const double gap = vs[n - 1] - vs[0];
+        T[t] = vs[n - 1] + (1.0 > gap ? 1.0 : gap);
+    } else {
+        T[t] = 0.5 * (vs[i - 1] + vs[i]);
+        const double single = (double)(float)T[t];
+        if (!(vs[i - 1] < single && single < vs[i])) T[t] = (float)vs[i - 1] < (float)vs[i] ? vs[i - 1] : T[t];
+    }
+    d[t] = i < n && wk->sw[i] > 0 ? wk->se[i] / wk->sw[i] : 0.0;
+    return order;
+}
+
+/* blocks.update_reset: the best h[t] among candidates around the current value and on the range's scale, costed
+ * on the samples that fire neuron t; whether it changed. */
+static int update_reset(const Problem* p, Work* wk, const double* T, double* h, const double* d, int64_t k, int64_t t,
+                        double scale) {
+    static const double factors[7] = {0.0, 0.5, 0.85, 0.95, 1.05, 1.15, 2.0};
+    static const double steps[6] = {1.0, 0.25, 0.0625, 0.015625, 0.00390625, 0.0009765625};
+    int64_t m = 0;
+    for (int64_t i = 0; i < p->n; ++i)
+        if (wk->v[i] > T[t]) {
+            wk->zv[m] = wk->v[i], wk->zy[m] = wk->y[i], wk->zt[m] = p->target[i], wk->zw[m] = p->w[i];
+            ++m;
+        }
+    if (m == 0) return 0;
+    double others[15], cands[16], costs[16];
+    int count = 0, c = 0;
+    for (int j = 0; j < 7; ++j) others[count++] = h[t] * factors[j];
+    for (int j = 0; j < 6; ++j) others[count++] = scale * steps[j];
+    others[count++] = -(scale * steps[0]);
+    others[count++] = -(scale * steps[1]);
+    cands[c++] = h[t];
+    for (int j = 0; j < count; ++j)
+        if (fabs(others[j]) <= 4 * scale) cands[c++] = others[j];
+    for (int j = 0; j < c; ++j) {
+        for (int64_t i = 0; i < m; ++i) wk->vf[i] = wk->zv[i] - cands[j];
+        amos_rest(T, h, d, k, t + 1, wk->vf, m, wk->rf, wk->sf);
+        for (int64_t i = 0; i < m; ++i) {
+            const double e = wk->zt[i] - (wk->zy[i] + d[t] + wk->rf[i]);
+            const double square = e * e;
+            wk->row[i] = p->lam != 0.0 ? wk->zw[i] * (square + p->lam * (double)wk->sf[i]) : wk->zw[i] * square;
+        }
+        costs[j] = numpy_sum(wk->row, m);
+    }
+    const int64_t best = argmin(costs, c);
+    if (costs[best] < costs[0] * (1 - 1e-12)) { /* candidate 0 is the current value: ties keep it */
+        h[t] = cands[best];
+        return 1;
+    }
+    return 0;
+}
+
+/* One sweep of blocks.descend over neurons 0..k-1 in turn, T, h and d updated in place: each neuron's threshold
+ * and weight, its reset (not the last neuron's) and, when the reset changed, its threshold and weight again;
+ * neurons before t are final when t is updated, so their membranes and output are carried forward, with the order
+ * that sorts the membranes. Returns 0, or 1 when memory ran out (nothing changed). */
+int amos_sweep(const double* x, const double* target, const double* w, int64_t n, double lam, double room_ulps,
+               double* T, double* h, double* d, int64_t k, double scale) {
+    Work wk;
+    if (alloc_work(&wk, n)) return 1;
+    const Problem p = {x, target, w, n, lam, room_ulps};
+    for (int64_t i = 0; i < n; ++i) wk.v[i] = x[i], wk.y[i] = 0.0;
+    const int64_t* order = NULL;
+    for (int64_t t = 0; t < k; ++t) {
+        order = update_threshold(&p, &wk, T, h, d, k, t, order);
+        if (t < k - 1 && update_reset(&p, &wk, T, h, d, k, t, scale))
+            order = update_threshold(&p, &wk, T, h, d, k, t, order);
+        const double tt = T[t], dt = d[t], ht = h[t];
+        for (int64_t i = 0; i < n; ++i) {
+            const double z = wk.v[i] > tt ? 1.0 : 0.0;
+            wk.y[i] = wk.y[i] + dt * z;
+            wk.v[i] = wk.v[i] - ht * z;
+        }
+    }
+    free_work(&wk);
     return 0;
 }

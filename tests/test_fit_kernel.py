@@ -125,6 +125,77 @@ def test_a_hint_of_other_samples_is_refused() -> None:
         fit_kernel.split_costs(Split(z, z, z, z, z, z, *(np.zeros(3, np.int8),) * 2), 0.0, 4.0, np.arange(2))
 
 
+def test_the_sweeps_sum_is_numpys() -> None:
+    """The reset update's costs are np.sum over rows (pairwise, not in order): the C sum gives the same bits for
+    every length through the pairwise blocks' edges (8, 128, their multiples) and beyond numpy's 8,192 buffer, on
+    terms over many orders of magnitude and of both signs (zeros too)."""
+    lib = fit_kernel._library()
+    assert lib is not None
+    rng = np.random.default_rng(9)
+    for n in [*range(0, 300), 1000, 1023, 1024, 1025, 8191, 8192, 8193, 16386, 40000]:
+        rows = rng.normal(size=(2, n)) * 10.0 ** rng.uniform(-12, 6, (2, n))
+        rows[1, ::5] = -0.0
+        expected = np.sum(rows, axis=1)
+        for row, want in zip(rows, expected):
+            got = lib.amos_numpy_sum(fit_kernel._address(row), n)
+            assert np.float64(got).tobytes() == want.tobytes(), n
+
+
+def sweep_case(rng: np.random.Generator, trial: int) -> tuple[blocks.Problem, tuple[np.ndarray, ...], float]:
+    """A training set and gate for one sweep: few points (a reset's sums below 8 and 128 terms) to thousands,
+    sorted as the fitter's or not, with ties, some of tiny weight (costs within rounding of each other: the sums'
+    order and the ties' rule decide); neurons that fire for all points or none, negative resets and weights of
+    -0.0; no penalty, a small one, a large one."""
+    n = int(rng.choice([0, 1, 5, 40, 300, 4000]))
+    x = rng.normal(size=n) * 3
+    if trial % 2:
+        x = np.sort(np.round(x, 1))  # sorted, with ties
+    target = np.tanh(x) + (rng.normal(size=n) if trial % 3 == 0 else 0.0)
+    w = rng.random(n)
+    if trial % 4 < 2:  # near ties: candidates differ only at points of tiny weight, below the sums' rounding
+        w[::3] *= 1e-17
+    if trial % 4 == 2:  # weights over many orders of magnitude: the order of a sum's terms shows in its rounding
+        w *= 10.0 ** rng.uniform(-12, 0, n)
+    w /= max(w.sum(), 1e-300)
+    k = int(rng.integers(1, 12))
+    T, h, d = np.sort(rng.normal(size=k) * 2), rng.normal(size=k), rng.normal(size=k) * 0.3
+    h[::4] *= -1
+    d[1::5] = -0.0
+    if k > 2:
+        T[0], T[-1] = -50.0, 50.0  # fires for every point, for none
+    return blocks.Problem(x, target, w, [0.0, 0.005, 1.3][trial % 3]), (T, h, d), float(rng.uniform(0.5, 8))
+
+
+def test_sweeps_are_bit_identical(monkeypatch: pytest.MonkeyPatch) -> None:
+    """blocks.sweep in C against its numpy loop: the same T, h and d, bit for bit, after each of three sweeps."""
+    rng = np.random.default_rng(3)
+    for trial in range(120):
+        p, params, scale = sweep_case(rng, trial)
+
+        def swept(p=p, params=params, scale=scale):  # type: ignore[no-untyped-def]
+            T, h, d = (a.copy() for a in params)
+            states = []
+            for _ in range(3):
+                blocks.sweep(p, T, h, d, scale)
+                states += [T.copy(), h.copy(), d.copy()]
+            return tuple(states)
+
+        assert_same_bytes(*both(monkeypatch, swept))
+
+
+def test_a_sweep_of_arrays_it_cannot_write_runs_in_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """T, h, d that C cannot update in place (float32, a strided view) take the numpy loop: the same result."""
+    p, (T, h, d), scale = sweep_case(np.random.default_rng(8), 1)
+    reference = [a.copy() for a in (T, h, d)]
+    blocks.sweep(p, *reference, scale)
+    wide = np.stack([T, np.zeros_like(T)], axis=1)[:, 0]  # not contiguous
+    h2, d2 = h.copy(), d.copy()
+    blocks.sweep(p, wide, h2, d2, scale)
+    assert_same_bytes(tuple(reference), (wide.copy(), h2, d2))
+    with pytest.raises(ValueError, match="writable contiguous float64"):
+        fit_kernel.sweep(p.x, p.target, p.w, p.lam, (T.astype(np.float32), h, d), scale, blocks.FLOAT32_ROOM)
+
+
 @pytest.mark.parametrize("func,k,lo,hi,penalty", [(np.tanh, 8, -4.0, 4.0, 0.0),
                                                   (lambda x: x / (1 + np.exp(-x)), 10, -6.0, 6.0, 0.005)])
 def test_whole_fits_are_identical(  # type: ignore[no-untyped-def]

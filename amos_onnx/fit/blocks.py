@@ -180,20 +180,32 @@ def solve_weights(T: np.ndarray, h: np.ndarray, x: np.ndarray, target: np.ndarra
     return d
 
 
+def sweep(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, scale: float) -> None:
+    """One sweep of the descent, in place: each neuron's threshold and weight, then its reset (not the last
+    neuron's), and when the reset changed, its threshold and weight again. In C when the fitter's library is built
+    and T, h, d are writable contiguous float64 arrays (bit-identical), else this numpy loop."""
+    params = (T, h, d)
+    if fit_kernel.available() and all(a.dtype == np.float64 and a.flags.c_contiguous and a.flags.writeable
+                                      for a in params):
+        fit_kernel.sweep(p.x, p.target, p.w, p.lam, params, scale, FLOAT32_ROOM)
+        return
+    # Neurons 0..t-1 are final when neuron t is updated: carry their membrane and output forward, and the order
+    # that sorts the membrane, which leaves two sorted runs after neuron t (the ones it fired, shifted).
+    v, y, order = p.x.copy(), np.zeros_like(p.x), None
+    for t in range(len(T)):
+        order = update_threshold(p, T, h, d, t, (v, y), order)
+        # A reset kept as it was leaves the threshold update as it was: it would place T_t and d_t again.
+        if t < len(T) - 1 and update_reset(p, T, h, d, t, scale, (v, y)):
+            order = update_threshold(p, T, h, d, t, (v, y), order)
+        z = v > T[t]
+        y = y + d[t] * z
+        v = v - h[t] * z
+
+
 def descend(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, scale: float, sweeps: int) -> float:
     best = total_cost(p, T, h, d)
     for _ in range(sweeps):
-        # Neurons 0..t-1 are final when neuron t is updated: carry their membrane and output forward, and the
-        # order that sorts the membrane, which leaves two sorted runs after neuron t (the ones it fired, shifted).
-        v, y, order = p.x.copy(), np.zeros_like(p.x), None
-        for t in range(len(T)):
-            order = update_threshold(p, T, h, d, t, (v, y), order)
-            # A reset kept as it was leaves the threshold update as it was: it would place T_t and d_t again.
-            if t < len(T) - 1 and update_reset(p, T, h, d, t, scale, (v, y)):
-                order = update_threshold(p, T, h, d, t, (v, y), order)
-            z = v > T[t]
-            y = y + d[t] * z
-            v = v - h[t] * z
+        sweep(p, T, h, d, scale)
         cost = total_cost(p, T, h, d)
         if p.lam == 0.0:
             d_new = solve_weights(T, h, p.x, p.target, p.w)

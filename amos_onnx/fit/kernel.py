@@ -1,7 +1,7 @@
 """The fitter's inner loop in C (custom_ops/amos_fit.c, built by `make ops` into amos_onnx/_native/).
 
-`rest` and `split_costs` are bit-identical to their numpy forms in amos_onnx.fit.blocks (the tests compare both
-on random and edge-case inputs and on whole fits) and faster. Without the library, or with
+`rest`, `split_costs` and `sweep` are bit-identical to their numpy forms in amos_onnx.fit.blocks (the tests compare
+them on random and edge-case inputs and on whole fits) and faster. Without the library, or with
 AMOS_ONNX_NATIVE_FIT=0, the fitter runs its numpy loops. The library is loaded when this module is imported, in
 the parent process: a dlopen in a forked fitting worker can hang (see amos_onnx.parallel).
 """
@@ -37,6 +37,11 @@ def _library() -> ctypes.CDLL | None:
             lib.amos_split_costs.restype = ctypes.c_int
             lib.amos_split_costs.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_double] * 2 + [ctypes.c_int64] + [
                 ctypes.c_void_p] * 6
+            lib.amos_numpy_sum.restype = ctypes.c_double
+            lib.amos_numpy_sum.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+            lib.amos_sweep.restype = ctypes.c_int
+            lib.amos_sweep.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_double] * 2 + [
+                ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_double]
             return lib
     return None
 
@@ -111,3 +116,21 @@ def split_costs(split: Split, lam: float, room_ulps: float,
     if status != 0:
         raise MemoryError(f"split_costs: no memory for {n} samples")
     return vs, cost, se, sw, order
+
+
+def sweep(x: np.ndarray, target: np.ndarray, w: np.ndarray, lam: float, params: tuple[np.ndarray, np.ndarray,
+          np.ndarray], scale: float, room_ulps: float) -> None:
+    """amos_onnx.fit.blocks.sweep in C: one sweep of the block descent over the training points (x, target, w),
+    the gate's T, h and d (`params`: contiguous, writable float64 arrays of one length) updated in place."""
+    lib = _library()
+    assert lib is not None
+    x, target, w = (np.ascontiguousarray(a, np.float64) for a in (x, target, w))
+    if not x.size == target.size == w.size:
+        raise ValueError("sweep: training arrays of different lengths")
+    k = params[0].size
+    if any(a.dtype != np.float64 or not a.flags.c_contiguous or not a.flags.writeable or a.size != k for a in params):
+        raise ValueError("sweep: T, h and d must be writable contiguous float64 arrays of one length")
+    status = lib.amos_sweep(_address(x), _address(target), _address(w), x.size, float(lam), float(room_ulps),
+                            *(_address(a) for a in params), k, float(scale))
+    if status != 0:
+        raise MemoryError(f"sweep: no memory for {x.size} training points")
