@@ -3,7 +3,9 @@
  * (z as 0.0 or 1.0, no fused multiply-add: -ffp-contract=off); only faster:
  * - amos_rest: neurons start..k-1 from membranes v: z = (v > T[j]), y += z * d[j], s += z, v -= z * h[j]; one
  *   pass over each block of samples held in L1, vectorised (an AVX2 clone and a baseline clone, picked at load time);
+ * - amos_spike_matrix: which neurons fire for each input;
  * - amos_split_costs: the cost of every split of one neuron's threshold;
+ * - amos_total_cost: a gate's cost on the training points;
  * - amos_sweep: one sweep of the block descent, every neuron's threshold, weight and reset in turn. */
 #include <math.h>
 #include <stdint.h>
@@ -34,6 +36,19 @@ void amos_rest(const double* T, const double* h, const double* d, int64_t k, int
         for (int64_t i = 0; i < m; ++i) {
             y[i0 + i] = acc[i];
             s[i0 + i] = (int8_t)count[i];
+        }
+    }
+}
+
+/* blocks.spike_matrix: Z[i, j] = 1.0 where neuron j fires for input x[i] (its membrane after neurons 0..j-1 above
+ * T[j]), else 0.0; Z is n x k, row-major. */
+void amos_spike_matrix(const double* T, const double* h, int64_t k, const double* x, int64_t n, double* Z) {
+    for (int64_t i = 0; i < n; ++i) {
+        double v = x[i];
+        for (int64_t j = 0; j < k; ++j) {
+            const double z = v > T[j] ? 1.0 : 0.0;
+            Z[i * k + j] = z;
+            v = v - h[j] * z;
         }
     }
 }
@@ -303,6 +318,30 @@ static int update_reset(const Problem* p, Work* wk, const double* T, double* h, 
         h[t] = cands[best];
         return 1;
     }
+    return 0;
+}
+
+/* blocks.total_cost: sum of w * ((target - y)^2 + lam * s) over the training points, the gate's output y and
+ * spikes s from neuron 0 (the penalty term left out without a penalty, as numpy's), summed as np.sum does, into
+ * `cost`. Returns 0, or 1 when memory ran out. */
+int amos_total_cost(const double* T, const double* h, const double* d, int64_t k, const double* x,
+                    const double* target, const double* w, int64_t n, double lam, double* cost) {
+    double* y = malloc((size_t)(n + 1) * sizeof(double));
+    int8_t* s = malloc((size_t)n + 1);
+    if (!y || !s) {
+        free(y);
+        free(s);
+        return 1;
+    }
+    amos_rest(T, h, d, k, 0, x, n, y, s);
+    for (int64_t i = 0; i < n; ++i) {
+        const double e = target[i] - y[i];
+        const double square = e * e;
+        y[i] = lam != 0.0 ? w[i] * (square + lam * (double)s[i]) : w[i] * square;
+    }
+    *cost = numpy_sum(y, n);
+    free(y);
+    free(s);
     return 0;
 }
 

@@ -43,6 +43,19 @@ def test_rest_is_bit_identical(monkeypatch: pytest.MonkeyPatch, shape: tuple[int
     assert_same_bytes(numpy_out, c_out)
 
 
+@pytest.mark.parametrize("n,k", [(4000, 10), (37, 1), (0, 4), (513, 16)])
+def test_spike_matrix_is_bit_identical(monkeypatch: pytest.MonkeyPatch, n: int, k: int) -> None:
+    """The weights' least-squares solve sees which neurons fire: the same 0.0 / 1.0 matrix from C as from numpy."""
+    rng = np.random.default_rng(n + k)
+    T, h = np.sort(rng.normal(size=k)), rng.normal(size=k)
+    h[::3] *= -1
+    x = np.round(rng.normal(size=n) * 3, 1)  # ties with the thresholds' neighbourhood
+    x[::7] = -0.0
+    reference, native = both(monkeypatch, blocks.spike_matrix, T, h, x)
+    assert native.shape == (n, k) and native.dtype == np.float64
+    assert reference.tobytes() == native.tobytes()
+
+
 def test_rest_takes_read_only_arrays(monkeypatch: pytest.MonkeyPatch) -> None:
     """Arrays the buffer protocol will not hand out writable (read-only views) go to C by their ctypes address."""
     rng = np.random.default_rng(5)
@@ -164,6 +177,17 @@ def sweep_case(rng: np.random.Generator, trial: int) -> tuple[blocks.Problem, tu
     if k > 2:
         T[0], T[-1] = -50.0, 50.0  # fires for every point, for none
     return blocks.Problem(x, target, w, [0.0, 0.005, 1.3][trial % 3]), (T, h, d), float(rng.uniform(0.5, 8))
+
+
+def test_total_costs_are_bit_identical(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gate's cost on the training points, from C and from numpy: the same float, bit for bit, with and without
+    a penalty, for float32 parameters (a gate as shipped) too."""
+    rng = np.random.default_rng(10)
+    for trial in range(60):
+        p, (T, h, d), _ = sweep_case(rng, trial)
+        for params in ((T, h, d), tuple(a.astype(np.float32) for a in (T, h, d))):
+            reference, native = both(monkeypatch, blocks.total_cost, p, *params)
+            assert isinstance(native, float) and np.float64(reference).tobytes() == np.float64(native).tobytes()
 
 
 def test_sweeps_are_bit_identical(monkeypatch: pytest.MonkeyPatch) -> None:

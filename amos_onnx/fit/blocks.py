@@ -57,6 +57,10 @@ def _costs(w: np.ndarray, target: np.ndarray, y: np.ndarray, s: np.ndarray, lam:
 
 
 def total_cost(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray) -> float:
+    """The gate's weighted square error plus spike penalty on the training points. In C when the fitter's library is
+    built and the points are float64 (bit-identical), else numpy."""
+    if p.x.dtype == np.float64 and fit_kernel.available():
+        return fit_kernel.total_cost(p.x, p.target, p.w, p.lam, T, h, d)
     y, s = rest(T, h, d, p.x, 0)
     return float(np.sum(_costs(p.w, p.target, y, s, p.lam)))
 
@@ -161,6 +165,10 @@ def update_reset(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, t: int
 
 
 def spike_matrix(T: np.ndarray, h: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Z (len(x) x K): 1.0 where neuron j fires for input x[i], else 0.0. In C when the fitter's library is built
+    (bit-identical), else this numpy loop."""
+    if fit_kernel.available():
+        return fit_kernel.spike_matrix(T, h, x)
     v = x.copy()
     cols = []
     for j in range(len(T)):

@@ -1,6 +1,6 @@
 """The fitter's inner loop in C (custom_ops/amos_fit.c, built by `make ops` into amos_onnx/_native/).
 
-`rest`, `split_costs` and `sweep` are bit-identical to their numpy forms in amos_onnx.fit.blocks (the tests compare
+`rest`, `spike_matrix`, `split_costs`, `total_cost` and `sweep` are bit-identical to their numpy forms in amos_onnx.fit.blocks (the tests compare
 them on random and edge-case inputs and on whole fits) and faster. Without the library, or with
 AMOS_ONNX_NATIVE_FIT=0, the fitter runs its numpy loops. The library is loaded when this module is imported, in
 the parent process: a dlopen in a forked fitting worker can hang (see amos_onnx.parallel).
@@ -37,8 +37,14 @@ def _library() -> ctypes.CDLL | None:
             lib.amos_split_costs.restype = ctypes.c_int
             lib.amos_split_costs.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_double] * 2 + [ctypes.c_int64] + [
                 ctypes.c_void_p] * 6
+            lib.amos_spike_matrix.restype = None
+            lib.amos_spike_matrix.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                                                                      ctypes.c_void_p]
             lib.amos_numpy_sum.restype = ctypes.c_double
             lib.amos_numpy_sum.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+            lib.amos_total_cost.restype = ctypes.c_int
+            lib.amos_total_cost.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 3 + [
+                ctypes.c_int64, ctypes.c_double, ctypes.c_void_p]
             lib.amos_sweep.restype = ctypes.c_int
             lib.amos_sweep.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_double] * 2 + [
                 ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_double]
@@ -80,6 +86,19 @@ def rest(T: np.ndarray, h: np.ndarray, d: np.ndarray, v: np.ndarray, start: int)
     return y, s
 
 
+def spike_matrix(T: np.ndarray, h: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """amos_onnx.fit.blocks.spike_matrix in C: Z (len(x) x K, float64) with 1.0 where neuron j fires for x[i]."""
+    lib = _library()
+    assert lib is not None
+    T, h = np.ascontiguousarray(T, np.float64), np.ascontiguousarray(h, np.float64)
+    x = np.ascontiguousarray(x, np.float64).ravel()
+    if T.size != h.size:
+        raise ValueError("spike_matrix: T and h of different lengths")
+    Z = np.empty((x.size, T.size), np.float64)
+    lib.amos_spike_matrix(_address(T), _address(h), T.size, _address(x), x.size, _address(Z))
+    return Z
+
+
 class Split(NamedTuple):
     """One neuron's threshold split, per sample: the membrane v, the output before the neuron yb, the target, the
     weight w, and the later neurons' output (r0 / r1) and spikes (s0 / s1) when it skips / fires."""
@@ -116,6 +135,22 @@ def split_costs(split: Split, lam: float, room_ulps: float,
     if status != 0:
         raise MemoryError(f"split_costs: no memory for {n} samples")
     return vs, cost, se, sw, order
+
+
+def total_cost(x: np.ndarray, target: np.ndarray, w: np.ndarray, lam: float, T: np.ndarray, h: np.ndarray,
+               d: np.ndarray) -> float:
+    """amos_onnx.fit.blocks.total_cost in C: the gate's cost on the training points (x, target, w)."""
+    lib = _library()
+    assert lib is not None
+    x, target, w, T, h, d = (np.ascontiguousarray(a, np.float64) for a in (x, target, w, T, h, d))
+    if not x.size == target.size == w.size or not T.size == h.size == d.size:
+        raise ValueError("total_cost: arrays of different lengths")
+    cost = ctypes.c_double()
+    status = lib.amos_total_cost(_address(T), _address(h), _address(d), T.size, _address(x), _address(target),
+                                 _address(w), x.size, float(lam), ctypes.byref(cost))
+    if status != 0:
+        raise MemoryError(f"total_cost: no memory for {x.size} training points")
+    return float(cost.value)
 
 
 def sweep(x: np.ndarray, target: np.ndarray, w: np.ndarray, lam: float, params: tuple[np.ndarray, np.ndarray,
