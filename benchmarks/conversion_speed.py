@@ -5,7 +5,8 @@
 - The PyPI models (benchmarks/pypi_models.py: NudeNet's YOLOv8n, PP-OCRv4 det and rec, PP-OCR mobile cls), each
   calibrated on `--samples` images at its natural input size (NudeNet 320x320: scikit-image sample images and
   seeded crops of them; det 640x640: rendered text pages; rec 48x320 and cls 48x192: rendered text lines), with
-  the focus on (convert's defaults). The stage times are the conversion report's (timing.Stages).
+  the focus and weight reconstruction on (convert's defaults). The stage times are the conversion report's
+  (timing.Stages).
 - A chain of ReLU sites (MatMul 16x16, then Relu, repeated), calibrated on 256 random rows: conversion time per
   site at each `--chain` length, to show how it grows with sites.
 - The rec model at 64, 256 and 1,024 calibration lines: what grows with the calibration's size.
@@ -42,7 +43,8 @@ SAMPLE_IMAGES = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelse
                  "logo.png", "microaneurysms.png", "moon.png", "motorcycle_left.png", "page.png", "phantom.png",
                  "retina.jpg", "rocket.jpg", "text.png")
 PPOCR = {"scale": 1 / 255, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}  # PP-OCR's normalisation
-STAGES = ("load", "find", "calibrate", "fit", "focus", "rewrite", "save")
+# The pipeline's stages in order (amos_onnx.pipeline); a table shows those its conversions ran
+STAGES = ("load", "find", "calibrate", "budget", "fit", "focus", "sequential", "compensate", "rewrite", "save")
 
 
 def photo_folder(folder: Path, count: int) -> Path:
@@ -140,12 +142,13 @@ def _line(row: dict[str, object]) -> str:
 
 
 def _table(rows: list[tuple[str, dict[str, object]]]) -> list[str]:
-    lines = ["| conversion | sites | samples | total (s) | original's pass (s) | " + " | ".join(STAGES)
-             + " | slowest fit (s) |", "|---|---|---|---|---|" + "---|" * len(STAGES) + "---|"]
+    shown = [s for s in STAGES if any(s in row["stages"] for _, row in rows)]  # type: ignore[operator]
+    lines = ["| conversion | sites | samples | total (s) | original's pass (s) | " + " | ".join(shown)
+             + " | slowest fit (s) |", "|---|---|---|---|---|" + "---|" * len(shown) + "---|"]
     for name, row in rows:
         stages = row["stages"]
         assert isinstance(stages, dict)
-        cells = " | ".join(f"{stages[s]:.2f}" if s in stages else "-" for s in STAGES)
+        cells = " | ".join(f"{stages[s]:.2f}" if s in stages else "-" for s in shown)
         lines.append(f"| {name} | {row['sites']} | {row['samples']} | {row['seconds']:.1f} | {row['plain']:.1f} | "
                      f"{cells} | {row['slowest_fit']:.2f} |")
     return lines
@@ -180,7 +183,8 @@ def main() -> None:
             "",
             f"`benchmarks/conversion_speed.py --samples {args.samples} --chain {args.chain} --write` "
             f"({results.machine()}); seconds of wall time per stage as the conversion report gives them "
-            "(`convert --verbose` logs the same), calibrated, focus on (convert's defaults), fits in one worker "
+            "(`convert --verbose` logs the same), calibrated, focus on and weight reconstruction (compensate; "
+            "convert's defaults), fits in one worker "
             "process per core; \"original's pass\": one onnxruntime pass of the original model over the same data, "
             "read and run as the calibration does (the next batch read ahead, one run per core on one thread each), "
             "timed just before the conversion (the machine's speed at that moment: the calibrate stage cannot take "
