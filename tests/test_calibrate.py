@@ -455,3 +455,23 @@ def test_more_neurons_beyond_the_library_never_give_a_worse_gate(tmp_path: Path)
     0.0404, 0.0286, 0.0256)."""
     error = _wide_errors(tmp_path, "Selu", (24, 32, 40))
     assert error[32] <= 0.8 * error[24] and error[40] <= error[32], error
+
+
+def test_data_free_gates_beyond_the_library_chain_too(tmp_path: Path) -> None:
+    """Without calibration a gate beyond the library's K is searched on the activation's default range, and the
+    same chain competes with it (K=40 with K=32's fit, K=32 with K=24's). A Selu site's RMS error against the
+    original in onnxruntime on uniform [-10, 10] inputs falls or holds with K (measured 0.0151, 0.0098, 0.0071,
+    0.0071); with K=16's fit alone to compete, the K=40 search fell back to it (0.0151)."""
+    test = np.random.default_rng(0).uniform(-10, 10, (4000, 16)).astype(np.float32)
+    src = save(activation_model("Selu", 17), tmp_path / "selu.onnx")
+    reference = amos_onnx.session(src, native=False).run(None, {"x": test})[0]
+    error = {}
+    for k in (16, 24, 32, 40):
+        out = tmp_path / f"selu_k{k}.onnx"
+        amos_onnx.convert(src, out, k=k, progress=False)
+        y = amos_onnx.session(out, native=False).run(None, {"x": test})[0]
+        assert np.array_equal(y, amos_onnx.session(out).run(None, {"x": test})[0])
+        assert gate_params(onnx.load(str(out)).graph.node[0]).k == k
+        error[k] = float(np.sqrt(np.mean((y - reference) ** 2)))
+    assert error[24] <= error[16] and error[32] <= 0.8 * error[24] and error[40] <= error[32], error
+    assert error[40] <= 0.01, error
