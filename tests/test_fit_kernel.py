@@ -156,18 +156,19 @@ def test_the_sweeps_sum_is_numpys() -> None:
 
 def sweep_case(rng: np.random.Generator, trial: int) -> tuple[blocks.Problem, tuple[np.ndarray, ...], float]:
     """A training set and gate for one sweep: few points (a reset's sums below 8 and 128 terms) to thousands,
-    sorted as the fitter's or not, with ties, some of tiny weight (costs within rounding of each other: the sums'
-    order and the ties' rule decide); neurons that fire for all points or none, negative resets and weights of
-    -0.0; no penalty, a small one, a large one."""
+    sorted as the fitter's or not, with ties, some of tiny weight (reset candidates whose costs differ by less
+    than 1e-12 of them: the ties' rule decides), weights over many magnitudes; neurons that fire for all points or
+    none, negative resets and weights of -0.0; no penalty, a small one, a large one. (The order of the sums' terms
+    rarely decides a choice here: test_the_sweeps_sum_is_numpys holds the sum itself to np.sum.)"""
     n = int(rng.choice([0, 1, 5, 40, 300, 4000]))
     x = rng.normal(size=n) * 3
     if trial % 2:
         x = np.sort(np.round(x, 1))  # sorted, with ties
     target = np.tanh(x) + (rng.normal(size=n) if trial % 3 == 0 else 0.0)
     w = rng.random(n)
-    if trial % 4 < 2:  # near ties: candidates differ only at points of tiny weight, below the sums' rounding
+    if trial % 4 < 2:  # near ties: candidates that differ only at points of tiny weight
         w[::3] *= 1e-17
-    if trial % 4 == 2:  # weights over many orders of magnitude: the order of a sum's terms shows in its rounding
+    if trial % 4 == 2:
         w *= 10.0 ** rng.uniform(-12, 0, n)
     w /= max(w.sum(), 1e-300)
     k = int(rng.integers(1, 12))
@@ -208,7 +209,8 @@ def test_sweeps_are_bit_identical(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_sweep_of_arrays_it_cannot_write_runs_in_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """T, h, d that C cannot update in place (float32, a strided view) take the numpy loop: the same result."""
+    """T, h, d that C cannot update in place (a strided view) take the numpy loop, with the same result; the C
+    sweep itself refuses them (float32 here)."""
     p, (T, h, d), scale = sweep_case(np.random.default_rng(8), 1)
     reference = [a.copy() for a in (T, h, d)]
     blocks.sweep(p, *reference, scale)
