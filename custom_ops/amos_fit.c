@@ -184,6 +184,14 @@ static double pairwise_sum(const double* a, int64_t n) {
 
 static double numpy_sum(const double* a, int64_t n) { return 0.0 + pairwise_sum(a, n); }
 
+/* One training point's cost in blocks._costs: w * ((target - y)^2 + lam * s), the spike term left out without a
+ * penalty (as numpy's: the same bits as adding 0.0 * s). */
+static double point_cost(double w, double target, double y, int8_t s, double lam) {
+    const double e = target - y;
+    const double square = e * e;
+    return lam != 0.0 ? w * (square + lam * (double)s) : w * square;
+}
+
 /* numpy_sum exported, for the tests to hold it to np.sum. */
 double amos_numpy_sum(const double* a, int64_t n) { return numpy_sum(a, n); }
 
@@ -306,11 +314,8 @@ static int update_reset(const Problem* p, Work* wk, const double* T, double* h, 
     for (int j = 0; j < c; ++j) {
         for (int64_t i = 0; i < m; ++i) wk->vf[i] = wk->zv[i] - cands[j];
         amos_rest(T, h, d, k, t + 1, wk->vf, m, wk->rf, wk->sf);
-        for (int64_t i = 0; i < m; ++i) {
-            const double e = wk->zt[i] - (wk->zy[i] + d[t] + wk->rf[i]);
-            const double square = e * e;
-            wk->row[i] = p->lam != 0.0 ? wk->zw[i] * (square + p->lam * (double)wk->sf[i]) : wk->zw[i] * square;
-        }
+        for (int64_t i = 0; i < m; ++i)
+            wk->row[i] = point_cost(wk->zw[i], wk->zt[i], wk->zy[i] + d[t] + wk->rf[i], wk->sf[i], p->lam);
         costs[j] = numpy_sum(wk->row, m);
     }
     const int64_t best = argmin(costs, c);
@@ -334,11 +339,7 @@ int amos_total_cost(const double* T, const double* h, const double* d, int64_t k
         return 1;
     }
     amos_rest(T, h, d, k, 0, x, n, y, s);
-    for (int64_t i = 0; i < n; ++i) {
-        const double e = target[i] - y[i];
-        const double square = e * e;
-        y[i] = lam != 0.0 ? w[i] * (square + lam * (double)s[i]) : w[i] * square;
-    }
+    for (int64_t i = 0; i < n; ++i) y[i] = point_cost(w[i], target[i], y[i], s[i], lam);
     *cost = numpy_sum(y, n);
     free(y);
     free(s);

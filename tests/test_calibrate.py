@@ -416,26 +416,31 @@ def test_runs_side_by_side_sample_what_one_run_at_a_time_does(monkeypatch: pytes
         pools.clear()
 
 
-def _wide_errors(tmp_path: Path, op: str, ks: tuple[int, ...]) -> dict[int, float]:
-    """An `op` site (opset 17) calibrated on normal(0, 6.5^2) values with a few out to +-180, as early layers of
-    real detectors see, converted at each K: its RMS error against the original in onnxruntime on held-out
-    normal(0, 6.5^2) values. Checks on the way that the gate has K neurons and the native op gives the function
-    form's bits."""
-    rng = np.random.default_rng(0)
-    calib = np.concatenate([rng.normal(0, 6.5, (4000, 16)), rng.uniform(-180, 180, (2, 16))]).astype(np.float32)
-    np.savez(tmp_path / "wide.npz", x=calib)
-    test = rng.normal(0, 6.5, (4000, 16)).astype(np.float32)
+def _errors(tmp_path: Path, op: str, ks: tuple[int, ...], test: np.ndarray,
+            calib: Path | None = None) -> dict[int, float]:
+    """An `op` site (opset 17) converted at each K, calibrated on `calib` or data-free: its RMS error against the
+    original in onnxruntime on `test`. Checks on the way that the gate has K neurons and the native op gives the
+    function form's bits."""
     src = save(activation_model(op, 17), tmp_path / f"{op}.onnx")
     reference = amos_onnx.session(src, native=False).run(None, {"x": test})[0]
     error = {}
     for k in ks:
         out = tmp_path / f"{op}_k{k}.onnx"
-        amos_onnx.convert(src, out, calib=tmp_path / "wide.npz", k=k, focus_kicks=0, progress=False)
+        amos_onnx.convert(src, out, calib=calib, k=k, focus_kicks=0, progress=False)
         y = amos_onnx.session(out, native=False).run(None, {"x": test})[0]
         assert np.array_equal(y, amos_onnx.session(out).run(None, {"x": test})[0])
         assert gate_params(onnx.load(str(out)).graph.node[0]).k == k
         error[k] = float(np.sqrt(np.mean((y - reference) ** 2)))
     return error
+
+
+def _wide_errors(tmp_path: Path, op: str, ks: tuple[int, ...]) -> dict[int, float]:
+    """_errors of an `op` site calibrated on normal(0, 6.5^2) values with a few out to +-180, as early layers of
+    real detectors see, on held-out normal(0, 6.5^2) values."""
+    rng = np.random.default_rng(0)
+    calib = np.concatenate([rng.normal(0, 6.5, (4000, 16)), rng.uniform(-180, 180, (2, 16))]).astype(np.float32)
+    np.savez(tmp_path / "wide.npz", x=calib)
+    return _errors(tmp_path, op, ks, rng.normal(0, 6.5, (4000, 16)).astype(np.float32), tmp_path / "wide.npz")
 
 
 def test_a_gate_beyond_the_library_s_largest_k_is_not_worse_than_one_at_it(tmp_path: Path) -> None:
@@ -463,15 +468,6 @@ def test_data_free_gates_beyond_the_library_chain_too(tmp_path: Path) -> None:
     original in onnxruntime on uniform [-10, 10] inputs falls or holds with K (measured 0.0151, 0.0098, 0.0071,
     0.0071); with K=16's fit alone to compete, the K=40 search fell back to it (0.0151)."""
     test = np.random.default_rng(0).uniform(-10, 10, (4000, 16)).astype(np.float32)
-    src = save(activation_model("Selu", 17), tmp_path / "selu.onnx")
-    reference = amos_onnx.session(src, native=False).run(None, {"x": test})[0]
-    error = {}
-    for k in (16, 24, 32, 40):
-        out = tmp_path / f"selu_k{k}.onnx"
-        amos_onnx.convert(src, out, k=k, progress=False)
-        y = amos_onnx.session(out, native=False).run(None, {"x": test})[0]
-        assert np.array_equal(y, amos_onnx.session(out).run(None, {"x": test})[0])
-        assert gate_params(onnx.load(str(out)).graph.node[0]).k == k
-        error[k] = float(np.sqrt(np.mean((y - reference) ** 2)))
+    error = _errors(tmp_path, "Selu", (16, 24, 32, 40), test)
     assert error[24] <= error[16] and error[32] <= 0.8 * error[24] and error[40] <= error[32], error
     assert error[40] <= 0.01, error

@@ -120,8 +120,8 @@ def _calibrated(act: Activation, k: int, samples: np.ndarray, fit_range: tuple[f
     warm = [shipped.params] if shipped is not None else []
     warm += [job.start] if job.start is not None else []
     below = max(TOP_K, k - BEYOND_STEP)
-    top = job._replace(k=below, error_only=None, start=None)
-    beyond = [_calibrated(act, below, samples, fit_range, top).params] if k > TOP_K else []
+    beyond = ([_calibrated(act, below, samples, fit_range, job._replace(k=below, error_only=None, start=None)).params]
+              if k > TOP_K else [])
     error_only, result = job.error_only, None
     if not options.spike_penalty or (error_only is None and job.start is None):
         result = fit(act.func, k, lo, hi, samples, relu_like=act.relu_like, warm=warm, fallback=beyond,
