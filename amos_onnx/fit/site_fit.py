@@ -81,16 +81,19 @@ def absolute_penalty(act: Activation, samples: np.ndarray | None, lo: float, hi:
 
 def _data_free(act: Activation, k: int, penalty: float = 0.0) -> FitResult:
     """Data-free fits depend only on the function (its label), range, K and penalty: fit each once per process.
-    With a spike penalty the shipped gate is refitted from itself on the range."""
+    Beyond the library's largest K, the fit at K - BEYOND_STEP (TOP_K at least), itself so fitted, competes with
+    the search (as _calibrated's does). With a spike penalty the error-only gate at this K (the shipped one, or
+    the search's beyond the library) is refitted from itself on the range, and that chain's penalised fit
+    competes."""
     key = (act.label, act.lo, act.hi, act.relu_like, k, penalty)
     if key not in _DATA_FREE:
-        shipped = library.lookup(act, k)
+        fewer = [_data_free(act, max(TOP_K, k - BEYOND_STEP), penalty).params] if k > TOP_K else []
         if penalty:
             _DATA_FREE[key] = fit(act.func, k, act.lo, act.hi, relu_like=act.relu_like, kicks=REFIT_KICKS,
-                                  keep_starts=REFIT_STARTS, warm=[shipped.params] if shipped else [],
+                                  keep_starts=REFIT_STARTS, warm=[_data_free(act, k).params], fallback=fewer,
                                   spike_penalty=absolute_penalty(act, None, act.lo, act.hi, penalty))
         else:
-            fewer = [_data_free(act, max(TOP_K, k - BEYOND_STEP)).params] if k > TOP_K else []
+            shipped = library.lookup(act, k)
             _DATA_FREE[key] = shipped or fit(act.func, k, act.lo, act.hi, relu_like=act.relu_like, fallback=fewer)
     return _DATA_FREE[key]
 
