@@ -193,8 +193,7 @@ def sweep(p: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, scale: float)
     neuron's), and when the reset changed, its threshold and weight again. In C when the fitter's library is built
     and T, h, d are writable contiguous float64 arrays (bit-identical), else this numpy loop."""
     params = (T, h, d)
-    if fit_kernel.available() and all(a.dtype == np.float64 and a.flags.c_contiguous and a.flags.writeable
-                                      for a in params):
+    if fit_kernel.available() and fit_kernel.sweepable(params):
         fit_kernel.sweep(p.x, p.target, p.w, p.lam, params, scale, FLOAT32_ROOM)
         return
     # Neurons 0..t-1 are final when neuron t is updated: carry their membrane and output forward, and the order

@@ -153,6 +153,12 @@ def total_cost(x: np.ndarray, target: np.ndarray, w: np.ndarray, lam: float, T: 
     return float(cost.value)
 
 
+def sweepable(params: tuple[np.ndarray, np.ndarray, np.ndarray]) -> bool:
+    """Whether sweep can update T, h and d in place: writable contiguous float64 arrays of one length."""
+    return all(a.dtype == np.float64 and a.flags.c_contiguous and a.flags.writeable and a.size == params[0].size
+               for a in params)
+
+
 def sweep(x: np.ndarray, target: np.ndarray, w: np.ndarray, lam: float, params: tuple[np.ndarray, np.ndarray,
           np.ndarray], scale: float, room_ulps: float) -> None:
     """amos_onnx.fit.blocks.sweep in C: one sweep of the block descent over the training points (x, target, w),
@@ -162,9 +168,9 @@ def sweep(x: np.ndarray, target: np.ndarray, w: np.ndarray, lam: float, params: 
     x, target, w = (np.ascontiguousarray(a, np.float64) for a in (x, target, w))
     if not x.size == target.size == w.size:
         raise ValueError("sweep: training arrays of different lengths")
-    k = params[0].size
-    if any(a.dtype != np.float64 or not a.flags.c_contiguous or not a.flags.writeable or a.size != k for a in params):
+    if not sweepable(params):
         raise ValueError("sweep: T, h and d must be writable contiguous float64 arrays of one length")
+    k = params[0].size
     status = lib.amos_sweep(_address(x), _address(target), _address(w), x.size, float(lam), float(room_ulps),
                             *(_address(a) for a in params), k, float(scale))
     if status != 0:
