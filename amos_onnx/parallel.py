@@ -96,7 +96,7 @@ Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
 def side_by_side(width: int | None = None) -> Iterator[Mapper]:
     """A map, [func(item) for item in items] in order, that runs `width` items at once on threads (default: one
     per CPU) for as long as the context holds them: for work that lets go of the GIL, such as onnxruntime runs,
-    each on a session of one thread (run_threads). Two single-threaded runs side by side keep two cores busier
+    each on a session of one thread (RUN_THREADS). Two single-threaded runs side by side keep two cores busier
     than one run on both: most of a network's nodes are too small to split."""
     width = width or cpus()
     if width <= 1:
@@ -112,7 +112,8 @@ def threads_map(func: Callable[[Any], Any], items: Sequence[Any], width: int | N
         return map_(func, items)
 
 
-def run_threads(width: int | None = None) -> int | None:
-    """The onnxruntime threads of a session whose runs go `width` at a time (default one per CPU): one when
-    they go side by side (threads_map), else None (onnxruntime's default, or the caller's own)."""
-    return 1 if (width or cpus()) > 1 else None
+# The onnxruntime threads of a session whose runs go side by side (threads_map): one, on any machine, also where
+# there is one CPU and the runs go one at a time. onnxruntime's default is one per physical core of the host (two
+# in a process pinned to one CPU here), and its sums depend on the thread count: with a fixed count the runs measure
+# the same on any number of cores (compensate.walk: WALK_THREADS).
+RUN_THREADS = 1

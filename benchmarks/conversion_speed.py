@@ -35,7 +35,7 @@ import amos_onnx  # noqa: E402
 from amos_onnx.data.dataset import open_data, read_ahead, sample_count  # noqa: E402
 from amos_onnx.data.images import ImageOptions  # noqa: E402
 from amos_onnx.data.inputs import model_layout, rows, sliceable  # noqa: E402
-from amos_onnx.parallel import run_threads, side_by_side  # noqa: E402
+from amos_onnx.parallel import RUN_THREADS, side_by_side  # noqa: E402
 from amos_onnx.runtime import session  # noqa: E402
 
 SAMPLE_IMAGES = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "coffee.png", "coins.png",
@@ -96,7 +96,7 @@ def plain_pass(model: Path, calib: object, images: ImageOptions | None = None) -
     stage on this machine at this moment."""
     proto = onnx.load(str(model))
     data = open_data(calib, proto, images)
-    sess = session(proto, native=False, folder=model.parent, threads=run_threads())
+    sess = session(proto, native=False, folder=model.parent, threads=RUN_THREADS)
     one = sliceable(proto, data.axes)  # a row per run where the batch is free, as the calibration runs large rows
     start = time.perf_counter()
     with side_by_side() as map_:

@@ -148,3 +148,28 @@ def test_finish_runs_the_rest_as_one_model_and_gives_what_the_segments_give_in_t
         walk.store(part, "only", walk.run(part, "only", {}))
     walk.use(model)
     assert walk.tail is None and not walk.sessions
+
+
+def test_walk_sessions_run_a_fixed_thread_count_and_feeds_side_by_side_give_the_same_tensors(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime's outputs depend on its thread count (bias correction's files differed between one and two
+    threads), so every session of the walk runs WALK_THREADS, not onnxruntime's default of one per core: the
+    segments' and the tail's. On a machine with cores for several such runs the feeds go side by side (here 8
+    CPUs: 4 at once), and every tensor, run or finished, is the same to the bit as one feed at a time, in order."""
+    model = residual()
+    levels, _ = _levels(model)
+    segments = split(model, levels, [1, 2], set())
+    feeds = [{"x": _data(model, n, seed)} for seed, n in enumerate((3, 1, 4, 2, 5))]
+    got = {}
+    for cpus in (2, 8):
+        monkeypatch.setattr(walk_module, "cpus", lambda cpus=cpus: cpus)
+        walk = Walk(model, segments, feeds, ["only"], ["y"], "threads", tmp_path)
+        finished = walk.finish(0, "only", {}, ["y"])
+        for part in range(len(segments)):
+            walk.store(part, "only", walk.run(part, "only", {}))
+        sessions = [*walk.sessions.values(), walk.tail[2]] if walk.tail else list(walk.sessions.values())
+        assert len(sessions) == 4
+        assert {s.get_session_options().intra_op_num_threads for s in sessions} == {walk_module.WALK_THREADS}
+        got[cpus] = [f[0] for f in finished] + [y for (y,) in walk.outputs("only", ["y"])]
+    assert [a.shape[0] for a in got[2]] == [3, 1, 4, 2, 5] * 2
+    assert all(np.array_equal(a, b) for a, b in zip(got[2], got[8]))

@@ -132,7 +132,7 @@ class Sampler:
         width = self.threads or parallel.cpus()
         if self._sess is None:
             self._sess = user_session(self.probe, self.label, native=False, folder=self.folder,
-                                      threads=parallel.run_threads(width) or self.threads)
+                                      threads=parallel.RUN_THREADS)
         block_size = whole_batches(BLOCK_SAMPLES, batch_size(self.probe, data.axes))
         ahead = Ahead(width, blocks, bar, keep)
         block, runs, reservoirs, submitted = -1, _Runs(False, 0), {}, 0

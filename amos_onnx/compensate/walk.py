@@ -7,11 +7,18 @@ all levels costs about one pass of the model per stream, not one per level. When
 WALK_BYTES, the last feeds are dropped from every stream (one feed at least stays): later segments are measured
 on fewer samples rather than memory running out. A stream can also be finished: the rest of the model run from
 a segment on, as one model, to the graph's outputs, without storing anything.
+
+Every session runs WALK_THREADS intra-op threads, whatever the machine: onnxruntime splits a node's sums over its
+threads, so its outputs depend on how many there are (a Gemm's logits 1 ulp apart at one and two threads flipped
+bias correction's checks, and the converted file with them). Where the machine has cores for more, feeds run side
+by side (parallel.threads_map), WALK_THREADS cores each.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -19,12 +26,17 @@ import onnxruntime as ort
 from onnx import helper
 
 from amos_onnx.data.dataset import sample_count
+from amos_onnx.parallel import cpus, threads_map
 from amos_onnx.rewrite.segments import Segment, segment_model
 from amos_onnx.runtime import release_freed_memory, run_checked, user_session
 
 WALK_BYTES = 1 << 30  # the tensors every stream holds, all feeds together, at most (past it feeds are dropped)
+# onnxruntime threads of every walk session (the module text): 2, the count the recorded benchmarks' conversions
+# ran with on their 2-core machines, where onnxruntime's default is one per core
+WALK_THREADS = 2
 
 Tensors = dict[str, np.ndarray]
+T = TypeVar("T")
 
 
 class Walk:
@@ -57,7 +69,7 @@ class Walk:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.enable_mem_pattern = False
         options.enable_cpu_mem_arena = False
-        return user_session(piece, self.label, folder=self.folder, options=options)
+        return user_session(piece, self.label, folder=self.folder, options=options, threads=WALK_THREADS)
 
     def _session(self, part: int, held: Tensors) -> ort.InferenceSession:
         if part not in self.sessions:
@@ -93,25 +105,28 @@ class Walk:
         """Segment `part` on every feed of `stream` with the `extra` inputs (the same for every feed): its
         outputs per feed, not yet stored."""
         segment = self.segments[part]
-        if not segment.outputs:  # nothing anyone reads (a level whose nodes all landed in other segments, say)
-            return [{} for _ in self.streams[stream]]
-        made = []
-        for held in self.streams[stream]:
-            feed = {name: extra[name] if name in extra else held[name] for name in segment.inputs}
-            sess = self._session(part, feed)
-            made.append(dict(zip(segment.outputs, run_checked(sess, list(segment.outputs), feed, self.label))))
-        return made
+        if not segment.outputs or not self.streams[stream]:  # nothing anyone reads (a level whose nodes all
+            return [{} for _ in self.streams[stream]]  # landed in other segments, say)
+        feeds = [{name: extra[name] if name in extra else held[name] for name in segment.inputs}
+                 for held in self.streams[stream]]
+        sess = self._session(part, feeds[0])  # built here, before the runs go side by side
+        return _side_by_side(lambda feed: dict(zip(segment.outputs, run_checked(sess, list(segment.outputs), feed,
+                                                                                 self.label))), feeds)
 
     def finish(self, part: int, stream: str, extra: Tensors, names: list[str]) -> list[list[np.ndarray]]:
         """The graph outputs `names`, per feed, when `stream` runs through segment `part` and every later one
         (as one model, _tail) with the `extra` inputs; the stream itself is left as it was."""
-        finished = []
-        for held in self.streams[stream]:
-            tail, sess = self._tail(part, held, extra, names)
+        held_all = self.streams[stream]
+        if not held_all:
+            return []
+        tail, sess = self._tail(part, held_all[0], extra, names)  # built here, before the runs go side by side
+
+        def one(held: Tensors) -> list[np.ndarray]:
             feed = {name: extra[name] if name in extra else held[name] for name in tail.inputs}
             made = dict(zip(tail.outputs, run_checked(sess, list(tail.outputs), feed, self.label))) if sess else {}
-            finished.append([made[name] if name in made else held[name] for name in names])
-        return finished
+            return [made[name] if name in made else held[name] for name in names]
+
+        return _side_by_side(one, held_all)
 
     def store(self, part: int, stream: str, made: list[Tensors]) -> None:
         """Keep a segment's outputs in `stream` and let go of what no later segment reads."""
@@ -134,3 +149,9 @@ class Walk:
     def outputs(self, stream: str, names: list[str]) -> list[list[np.ndarray]]:
         """The graph outputs `names` per feed of a stream walked to the end."""
         return [[held[name] for name in names] for held in self.streams[stream]]
+
+
+def _side_by_side(func: Callable[[Tensors], T], feeds: list[Tensors]) -> list[T]:
+    """[func(feed) for feed in feeds], as many at once as the machine has WALK_THREADS cores for (one at a time on
+    two cores: the walk's runs as they were)."""
+    return threads_map(func, feeds, max(1, cpus() // WALK_THREADS)) if feeds else []

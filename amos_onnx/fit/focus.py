@@ -25,7 +25,7 @@ from amos_onnx.find.sites import Site
 from amos_onnx.fit.change import MEASURED_TYPES, Runs
 from amos_onnx.fit.site_fit import SiteFit
 from amos_onnx.options import EmitForm
-from amos_onnx.parallel import run_threads, threads_map
+from amos_onnx.parallel import RUN_THREADS, threads_map
 from amos_onnx.rewrite.graph import Emitter, node_id
 from amos_onnx.runtime import run_checked, user_session
 
@@ -177,7 +177,7 @@ def site_effects(p: Plan, measured: list[Site], fit_sets: list[dict[str, SiteFit
             every.append({})
             continue
         mixed, switches = switched_model(p.model, measured, fits, p.options.emit, p.judged)
-        sess = user_session(mixed, label, folder=p.model_path.parent, threads=run_threads())
+        sess = user_session(mixed, label, folder=p.model_path.parent, threads=RUN_THREADS)
         outputs = [o.name for o in sess.get_outputs()
                    if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)")]
         if not outputs:

@@ -183,7 +183,7 @@ class Comparison:
         if self._sessions is None:
             probe = exposed(self.conv_model, dict.fromkeys(self.watched, TensorProto.FLOAT))
             orig = exposed(self.orig_model, dict.fromkeys(self.layer_names, TensorProto.FLOAT))
-            threads = parallel.run_threads(self._width()) or self.threads  # the two models' runs side by side
+            threads = parallel.RUN_THREADS  # the two models' runs side by side, _width() at once
             self._sessions = (
                 user_session(orig, self.original, native=False, folder=Path(self.original).parent, threads=threads),
                 user_session(probe, self.converted, native=self.options.native, folder=Path(self.converted).parent,
