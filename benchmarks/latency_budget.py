@@ -9,8 +9,9 @@ and against the rate-coded peer's accuracy at T steps.
   steps). Three modes: plain (--no-reconstruct), with --bias-correction, and reconstructed (convert's default with
   calibration: weight reconstruction).
 - Accuracy on the peer benchmark's test images (fashion_peer.test_subset(--images)) for the ReLU networks, on the
-  full 10,000-image test set for the EfficientNet-style one (its target's set; the peer converts ReLU only);
-  mean spikes per gate from the native op's spike counts on the same images.
+  full 10,000-image test set for the EfficientNet-style one (its target's set; the peer converts ReLU only), and
+  the test images whose class differs from the ANN's; mean spikes per gate from the native op's spike counts on
+  the same images.
 - Conversion time: each conversion runs in a fresh process that imports amos-onnx only (as the CLI does; this
   one holds torch, whose objects slow every garbage collection), timed around convert(); the budgeted ones
   against the calibrated conversion at convert's default K in the same mode,
@@ -106,13 +107,14 @@ def timing(path: Path, calib: Path, out: Path, extra: dict[str, object], steps: 
 
 def measure(path: Path, calib: Path, out: Path, x: np.ndarray, y: np.ndarray, ann: np.ndarray,
             **options: object) -> dict[str, object]:
-    """Convert with `options` (in a fresh process, PROBE), run on x: accuracy, KL from the ANN's logits `ann`,
-    spikes, time, latency."""
+    """Convert with `options` (in a fresh process, PROBE), run on x: accuracy, KL from the ANN's logits `ann`, the
+    images whose class differs from the ANN's, spikes, time, latency."""
     report: dict = probe(path, calib, out, options)  # type: ignore[type-arg]
     converted = onnx.load(out)
     logits, spikes, _ = fashion_k.run_spiking(converted, x)
     row = {"accuracy": float((logits.argmax(1) == y).mean()), "kl": kl(ann, logits), "spikes_per_gate": spikes,
-           "seconds": report["seconds"], "latency_steps": latency(converted)["latency_steps"]}
+           "seconds": report["seconds"], "latency_steps": latency(converted)["latency_steps"],
+           "differ": int(np.count_nonzero(logits.argmax(1) != ann.argmax(1)))}
     if report["budget"] is not None:
         row["k"] = report["budget"]["k"]
         row["measured_together"] = report["budget"]["measured_together"]
@@ -204,19 +206,43 @@ def _cell(row: dict | None) -> str:
         return "-"
     k = f"K={row['k']}, " if isinstance(row.get("k"), int) else ""
     return (f"{k}{row['latency_steps']} steps: {100 * row['accuracy']:.2f}% / KL {row['kl']:.1f} / "
-            f"{row['spikes_per_gate']:.2f}")
+            f"{row['differ']} differ / {row['spikes_per_gate']:.2f}")
+
+
+def pairs(res: dict) -> list[tuple[str, dict, dict | None]]:
+    """Per mode and budget: the budgeted conversion and the uniform K with the most steps within the same budget
+    (None when none fits)."""
+    found = []
+    for mode, rows in res["modes"].items():
+        for b in rows["budgeted"]:
+            fitting = [u for u in rows["uniform"] if u["latency_steps"] <= b["budget"]]
+            found.append((mode, b, max(fitting, key=lambda r: r["latency_steps"]) if fitting else None))
+    return found
 
 
 def curve_lines(name: str, res: dict) -> list[str]:
     """Per budget: the budgeted conversion beside the uniform K with the most steps within the same budget."""
     lines = []
-    for mode, rows in res["modes"].items():
-        for b in rows["budgeted"]:
-            fitting = [u for u in rows["uniform"] if u["latency_steps"] <= b["budget"]]
-            u = max(fitting, key=lambda r: r["latency_steps"]) if fitting else None
-            diff = f"{100 * (b['accuracy'] - u['accuracy']):+.2f} / {b['kl'] / u['kl']:.2f}x" if u else "-"
-            lines.append(f"| {name} | {mode} | {b['budget']} | {_cell(u)} | {_cell(b)} | {diff} |")
+    for mode, b, u in pairs(res):
+        diff = f"{100 * (b['accuracy'] - u['accuracy']):+.2f} / {b['kl'] / u['kl']:.2f}x" if u else "-"
+        lines.append(f"| {name} | {mode} | {b['budget']} | {_cell(u)} | {_cell(b)} | {diff} |")
     return lines
+
+
+def below_lines(results: list[dict]) -> list[str]:
+    """The budgets where the budgeted conversion is less accurate than the uniform one, with the test images
+    whose class differs from the ANN's in each."""
+    below = [(res["name"], mode, b, u) for res in results for mode, b, u in pairs(res)
+             if u is not None and b["accuracy"] < u["accuracy"]]
+    if not below:
+        return ["At every budget the budgeted conversion is at least as accurate as the uniform one.", ""]
+    closer = sum(1 for *_, b, u in below if b["differ"] <= u["differ"])
+    cases = "; ".join(f"{name} {mode} {b['budget']} steps: {100 * (b['accuracy'] - u['accuracy']):+.2f} points, "
+                      f"{b['differ']} against {u['differ']}" for name, mode, b, u in below)
+    return [f"Less accurate than the uniform K within the same budget at {len(below)} of "
+            f"{sum(len(pairs(res)) for res in results)} budgets; at {closer} of them the budgeted conversion's "
+            f"class differs from the ANN's on no more test images than the uniform one's (test images whose class "
+            f"differs from the ANN's, budgeted against uniform: {cases}).", ""]
 
 
 def target_lines(name: str, res: dict) -> list[str]:
@@ -249,7 +275,7 @@ def main() -> None:
     args = parser.parse_args()
     cache = fashion_data.ROOT / ".cache/latency-budget"
     cache.mkdir(parents=True, exist_ok=True)
-    curves, targets, missing = [], [], []
+    curves, targets, missing, results = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.nets.split(","):
             peer = peer_curves(name)
@@ -258,6 +284,7 @@ def main() -> None:
             res = network(name, args.images, Path(tmp))
             (cache / f"{name}.json").write_text(json.dumps(res, indent=1))
             plot(name, res, peer, OUT / f"latency_budget_{name}.png")
+            results.append(res)
             curves += curve_lines(name, res)
             targets += target_lines(name, res)
     text = "\n".join([
@@ -270,13 +297,13 @@ def main() -> None:
         "kept calibration samples, K chosen per site under the path constraint). Accuracy on the peer "
         "benchmark's test images (VGG, ResNet) or the full test set (EfficientNet), spikes per gate from the native "
         "op. Cells: latency per input, accuracy / KL divergence of the softmax from the ANN's (millinats per image) / "
-        "mean spikes per gate; each budget beside the uniform K with the most steps within it. Modes: plain "
-        "(`--no-reconstruct`: no compensation), bias-corrected (`--bias-correction`), reconstructed (convert's "
-        "default with calibration: weight reconstruction).",
+        "test images whose class differs from the ANN's / mean spikes per gate; each budget beside the uniform K "
+        "with the most steps within it. Modes: plain (`--no-reconstruct`: no compensation), bias-corrected "
+        "(`--bias-correction`), reconstructed (convert's default with calibration: weight reconstruction).",
         "",
         "| network | mode | budget (steps per input) | uniform K within it | --latency | accuracy difference (points) "
         "/ KL ratio |",
-        "|---|---|---|---|---|---|", *curves, "",
+        "|---|---|---|---|---|---|", *curves, "", *below_lines(results),
         "The targets (a budget that beats local threshold balancing's 32 and 64 steps by a quarter; the "
         "EfficientNet-style network at half its uniform K=10's 180 steps), each with no more spikes per gate than "
         "the uniform conversion it replaces (the smallest uniform K within the same points, else convert's default "
