@@ -36,7 +36,7 @@ WALK_BYTES = 1 << 30  # the tensors every stream holds, all feeds together, at m
 WALK_THREADS = 2
 
 Tensors = dict[str, np.ndarray]
-T = TypeVar("T")
+Made = TypeVar("Made")  # what one feed's run gives
 
 
 class Walk:
@@ -110,8 +110,11 @@ class Walk:
         feeds = [{name: extra[name] if name in extra else held[name] for name in segment.inputs}
                  for held in self.streams[stream]]
         sess = self._session(part, feeds[0])  # built here, before the runs go side by side
-        return _side_by_side(lambda feed: dict(zip(segment.outputs, run_checked(sess, list(segment.outputs), feed,
-                                                                                 self.label))), feeds)
+
+        def one(feed: Tensors) -> Tensors:
+            return dict(zip(segment.outputs, run_checked(sess, list(segment.outputs), feed, self.label)))
+
+        return _side_by_side(one, feeds)
 
     def finish(self, part: int, stream: str, extra: Tensors, names: list[str]) -> list[list[np.ndarray]]:
         """The graph outputs `names`, per feed, when `stream` runs through segment `part` and every later one
@@ -151,7 +154,7 @@ class Walk:
         return [[held[name] for name in names] for held in self.streams[stream]]
 
 
-def _side_by_side(func: Callable[[Tensors], T], feeds: list[Tensors]) -> list[T]:
-    """[func(feed) for feed in feeds], as many at once as the machine has WALK_THREADS cores for (one at a time on
-    two cores: the walk's runs as they were)."""
-    return threads_map(func, feeds, max(1, cpus() // WALK_THREADS)) if feeds else []
+def _side_by_side(func: Callable[[Tensors], Made], feeds: list[Tensors]) -> list[Made]:
+    """[func(feed) for feed in feeds] (at least one feed), as many at once as the machine has WALK_THREADS cores
+    for (one at a time on two cores: the walk's runs as they were)."""
+    return threads_map(func, feeds, max(1, cpus() // WALK_THREADS))
