@@ -148,7 +148,8 @@ def option_from(kind: type, name: str, *decls: str,
     spec = next(f for f in fields(kind) if f.name == name)
     default = None if spec.default is MISSING else spec.default
     if isinstance(default, bool):
-        return click.option(*decls, name, is_flag=True, help=spec.metadata["help"], **kwargs)
+        kwargs.setdefault("show_default", default)
+        return click.option(*decls, name, is_flag=True, default=default, help=spec.metadata["help"], **kwargs)
     if isinstance(default, StrEnum):
         default = default.value
     if default is not None:
@@ -171,5 +172,6 @@ def convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> Conver
                      spike_penalty=o["spike_penalty"], seed=o["seed"], kicks=o["kicks"], focus_kicks=o["focus_kicks"],
                      per_channel=o["per_channel"], bias_correction=o["bias_correction"], reconstruct=o["reconstruct"],
                      sequential=o["sequential"], latency=o["latency"], spike_budget=o["spike_budget"],
-                     range_weight=o["range_weight"], channel_kicks=o["channel_kicks"])
+                     range_weight=o["range_weight"], channel_kicks=o["channel_kicks"],
+                     penalty_by_effect=o["penalty_by_effect"])
     return ConvertOptions(find, calibration, fit, o["emit"], False if quiet else None)

@@ -169,7 +169,14 @@ class FitOptions:
     spike_budget: float | None = field(default=None, metadata=_help(
         "With --calib: K per site chosen so that the mean spikes per gate are at most this many, minimising the "
         "outputs' change measured on calibration samples (with or instead of --latency)."))
+    penalty_by_effect: bool = field(default=True, metadata=_help(
+        "With --calib and --spike-penalty: the penalty is also spread over the sites by how far each one's gate "
+        "error moves the model's outputs (measured with error-only gates on calibration samples): where the network "
+        "passes the error on, a spike costs less. --no-penalty-by-effect spreads it by the share of gate "
+        "evaluations alone. Not with --latency or --spike-budget, which measure the change per K instead."))
     k_per_site: Mapping[str, int] = field(default_factory=dict)  # K by site name (a budget's choice), before all
+    # the spike penalty's factor by site name (fit.penalty's, measured), beside the share of gate evaluations
+    penalty_weights: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.k, str) and self.k != AUTO:
@@ -200,6 +207,9 @@ class FitOptions:
         for site, value in self.k_per_site.items():
             if not 1 <= value <= MAX_K:
                 raise OptionError(f"K={value} for site {site}: K must be between 1 and {MAX_K}")
+        for site, weight in self.penalty_weights.items():
+            if not (weight > 0 and math.isfinite(weight)):
+                raise OptionError(f"spike penalty factor {weight} for site {site}: must be a positive number")
 
     def compensation(self, calibrated: bool) -> CompensationKind | None:
         """How the layers after the gates are compensated in a conversion with or without calibration data: bias
