@@ -148,8 +148,7 @@ def option_from(kind: type, name: str, *decls: str,
     spec = next(f for f in fields(kind) if f.name == name)
     default = None if spec.default is MISSING else spec.default
     if isinstance(default, bool):
-        kwargs.setdefault("show_default", default)
-        return click.option(*decls, name, is_flag=True, default=default, help=spec.metadata["help"], **kwargs)
+        return click.option(*decls, name, is_flag=True, help=spec.metadata["help"], **kwargs)
     if isinstance(default, StrEnum):
         default = default.value
     if default is not None:

@@ -25,7 +25,7 @@ from amos_onnx.fit import focus
 from amos_onnx.fit.budget import allocate_plan, check_measurable
 from amos_onnx.fit.change import judged_tensors
 from amos_onnx.fit.choose import Allocation
-from amos_onnx.fit.penalty import effect_weights, penalty_notes
+from amos_onnx.fit.penalty import penalty_notes, spread_fits
 from amos_onnx.fit.search import GRID_FLOOR
 from amos_onnx.fit.site_fit import SiteFit
 from amos_onnx.fit.sites import Refocus, fit_sites
@@ -283,11 +283,12 @@ def fit_plan(p: Plan, options: FitOptions | None = None) -> tuple[dict[str, Site
             p.allocation, fits = allocate_plan(p, options)
         options = replace(options, latency=None, spike_budget=None, k_per_site=p.allocation.k)
     else:
-        with p.stages.stage("fit"):  # with a penalty spread by effect, the sites' sensitivities measured first
+        with p.stages.stage("fit"):  # a penalty spread by effect measures the sites' sensitivities on the way
             if options.spike_penalty and options.penalty_by_effect and p.feeds and not options.penalty_weights:
-                p.penalty_weights = effect_weights(p, options)[0]
+                fits, p.penalty_weights = spread_fits(p, options)
                 options = replace(options, penalty_weights=p.penalty_weights)
-            fits = fit_sites(p.sites, p.reservoirs, options)
+            else:
+                fits = fit_sites(p.sites, p.reservoirs, options)
     p.stages.seconds.pop("focus", None)
     if not options.focus_kicks or not p.feeds:
         return _sequential(p, fits, options), None

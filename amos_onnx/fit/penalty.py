@@ -1,13 +1,15 @@
-"""The spike penalty spread by measured effect: a site whose gate error the network passes on to its outputs pays
-less per spike, one whose error it drowns pays more.
+"""The spike penalty spread by measured effect (convert --penalty-by-effect): a site whose gate error the network
+passes on to its outputs pays less per spike, one whose error it drowns pays more.
 
 Spread by the share of gate evaluations alone (fit.sites._shares), one unit of relative squared error costs the
-same at every site; the outputs disagree: the same relative error moved a Fashion-MNIST ResNet's outputs 20 times
-more at its stem than at its last residual branch. So with calibration each site's sensitivity is measured: its
-error-only gate alone in place (the focus's switched model, on the kept calibration samples), the outputs' change
+same at every site; the outputs disagree: the same relative error moved a Fashion-MNIST ResNet's softmax about 90
+times more at its stem than at its last residual branch. So each site's sensitivity is measured: its error-only
+gate alone in place (the focus's switched model, on the kept calibration samples), the outputs' change
 (fit.change.output_change) over that gate's relative squared error on its samples. A fit's penalty is then scaled
-by the sensitivities' geometric mean over its own (within WEIGHT_LIMIT either way), so that at the optimum one
-spike buys about the same change of the outputs wherever it is spent.
+by the sensitivities' geometric mean over its own (within WEIGHT_LIMIT either way), so that one spike buys about
+the same change of the outputs wherever it is spent. The penalised gates are measured again: a gate whose error
+has another shape than the error-only one's (a bias that pooling passes on) can move the outputs far more than
+predicted, and is fitted again at the sensitivity it shows.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ if TYPE_CHECKING:
     from amos_onnx.pipeline import Plan
 
 WEIGHT_LIMIT = 16.0  # a fit's penalty is scaled by at most this factor, up or down
+# A penalised gate that moves the outputs this many times more than its error-only gate's sensitivity predicts (a
+# bias pooling passes on where the error-only gate's noise averaged out, say) is fitted again at its own sensitivity
+RAISED = 2.0
+
+Group = tuple[str, ...]  # the sites sharing one fit, by name
 
 
 def measured_sites(p: Plan, fits: dict[str, SiteFit]) -> list[Site]:
@@ -36,28 +43,51 @@ def measured_sites(p: Plan, fits: dict[str, SiteFit]) -> list[Site]:
             and fits[s.name].calibrated and s.samples in p.reservoirs]
 
 
-def effect_weights(p: Plan, options: FitOptions) -> tuple[dict[str, float], dict[str, SiteFit]]:
-    """The penalty's factor for each measured site (by name) and the error-only fits it was measured with (fitted
-    with `options` without the penalty: the penalised fits start from the same ones). Sites sharing one fit get
-    one factor, from their summed change. Empty when fewer than two fits can be measured."""
-    from amos_onnx.fit.sites import fit_sites
+def spread_fits(p: Plan, options: FitOptions) -> tuple[dict[str, SiteFit], dict[str, float]]:
+    """Every site's fit with the penalty spread by effect, and the factors (by site name; none when fewer than two
+    fits moved the outputs). The sensitivities are measured with the error-only fits (`options` without the
+    penalty: the penalised fits start from them), then again with the penalised fits: where one moves the
+    outputs RAISED times more than predicted, that sensitivity holds and the fit is made again."""
+    from amos_onnx.fit.sites import fit_sites, fit_sites_at
 
-    fits = fit_sites(p.sites, p.reservoirs, replace(options, spike_penalty=0.0, penalty_weights={}))
+    first = sensitivities(p, fit_sites(p.sites, p.reservoirs, replace(options, spike_penalty=0.0,
+                                                                      penalty_weights={})))
+    mean = geometric_mean(first)
+    scale = {group: factor(mean, value) for group, value in first.items()} if mean is not None else {}
+    fits = fit_sites(p.sites, p.reservoirs, replace(options, penalty_weights=by_name(scale)))
+    if mean is None:
+        return fits, {}
+    later = sensitivities(p, fits)
+    raised = [group for group in scale if later.get(group, 0.0) > RAISED * first[group]]
+    if not raised:
+        return fits, by_name(scale)
+    scale.update({group: factor(mean, later[group]) for group in raised})
+    again = replace(options, penalty_weights=by_name(scale))
+    refits = fit_sites_at(p.sites, p.reservoirs, again, [options.k_per_site], [[n for g in raised for n in g]])[0]
+    return {**fits, **refits}, by_name(scale)
+
+
+def sensitivities(p: Plan, fits: dict[str, SiteFit]) -> dict[Group, float]:
+    """Each measured fit's sensitivity: the outputs' change (fit.change.output_change, on the kept calibration
+    samples) with its gate alone in place, summed over the sites sharing it, over its relative squared error; fits
+    with no error are left out."""
     measured = measured_sites(p, fits)
     by_set, _ = focus.site_effects(p, measured, [fits], output_change)
     if not by_set:
-        return {}, fits
-    change = by_set[0]
+        return {}
     groups: dict[int, list[Site]] = {}
     for site in measured:
         groups.setdefault(id(fits[site.name]), []).append(site)
-    sensitivity = {}
-    for key, members in groups.items():
+    found = {}
+    for members in groups.values():
         relative = relative_error(members[0], fits[members[0].name], p)
         if relative > 0:
-            sensitivity[key] = sum(change[s.name] for s in members) / relative
-    weights = factors(sensitivity)
-    return {s.name: weights[key] for key, members in groups.items() if key in weights for s in members}, fits
+            found[tuple(s.name for s in members)] = sum(by_set[0][s.name] for s in members) / relative
+    return found
+
+
+def by_name(scale: dict[Group, float]) -> dict[str, float]:
+    return {name: value for group, value in scale.items() for name in group}
 
 
 def relative_error(site: Site, fit_: SiteFit, p: Plan) -> float:
@@ -68,15 +98,20 @@ def relative_error(site: Site, fit_: SiteFit, p: Plan) -> float:
     return fit_.mse / power if power > 0 else 0.0
 
 
-def factors(sensitivity: dict[int, float]) -> dict[int, float]:
-    """Geometric mean of the sensitivities over each one, within WEIGHT_LIMIT either way (a fit whose error
-    moved nothing measured pays the most); none when fewer than two fits moved the outputs."""
+def geometric_mean(sensitivity: dict[Group, float]) -> float | None:
+    """The sensitivities' geometric mean over the fits that moved the outputs; None for fewer than two."""
     positive = [v for v in sensitivity.values() if v > 0 and math.isfinite(v)]
     if len(positive) < 2:
-        return {}
-    mean = math.exp(sum(math.log(v) for v in positive) / len(positive))
-    return {key: min(WEIGHT_LIMIT, max(1 / WEIGHT_LIMIT, mean / v)) if v > 0 else WEIGHT_LIMIT
-            for key, v in sensitivity.items() if math.isfinite(v)}
+        return None
+    return math.exp(sum(math.log(v) for v in positive) / len(positive))
+
+
+def factor(mean: float, sensitivity: float) -> float:
+    """A fit's factor: the mean over its sensitivity, within WEIGHT_LIMIT either way (a fit whose error moved
+    nothing measured pays the most)."""
+    if not sensitivity > 0:
+        return WEIGHT_LIMIT
+    return min(WEIGHT_LIMIT, max(1 / WEIGHT_LIMIT, mean / sensitivity))
 
 
 def penalty_notes(weights: dict[str, float] | None) -> list[str]:
