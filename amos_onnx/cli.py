@@ -79,7 +79,6 @@ def main(verbose: bool) -> None:
 @option_from(FitOptions, "k_per_op", "--k-per-op", type=str)
 @option_from(FitOptions, "target_mse", "--target-mse")
 @option_from(FitOptions, "spike_penalty", "--spike-penalty")
-@option_from(FitOptions, "penalty_by_effect", "--penalty-by-effect")
 @option_from(FitOptions, "kicks", "--kicks")
 @option_from(FitOptions, "focus_kicks", "--focus-kicks")
 @option_from(FitOptions, "range_weight", "--range-weight")

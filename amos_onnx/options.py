@@ -169,15 +169,7 @@ class FitOptions:
     spike_budget: float | None = field(default=None, metadata=_help(
         "With --calib: K per site chosen so that the mean spikes per gate are at most this many, minimising the "
         "outputs' change measured on calibration samples (with or instead of --latency)."))
-    penalty_by_effect: bool = field(default=False, metadata=_help(
-        "With --calib and --spike-penalty: spread the penalty over the sites also by how far each one's gate error "
-        "moves the model's outputs (measured on calibration samples, with error-only gates and again with the "
-        "penalised ones): where the network passes the error on, a spike costs less. On Fashion-MNIST it bought "
-        "fewer spikes at the same accuracy for GELU and VGG networks, not for ResNet- and EfficientNet-style ones "
-        "(benchmarks/RESULTS.md). Not with --latency or --spike-budget, which measure the change per K instead."))
     k_per_site: Mapping[str, int] = field(default_factory=dict)  # K by site name (a budget's choice), before all
-    # the spike penalty's factor by site name (fit.penalty's, measured), beside the share of gate evaluations
-    penalty_weights: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.k, str) and self.k != AUTO:
@@ -208,9 +200,6 @@ class FitOptions:
         for site, value in self.k_per_site.items():
             if not 1 <= value <= MAX_K:
                 raise OptionError(f"K={value} for site {site}: K must be between 1 and {MAX_K}")
-        for site, weight in self.penalty_weights.items():
-            if not (weight > 0 and math.isfinite(weight)):
-                raise OptionError(f"spike penalty factor {weight} for site {site}: must be a positive number")
 
     def compensation(self, calibrated: bool) -> CompensationKind | None:
         """How the layers after the gates are compensated in a conversion with or without calibration data: bias

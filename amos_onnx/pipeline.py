@@ -25,7 +25,6 @@ from amos_onnx.fit import focus
 from amos_onnx.fit.budget import allocate_plan, check_measurable
 from amos_onnx.fit.change import judged_tensors
 from amos_onnx.fit.choose import Allocation
-from amos_onnx.fit.penalty import penalty_notes, spread_fits
 from amos_onnx.fit.search import GRID_FLOOR
 from amos_onnx.fit.site_fit import SiteFit
 from amos_onnx.fit.sites import Refocus, fit_sites
@@ -93,7 +92,6 @@ class Plan:
     axes: dict[str, int] = field(default_factory=dict)  # ... batch-first: inputs.model_layout(feed, axes) to run
     stages: Stages = field(default_factory=Stages)  # seconds per stage of the last plan, fit and write
     allocation: Allocation | None = None  # K per site of the last fit with a latency or spike budget
-    penalty_weights: dict[str, float] | None = None  # the spike penalty's factors of the last fit (fit.penalty)
     # the tensors the outputs' change is measured at (change.judged_tensors): the floating-point outputs, or what
     # integer outputs are computed from
     judged: list[tuple[str, int]] = field(default_factory=list)
@@ -257,7 +255,6 @@ def convert(model_path: str | Path, output_path: str | Path, calib: DataSource |
         write(p, uncorrected_output, fits)  # a copy: the same conversion without its corrections
     report = _write(p, Path(output_path), fits, in_place=True, compensation=compensation)
     report.notes += focus_notes(focused, options.fit.focus_kicks) + sequential_notes(fits)
-    report.notes += penalty_notes(p.penalty_weights)
     if p.allocation is not None:
         report.budget = p.allocation.to_dict()
         report.notes += p.allocation.lines()
@@ -275,7 +272,7 @@ def fit_plan(p: Plan, options: FitOptions | None = None) -> tuple[dict[str, Site
     if options.per_channel and not p.options.calibration.per_channel:
         raise OptionError("per-channel fits need a plan whose calibration kept each value's channel "
                           "(plan(..., per_channel=True))")
-    p.allocation, p.penalty_weights = None, None
+    p.allocation = None
     for stage in ("fit", "budget"):  # the last fit's stage only: a budget's stage is its fits
         p.stages.seconds.pop(stage, None)
     if options.budgeted:
@@ -283,12 +280,8 @@ def fit_plan(p: Plan, options: FitOptions | None = None) -> tuple[dict[str, Site
             p.allocation, fits = allocate_plan(p, options)
         options = replace(options, latency=None, spike_budget=None, k_per_site=p.allocation.k)
     else:
-        with p.stages.stage("fit"):  # a penalty spread by effect measures the sites' sensitivities on the way
-            if options.spike_penalty and options.penalty_by_effect and p.feeds and not options.penalty_weights:
-                fits, p.penalty_weights = spread_fits(p, options)
-                options = replace(options, penalty_weights=p.penalty_weights)
-            else:
-                fits = fit_sites(p.sites, p.reservoirs, options)
+        with p.stages.stage("fit"):
+            fits = fit_sites(p.sites, p.reservoirs, options)
     p.stages.seconds.pop("focus", None)
     if not options.focus_kicks or not p.feeds:
         return _sequential(p, fits, options), None

@@ -50,7 +50,6 @@ from amos_onnx.fit import focus
 from amos_onnx.fit.channels import CHANNEL_MARGIN, CHANNEL_MIN_SAMPLES
 from amos_onnx.fit.search import fit
 from amos_onnx.fit.site_fit import REFIT_STARTS, FitSource, SiteFit, absolute_penalty
-from amos_onnx.fit.sites import site_penalties
 from amos_onnx.gate import GateParams, sample_error
 from amos_onnx.options import CompensationKind, FitOptions
 from amos_onnx.parallel import fork_map
@@ -192,10 +191,6 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
     off = {switch: np.array(False) for switch in switches.values()}
     on = {switch: np.array(True) for switch in switches.values()}
     rng, layer_rng = np.random.default_rng(options.seed), np.random.default_rng(p.options.fit.seed)
-    # each refit pays the spike penalty its site's first fit paid (spread by the factors of the plan's last fit)
-    weights = options.penalty_weights or (p.penalty_weights if options.penalty_by_effect else None) or {}
-    penalty = (site_penalties(p.sites, p.reservoirs, replace(options, penalty_weights=weights))
-               if options.spike_penalty else {})
     walked: list[reconstruct.Refit] = []
     for part in range(len(walk.segments)):
         want = walk.run(part, "original", off)
@@ -209,8 +204,7 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
         if here:
             handed = walk.run(part, "spiking", off)  # the sites before spiking, this level's not yet
             jobs = {s.name: _job(s, fits[s.name], [h[s.input] for h in handed], [w[s.input] for w in want],
-                                 replace(options, spike_penalty=penalty.get(s.name, 0.0)), rng,
-                                 p.reservoirs.get(s.samples)) for s in here}
+                                 options, rng, p.reservoirs.get(s.samples)) for s in here}
             results = iter(fork_map(refit, [job for site_jobs in jobs.values() for job in site_jobs]))
             for name, site_jobs in jobs.items():
                 fits[name] = refitted(fits[name], site_jobs, [next(results) for _ in site_jobs])

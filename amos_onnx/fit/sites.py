@@ -82,12 +82,11 @@ class Refocus(NamedTuple):
 
 def _jobs(sites: list[Site], reservoirs: dict[str, Reservoir],
           options: FitOptions) -> tuple[dict[str, Key], dict[Key, Job], dict[Key, tuple[object, ...] | None]]:
-    """The fit key of every converting site, one job per key (spike penalty spread by _shares and by the factors
-    options.penalty_weights gives the key's first site) and each job's _refit_key."""
+    """The fit key of every converting site, one job per key (spike penalty spread by _shares) and each job's
+    _refit_key."""
     keys: dict[str, Key] = {}
     work: dict[Key, Job] = {}
     seen: list[tuple[Key, int]] = []
-    factor: dict[Key, float] = {}
     for site in sites:
         if not site.converts or site.activation is None:
             continue
@@ -99,22 +98,13 @@ def _jobs(sites: list[Site], reservoirs: dict[str, Reservoir],
         keys[site.name] = key
         seen.append((key, 0 if res is None else res.seen))
         work.setdefault(key, Job(act, kk, res, options))
-        factor.setdefault(key, options.penalty_weights.get(site.name, 1.0))
     refit_keys = {key: _refit_key(job) for key, job in work.items()}
     if options.spike_penalty:
         shares = _shares(seen)
-        penalty = {key: options.spike_penalty * shares[key] * factor[key] for key in work}
-        work = {key: job._replace(options=replace(options, spike_penalty=penalty[key]),
+        work = {key: job._replace(options=replace(options, spike_penalty=options.spike_penalty * shares[key]),
                                   error_only=_REFITS.get(rk) if (rk := refit_keys[key]) else None)
                 for key, job in work.items()}
     return keys, work, refit_keys
-
-
-def site_penalties(sites: list[Site], reservoirs: dict[str, Reservoir], options: FitOptions) -> dict[str, float]:
-    """The relative spike penalty each converting site's fit pays: options.spike_penalty spread as _jobs spreads
-    it (a refit of the site pays the same)."""
-    keys, work, _ = _jobs(sites, reservoirs, options)
-    return {name: work[key].options.spike_penalty for name, key in keys.items()}
 
 
 def fit_sites(sites: list[Site], reservoirs: dict[str, Reservoir], options: FitOptions | None = None,
