@@ -30,10 +30,11 @@ ROOT = fashion_data.ROOT
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, required=True, help="the other checkout")
-    parser.add_argument("--work", type=Path, default=Path("/tmp"))
+    parser.add_argument("--work", type=Path, default=Path("/tmp"), help="a folder for its files (made if missing)")
     args = parser.parse_args()
     x, _ = fashion_data.load("train")
     pick = np.random.default_rng(0).choice(len(x), 2000, replace=False)
+    args.work.mkdir(parents=True, exist_ok=True)
     calib = args.work / "fashion_calibration.npz"
     np.savez(calib, image=x[np.sort(pick)])
     nets, digits = ROOT / ".cache/fashion-nets", ROOT / "examples/digits"
