@@ -19,6 +19,7 @@ from amos_onnx.fit.sites import fit_sites
 from amos_onnx.gate import simulate
 from amos_onnx.options import FitOptions
 from amos_onnx.pipeline import fit_plan, plan, write
+from amos_onnx.rewrite.switches import fix_switches, fixed_values
 from amos_onnx.runtime import session
 
 
@@ -208,3 +209,35 @@ def test_a_relu_network_has_nothing_to_focus(tmp_path: Path) -> None:
     assert not any(focus.searched(s, first.get(s.name)) for s in p.sites)
     assert effect is None
     assert all(np.array_equal(fits[n].params.weights, first[n].params.weights) for n in first)
+
+
+def test_a_switched_model_with_its_switches_fixed_is_the_original_or_the_converted_to_the_bit(tmp_path: Path) -> None:
+    """rewrite.switches.fix_switches: each If on a fixed switch becomes the nodes of the branch it takes, writing
+    into the If's output; the nodes no output then needs are left out (an activation whose gate is on, the
+    composite's three nodes) and the switches are no longer inputs. Every switch off: the original's y to the
+    bit; every one on: the converted model's; one on: each part from its own. The exact ops of each."""
+    path = _loud_and_quiet(tmp_path)
+    p = plan(path, calib=tmp_path / "calib.npz")
+    fits = fit_sites(p.sites, p.reservoirs, FitOptions(k=8))
+    mixed, switches = focus.switched_model(p.model, p.sites, fits, p.options.emit)
+    x = np.load(tmp_path / "calib.npz")["x"][:200]
+    write(p, tmp_path / "out.onnx", fits)
+    original, converted = _run(path, {"x": x}), _run(tmp_path / "out.onnx", {"x": x})
+    loud, quiet = switches["loud_site"], switches["quiet_site"]
+    cases = {
+        (False, False): (["Slice", "Tanh", "Identity", "Mul", "Slice", "Sigmoid", "Mul", "Mul", "Identity", "Concat"],
+                         original, original),
+        (True, True): (["Slice", "AmosGate", "Mul", "Slice", "AmosGate", "Concat"],
+                       converted, converted),
+        (True, False): (["Slice", "AmosGate", "Mul", "Slice", "Sigmoid", "Mul", "Mul", "Identity",
+                         "Concat"], converted, original),
+    }
+    for (on_loud, on_quiet), (ops, left, right) in cases.items():
+        fixed = fix_switches(mixed, {loud: on_loud, quiet: on_quiet})
+        onnx.checker.check_model(fixed)
+        assert [n.op_type for n in fixed.graph.node] == ops
+        assert [i.name for i in fixed.graph.input] == ["x"]
+        y = _run(fixed, {"x": x})
+        assert np.array_equal(y[:, :16], left[:, :16]) and np.array_equal(y[:, 16:], right[:, 16:])
+    assert fix_switches(mixed, {"not_an_input": True}) is mixed
+    assert fixed_values({"x": x, loud: np.array(True), "flag": np.array([True])}) == {loud: True}

@@ -14,8 +14,10 @@ from amos_onnx.compensate import walk as walk_module
 from amos_onnx.compensate.targets import site_levels
 from amos_onnx.compensate.walk import Walk
 from amos_onnx.find.sites import Site
-from amos_onnx.options import FindOptions
-from amos_onnx.pipeline import _find
+from amos_onnx.fit import focus
+from amos_onnx.fit.sites import fit_sites
+from amos_onnx.options import EmitForm, FindOptions, FitOptions
+from amos_onnx.pipeline import _find, plan, write
 from amos_onnx.rewrite.segments import split
 from amos_onnx.runtime import session
 
@@ -117,7 +119,7 @@ def test_a_segment_without_nodes_runs_as_nothing(tmp_path: Path) -> None:
     walk = Walk(model, segments, feeds, ["only"], ["y"], "empty", tmp_path)
     for part in range(len(segments)):
         walk.store(part, "only", walk.run(part, "only", {}))
-    assert 3 not in walk.sessions
+        assert {key[0] for key in walk.sessions} == ({2} if part == 3 else {part})  # the last built only
     (got,) = walk.outputs("only", ["y"])[0]
     np.testing.assert_allclose(got, session(model, native=False).run(["y"], feeds[0])[0], rtol=1e-5, atol=1e-5)
 
@@ -138,7 +140,7 @@ def test_finish_runs_the_rest_as_one_model_and_gives_what_the_segments_give_in_t
     for part in range(len(segments)):
         held = [dict(h) for h in walk.streams["only"]]
         finished = walk.finish(part, "only", {}, ["y", "stem_relu"])
-        assert walk.tail is not None and walk.tail[0] == (part, ("y", "stem_relu"))
+        assert walk.tail is not None and walk.tail[0] == (part, ("y", "stem_relu"), ())
         assert walk.tail[1].nodes == tuple(i for s in segments[part:] for i in s.nodes)
         assert walk.tail[1].outputs == (("y", "stem_relu") if part == 0 else ("y",))
         for got, expected in zip(finished, want):
@@ -165,11 +167,45 @@ def test_walk_sessions_run_a_fixed_thread_count_and_feeds_side_by_side_give_the_
         monkeypatch.setattr(walk_module, "cpus", lambda cpus=cpus: cpus)
         walk = Walk(model, segments, feeds, ["only"], ["y"], "threads", tmp_path)
         finished = walk.finish(0, "only", {}, ["y"])
+        sessions = [walk.tail[2]] if walk.tail else []
         for part in range(len(segments)):
             walk.store(part, "only", walk.run(part, "only", {}))
-        sessions = [*walk.sessions.values(), walk.tail[2]] if walk.tail else list(walk.sessions.values())
+            sessions += walk.sessions.values()
         assert len(sessions) == 4
         assert {s.get_session_options().intra_op_num_threads for s in sessions} == {walk_module.WALK_THREADS}
         got[cpus] = [f[0] for f in finished] + [y for (y,) in walk.outputs("only", ["y"])]
     assert [a.shape[0] for a in got[2]] == [3, 1, 4, 2, 5] * 2
     assert all(np.array_equal(a, b) for a, b in zip(got[2], got[8]))
+
+
+def test_a_walk_builds_each_segment_with_the_switches_it_is_given_fixed(tmp_path: Path) -> None:
+    """The switched model (fit.focus.switched_model) of residual() walked in two streams, every switch off and
+    every switch on: each segment's session is built from the segment with its switches fixed (no switch among
+    its inputs, rewrite.switches), one per setting; the streams end at the original's y and the converted
+    model's (to float rounding: onnxruntime fuses the Conv, Add and Relu across the cuts only in one model), and
+    finishing from a part gives the same."""
+    model = residual()
+    levels, sites = _levels(model)
+    fits = fit_sites(sites, {}, FitOptions(k=6))
+    mixed, switches = focus.switched_model(model, sites, fits, EmitForm.FUNCTION)
+    segments = split(mixed, levels, [1, 2], set())
+    feeds = [{"x": _data(model, 3, 1)}, {"x": _data(model, 2, 2)}]
+    walk = Walk(mixed, segments, feeds, ["off", "on"], ["y"], "fixed", tmp_path)
+    settings = {stream: {s: np.array(stream == "on") for s in switches.values()} for stream in ("off", "on")}
+    finished = {stream: walk.finish(0, stream, extra, ["y"]) for stream, extra in settings.items()}
+    for part in range(len(segments)):
+        for stream, extra in settings.items():
+            walk.store(part, stream, walk.run(part, stream, extra))
+        assert len(walk.sessions) == 2 and {key[0] for key in walk.sessions} == {part}
+        for sess in walk.sessions.values():
+            assert not {i.name for i in sess.get_inputs()} & set(switches.values())
+    path = tmp_path / "residual.onnx"
+    onnx.save(model, path)
+    p = plan(path)
+    write(p, tmp_path / "converted.onnx", fits)
+    want = {"off": session(model, native=False), "on": session(tmp_path / "converted.onnx", native=False)}
+    for stream in settings:
+        for feed, (got,), (done,) in zip(feeds, walk.outputs(stream, ["y"]), finished[stream]):
+            expected = want[stream].run(["y"], feed)[0]
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(done, expected, rtol=1e-5, atol=1e-5)
