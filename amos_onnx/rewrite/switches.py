@@ -4,8 +4,8 @@ nodes of the branch it takes, what no output needs then left out, and the switch
 onnxruntime runs an If's branch as a graph of its own: the nodes around it lose their fusions and the NCHWc layout
 of its convolutions, and every activation is computed beside its gate (the else branch reads it). On PP-OCRv4 rec's
 256 calibration lines, one pass of the switched model with every gate on took 1.7x as long as the converted
-model's; fixed, as long. The compensation walks its streams with every gate off or every gate on, so each of its
-segments is built fixed, once per setting.
+model's; fixed, 1.04x (2.2x without leaving out the activations its gates replace). The compensation walks its
+streams with every gate off or every gate on, so each of its segments is built fixed, once per setting.
 """
 
 from __future__ import annotations
