@@ -70,7 +70,8 @@ def real_cases(work: Path) -> list[tuple[str, list[object]]]:
     import conversion_speed
     import pypi_models
 
-    ocr = ["--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"]  # conversion_speed.PPOCR's normalisation
+    norm = conversion_speed.PPOCR  # its scale is convert's default, 1/255
+    ocr = ["--mean", ",".join(map(str, norm["mean"])), "--std", ",".join(map(str, norm["std"]))]
     lines = conversion_speed.line_folder(work / "rec_lines", 64, (48, 320))
     photos = conversion_speed.photo_folder(work / "photos", 64)
     return [("PP-OCRv4 rec, 64 lines", [pypi_models.model_file(*pypi_models.OCR_REC), "--calib", lines,
