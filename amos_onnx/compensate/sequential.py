@@ -13,7 +13,9 @@ the original inputs: their refit is a searched one on their own samples (a ReLU'
 ladder, searched here too). A per-channel site's gates are refitted one per gate its channels share, each on the
 pairs of those channels, over at least the range the gate was fitted for: a refit on the pairs' range alone
 spends its steps where the kept samples lie, which on Fashion-MNIST's test images moved the outputs up to half as
-much but on NudeNet's other images lost 20 of 31 boxes.
+much but on NudeNet's other images lost 20 of 31 boxes. With a spike penalty, each refit pays its site's share
+of it (fit.sites.site_shares), as the first fits pay theirs: the whole penalty at every refit had a large early
+site's refit spend more spikes than its first fit, a squeeze-excitation gate's fewer.
 
 With weight reconstruction (the default compensation), the layers after each level's gates are refitted in the
 same walk before the next level's gates (compensate.reconstruct.level_refits on the spiking stream), so every
@@ -50,6 +52,7 @@ from amos_onnx.fit import focus
 from amos_onnx.fit.channels import CHANNEL_MARGIN, CHANNEL_MIN_SAMPLES
 from amos_onnx.fit.search import fit
 from amos_onnx.fit.site_fit import REFIT_STARTS, FitSource, SiteFit, absolute_penalty
+from amos_onnx.fit.sites import site_shares
 from amos_onnx.gate import GateParams, sample_error
 from amos_onnx.options import CompensationKind, FitOptions
 from amos_onnx.parallel import fork_map
@@ -191,6 +194,7 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
     off = {switch: np.array(False) for switch in switches.values()}
     on = {switch: np.array(True) for switch in switches.values()}
     rng, layer_rng = np.random.default_rng(options.seed), np.random.default_rng(p.options.fit.seed)
+    shares = site_shares(p.sites, p.reservoirs) if options.spike_penalty else {}
     walked: list[reconstruct.Refit] = []
     for part in range(len(walk.segments)):
         want = walk.run(part, "original", off)
@@ -203,8 +207,10 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
         here = [s for s in chosen if site_level[s.name] == part + 1]
         if here:
             handed = walk.run(part, "spiking", off)  # the sites before spiking, this level's not yet
-            jobs = {s.name: _job(s, fits[s.name], [h[s.input] for h in handed], [w[s.input] for w in want],
-                                 options, rng, p.reservoirs.get(s.samples)) for s in here}
+            jobs = {s.name: _job(s, fits[s.name], _seen(walk, "spiking", handed, s.input),
+                                 _seen(walk, "original", want, s.input),
+                                 replace(options, spike_penalty=options.spike_penalty * shares.get(s.name, 1.0)),
+                                 rng, p.reservoirs.get(s.samples)) for s in here}
             results = iter(fork_map(refit, [job for site_jobs in jobs.values() for job in site_jobs]))
             for name, site_jobs in jobs.items():
                 fits[name] = refitted(fits[name], site_jobs, [next(results) for _ in site_jobs])
@@ -216,6 +222,12 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
     if found and walk.samples >= reconstruct.MIN_SAMPLES:  # every level's layers refitted, as reconstruct() would
         p.walked = (dict(fits), _judged(p, sites, fits, tensor_level, walk, kept, walked, len(found)))
     return fits, walk.samples
+
+
+def _seen(walk: Walk, stream: str, made: list[dict[str, np.ndarray]], name: str) -> list[np.ndarray]:
+    """Tensor `name` per feed of a stream: as the segment just run made it, else as the stream holds it (a graph
+    input a first-level site reads, which no segment makes)."""
+    return [m[name] if name in m else held[name] for m, held in zip(made, walk.streams[stream])]
 
 
 def _judged(p: Plan, sites: list[Site], fits: dict[str, SiteFit], tensor_level: dict[str, int], walk: Walk,

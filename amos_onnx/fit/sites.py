@@ -70,6 +70,14 @@ def _shares(seen: list[tuple[Key, int]]) -> dict[Key, float]:
     return {key: n / mean if n > 0 else 1.0 for key, n in totals.items()}
 
 
+def site_shares(sites: list[Site], reservoirs: Mapping[str, Reservoir]) -> dict[str, float]:
+    """Each converting site's own share of the network's gate evaluations (_shares, site by site): what a refit of
+    that site alone (compensate.sequential) pays of the spike penalty, as the first fits pay theirs."""
+    seen = [(site.name, res.seen if (res := reservoirs.get(site.samples)) is not None else 0)
+            for site in sites if site.converts and site.activation is not None]
+    return {str(name): share for name, share in _shares(list(seen)).items()}
+
+
 class Refocus(NamedTuple):
     """fit_sites again for some sites only: the fits of `sites` are refitted with `kicks` local-search moves,
     each starting from its `earlier` fit too (at the K it had, for automatic K); every other site keeps its
