@@ -207,8 +207,8 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
         here = [s for s in chosen if site_level[s.name] == part + 1]
         if here:
             handed = walk.run(part, "spiking", off)  # the sites before spiking, this level's not yet
-            jobs = {s.name: _job(s, fits[s.name], _seen(walk, "spiking", handed, s.input),
-                                 _seen(walk, "original", want, s.input),
+            jobs = {s.name: _job(s, fits[s.name], walk.seen("spiking", handed, s.input),
+                                 walk.seen("original", want, s.input),
                                  replace(options, spike_penalty=options.spike_penalty * shares.get(s.name, 1.0)),
                                  rng, p.reservoirs.get(s.samples)) for s in here}
             results = iter(fork_map(refit, [job for site_jobs in jobs.values() for job in site_jobs]))
@@ -222,12 +222,6 @@ def sequential(p: Plan, fits: dict[str, SiteFit],
     if found and walk.samples >= reconstruct.MIN_SAMPLES:  # every level's layers refitted, as reconstruct() would
         p.walked = (dict(fits), _judged(p, sites, fits, tensor_level, walk, kept, walked, len(found)))
     return fits, walk.samples
-
-
-def _seen(walk: Walk, stream: str, made: list[dict[str, np.ndarray]], name: str) -> list[np.ndarray]:
-    """Tensor `name` per feed of a stream: as the segment just run made it, else as the stream holds it (a graph
-    input a first-level site reads, which no segment makes)."""
-    return [m[name] if name in m else held[name] for m, held in zip(made, walk.streams[stream])]
 
 
 def _judged(p: Plan, sites: list[Site], fits: dict[str, SiteFit], tensor_level: dict[str, int], walk: Walk,

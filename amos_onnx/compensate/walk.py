@@ -164,6 +164,11 @@ class Walk:
             self.counts.pop()
         release_freed_memory()
 
+    def seen(self, stream: str, made: list[Tensors], name: str) -> list[np.ndarray]:
+        """Tensor `name` per feed of `stream`: as a segment's run just made it (`made`, not yet stored), else as the
+        stream holds it (a graph input, which no segment makes)."""
+        return [m[name] if name in m else held[name] for m, held in zip(made, self.streams[stream])]
+
     def outputs(self, stream: str, names: list[str]) -> list[list[np.ndarray]]:
         """The graph outputs `names` per feed of a stream walked to the end."""
         return [[held[name] for name in names] for held in self.streams[stream]]

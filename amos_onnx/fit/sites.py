@@ -73,9 +73,9 @@ def _shares(seen: list[tuple[Key, int]]) -> dict[Key, float]:
 def site_shares(sites: list[Site], reservoirs: Mapping[str, Reservoir]) -> dict[str, float]:
     """Each converting site's own share of the network's gate evaluations (_shares, site by site): what a refit of
     that site alone (compensate.sequential) pays of the spike penalty, as the first fits pay theirs."""
-    seen = [(site.name, res.seen if (res := reservoirs.get(site.samples)) is not None else 0)
-            for site in sites if site.converts and site.activation is not None]
-    return {str(name): share for name, share in _shares(list(seen)).items()}
+    seen: list[tuple[Key, int]] = [(site.name, res.seen if (res := reservoirs.get(site.samples)) is not None else 0)
+                                   for site in sites if site.converts and site.activation is not None]
+    return {str(name): share for name, share in _shares(seen).items()}
 
 
 class Refocus(NamedTuple):
