@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -273,7 +274,44 @@ Ort::Status read_params(const OrtKernelInfo* raw, GateParams& p) {
   return Ort::Status(nullptr);
 }
 
+// Both outputs have x's shape, as onnxruntime infers them through the function form's body: its graph optimisations
+// rewrite on known shapes (a MatMul + Add after a gate fused into a Gemm, whose sums round differently), so both forms
+// must show them the same shapes. Each dimension is copied as a number or a symbol (a symbol as an unknown number
+// with its name: given as a number, onnxruntime lost the shapes after the gate), nothing for an input of unknown rank,
+// and the spike counts only where the node has that output (index 1 is refused otherwise).
+OrtStatusPtr ORT_API_CALL infer_shapes(const OrtCustomOp*, OrtShapeInferContext* ctx) {
+  const OrtApi& api = Ort::GetApi();
+  OrtTensorTypeAndShapeInfo* input = nullptr;  // the context's own: not released here
+  if (OrtStatus* status = api.ShapeInferContext_GetInputTypeShape(ctx, 0, &input)) return status;
+  size_t rank = 0;
+  if (OrtStatus* status = api.GetDimensionsCount(input, &rank)) return status;
+  if (rank == 0) return nullptr;
+  std::vector<int64_t> dims(rank);
+  std::vector<const char*> symbols(rank, nullptr);
+  if (OrtStatus* status = api.GetDimensions(input, dims.data(), rank)) return status;
+  if (OrtStatus* status = api.GetSymbolicDimensions(input, symbols.data(), rank)) return status;
+  for (size_t i = 0; i < rank; ++i) {
+    if (symbols[i] == nullptr) symbols[i] = "";
+    if (symbols[i][0] != '\0') dims[i] = -1;
+  }
+  for (size_t index = 0; index < 2; ++index) {
+    OrtTensorTypeAndShapeInfo* out = nullptr;
+    if (OrtStatus* status = api.CreateTensorTypeAndShapeInfo(&out)) return status;
+    std::unique_ptr<OrtTensorTypeAndShapeInfo, void (*)(OrtTensorTypeAndShapeInfo*)> made(
+        out, [](OrtTensorTypeAndShapeInfo* p) { Ort::GetApi().ReleaseTensorTypeAndShapeInfo(p); });
+    OrtStatus* status = api.SetTensorElementType(out, index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT
+                                                                  : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
+    if (!status) status = api.SetDimensions(out, dims.data(), rank);
+    if (!status) status = api.SetSymbolicDimensions(out, symbols.data(), rank);
+    if (!status) status = api.ShapeInferContext_SetOutputTypeShape(ctx, index, out);
+    if (status && index == 0) return status;
+    if (status) api.ReleaseStatus(status);
+  }
+  return nullptr;
+}
+
 struct AmosGateOp : Ort::CustomOpBase<AmosGateOp, AmosGateKernel, true> {
+  AmosGateOp() { OrtCustomOp::InferOutputShapeFn = infer_shapes; }
   OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
     try {
       auto made = new AmosGateKernel();
