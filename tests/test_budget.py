@@ -316,6 +316,50 @@ def test_a_spike_budget_conversion_spends_no_more_spikes_than_it_may(tmp_path: P
     assert measured.mean_spikes_per_gate == pytest.approx(report.budget["spikes_per_gate"], abs=0.02)
 
 
+def test_a_latency_far_above_a_spike_budget_is_met_below_its_uniform_k(tmp_path: Path) -> None:
+    """--latency 60 --spike-budget 0.7 on the chain of three gates: the latency's uniform K (20) and the candidates
+    around it spend more than 0.7 spikes per gate, but a latency is a bound, so smaller K meet both budgets. It
+    was refused ("the fewest spikes per gate reachable with K in 18..22 are 4.730"); now the windows go below the
+    candidates (budget.lowered) and the conversion keeps both budgets, as validate measures them."""
+    path = save(chain(), tmp_path / "model.onnx")
+    x = _data(onnx.load(path), 256, seed=3)
+    np.savez(tmp_path / "calib.npz", x=x)
+    report = amos_onnx.convert(path, tmp_path / "out.onnx", tmp_path / "calib.npz", latency=60, spike_budget=0.7,
+                               focus_kicks=0, progress=False)
+    assert report.budget is not None and report.budget["spikes_per_gate"] <= 0.7
+    assert latency(onnx.load(tmp_path / "out.onnx"))["latency_steps"] == report.budget["latency_steps"] <= 60
+    assert max(report.budget["k"].values()) < 18  # below the candidates around the uniform K
+    measured = amos_onnx.validate(path, tmp_path / "out.onnx", tmp_path / "calib.npz")
+    assert measured.mean_spikes_per_gate == pytest.approx(report.budget["spikes_per_gate"], abs=0.02)
+    assert _change(path, tmp_path / "out.onnx", x) < 0.1
+
+
+def test_windows_go_below_the_candidates_in_proportion_to_the_spikes_and_widen_over_gaps() -> None:
+    """budget.lowered: with no choice within the spike budget at the candidates' smallest K, each free window
+    gains a K as far below as the spikes need in proportion (spikes 0.1 K at K=5: 1.0 per gate, budget 0.3:
+    K=1); none without a spike budget or where every window starts at K=1. widened then tries the K next to a
+    choice that has not been tried, down to 1 in a lowered window."""
+    graph = SiteGraph(("a", "b"), {"a": frozenset(), "b": frozenset("a")})
+    outer = tuple(range(5, 12))
+    windows = {"a": [5, 6, 7], "b": [5, 6, 7]}
+    chooser = Chooser(graph, {s: {k: 2.0**-k for k in w} for s, w in windows.items()},
+                      {s: {k: 0.2 * k for k in w} for s, w in windows.items()}, dict.fromkeys(graph.order, 1.0),
+                      24, 0.5, candidates=outer)
+    with pytest.raises(OptionError, match="reachable with K in 5..7"):
+        chooser.allocation()
+    assert budget.widened(windows, chooser, None, outer) is None
+    assert budget.lowered(windows, chooser, 0.5) == {"a": [2, 5, 6, 7], "b": [2, 5, 6, 7]}  # 5 * 0.5 / 1.0
+    assert budget.lowered(windows, chooser, None) is None
+    assert budget.lowered({"a": [1, 5], "b": [1, 5]}, chooser, 0.5) is None
+    low = {"a": [2, 5, 6, 7], "b": [2, 5, 6, 7]}
+    chooser = Chooser(graph, {s: {k: 2.0**-k for k in w} for s, w in low.items()},
+                      {s: {k: 0.2 * k for k in w} for s, w in low.items()}, dict.fromkeys(graph.order, 1.0), 24,
+                      0.5, candidates=outer)
+    chosen = chooser.allocation()
+    assert chosen.k == {"a": 2, "b": 2}
+    assert budget.widened(low, chooser, chosen, outer) == {"a": [1, 2, 3, 5, 6, 7], "b": [1, 2, 3, 5, 6, 7]}
+
+
 def test_a_model_without_top_level_gates_has_nothing_to_choose(tmp_path: Path) -> None:
     """Only a Relu and a Sigmoid inside an If's branches: the budget has no gate on any path (latency 0), the
     sites keep their default K, and the conversion goes through."""

@@ -5,13 +5,15 @@ choice sits at the edge of those tried, up to candidates()), and the change of t
 site's gate alone in place (the focus's switched model, on the kept calibration samples; fit.change: the
 Kullback-Leibler divergence of the outputs' softmax for a classifier's scores, the relative square error otherwise)
 gives each site a curve of output change against K. fit.choose picks K per site from the curves within the
-budgets. Measured then with every gate in place, the choice replaces the uniform K within the budgets only when it
-moves the outputs less by more than the samples' noise (change.SIGNIFICANCE standard errors of the paired
-per-sample difference).
+budgets; where a spike budget cannot be met even at the smallest K tried, the windows go below (lowered: a latency
+is a bound, and smaller K spend fewer spikes). Measured then with every gate in place, the choice replaces the
+uniform K within the budgets only when it moves the outputs less by more than the samples' noise
+(change.SIGNIFICANCE standard errors of the paired per-sample difference).
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -75,7 +77,7 @@ def allocate_plan(p: Plan, options: FitOptions) -> tuple[Allocation, dict[str, S
         try:
             allocation = chooser.allocation()
         except OptionError:  # over the spike budget at every site's smallest K: lower K first, where there are
-            lower = widened(windows, chooser, None, outer)
+            lower = widened(windows, chooser, None, outer) or lowered(windows, chooser, options.spike_budget)
             if lower is None:
                 raise
             windows = lower
@@ -126,19 +128,38 @@ def first_window(options: FitOptions, depth: int, outer: tuple[int, ...]) -> lis
 
 def widened(windows: dict[str, list[int]], chooser: Chooser, allocation: Allocation | None,
             outer: tuple[int, ...]) -> dict[str, list[int]] | None:
-    """The windows with the next K of candidates() added where the choice sits at a window's edge; without a
-    choice (none was within the spike budget), or when no uniform K within the budgets was found, the next
-    smaller K at every free site. None when nothing is added."""
+    """The windows with the K next to the choice added where it has not been tried (the next K of candidates()
+    where the choice sits at a window's edge; below candidates() only in a window lowered() took there); without a
+    choice (none was within the spike budget), or when no uniform K within the budgets was found, the next smaller
+    K at every free site. None when nothing is added."""
     grown = {name: list(window) for name, window in windows.items()}
     shared = chooser.shared()
     down = allocation is None or (allocation.uniform is None and bool(shared) and shared[0] > outer[0])
     for name in chooser.free:
         window = grown[name]
-        k = None if allocation is None else allocation.k[name]
-        if (down or k == window[0]) and window[0] > outer[0]:
-            window.insert(0, window[0] - 1)
-        if k == window[-1] and window[-1] < outer[-1]:
-            window.append(window[-1] + 1)
+        floor = 1 if window[0] < outer[0] else outer[0]
+        tries = [window[0] - 1] if down and window[0] > outer[0] else []
+        if allocation is not None:
+            tries += [allocation.k[name] - 1, allocation.k[name] + 1]
+        for k in tries:
+            if floor <= k <= outer[-1] and k not in window:
+                bisect.insort(window, k)
+    return grown if grown != windows else None
+
+
+def lowered(windows: dict[str, list[int]], chooser: Chooser, spike_budget: float | None) -> dict[str, list[int]] | None:
+    """Where no choice is within the spike budget even at the smallest K of candidates() (a latency allows any
+    smaller K; a spike budget alone, K=1 too): at every free site a K below its window, as far below as the spikes
+    would need if they fell in proportion to K (one less at least, 1 at least). None when every window starts at
+    K=1 or there is no spike budget."""
+    if spike_budget is None:
+        return None
+    ratio = spike_budget / max(chooser.spikes_per_gate(chooser.fewest()), 1e-12)
+    grown = {name: list(window) for name, window in windows.items()}
+    for name in chooser.free:
+        window = grown[name]
+        if window[0] > 1:
+            window.insert(0, max(1, min(window[0] - 1, int(window[0] * ratio))))
     return grown if grown != windows else None
 
 

@@ -11,7 +11,6 @@ it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from amos_onnx.errors import OptionError
@@ -105,15 +104,19 @@ class Chooser:
         ks = {s: self.pinned.get(s, self.ks[s][0]) for s in self.graph.order}
         if self.feasible(ks):
             return ks
-        fewest = {**ks, **{s: min(self.ks[s], key=self._spikes_of(s)) for s in self.free}}
+        fewest = self.fewest()
         if self.feasible(fewest):
             return fewest
         every = sorted({k for s in self.free for k in self.ks[s]})
         raise OptionError(f"--spike-budget {self.spike_budget}: the fewest spikes per gate reachable with K in "
                           f"{every[0]}..{every[-1]} are {self.spikes_per_gate(fewest):.3f}")
 
-    def _spikes_of(self, site: str) -> Callable[[int], tuple[float, int]]:
-        return lambda k: (self.spikes[site][k], k)
+    def fewest(self) -> dict[str, int]:
+        """Each free site at its K with the fewest spikes (the smaller K on a tie), the pinned at theirs."""
+        def least(site: str) -> int:
+            return min(self.ks[site], key=lambda k: (self.spikes[site][k], k))
+
+        return {s: self.pinned[s] if s in self.pinned else least(s) for s in self.graph.order}
 
     def _raise(self, ks: dict[str, int]) -> dict[str, int]:
         """Single-site moves that lower the change, free ones (no budget spent) first, then the best change per
