@@ -194,8 +194,10 @@ def report_command(original: str, converted: str, data: str | None, out: str, qu
     result = _run(lambda: amos_onnx.write_report(original, converted, data, out, images=images,
                                                  progress=False if quiet else None, batch_axes=axes, ray=ray))
     totals = result["totals"]
-    click.echo(f"mean spikes per gate {totals['mean_spikes_per_gate']:.3f}, spikes per input "
-               f"{totals['spikes_per_input']:.1f}, latency {totals['latency_steps']} steps "
+    spikes = (f"mean spikes per gate {totals['mean_spikes_per_gate']:.3f}, spikes per input "
+              f"{totals['spikes_per_input']:.1f}" if totals["mean_spikes_per_gate"] is not None else
+              "no spikes counted (no AmosGate node: nothing converted, or gates written with --emit inline)")
+    click.echo(f"{spikes}, latency {totals['latency_steps']} steps "
                f"(pipelined: one input every {totals['pipelined_interval_steps']} steps)")
     click.echo(f"wrote {out}/report.json and {out}/report.md ({len(result['pictures'])} pictures)")
 

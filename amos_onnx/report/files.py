@@ -94,7 +94,7 @@ def markdown(data: dict, pictures: list[str], note: str | None) -> str:
     lines += ["", "## Totals", "", "| figure | value |", "|---|---|"]
     for key in ("gates_per_input", "neurons_per_input", "spikes_per_input", "mean_spikes_per_gate",
                 "synaptic_ops_per_input", "latency_steps", "pipelined_interval_steps"):
-        value = t[key]
+        value = "not counted (no AmosGate node)" if t[key] is None else t[key]
         lines.append(f"| {key.replace('_', ' ')} | {value:.4g} |" if isinstance(value, float) else
                      f"| {key.replace('_', ' ')} | {value} |")
     orig, conv = data["original"], data["converted"]
