@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 total=$SECONDS
 for step in "fashion_nets.py" "fashion_k.py --write" "per_channel.py --write" "fashion_peer.py --write" "latency_budget.py --write" \
     "conversion_cost.py --write" "conversion_speed.py --write" "large_model.py --write" "digits_activations.py --write" "fit.py --write" \
-    "auto_k.py --write" "digits_report.py --write" "fuzz.py --cases 20000 --write" "runtime.py --write" "channel_axis_runtime.py --write" \
+    "auto_k.py --write" "digits_report.py --write" "fuzz.py --cases 20000 --write" "graph_fuzz.py --cases 400 --write" \
+    "graph_fuzz.py --cases 200 --grammar blocks --write" "runtime.py --write" "channel_axis_runtime.py --write" \
     "pypi_models.py --write" "silero_vad.py --write" "ray_cluster.py --write" "compensation_cost.py --write" \
     "pypi_models.py --bias-correction --write" "pypi_models.py --reconstruct --write" \
     "pypi_models.py --sequential --bias-correction --write" "reservoir_draws.py --seeds 0,1,2,3 --write" \
