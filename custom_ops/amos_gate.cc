@@ -18,6 +18,7 @@
 #undef ORT_API_MANUAL_INIT
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -277,8 +278,10 @@ Ort::Status read_params(const OrtKernelInfo* raw, GateParams& p) {
 // Both outputs have x's shape, as onnxruntime infers them through the function form's body: its graph optimisations
 // rewrite on known shapes (a MatMul + Add after a gate fused into a Gemm, whose sums round differently), so both forms
 // must show them the same shapes. Each dimension is copied as a number or a symbol (a symbol as an unknown number
-// with its name: given as a number, onnxruntime lost the shapes after the gate), nothing for an input of unknown rank,
-// and the spike counts only where the node has that output (index 1 is refused otherwise).
+// with its name: given as a number, onnxruntime lost the shapes after the gate); an unknown dimension gets a symbol
+// of its own (written as -1 it would be the size -1: onnxruntime then refused models that fold a Shape or merge a
+// declared shape after the gate). Nothing for an input of unknown rank; a failure to set the spike counts' shape
+// (a node without that output) is ignored.
 OrtStatusPtr ORT_API_CALL infer_shapes(const OrtCustomOp*, OrtShapeInferContext* ctx) {
   const OrtApi& api = Ort::GetApi();
   OrtTensorTypeAndShapeInfo* input = nullptr;  // the context's own: not released here
@@ -290,8 +293,14 @@ OrtStatusPtr ORT_API_CALL infer_shapes(const OrtCustomOp*, OrtShapeInferContext*
   std::vector<const char*> symbols(rank, nullptr);
   if (OrtStatus* status = api.GetDimensions(input, dims.data(), rank)) return status;
   if (OrtStatus* status = api.GetSymbolicDimensions(input, symbols.data(), rank)) return status;
+  std::vector<std::string> fresh(rank);
+  static std::atomic<uint64_t> unknowns{0};
   for (size_t i = 0; i < rank; ++i) {
     if (symbols[i] == nullptr) symbols[i] = "";
+    if (symbols[i][0] == '\0' && dims[i] < 0) {  // unknown: a name of its own (the number -1 would be a size)
+      fresh[i] = "amos_unk_" + std::to_string(unknowns++);
+      symbols[i] = fresh[i].c_str();
+    }
     if (symbols[i][0] != '\0') dims[i] = -1;
   }
   for (size_t index = 0; index < 2; ++index) {

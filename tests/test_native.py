@@ -155,6 +155,27 @@ def test_the_layers_after_a_gate_are_optimised_alike_in_both_forms(batch: int | 
     assert _optimised_ops(tmp_path / "c.onnx", False, tmp_path).count("Gemm") == 2
 
 
+@pytest.mark.parametrize("batch", [None, "N"], ids=["unknown", "symbolic"])
+def test_a_dimension_the_gate_cannot_name_stays_unknown_after_it(batch: str | None, tmp_path: Path) -> None:
+    """x (batch, 4) -> Relu -> Shape -> ConstantOfShape: the native op passes a symbolic dimension on by its name
+    and an unknown one under a name of its own, so its size stays unknown, as in the function form. Given as the
+    number -1, an unknown dimension made onnxruntime refuse the model (ConstantOfShape of a negative size: Silero
+    VAD; merged with a declared shape: PP-OCRv4 det and rec)."""
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="relu"), helper.make_node("Shape", ["y"], ["s"]),
+             helper.make_node("ConstantOfShape", ["s"], ["z"],
+                              value=onnx.numpy_helper.from_array(np.array([1.0], np.float32)))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4]),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, [batch, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    amos_onnx.convert(save(model, tmp_path / "o.onnx"), tmp_path / "c.onnx")
+    x = np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4)
+    function = session(tmp_path / "c.onnx", native=False).run(None, {"x": x})
+    native = session(tmp_path / "c.onnx", native=True).run(None, {"x": x})
+    assert all(np.array_equal(a, b) for a, b in zip(function, native))
+    assert np.array_equal(native[1], np.ones((3, 4), np.float32))
+
+
 def test_spike_output_counts_spikes() -> None:
     rng = np.random.default_rng(5)
     params = random_params(rng, 10, None)
