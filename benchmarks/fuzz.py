@@ -28,6 +28,7 @@ from onnx import TensorProto, helper
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fuzz_gates  # noqa: E402
+from graph_fuzz import crashed  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
 from amos_onnx.cli import main  # noqa: E402
@@ -110,10 +111,9 @@ def _run_shard(shard: tuple[int, int, int, int, Path]) -> tuple[Counter, list[st
         path.write_bytes(data)
         for command in (["inspect", str(path)], ["convert", str(path), str(folder / "out.onnx")]):
             result = runner.invoke(main, command)
-            crashed = result.exit_code not in (0, 2) or (
-                result.exception is not None and not isinstance(result.exception, SystemExit))
-            outcomes[(command[0], "crash" if crashed else result.exit_code)] += 1
-            if crashed:
+            broke = crashed(result)
+            outcomes[(command[0], "crash" if broke else result.exit_code)] += 1
+            if broke:
                 crashes.append(f"case {case} ({kind}) {command[0]}: {type(result.exception).__name__}: "
                                f"{str(result.exception)[:200]}")
         (folder / "out.onnx").unlink(missing_ok=True)

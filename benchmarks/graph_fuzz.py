@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from graph_grammar import GRAMMARS  # noqa: E402
@@ -96,17 +96,15 @@ def run_case(case: int, seed: int, folder: Path, runner: CliRunner, grammar: str
     before = path.read_bytes()
     result = runner.invoke(main, ["convert", str(path), str(out), "-q", *opts])
     what = f"case {case}: convert {' '.join(o if not o.endswith('.npz') else 'calib.npz' for o in opts)}"
-    if result.exception is not None and not isinstance(result.exception, SystemExit) or \
-            result.exit_code not in (0, 2):
-        return "crash", f"{what}: exit {result.exit_code}, {type(result.exception).__name__}: " \
-                        f"{str(result.exception)[:300]}"
+    judged = judge(result, (0, 2), what)
+    if judged is not None:
+        return judged
     if path.read_bytes() != before:
         return "touched", what
     if result.exit_code == 2:
-        message = result.output.strip()
-        if len(message.splitlines()) != 1 or out.exists():
-            return "error", f"{what}: {message[:300]!r}{', output left behind' if out.exists() else ''}"
-        return "refused", f"{what}: {message}"
+        if out.exists():
+            return "error", f"{what}: {result.output.strip()[:300]!r}, output left behind"
+        return "refused", f"{what}: {result.output.strip()}"
     kind, line = _compare(path, out, inputs, rng, what)
     return (kind, line) if kind != "ok" else _measure(path, out, inputs, rng, runner, line)
 
@@ -142,14 +140,27 @@ def _measure(path: Path, out: Path, inputs: dict[str, tuple[int, ...]], rng: np.
     if rng.random() < 0.25:
         commands.append(["report", str(path), str(out), "--data", str(data), "--out", str(path.parent / "report")])
     for command in commands:
-        result = runner.invoke(main, command)
-        if result.exception is not None and not isinstance(result.exception, SystemExit) or \
-                result.exit_code not in (0, 1, 2):
-            return "crash", f"{what}; then {command[0]}: exit {result.exit_code}, " \
-                            f"{type(result.exception).__name__}: {str(result.exception)[:300]}"
-        if result.exit_code == 2 and len(result.output.strip().splitlines()) != 1:
-            return "error", f"{what}; then {command[0]}: {result.output.strip()[:300]!r}"
+        judged = judge(runner.invoke(main, command), (0, 1, 2), f"{what}; then {command[0]}")
+        if judged is not None:
+            return judged
     return "ok", what
+
+
+def judge(result: Result, codes: tuple[int, ...], what: str) -> tuple[str, str] | None:
+    """A command's defect: a crash (a traceback, or an exit outside `codes`), or an error (exit 2 with a message
+    of more than one line); None when it ended as it may."""
+    if crashed(result, codes):
+        return "crash", f"{what}: exit {result.exit_code}, {type(result.exception).__name__}: " \
+                        f"{str(result.exception)[:300]}"
+    if result.exit_code == 2 and len(result.output.strip().splitlines()) != 1:
+        return "error", f"{what}: {result.output.strip()[:300]!r}"
+    return None
+
+
+def crashed(result: Result, codes: tuple[int, ...] = (0, 2)) -> bool:
+    """A traceback escaped the command, or it exited outside `codes` (fuzz.py's test too)."""
+    return result.exit_code not in codes or (result.exception is not None
+                                             and not isinstance(result.exception, SystemExit))
 
 
 DEFECTS = ("crash", "error", "mismatch", "nonfinite", "touched")
@@ -173,10 +184,16 @@ def main_() -> None:
     parser.add_argument("--cases", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grammar", choices=sorted(GRAMMARS), default="cnn")
-    parser.add_argument("--only", type=int, default=None, help="run this case alone (and print its outcome)")
+    parser.add_argument("--only", type=int, default=None,
+                        help="run this case alone and print its outcome (a converted one with its relative error)")
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     args = parser.parse_args()
-    cases = range(args.only, args.only + 1) if args.only is not None else range(args.cases)
+    if args.only is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            kind, line = run_case(args.only, args.seed, Path(tmp), CliRunner(), args.grammar)
+        print(f"{kind}: {line}")
+        sys.exit(1 if kind in DEFECTS else 0)
+    cases = range(args.cases)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         outcomes, defects = run(cases, args.seed, Path(tmp), args.grammar)
@@ -199,7 +216,7 @@ def main_() -> None:
         "a non-finite output where the original's is finite, a changed input; target 0). ok: converted; "
         "refused: a one-line error, exit 2.\n\n| outcome | cases |\n|---|---|\n" + rows)
     print(text)
-    if args.write and args.only is None:
+    if args.write:
         write_section("graph_fuzz" if args.grammar == "cnn" else f"graph_fuzz_{args.grammar}", text)
     sys.exit(1 if any(outcomes[k] for k in DEFECTS) else 0)
 

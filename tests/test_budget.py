@@ -336,8 +336,8 @@ def test_a_latency_far_above_a_spike_budget_is_met_below_its_uniform_k(tmp_path:
 
 def test_windows_go_below_the_candidates_in_proportion_to_the_spikes_and_widen_over_gaps() -> None:
     """budget.lowered: with no choice within the spike budget at the candidates' smallest K, each free window
-    gains a K as far below as the spikes need in proportion (spikes 0.1 K at K=5: 1.0 per gate, budget 0.3:
-    K=1); none without a spike budget or where every window starts at K=1. widened then tries the K next to a
+    gains a K as far below as the spikes need in proportion (spikes 0.2 K: 1.0 per gate at K=5, budget 0.5:
+    K=2); none without a spike budget or where every window starts at K=1. widened then tries the K next to a
     choice that has not been tried, down to 1 in a lowered window."""
     graph = SiteGraph(("a", "b"), {"a": frozenset(), "b": frozenset("a")})
     outer = tuple(range(5, 12))
