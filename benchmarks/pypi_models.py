@@ -102,6 +102,11 @@ NUDENET_EVAL_VARIANTS = 5
 CONF, NMS_IOU, MATCH_IOU = 0.25, 0.45, 0.5
 
 
+def nudenet_eval_folder(folder: Path) -> Path:
+    """NudeNet's evaluation images: NUDENET_EVAL and NUDENET_EVAL_VARIANTS seeded crops or mirror images of each."""
+    return image_folder(folder, NUDENET_EVAL, variants=NUDENET_EVAL_VARIANTS)
+
+
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     x1, y1 = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
     x2, y2 = np.minimum(box[2], boxes[:, 2]), np.minimum(box[3], boxes[:, 3])
@@ -178,7 +183,7 @@ def run_nudenet(work: Path, k: int | None = None, **options: object) -> dict[str
     more = options
     model = model_file(*NUDENET)
     calib = image_folder(work / "calib", NUDENET_CALIB, NUDENET_CALIB_MOSAICS)
-    evaluation = image_folder(work / "eval", NUDENET_EVAL, variants=NUDENET_EVAL_VARIANTS)
+    evaluation = nudenet_eval_folder(work / "eval")
     options = amos_onnx.ImageOptions(size=(320, 320))
     out = work / "nudenet_spiking.onnx"
     start = time.perf_counter()
@@ -307,6 +312,14 @@ def _cer(reference: dict[str, str], ocr: object, paths: list[Path]) -> float:
     return distance / max(sum(len(reference[p.name]) for p in paths), 1)
 
 
+def ocr_eval_folder(folder: Path) -> dict[str, list[str]]:
+    """The OCR evaluation images: 4 rendered pages (seed 1) and scikit-image's page.png (a scan); the rendered
+    pages' lines by image name."""
+    truth = dict(zip(sorted(f"text_1_{i}.png" for i in range(4)), text_images(folder, 4, seed=1)))
+    shutil.copy(skimage_file("page.png"), folder / "page.png")
+    return truth
+
+
 def run_ocr(work: Path, more_pages: int = 0, **options: object) -> dict[str, object]:
     """Convert PP-OCRv4 det, cls and rec calibrated on the inputs the original pipeline gives them for a few
     images; read other images with the original and with the spiking pipeline and compare the text, also with
@@ -320,8 +333,7 @@ def run_ocr(work: Path, more_pages: int = 0, **options: object) -> dict[str, obj
     text_images(calib_dir, OCR_CALIB_PAGES, seed=0)
     for name in OCR_CALIB_IMAGES:
         shutil.copy(skimage_file(name), calib_dir / name)
-    truth = dict(zip(sorted(f"text_1_{i}.png" for i in range(4)), text_images(eval_dir, 4, seed=1)))
-    shutil.copy(skimage_file("page.png"), eval_dir / "page.png")
+    truth = ocr_eval_folder(eval_dir)
     original = _pipeline(models)
     recorders = {}
     for key, (holder, attr) in _ocr_sessions(original).items():
