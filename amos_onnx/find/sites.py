@@ -20,6 +20,16 @@ FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, Ten
 # Activations of quantized graphs (onnxruntime's com.microsoft QOperator ops): reported, left alone.
 QUANTIZED_ACTIVATIONS = {"QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax"}
 QUANTIZED_REASON = "quantized activation (integer in and out): left alone; convert the float model before quantizing"
+# Recurrent ops and the activations their gates apply inside the op when the `activations` attribute is absent.
+RECURRENT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh"), "RNN": ("Tanh",)}
+
+
+def recurrent_reason(node: gs.Node) -> str:
+    """Why a recurrent op (LSTM, GRU, RNN) is a site that does not convert: the activations it applies inside."""
+    given = node.attrs.get("activations") or RECURRENT_ACTIVATIONS[node.op]
+    names = list(dict.fromkeys(a.decode() if isinstance(a, bytes) else str(a) for a in given))
+    return (f"recurrent op: its gates apply {' and '.join(names)} inside the op, left as they are (not spiking); "
+            "the layers around it convert")
 
 
 def quantized_ops(graph: gs.Graph) -> dict[str, int]:
@@ -128,6 +138,9 @@ def _site(index: int, node: gs.Node, opset: int, options: FindOptions) -> Site |
     own = (node_id(node),)
     if node.domain == "com.microsoft" and node.op in QUANTIZED_ACTIVATIONS and node.inputs and node.outputs:
         return Site(name, node.op, node.inputs[0].name, node.outputs[0].name, None, QUANTIZED_REASON, own)
+    if not node.domain and node.op in RECURRENT_ACTIVATIONS and node.inputs and node.outputs:
+        y = next((t.name for t in node.outputs if t.name), "")
+        return Site(name, node.op, node.inputs[0].name, y, None, recurrent_reason(node), own)
     matcher = lookup(node.domain or "", node.op, opset)
     if matcher is None:
         return None
