@@ -34,6 +34,16 @@ def default_opset(model: onnx.ModelProto) -> int:
     raise ModelLoadError("model imports no default ONNX opset")
 
 
+def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """The top-level graph's constant tensors by name: initializers and Constant nodes' values (exporters such as
+    paddle2onnx write weights and biases as Constant nodes)."""
+    found = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            found[node.output[0]] = node.attribute[0].t
+    return found
+
+
 def _tensors(graph: onnx.GraphProto, within: str = "") -> Iterator[tuple[str, onnx.TensorProto, bool]]:
     """Every tensor of the graph, with where it is and whether it is a top-level initializer: initializers,
     node attributes' tensors (Constant's value, say), and those of subgraphs (If, Loop, Scan bodies), nested."""

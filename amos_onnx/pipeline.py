@@ -40,8 +40,18 @@ from amos_onnx.options import (
 )
 from amos_onnx.report.conversion import ConversionReport, SiteStatus, rewrite_notes, site_reports
 from amos_onnx.rewrite.graph import rewrite
+from amos_onnx.rewrite.recurrent import lower_recurrent
 from amos_onnx.save import check_output_path, data_path, save_model
 from amos_onnx.timing import Stages
+
+
+def _lowered(model: onnx.ModelProto, options: FindOptions) -> tuple[onnx.ModelProto, list[str]]:
+    """The model with its LSTMs written out as Scans of plain nodes where they can be (rewrite.recurrent), and the
+    note saying so."""
+    lowered = lower_recurrent(model, options)
+    count = sum(n.op_type == "LSTM" for n in model.graph.node) - sum(n.op_type == "LSTM" for n in lowered.graph.node)
+    return lowered, [f"{count} LSTM{'s' if count > 1 else ''} written out as Scans of their gates' Sigmoid and Tanh, "
+                     "which convert with the sites inside Scan bodies"] if count else []
 
 
 def _find(model: onnx.ModelProto, options: FindOptions) -> tuple[list[Site], list[NearMiss], list[str]]:
@@ -62,10 +72,11 @@ def inspect(model_path: str | Path, options: FindOptions | None = None, *, only:
     FindOptions fields, when no options are given."""
     if options is None:
         options = FindOptions(None if only is None else frozenset(only), None if skip is None else frozenset(skip))
-    sites, misses, notes = _find(load_model(model_path, weights=False), options)
+    model, lowering = _lowered(load_model(model_path, weights=False), options)
+    sites, misses, notes = _find(model, options)
     report = ConversionReport(str(model_path), None, site_reports(sites, {}, SiteStatus.WOULD_CONVERT))
     report.near_misses = [(m.node, m.reason) for m in misses]
-    report.notes += notes
+    report.notes += lowering + notes
     return report
 
 
@@ -138,7 +149,9 @@ def plan(model_path: str | Path, calib: DataSource | None = None, options: Conve
     judged = judged_tensors(model)
     check_measurable(judged, model, Path(model_path), options.fit)  # before the calibration: a budget must measure
     with stages.stage("find"):
+        model, lowering = _lowered(model, options.find)
         sites, misses, find_notes = _find(model, options.find)
+        find_notes = lowering + find_notes
     if loose is not None:
         find_notes.insert(0, f"the ONNX checker's full check refuses the model ({loose}); it passes the basic check "
                              "and onnxruntime loads it, so it is converted, and the output is checked the same way")

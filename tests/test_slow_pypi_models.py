@@ -17,6 +17,7 @@ import pytest
 from conftest import ROOT
 from onnx import TensorProto, helper
 
+import amos_onnx
 from amos_onnx.runtime import native_library, session
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -88,3 +89,24 @@ def test_silero_vad_converts_from_the_command_line_and_keeps_its_speech_decision
     assert "data-free ranges" not in str(result["summary"])  # calibration reaches into the If branches
     assert 0.2 < float(result["speech"]) < 0.9  # the clip has speech and pauses, as the original hears it
     assert float(result["agreement"]) >= 0.98, result
+
+
+def test_ddddocr_captcha_reader_spikes_whole_with_its_lstm_written_out(tmp_path: Path) -> None:
+    """ddddocr 1.6.1's CNN + bidirectional LSTM CTC reader (benchmarks/captcha_ocr.py): every site converts, the
+    LSTM's gates inside two Scans, and it reads rendered captchas as the original does."""
+    pytest.importorskip("PIL", reason="renders captchas with Pillow")
+    import captcha_ocr
+
+    model = pypi_models.model_file(*captcha_ocr.DDDDOCR)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", input1=np.concatenate([captcha_ocr.captcha(rng, 160) for _ in range(32)]))
+    report = amos_onnx.convert(model, tmp_path / "c.onnx", tmp_path / "calib.npz", progress=False)
+    assert report.converted == len(report.sites) == 21
+    converted = onnx.load(str(tmp_path / "c.onnx"))
+    assert "LSTM" not in {n.op_type for n in converted.graph.node}
+    assert sum(n.op_type == "Scan" for n in converted.graph.node) == 2
+    rng = np.random.default_rng(1)
+    inputs = [captcha_ocr.captcha(rng) for _ in range(50)]
+    found = captcha_ocr.compare(captcha_ocr.read_all(model, inputs, native=False),
+                                captcha_ocr.read_all(tmp_path / "c.onnx", inputs))
+    assert found["same"] >= 42 and found["cer"] <= 0.05, found  # the benchmark: 93 of 100, 0.021

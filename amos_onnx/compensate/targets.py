@@ -21,6 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from amos_onnx.find.sites import Site
+from amos_onnx.load import constant_tensors
 from amos_onnx.rewrite.graph import node_id
 
 # Ops a mean shift passes through on its way to the next linear layer (it is measured there, not modelled).
@@ -91,16 +92,6 @@ def find_targets(model: onnx.ModelProto, sites: list[Site],
                         seen.add(out)
                         todo.append(out)
     return sorted(found.values(), key=lambda t: (t.level, t.node))
-
-
-def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    """The top-level graph's constant tensors by name: initializers and Constant nodes' values (exporters such as
-    paddle2onnx write weights and biases as Constant nodes)."""
-    found = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            found[node.output[0]] = node.attribute[0].t
-    return found
 
 
 def _attr(node: onnx.NodeProto, name: str, default: object) -> object:

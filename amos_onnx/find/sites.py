@@ -13,6 +13,7 @@ from onnx import TensorProto
 
 from amos_onnx.find.composite import COMPOSITE, NearMiss, elem_type, find_composites
 from amos_onnx.find.gates import Activation, NodeContext, NoMatch, lookup
+from amos_onnx.find.recurrent import RECURRENT_ACTIVATIONS, recurrent_reason
 from amos_onnx.options import FindOptions
 
 # The gate always runs in float32; other float types get casts at its edges.
@@ -20,18 +21,6 @@ FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, Ten
 # Activations of quantized graphs (onnxruntime's com.microsoft QOperator ops): reported, left alone.
 QUANTIZED_ACTIVATIONS = {"QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax"}
 QUANTIZED_REASON = "quantized activation (integer in and out): left alone; convert the float model before quantizing"
-# Recurrent ops and the activations their gates apply inside the op when the `activations` attribute is absent.
-RECURRENT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh"), "RNN": ("Tanh",)}
-
-
-def recurrent_reason(node: gs.Node) -> str:
-    """Why a recurrent op (LSTM, GRU, RNN) is a site that does not convert: the activations it applies inside."""
-    given = node.attrs.get("activations") or RECURRENT_ACTIVATIONS[node.op]
-    names = list(dict.fromkeys(a.decode() if isinstance(a, bytes) else str(a) for a in given))
-    return (f"recurrent op: its gates apply {' and '.join(names)} inside the op, left as they are (not spiking); "
-            "the layers around it convert")
-
-
 def quantized_ops(graph: gs.Graph) -> dict[str, int]:
     """Quantized and integer ops of the graph (QLinear*, QGemm, *Integer, Quantize/DequantizeLinear), by type."""
     counts: dict[str, int] = {}
@@ -140,7 +129,7 @@ def _site(index: int, node: gs.Node, opset: int, options: FindOptions) -> Site |
         return Site(name, node.op, node.inputs[0].name, node.outputs[0].name, None, QUANTIZED_REASON, own)
     if not node.domain and node.op in RECURRENT_ACTIVATIONS and node.inputs and node.outputs:
         y = next((t.name for t in node.outputs if t.name), "")
-        return Site(name, node.op, node.inputs[0].name, y, None, recurrent_reason(node), own)
+        return Site(name, node.op, node.inputs[0].name, y, None, recurrent_reason(node, options), own)
     matcher = lookup(node.domain or "", node.op, opset)
     if matcher is None:
         return None

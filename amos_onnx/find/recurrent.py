@@ -1,0 +1,81 @@
+"""Recurrent ops (LSTM, GRU, RNN) apply their gates' activations inside the op. An LSTM whose gates can be
+written out exactly (unsupported() is None) is lowered to a Scan of plain nodes before the sites are found
+(rewrite.recurrent), so its activations convert; every other recurrent op is a site that does not convert, with the
+activations it keeps and why (recurrent_reason).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from amos_onnx.options import FindOptions
+
+OP = "LSTM"  # the recurrent op that is lowered
+# Recurrent ops and the activations their gates apply inside the op when the `activations` attribute is absent
+# (per direction).
+RECURRENT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh"), "RNN": ("Tanh",)}
+
+
+def unsupported(attrs: dict[str, object], inputs: list[str], constant: Callable[[str], bool]) -> str | None:
+    """Why an LSTM with these attributes and inputs ("" where omitted) cannot be lowered exactly (None: it can);
+    `constant` tells an input held in a float32 initializer or Constant node (not in an external data file)."""
+    given = [i < len(inputs) and inputs[i] != "" for i in range(8)]
+    raw = attrs.get("activations") or []
+    acts = [a.decode() if isinstance(a, bytes) else str(a) for a in raw]  # type: ignore[attr-defined]
+    why = [
+        ("its weights W and R are not float32 constants in the model file",
+         not all(given[i] and constant(inputs[i]) for i in (1, 2))),
+        ("its bias B is not a float32 constant in the model file", given[3] and not constant(inputs[3])),
+        ("it has sequence lengths", given[4]),
+        ("it has peephole weights", given[7]),
+        ("it clips its cell input", attrs.get("clip") is not None),
+        ("it couples its input and forget gates", bool(attrs.get("input_forget", 0))),
+        ("its layout is batch-first", bool(attrs.get("layout", 0))),
+        (f"its activations are {', '.join(acts)}", any(
+            a != RECURRENT_ACTIVATIONS[OP][i % 3] for i, a in enumerate(acts))),
+        ("it has activation_alpha or activation_beta", attrs.get("activation_alpha") is not None
+         or attrs.get("activation_beta") is not None),
+    ]
+    found = [reason for reason, bad in why if bad]
+    return "; ".join(found) if found else None
+
+
+def selected(options: FindOptions) -> bool:
+    """Whether --only and --skip let an LSTM's gates (Sigmoid and Tanh sites once lowered) convert."""
+    return all((options.only is None or op in options.only) and op not in (options.skip or ())
+               for op in set(RECURRENT_ACTIVATIONS[OP]))
+
+
+def recurrent_reason(node: gs.Node, options: FindOptions) -> str:
+    """Why a recurrent op (LSTM, GRU, RNN) left in the graph is a site that does not convert: the activations it
+    applies inside, and why it was not lowered to a Scan of spiking gates (rewrite.recurrent)."""
+    given = node.attrs.get("activations") or RECURRENT_ACTIVATIONS[node.op]
+    names = list(dict.fromkeys(a.decode() if isinstance(a, bytes) else str(a) for a in given))
+    if node.op != OP:
+        why = "only LSTM is lowered to a Scan of spiking gates"
+    elif not selected(options):
+        why = "--only or --skip leave out its gates' Sigmoid or Tanh"
+    else:
+        inputs = [t.name for t in node.inputs]
+        found = unsupported(dict(node.attrs), inputs, lambda name: _float_constant(node, name))
+        why = f"not lowered to a Scan of spiking gates: {found or 'it is inside an If, Loop or Scan body'}"
+    return (f"recurrent op: its gates apply {' and '.join(names)} inside the op, left as they are (not spiking; "
+            f"{why}); the layers around it convert")
+
+
+def _float_constant(node: gs.Node, name: str) -> bool:
+    """Whether the node's input `name` is a float32 initializer (not in an external data file) or a Constant node's
+    output."""
+    tensor = next((t for t in node.inputs if t.name == name), None)
+    if isinstance(tensor, gs.Constant):  # a weight left in its external data file is not read to lower it
+        return tensor.data_location != onnx.TensorProto.EXTERNAL and tensor.dtype == np.float32
+    if tensor is None or len(tensor.inputs) != 1 or tensor.inputs[0].op != "Constant":
+        return False
+    value = tensor.inputs[0].attrs.get("value")
+    return isinstance(value, gs.Constant) and value.values.dtype == np.float32
+
+
