@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from amos_onnx.data.dataset import Dataset, DataSource, is_ray_dataset, open_dat
 from amos_onnx.data.shards import Sharded
 from amos_onnx.errors import OptionError, OutputPathError
 from amos_onnx.find.composite import NearMiss
+from amos_onnx.find.recurrent import RECURRENT_ACTIVATIONS
 from amos_onnx.find.sites import Site, find_sites, quantized_ops
 from amos_onnx.fit import focus
 from amos_onnx.fit.budget import allocate_plan, check_measurable
@@ -46,12 +48,16 @@ from amos_onnx.timing import Stages
 
 
 def _lowered(model: onnx.ModelProto, options: FindOptions) -> tuple[onnx.ModelProto, list[str]]:
-    """The model with its LSTMs written out as Scans of plain nodes where they can be (rewrite.recurrent), and the
-    note saying so."""
+    """The model with its recurrent ops written out as Scans of plain nodes where they can be (rewrite.recurrent),
+    and the note saying so."""
     lowered = lower_recurrent(model, options)
-    count = sum(n.op_type == "LSTM" for n in model.graph.node) - sum(n.op_type == "LSTM" for n in lowered.graph.node)
-    return lowered, [f"{count} LSTM{'s' if count > 1 else ''} written out as Scans of their gates' Sigmoid and Tanh, "
-                     "which convert with the sites inside Scan bodies"] if count else []
+    kept = Counter(n.op_type for n in lowered.graph.node if n.op_type in RECURRENT_ACTIVATIONS)
+    gone = Counter(n.op_type for n in model.graph.node if n.op_type in RECURRENT_ACTIVATIONS) - kept
+    if not gone:
+        return lowered, []
+    ops = ", ".join(f"{count} {op}" for op, count in sorted(gone.items()))
+    return lowered, [f"{ops} written out as Scans of their gates' activations, which convert with the sites inside "
+                     "Scan bodies"]
 
 
 def _find(model: onnx.ModelProto, options: FindOptions) -> tuple[list[Site], list[NearMiss], list[str]]:

@@ -1,7 +1,7 @@
-"""Recurrent ops (LSTM, GRU, RNN) apply their gates' activations inside the op. An LSTM whose gates can be
-written out exactly (unsupported() is None) is lowered to a Scan of plain nodes before the sites are found
-(rewrite.recurrent), so its activations convert; every other recurrent op is a site that does not convert, with the
-activations it keeps and why (recurrent_reason).
+"""Recurrent ops (LSTM, GRU, RNN) apply their gates' activations inside the op. One whose gates can be written
+out exactly (unsupported() is None) is lowered to Scans of plain nodes before the sites are found
+(rewrite.recurrent), so its activations convert; any other is a site that does not convert, with the activations it
+keeps and why (recurrent_reason).
 """
 
 from __future__ import annotations
@@ -14,29 +14,29 @@ import onnx_graphsurgeon as gs
 
 from amos_onnx.options import FindOptions
 
-OP = "LSTM"  # the recurrent op that is lowered
 # Recurrent ops and the activations their gates apply inside the op when the `activations` attribute is absent
-# (per direction).
+# (per direction): the only ones they are lowered with.
 RECURRENT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh"), "RNN": ("Tanh",)}
 
 
-def unsupported(attrs: dict[str, object], inputs: list[str], constant: Callable[[str], bool]) -> str | None:
-    """Why an LSTM with these attributes and inputs ("" where omitted) cannot be lowered exactly (None: it can);
-    `constant` tells an input held in a float32 initializer or Constant node (not in an external data file)."""
+def unsupported(op: str, attrs: dict[str, object], inputs: list[str], constant: Callable[[str], bool]) -> str | None:
+    """Why recurrent op `op` with these attributes and inputs ("" where omitted) cannot be lowered exactly (None: it
+    can); `constant` tells an input held in a float32 initializer or Constant node (not in an external data file)."""
     given = [i < len(inputs) and inputs[i] != "" for i in range(8)]
     raw = attrs.get("activations") or []
     acts = [a.decode() if isinstance(a, bytes) else str(a) for a in raw]  # type: ignore[attr-defined]
+    defaults = RECURRENT_ACTIVATIONS[op]
     why = [
         ("its weights W and R are not float32 constants in the model file",
          not all(given[i] and constant(inputs[i]) for i in (1, 2))),
         ("its bias B is not a float32 constant in the model file", given[3] and not constant(inputs[3])),
         ("it has sequence lengths", given[4]),
-        ("it has peephole weights", given[7]),
+        ("it has peephole weights", op == "LSTM" and given[7]),
         ("it clips its cell input", attrs.get("clip") is not None),
         ("it couples its input and forget gates", bool(attrs.get("input_forget", 0))),
         ("its layout is batch-first", bool(attrs.get("layout", 0))),
         (f"its activations are {', '.join(acts)}", any(
-            a != RECURRENT_ACTIVATIONS[OP][i % 3] for i, a in enumerate(acts))),
+            a != defaults[i % len(defaults)] for i, a in enumerate(acts))),
         ("it has activation_alpha or activation_beta", attrs.get("activation_alpha") is not None
          or attrs.get("activation_beta") is not None),
     ]
@@ -44,10 +44,10 @@ def unsupported(attrs: dict[str, object], inputs: list[str], constant: Callable[
     return "; ".join(found) if found else None
 
 
-def selected(options: FindOptions) -> bool:
-    """Whether --only and --skip let an LSTM's gates (Sigmoid and Tanh sites once lowered) convert."""
-    return all((options.only is None or op in options.only) and op not in (options.skip or ())
-               for op in set(RECURRENT_ACTIVATIONS[OP]))
+def selected(op: str, options: FindOptions) -> bool:
+    """Whether --only and --skip let the gates of recurrent op `op` (its activations' sites once lowered) convert."""
+    return all((options.only is None or act in options.only) and act not in (options.skip or ())
+               for act in set(RECURRENT_ACTIVATIONS[op]))
 
 
 def recurrent_reason(node: gs.Node, options: FindOptions) -> str:
@@ -55,14 +55,12 @@ def recurrent_reason(node: gs.Node, options: FindOptions) -> str:
     applies inside, and why it was not lowered to a Scan of spiking gates (rewrite.recurrent)."""
     given = node.attrs.get("activations") or RECURRENT_ACTIVATIONS[node.op]
     names = list(dict.fromkeys(a.decode() if isinstance(a, bytes) else str(a) for a in given))
-    if node.op != OP:
-        why = "only LSTM is lowered to a Scan of spiking gates"
-    elif not selected(options):
-        why = "--only or --skip leave out its gates' Sigmoid or Tanh"
+    if not selected(node.op, options):
+        why = f"--only or --skip leave out its gates' {' or '.join(sorted(set(RECURRENT_ACTIVATIONS[node.op])))}"
     else:
         inputs = [t.name for t in node.inputs]
-        found = unsupported(dict(node.attrs), inputs, lambda name: _float_constant(node, name))
-        why = f"not lowered to a Scan of spiking gates: {found or 'it is inside an If, Loop or Scan body'}"
+        found = unsupported(node.op, dict(node.attrs), inputs, lambda name: _float_constant(node, name))
+        why = f"not lowered to Scans of spiking gates: {found or 'it is inside an If, Loop or Scan body'}"
     return (f"recurrent op: its gates apply {' and '.join(names)} inside the op, left as they are (not spiking; "
             f"{why}); the layers around it convert")
 

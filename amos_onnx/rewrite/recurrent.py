@@ -1,12 +1,17 @@
-"""An LSTM lowered to a Scan whose body applies its gates' Sigmoid and Tanh as nodes of their own, so that they
-convert like any activation inside a Scan body (data-free ranges) and the whole network spikes.
+"""A recurrent op (LSTM, GRU, RNN) lowered to a Scan per direction whose body applies its gates' activations as
+nodes of their own, so that they convert like any activation inside a Scan body (data-free ranges) and the whole
+network spikes.
 
-Per direction, the input's four projections (X W_g^T + Wb_g + Rb_g, gates i, o, f, c in ONNX's order) are
-computed for every step before the Scan; the body adds H R_g^T, applies the activations and updates the state:
-i, o, f = Sigmoid, c~ = Tanh, C = f C + i c~, H = o Tanh(C) (ONNX's LSTM without peepholes, clip or
-input_forget). A reverse direction scans backwards and stacks its outputs in input order, as the LSTM does.
-An LSTM this cannot lower exactly (sequence lengths, peepholes, other activations, ...) stays as it is, a site
-that does not convert, with the reason (unsupported()).
+Per direction, the input's projection for each gate (X W_g^T plus its biases) is computed for every step before
+the Scan; the body adds the recurrence H R_g^T, applies the activations and updates the state, as ONNX defines
+the op with its default activations:
+- LSTM (gates i, o, f, c): i, o, f = Sigmoid, c~ = Tanh, C = f C + i c~, H = o Tanh(C);
+- GRU (z, r, h): z, r = Sigmoid, h~ = Tanh(X W_h^T + (r H) R_h^T + Rb_h + Wb_h), or with linear_before_reset
+  Tanh(X W_h^T + r (H R_h^T + Rb_h) + Wb_h), H = h~ + z (H - h~);
+- RNN (i): H = Tanh(X W_i^T + H R_i^T + Wb_i + Rb_i).
+A reverse direction scans backwards and stacks its outputs in input order, as the op does. One this cannot lower
+exactly (find.recurrent.unsupported: sequence lengths, peepholes, other activations, ...) stays as it is, a site
+that does not convert, with the reason.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from amos_onnx.find.recurrent import OP, selected, unsupported
+from amos_onnx.find.recurrent import RECURRENT_ACTIVATIONS, selected, unsupported
 from amos_onnx.load import constant_tensors, default_opset
 from amos_onnx.options import FindOptions
 from amos_onnx.rewrite.graph import Names
 
-GATES = "iofc"  # ONNX's order of an LSTM's gates in W, R and B
+GATES = {"LSTM": "iofc", "GRU": "zrh", "RNN": "i"}  # ONNX's order of each op's gates in W, R and B
+STATES = {"LSTM": ("h", "c"), "GRU": ("h",), "RNN": ("h",)}  # carried from step to step (initial_h, initial_c)
 
 
 def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
@@ -33,21 +39,22 @@ def _given(node: onnx.NodeProto, index: int) -> bool:
     return len(node.input) > index and node.input[index] != ""
 
 
-def _proto_unsupported(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> str | None:
+def _lowerable(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto], options: FindOptions) -> bool:
+    if node.domain not in ("", "ai.onnx") or node.op_type not in RECURRENT_ACTIVATIONS:
+        return False
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    return unsupported(attrs, list(node.input),
+    return selected(node.op_type, options) and unsupported(node.op_type, attrs, list(node.input),
                        lambda name: name in constants and constants[name].data_type == TensorProto.FLOAT
-                       and constants[name].data_location != TensorProto.EXTERNAL)
+                       and constants[name].data_location != TensorProto.EXTERNAL) is None
 
 
 def lower_recurrent(model: onnx.ModelProto, options: FindOptions) -> onnx.ModelProto:
-    """`model` (not modified) with every top-level LSTM that can be lowered (unsupported() is None) replaced by its
-    Scans; the model itself when there is none, or --only/--skip leave out Sigmoid or Tanh (selected())."""
-    if not selected(options) or not any(n.op_type == OP and n.domain in ("", "ai.onnx") for n in model.graph.node):
+    """`model` (not modified) with every top-level recurrent op that can be lowered (find.recurrent: unsupported()
+    is None, and --only/--skip select its activations) replaced by its Scans; the model itself when there is none."""
+    if not any(n.op_type in RECURRENT_ACTIVATIONS for n in model.graph.node):
         return model
     constants = constant_tensors(model)
-    chosen = {i for i, n in enumerate(model.graph.node) if n.op_type == OP and n.domain in ("", "ai.onnx")
-              and _proto_unsupported(n, constants) is None}
+    chosen = {i for i, n in enumerate(model.graph.node) if _lowerable(n, constants, options)}
     if not chosen:
         return model
     copy = onnx.ModelProto()
@@ -67,22 +74,28 @@ def lower_recurrent(model: onnx.ModelProto, options: FindOptions) -> onnx.ModelP
 
 
 class Lowering:
-    """One LSTM's replacement: the nodes and initializers of its Scans (see the module text)."""
+    """One recurrent op's replacement: the nodes and initializers of its Scans (see the module text)."""
 
     def __init__(self, node: onnx.NodeProto, constants: dict[str, onnx.TensorProto], names: Names,
                  opset: int) -> None:
-        self.node, self.opset = node, opset
+        self.node, self.opset, self.op = node, opset, node.op_type
+        self.gates, self.states = GATES[self.op], STATES[self.op]
         direction = _attr(node, "direction", b"forward")
         self.direction = direction.decode() if isinstance(direction, bytes) else str(direction)
+        self.linear_before_reset = bool(_attr(node, "linear_before_reset", 0))
         self.w = numpy_helper.to_array(constants[node.input[1]]).astype(np.float32)
         self.r = numpy_helper.to_array(constants[node.input[2]]).astype(np.float32)
-        dirs, hidden = self.w.shape[0], self.r.shape[2]  # hidden_size is optional: R is (dirs, 4 hidden, hidden)
+        dirs, hidden = self.w.shape[0], self.r.shape[2]  # hidden_size is optional: R is (dirs, gates x hidden, hidden)
         self.hidden = hidden
         self.b = (numpy_helper.to_array(constants[node.input[3]]).astype(np.float32) if _given(node, 3)
-                  else np.zeros((dirs, 8 * hidden), np.float32))
-        self.make: Callable[[str], str] = names.scoped(node.name or node.output[0] or next(o for o in node.output if o))
+                  else np.zeros((dirs, 2 * len(self.gates) * hidden), np.float32))
+        self.make: Callable[[str], str] = names.scoped(node.name or next(o for o in node.output if o))
         self.out: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
+
+    def block(self, a: np.ndarray, d: int, g: int) -> np.ndarray:
+        """Gate g's block of direction d of W, R or B's halves (rows g x hidden to (g + 1) x hidden)."""
+        return a[d, g * self.hidden:(g + 1) * self.hidden]
 
     def const(self, part: str, value: np.ndarray) -> str:
         name = self.make(part)
@@ -108,25 +121,22 @@ class Lowering:
         return self.add("ConstantOfShape", [size], "zeros", value=helper.make_tensor("zero", TensorProto.FLOAT, [1],
                                                                                    [0.0]))
 
-    def initial(self, index: int, d: int, zeros: Callable[[], str]) -> str:
-        if not _given(self.node, index):
-            return zeros()
-        return self.add("Gather", [self.node.input[index], self.const(f"dir{d}_index", np.array(d, np.int64))],
-                        f"dir{d}_initial_{index}", axis=0)
-
     def nodes(self) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
         dirs = self.w.shape[0]
-        reverse = [self.direction == "reverse" or (self.direction == "bidirectional" and d == 1) for d in range(dirs)]
         shared: list[str] = []
 
-        def zeros() -> str:
+        def initial(index: int, d: int) -> str:
+            if _given(self.node, index):
+                return self.add("Gather", [self.node.input[index], self.const(f"dir{d}_index", np.array(d, np.int64))],
+                                f"dir{d}_initial_{index}", axis=0)
             if not shared:
                 shared.append(self.zeros())
             return shared[0]
 
-        made = [self.direction_scan(d, reverse[d], self.initial(5, d, zeros), self.initial(6, d, zeros))
-                for d in range(dirs)]  # per direction: Y (seq, batch, hidden), final H, final C
-        for k, (wanted, axis) in enumerate(zip(self.node.output, (1, 0, 0))):  # Y, Y_h, Y_c: a directions axis
+        made = [self.direction_scan(d, self.direction == "reverse" or (self.direction == "bidirectional" and d == 1),
+                                    [initial(5 + k, d) for k in range(len(self.states))]) for d in range(dirs)]
+        # per direction: Y (seq, batch, hidden), then the final states; the op's outputs get a directions axis
+        for k, (wanted, axis) in enumerate(zip(self.node.output, (1, 0, 0))):
             if wanted:
                 parts = [self.unsqueeze(outs[k], axis, f"dir{d}_{'yhc'[k]}") for d, outs in enumerate(made)]
                 self.out.append(helper.make_node("Concat", parts, [wanted], name=self.make(f"{wanted}_concat"),
@@ -134,49 +144,90 @@ class Lowering:
                                 else helper.make_node("Identity", parts, [wanted], name=self.make(f"{wanted}_out")))
         return self.out, self.inits
 
-    def direction_scan(self, d: int, reverse: bool, h0: str, c0: str) -> tuple[str, str, str]:
-        """The Scan of direction d: Y of the direction (seq, batch, hidden), the final H and the final C."""
-        hid = self.hidden
+    def direction_scan(self, d: int, reverse: bool, initials: list[str]) -> list[str]:
+        """The Scan of direction d: Y of the direction (seq, batch, hidden), then its final states."""
+        count = len(self.gates)
         projected = []
-        for g, gate in enumerate(GATES):
-            w = np.ascontiguousarray(self.w[d, g * hid:(g + 1) * hid].T)
-            bias = self.b[d, g * hid:(g + 1) * hid] + self.b[d, (4 + g) * hid:(5 + g) * hid]
+        for g, gate in enumerate(self.gates):
+            w = np.ascontiguousarray(self.block(self.w, d, g).T)
+            inner = self.op == "GRU" and gate == "h"  # its recurrence bias goes inside the step
+            bias = self.block(self.b, d, g) + (0 if inner else self.block(self.b, d, count + g))
             xw = self.add("MatMul", [self.node.input[0], self.const(f"dir{d}_w{gate}", w)], f"dir{d}_x{gate}")
             projected.append(self.add("Add", [xw, self.const(f"dir{d}_b{gate}", bias.astype(np.float32))],
                                       f"dir{d}_xb{gate}"))
-        body = self.body(d)
-        outs = [self.make(f"dir{d}_{part}") for part in ("h_last", "c_last", "y")]
-        self.out.append(helper.make_node("Scan", [h0, c0, *projected], outs, name=self.make(f"dir{d}_scan"),
-                                         body=body, num_scan_inputs=4, scan_input_directions=[int(reverse)] * 4,
+        outs = [self.make(f"dir{d}_{state}_last") for state in self.states] + [self.make(f"dir{d}_y")]
+        self.out.append(helper.make_node("Scan", [*initials, *projected], outs, name=self.make(f"dir{d}_scan"),
+                                         body=self.body(d), num_scan_inputs=count,
+                                         scan_input_directions=[int(reverse)] * count,
                                          scan_output_directions=[int(reverse)]))
-        return outs[2], outs[0], outs[1]
+        return [outs[-1], *outs[:-1]]
 
     def body(self, d: int) -> onnx.GraphProto:
-        """One step: H, C and the four projections in; H', C' and H' (stacked) out. Its tensors are named under a
-        scope of their own (a body's names must not shadow the outer graph's); its nodes by what they compute."""
-        hid = self.hidden
+        """One step: the states and each gate's projection in; the new states and H' (stacked) out. Its tensors are
+        named under a scope of their own (a body's names must not shadow the outer graph's); its nodes by what they
+        compute."""
         scope = self.make(f"dir{d}_step")
+        step = Step(scope)
+        for g, gate in enumerate(self.gates):
+            step.inits.append(numpy_helper.from_array(np.ascontiguousarray(self.block(self.r, d, g).T),
+                                                      step.n(f"r{gate}")))
+        if self.op == "LSTM":
+            for gate in self.gates:
+                step.gate(gate, "Tanh" if gate == "c" else "Sigmoid")
+            step.node("Mul", ["f", "c"], "fc", "forget")
+            step.node("Mul", ["i", "cc"], "ic", "remember")
+            step.node("Add", ["fc", "ic"], "c_out", "cell")
+            step.node("Tanh", ["c_out"], "tc", "cell_tanh")
+            step.node("Mul", ["o", "tc"], "h_out", "hidden")
+        elif self.op == "GRU":
+            step.gate("z", "Sigmoid")
+            step.gate("r", "Sigmoid")
+            step.inits.append(numpy_helper.from_array(self.block(self.b, d, 5), step.n("rbh")))
+            if self.linear_before_reset:
+                step.node("MatMul", ["h", "rh"], "hrh", "h_recurrence")
+                step.node("Add", ["hrh", "rbh"], "hrhb", "h_recurrence_bias")
+                step.node("Mul", ["r", "hrhb"], "reset", "reset")
+            else:
+                step.node("Mul", ["r", "h"], "rhs", "reset")
+                step.node("MatMul", ["rhs", "rh"], "hrh", "h_recurrence")
+                step.node("Add", ["hrh", "rbh"], "reset", "h_recurrence_bias")
+            step.node("Add", ["xh", "reset"], "preh", "h_input")
+            step.node("Tanh", ["preh"], "hh", "h_tanh")
+            step.node("Sub", ["h", "hh"], "dh", "keep")
+            step.node("Mul", ["z", "dh"], "zdh", "update")
+            step.node("Add", ["hh", "zdh"], "h_out", "hidden")
+        else:
+            step.gate("i", "Tanh", output="h_out")
+        step.node("Identity", ["h_out"], "y", "output")
+        ins = ["h", "c"][:len(self.states)] + [f"x{g}" for g in self.gates]
+        outs = ["h_out", "c_out"][:len(self.states)] + ["y"]
+        return step.graph(ins, outs, self.hidden)
 
-        def n(name: str) -> str:
-            return f"{scope}/{name}"
 
-        def node(op: str, inputs: list[str], output: str, name: str) -> onnx.NodeProto:
-            return helper.make_node(op, [n(i) for i in inputs], [n(output)], name=name)
+class Step:
+    """The nodes of a Scan body under one name scope (see Lowering.body)."""
 
-        nodes, inits = [], []
-        for g, gate in enumerate(GATES):
-            r = np.ascontiguousarray(self.r[d, g * hid:(g + 1) * hid].T)
-            inits.append(numpy_helper.from_array(r, n(f"r{gate}")))
-            act = "Tanh" if gate == "c" else "Sigmoid"
-            nodes += [node("MatMul", ["h", f"r{gate}"], f"hr{gate}", f"{gate}_recurrence"),
-                      node("Add", [f"x{gate}", f"hr{gate}"], f"pre{gate}", f"{gate}_input"),
-                      node(act, [f"pre{gate}"], gate, f"{gate}_{act.lower()}")]
-        nodes += [node("Mul", ["f", "c_in"], "fc", "forget"), node("Mul", ["i", "c"], "ic", "remember"),
-                  node("Add", ["fc", "ic"], "c_out", "cell"), node("Tanh", ["c_out"], "tc", "cell_tanh"),
-                  node("Mul", ["o", "tc"], "h_out", "hidden"), node("Identity", ["h_out"], "y", "output")]
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
 
+    def n(self, name: str) -> str:
+        return f"{self.scope}/{name}"
+
+    def node(self, op: str, inputs: list[str], output: str, name: str) -> None:
+        self.nodes.append(helper.make_node(op, [self.n(i) for i in inputs], [self.n(output)], name=name))
+
+    def gate(self, gate: str, activation: str, output: str | None = None) -> None:
+        """activation(x_gate + H R_gate^T), written to `output` (the gate's letter; an LSTM's c gate: cc)."""
+        target = output or ("cc" if gate == "c" else gate)
+        self.node("MatMul", ["h", f"r{gate}"], f"hr{gate}", f"{gate}_recurrence")
+        self.node("Add", [f"x{gate}", f"hr{gate}"], f"pre{gate}", f"{gate}_input")
+        self.node(activation, [f"pre{gate}"], target, f"{gate}_{activation.lower()}")
+
+    def graph(self, inputs: list[str], outputs: list[str], hidden: int) -> onnx.GraphProto:
         def value(name: str) -> onnx.ValueInfoProto:
-            return helper.make_tensor_value_info(n(name), TensorProto.FLOAT, ["batch", hid])
+            return helper.make_tensor_value_info(self.n(name), TensorProto.FLOAT, ["batch", hidden])
 
-        return helper.make_graph(nodes, scope, [value("h"), value("c_in"), *(value(f"x{g}") for g in GATES)],
-                                 [value("h_out"), value("c_out"), value("y")], inits)
+        return helper.make_graph(self.nodes, self.scope, [value(i) for i in inputs], [value(o) for o in outputs],
+                                 self.inits)
