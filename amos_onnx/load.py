@@ -35,10 +35,15 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    """The top-level graph's constant tensors by name: initializers and Constant nodes' values (exporters such as
-    paddle2onnx write weights and biases as Constant nodes)."""
-    found = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
+    """The top-level graph's constant tensors by name (graph_constants)."""
+    return graph_constants(model.graph)
+
+
+def graph_constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """A graph's constant tensors by name: initializers and Constant nodes' values (exporters such as paddle2onnx
+    write weights and biases as Constant nodes)."""
+    found = {t.name: t for t in graph.initializer}
+    for node in graph.node:
         if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
             found[node.output[0]] = node.attribute[0].t
     return found

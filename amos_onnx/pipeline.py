@@ -42,7 +42,7 @@ from amos_onnx.options import (
 )
 from amos_onnx.report.conversion import ConversionReport, SiteStatus, rewrite_notes, site_reports
 from amos_onnx.rewrite.graph import rewrite
-from amos_onnx.rewrite.recurrent import lower_recurrent
+from amos_onnx.rewrite.recurrent import every_node, lower_recurrent
 from amos_onnx.save import check_output_path, data_path, save_model
 from amos_onnx.timing import Stages
 
@@ -51,8 +51,8 @@ def _lowered(model: onnx.ModelProto, options: FindOptions) -> tuple[onnx.ModelPr
     """The model with its recurrent ops written out as Scans of plain nodes where they can be (rewrite.recurrent),
     and the note saying so."""
     lowered = lower_recurrent(model, options)
-    kept = Counter(n.op_type for n in lowered.graph.node if n.op_type in RECURRENT_ACTIVATIONS)
-    gone = Counter(n.op_type for n in model.graph.node if n.op_type in RECURRENT_ACTIVATIONS) - kept
+    kept = Counter(n.op_type for n in every_node(lowered.graph) if n.op_type in RECURRENT_ACTIVATIONS)
+    gone = Counter(n.op_type for n in every_node(model.graph) if n.op_type in RECURRENT_ACTIVATIONS) - kept
     if not gone:
         return lowered, []
     ops = ", ".join(f"{count} {op}" for op, count in sorted(gone.items()))
@@ -246,8 +246,8 @@ def _write(p: Plan, output_path: Path, fits: dict[str, SiteFit], in_place: bool,
     report.notes += p.notes + rewrite_notes(result)
     inner = sum(1 for s in p.sites if s.graph and s.converts and s.samples not in p.reservoirs)
     if inner and p.calibration is not None:
-        report.notes.append(f"{inner} sites inside Loop or Scan bodies use data-free ranges: calibration reaches "
-                            "into If branches only")
+        report.notes.append(f"{inner} sites inside Loop bodies use data-free ranges: calibration reaches into If "
+                            "branches and Scan bodies only")
     if default_opset(model) != p.opset_before:
         report.notes.insert(0, f"opset raised from {p.opset_before} to {default_opset(model)} (the gate function "
                                f"needs {FUNCTION_MIN_OPSET})")

@@ -140,8 +140,8 @@ def main() -> None:
         "convolution blocks, a bidirectional LSTM, a CTC head), calibrated on "
         f"{CALIBRATION} rendered captchas 160 pixels wide, convert's defaults, read on {EVALUATION} others of varied "
         f"width ({r['chars']} characters as the original reads them) by greedy CTC decoding, against the original. "
-        "Written out, the LSTM is a Scan per direction whose gates (3 Sigmoid, 2 Tanh each) convert with data-free "
-        f"ranges. Latency: one captcha {r['width']} pixels wide, mean of {RUNS} runs on one thread, the "
+        "Written out, the LSTM is a Scan per direction whose gates (3 Sigmoid, 2 Tanh each) convert, calibrated at "
+        f"every step. Latency: one captcha {r['width']} pixels wide, mean of {RUNS} runs on one thread, the "
         f"original {r['original_ms']:.1f} ms. Sites left unconverted with the LSTM written out: "
         + "; ".join(skipped) + ".",
         "",

@@ -4,8 +4,10 @@ data, against the original on a speech clip.
     .venv/bin/python benchmarks/silero_vad.py [--k 10] [--write]
 
 The model reads 512 new samples at 16 kHz (plus 64 of context) and a recurrent state [2, N, 128] whose samples
-lie on axis 1, with the sample rate as a scalar; its 12 activations sit in the If branches for 16 and 8 kHz,
-where the calibration samples what the branch that runs sees (the 16 kHz one here; the 8 kHz gates stay data-free). The
+lie on axis 1, with the sample rate as a scalar; its 12 activations and 4 LSTMs (written out as Scans of their
+gates' 5 activations each: 32 sites in all) sit in the If branches for 16 and 8 kHz, where the calibration samples
+what the branch that runs sees, at every step inside the Scans (the 16 kHz one here; the 8 kHz gates stay
+data-free). The
 clip (benchmarks/speech.py: five sentences spoken by espeak-ng between pauses of faint noise, about 30 s) runs
 chunk by chunk through the original as its Python wrapper runs it; the inputs it saw (each chunk with its state)
 are the calibration data, and `amos-onnx convert --calib --batch-axis state=1` converts it. The converted model

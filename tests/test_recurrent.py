@@ -154,7 +154,7 @@ def test_a_recurrent_op_converts_whole_and_the_native_op_gives_the_function_form
     report = amos_onnx.convert(src, out, calib=tmp_path / "calib.npz")
     body_sites = [s for s in report.sites if "/body/" in s.node]
     assert len(body_sites) == per_direction * (2 if direction == "bidirectional" else 1)
-    assert all(s.status == "converted" and s.source == "data-free" for s in body_sites)
+    assert all(s.status == "converted" and s.source == "calibrated" for s in body_sites)  # step by step
     assert [s.status for s in report.sites if "/body/" not in s.node] == ["converted"] * 3  # relu, both sigmoids
     assert f"1 {op} written out as Scans of their gates' activations, which convert with the sites inside Scan " \
            "bodies" in report.notes
@@ -170,7 +170,7 @@ def test_a_recurrent_op_converts_whole_and_the_native_op_gives_the_function_form
     feed = feeds(model, 3)
     want = amos_onnx.session(src, native=False).run(None, feed)
     got = amos_onnx.session(out, native=False).run(None, feed)
-    # data-free gates inside the recurrence, errors carried over five steps: measured up to 0.018 (the RNN)
+    # gates inside the recurrence, errors carried over five steps: measured up to 0.018 (the RNN)
     for a, b in zip(want, got):
         assert np.abs(a - b).max() <= 0.03, np.abs(a - b).max()
     if native_library() is not None:
@@ -197,7 +197,7 @@ def test_an_lstm_whose_weights_stay_in_their_external_file_is_left_as_it_is(tmp_
     for report in (amos_onnx.pipeline.inspect(path), amos_onnx.convert(path, tmp_path / "c.onnx")):
         cell = next(s for s in report.sites if s.node == "cell")
         assert cell.status == "skipped"
-        assert "not lowered to Scans of spiking gates: its weights W and R are not float32 constants in the model " \
-               "file" in cell.reason
+        assert "not lowered to Scans of spiking gates: its weights W and R are neither float32 constants held in the " \
+               "model file nor computed from them alone" in cell.reason
         assert [s.status for s in report.sites if s.node == "relu"][0] in ("would convert", "converted")
     assert [n.op_type for n in onnx.load(str(tmp_path / "c.onnx")).graph.node] == ["AmosGate", "LSTM"]

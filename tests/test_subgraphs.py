@@ -128,7 +128,66 @@ def test_calibration_falls_back_to_data_free_inside_subgraphs(tmp_path: Path) ->
     np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32))
     report = amos_onnx.convert(src, tmp_path / "c.onnx", calib=tmp_path / "c.npz")
     assert [s.source for s in report.sites] == ["data-free"]
-    assert any("1 sites inside Loop or Scan bodies use data-free ranges" in note for note in report.notes)
+    assert "1 sites inside Loop bodies use data-free ranges: calibration reaches into If branches and Scan bodies " \
+           "only" in report.notes
+
+
+def batched_scan_model() -> onnx.ModelProto:
+    """A Scan over axis 1 of x (N, T, 4) from a state (N, 4): acc <- Elu(acc + x[:, t]), every step stacked."""
+    body = helper.make_graph([helper.make_node("Add", ["acc", "row"], ["sum"]),
+                              helper.make_node("Elu", ["sum"], ["acc_out"], name="scan_elu"),
+                              helper.make_node("Identity", ["acc_out"], ["out_row"])], "scan_body",
+                             [helper.make_tensor_value_info("acc", F, ["N", 4]),
+                              helper.make_tensor_value_info("row", F, ["N", 4])],
+                             [helper.make_tensor_value_info("acc_out", F, ["N", 4]),
+                              helper.make_tensor_value_info("out_row", F, ["N", 4])])
+    scan = helper.make_node("Scan", ["init", "x"], ["final", "y"], name="scan", body=body, num_scan_inputs=1,
+                            scan_input_axes=[1], scan_output_axes=[1])
+    graph = helper.make_graph([scan], "g", [helper.make_tensor_value_info("init", F, ["N", 4]),
+                                            helper.make_tensor_value_info("x", F, ["N", 5, 4])],
+                              [helper.make_tensor_value_info("final", F, ["N", 4]),
+                               helper.make_tensor_value_info("y", F, ["N", 5, 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_calibration_reaches_into_scan_bodies_step_by_step(tmp_path: Path) -> None:
+    """The Scan's Elu sees acc + x[:, t] at every step t: its calibration samples are exactly those values over
+    every step of every sample, carried out as an extra per-step output of the Scan (its scan_output_axes grown
+    by one); the converted model stays within the gate's error, carried over five steps, of the original's
+    (measured 0.048 at K=16; 0.064 data-free)."""
+    from amos_onnx.calibrate.branches import expose_branches
+    from amos_onnx.pipeline import plan
+
+    src = tmp_path / "scan.onnx"
+    onnx.save(batched_scan_model(), str(src))
+    rng = np.random.default_rng(0)
+    init, x = rng.normal(0, 1, (6, 4)).astype(np.float32), rng.normal(0, 1, (6, 5, 4)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", init=init, x=x)
+    p = plan(src, tmp_path / "c.npz")
+    site = p.sites[0]
+    acc, seen = init.copy(), []
+    for t in range(x.shape[1]):  # the body: acc_out = Elu(acc + x[:, t])
+        total = acc + x[:, t]
+        seen.append(total)
+        acc = np.where(total > 0, total, np.expm1(total)).astype(np.float32)
+    values = np.concatenate(seen)
+    res = p.reservoirs[site.samples]
+    assert res.seen == values.size
+    assert res.lo == pytest.approx(float(values.min()), abs=1e-5) and res.hi == pytest.approx(float(values.max()),
+                                                                                              abs=1e-5)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(p.model)
+    assert list(expose_branches(probe, p.sites).values()) == [site.samples]
+    scan = probe.graph.node[0]
+    assert len(scan.output) == 3 and [n.op_type for n in scan.attribute[0].g.node][-1] == "Identity"
+    assert list(next(a for a in scan.attribute if a.name == "scan_output_axes").ints) == [1, 0]
+    report = amos_onnx.convert(src, tmp_path / "c.onnx", calib=tmp_path / "c.npz", k=16)
+    assert [s.source.value for s in report.sites] == ["calibrated"]
+    assert not any("data-free ranges" in note for note in report.notes)
+    want = amos_onnx.session(src, native=False).run(None, {"init": init, "x": x})
+    got = amos_onnx.session(tmp_path / "c.onnx").run(None, {"init": init, "x": x})
+    for a, b in zip(want, got):
+        assert np.abs(a - b).max() <= 0.1, np.abs(a - b).max()
 
 
 def test_calibration_reaches_into_the_if_branch_that_runs(tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
-"""Sites inside If branches, brought out for calibration: a branch's tensors cannot be graph outputs, so each one
-leaves through an extra output of every If on its way up (the other branch gives an empty tensor)."""
+"""Sites inside If branches and Scan bodies, brought out for calibration: a subgraph's tensors cannot be graph
+outputs, so each one leaves through an extra output of every If or Scan on its way up: the other branch of an If
+gives an empty tensor, and a Scan stacks what its body gives at every step (a per-step scan output). Loop bodies
+stay unsampled (a Loop's per-iteration outputs must keep one shape, which its carried tensors need not)."""
 
 from __future__ import annotations
 
@@ -9,25 +11,39 @@ from onnx import helper, numpy_helper
 
 from amos_onnx.find.sites import Site
 
+CARRIERS = ("If", "Scan")  # the nodes whose subgraphs' tensors calibration brings out
+
 
 def if_path(graph: onnx.GraphProto, path: tuple[tuple[str, str], ...]) -> list[tuple[onnx.NodeProto, str]] | None:
-    """The If nodes (and the branch taken) from the graph down to a site's subgraph; None when the way goes
-    through a Loop or Scan body (whose tensors come out once per iteration)."""
+    """The If and Scan nodes (and the branch or body) from the graph down to a site's subgraph; None when the way
+    goes through a Loop body."""
     chain = []
     for holder, attr in path:
         node = next((n for n in graph.node if n.output and n.output[0] == holder), None)
-        if node is None or node.op_type != "If":
+        if node is None or node.op_type not in CARRIERS:
             return None
         chain.append((node, attr))
         graph = next(a.g for a in node.attribute if a.name == attr)
     return chain
 
 
+def _stacked(node: onnx.NodeProto, value: str, out: str, dtype: int) -> None:
+    """In place: `value` of a Scan's body leaves as the Scan's extra output `out`, stacked over the steps."""
+    body = next(a.g for a in node.attribute if a.name == "body")
+    held = f"{out}/body"
+    body.node.append(helper.make_node("Identity", [value], [held]))
+    body.output.append(helper.make_tensor_value_info(held, dtype, None))
+    for attr in node.attribute:  # a scan output's direction and axis, when the node lists them: forward, axis 0
+        if attr.name in ("scan_output_directions", "scan_output_axes"):
+            attr.ints.append(0)
+    node.output.append(out)
+
+
 def expose_branches(model: onnx.ModelProto, sites: list[Site]) -> dict[str, str]:
-    """In place: every converting site inside If branches gets its input out as a graph output (named
-    amos/exposed/<i>), the If of each level taking an extra output (the branch holding the site an Identity of
-    it, the other an empty tensor of its type). The graph outputs added, with the samples key (Site.samples) of
-    the site each carries."""
+    """In place: every converting site inside If branches and Scan bodies gets its input out as a graph output
+    (named amos/exposed/<i>/<level>), the If or Scan of each level taking an extra output (an If's branch holding the
+    site an Identity of it, the other an empty tensor of its type; a Scan's body an Identity of it, stacked). The
+    graph outputs added, with the samples key (Site.samples) of the site each carries."""
     names: dict[str, str] = {}
     inner_sites = [s for s in sites if s.converts and s.graph]
     for i, site in enumerate(inner_sites):
@@ -38,6 +54,10 @@ def expose_branches(model: onnx.ModelProto, sites: list[Site]) -> dict[str, str]
         empty = numpy_helper.from_array(np.zeros(0, helper.tensor_dtype_to_np_dtype(site.dtype)))
         for level, (node, attr) in reversed(list(enumerate(chain))):
             out = f"amos/exposed/{i}/{level}"
+            if node.op_type == "Scan":
+                _stacked(node, value, out, site.dtype)
+                value = out
+                continue
             for branch in (a for a in node.attribute if a.name in ("then_branch", "else_branch")):
                 held = f"{out}/{branch.name}"
                 if branch.name == attr:

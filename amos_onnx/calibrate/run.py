@@ -97,7 +97,7 @@ class Sampler:
         self.options, self.label, self.folder = options, label, folder
         types = {s.input: s.dtype for s in sites if s.converts and not s.graph}
         self.probe = exposed(model, types)
-        self.inner = expose_branches(self.probe, sites)  # in If branches; Loop and Scan bodies stay unsampled
+        self.inner = expose_branches(self.probe, sites)  # in If branches and Scan bodies; Loop bodies stay unsampled
         self.tensors = sorted(types) + sorted(self.inner)
         self.channel_axes = {s.samples: s.channel_axis for s in sites
                              if options.per_channel and s.converts and s.channels}

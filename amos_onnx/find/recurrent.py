@@ -21,15 +21,16 @@ RECURRENT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid",
 
 def unsupported(op: str, attrs: dict[str, object], inputs: list[str], constant: Callable[[str], bool]) -> str | None:
     """Why recurrent op `op` with these attributes and inputs ("" where omitted) cannot be lowered exactly (None: it
-    can); `constant` tells an input held in a float32 initializer or Constant node (not in an external data file)."""
+    can); `constant` tells an input held in the model file as float32 constants, or computed from them alone."""
     given = [i < len(inputs) and inputs[i] != "" for i in range(8)]
     raw = attrs.get("activations") or []
     acts = [a.decode() if isinstance(a, bytes) else str(a) for a in raw]  # type: ignore[attr-defined]
     defaults = RECURRENT_ACTIVATIONS[op]
     why = [
-        ("its weights W and R are not float32 constants in the model file",
+        ("its weights W and R are neither float32 constants held in the model file nor computed from them alone",
          not all(given[i] and constant(inputs[i]) for i in (1, 2))),
-        ("its bias B is not a float32 constant in the model file", given[3] and not constant(inputs[3])),
+        ("its bias B is neither a float32 constant held in the model file nor computed from them alone",
+         given[3] and not constant(inputs[3])),
         ("it has sequence lengths", given[4]),
         ("it has peephole weights", op == "LSTM" and given[7]),
         ("it clips its cell input", attrs.get("clip") is not None),
@@ -65,15 +66,24 @@ def recurrent_reason(node: gs.Node, options: FindOptions) -> str:
             f"{why}); the layers around it convert")
 
 
-def _float_constant(node: gs.Node, name: str) -> bool:
-    """Whether the node's input `name` is a float32 initializer (not in an external data file) or a Constant node's
-    output."""
+def _float_constant(node: gs.Node, name: str, depth: int = 0) -> bool:
+    """Whether the node's input `name` is float32 and held in the model file as a constant (an initializer not in
+    an external data file, or a Constant node's value), or computed from such constants alone through nodes
+    without subgraphs (rewrite.recurrent evaluates it then)."""
     tensor = next((t for t in node.inputs if t.name == name), None)
     if isinstance(tensor, gs.Constant):  # a weight left in its external data file is not read to lower it
         return tensor.data_location != onnx.TensorProto.EXTERNAL and tensor.dtype == np.float32
-    if tensor is None or len(tensor.inputs) != 1 or tensor.inputs[0].op != "Constant":
+    if tensor is None or len(tensor.inputs) != 1 or depth > 64:
         return False
-    value = tensor.inputs[0].attrs.get("value")
-    return isinstance(value, gs.Constant) and value.values.dtype == np.float32
+    producer = tensor.inputs[0]
+    if producer.op == "Constant":
+        return True
+    if any(isinstance(v, gs.Graph) for v in producer.attrs.values()):
+        return False
+    return tensor.dtype in (np.float32, None) and all(
+        t.name == "" or _float_constant(producer, t.name, depth + 1) or _integer_constant(t) for t in producer.inputs)
 
 
+def _integer_constant(tensor: gs.Tensor) -> bool:
+    """A constant of any type (shapes, axes and indices in the computation of a weight)."""
+    return isinstance(tensor, gs.Constant) or (len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant")

@@ -1,5 +1,5 @@
 """A recurrent op (LSTM, GRU, RNN) lowered to a Scan per direction whose body applies its gates' activations as
-nodes of their own, so that they convert like any activation inside a Scan body (data-free ranges) and the whole
+nodes of their own, so that they convert like any activation inside a Scan body (calibrated step by step) and the whole
 network spikes.
 
 Per direction, the input's projection for each gate (X W_g^T plus its biases) is computed for every step before
@@ -16,14 +16,14 @@ that does not convert, with the reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from amos_onnx.find.recurrent import RECURRENT_ACTIVATIONS, selected, unsupported
-from amos_onnx.load import constant_tensors, default_opset
+from amos_onnx.load import default_opset, graph_constants
 from amos_onnx.options import FindOptions
 from amos_onnx.rewrite.graph import Names
 
@@ -39,38 +39,110 @@ def _given(node: onnx.NodeProto, index: int) -> bool:
     return len(node.input) > index and node.input[index] != ""
 
 
-def _lowerable(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto], options: FindOptions) -> bool:
-    if node.domain not in ("", "ai.onnx") or node.op_type not in RECURRENT_ACTIVATIONS:
-        return False
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    return selected(node.op_type, options) and unsupported(node.op_type, attrs, list(node.input),
-                       lambda name: name in constants and constants[name].data_type == TensorProto.FLOAT
-                       and constants[name].data_location != TensorProto.EXTERNAL) is None
+FOLD_NODES = 64  # nodes a recurrent op's weight may be computed through from constants, at most, to be evaluated
 
 
 def lower_recurrent(model: onnx.ModelProto, options: FindOptions) -> onnx.ModelProto:
-    """`model` (not modified) with every top-level recurrent op that can be lowered (find.recurrent: unsupported()
-    is None, and --only/--skip select its activations) replaced by its Scans; the model itself when there is none."""
-    if not any(n.op_type in RECURRENT_ACTIVATIONS for n in model.graph.node):
-        return model
-    constants = constant_tensors(model)
-    chosen = {i for i, n in enumerate(model.graph.node) if _lowerable(n, constants, options)}
-    if not chosen:
+    """`model` (not modified) with every recurrent op that can be lowered (find.recurrent: unsupported() is None,
+    and --only/--skip select its activations), in subgraphs too, replaced by its Scans; the model itself when there
+    is none."""
+    if not any(node.op_type in RECURRENT_ACTIVATIONS for node in every_node(model.graph)):
         return model
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    names, opset = Names(copy.graph), default_opset(copy)
-    nodes: list[onnx.NodeProto] = []
-    for i, node in enumerate(copy.graph.node):
-        if i in chosen:
-            made, inits = Lowering(node, constants, names, opset).nodes()
-            nodes += made
-            copy.graph.initializer.extend(inits)
-        else:
+    return copy if _lower_graph(copy.graph, {}, Names(copy.graph), default_opset(copy), options) else model
+
+
+def every_node(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """The graph's nodes and those of its subgraphs, nested."""
+    for node in graph.node:
+        yield node
+        for sub in _subgraphs(node):
+            yield from every_node(sub)
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [g for a in node.attribute for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)]
+
+
+def _lower_graph(graph: onnx.GraphProto, outer: dict[str, onnx.TensorProto], names: Names, opset: int,
+                 options: FindOptions) -> bool:
+    """Lower the recurrent ops of `graph` and its subgraphs in place (`outer`: the constants of the scopes around
+    it); whether any was."""
+    constants = {**outer, **graph_constants(graph)}
+    producers = {out: node for node in graph.node for out in node.output}
+    changed, nodes = False, []
+    for node in graph.node:
+        for sub in _subgraphs(node):
+            changed |= _lower_graph(sub, constants, names, opset, options)
+        weights = _weights(node, constants, producers, opset, options)
+        if weights is None:
             nodes.append(node)
-    del copy.graph.node[:]
-    copy.graph.node.extend(nodes)
-    return copy
+            continue
+        made, inits = Lowering(node, weights, names, opset).nodes()
+        nodes += made
+        graph.initializer.extend(inits)
+        changed = True
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return changed
+
+
+def _weights(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto], producers: dict[str, onnx.NodeProto],
+             opset: int, options: FindOptions) -> dict[str, onnx.TensorProto] | None:
+    """A recurrent op's W, R and B by name when it can be lowered (held as constants, or computed from them alone
+    and evaluated here), else None."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in RECURRENT_ACTIVATIONS:
+        return None
+    if not selected(node.op_type, options):
+        return None
+    found = {}
+    for name in [n for n in node.input[1:4] if n]:
+        tensor = constants.get(name)
+        if tensor is None:
+            tensor = _fold(name, constants, producers, opset)
+        if tensor is not None and tensor.data_type == TensorProto.FLOAT and \
+                tensor.data_location != TensorProto.EXTERNAL:
+            found[name] = tensor
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return found if unsupported(node.op_type, attrs, list(node.input), found.__contains__) is None else None
+
+
+def _fold(name: str, constants: dict[str, onnx.TensorProto], producers: dict[str, onnx.NodeProto],
+          opset: int) -> onnx.TensorProto | None:
+    """Tensor `name` evaluated (onnx's reference evaluator) when the graph computes it from constants alone, through
+    at most FOLD_NODES nodes without subgraphs; else None."""
+    needed: list[onnx.NodeProto] = []
+    leaves: dict[str, onnx.TensorProto] = {}
+    todo, seen = [name], set()
+    while todo:
+        tensor = todo.pop()
+        if tensor in seen or not tensor:
+            continue
+        seen.add(tensor)
+        if tensor in constants:  # a Constant node's value may carry another name
+            leaves[tensor] = onnx.TensorProto()
+            leaves[tensor].CopyFrom(constants[tensor])
+            leaves[tensor].name = tensor
+            continue
+        node = producers.get(tensor)
+        if node is None or _subgraphs(node) or len(needed) >= FOLD_NODES or \
+                any(t.data_location == TensorProto.EXTERNAL for t in leaves.values()):
+            return None
+        needed.append(node)
+        todo += list(node.input)
+    from onnx.reference import ReferenceEvaluator
+
+    order = {id(n): i for i, n in enumerate(producers.values())}
+    nodes = sorted({id(n): n for n in needed}.values(), key=lambda n: order[id(n)])
+    graph = helper.make_graph(nodes, "fold", [], [helper.make_tensor_value_info(name, TensorProto.UNDEFINED, None)],
+                              list(leaves.values()))
+    try:
+        values = ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])).run(
+            None, {})
+    except Exception:  # an op the reference evaluator does not know: the op stays as it is
+        return None
+    return numpy_helper.from_array(np.asarray(values[0]), name)  # type: ignore[index]
 
 
 class Lowering:
