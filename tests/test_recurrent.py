@@ -201,3 +201,62 @@ def test_an_lstm_whose_weights_stay_in_their_external_file_is_left_as_it_is(tmp_
                "model file nor computed from them alone" in cell.reason
         assert [s.status for s in report.sites if s.node == "relu"][0] in ("would convert", "converted")
     assert [n.op_type for n in onnx.load(str(tmp_path / "c.onnx")).graph.node] == ["AmosGate", "LSTM"]
+
+
+def _computed_weight_model(from_input: bool) -> onnx.ModelProto:
+    """An LSTM whose W is a Concat of two constant halves (as exporters reorder gates), or a graph input."""
+    model = recurrent_model()
+    w = onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w"))
+    halves = [onnx.numpy_helper.from_array(np.ascontiguousarray(part), f"w{i}")
+              for i, part in enumerate(np.split(w, 2, axis=1))]
+    kept = [t for t in model.graph.initializer if t.name != "w"]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    if from_input:
+        model.graph.input.append(helper.make_tensor_value_info("w", F, list(w.shape)))
+    else:
+        model.graph.initializer.extend(halves)
+        model.graph.node.insert(0, helper.make_node("Concat", ["w0", "w1"], ["w"], name="join", axis=1))
+    return model
+
+
+def test_an_lstm_whose_weights_are_computed_from_constants_is_written_out() -> None:
+    model = _computed_weight_model(from_input=False)
+    lowered = lower_recurrent(model, FindOptions())
+    assert "LSTM" not in ops(lowered.graph) and "Scan" in ops(lowered.graph)
+    feed = feeds(model)
+    np.testing.assert_allclose(amos_onnx.session(lowered, native=False).run(None, feed)[0],
+                               amos_onnx.session(model, native=False).run(None, feed)[0], atol=2e-6)
+
+
+def test_an_lstm_whose_weights_are_an_input_is_left_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    onnx.save(_computed_weight_model(from_input=True), str(path))
+    cell = next(s for s in amos_onnx.pipeline.inspect(path).sites if s.node == "cell")
+    assert cell.status == "skipped"
+    assert "its weights W and R are neither float32 constants held in the model file nor computed from them " \
+           "alone" in cell.reason
+
+
+def test_an_lstm_inside_an_if_branch_is_written_out_there() -> None:
+    inner = recurrent_model()
+    branch = helper.make_graph(list(inner.graph.node), "then", [], list(inner.graph.output),
+                               list(inner.graph.initializer))
+    other = helper.make_graph([helper.make_node("Sigmoid", ["x"], ["z_else"], name="plain")], "else", [],
+                              [helper.make_tensor_value_info("z_else", F, None)])
+    graph = helper.make_graph([helper.make_node("If", ["cond"], ["z"], name="choose", then_branch=branch,
+                                                else_branch=other)], "g",
+                              [helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+                               helper.make_tensor_value_info("x", F, [SEQ, BATCH, IN])],
+                              [helper.make_tensor_value_info("z", F, None)])
+    graph.output[0].name = "z"
+    branch.output[0].name = "z0"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    lowered = lower_recurrent(model, FindOptions())
+    then = next(a.g for a in lowered.graph.node[0].attribute if a.name == "then_branch")
+    assert "LSTM" not in ops(then) and "Scan" in ops(then)
+    x = feeds(inner)["x"]
+    for cond in (True, False):
+        feed = {"cond": np.array(cond), "x": x}
+        np.testing.assert_allclose(amos_onnx.session(lowered, native=False).run(None, feed)[0],
+                                   amos_onnx.session(model, native=False).run(None, feed)[0], atol=2e-6)
