@@ -203,8 +203,32 @@ def branches(net: Net, x: str) -> str:
     return name
 
 
+RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def recurrent(net: Net, x: str) -> str:
+    """An LSTM, GRU or RNN over the sequence (forward, reverse or both ways; a GRU's reset either way), as exporters
+    write one: the sequence axis first, then back, both directions' outputs side by side and a dense layer."""
+    t, d = net.shapes[x]
+    op = ["LSTM", "GRU", "RNN"][int(net.rng.integers(3))]
+    direction = ["forward", "reverse", "bidirectional"][int(net.rng.integers(3))]
+    dirs, gates = 2 if direction == "bidirectional" else 1, RECURRENT_GATES[op]
+    attrs: dict[str, object] = {"hidden_size": d, "direction": direction}
+    if op == "GRU" and net.rng.random() < 0.5:
+        attrs["linear_before_reset"] = 1
+    weights = [net.const(net.rng.normal(0, scale / np.sqrt(d), (dirs, gates * d, d))) for scale in (1.0, 0.5)]
+    bias = net.const(net.rng.normal(0, 0.2, (dirs, 2 * gates * d)), "b")
+    steps = net.node("Transpose", [x], (t, d), perm=[1, 0, 2])
+    y = net.node(op, [steps, *weights, bias], (t, d), **attrs)  # (T, directions, N, D)
+    back = net.node("Transpose", [y], (t, d), perm=[2, 0, 1, 3])
+    flat = net.node("Reshape", [back, net.int64s([0, 0, -1])], (t, dirs * d))
+    return matmul(net, flat, d) if dirs == 2 else flat
+
+
 def sequence_layer(net: Net, x: str) -> str:
-    kind = ["attention", "mlp", "cast", "if", "act"][int(net.rng.integers(5))]
+    kind = ["attention", "mlp", "cast", "if", "act", "recurrent"][int(net.rng.integers(6))]
+    if kind == "recurrent":
+        return recurrent(net, x)
     if kind == "attention":
         return attention(net, x)
     if kind == "mlp":
@@ -217,8 +241,8 @@ def sequence_layer(net: Net, x: str) -> str:
 
 
 def build_blocks(case: int, seed: int) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]]:
-    """The "blocks" grammar: a sequence input (N, T, D) through attention, MLP, Cast-detour and If layers, then a
-    mean over T and a dense head."""
+    """The "blocks" grammar: a sequence input (N, T, D) through attention, MLP, Cast-detour, If and recurrent
+    layers, then a mean over T and a dense head."""
     rng = np.random.default_rng([seed, case, 3])
     net = Net(rng, int(rng.choice([13, 17, 18, 20])))
     shape = (int(rng.integers(2, 5)), int(rng.choice([4, 6, 8])))

@@ -71,13 +71,7 @@ def scan_model() -> onnx.ModelProto:
 
 def gate_ops(graph: onnx.GraphProto) -> list[str]:
     """Op types of every node in the graph and its subgraphs, depth first."""
-    ops = []
-    for node in graph.node:
-        ops.append(node.op_type)
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                ops += gate_ops(attr.g)
-    return ops
+    return [node.op_type for node in gate_nodes(graph)]
 
 
 CASES = {
@@ -220,3 +214,35 @@ def test_calibration_reaches_into_the_if_branch_that_runs(tmp_path: Path) -> Non
     assert not any("data-free ranges" in note for note in report.notes)
     got = amos_onnx.session(tmp_path / "c.onnx").run(None, {"cond": np.array(True), "x": x})[0]
     np.testing.assert_allclose(got, np.maximum(x, 0), rtol=0, atol=0.01)
+
+
+def test_per_channel_gates_inside_a_scan_body_keep_the_site_s_channel_axis(tmp_path: Path) -> None:
+    """The Scan stacks its body's samples along a leading axis; merged into the site's first axis when sampled, the
+    channels stay on the site's axis 1 (the graph fuzzer's recurrent blocks found gates on axis 2 of a rank-2
+    input, and before that a gate counting the batch as channels)."""
+    src = tmp_path / "scan.onnx"
+    onnx.save(batched_scan_model(), str(src))
+    rng = np.random.default_rng(0)
+    init, x = rng.normal(0, 1, (6, 4)).astype(np.float32), rng.normal(0, 1, (6, 5, 4)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", init=init, x=x)
+    report = amos_onnx.convert(src, tmp_path / "c.onnx", calib=tmp_path / "c.npz", k=16, per_channel=True)
+    assert [s.source.value for s in report.sites] == ["calibrated per channel"]
+    gate = next(n for n in gate_nodes(onnx.load(str(tmp_path / "c.onnx")).graph) if n.op_type == "AmosGate")
+    assert next(a.i for a in gate.attribute if a.name == "axis") == 1
+    want = amos_onnx.session(src, native=False).run(None, {"init": init, "x": x})
+    got = amos_onnx.session(tmp_path / "c.onnx", native=False).run(None, {"init": init, "x": x})
+    for a, b in zip(want, got):
+        assert np.abs(a - b).max() <= 0.1, np.abs(a - b).max()
+    for a, b in zip(got, amos_onnx.session(tmp_path / "c.onnx").run(None, {"init": init, "x": x})):
+        np.testing.assert_array_equal(b, a)
+
+
+def gate_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Every node of the graph and its subgraphs, depth first."""
+    found = []
+    for node in graph.node:
+        found.append(node)
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                found += gate_nodes(attr.g)
+    return found

@@ -27,6 +27,12 @@ def if_path(graph: onnx.GraphProto, path: tuple[tuple[str, str], ...]) -> list[t
     return chain
 
 
+def stacked_axes(graph: onnx.GraphProto, site: Site) -> int:
+    """The axes the Scans on a site's way up stack its exposed samples along, ahead of its own (one per Scan)."""
+    chain = if_path(graph, site.graph) or []
+    return sum(node.op_type == "Scan" for node, _ in chain)
+
+
 def _stacked(node: onnx.NodeProto, value: str, out: str, dtype: int) -> None:
     """In place: `value` of a Scan's body leaves as the Scan's extra output `out`, stacked over the steps."""
     body = next(a.g for a in node.attribute if a.name == "body")

@@ -14,7 +14,7 @@ import onnx
 from onnx import helper
 
 from amos_onnx import parallel
-from amos_onnx.calibrate.branches import expose_branches
+from amos_onnx.calibrate.branches import expose_branches, stacked_axes
 from amos_onnx.calibrate.reservoir import Reservoir
 from amos_onnx.data.dataset import Dataset, read_ahead, sample_count
 from amos_onnx.data.inputs import BatchAxes, batch_size, model_layout, rows, sliceable, whole_batches
@@ -99,6 +99,10 @@ class Sampler:
         self.probe = exposed(model, types)
         self.inner = expose_branches(self.probe, sites)  # in If branches and Scan bodies; Loop bodies stay unsampled
         self.tensors = sorted(types) + sorted(self.inner)
+        # the axes Scans on a site's way up stack its samples along, merged into its first axis when sampled, so that
+        # its channels stay on the site's own channel axis
+        self.stacked = {name: depth for name, key in self.inner.items() if (depth := stacked_axes(
+            model.graph, next(s for s in sites if s.samples == key)))}
         self.channel_axes = {s.samples: s.channel_axis for s in sites
                              if options.per_channel and s.converts and s.channels}
         self.threads: int | None = None  # cores the runs may use (None: every core this process may use)
@@ -157,10 +161,17 @@ class Sampler:
 
         def run() -> _Outputs:
             values = run_checked(self._sess, outputs, laid_out, self.label) if outputs else []
-            sampled = [(self.inner.get(name, name), value) for name, value in zip(outputs, values)]
+            sampled = [(self.inner.get(name, name), _merged(value, self.stacked.get(name, 0)))
+                       for name, value in zip(outputs, values)]
             return values, sampled + [(name, laid_out[name]) for name in self.tensors if name in feed]
 
         return run
+
+
+def _merged(value: np.ndarray, stacked: int) -> np.ndarray:
+    """A site's exposed samples with the `stacked` leading axes (per-step outputs of the Scans around it) merged into
+    the site's own first axis."""
+    return value.reshape((-1, *value.shape[stacked + 1:])) if stacked and value.ndim > stacked else value
 
 
 def calibrate(
