@@ -5,10 +5,10 @@ whose function form and native op agree to the bit.
 
 fuzz.py corrupts the bytes of a few models and converts them data-free, so it never reaches the calibrated stages
 (the budget, the focus, sequential refits, bias correction, weight reconstruction). Here each case builds a valid
-network with graph_grammar.py (cnn: convolutional and dense networks; blocks: self-attention, MLPs, Cast detours
-and If branches), writes calibration data for it (1 to 40 samples, or none) and runs `amos-onnx convert`
-in-process with a random set of options; a converted model then goes through `validate` on held-out inputs, and
-one in four through `report` too. Outcomes:
+network with graph_grammar.py (cnn: convolutional and dense networks; blocks: self-attention, MLPs, Cast detours,
+If branches and LSTM, GRU and RNN layers), writes calibration data for it (1 to 40 samples, or none) and runs
+`amos-onnx convert` in-process with a random set of options; a converted model then goes through `validate` on
+held-out inputs, and one in four through `report` too. Outcomes:
 
 - crash: an exit other than 0 or 2 (0, 1 or 2 for validate and report), or a traceback (the target is zero);
 - error: exit 2 with a message of more than one line, or (convert) an output file left behind;
@@ -205,7 +205,7 @@ def main_() -> None:
     what = {"cnn": "convolutions, batch norms, residual, concatenated and squeeze-excitation blocks, pooling, "
                    "dense layers, layer norms",
             "blocks": "token sequences through self-attention, MLPs, activations computed in float16 or double "
-                      "between Casts, and If branches"}[args.grammar]
+                      "between Casts, If branches, and LSTM, GRU and RNN layers"}[args.grammar]
     text = (
         f"## Random calibrated networks through convert with random options ({args.grammar})\n\n"
         f"Command: `.venv/bin/python benchmarks/graph_fuzz.py --cases {args.cases} --seed {args.seed}{flag} "

@@ -310,5 +310,5 @@ def finish(net: Net, rng: np.random.Generator, case: int, x: str,
 
 # cnn: images or vectors through convolutions, residual, concatenated and squeeze-excitation blocks, dense layers;
 # blocks: token sequences through self-attention, MLPs, activations computed in float16 or double between Casts,
-# and If branches
+# If branches, and LSTM, GRU and RNN layers
 GRAMMARS = {"cnn": build, "blocks": build_blocks}

@@ -61,7 +61,8 @@ def recurrent_reason(node: gs.Node, options: FindOptions) -> str:
     else:
         inputs = [t.name for t in node.inputs]
         found = unsupported(node.op, dict(node.attrs), inputs, lambda name: _float_constant(node, name))
-        why = f"not lowered to Scans of spiking gates: {found or 'it is inside an If, Loop or Scan body'}"
+        found = found or "its weights could not be evaluated from their constants"
+        why = f"not lowered to Scans of spiking gates: {found}"
     return (f"recurrent op: its gates apply {' and '.join(names)} inside the op, left as they are (not spiking; "
             f"{why}); the layers around it convert")
 

@@ -21,6 +21,8 @@ FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, Ten
 # Activations of quantized graphs (onnxruntime's com.microsoft QOperator ops): reported, left alone.
 QUANTIZED_ACTIVATIONS = {"QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax"}
 QUANTIZED_REASON = "quantized activation (integer in and out): left alone; convert the float model before quantizing"
+
+
 def quantized_ops(graph: gs.Graph) -> dict[str, int]:
     """Quantized and integer ops of the graph (QLinear*, QGemm, *Integer, Quantize/DequantizeLinear), by type."""
     counts: dict[str, int] = {}
