@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from amos_onnx.data.dataset import Dataset, DataSource, is_ray_dataset, open_dat
 from amos_onnx.data.shards import Sharded
 from amos_onnx.errors import OptionError, OutputPathError
 from amos_onnx.find.composite import NearMiss
-from amos_onnx.find.recurrent import RECURRENT_ACTIVATIONS
 from amos_onnx.find.sites import Site, find_sites, quantized_ops
 from amos_onnx.fit import focus
 from amos_onnx.fit.budget import allocate_plan, check_measurable
@@ -42,27 +40,27 @@ from amos_onnx.options import (
 )
 from amos_onnx.report.conversion import ConversionReport, SiteStatus, rewrite_notes, site_reports
 from amos_onnx.rewrite.graph import rewrite
-from amos_onnx.rewrite.recurrent import every_node, lower_recurrent
+from amos_onnx.rewrite.recurrent import Lowered, lower_recurrent
 from amos_onnx.save import check_output_path, data_path, save_model
 from amos_onnx.timing import Stages
 
 
-def _lowered(model: onnx.ModelProto, options: FindOptions) -> tuple[onnx.ModelProto, list[str]]:
+def _lowered(model: onnx.ModelProto, options: FindOptions) -> tuple[Lowered, list[str]]:
     """The model with its recurrent ops written out as Scans of plain nodes where they can be (rewrite.recurrent),
     and the note saying so."""
     lowered = lower_recurrent(model, options)
-    kept = Counter(n.op_type for n in every_node(lowered.graph) if n.op_type in RECURRENT_ACTIVATIONS)
-    gone = Counter(n.op_type for n in every_node(model.graph) if n.op_type in RECURRENT_ACTIVATIONS) - kept
-    if not gone:
+    if not lowered.written:
         return lowered, []
-    ops = ", ".join(f"{count} {op}" for op, count in sorted(gone.items()))
+    ops = ", ".join(f"{count} {op}" for op, count in sorted(lowered.written.items()))
     return lowered, [f"{ops} written out as Scans of their gates' activations, which convert with the sites inside "
                      "Scan bodies"]
 
 
-def _find(model: onnx.ModelProto, options: FindOptions) -> tuple[list[Site], list[NearMiss], list[str]]:
+def _find(model: onnx.ModelProto, options: FindOptions,
+          left: Mapping[str, str] | None = None) -> tuple[list[Site], list[NearMiss], list[str]]:
+    """The model's sites, near misses and notes on them; `left`: why each recurrent op left in it is (Lowered.left)."""
     graph = gs.import_onnx(with_shapes(model))
-    sites, misses = find_sites(graph, default_opset(model), options)
+    sites, misses = find_sites(graph, default_opset(model), options, left)
     notes = []
     quantized = quantized_ops(graph)
     if quantized:
@@ -78,8 +76,8 @@ def inspect(model_path: str | Path, options: FindOptions | None = None, *, only:
     FindOptions fields, when no options are given."""
     if options is None:
         options = FindOptions(None if only is None else frozenset(only), None if skip is None else frozenset(skip))
-    model, lowering = _lowered(load_model(model_path, weights=False), options)
-    sites, misses, notes = _find(model, options)
+    lowered, lowering = _lowered(load_model(model_path, weights=False), options)
+    sites, misses, notes = _find(lowered.model, options, lowered.left)
     report = ConversionReport(str(model_path), None, site_reports(sites, {}, SiteStatus.WOULD_CONVERT))
     report.near_misses = [(m.node, m.reason) for m in misses]
     report.notes += lowering + notes
@@ -155,8 +153,9 @@ def plan(model_path: str | Path, calib: DataSource | None = None, options: Conve
     judged = judged_tensors(model)
     check_measurable(judged, model, Path(model_path), options.fit)  # before the calibration: a budget must measure
     with stages.stage("find"):
-        model, lowering = _lowered(model, options.find)
-        sites, misses, find_notes = _find(model, options.find)
+        lowered, lowering = _lowered(model, options.find)
+        model = lowered.model
+        sites, misses, find_notes = _find(model, options.find, lowered.left)
         find_notes = lowering + find_notes
     if loose is not None:
         find_notes.insert(0, f"the ONNX checker's full check refuses the model ({loose}); it passes the basic check "

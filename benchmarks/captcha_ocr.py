@@ -99,7 +99,7 @@ def run(work: Path) -> dict[str, object]:
     shifted = [np.concatenate([x[..., 1:], x[..., -1:]], axis=-1) for x in inputs]  # one pixel to the left
     control = compare(reference, read_all(model, shifted, native=False))
     x = inputs[0]
-    lowered = lower_recurrent(onnx.load(str(model)), FindOptions())
+    lowered = lower_recurrent(onnx.load(str(model)), FindOptions()).model
     original = milliseconds(model, x, native=False)
     timing = {"lowered, no gates": milliseconds(lowered, x, native=False) / original,
               **{label: milliseconds(row["out"], x, native=True) / original for label, row in rows.items()}}

@@ -63,27 +63,29 @@ def changed_folder(source: Path, target: Path, kind: str, seed: int = 0) -> Path
     return target
 
 
-def nudenet_outputs(folder: Path) -> list[np.ndarray]:
-    """The original NudeNet's output for every image of `folder` (as pypi_models.run_nudenet reads them)."""
+def nudenet_outputs(sess: object, folder: Path) -> list[np.ndarray]:
+    """The original NudeNet's output (session `sess`) for every image of `folder`, as pypi_models.run_nudenet
+    reads them."""
     import amos_onnx
     from amos_onnx.data.dataset import open_data
 
     model = pypi_models.model_file(*pypi_models.NUDENET)
-    sess = amos_onnx.session(model, native=False)
-    options = amos_onnx.ImageOptions(size=(320, 320))
-    feeds = open_data(folder, onnx.load(str(model)), options).batches
-    return [out for feed in feeds for out in sess.run(None, feed)[0]]
+    feeds = open_data(folder, onnx.load(str(model)), amos_onnx.ImageOptions(size=(320, 320))).batches
+    return [out for feed in feeds for out in sess.run(None, feed)[0]]  # type: ignore[attr-defined]
 
 
 def nudenet_stability(work: Path, seed: int = 0) -> dict[str, pypi_models.BoxMatch]:
     """Per change, the original's boxes on the changed evaluation images matched against its boxes on them as
     they are."""
+    import amos_onnx
+
+    sess = amos_onnx.session(pypi_models.model_file(*pypi_models.NUDENET), native=False)
     evaluation = pypi_models.nudenet_eval_folder(work / "eval")
-    reference = nudenet_outputs(evaluation)
+    reference = nudenet_outputs(sess, evaluation)
     found = {}
     for kind in CHANGES:
         boxes = pypi_models.BoxMatch()
-        for want, got in zip(reference, nudenet_outputs(changed_folder(evaluation, work / kind, kind, seed))):
+        for want, got in zip(reference, nudenet_outputs(sess, changed_folder(evaluation, work / kind, kind, seed))):
             boxes.add(pypi_models.detections(want), pypi_models.detections(got))
         found[kind] = boxes
     return found

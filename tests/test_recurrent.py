@@ -91,7 +91,7 @@ def test_a_recurrent_op_written_out_as_scans_computes_what_it_computed(op: str, 
                                                                        outputs: tuple[str, ...], initial: bool,
                                                                        opset: int) -> None:
     model = recurrent_model(op, direction=direction, outputs=outputs, initial=initial, opset=opset, **attrs)
-    lowered = lower_recurrent(model, FindOptions())
+    lowered = lower_recurrent(model, FindOptions()).model
     onnx.checker.check_model(lowered, full_check=True)
     assert ops(model.graph) == ["Relu", op, *(["Sigmoid"] * sum(map(bool, outputs)))] and op not in ops(lowered.graph)
     scans = [n for n in lowered.graph.node if n.op_type == "Scan"]
@@ -107,7 +107,7 @@ def test_a_recurrent_op_written_out_as_scans_computes_what_it_computed(op: str, 
 
 
 def test_the_forward_lstm_becomes_these_nodes() -> None:
-    lowered = lower_recurrent(recurrent_model(), FindOptions())
+    lowered = lower_recurrent(recurrent_model(), FindOptions()).model
     assert ops(lowered.graph) == ["Relu", "Shape", "Gather", "Concat", "ConstantOfShape", *["MatMul", "Add"] * 4,
                                   "Scan", "Unsqueeze", "Identity", "Sigmoid"]
 
@@ -222,7 +222,7 @@ def _computed_weight_model(from_input: bool) -> onnx.ModelProto:
 
 def test_an_lstm_whose_weights_are_computed_from_constants_is_written_out() -> None:
     model = _computed_weight_model(from_input=False)
-    lowered = lower_recurrent(model, FindOptions())
+    lowered = lower_recurrent(model, FindOptions()).model
     assert "LSTM" not in ops(lowered.graph) and "Scan" in ops(lowered.graph)
     feed = feeds(model)
     np.testing.assert_allclose(amos_onnx.session(lowered, native=False).run(None, feed)[0],
@@ -252,7 +252,7 @@ def test_an_lstm_inside_an_if_branch_is_written_out_there() -> None:
     graph.output[0].name = "z"
     branch.output[0].name = "z0"
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    lowered = lower_recurrent(model, FindOptions())
+    lowered = lower_recurrent(model, FindOptions()).model
     then = next(a.g for a in lowered.graph.node[0].attribute if a.name == "then_branch")
     assert "LSTM" not in ops(then) and "Scan" in ops(then)
     x = feeds(inner)["x"]
@@ -260,3 +260,11 @@ def test_an_lstm_inside_an_if_branch_is_written_out_there() -> None:
         feed = {"cond": np.array(cond), "x": x}
         np.testing.assert_allclose(amos_onnx.session(lowered, native=False).run(None, feed)[0],
                                    amos_onnx.session(model, native=False).run(None, feed)[0], atol=2e-6)
+
+
+def test_a_model_without_recurrent_ops_is_not_copied() -> None:
+    model = recurrent_model()
+    plain = helper.make_model(helper.make_graph([model.graph.node[0]], "g", list(model.graph.input),
+                                                [helper.make_tensor_value_info("r", F, None)]))
+    lowered = lower_recurrent(plain, FindOptions())
+    assert lowered.model is plain and not lowered.written and not lowered.left

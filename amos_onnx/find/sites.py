@@ -6,6 +6,7 @@ are found first; every node they do not claim goes through the per-op registry.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import onnx_graphsurgeon as gs
@@ -124,14 +125,14 @@ def node_id(node: gs.Node) -> str:
     return node.outputs[0].name if node.outputs else ""
 
 
-def _site(index: int, node: gs.Node, opset: int, options: FindOptions) -> Site | None:
+def _site(index: int, node: gs.Node, opset: int, options: FindOptions, left: Mapping[str, str]) -> Site | None:
     name = node.name or f"{node.op}_{index}"
     own = (node_id(node),)
     if node.domain == "com.microsoft" and node.op in QUANTIZED_ACTIVATIONS and node.inputs and node.outputs:
         return Site(name, node.op, node.inputs[0].name, node.outputs[0].name, None, QUANTIZED_REASON, own)
     if not node.domain and node.op in RECURRENT_ACTIVATIONS and node.inputs and node.outputs:
         y = next((t.name for t in node.outputs if t.name), "")
-        return Site(name, node.op, node.inputs[0].name, y, None, recurrent_reason(node, options), own)
+        return Site(name, node.op, node.inputs[0].name, y, None, recurrent_reason(node, left.get(own[0])), own)
     matcher = lookup(node.domain or "", node.op, opset)
     if matcher is None:
         return None
@@ -169,24 +170,25 @@ def _composite_sites(graph: gs.Graph, opset: int, options: FindOptions,
     return found, misses
 
 
-def find_sites(graph: gs.Graph, opset: int, options: FindOptions | None = None) -> tuple[list[Site], list[NearMiss]]:
+def find_sites(graph: gs.Graph, opset: int, options: FindOptions | None = None,
+               left: Mapping[str, str] | None = None) -> tuple[list[Site], list[NearMiss]]:
     """Every activation in the graph, its subgraphs (If, Loop, Scan bodies) included, and the near misses, in
     graph order. options.channel_axis: every site's channel axis (negative: from the end) instead of its input's
-    feature_axis."""
-    options = options or FindOptions()
+    feature_axis. `left`: why each recurrent op in the graph was not lowered, by node id (rewrite.recurrent)."""
+    options, left = options or FindOptions(), left or {}
     claimed: set[int] = set()
     found, misses = _composite_sites(graph, opset, options, claimed)
     for index, node in enumerate(graph.nodes):
         if index in claimed:
             continue
-        site = _site(index, node, opset, options)
+        site = _site(index, node, opset, options, left)
         if site is not None:
             found.append((index, site))
     sites = [site for _, site in sorted(found, key=lambda pair: pair[0])]
     for index, node in enumerate(graph.nodes):
         for attr, value in node.attrs.items():
             if isinstance(value, gs.Graph):
-                inner, inner_misses = find_sites(value, opset, options)
+                inner, inner_misses = find_sites(value, opset, options, left)
                 prefix = f"{node.name or f'{node.op}_{index}'}/{attr}"
                 path = (node_id(node), attr)
                 sites += [replace(s, name=f"{prefix}/{s.name}", graph=(path, *s.graph)) for s in inner]

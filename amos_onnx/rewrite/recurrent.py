@@ -10,22 +10,24 @@ the op with its default activations:
   Tanh(X W_h^T + r (H R_h^T + Rb_h) + Wb_h), H = h~ + z (H - h~);
 - RNN (i): H = Tanh(X W_i^T + H R_i^T + Wb_i + Rb_i).
 A reverse direction scans backwards and stacks its outputs in input order, as the op does. One this cannot lower
-exactly (find.recurrent.unsupported: sequence lengths, peepholes, other activations, ...) stays as it is, a site
-that does not convert, with the reason.
+exactly (unsupported(): sequence lengths, peepholes, other activations, ...), or whose activations --only/--skip
+leave out, stays as it is, a site that does not convert, with the reason the lowering gives (Lowered.left).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from amos_onnx.find.recurrent import RECURRENT_ACTIVATIONS, selected, unsupported
+from amos_onnx.find.recurrent import RECURRENT_ACTIVATIONS, activation_names
 from amos_onnx.load import default_opset, graph_constants
 from amos_onnx.options import FindOptions
-from amos_onnx.rewrite.graph import Names
+from amos_onnx.rewrite.graph import Names, _subgraphs, node_id
 
 GATES = {"LSTM": "iofc", "GRU": "zrh", "RNN": "i"}  # ONNX's order of each op's gates in W, R and B
 STATES = {"LSTM": ("h", "c"), "GRU": ("h",), "RNN": ("h",)}  # carried from step to step (initial_h, initial_c)
@@ -40,62 +42,101 @@ def _given(node: onnx.NodeProto, index: int) -> bool:
 
 
 FOLD_NODES = 64  # nodes a recurrent op's weight may be computed through from constants, at most, to be evaluated
+NOT_LOWERED = "not lowered to Scans of spiking gates"
 
 
-def lower_recurrent(model: onnx.ModelProto, options: FindOptions) -> onnx.ModelProto:
-    """`model` (not modified) with every recurrent op that can be lowered (find.recurrent: unsupported() is None,
-    and --only/--skip select its activations), in subgraphs too, replaced by its Scans; the model itself when there
-    is none."""
-    if not any(node.op_type in RECURRENT_ACTIVATIONS for node in every_node(model.graph)):
-        return model
+def unsupported(op: str, attrs: dict[str, object], inputs: list[str], constant: Callable[[str], bool]) -> str | None:
+    """Why recurrent op `op` with these attributes and inputs ("" where omitted) cannot be lowered exactly (None: it
+    can); `constant` tells an input held in the model file as float32 constants, or computed from them alone."""
+    given = [i < len(inputs) and inputs[i] != "" for i in range(8)]
+    acts, defaults = activation_names(attrs.get("activations")), RECURRENT_ACTIVATIONS[op]
+    why = [
+        ("its weights W and R are neither float32 constants held in the model file nor computed from them alone",
+         not all(given[i] and constant(inputs[i]) for i in (1, 2))),
+        ("its bias B is neither a float32 constant held in the model file nor computed from them alone",
+         given[3] and not constant(inputs[3])),
+        ("it has sequence lengths", given[4]),
+        ("it has peephole weights", op == "LSTM" and given[7]),
+        ("it clips its cell input", attrs.get("clip") is not None),
+        ("it couples its input and forget gates", bool(attrs.get("input_forget", 0))),
+        ("its layout is batch-first", bool(attrs.get("layout", 0))),
+        (f"its activations are {', '.join(acts)}", any(a != defaults[i % len(defaults)] for i, a in enumerate(acts))),
+        ("it has activation_alpha or activation_beta", attrs.get("activation_alpha") is not None
+         or attrs.get("activation_beta") is not None),
+    ]
+    found = [reason for reason, bad in why if bad]
+    return "; ".join(found) if found else None
+
+
+def selected(op: str, options: FindOptions) -> bool:
+    """Whether --only and --skip let the gates of recurrent op `op` (its activations' sites once lowered) convert."""
+    return all((options.only is None or act in options.only) and act not in (options.skip or ())
+               for act in set(RECURRENT_ACTIVATIONS[op]))
+
+
+@dataclass
+class Lowered:
+    """A model with its recurrent ops lowered: how many of each op were, and why each one left is not (by node id:
+    its first output)."""
+
+    model: onnx.ModelProto
+    written: Counter[str] = field(default_factory=Counter)
+    left: dict[str, str] = field(default_factory=dict)
+
+
+def lower_recurrent(model: onnx.ModelProto, options: FindOptions) -> Lowered:
+    """`model` (not modified) with every recurrent op that can be lowered (unsupported() is None, and --only/--skip
+    select its activations), in subgraphs too, replaced by its Scans; the model itself when there is none."""
+    if not any(node.op_type in RECURRENT_ACTIVATIONS for node in _every_node(model.graph)):
+        return Lowered(model)  # most models: no copy
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    return copy if _lower_graph(copy.graph, {}, Names(copy.graph), default_opset(copy), options) else model
+    done = Lowered(copy)
+    _lower_graph(copy.graph, {}, Names(copy.graph), default_opset(copy), options, done)
+    return done if done.written else Lowered(model, left=done.left)
 
 
-def every_node(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    """The graph's nodes and those of its subgraphs, nested."""
+def _every_node(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     for node in graph.node:
         yield node
         for sub in _subgraphs(node):
-            yield from every_node(sub)
-
-
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    return [g for a in node.attribute for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)]
+            yield from _every_node(sub)
 
 
 def _lower_graph(graph: onnx.GraphProto, outer: dict[str, onnx.TensorProto], names: Names, opset: int,
-                 options: FindOptions) -> bool:
+                 options: FindOptions, done: Lowered) -> None:
     """Lower the recurrent ops of `graph` and its subgraphs in place (`outer`: the constants of the scopes around
-    it); whether any was."""
+    it), counting them in `done` (and why those left are)."""
     constants = {**outer, **graph_constants(graph)}
     producers = {out: node for node in graph.node for out in node.output}
-    changed, nodes = False, []
+    nodes = []
     for node in graph.node:
         for sub in _subgraphs(node):
-            changed |= _lower_graph(sub, constants, names, opset, options)
-        weights = _weights(node, constants, producers, opset, options)
+            _lower_graph(sub, constants, names, opset, options, done)
+        if node.domain not in ("", "ai.onnx") or node.op_type not in RECURRENT_ACTIVATIONS:
+            nodes.append(node)
+            continue
+        weights, why = _weights(node, constants, producers, opset, options)
         if weights is None:
+            done.left[node_id(node)] = why
             nodes.append(node)
             continue
         made, inits = Lowering(node, weights, names, opset).nodes()
         nodes += made
         graph.initializer.extend(inits)
-        changed = True
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return changed
+        done.written[node.op_type] += 1
+    if done.written:
+        del graph.node[:]
+        graph.node.extend(nodes)
 
 
 def _weights(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto], producers: dict[str, onnx.NodeProto],
-             opset: int, options: FindOptions) -> dict[str, onnx.TensorProto] | None:
+             opset: int, options: FindOptions) -> tuple[dict[str, onnx.TensorProto] | None, str]:
     """A recurrent op's W, R and B by name when it can be lowered (held as constants, or computed from them alone
-    and evaluated here), else None."""
-    if node.domain not in ("", "ai.onnx") or node.op_type not in RECURRENT_ACTIVATIONS:
-        return None
+    and evaluated here), else None and why not."""
     if not selected(node.op_type, options):
-        return None
+        gates = " or ".join(sorted(set(RECURRENT_ACTIVATIONS[node.op_type])))
+        return None, f"--only or --skip leave out its gates' {gates}"
     found = {}
     for name in [n for n in node.input[1:4] if n]:
         tensor = constants.get(name)
@@ -105,7 +146,8 @@ def _weights(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto], produ
                 tensor.data_location != TensorProto.EXTERNAL:
             found[name] = tensor
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    return found if unsupported(node.op_type, attrs, list(node.input), found.__contains__) is None else None
+    why = unsupported(node.op_type, attrs, list(node.input), found.__contains__)
+    return (None, f"{NOT_LOWERED}: {why}") if why else (found, "")
 
 
 def _fold(name: str, constants: dict[str, onnx.TensorProto], producers: dict[str, onnx.NodeProto],
