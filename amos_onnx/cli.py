@@ -197,8 +197,10 @@ def report_command(original: str, converted: str, data: str | None, out: str, qu
     spikes = (f"mean spikes per gate {totals['mean_spikes_per_gate']:.3f}, spikes per input "
               f"{totals['spikes_per_input']:.1f}" if totals["mean_spikes_per_gate"] is not None else
               "no spikes counted (no AmosGate node: nothing converted, or gates written with --emit inline)")
+    inner = totals["gates_inside_subgraphs"]
+    where = f"; of the top-level graph's gates, not the {inner} inside If branches or Scan bodies" if inner else ""
     click.echo(f"{spikes}, latency {totals['latency_steps']} steps "
-               f"(pipelined: one input every {totals['pipelined_interval_steps']} steps)")
+               f"(pipelined: one input every {totals['pipelined_interval_steps']} steps{where})")
     click.echo(f"wrote {out}/report.json and {out}/report.md ({len(result['pictures'])} pictures)")
 
 

@@ -47,32 +47,39 @@ def _stacked(node: onnx.NodeProto, value: str, out: str, dtype: int) -> None:
 
 def expose_branches(model: onnx.ModelProto, sites: list[Site]) -> dict[str, str]:
     """In place: every converting site inside If branches and Scan bodies gets its input out as a graph output
-    (named amos/exposed/<i>/<level>), the If or Scan of each level taking an extra output (an If's branch holding the
-    site an Identity of it, the other an empty tensor of its type; a Scan's body an Identity of it, stacked). The
-    graph outputs added, with the samples key (Site.samples) of the site each carries."""
+    (named amos/exposed/<i>/<level>, expose_value). The graph outputs added, with the samples key (Site.samples) of
+    the site each carries."""
     names: dict[str, str] = {}
     inner_sites = [s for s in sites if s.converts and s.graph]
     for i, site in enumerate(inner_sites):
         chain = if_path(model.graph, site.graph)
         if chain is None or site.samples in names.values():
             continue
-        value = site.input
-        empty = numpy_helper.from_array(np.zeros(0, helper.tensor_dtype_to_np_dtype(site.dtype)))
-        for level, (node, attr) in reversed(list(enumerate(chain))):
-            out = f"amos/exposed/{i}/{level}"
-            if node.op_type == "Scan":
-                _stacked(node, value, out, site.dtype)
-                value = out
-                continue
-            for branch in (a for a in node.attribute if a.name in ("then_branch", "else_branch")):
-                held = f"{out}/{branch.name}"
-                if branch.name == attr:
-                    branch.g.node.append(helper.make_node("Identity", [value], [held]))
-                else:
-                    branch.g.node.append(helper.make_node("Constant", [], [held], value=empty))
-                branch.g.output.append(helper.make_tensor_value_info(held, site.dtype, None))
-            node.output.append(out)
-            value = out
-        model.graph.output.append(helper.make_tensor_value_info(value, site.dtype, None))
-        names[value] = site.samples
+        names[expose_value(model, chain, site.input, site.dtype, f"amos/exposed/{i}")] = site.samples
     return names
+
+
+def expose_value(model: onnx.ModelProto, chain: list[tuple[onnx.NodeProto, str]], value: str, dtype: int,
+                 prefix: str) -> str:
+    """In place: the tensor `value` of the subgraph at the end of `chain` (if_path's) out as a graph output, named
+    <prefix>/<level>: the If or Scan of each level takes an extra output (an If's branch holding the value an
+    Identity of it, the other an empty tensor of its type; a Scan's body an Identity of it, stacked). The graph
+    output's name."""
+    empty = numpy_helper.from_array(np.zeros(0, helper.tensor_dtype_to_np_dtype(dtype)))
+    for level, (node, attr) in reversed(list(enumerate(chain))):
+        out = f"{prefix}/{level}"
+        if node.op_type == "Scan":
+            _stacked(node, value, out, dtype)
+            value = out
+            continue
+        for branch in (a for a in node.attribute if a.name in ("then_branch", "else_branch")):
+            held = f"{out}/{branch.name}"
+            if branch.name == attr:
+                branch.g.node.append(helper.make_node("Identity", [value], [held]))
+            else:
+                branch.g.node.append(helper.make_node("Constant", [], [held], value=empty))
+            branch.g.output.append(helper.make_tensor_value_info(held, dtype, None))
+        node.output.append(out)
+        value = out
+    model.graph.output.append(helper.make_tensor_value_info(value, dtype, None))
+    return value

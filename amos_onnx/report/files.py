@@ -3,7 +3,8 @@
 Spikes come from running the converted model on data (per gate node: mean
 spikes per gate, share of gates that never fire, neurons and spikes per input);
 latency is the sum of K along the deepest path of gates, and a pipelined
-network takes one input every max-K steps. Synaptic operations (spikes times the
+network takes one input every max-K steps (the top-level graph's gates; those inside If
+branches and Scan bodies are counted in the spikes, not in the latency). Synaptic operations (spikes times the
 fan-out of the weights they reach) stand beside the original's multiply-accumulates
 (costs.py). Per layer, the gate's output is compared with the original network's
 tensor of the same name on the same inputs (the error accumulated up to that layer).
@@ -42,6 +43,15 @@ def latency(model: onnx.ModelProto) -> dict[str, int]:
     return {"latency_steps": deepest, "pipelined_interval_steps": max(ks.values(), default=0)}
 
 
+def _synaptic(gate: dict[str, object], fan_out: dict[str, float]) -> dict[str, float | None]:
+    """A gate's fan-out and synaptic operations per input: its spikes times the fan-out of the weights they reach
+    (report.costs.fan_outs, of the top-level graph's gates); None for a gate inside an If branch or Scan body."""
+    if gate.get("inside") is not None:
+        return {"fan_out": None, "synaptic_ops_per_input": None}
+    reach = fan_out.get(str(gate["output"]), 0.0)
+    return {"fan_out": reach, "synaptic_ops_per_input": float(gate["spikes_per_input"]) * reach}  # type: ignore[arg-type]
+
+
 def model_figures(model: onnx.ModelProto) -> dict[str, object]:
     """Size of a model: nodes by op type, parameter count and multiply-accumulates per input."""
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
@@ -53,16 +63,14 @@ def build(validation: ValidationReport, original: onnx.ModelProto, converted: on
           conversion: ConversionReport | None = None) -> dict[str, object]:
     """Every number of the report, as one JSON-ready dict."""
     fan_out = fan_outs(converted)
-    gates: list[dict[str, Any]] = [
-        {**g, "fan_out": fan_out.get(str(g["output"]), 0.0),
-         "synaptic_ops_per_input": float(g["spikes_per_input"]) * fan_out.get(str(g["output"]), 0.0)}  # type: ignore[arg-type]
-        for g in validation.gates]
+    gates: list[dict[str, Any]] = [{**g, **_synaptic(g, fan_out)} for g in validation.gates]
     totals = {
         "gates_per_input": sum(g["gates_per_input"] for g in gates),
         "neurons_per_input": sum(g["neurons_per_input"] for g in gates),
         "spikes_per_input": sum(g["spikes_per_input"] for g in gates),
         "mean_spikes_per_gate": validation.mean_spikes_per_gate,
-        "synaptic_ops_per_input": sum(g["synaptic_ops_per_input"] for g in gates),
+        "synaptic_ops_per_input": sum(g["synaptic_ops_per_input"] or 0.0 for g in gates),
+        "gates_inside_subgraphs": sum(g.get("inside") is not None for g in gates),
         **latency(converted),
     }
     validation_dict = json.loads(json.dumps(validation.to_dict()))
@@ -124,11 +132,19 @@ def markdown(data: dict, pictures: list[str], note: str | None) -> str:
     for g in data["gates"]:
         site = fits.get(str(g["node"]).removesuffix("/amos"), {})
         mse = f"{site['mse']:.3g}" if site.get("mse") is not None else "-"
+        synops = f"{g['synaptic_ops_per_input']:.4g}" if g["synaptic_ops_per_input"] is not None else "-"
         rmse = " | ".join(f"{g[key]:.3g}" if g.get(key) is not None else "-"
                           for key in ("layer_rmse", "layer_rmse_uncorrected")[:2 if both else 1])
         lines.append(f"| {g['node']} | {g['k']} | {g['gates_per_input']:.0f} | {g['mean_spikes_per_gate']:.3f} | "
-                     f"{g['silent_share']:.3f} | {g['spikes_per_input']:.1f} | {g['synaptic_ops_per_input']:.4g} | "
+                     f"{g['silent_share']:.3f} | {g['spikes_per_input']:.1f} | {synops} | "
                      f"{rmse} | {site.get('source') or '-'} | {mse} |")
+    inner = t.get("gates_inside_subgraphs", 0)
+    if inner:
+        lines += ["", f"{inner} of these gates are inside If branches or Scan bodies (a Scan's counted over all its "
+                  "steps): they are in the gates, neurons and spikes per input; synaptic operations and latency count "
+                  "the top-level graph's gates only."]
+    if v.get("uncounted_gates"):
+        lines += ["", f"Not counted: {v['uncounted_gates']} gates inside Loop bodies."]
     lines.append("")
     lines += [f"![{p}]({p})" for p in pictures]
     if note:
@@ -181,12 +197,12 @@ def _pictures(validation: ValidationReport, folder: Path, gates: list[dict],
     except ImportError:
         return [], "Pictures need matplotlib: `pip install amos-onnx[plot]`, then run the report again."
     counter = validation.counter
-    if counter is None or not counter.nodes:
+    if counter is None or not counter.gates:
         return [], None
     names = []
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(counter.nodes)), 4))
-    labels = [n.name for n in counter.nodes]
-    ax.bar(range(len(labels)), [counter.stats[n].mean_spikes for n in labels])
+    labels = counter.keys
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(labels)), 4))
+    ax.bar(range(len(labels)), [counter.stats[key].mean_spikes for key in labels])
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("mean spikes per gate")
     ax.set_title("Spikes per layer")
@@ -197,8 +213,8 @@ def _pictures(validation: ValidationReport, folder: Path, gates: list[dict],
     error = _error_picture(plt, gates, fits, folder)
     if error:
         names.append(error)
-    for i, node in enumerate(counter.nodes):
-        samples = counter.stats[node.name].samples.values
+    for i, key in enumerate(labels):
+        samples = counter.stats[key].samples.values
         if samples.size == 0:
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -207,14 +223,14 @@ def _pictures(validation: ValidationReport, folder: Path, gates: list[dict],
         ax2.set_yticks([])
         lo, hi = float(samples.min()), float(samples.max())
         x = np.linspace(lo - 0.1 * (hi - lo + 1e-6), hi + 0.1 * (hi - lo + 1e-6), 2000, dtype=np.float32)
-        params = counter.params[node.name]
+        params = counter.params[key]
         if params.axis is None:
             ax.plot(x, simulate(params, x)[0], color="C0", label=f"gate, K={params.k}")
         ax.set_zorder(ax2.get_zorder() + 1)
         ax.patch.set_visible(False)
         ax.set_xlabel("gate input (histogram: inputs seen)")
         ax.set_ylabel("gate output")
-        ax.set_title(node.name)
+        ax.set_title(key)
         fig.tight_layout()
         name = f"gate_{i:03d}.png"
         fig.savefig(folder / name, dpi=110)

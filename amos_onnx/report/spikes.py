@@ -1,4 +1,6 @@
-"""Spike statistics measured on a converted model's real gate inputs, per gate node."""
+"""Spike statistics measured on a converted model's real gate inputs, per gate node: the top-level graph's and
+those inside If branches and Scan bodies (their inputs brought out as calibration brings out a site's, a Scan's
+stacked over its steps); gates inside Loop bodies are not counted."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from amos_onnx.calibrate.branches import CARRIERS, expose_value, if_path
 from amos_onnx.calibrate.reservoir import Reservoir
 from amos_onnx.errors import ModelLoadError
 from amos_onnx.gate import GateParams, simulate
@@ -18,7 +21,83 @@ SAMPLE_CAP = 20_000  # gate inputs kept per gate for the pictures
 
 def gate_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The converted nodes (function form) of a model's top-level graph."""
-    return [n for n in model.graph.node if n.domain == emit.DOMAIN and n.op_type == emit.OP_TYPE]
+    return [n for n in model.graph.node if _is_gate(n)]
+
+
+def _is_gate(node: onnx.NodeProto) -> bool:
+    return node.domain == emit.DOMAIN and node.op_type == emit.OP_TYPE
+
+
+GraphPath = tuple[tuple[str, str], ...]  # the If/Scan nodes (first output) and graph attributes down to a subgraph
+
+
+@dataclass(frozen=True)
+class Counted:
+    """A gate node the counter counts: `key` names it in the counts (its node name; where that repeats, with the
+    If or Scan holding it, and a number where names still repeat), `value` is the run output holding its inputs
+    (its input at the top level, else the graph output exposed_model adds) and `scans` the Scans on its way up,
+    whose steps stack its inputs along axes ahead of its own."""
+
+    key: str
+    node: onnx.NodeProto
+    path: GraphPath
+    value: str
+    scans: int
+
+    @property
+    def inside(self) -> str | None:
+        """Where a gate in a subgraph is: "<If or Scan's first output> <attribute>" per level; None at top level."""
+        return " / ".join(f"{holder} {attr}" for holder, attr in self.path) or None
+
+
+def counted_gates(model: onnx.ModelProto) -> tuple[list[Counted], int]:
+    """The gates the counter counts, top-level first, and how many gates inside Loop bodies it cannot count."""
+    found = [(node, ()) for node in gate_nodes(model)] + list(_inner(model.graph, ()))
+    gates: list[Counted] = []
+    keys: set[str] = set()
+    loops = 0
+    for node, path in found:
+        chain = if_path(model.graph, path) if path else []
+        if chain is None:
+            loops += 1
+            continue
+        key = node.name
+        if key in keys:  # a name repeated in another branch or body
+            key = f"{key} (in {' / '.join(f'{holder} {attr}' for holder, attr in path)})" if path else key
+            key = key if key not in keys else f"{key} #{len(gates)}"
+        keys.add(key)
+        value = node.input[0] if not path else f"amos/spikes/{len(gates)}/0"  # expose_value's name for it
+        gates.append(Counted(key, node, path, value, sum(n.op_type == "Scan" for n, _ in chain)))
+    return gates, loops
+
+
+def _inner(graph: onnx.GraphProto, path: GraphPath) -> list[tuple[onnx.NodeProto, GraphPath]]:
+    found: list[tuple[onnx.NodeProto, GraphPath]] = []
+    for node in graph.node:
+        if path and _is_gate(node):
+            found.append((node, path))
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                # a Loop's path is kept too: if_path refuses it, so its gates are counted as not reachable
+                inner = (*path, (node.output[0] if node.output else "", attr.name))
+                found += _inner(attr.g, inner) if node.op_type in (*CARRIERS, "Loop") else []
+    return found
+
+
+def exposed_model(model: onnx.ModelProto, gates: list[Counted]) -> onnx.ModelProto:
+    """A copy of the model whose graph outputs also bring out the inputs of the gates inside subgraphs (each as its
+    Counted.value); the model itself when there are none."""
+    inner = [g for g in gates if g.path]
+    if not inner:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for gate in inner:
+        chain = if_path(copy.graph, gate.path)
+        assert chain is not None
+        made = expose_value(copy, chain, gate.node.input[0], onnx.TensorProto.FLOAT, gate.value.removesuffix("/0"))
+        assert made == gate.value
+    return copy
 
 
 def gate_params(node: onnx.NodeProto) -> GateParams:
@@ -48,6 +127,7 @@ class GateStats:
     input: str
     k: int
     output: str = ""
+    inside: str | None = None  # the If branch or Scan body holding it (Counted.inside); None at top level
     spikes: int = 0  # neurons that fired, summed over all gate evaluations
     evaluations: int = 0  # gate evaluations: elements times samples
     silent: int = 0  # evaluations in which no neuron fired
@@ -68,7 +148,7 @@ class GateStats:
     def to_dict(self, samples: int) -> dict[str, object]:
         per_input = self.evaluations / max(samples, 1)
         measured = self.error_count > 0
-        return {"node": self.node, "input": self.input, "output": self.output, "k": self.k,
+        return {"node": self.node, "input": self.input, "output": self.output, "inside": self.inside, "k": self.k,
                 "gates_per_input": per_input, "neurons_per_input": per_input * self.k,
                 "spikes_per_input": self.spikes / max(samples, 1), "mean_spikes_per_gate": self.mean_spikes,
                 "silent_share": self.silent_share,
@@ -77,40 +157,51 @@ class GateStats:
 
 
 class SpikeCounter:
-    """Counts spikes of every gate node from the inputs the gates receive, batch by batch."""
+    """Counts spikes of every gate node (counted_gates) from the inputs the gates receive, batch by batch: the runs
+    are of exposed_model(model, counter.gates), whose outputs hold the inputs of the gates inside subgraphs."""
 
     def __init__(self, model: onnx.ModelProto, seed: int = 0) -> None:
         """seed: of each gate's sample reservoir (counters of different shards of the data need their own)."""
-        self.nodes = gate_nodes(model)
-        self.params = {n.name: gate_params(n) for n in self.nodes}
-        self.stats = {n.name: GateStats(n.name, n.input[0], self.params[n.name].k, n.output[0],
-                                        samples=Reservoir(SAMPLE_CAP, np.random.default_rng(seed)))
-                      for n in self.nodes}
+        self.gates, self.uncounted = counted_gates(model)
+        self.params = {g.key: _stacked(gate_params(g.node), g.scans) for g in self.gates}
+        self.stats = {g.key: GateStats(g.key, g.node.input[0], self.params[g.key].k, g.node.output[0], g.inside,
+                                       samples=Reservoir(SAMPLE_CAP, np.random.default_rng(seed)))
+                      for g in self.gates}
+
+    @property
+    def keys(self) -> list[str]:
+        return [g.key for g in self.gates]
 
     @property
     def inputs(self) -> list[str]:
-        return list(dict.fromkeys(n.input[0] for n in self.nodes))
+        """The run outputs (or model inputs) holding the gates' inputs."""
+        return list(dict.fromkeys(g.value for g in self.gates))
 
     @property
     def outputs(self) -> list[str]:
-        return list(dict.fromkeys(n.output[0] for n in self.nodes))
+        """The top-level gates' outputs (the tensors a layer's error is measured at)."""
+        return list(dict.fromkeys(g.node.output[0] for g in self.gates if not g.path))
 
     def compare(self, converted: dict[str, np.ndarray], original: dict[str, np.ndarray]) -> None:
         """Accumulate each gate output's error against the original network's tensor of the same name."""
-        for node in self.nodes:
-            name = node.output[0]
-            if name in converted and name in original and converted[name].shape == original[name].shape:
+        for gate in self.gates:
+            name = gate.node.output[0]
+            if gate.path or name not in converted or name not in original:
+                continue
+            if converted[name].shape == original[name].shape:
                 err = converted[name].astype(np.float64) - original[name].astype(np.float64)
-                stats = self.stats[node.name]
+                stats = self.stats[gate.key]
                 stats.error_sq += float(np.sum(err**2))
                 stats.error_count += err.size
                 stats.error_max = max(stats.error_max, float(np.max(np.abs(err), initial=0.0)))
 
     def add(self, values: dict[str, np.ndarray]) -> None:
-        for node in self.nodes:
-            x = values[node.input[0]]
-            _, s = simulate(self.params[node.name], x)
-            stats = self.stats[node.name]
+        for gate in self.gates:
+            x = values[gate.value]
+            if x.size == 0:  # an If's branch not taken
+                continue
+            _, s = simulate(self.params[gate.key], x)
+            stats = self.stats[gate.key]
             stats.spikes += int(s.sum())
             stats.evaluations += s.size
             stats.silent += int(np.count_nonzero(s == 0))
@@ -129,9 +220,17 @@ class SpikeCounter:
             stats.samples.merge(theirs.samples)
 
     def mean_spikes(self) -> float | None:
-        if not self.nodes:
+        if not self.gates:
             return None
         return sum(s.spikes for s in self.stats.values()) / max(sum(s.evaluations for s in self.stats.values()), 1)
+
+
+def _stacked(params: GateParams, scans: int) -> GateParams:
+    """A gate's parameters for its inputs stacked over `scans` Scans' steps: a per-channel axis counted from the
+    front moves back by one per Scan."""
+    if params.axis is None or params.axis < 0 or scans == 0:
+        return params
+    return GateParams(params.thresholds, params.resets, params.weights, axis=params.axis + scans)
 
 
 def with_spike_totals(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[tuple[str, str, str]]]:

@@ -27,7 +27,7 @@ from amos_onnx.data.progress import Progress
 from amos_onnx.errors import ModelLoadError
 from amos_onnx.load import load_model
 from amos_onnx.options import RayOptions
-from amos_onnx.report.spikes import SpikeCounter
+from amos_onnx.report.spikes import SpikeCounter, exposed_model
 from amos_onnx.report.tally import OutputTally
 from amos_onnx.runtime import run_checked, user_session, uses_native
 
@@ -65,6 +65,7 @@ class ValidationReport:
     mean_spikes_per_gate: float | None = None
     spikes_per_site: dict[str, float] = field(default_factory=dict)
     gates: list[dict[str, object]] = field(default_factory=list)  # per gate node: spikes, silent share, neurons
+    uncounted_gates: int = 0  # gate nodes inside Loop bodies, whose inputs cannot be brought out
     counter: SpikeCounter | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -79,8 +80,11 @@ class ValidationReport:
             lines.append(f"accuracy: original {100 * self.accuracy_original:.2f}%, "
                          f"spiking {100 * (self.accuracy_converted or 0):.2f}%")
         if self.mean_spikes_per_gate is not None:
+            inner = sum(g.get("inside") is not None for g in self.gates)
             lines.append(f"mean spikes per gate: {self.mean_spikes_per_gate:.3f} over {len(self.spikes_per_site)} "
-                         "gate nodes")
+                         "gate nodes" + (f" ({inner} inside If branches or Scan bodies)" if inner else ""))
+        if self.uncounted_gates:
+            lines.append(f"not counted: {self.uncounted_gates} gate nodes inside Loop bodies")
         return lines
 
     def to_dict(self) -> dict[str, object]:
@@ -181,7 +185,8 @@ class Comparison:
 
     def sessions(self) -> tuple[Any, Any]:
         if self._sessions is None:
-            probe = exposed(self.conv_model, dict.fromkeys(self.watched, TensorProto.FLOAT))
+            probe = exposed(exposed_model(self.conv_model, self.counter().gates),
+                            dict.fromkeys(self.watched, TensorProto.FLOAT))
             orig = exposed(self.orig_model, dict.fromkeys(self.layer_names, TensorProto.FLOAT))
             threads = parallel.RUN_THREADS  # the two models' runs side by side, _width() at once
             self._sessions = (
@@ -246,5 +251,6 @@ def validate(original: str | Path, converted: str | Path, data: DataSource | Non
     report.mean_spikes_per_gate = counter.mean_spikes()
     report.spikes_per_site = {name: st.mean_spikes for name, st in counter.stats.items()}
     report.gates = [st.to_dict(measured.samples) for st in counter.stats.values()]
+    report.uncounted_gates = counter.uncounted
     report.counter = counter
     return report
