@@ -25,7 +25,8 @@ from amos_onnx.find.sites import Site
 from amos_onnx.fit.change import MEASURED_TYPES, Runs
 from amos_onnx.fit.site_fit import SiteFit
 from amos_onnx.options import EmitForm
-from amos_onnx.parallel import RUN_THREADS, threads_map
+from amos_onnx.parallel import RUN_THREADS, cpus, threads_map
+from amos_onnx.rewrite.fanned import fanned_model, group_size
 from amos_onnx.rewrite.graph import Emitter, node_id
 from amos_onnx.runtime import run_checked, user_session
 
@@ -172,9 +173,15 @@ def site_effects(p: Plan, measured: list[Site], fit_sets: list[dict[str, SiteFit
     label = f"{p.model_path} (focus)"
     base: Runs | None = None
     every: list[dict[str, Change]] = []
+    alone = all(len(members) == 1 for members in groups.values())
+    size = group_size(p.model, p.judged, sum(map(sample_count, kept))) if alone else 0
     for fits, labels in zip(fit_sets, wanted):
         if not labels:
             every.append({})
+            continue
+        fanned = _fanned(p, measured, fits, [groups[g] for g in labels], feeds, change, size) if size else None
+        if fanned is not None:
+            every.append(dict(zip(labels, fanned)))
             continue
         mixed, switches = switched_model(p.model, measured, fits, p.options.emit, p.judged)
         sess = user_session(mixed, label, folder=p.model_path.parent, threads=RUN_THREADS)
@@ -183,14 +190,50 @@ def site_effects(p: Plan, measured: list[Site], fit_sets: list[dict[str, SiteFit
         if not outputs:
             return [], 0
 
-        def run(on: frozenset[str]) -> Runs:
+        def run(on: frozenset[str], side_by_side: bool = False) -> Runs:
             flags = {name: np.array(site in on) for site, name in switches.items()}  # noqa: B023 (run here)
-            return [run_checked(sess, outputs, {**feed, **flags}, label) for feed in feeds]  # noqa: B023
+            one = lambda feed: run_checked(sess, outputs, {**feed, **flags}, label)  # noqa: B023, E731
+            return threads_map(one, feeds) if side_by_side else [one(feed) for feed in feeds]
 
-        base = run(frozenset()) if base is None else base  # every set's model computes the original, gates off
-        changes = threads_map(lambda on: change(base, run(on)), [groups[g] for g in labels])  # noqa: B023 (run here)
+        # Every set's model computes the original with its gates off. Runs go side by side: a set's groups when
+        # there are more than one, else the feeds of its one group's run (the budget's final comparison).
+        base = run(frozenset(), True) if base is None else base
+        if len(labels) > 1:
+            changes = threads_map(lambda on: change(base, run(on)), [groups[g] for g in labels])  # noqa: B023
+        else:
+            changes = [change(base, run(groups[next(iter(labels))], True))]
         every.append(dict(zip(labels, changes)))
     return every, sum(map(sample_count, kept))
+
+
+def _fanned(p: Plan, measured: list[Site], fits: dict[str, SiteFit], alone: list[frozenset[str]],
+            feeds: list[dict[str, np.ndarray]], change: Callable[[Runs, Runs], Change],
+            size: int) -> list[Change] | None:
+    """change(outputs without gates, outputs with one site's gate) for each site in `alone` (one each), from fanned
+    models (rewrite.fanned) of at most `size` sites, at least one per CPU side by side; None where a fanned model cannot
+    be made (the switched model measures those)."""
+    by_name = {s.name: s for s in measured}
+    sites = [by_name[next(iter(members))] for members in alone]
+    parts = max(-(-len(sites) // size), min(cpus(), len(sites)))
+    label = f"{p.model_path} (focus)"
+
+    def measure(part: list[Site]) -> dict[str, Change] | None:
+        made = fanned_model(p.model, part, {s.name: fits[s.name].params for s in part}, p.options.emit, p.judged)
+        if made is None:
+            return None
+        model, outputs = made
+        sess = user_session(model, label, folder=p.model_path.parent, threads=RUN_THREADS)
+        names = [o.name for o in sess.get_outputs()]
+        runs = [dict(zip(names, run_checked(sess, names, feed, label))) for feed in feeds]
+        base = [[run[name] for name, _ in p.judged] for run in runs]
+        return {site.name: change(base, [[run[name] for name in outputs[site.name]] for run in runs])
+                for site in part}
+
+    found = threads_map(measure, [sites[i::parts] for i in range(parts)])
+    if any(part is None for part in found):
+        return None
+    merged = {name: value for part in found for name, value in (part or {}).items()}
+    return [merged[site.name] for site in sites]
 
 
 def chosen(effect: Effects, fits: dict[str, SiteFit]) -> set[str]:
