@@ -46,8 +46,13 @@ class Counted:
 
     @property
     def inside(self) -> str | None:
-        """Where a gate in a subgraph is: "<If or Scan's first output> <attribute>" per level; None at top level."""
-        return " / ".join(f"{holder} {attr}" for holder, attr in self.path) or None
+        """Where a gate in a subgraph is (_where); None at top level."""
+        return _where(self.path) or None
+
+
+def _where(path: GraphPath) -> str:
+    """"<If or Scan's first output> <attribute>" per level of a path."""
+    return " / ".join(f"{holder} {attr}" for holder, attr in path)
 
 
 def counted_gates(model: onnx.ModelProto) -> tuple[list[Counted], int]:
@@ -63,7 +68,7 @@ def counted_gates(model: onnx.ModelProto) -> tuple[list[Counted], int]:
             continue
         key = node.name
         if key in keys:  # a name repeated in another branch or body
-            key = f"{key} (in {' / '.join(f'{holder} {attr}' for holder, attr in path)})" if path else key
+            key = f"{key} (in {_where(path)})" if path else key
             key = key if key not in keys else f"{key} #{len(gates)}"
         keys.add(key)
         value = node.input[0] if not path else f"amos/spikes/{len(gates)}/0"  # expose_value's name for it
