@@ -56,17 +56,16 @@ def test_the_gates_of_the_if_branch_that_ran_are_counted_and_the_other_s_saw_not
 
 def test_a_per_channel_gate_in_a_scan_body_is_counted_over_every_step(tmp_path: Path) -> None:
     """A Scan over axis 1 of x (N, T, 4): acc <- Elu(acc + x[:, t]), its Elu a per-channel gate on axis 1. The
-    counter sees the gate's inputs stacked over the steps (T, N, 4), its channel axis moved to 2; its spikes equal the
-    recurrence run by hand step by step with the gate's own parameters, and the report leaves the gate out of the
-    synaptic operations, saying so."""
+    counter sees the gate's inputs stacked over the steps (T, N, 4) and merges the steps into the first axis, the
+    channels staying on axis 1; its spikes equal the recurrence run by hand step by step with the gate's own
+    parameters, and the report leaves the gate out of the synaptic operations, saying so."""
     rng = np.random.default_rng(0)
     init, x = rng.normal(0, 1, (6, 4)).astype(np.float32), rng.normal(0, 1, (6, 5, 4)).astype(np.float32)
     out = _converted(batched_scan_model(), tmp_path, {"init": init, "x": x}, k=8, per_channel=True)
     counter = SpikeCounter(onnx.load(str(out)))
     (gate,) = counter.gates
-    assert (gate.scans, counter.params[gate.key].axis) == (1, 2)
-    params = gate_params(gate.node)
-    assert params.axis == 1
+    params = counter.params[gate.key]
+    assert (gate.scans, params.axis) == (1, 1)
     acc, spikes = init, 0
     for t in range(x.shape[1]):
         acc, s = simulate(params, acc + x[:, t])

@@ -28,9 +28,19 @@ def if_path(graph: onnx.GraphProto, path: tuple[tuple[str, str], ...]) -> list[t
 
 
 def stacked_axes(graph: onnx.GraphProto, site: Site) -> int:
-    """The axes the Scans on a site's way up stack its exposed samples along, ahead of its own (one per Scan)."""
-    chain = if_path(graph, site.graph) or []
+    """The axes the Scans on a site's way up stack its exposed samples along, ahead of its own (scans_in)."""
+    return scans_in(if_path(graph, site.graph) or [])
+
+
+def scans_in(chain: list[tuple[onnx.NodeProto, str]]) -> int:
+    """The Scans of an if_path chain: each stacks what leaves its body along one more leading axis."""
     return sum(node.op_type == "Scan" for node, _ in chain)
+
+
+def merged_steps(value: np.ndarray, stacked: int) -> np.ndarray:
+    """A tensor brought out of a subgraph with `stacked` leading axes (the per-step outputs of the Scans around it)
+    merged into the tensor's own first axis, so that its other axes (a channel axis) stay where they are inside."""
+    return value.reshape((-1, *value.shape[stacked + 1:])) if stacked and value.ndim > stacked else value
 
 
 def _stacked(node: onnx.NodeProto, value: str, out: str, dtype: int) -> None:

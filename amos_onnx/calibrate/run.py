@@ -14,7 +14,7 @@ import onnx
 from onnx import helper
 
 from amos_onnx import parallel
-from amos_onnx.calibrate.branches import expose_branches, stacked_axes
+from amos_onnx.calibrate.branches import expose_branches, merged_steps, stacked_axes
 from amos_onnx.calibrate.reservoir import Reservoir
 from amos_onnx.data.dataset import Dataset, read_ahead, sample_count
 from amos_onnx.data.inputs import BatchAxes, batch_size, model_layout, rows, sliceable, whole_batches
@@ -161,17 +161,11 @@ class Sampler:
 
         def run() -> _Outputs:
             values = run_checked(self._sess, outputs, laid_out, self.label) if outputs else []
-            sampled = [(self.inner.get(name, name), _merged(value, self.stacked.get(name, 0)))
+            sampled = [(self.inner.get(name, name), merged_steps(value, self.stacked.get(name, 0)))
                        for name, value in zip(outputs, values)]
             return values, sampled + [(name, laid_out[name]) for name in self.tensors if name in feed]
 
         return run
-
-
-def _merged(value: np.ndarray, stacked: int) -> np.ndarray:
-    """A site's exposed samples with the `stacked` leading axes (per-step outputs of the Scans around it) merged into
-    the site's own first axis."""
-    return value.reshape((-1, *value.shape[stacked + 1:])) if stacked and value.ndim > stacked else value
 
 
 def calibrate(

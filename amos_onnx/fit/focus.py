@@ -173,13 +173,13 @@ def site_effects(p: Plan, measured: list[Site], fit_sets: list[dict[str, SiteFit
     label = f"{p.model_path} (focus)"
     base: Runs | None = None
     every: list[dict[str, Change]] = []
-    alone = all(len(members) == 1 for members in groups.values())
-    size = group_size(p.model, p.judged, sum(map(sample_count, kept))) if alone else 0
+    singles = all(len(members) == 1 for members in groups.values())
+    size = group_size(p.model, p.judged, sum(map(sample_count, kept))) if singles else 0
     for fits, labels in zip(fit_sets, wanted):
         if not labels:
             every.append({})
             continue
-        fanned = _fanned(p, measured, fits, [groups[g] for g in labels], feeds, change, size) if size else None
+        fanned = _fanned(p, measured, fits, [groups[g] for g in labels], feeds, change, size, label) if size else None
         if fanned is not None:
             every.append(dict(zip(labels, fanned)))
             continue
@@ -208,14 +208,13 @@ def site_effects(p: Plan, measured: list[Site], fit_sets: list[dict[str, SiteFit
 
 def _fanned(p: Plan, measured: list[Site], fits: dict[str, SiteFit], alone: list[frozenset[str]],
             feeds: list[dict[str, np.ndarray]], change: Callable[[Runs, Runs], Change],
-            size: int) -> list[Change] | None:
+            size: int, label: str) -> list[Change] | None:
     """change(outputs without gates, outputs with one site's gate) for each site in `alone` (one each), from fanned
     models (rewrite.fanned) of at most `size` sites, at least one per CPU side by side; None where a fanned model cannot
     be made (the switched model measures those)."""
     by_name = {s.name: s for s in measured}
     sites = [by_name[next(iter(members))] for members in alone]
     parts = max(-(-len(sites) // size), min(cpus(), len(sites)))
-    label = f"{p.model_path} (focus)"
 
     def measure(part: list[Site]) -> dict[str, Change] | None:
         made = fanned_model(p.model, part, {s.name: fits[s.name].params for s in part}, p.options.emit, p.judged)

@@ -70,7 +70,7 @@ def build(validation: ValidationReport, original: onnx.ModelProto, converted: on
         "spikes_per_input": sum(g["spikes_per_input"] for g in gates),
         "mean_spikes_per_gate": validation.mean_spikes_per_gate,
         "synaptic_ops_per_input": sum(g["synaptic_ops_per_input"] or 0.0 for g in gates),
-        "gates_inside_subgraphs": sum(g.get("inside") is not None for g in gates),
+        "gates_inside_subgraphs": validation.gates_inside,
         **latency(converted),
     }
     validation_dict = json.loads(json.dumps(validation.to_dict()))

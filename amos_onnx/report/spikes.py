@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from amos_onnx.calibrate.branches import CARRIERS, expose_value, if_path
+from amos_onnx.calibrate.branches import CARRIERS, expose_value, if_path, merged_steps, scans_in
 from amos_onnx.calibrate.reservoir import Reservoir
 from amos_onnx.errors import ModelLoadError
 from amos_onnx.gate import GateParams, simulate
@@ -36,7 +36,8 @@ class Counted:
     """A gate node the counter counts: `key` names it in the counts (its node name; where that repeats, with the
     If or Scan holding it, and a number where names still repeat), `value` is the run output holding its inputs
     (its input at the top level, else the graph output exposed_model adds) and `scans` the Scans on its way up,
-    whose steps stack its inputs along axes ahead of its own."""
+    whose steps stack its inputs along axes ahead of its own (merged into its first axis when counted, as
+    calibration merges a site's)."""
 
     key: str
     node: onnx.NodeProto
@@ -72,7 +73,7 @@ def counted_gates(model: onnx.ModelProto) -> tuple[list[Counted], int]:
             key = key if key not in keys else f"{key} #{len(gates)}"
         keys.add(key)
         value = node.input[0] if not path else f"amos/spikes/{len(gates)}/0"  # expose_value's name for it
-        gates.append(Counted(key, node, path, value, sum(n.op_type == "Scan" for n, _ in chain)))
+        gates.append(Counted(key, node, path, value, scans_in(chain)))
     return gates, loops
 
 
@@ -168,7 +169,7 @@ class SpikeCounter:
     def __init__(self, model: onnx.ModelProto, seed: int = 0) -> None:
         """seed: of each gate's sample reservoir (counters of different shards of the data need their own)."""
         self.gates, self.uncounted = counted_gates(model)
-        self.params = {g.key: _stacked(gate_params(g.node), g.scans) for g in self.gates}
+        self.params = {g.key: gate_params(g.node) for g in self.gates}
         self.stats = {g.key: GateStats(g.key, g.node.input[0], self.params[g.key].k, g.node.output[0], g.inside,
                                        samples=Reservoir(SAMPLE_CAP, np.random.default_rng(seed)))
                       for g in self.gates}
@@ -202,7 +203,7 @@ class SpikeCounter:
 
     def add(self, values: dict[str, np.ndarray]) -> None:
         for gate in self.gates:
-            x = values[gate.value]
+            x = merged_steps(values[gate.value], gate.scans)  # a Scan's steps merged into the first axis
             if x.size == 0:  # an If's branch not taken
                 continue
             _, s = simulate(self.params[gate.key], x)
@@ -228,14 +229,6 @@ class SpikeCounter:
         if not self.gates:
             return None
         return sum(s.spikes for s in self.stats.values()) / max(sum(s.evaluations for s in self.stats.values()), 1)
-
-
-def _stacked(params: GateParams, scans: int) -> GateParams:
-    """A gate's parameters for its inputs stacked over `scans` Scans' steps: a per-channel axis counted from the
-    front moves back by one per Scan."""
-    if params.axis is None or params.axis < 0 or scans == 0:
-        return params
-    return GateParams(params.thresholds, params.resets, params.weights, axis=params.axis + scans)
 
 
 def with_spike_totals(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[tuple[str, str, str]]]:

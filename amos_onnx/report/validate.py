@@ -72,6 +72,11 @@ class ValidationReport:
     def passed(self) -> bool:
         return all(o.passed for o in self.outputs)
 
+    @property
+    def gates_inside(self) -> int:
+        """The gate nodes counted inside If branches and Scan bodies."""
+        return sum(g.get("inside") is not None for g in self.gates)
+
     def lines(self) -> list[str]:
         ran = "native op" if self.native else "function form"
         lines = [f"inputs: {self.data}, {self.samples} samples; converted model ran the {ran}"]
@@ -80,7 +85,7 @@ class ValidationReport:
             lines.append(f"accuracy: original {100 * self.accuracy_original:.2f}%, "
                          f"spiking {100 * (self.accuracy_converted or 0):.2f}%")
         if self.mean_spikes_per_gate is not None:
-            inner = sum(g.get("inside") is not None for g in self.gates)
+            inner = self.gates_inside
             lines.append(f"mean spikes per gate: {self.mean_spikes_per_gate:.3f} over {len(self.spikes_per_site)} "
                          "gate nodes" + (f" ({inner} inside If branches or Scan bodies)" if inner else ""))
         if self.uncounted_gates:
