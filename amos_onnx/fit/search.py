@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from amos_onnx.fit.blocks import Problem, descend, rest, solve_weights, total_cost
+from amos_onnx.fit.grids import GRID_FLOOR, Grids, dense, finite, problem, quality_grid, ranks
 from amos_onnx.fit.starts import stopped_top, structured_starts
-from amos_onnx.fit.tails import TAIL_WEIGHT, open_bottom, tail_excursion, tail_points
+from amos_onnx.fit.tails import open_bottom, tail_excursion
 from amos_onnx.gate import GateParams, simulate
 
 log = logging.getLogger(__name__)
@@ -40,52 +41,6 @@ class FitResult:
     mean_spikes: float
     lo: float
     hi: float
-
-
-# Share of a calibrated fit's loss on a uniform grid over the whole range (the default of convert's
-# --range-weight), so inputs rarer than the samples show still count; a larger share buys the top of the range
-# with resolution where the data is.
-GRID_FLOOR = 0.01
-
-
-def _finite(samples: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """A fit's samples as float64 without NaN or infinities, as given and sorted (sorted once for every set)."""
-    if samples is None:
-        return np.empty(0), np.empty(0)
-    s = samples.astype(np.float64).ravel()
-    s = s[np.isfinite(s)]
-    return s, np.sort(s)
-
-
-def _ranks(finite: np.ndarray) -> np.ndarray | None:
-    """Where the local search's kicks aim: 257 quantiles of the finite samples (None without samples)."""
-    return np.quantile(finite, np.linspace(0, 1, 257)) if finite.size else None
-
-
-def _problem(func: Func, lo: float, hi: float, samples: tuple[np.ndarray, np.ndarray], lam: float, points: int,
-             tails: bool = False, sort: bool = True, floor: float = GRID_FLOOR) -> Problem:
-    """Training points: the range grid alone, or samples (1 - floor of the weight) plus the grid as a floor;
-    with `tails`, where f saturates beyond the range, points out there too (TAIL_WEIGHT). `samples`: _finite's.
-    `sort`: by x, for the descents' sorts of membranes (a set only scored need not be)."""
-    grid = np.linspace(lo, hi, points)
-    s, ordered = samples
-    if s.size == 0:
-        x, w = grid, np.full(grid.size, 1.0 / grid.size)
-    else:
-        if s.size > points:  # evenly spaced ranks: the samples' distribution without a draw's noise
-            s = ordered[np.linspace(0, s.size - 1, points).round().astype(np.int64)]
-        x = np.concatenate([s, grid])
-        w = np.concatenate([np.full(s.size, (1 - floor) / s.size), np.full(grid.size, floor / grid.size)])
-    tail = tail_points(func, lo, hi) if tails else np.empty(0)
-    if tail.size:
-        x = np.concatenate([x, tail])
-        w = np.concatenate([w * (1 - TAIL_WEIGHT), np.full(tail.size, TAIL_WEIGHT / tail.size)])
-    if sort:  # the fitter's sorts of membranes then find a few long runs
-        order = np.argsort(x, kind="stable")
-        x, w = x[order], w[order]
-    with np.errstate(over="ignore"):
-        target = func(x).astype(np.float64)
-    return Problem(x=x, target=target, w=w, lam=lam)
 
 
 def _kick(rng: np.random.Generator, T: np.ndarray, h: np.ndarray, d: np.ndarray, lo: float, hi: float,
@@ -150,11 +105,15 @@ def _mend_slivers(fine: Problem, dense: Problem, T: np.ndarray, h: np.ndarray, d
         descend(Problem(x, target, w / w.sum(), fine.lam), T, h, d, scale, sweeps=2)
 
 
-def evaluate(params: GateParams, func: Func, lo: float, hi: float, points: int = 200_001) -> tuple[float, float, float]:
-    """MSE, max abs error and mean spikes of the float32 gate on a dense uniform grid."""
-    grid = np.linspace(lo, hi, points, dtype=np.float32)
+QUALITY_POINTS = 200_001
+
+
+def evaluate(params: GateParams, func: Func, lo: float, hi: float, points: int = QUALITY_POINTS,
+             grids: Grids | None = None) -> tuple[float, float, float]:
+    """MSE, max abs error and mean spikes of the float32 gate on a dense uniform grid (`grids`' when given)."""
+    grid, f = grids.quality_grid(points) if grids is not None else quality_grid(func, lo, hi, points)
     y, s = simulate(params, grid)
-    err = y.astype(np.float64) - func(grid.astype(np.float64))
+    err = y.astype(np.float64) - f
     return float(np.mean(err**2)), float(np.max(np.abs(err))), float(np.mean(s))
 
 
@@ -170,8 +129,8 @@ def refine(func: Func, lo: float, hi: float, samples: np.ndarray, start: GatePar
     The start is kept unless the refit costs less on the fine set without leaving f's range beyond it (where f
     saturates) by more than the start does. range_weight: the share of the loss on a uniform grid over [lo, hi]
     (Search.range_weight)."""
-    prepared = _finite(samples)
-    coarse = _problem(func, lo, hi, prepared, spike_penalty, 2049, floor=range_weight)
+    prepared = finite(samples)
+    coarse = problem(func, lo, hi, prepared, spike_penalty, 2049, floor=range_weight)
     k = start.k
     candidates = [_arrays(start)]
     core_lo, core_hi = (float(q) for q in np.quantile(samples, [0.001, 0.999]))
@@ -189,14 +148,11 @@ def refine(func: Func, lo: float, hi: float, samples: np.ndarray, start: GatePar
         descended.append((descend(coarse, T, h, d, hi - lo, sweeps=6), len(descended), (T, h, d)))
     T, h, d = min(descended, key=lambda r: (r[0], r[1]))[2]
     if kicks:
-        where = _ranks(samples[np.isfinite(samples)])
+        where = ranks(samples[np.isfinite(samples)])
         T, h, d = _search(coarse, (T, h, d), lo, hi, kicks, float("inf"), np.random.default_rng(seed), where)
-    fine = _problem(func, lo, hi, prepared, spike_penalty, 8193, floor=range_weight)
+    fine = problem(func, lo, hi, prepared, spike_penalty, 8193, floor=range_weight)
     descend(fine, T, h, d, hi - lo, sweeps=3)
-    with np.errstate(over="ignore"):
-        dense_x = np.linspace(lo, hi, REFINE_SLIVER_POINTS)
-        dense = Problem(dense_x, func(dense_x).astype(np.float64), np.full(dense_x.size, 1.0 / dense_x.size), 0.0)
-    _mend_slivers(fine, dense, T, h, d, hi - lo)
+    _mend_slivers(fine, dense(func, lo, hi, REFINE_SLIVER_POINTS), T, h, d, hi - lo)
     refit = open_bottom(GateParams(T, h, d), func, lo, hi)
     was, now = (_arrays(g) for g in (start, refit))
     if total_cost(fine, *now) >= total_cost(fine, *was):
@@ -276,20 +232,19 @@ def _best_start(coarse: Problem, starts: list[tuple[np.ndarray, ...]], search: S
     return chosen, raw[chosen], start
 
 
-def _finish(func: Func, lo: float, hi: float, problems: tuple[Problem, Problem], candidates: list[Params]) -> Params:
+def _finish(grids: Grids, problems: tuple[Problem, Problem], candidates: list[Params]) -> Params:
     """The candidate best on the fine set, polished and mended of slivers, then every candidate against it on the
     check set (judged denser than fitted: with 2^K levels a gate can overfit 8,193 points); a candidate with a
     sliver (max error on a far denser grid over twice that on the fine set) is out unless every one has."""
     fine, check = problems
     T, h, d = (a.copy() for a in min(candidates, key=lambda c: total_cost(fine, *c)))
-    descend(fine, T, h, d, hi - lo, sweeps=4)
-    with np.errstate(over="ignore"):
-        dense_x = np.linspace(lo, hi, SLIVER_POINTS)
-        dense = Problem(dense_x, func(dense_x).astype(np.float64), np.full(SLIVER_POINTS, 1.0 / SLIVER_POINTS), 0.0)
-    _mend_slivers(fine, dense, T, h, d, hi - lo)
+    scale = grids.hi - grids.lo
+    descend(fine, T, h, d, scale, sweeps=4)
+    slivers = grids.dense(SLIVER_POINTS)
+    _mend_slivers(fine, slivers, T, h, d, scale)
     options = [*candidates, (T, h, d)]
     ranked = sorted(range(len(options)), key=lambda i: (total_cost(check, *options[i]), i))
-    fair = (i for i in ranked if _max_error(dense, options[i]) <= 2 * _max_error(fine, options[i]))
+    fair = (i for i in ranked if _max_error(slivers, options[i]) <= 2 * _max_error(fine, options[i]))
     return options[next(fair, ranked[0])]  # the best fair one: slivers looked for in order of cost, until one is not
 
 
@@ -311,24 +266,23 @@ def fit(func: Func, k: int, lo: float, hi: float, samples: np.ndarray | None = N
     deadline = time.perf_counter() + (search.time_budget if search.time_budget is not None else float("inf"))
     rng = np.random.default_rng(search.seed)
     lam, tails = search.spike_penalty, search.tails
-    prepared = _finite(samples)
+    grids = Grids.of(func, lo, hi, samples)
     # ReLU-like gates resolve 2^K levels: they need the fine set from the start.
     floor = search.range_weight
-    coarse = _problem(func, lo, hi, prepared, lam, 8193 if search.relu_like else 2049, tails, floor=floor)
-    finite = np.empty(0) if samples is None else np.sort(samples[np.isfinite(samples)], axis=None)  # for quantiles
-    starts = _starts(func, k, lo, hi, finite, samples, search, warm)
+    coarse = grids.problem(lam, 8193 if search.relu_like else 2049, tails, floor=floor)
+    starts = _starts(func, k, lo, hi, grids.ordered(), samples, search, warm)
     chosen, raw, start = _best_start(coarse, starts, search, hi - lo)
-    where = _ranks(finite)
-    T, h, d = start if search.relu_like else _search(coarse, start, lo, hi, search.kicks, deadline, rng, where)
-    fine = coarse if search.relu_like else _problem(func, lo, hi, prepared, lam, 8193, tails, floor=floor)
-    check = _problem(func, lo, hi, prepared, lam, 65537, tails, sort=False, floor=floor)  # only scored
+    T, h, d = (start if search.relu_like
+               else _search(coarse, start, lo, hi, search.kicks, deadline, rng, grids.ranks()))
+    fine = coarse if search.relu_like else grids.problem(lam, 8193, tails, floor=floor)
+    check = grids.problem(lam, 65537, tails, sort=False, floor=floor)  # only scored
     # The search's result, the chosen start as it was for ReLU-like f (a rounding ladder is near-optimal), and the
     # warm starts (padded with silent neurons, so adding neurons never makes a fit worse) compete.
     candidates = [(T, h, d)] + ([raw] if search.relu_like else [])
     candidates += [pad_start(w, k, hi, hi - lo) for w in [*warm, *fallback]]
-    T, h, d = _finish(func, lo, hi, (fine, check), candidates)
+    T, h, d = _finish(grids, (fine, check), candidates)
     params = open_bottom(GateParams(T, h, d), func, lo, hi)
-    mse, max_err, spikes = evaluate(params, func, lo, hi)
+    mse, max_err, spikes = evaluate(params, func, lo, hi, grids=grids)
     if not tails and tail_excursion(params, func, lo, hi) > max_err:
         return fit(func, k, lo, hi, samples, warm=[params, *warm], fallback=fallback,
                    search=replace(search, tails=True))

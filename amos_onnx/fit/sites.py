@@ -157,10 +157,23 @@ def fit_sites_at(sites: list[Site], reservoirs: dict[str, Reservoir], options: F
 
 
 def _fitted(work: dict[Key, Job]) -> dict[Key, SiteFit]:
-    """Every job's fit, in worker processes, the largest K first (so that the last fits to finish are small ones
-    and no worker waits long at the end); each fit is seeded alone, so the order changes no result."""
-    order = sorted(work, key=lambda key: -MAX_K - 1 if work[key].k == AUTO else -int(work[key].k))
-    return dict(zip(order, fork_map(fit_job, [work[key] for key in order])))
+    """Every job's fit, in worker processes. One tensor's fits with one function at several K (a budget's) go to
+    one worker, one after another, and share the sets a fit makes whatever K (fit.grids); the groups with the most
+    neurons first and the largest K first within them (so that the last fits to finish are small ones and no
+    worker waits long at the end). Each fit is seeded alone, so the order changes no result."""
+    def neurons(key: Key) -> int:
+        return MAX_K + 1 if work[key].k == AUTO else int(work[key].k)
+
+    groups: dict[Key | tuple[str, str], list[Key]] = {}
+    for key in sorted(work, key=lambda key: -neurons(key)):
+        groups.setdefault(key[:2] if isinstance(key, tuple) else key, []).append(key)
+    order = sorted(groups.values(), key=lambda keys: -sum(map(neurons, keys)))
+    fits = fork_map(_fit_group, [[work[key] for key in keys] for keys in order])
+    return {key: fit_ for keys, group in zip(order, fits) for key, fit_ in zip(keys, group)}
+
+
+def _fit_group(jobs: list[Job]) -> list[SiteFit]:
+    return [fit_job(job) for job in jobs]
 
 
 def _kept(names: Collection[str], keys: dict[str, Key], jobs: dict[Key, Job],
