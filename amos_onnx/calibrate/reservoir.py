@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,11 +36,20 @@ class Reservoir:
     _pending_size: int = 0
     _cap: int = 0
     _bound: float = 1.0
+    _digest: tuple[np.ndarray, str] | None = field(default=None, repr=False, compare=False)  # digest(), of values
 
     @property
     def values(self) -> np.ndarray:
         self._flush()
         return self._values
+
+    def digest(self) -> str:
+        """A digest of the kept values (made once while they stay the same: they are replaced, never written)."""
+        values = self.values
+        if self._digest is None or self._digest[0] is not values:
+            data = np.ascontiguousarray(values).tobytes()
+            self._digest = values, hashlib.blake2b(data, digest_size=16).hexdigest()
+        return self._digest[1]
 
     @property
     def keys(self) -> np.ndarray:

@@ -3,13 +3,10 @@ or data-free; sites that see the same tensor with the same function and K share 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import NamedTuple
-
-import numpy as np
 
 from amos_onnx.calibrate.reservoir import Reservoir
 from amos_onnx.find.composite import COMPOSITE
@@ -51,9 +48,8 @@ def _refit_key(job: Job) -> tuple[object, ...] | None:
     act, res, options = job.act, job.res, job.options
     if job.k == AUTO or res is None or res.seen == 0 or act.channel_funcs is not None or options.per_channel:
         return None
-    digest = hashlib.blake2b(np.ascontiguousarray(res.values).tobytes(), digest_size=16).hexdigest()
     return (act.label, act.relu_like, int(job.k), options.seed, options.kicks, options.range_weight, REFIT_STARTS,
-            site_range(act, res), digest)
+            site_range(act, res), res.digest())
 
 
 def _shares(seen: list[tuple[Key, int]]) -> dict[Key, float]:
