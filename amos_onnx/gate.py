@@ -152,10 +152,13 @@ def preset(name: str) -> GateParams:
 PRESETS = ("relu-k10", "silu-k16", "sigmoid-k12")
 
 
-def sample_error(params: GateParams, func: Callable[[np.ndarray], np.ndarray],
-                 x: np.ndarray) -> tuple[float, float, float]:
+Simulator = Callable[[GateParams, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def sample_error(params: GateParams, func: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
+                 simulator: Simulator = simulate) -> tuple[float, float, float]:
     """MSE, max error and mean spikes of a gate against its function on the values x (any shape the gate takes:
-    a per-channel gate needs its channel axis)."""
-    y, s = simulate(params, x)
+    a per-channel gate needs its channel axis), the gate run by `simulator` (simulate, or the fitter's C form)."""
+    y, s = simulator(params, x)
     err = y.astype(np.float64) - func(np.asarray(x, np.float64))
     return float(np.mean(err**2)), float(np.max(np.abs(err))), float(np.mean(s))

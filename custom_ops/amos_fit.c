@@ -3,6 +3,7 @@
  * (z as 0.0 or 1.0, no fused multiply-add: -ffp-contract=off); only faster:
  * - amos_rest: neurons start..k-1 from membranes v: z = (v > T[j]), y += z * d[j], s += z, v -= z * h[j]; one
  *   pass over each block of samples held in L1, vectorised (an AVX2 clone and a baseline clone, picked at load time);
+ * - amos_simulate32: amos_onnx.gate.simulate, the gate itself in float32 (a shared gate, finite resets and weights);
  * - amos_spike_matrix: which neurons fire for each input;
  * - amos_split_costs: the cost of every split of one neuron's threshold;
  * - amos_total_cost: a gate's cost on the training points;
@@ -36,6 +37,35 @@ void amos_rest(const double* T, const double* h, const double* d, int64_t k, int
         for (int64_t i = 0; i < m; ++i) {
             y[i0 + i] = acc[i];
             s[i0 + i] = (int8_t)count[i];
+        }
+    }
+}
+
+/* amos_onnx.gate.simulate in float32, for a shared gate with finite resets and weights: the gate's output and spike
+ * count for each of n inputs (z as 0.0f or 1.0f: y += z * d[j], v -= z * h[j], the same float32 operations). */
+__attribute__((target_clones("avx2", "default")))
+void amos_simulate32(const float* T, const float* h, const float* d, int64_t k, const float* x, int64_t n, float* y,
+                     int32_t* s) {
+    float v[BLOCK], acc[BLOCK], count[BLOCK];
+    for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
+        const int64_t m = n - i0 < BLOCK ? n - i0 : BLOCK;
+        for (int64_t i = 0; i < m; ++i) {
+            v[i] = x[i0 + i];
+            acc[i] = 0.0f;
+            count[i] = 0.0f;
+        }
+        for (int64_t j = 0; j < k; ++j) {
+            const float t = T[j], dj = d[j], hj = h[j];
+            for (int64_t i = 0; i < m; ++i) {
+                const float z = v[i] > t ? 1.0f : 0.0f;
+                acc[i] += z * dj;
+                count[i] += z;
+                v[i] -= z * hj;
+            }
+        }
+        for (int64_t i = 0; i < m; ++i) {
+            y[i0 + i] = acc[i];
+            s[i0 + i] = (int32_t)count[i];
         }
     }
 }

@@ -100,6 +100,19 @@ def test_a_full_reservoir_keeps_each_value_s_channel() -> None:
     assert np.array_equal(res.channels, ((res.values.astype(np.int64) // 10) % 4).astype(np.int32))
 
 
+def test_a_reservoir_s_digest_is_its_values_and_follows_them() -> None:
+    """The digest (the fit keys' name for a site's samples) is made once while the values stay, and made again
+    when more values come in."""
+    import hashlib
+
+    res = Reservoir(100, np.random.default_rng(0))
+    res.add(np.arange(50, dtype=np.float32))
+    first = res.digest()
+    assert first == hashlib.blake2b(res.values.tobytes(), digest_size=16).hexdigest() and res.digest() == first
+    res.add(np.arange(50, 200, dtype=np.float32))  # the sample fills and is drawn anew
+    assert res.digest() == hashlib.blake2b(res.values.tobytes(), digest_size=16).hexdigest() != first
+
+
 def test_calibration_on_digits_is_bounded_and_deterministic() -> None:
     model = onnx.load(str(DIGITS))
     sites, *_ = _find(model, FindOptions())

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from amos_onnx import gate
 from amos_onnx.fit import blocks
 from amos_onnx.fit import kernel as fit_kernel
 from amos_onnx.fit.kernel import Split
 from amos_onnx.fit.search import fit
+from amos_onnx.gate import GateParams
 
 pytestmark = pytest.mark.skipif(not fit_kernel.available(), reason="fitter library not built (make ops)")
 
@@ -231,6 +233,30 @@ def test_whole_fits_are_identical(  # type: ignore[no-untyped-def]
     for name in ("thresholds", "resets", "weights"):
         assert np.asarray(getattr(a.params, name)).tobytes() == np.asarray(getattr(b.params, name)).tobytes()
     assert (a.mse, a.max_error, a.mean_spikes) == (b.mse, b.max_error, b.mean_spikes)
+
+
+@pytest.mark.parametrize("shape,k", [((200_001,), 5), ((3, 700), 16), ((5, 2, 3), 1), ((0,), 4), ((1030,), 64)])
+def test_simulate_is_the_gates_numpy_simulation_bit_for_bit(monkeypatch: pytest.MonkeyPatch,
+                                                             shape: tuple[int, ...], k: int) -> None:
+    """Random gates (negative weights and resets among them) on inputs with NaN, infinities, -0.0 and values at
+    the thresholds themselves; what the C form does not take (per-channel gates, an infinite weight) goes to
+    gate.simulate."""
+    rng = np.random.default_rng(k)
+    params = GateParams(rng.normal(0, 2, k), rng.normal(0.5, 1, k), rng.normal(0, 1, k))
+    x = rng.normal(0, 3, shape).astype(np.float32)
+    flat = x.reshape(-1)
+    if flat.size >= 8:
+        flat[:8] = [np.nan, np.inf, -np.inf, -0.0, 0.0, *params.thresholds[:1], np.float32(1e30), np.float32(-1e30)]
+        flat[8::97] = params.thresholds[rng.integers(0, k, flat[8::97].size)]
+    assert_same_bytes(gate.simulate(params, x), fit_kernel.simulate(params, x))
+    assert_same_bytes(gate.simulate(params, x), fit_kernel.simulate(params, x.astype(np.float64)))
+    channels = GateParams(np.tile(params.thresholds, (2, 1)), np.tile(params.resets, (2, 1)),
+                          np.tile(params.weights, (2, 1)), axis=0)
+    infinite = GateParams(params.thresholds, params.resets, np.full(k, np.inf))
+    for other, values in ((channels, np.stack([x.ravel(), -x.ravel()])), (infinite, x)):
+        assert_same_bytes(gate.simulate(other, values), fit_kernel.simulate(other, values))
+    monkeypatch.setenv(fit_kernel.NATIVE_FIT_ENV, "0")
+    assert_same_bytes(gate.simulate(params, x), fit_kernel.simulate(params, x))
 
 
 def test_mismatched_lengths_are_refused() -> None:

@@ -50,10 +50,11 @@ from amos_onnx.find.gates import Activation
 from amos_onnx.find.sites import Site
 from amos_onnx.fit import focus
 from amos_onnx.fit.channels import CHANNEL_MARGIN, CHANNEL_MIN_SAMPLES
+from amos_onnx.fit.kernel import sample_error
 from amos_onnx.fit.search import fit
 from amos_onnx.fit.site_fit import REFIT_STARTS, FitSource, SiteFit, absolute_penalty
 from amos_onnx.fit.sites import site_shares
-from amos_onnx.gate import GateParams, sample_error
+from amos_onnx.gate import GateParams
 from amos_onnx.options import CompensationKind, FitOptions
 from amos_onnx.parallel import fork_map
 from amos_onnx.rewrite.segments import split

@@ -6,8 +6,9 @@ import numpy as np
 
 from amos_onnx.calibrate.reservoir import Reservoir
 from amos_onnx.find.gates import Activation
+from amos_onnx.fit.kernel import sample_error
 from amos_onnx.fit.search import GRID_FLOOR, FitResult, refine
-from amos_onnx.gate import GateParams, sample_error
+from amos_onnx.gate import GateParams
 
 CHANNEL_MIN_SAMPLES = 64  # a channel with fewer calibration values keeps the site's gate
 CHANNEL_GROUPS = 8  # at most this many refined gates per site: channels with alike values share one

@@ -1,8 +1,9 @@
 """The fitter's inner loop in C (custom_ops/amos_fit.c, built by `make ops` into amos_onnx/_native/).
 
 `rest`, `spike_matrix`, `split_costs`, `total_cost` and `sweep` are bit-identical to their numpy forms in
-amos_onnx.fit.blocks (the tests compare them on random and edge-case inputs and on whole fits) and faster. Without
-the library, or with AMOS_ONNX_NATIVE_FIT=0, the fitter runs its numpy loops. The library is loaded when this module
+amos_onnx.fit.blocks, and `simulate` to amos_onnx.gate.simulate (the tests compare them on random and edge-case
+inputs and on whole fits), and faster. Without the library, or with AMOS_ONNX_NATIVE_FIT=0, the fitter runs its
+numpy loops. The library is loaded when this module
 is imported, in the parent process: a dlopen in a forked fitting worker can hang (see amos_onnx.parallel).
 """
 
@@ -10,11 +11,15 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from amos_onnx import gate
+from amos_onnx.gate import GateParams
 
 NATIVE_FIT_ENV = "AMOS_ONNX_NATIVE_FIT"  # set to 0 for the numpy loop even when the library is built
 FIT_LIBRARY_ENV = "AMOS_ONNX_FIT_LIBRARY"  # path of another build of the library (the sanitizer build, say)
@@ -37,6 +42,9 @@ def _library() -> ctypes.CDLL | None:
             lib.amos_split_costs.restype = ctypes.c_int
             lib.amos_split_costs.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_double] * 2 + [ctypes.c_int64] + [
                 ctypes.c_void_p] * 6
+            lib.amos_simulate32.restype = None
+            lib.amos_simulate32.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                                                                     ctypes.c_void_p, ctypes.c_void_p]
             lib.amos_spike_matrix.restype = None
             lib.amos_spike_matrix.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                                                                       ctypes.c_void_p]
@@ -84,6 +92,27 @@ def rest(T: np.ndarray, h: np.ndarray, d: np.ndarray, v: np.ndarray, start: int)
     s = np.empty(x.shape, np.int8)
     lib.amos_rest(_address(T), _address(h), _address(d), len(T), start, _address(x), x.size, _address(y), _address(s))
     return y, s
+
+
+def simulate(params: GateParams, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """amos_onnx.gate.simulate (output, spikes per element), in C for a shared gate with finite resets and weights
+    when the library is available, else gate.simulate itself."""
+    lib = _library() if available() else None
+    if lib is None or params.axis is not None or not (np.isfinite(params.resets).all()
+                                                      and np.isfinite(params.weights).all()):
+        return gate.simulate(params, x)
+    T, h, d = (np.ascontiguousarray(a, np.float32) for a in (params.thresholds, params.resets, params.weights))
+    v = np.ascontiguousarray(x, np.float32)
+    y = np.empty(v.shape, np.float32)
+    s = np.empty(v.shape, np.int32)
+    lib.amos_simulate32(_address(T), _address(h), _address(d), T.size, _address(v), v.size, _address(y), _address(s))
+    return y, s
+
+
+def sample_error(params: GateParams, func: Callable[[np.ndarray], np.ndarray],
+                 x: np.ndarray) -> tuple[float, float, float]:
+    """amos_onnx.gate.sample_error, the gate run by simulate."""
+    return gate.sample_error(params, func, x, simulator=simulate)
 
 
 def spike_matrix(T: np.ndarray, h: np.ndarray, x: np.ndarray) -> np.ndarray:

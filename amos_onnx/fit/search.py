@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from amos_onnx.fit import kernel as fit_kernel
 from amos_onnx.fit.blocks import Problem, descend, rest, solve_weights, total_cost
 from amos_onnx.fit.grids import GRID_FLOOR, Grids, dense, finite, problem, quality_grid, ranks
 from amos_onnx.fit.starts import stopped_top, structured_starts
 from amos_onnx.fit.tails import open_bottom, tail_excursion
-from amos_onnx.gate import GateParams, simulate
+from amos_onnx.gate import GateParams
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def evaluate(params: GateParams, func: Func, lo: float, hi: float, points: int =
              grids: Grids | None = None) -> tuple[float, float, float]:
     """MSE, max abs error and mean spikes of the float32 gate on a dense uniform grid (`grids`' when given)."""
     grid, f = grids.quality_grid(points) if grids is not None else quality_grid(func, lo, hi, points)
-    y, s = simulate(params, grid)
+    y, s = fit_kernel.simulate(params, grid)
     err = y.astype(np.float64) - f
     return float(np.mean(err**2)), float(np.max(np.abs(err))), float(np.mean(s))
 

@@ -14,8 +14,9 @@ from amos_onnx.calibrate.reservoir import Reservoir
 from amos_onnx.find.gates import Activation
 from amos_onnx.fit import library
 from amos_onnx.fit.channels import channel_gates
+from amos_onnx.fit.kernel import sample_error
 from amos_onnx.fit.search import FitResult, fit, solve_weights
-from amos_onnx.gate import MAX_K, GateParams, sample_error
+from amos_onnx.gate import MAX_K, GateParams
 from amos_onnx.options import AUTO, REFIT_KICKS, FitOptions
 
 REFIT_STARTS = 8  # a refit descends only this many of its starts: search.fit's keep_starts
