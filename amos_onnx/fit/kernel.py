@@ -3,8 +3,8 @@
 `rest`, `spike_matrix`, `split_costs`, `total_cost` and `sweep` are bit-identical to their numpy forms in
 amos_onnx.fit.blocks, and `simulate` to amos_onnx.gate.simulate (the tests compare them on random and edge-case
 inputs and on whole fits), and faster. Without the library, or with AMOS_ONNX_NATIVE_FIT=0, the fitter runs its
-numpy loops. The library is loaded when this module
-is imported, in the parent process: a dlopen in a forked fitting worker can hang (see amos_onnx.parallel).
+numpy loops. The library is loaded when this module is imported, in the parent process: a dlopen in a forked
+fitting worker can hang (see amos_onnx.parallel).
 """
 
 from __future__ import annotations
