@@ -47,8 +47,7 @@ class Reservoir:
         """A digest of the kept values (made once while they stay the same: they are replaced, never written)."""
         values = self.values
         if self._digest is None or self._digest[0] is not values:
-            data = np.ascontiguousarray(values).tobytes()
-            self._digest = values, hashlib.blake2b(data, digest_size=16).hexdigest()
+            self._digest = values, digest(values)
         return self._digest[1]
 
     @property
@@ -178,6 +177,11 @@ class Reservoir:
         self._values, self._keys, self._channels = values, keys, channels
         if values.size >= cap:
             self._bound = float(keys.max())
+
+
+def digest(values: np.ndarray) -> str:
+    """A digest of an array's bytes (in C order)."""
+    return hashlib.blake2b(np.ascontiguousarray(values).tobytes(), digest_size=16).hexdigest()
 
 
 def distinct(rng: np.random.Generator, n: int, m: int) -> np.ndarray:

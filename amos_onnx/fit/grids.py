@@ -8,12 +8,12 @@ for. The kept arrays are shared between fits: nothing may write to them.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from amos_onnx.calibrate.reservoir import digest
 from amos_onnx.fit.blocks import Problem
 from amos_onnx.fit.tails import TAIL_WEIGHT, tail_points
 
@@ -78,11 +78,9 @@ def quality_grid(func: Func, lo: float, hi: float, points: int) -> tuple[np.ndar
     return grid, func(grid.astype(np.float64))
 
 
-def _digest(samples: np.ndarray | None) -> tuple[object, ...]:
-    if samples is None:
-        return ()
-    data = np.ascontiguousarray(samples)
-    return data.dtype.str, data.shape, hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest()
+def _key(lo: float, hi: float, samples: np.ndarray | None) -> tuple[object, ...]:
+    """What the sets depend on besides the function: the range and the samples, by content."""
+    return lo, hi, () if samples is None else (samples.dtype.str, samples.shape, digest(samples))
 
 
 class Grids:
@@ -90,19 +88,20 @@ class Grids:
 
     _last: Grids | None = None  # kept for the next fit (of)
 
-    def __init__(self, func: Func, lo: float, hi: float, samples: np.ndarray | None) -> None:
+    def __init__(self, func: Func, lo: float, hi: float, samples: np.ndarray | None,
+                 key: tuple[object, ...] | None = None) -> None:
         self.func, self.lo, self.hi, self.samples = func, lo, hi, samples
-        self.key = (lo, hi, _digest(samples))
+        self.key = key if key is not None else _key(lo, hi, samples)
         self._made: dict[tuple[object, ...], Any] = {}
 
     @classmethod
     def of(cls, func: Func, lo: float, hi: float, samples: np.ndarray | None) -> Grids:
         """The sets of the last fit when it had the same function (the same object), range and samples (by
         content), else new ones, kept in their place."""
-        last = cls._last
-        if last is not None and last.func is func and last.key == (lo, hi, _digest(samples)):
+        last, key = cls._last, _key(lo, hi, samples)
+        if last is not None and last.func is func and last.key == key:
             return last
-        cls._last = cls(func, lo, hi, samples)
+        cls._last = cls(func, lo, hi, samples, key)
         return cls._last
 
     def _get(self, key: tuple[object, ...], make: Callable[[], Any]) -> Any:

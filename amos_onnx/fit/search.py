@@ -90,18 +90,18 @@ SLIVER_POINTS = 2**19 + 1
 KICKS = 20  # the local search's default iteration budget
 
 
-def _mend_slivers(fine: Problem, dense: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, scale: float,
+def _mend_slivers(fine: Problem, slivers: Problem, T: np.ndarray, h: np.ndarray, d: np.ndarray, scale: float,
                   rounds: int = 2) -> None:
     """A neuron can fire on a sliver between training points (a segment's edge, say) with a weight fitted
-    elsewhere: a glitch the squared error hardly sees. `dense` points whose error exceeds twice the fine
+    elsewhere: a glitch the squared error hardly sees. `slivers` points whose error exceeds twice the fine
     set's max error join the fine set at fine-point weight, and the gate descends again (in place)."""
     x, target, w = fine.x, fine.target, fine.w
     for _ in range(rounds):
-        err = np.abs(rest(T, h, d, dense.x, 0)[0] - dense.target)
+        err = np.abs(rest(T, h, d, slivers.x, 0)[0] - slivers.target)
         bad = err > 2 * _max_error(Problem(x, target, w, fine.lam), (T, h, d))
         if not bad.any():
             return
-        x, target = np.concatenate([x, dense.x[bad]]), np.concatenate([target, dense.target[bad]])
+        x, target = np.concatenate([x, slivers.x[bad]]), np.concatenate([target, slivers.target[bad]])
         w = np.concatenate([w, np.full(int(bad.sum()), float(np.median(fine.w)))])
         descend(Problem(x, target, w / w.sum(), fine.lam), T, h, d, scale, sweeps=2)
 
