@@ -22,14 +22,13 @@ from amos_onnx.cli_values import (
     images_from,
     option_from,
     parse_batch_axes,
-    parse_ops,
     ray_from,
     ray_options,
 )
 from amos_onnx.errors import AmosError, OptionError
 from amos_onnx.fit.search import GRID_FLOOR, KICKS
 from amos_onnx.gate import sample_error
-from amos_onnx.options import ConvertOptions, FindOptions, FitOptions
+from amos_onnx.options import ConvertOptions, FindOptions, FitOptions, op_set
 from amos_onnx.report.validate import ValidateOptions
 
 EXIT_FAILED = 1
@@ -129,7 +128,7 @@ def convert(model: str, output: str, calib: str | None, report_dir: str | None, 
 @click.option("--json", "as_json", is_flag=True, help="Print the sites as JSON.")
 def inspect(model: str, only: str | None, skip: str | None, as_json: bool) -> None:
     """List MODEL's activation sites and whether each would convert; writes nothing."""
-    report = _run(lambda: amos_onnx.inspect(model, FindOptions(parse_ops(only, "--only"), parse_ops(skip, "--skip"))))
+    report = _run(lambda: amos_onnx.inspect(model, FindOptions(op_set("--only", only), op_set("--skip", skip))))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return

@@ -12,16 +12,7 @@ import click
 
 from amos_onnx.cluster.connect import ray_module
 from amos_onnx.errors import OptionError
-from amos_onnx.options import AUTO, CalibrationOptions, ConvertOptions, FindOptions, FitOptions, K, RayOptions
-
-
-def parse_ops(value: str | None, option: str) -> frozenset[str] | None:
-    if value is None:
-        return None
-    ops = frozenset(v.strip() for v in value.split(",") if v.strip())
-    if not ops:
-        raise OptionError(f"{option}: give a comma-separated list of op types, e.g. Relu,Sigmoid")
-    return ops
+from amos_onnx.options import AUTO, CalibrationOptions, ConvertOptions, FindOptions, FitOptions, K, RayOptions, op_set
 
 
 def parse_k(value: str | None) -> K:
@@ -160,7 +151,7 @@ def option_from(kind: type, name: str, *decls: str,
 def convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> ConvertOptions:
     """ConvertOptions from convert's command-line values (`seed` and `per_channel` serve calibration and fit)."""
     images = images_from(calib, **{key: o[key] for key in IMAGE_KEYS})
-    find = FindOptions(only=parse_ops(o["only"], "--only"), skip=parse_ops(o["skip"], "--skip"),
+    find = FindOptions(only=op_set("--only", o["only"]), skip=op_set("--skip", o["skip"]),
                        channel_axis=o["channel_axis"])
     ray = ray_from(o)
     if ray is not None and calib is None:

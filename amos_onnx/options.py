@@ -8,7 +8,7 @@ is an OptionError naming the command-line option it comes from.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Literal
@@ -39,6 +39,18 @@ class CompensationKind(StrEnum):
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
+
+
+def op_set(option: str, value: str | Iterable[str] | None) -> frozenset[str] | None:
+    """Op types as a set: a comma-separated string (as --only and --skip take them) or any collection of names."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return frozenset(value)
+    ops = frozenset(v.strip() for v in value.split(",") if v.strip())
+    if not ops:
+        raise OptionError(f"{option}: give a comma-separated list of op types, e.g. Relu,Sigmoid")
+    return ops
 
 
 def _check_ops(option: str, ops: frozenset[str] | Mapping[str, int] | None) -> None:
@@ -72,6 +84,9 @@ class FindOptions:
         "With --per-channel: this axis holds every site's channels (negative: from the end)."))
 
     def __post_init__(self) -> None:
+        # the Python API's "Relu,Sigmoid" or ["Relu"] mean what --only Relu,Sigmoid and --only Relu do
+        object.__setattr__(self, "only", op_set("--only", self.only))
+        object.__setattr__(self, "skip", op_set("--skip", self.skip))
         _check_ops("--only", self.only)
         _check_ops("--skip", self.skip)
 
@@ -250,7 +265,7 @@ class ConvertOptions:
             elif not owners:
                 raise TypeError(f"unknown conversion option {name!r}")
             for part in owners:
-                parts[part][name] = frozenset(value) if name in ("only", "skip") and value is not None else value
+                parts[part][name] = value
         return cls(FindOptions(**parts["find"]), CalibrationOptions(**parts["calibration"]), FitOptions(**parts["fit"]),
                    **top)
 

@@ -45,6 +45,8 @@ TRAIN = ROOT / "examples/digits/digits_train.npz"
      "--channel-kicks -3: the number of local-search moves must be 0 or more"),
     (lambda: FitOptions(channel_kicks=5), "--channel-kicks needs --per-channel"),
     (lambda: FindOptions(only=frozenset({"Relu", "Swish"})), "--only: unknown activation op Swish"),
+    (lambda: ConvertOptions.of(only="Relu,Swish"), "--only: unknown activation op Swish"),
+    (lambda: ConvertOptions.of(skip=" , "), "--skip: give a comma-separated list of op types"),
     (lambda: ConvertOptions(emit="onnx"), "--emit onnx: must be one of function, inline"),  # type: ignore[arg-type]
     (lambda: ConvertOptions(FindOptions(channel_axis=1)), "--channel-axis 1: only with --per-channel"),
     (lambda: ConvertOptions(fit=FitOptions(per_channel=True)), "per-channel fits need a calibration that keeps"),
@@ -61,6 +63,9 @@ def test_options_are_frozen_and_keywords_build_the_same_objects() -> None:
                                                                                                per_channel=True),
                                      FitOptions(k=8, spike_penalty=0.005, seed=3, per_channel=True), EmitForm.INLINE)
     assert options.emit is EmitForm.INLINE  # a string becomes the enum
+    # op types as the CLI takes them (one comma-separated string, not its letters) or as any collection
+    assert ConvertOptions.of(skip="Composite, Sigmoid").find == FindOptions(skip=frozenset({"Composite", "Sigmoid"}))
+    assert ConvertOptions.of(only=["Relu"]).find == FindOptions(only=frozenset({"Relu"}))
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.fit.k = 4  # type: ignore[misc]
     with pytest.raises(TypeError, match="unknown conversion option 'kick'"):
