@@ -16,7 +16,7 @@ from test_compensate import _data, chain, detached, labelled, residual, squeeze_
 import amos_onnx
 from amos_onnx.cli import main
 from amos_onnx.errors import OptionError
-from amos_onnx.fit import budget, change, focus
+from amos_onnx.fit import budget, change
 from amos_onnx.fit.budget import allocate_plan, candidates
 from amos_onnx.fit.change import output_change, significantly_lower, standard_error, unit_changes
 from amos_onnx.fit.choose import Chooser
@@ -441,25 +441,3 @@ def test_windows_widen_at_the_edge_a_choice_sits_on_and_down_when_nothing_fits()
                       None, candidates=outer)
     assert budget.widened(shared, chooser, chooser.finish({"a": 4, "b": 4, "c": 4}, None), outer) == {
         "a": [2, 3, 4, 5], "b": [2, 3, 4, 5], "c": [2, 3, 4, 5]}
-
-
-def test_the_budget_measures_gates_with_their_mean_error_taken_out_where_compensation_follows(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bias correction and weight reconstruction take each gate's mean error out after the choice, so the budget's
-    curves and its check against the uniform K measure the gates centred (rewrite.centred) with either, and as they
-    are with --no-reconstruct."""
-    path = save(chain(), tmp_path / "model.onnx")
-    np.savez(tmp_path / "calib.npz", x=_data(onnx.load(path), 256, seed=3))
-    seen: list[bool] = []
-    measure = focus.site_effects
-
-    def recorded(*args, **keywords):  # type: ignore[no-untyped-def]
-        seen.append(keywords.get("centred", False))
-        return measure(*args, **keywords)
-
-    monkeypatch.setattr(focus, "site_effects", recorded)
-    for options, centred in (({}, True), ({"bias_correction": True}, True), ({"reconstruct": False}, False)):
-        seen.clear()
-        p = plan(path, tmp_path / "calib.npz", latency=10, focus_kicks=0, progress=False, **options)
-        allocate_plan(p, p.options.fit)
-        assert seen and set(seen) == {centred}

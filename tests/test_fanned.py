@@ -14,7 +14,6 @@ from test_focus import _loud_and_quiet
 
 from amos_onnx.fit import focus
 from amos_onnx.fit.sites import fit_sites
-from amos_onnx.gate import simulate
 from amos_onnx.options import FitOptions
 from amos_onnx.pipeline import plan
 from amos_onnx.rewrite import fanned
@@ -105,35 +104,3 @@ def test_a_fanned_model_holds_as_many_sites_as_its_outputs_allow(tmp_path: Path)
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "M"])])
     free = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])  # y's width known only at run time
     assert sample_bytes(free, p.judged) is None and group_size(free, p.judged, 1000) == 0
-
-
-def test_a_centred_measure_takes_each_gates_mean_error_per_channel_out(tmp_path: Path) -> None:
-    """centred (the time budget's measure where compensation follows): after each site's gate, Sub of the activation,
-    ReduceMean over the samples (the channel axis kept), Sub from the gate. The quiet site's columns of y are its
-    gate's output less the gate's mean error per channel over the run's samples (numpy, within 1e-6), so they differ
-    from the activation by nothing on average in each channel; the switched model centred gives the same to the bit."""
-    path = _loud_and_quiet(tmp_path)
-    p = plan(path, calib=tmp_path / "calib.npz")
-    fits = fit_sites(p.sites, p.reservoirs, FitOptions(k=4))
-    made = fanned_model(p.model, p.sites, {name: f.params for name, f in fits.items()}, p.options.emit, p.judged,
-                        centred=True)
-    assert made is not None
-    model, outputs = made
-    onnx.checker.check_model(model)
-    centring = ["Sub", "ReduceMean", "Sub"]
-    assert [n.op_type for n in model.graph.node] == [
-        "Slice", "Tanh", "Mul", "Slice", "Sigmoid", "Mul", "Mul", "Concat",
-        "AmosGate", *centring, "Mul", "Concat",  # the loud site alone
-        "AmosGate", *centring, "Concat"]  # the quiet site alone
-    x = np.load(tmp_path / "calib.npz")["x"][:200]
-    y, _, quiet = session(model, native=False).run(None, {"x": x})
-    activation = y[:, 16:]
-    gate, _ = simulate(fits["quiet_site"].params, x[:, 16:])
-    want = gate - (gate.astype(np.float64) - activation).mean(axis=0)
-    np.testing.assert_allclose(quiet[:, 16:], want, rtol=0, atol=1e-6)
-    np.testing.assert_allclose((quiet[:, 16:] - activation).mean(axis=0), 0.0, rtol=0, atol=1e-6)
-    assert np.abs(gate - activation).mean() > 1e-3  # K=4: the gate's own error is not nothing
-    mixed, switches = focus.switched_model(p.model, p.sites, fits, p.options.emit, centred=True)
-    off = {name: np.array(False) for name in switches.values()}
-    on = session(mixed, native=False).run(["y"], {"x": x, **off, switches["quiet_site"]: np.array(True)})[0]
-    assert np.array_equal(on, quiet)

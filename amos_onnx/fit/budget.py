@@ -93,7 +93,7 @@ def allocate_plan(p: Plan, options: FitOptions) -> tuple[Allocation, dict[str, S
     k = allocation.uniform[0]
     at_k = tried.at(chooser.uniform_k(k))
     (mine, uniform), _ = focus.site_effects(p, list(measured.values()), [chosen, at_k], unit_changes,
-                                            passes=PASSES, groups={"all": frozenset(measured)}, centred=tried.centred)
+                                            passes=PASSES, groups={"all": frozenset(measured)})
     mine_all, uniform_all = mine["all"], uniform["all"]
     allocation = replace(allocation, measured=(float(mine_all.sum()), float(uniform_all.sum()),
                                                standard_error(mine_all, uniform_all)))
@@ -169,8 +169,6 @@ class Tried:
 
     def __init__(self, p: Plan, graph: SiteGraph, measured: dict[str, Site], options: FitOptions, runs: int) -> None:
         self.p, self.graph, self.measured, self.options, self.runs = p, graph, measured, options, runs
-        # where compensation follows, each gate is measured with the mean error it takes out already taken out
-        self.centred = options.compensation(calibrated=True) is not None
         self.fits: dict[str, dict[int, SiteFit]] = {name: {} for name in graph.order}
         self.curves: dict[str, dict[int, float]] = {name: {} for name in graph.order}
         self.spikes: dict[str, dict[int, float]] = {name: {} for name in graph.order}
@@ -205,7 +203,7 @@ class Tried:
                          for name in self.graph.order}) for need_k, names in need.items()]
         wanted = [[n for n in names if n in self.measured] for names in need.values()]
         effects, _ = focus.site_effects(self.p, list(self.measured.values()), full, output_change, passes=PASSES,
-                                        wanted=wanted, runs=self.runs, centred=self.centred)
+                                        wanted=wanted, runs=self.runs)
         for k, by_site in zip(need, effects):
             for name, value in by_site.items():
                 self.curves[name][k] = value

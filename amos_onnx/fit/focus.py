@@ -26,7 +26,6 @@ from amos_onnx.fit.change import MEASURED_TYPES, Runs
 from amos_onnx.fit.site_fit import SiteFit
 from amos_onnx.options import EmitForm
 from amos_onnx.parallel import RUN_THREADS, cpus, threads_map
-from amos_onnx.rewrite.centred import centred_nodes
 from amos_onnx.rewrite.fanned import fanned_model, group_size
 from amos_onnx.rewrite.graph import Emitter, node_id
 from amos_onnx.runtime import run_checked, user_session
@@ -54,12 +53,10 @@ def searched(site: Site, fit_: SiteFit | None) -> bool:
 
 
 def switched_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, SiteFit], form: EmitForm,
-                   judged: Sequence[tuple[str, int]] = (),
-                   centred: bool = False) -> tuple[onnx.ModelProto, dict[str, str]]:
+                   judged: Sequence[tuple[str, int]] = ()) -> tuple[onnx.ModelProto, dict[str, str]]:
     """A copy of `model` in which each site's output is If(switch, its gate, its activation), with one boolean
     scalar switch input per site (its name by site name): a run computes only the gates switched on. The tensors
-    the outputs are measured at (`judged`: a plan's, change.judged_tensors) are outputs of it. `centred`: each
-    gate's error centred (rewrite.centred)."""
+    the outputs are measured at (`judged`: a plan's, change.judged_tensors) are outputs of it."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graph, emitter = copy.graph, Emitter(copy, form)
@@ -75,10 +72,7 @@ def switched_model(model: onnx.ModelProto, sites: list[Site], fits: dict[str, Si
         clean, gate, kept, switch = (names.make(f"{site.name}/amos/{part}")
                                      for part in ("original", "gate", "kept", "switch"))
         node.output[list(node.output).index(site.output)] = clean
-        raw = names.make(f"{site.name}/amos/raw") if centred else gate
-        made, inits = emitter.gate_nodes(site, raw, fits[site.name].params)
-        if centred:
-            made += centred_nodes(model, site, raw, clean, gate, names)
+        made, inits = emitter.gate_nodes(site, gate, fits[site.name].params)
         graph.initializer.extend(inits)
         branches = {"then_branch": (made, gate), "else_branch": (
             [helper.make_node("Identity", [clean], [kept], name=names.make(f"{site.name}/amos/keep"))], kept)}
@@ -161,14 +155,13 @@ def site_effects(p: Plan, measured: list[Site], fit_sets: list[dict[str, SiteFit
                  change: Callable[[Runs, Runs], Change], calibration_samples: int | None = None,
                  passes: int = FOCUS_PASSES, groups: dict[str, frozenset[str]] | None = None,
                  wanted: Sequence[Collection[str]] | None = None,
-                 runs: int | None = None, centred: bool = False) -> tuple[list[dict[str, Change]], int]:
+                 runs: int | None = None) -> tuple[list[dict[str, Change]], int]:
     """For each set of fits, change(outputs without gates, outputs with one site's gate) for each `measured` site
     (floating-point, top-level sites; every set has a fit for each), or with `groups` (label: sites) for each
     group's gates together, on the plan's kept feeds, as many as measuring_feeds allows for
     `calibration_samples` (default: the plan's), `passes` and `runs` runs (default: one per group and set); and
     the number of samples measured on (no sets when nothing can be measured). `wanted`: per set, the groups
-    measured (labels; default all). Calls with the same `runs` measure on the same samples. `centred`: each gate's
-    error centred per channel over each run's samples (rewrite.centred), as compensation would take it out."""
+    measured (labels; default all). Calls with the same `runs` measure on the same samples."""
     groups = groups if groups is not None else {s.name: frozenset([s.name]) for s in measured}
     if not measured or not p.feeds or not fit_sets or not groups:
         return [], 0
@@ -186,12 +179,11 @@ def site_effects(p: Plan, measured: list[Site], fit_sets: list[dict[str, SiteFit
         if not labels:
             every.append({})
             continue
-        fanned = (_fanned(p, measured, fits, [groups[g] for g in labels], feeds, change, size, label, centred)
-                  if size else None)
+        fanned = _fanned(p, measured, fits, [groups[g] for g in labels], feeds, change, size, label) if size else None
         if fanned is not None:
             every.append(dict(zip(labels, fanned)))
             continue
-        mixed, switches = switched_model(p.model, measured, fits, p.options.emit, p.judged, centred)
+        mixed, switches = switched_model(p.model, measured, fits, p.options.emit, p.judged)
         sess = user_session(mixed, label, folder=p.model_path.parent, threads=RUN_THREADS)
         outputs = [o.name for o in sess.get_outputs()
                    if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)")]
@@ -216,7 +208,7 @@ def site_effects(p: Plan, measured: list[Site], fit_sets: list[dict[str, SiteFit
 
 def _fanned(p: Plan, measured: list[Site], fits: dict[str, SiteFit], alone: list[frozenset[str]],
             feeds: list[dict[str, np.ndarray]], change: Callable[[Runs, Runs], Change],
-            size: int, label: str, centred: bool = False) -> list[Change] | None:
+            size: int, label: str) -> list[Change] | None:
     """change(outputs without gates, outputs with one site's gate) for each site in `alone` (one each), from fanned
     models (rewrite.fanned) of at most `size` sites, at least one per CPU side by side; None where a fanned model cannot
     be made (the switched model measures those)."""
@@ -225,8 +217,7 @@ def _fanned(p: Plan, measured: list[Site], fits: dict[str, SiteFit], alone: list
     parts = max(-(-len(sites) // size), min(cpus(), len(sites)))
 
     def measure(part: list[Site]) -> dict[str, Change] | None:
-        made = fanned_model(p.model, part, {s.name: fits[s.name].params for s in part}, p.options.emit, p.judged,
-                            centred)
+        made = fanned_model(p.model, part, {s.name: fits[s.name].params for s in part}, p.options.emit, p.judged)
         if made is None:
             return None
         model, outputs = made

@@ -22,7 +22,6 @@ from amos_onnx.find.sites import Site
 from amos_onnx.gate import GateParams
 from amos_onnx.load import with_shapes
 from amos_onnx.options import EmitForm
-from amos_onnx.rewrite.centred import centred_nodes
 from amos_onnx.rewrite.graph import Emitter
 from amos_onnx.rewrite.segments import outer_names
 
@@ -57,12 +56,10 @@ def group_size(model: onnx.ModelProto, judged: Sequence[tuple[str, int]], sample
 
 
 def fanned_model(model: onnx.ModelProto, sites: list[Site], params: dict[str, GateParams], form: EmitForm,
-                 judged: Sequence[tuple[str, int]],
-                 centred: bool = False) -> tuple[onnx.ModelProto, dict[str, list[str]]] | None:
+                 judged: Sequence[tuple[str, int]]) -> tuple[onnx.ModelProto, dict[str, list[str]]] | None:
     """A copy of `model` whose outputs are the judged tensors (its own), and for each site the same tensors as
     computed with that site's gate (`params`, by site name) alone in place (by site name, in the order of
-    `judged`), its error `centred` (rewrite.centred) if asked; None when a node downstream of a site holds a
-    subgraph."""
+    `judged`); None when a node downstream of a site holds a subgraph."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graph, emitter = copy.graph, Emitter(copy, form)
@@ -74,10 +71,7 @@ def fanned_model(model: onnx.ModelProto, sites: list[Site], params: dict[str, Ga
         make = emitter.names.make
         tag = make(f"{site.name}/amos/alone")
         renamed = {site.output: make(f"{site.output}@{tag}")}
-        gate = make(f"{site.output}@{tag}/gate") if centred else renamed[site.output]
-        nodes, inits = emitter.gate_nodes(site, gate, params[site.name])
-        if centred:
-            nodes += centred_nodes(model, site, gate, site.output, renamed[site.output], emitter.names)
+        nodes, inits = emitter.gate_nodes(site, renamed[site.output], params[site.name])
         graph.initializer.extend(inits)
         for node in order:
             if not any(name in renamed for name in outer_names(node)):
