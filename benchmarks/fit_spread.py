@@ -10,6 +10,9 @@ many seeds are within 0.3 points of the ANN.
 
     .venv/bin/python benchmarks/fit_spread.py [--nets vgg:4 resnet:4 effnet:6 gelu:5] [--seeds 3] [--write]
 
+A network as NAME:K converts at K for every site; NAME:LN with convert's --latency N (the time budget chooses K per
+site, then the mode's sequential refits and reconstruction follow, as in convert).
+
 --range-weight, --spike-penalty, --kicks and --channel-kicks are convert's (the last two with several values: a
 row per value, with the fit stages' mean wall time); --modes keeps some of the four modes. Any of them writes its
 own section.
@@ -28,7 +31,6 @@ from bias_correction import ann_test, measure  # noqa: E402
 from fashion_k import calibration_images  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
-from amos_onnx.compensate.sequential import sequential  # noqa: E402
 from amos_onnx.fit.search import GRID_FLOOR  # noqa: E402
 from amos_onnx.options import REFIT_KICKS, FitOptions  # noqa: E402
 from amos_onnx.pipeline import Plan, fit_plan, plan  # noqa: E402
@@ -41,14 +43,16 @@ MODE_KEYS = dict(zip(("one-gate", "one-gate+sequential", "per-channel", "per-cha
 WITHIN = 0.3  # points below the ANN the compensation issue asks for
 
 
-def network(name: str, k: int, seeds: int, folder: Path, range_weight: float = GRID_FLOOR,
+def network(name: str, k: str, seeds: int, folder: Path, range_weight: float = GRID_FLOOR,
             kicks: tuple[int, ...] = (REFIT_KICKS,), modes: tuple[str, ...] = tuple(MODE_KEYS.values()),
             channel_kicks: tuple[int, ...] = (0,), spike_penalty: float = 0.0) -> list[dict[str, object]]:
     """One row per mode and search budget (each of `kicks` with each of `channel_kicks`, convert's --kicks and
     --channel-kicks): each seed's points below the ANN, KL and spikes per gate (fits with convert's --range-weight
-    `range_weight` and --spike-penalty `spike_penalty`), and the fit stages' mean wall time (the fits, the focus, the
-    sequential refits)."""
+    `range_weight` and --spike-penalty `spike_penalty`), and the fit stages' mean wall time (the fits or the budget,
+    the focus, the sequential refits). `k`: K for every site, or "L<N>" for --latency N."""
     path, test, ann = ann_test(name)
+    budget = k.startswith("L")
+    steps = {"latency": int(k[1:])} if budget else {"k": int(k)}
     chosen = [(mode, per_channel, refit, (n, c)) for mode, per_channel, refit in MODES if mode in modes
               for n in kicks for c in channel_kicks]
     runs: dict[tuple[str, tuple[int, int]], list[tuple[float, float, float]]] = {(c[0], c[3]): [] for c in chosen}
@@ -58,20 +62,20 @@ def network(name: str, k: int, seeds: int, folder: Path, range_weight: float = G
                                    per_channel=per_channel) for per_channel in {c[1] for c in chosen}}
         for mode, per_channel, refit, moves in chosen:
             q: Plan = plans[per_channel]
-            options = FitOptions(k=k, seed=seed, per_channel=per_channel, range_weight=range_weight, kicks=moves[0],
-                                 channel_kicks=moves[1], spike_penalty=spike_penalty)
+            options = FitOptions(seed=seed, per_channel=per_channel, range_weight=range_weight, kicks=moves[0],
+                                 channel_kicks=moves[1], spike_penalty=spike_penalty, sequential=refit,
+                                 **steps)
             start = time.perf_counter()
-            fits, _ = fit_plan(q, options)
-            if refit:
-                fits, _ = sequential(q, fits, options)
+            fits, _ = fit_plan(q, options)  # with the budget's choice and the sequential refits, as convert does
             seconds[mode, moves] += (time.perf_counter() - start) / seeds
             row = measure(q, fits, True, test, folder)
             run = runs[mode, moves]
             run.append((100 * (ann - float(row["accuracy"])), 1000 * float(row["kl"]),  # type: ignore[arg-type]
                         float(row["spikes"])))  # type: ignore[arg-type]
-            print(f"{name} K={k} {mode} kicks {moves[0]} channel kicks {moves[1]} seed {seed}: {run[-1][0]:.2f} "
+            print(f"{name} {k} {mode} kicks {moves[0]} channel kicks {moves[1]} seed {seed}: {run[-1][0]:.2f} "
                   f"below, KL {run[-1][1]:.1f}, {run[-1][2]:.3f} spikes/gate", flush=True)
-    return [{"net": name, "ann": ann, "k": k, "mode": mode, "kicks": moves[0], "channel_kicks": moves[1],
+    shown = f"--latency {k[1:]}" if budget else k
+    return [{"net": name, "ann": ann, "k": shown, "mode": mode, "kicks": moves[0], "channel_kicks": moves[1],
              "seconds": f"{seconds[mode, moves]:.1f}", "runs": runs[mode, moves]} for mode, moves in runs]
 
 
@@ -82,8 +86,8 @@ def _spread(values: list[float], digits: int) -> str:
 def table(rows: list[dict[str, object]], columns: tuple[tuple[str, str], ...] = (("mode", "mode"),)) -> list[str]:
     """The rows' spreads, after the network, K and `columns` (header, row key)."""
     heads = " | ".join(head for head, _ in columns)
-    lines = [f"| network (ANN) | K | {heads} | points below the ANN: mean (least to most) | KL (mnat/image) | "
-             f"spikes per gate | seeds within {WITHIN} points |", "|---" * (6 + len(columns)) + "|"]
+    lines = [f"| network (ANN) | K or budget | {heads} | points below the ANN: mean (least to most) | "
+             f"KL (mnat/image) | spikes per gate | seeds within {WITHIN} points |", "|---" * (6 + len(columns)) + "|"]
     for r in rows:
         runs: list[tuple[float, float, float]] = r["runs"]  # type: ignore[assignment]
         below, kl, spikes = (list(v) for v in zip(*runs))
@@ -117,7 +121,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.nets:
             name, k = spec.split(":")
-            rows += network(name, int(k), args.seeds, Path(tmp), args.range_weight, tuple(args.kicks),
+            rows += network(name, k, args.seeds, Path(tmp), args.range_weight, tuple(args.kicks),
                             tuple(MODE_KEYS[mode] for mode in args.modes), tuple(args.channel_kicks),
                             args.spike_penalty)
     if not args.write:
@@ -135,9 +139,11 @@ def main() -> None:
     if len(columns) > 1:
         columns += (("fit stages (s)", "seconds"),)
     flag += f" --modes {' '.join(args.modes)}" if args.modes != list(MODE_KEYS) else ""
-    key = flag.replace(" --", "_").replace("-", "_").replace(" ", "_")
+    # a section of its own when a network converts with a time budget (the key names the options, not the networks)
+    budget = " under a time budget" if any(spec.split(":")[1].startswith("L") for spec in args.nets) else ""
+    key = ("_latency" if budget else "") + flag.replace(" --", "_").replace("-", "_").replace(" ", "_")
     write_section("fit_spread" + key, "\n".join([
-        "## The compensated conversions across fit seeds" + flag.replace(" --", ", --"), "",
+        "## The compensated conversions across fit seeds" + budget + flag.replace(" --", ", --"), "",
         f"`benchmarks/fit_spread.py --nets {' '.join(args.nets)} --seeds {args.seeds}{flag} --write` ({machine()}): "
         f"convert --seed 0 to {args.seeds - 1}{convert}"
         + ": calibrated on fashion_k.py's 2,000 training images, convert's own "
