@@ -31,8 +31,12 @@ for step in "fashion_nets.py" "fashion_k.py --write" "per_channel.py --write" "f
     "fit_spread.py --nets effnet:6 gelu:5 --seeds 5 --range-weight 0 --channel-kicks 0 60 --modes per-channel+sequential --write" \
     "fit_spread.py --nets effnet:10 --seeds 5 --range-weight 0 --kicks 60 --channel-kicks 0 60 --modes per-channel --write" \
     "fit_spread.py --nets effnet:6 --seeds 5 --range-weight 0 --spike-penalty 0.001 --channel-kicks 60 --modes per-channel+sequential --write" \
+    "fit_spread.py --nets vgg:4 resnet:4 --seeds 5 --range-weight 0.001 --spike-penalty 0.02 --modes one-gate+sequential per-channel+sequential --write" \
+    "fit_spread.py --nets vgg:L24 resnet:L48 effnet:L90 --seeds 5 --modes one-gate --write" \
+    "fit_spread.py --nets effnet:L90 --seeds 5 --range-weight 0.001 --channel-kicks 60 --modes per-channel+sequential --write" \
     "range_weight.py --part fashion --nets vgg:4 resnet:4 effnet:6 gelu:5 --seeds 2 --write" \
-    "range_weight.py --part pypi --write" "pypi_sweep.py --write" "stability.py --write" "captcha_ocr.py --write"; do
+    "range_weight.py --part pypi --write" "pypi_sweep.py --write" "stability.py --write" "captcha_ocr.py --write" \
+    "nudenet_calibration.py --write"; do
     start=$SECONDS
     echo "$PYTHON benchmarks/$step"
     # shellcheck disable=SC2086  # each step is a script and its arguments

@@ -174,15 +174,16 @@ def _unconverted(model_path: Path, ops: set[str]) -> int:
     return sum(1 for n in onnx.load(str(model_path), load_external_data=False).graph.node if n.op_type in ops)
 
 
-def run_nudenet(work: Path, k: int | None = None, **options: object) -> dict[str, object]:
-    """Convert NudeNet's YOLOv8n calibrated on sample images and face mosaics; compare detections on others.
-    `options`: more of convert's keywords (bias_correction=True, say)."""
+def run_nudenet(work: Path, k: int | None = None, calib_variants: int = 0, **options: object) -> dict[str, object]:
+    """Convert NudeNet's YOLOv8n calibrated on sample images and face mosaics (and `calib_variants` seeded crops or
+    mirror images of each sample image); compare detections on others. `options`: more of convert's keywords
+    (bias_correction=True, say)."""
     import amos_onnx
     from amos_onnx.data.dataset import open_data
 
     more = options
     model = model_file(*NUDENET)
-    calib = image_folder(work / "calib", NUDENET_CALIB, NUDENET_CALIB_MOSAICS)
+    calib = image_folder(work / "calib", NUDENET_CALIB, NUDENET_CALIB_MOSAICS, variants=calib_variants)
     evaluation = nudenet_eval_folder(work / "eval")
     options = amos_onnx.ImageOptions(size=(320, 320))
     out = work / "nudenet_spiking.onnx"
