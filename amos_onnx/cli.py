@@ -76,6 +76,7 @@ def main(verbose: bool) -> None:
               help=".npz (one array per model input), .npy (one-input model) or a folder of images.")
 @option_from(FitOptions, "k", "--k", type=str)
 @option_from(FitOptions, "k_per_op", "--k-per-op", type=str)
+@option_from(FitOptions, "chains", "--chains", type=int)
 @option_from(FitOptions, "target_mse", "--target-mse")
 @option_from(FitOptions, "spike_penalty", "--spike-penalty")
 @option_from(FitOptions, "kicks", "--kicks")

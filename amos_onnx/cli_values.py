@@ -162,5 +162,5 @@ def convert_options(o: dict[str, Any], calib: str | None, quiet: bool) -> Conver
                      spike_penalty=o["spike_penalty"], seed=o["seed"], kicks=o["kicks"], focus_kicks=o["focus_kicks"],
                      per_channel=o["per_channel"], bias_correction=o["bias_correction"], reconstruct=o["reconstruct"],
                      sequential=o["sequential"], latency=o["latency"], spike_budget=o["spike_budget"],
-                     range_weight=o["range_weight"], channel_kicks=o["channel_kicks"])
+                     range_weight=o["range_weight"], channel_kicks=o["channel_kicks"], chains=o["chains"])
     return ConvertOptions(find, calibration, fit, o["emit"], False if quiet else None)

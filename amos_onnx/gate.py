@@ -11,6 +11,12 @@ One gate is K neurons with thresholds T, reset amounts h and output weights d:
 Every neuron fires at most once per input. Parameters are float32 vectors of
 length K (one gate shared by all elements) or [C, K] arrays with a channel axis
 (one gate per channel, for PRelu slopes and per-channel fits).
+
+A gate of several chains (`chains`, shared gates only) is that many such circuits
+of K neurons side by side, each reading x, their outputs added in chain order:
+y = ((y_1 + y_2) + ...). Its parameters are the chains' vectors one after the
+other (chains * K values). The chains run in the same K time steps, so the gate's
+latency stays K while it has chains * K neurons.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class GateParams:
     resets: np.ndarray
     weights: np.ndarray
     axis: int | None = None
+    chains: int = 1  # circuits of K neurons side by side (shared gates only): parameters chains * K long
 
     def __post_init__(self) -> None:
         arrays = []
@@ -44,12 +51,26 @@ class GateParams:
             raise ValueError(f"gate parameters must share a [K] or [C, K] shape, got {[a.shape for a in arrays]}")
         if (len(shape) == 2) != (self.axis is not None):
             raise ValueError("per-channel parameters need an axis, shared ones none")
-        if not 1 <= shape[-1] <= MAX_K:
-            raise ValueError(f"K must be in 1..{MAX_K}, got {shape[-1]}")
+        if self.chains < 1 or (self.chains > 1 and self.axis is not None) or shape[-1] % self.chains:
+            raise ValueError(f"{self.chains} chains need a shared gate of a multiple of {self.chains} neurons, got "
+                             f"{shape} parameters")
+        if not 1 <= shape[-1] // self.chains <= MAX_K:
+            raise ValueError(f"K must be in 1..{MAX_K}, got {shape[-1] // self.chains}")
 
     @property
     def k(self) -> int:
+        """Neurons per chain: the gate's latency in time steps."""
+        return int(self.thresholds.shape[-1]) // self.chains
+
+    @property
+    def neurons(self) -> int:
+        """Neurons per element, every chain's."""
         return int(self.thresholds.shape[-1])
+
+    def chain(self, c: int) -> GateParams:
+        """Chain c alone, as a one-chain gate."""
+        cut = slice(c * self.k, (c + 1) * self.k)
+        return GateParams(self.thresholds[cut], self.resets[cut], self.weights[cut])
 
     @property
     def channels(self) -> int | None:
@@ -69,11 +90,20 @@ class GateParams:
             "resets": self.resets.tolist(),
             "weights": self.weights.tolist(),
             "axis": self.axis,
+            **({"chains": self.chains} if self.chains > 1 else {}),
         }
+
+
+def of_chains(chains: list[GateParams]) -> GateParams:
+    """One gate of these one-chain gates (of one K) side by side."""
+    return GateParams(np.concatenate([c.thresholds for c in chains]), np.concatenate([c.resets for c in chains]),
+                      np.concatenate([c.weights for c in chains]), chains=len(chains))
 
 
 def simulate(params: GateParams, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Run the gate on x in float32; returns (output, spikes per element)."""
+    if params.chains > 1:
+        return add_chains(simulate, params, x)
     v = np.array(x, dtype=np.float32)  # a copy: the membrane is updated in place
     y = np.zeros(v.shape, dtype=np.float32)
     spikes = np.zeros(v.shape, dtype=np.int32)
@@ -94,6 +124,15 @@ def simulate(params: GateParams, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]
                 v -= reset * z
             else:
                 v = np.where(z, v - reset, v)
+    return y, spikes
+
+
+def add_chains(run: Simulator, params: GateParams, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A gate of several chains run chain by chain (by `run`), outputs added in chain order, spikes summed."""
+    y, spikes = run(params.chain(0), x)
+    for c in range(1, params.chains):
+        yc, sc = run(params.chain(c), x)
+        y, spikes = y + yc, spikes + sc
     return y, spikes
 
 

@@ -132,6 +132,7 @@ class CalibrationOptions:
 REFIT_KICKS = 6  # local-search moves of a calibrated refit (the shipped gates had a longer search offline)
 FOCUS_KICKS = 200  # local-search moves of a focused refit
 DEFAULT_TARGET_MSE = 1e-4  # --k auto's per-site error target
+MAX_CHAINS = 4  # --chains: circuits per gate
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,10 @@ class FitOptions:
     spike_budget: float | None = field(default=None, metadata=_help(
         "With --calib: K per site chosen so that the mean spikes per gate are at most this many, minimising the "
         "outputs' change measured on calibration samples (with or instead of --latency)."))
+    chains: int = field(default=1, metadata=_help(
+        "Circuits of K neurons side by side in each gate, each fitted to the activation over one piece of its "
+        "range, their outputs added: the same K time steps (the latency stays K) with chains x K neurons, and a "
+        "gate about as accurate as one chain of chains x K neurons. Per-channel gates keep one chain."))
     k_per_site: Mapping[str, int] = field(default_factory=dict)  # K by site name (a budget's choice), before all
 
     def __post_init__(self) -> None:
@@ -195,6 +200,8 @@ class FitOptions:
             if not 1 <= value <= MAX_K:
                 raise OptionError(f"--k-per-op {op}={value}: K must be between 1 and {MAX_K}")
         _check_ops("--k-per-op", self.k_per_op)
+        if not 1 <= self.chains <= MAX_CHAINS:
+            raise OptionError(f"--chains {self.chains}: must be between 1 and {MAX_CHAINS}")
         if not self.target_mse > 0:
             raise OptionError(f"--target-mse {self.target_mse}: must be positive")
         if not (self.spike_penalty >= 0 and math.isfinite(self.spike_penalty)):

@@ -23,6 +23,7 @@ from amos_onnx.find.composite import NearMiss
 from amos_onnx.find.sites import Site, find_sites, quantized_ops
 from amos_onnx.fit import focus
 from amos_onnx.fit.budget import allocate_plan, check_measurable
+from amos_onnx.fit.chains import chains_notes
 from amos_onnx.fit.change import judged_tensors
 from amos_onnx.fit.choose import Allocation
 from amos_onnx.fit.search import GRID_FLOOR
@@ -272,7 +273,8 @@ def convert(model_path: str | Path, output_path: str | Path, calib: DataSource |
     if compensation is not None and uncorrected_output is not None:
         write(p, uncorrected_output, fits)  # a copy: the same conversion without its corrections
     report = _write(p, Path(output_path), fits, in_place=True, compensation=compensation)
-    report.notes += focus_notes(focused, options.fit.focus_kicks) + sequential_notes(fits)
+    report.notes += (focus_notes(focused, options.fit.focus_kicks) + sequential_notes(fits)
+                     + chains_notes(options.fit.chains, [f.params for f in fits.values()]))
     if p.allocation is not None:
         report.budget = p.allocation.to_dict()
         report.notes += p.allocation.lines()

@@ -13,9 +13,9 @@ many seeds are within 0.3 points of the ANN.
 A network as NAME:K converts at K for every site; NAME:LN with convert's --latency N (the time budget chooses K per
 site, then the mode's sequential refits and reconstruction follow, as in convert).
 
---range-weight, --spike-penalty, --kicks and --channel-kicks are convert's (the last two with several values: a
-row per value, with the fit stages' mean wall time); --modes keeps some of the four modes. Any of them writes its
-own section.
+--range-weight, --spike-penalty, --kicks, --channel-kicks and --chains are convert's (the last three with several
+values: a row per value, with the fit stages' mean wall time); --modes keeps some of the four modes. Any of them
+writes its own section.
 """
 
 from __future__ import annotations
@@ -45,18 +45,20 @@ WITHIN = 0.3  # points below the ANN the compensation issue asks for
 
 def network(name: str, k: str, seeds: int, folder: Path, range_weight: float = GRID_FLOOR,
             kicks: tuple[int, ...] = (REFIT_KICKS,), modes: tuple[str, ...] = tuple(MODE_KEYS.values()),
-            channel_kicks: tuple[int, ...] = (0,), spike_penalty: float = 0.0) -> list[dict[str, object]]:
-    """One row per mode and search budget (each of `kicks` with each of `channel_kicks`, convert's --kicks and
-    --channel-kicks): each seed's points below the ANN, KL and spikes per gate (fits with convert's --range-weight
-    `range_weight` and --spike-penalty `spike_penalty`), and the fit stages' mean wall time (the fits or the budget,
-    the focus, the sequential refits). `k`: K for every site, or "L<N>" for --latency N."""
+            channel_kicks: tuple[int, ...] = (0,), spike_penalty: float = 0.0,
+            chains: tuple[int, ...] = (1,)) -> list[dict[str, object]]:
+    """One row per mode, search budget and gate shape (each of `kicks` with each of `channel_kicks` and `chains`,
+    convert's --kicks, --channel-kicks and --chains): each seed's points below the ANN, KL and spikes per gate (fits
+    with convert's --range-weight `range_weight` and --spike-penalty `spike_penalty`), and the fit stages' mean wall
+    time (the fits or the budget, the focus, the sequential refits). `k`: K for every site, or "L<N>" for
+    --latency N."""
     path, test, ann = ann_test(name)
     budget = k.startswith("L")
     steps = {"latency": int(k[1:])} if budget else {"k": int(k)}
-    chosen = [(mode, per_channel, refit, (n, c)) for mode, per_channel, refit in MODES if mode in modes
-              for n in kicks for c in channel_kicks]
-    runs: dict[tuple[str, tuple[int, int]], list[tuple[float, float, float]]] = {(c[0], c[3]): [] for c in chosen}
-    seconds: dict[tuple[str, tuple[int, int]], float] = dict.fromkeys(runs, 0.0)
+    chosen = [(mode, per_channel, refit, (n, c, g)) for mode, per_channel, refit in MODES if mode in modes
+              for n in kicks for c in channel_kicks for g in chains]
+    runs: dict[tuple[str, tuple[int, int, int]], list[tuple[float, float, float]]] = {(c[0], c[3]): [] for c in chosen}
+    seconds: dict[tuple[str, tuple[int, int, int]], float] = dict.fromkeys(runs, 0.0)
     for seed in range(seeds):
         plans = {per_channel: plan(path, calib={"image": calibration_images()}, seed=seed,
                                    per_channel=per_channel) for per_channel in {c[1] for c in chosen}}
@@ -64,7 +66,7 @@ def network(name: str, k: str, seeds: int, folder: Path, range_weight: float = G
             q: Plan = plans[per_channel]
             options = FitOptions(seed=seed, per_channel=per_channel, range_weight=range_weight, kicks=moves[0],
                                  channel_kicks=moves[1], spike_penalty=spike_penalty, sequential=refit,
-                                 **steps)
+                                 chains=moves[2], **steps)
             start = time.perf_counter()
             fits, _ = fit_plan(q, options)  # with the budget's choice and the sequential refits, as convert does
             seconds[mode, moves] += (time.perf_counter() - start) / seeds
@@ -72,11 +74,13 @@ def network(name: str, k: str, seeds: int, folder: Path, range_weight: float = G
             run = runs[mode, moves]
             run.append((100 * (ann - float(row["accuracy"])), 1000 * float(row["kl"]),  # type: ignore[arg-type]
                         float(row["spikes"])))  # type: ignore[arg-type]
-            print(f"{name} {k} {mode} kicks {moves[0]} channel kicks {moves[1]} seed {seed}: {run[-1][0]:.2f} "
+            print(f"{name} {k} {mode} kicks {moves[0]} channel kicks {moves[1]} chains {moves[2]} seed {seed}: "
+                  f"{run[-1][0]:.2f} "
                   f"below, KL {run[-1][1]:.1f}, {run[-1][2]:.3f} spikes/gate", flush=True)
     shown = f"--latency {k[1:]}" if budget else k
     return [{"net": name, "ann": ann, "k": shown, "mode": mode, "kicks": moves[0], "channel_kicks": moves[1],
-             "seconds": f"{seconds[mode, moves]:.1f}", "runs": runs[mode, moves]} for mode, moves in runs]
+             "chains": moves[2], "seconds": f"{seconds[mode, moves]:.1f}", "runs": runs[mode, moves]}
+            for mode, moves in runs]
 
 
 def _spread(values: list[float], digits: int) -> str:
@@ -109,6 +113,8 @@ def main() -> None:
     parser.add_argument("--channel-kicks", type=int, nargs="+", default=[0],
                         help="convert's --channel-kicks, one row per value (per-channel modes only; another than "
                              "the default writes its own section)")
+    parser.add_argument("--chains", type=int, nargs="+", default=[1],
+                        help="convert's --chains, one row per value (another than the default writes its own section)")
     parser.add_argument("--spike-penalty", type=float, default=0.0,
                         help="convert's --spike-penalty (another than 0 writes its own section)")
     parser.add_argument("--modes", nargs="+", choices=list(MODE_KEYS), default=list(MODE_KEYS),
@@ -123,7 +129,7 @@ def main() -> None:
             name, k = spec.split(":")
             rows += network(name, k, args.seeds, Path(tmp), args.range_weight, tuple(args.kicks),
                             tuple(MODE_KEYS[mode] for mode in args.modes), tuple(args.channel_kicks),
-                            args.spike_penalty)
+                            args.spike_penalty, tuple(args.chains))
     if not args.write:
         return
     flag = f" --range-weight {args.range_weight:g}" if args.range_weight != GRID_FLOOR else ""
@@ -131,7 +137,8 @@ def main() -> None:
     convert = flag
     columns: tuple[tuple[str, str], ...] = (("mode", "mode"),)
     for option, values, default, key in (("--kicks", args.kicks, [REFIT_KICKS], "kicks"),
-                                         ("--channel-kicks", args.channel_kicks, [0], "channel_kicks")):
+                                         ("--channel-kicks", args.channel_kicks, [0], "channel_kicks"),
+                                         ("--chains", args.chains, [1], "chains")):
         if values != default:
             flag += f" {option} {' '.join(map(str, values))}"
             convert += f" {option} N (a row per N)" if len(values) > 1 else f" {option} {values[0]}"

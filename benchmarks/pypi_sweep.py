@@ -7,7 +7,10 @@ How far the spiking twins move from the originals when every gate gets more neur
 loses and the lines the OCR reads differently come from the gates' resolution (they would come back as K grows)
 or are decisions at a threshold that any small change of the outputs flips.
 
-    .venv/bin/python benchmarks/pypi_sweep.py [--ks default 24 32] [--write]
+    .venv/bin/python benchmarks/pypi_sweep.py [--ks default 24 32] [--chains 1] [--write]
+
+--chains N converts every row with convert's --chains N (N circuits of K neurons side by side in each gate, the
+latency still K) and writes a section of its own.
 """
 
 from __future__ import annotations
@@ -57,16 +60,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ks", nargs="+", default=["default", "24", "32"],
                         help="K for every site per row ('default': convert's K per activation)")
+    parser.add_argument("--chains", type=int, default=1, help="convert's --chains for every row")
     parser.add_argument("--write", action="store_true", help="replace this benchmark's section of RESULTS.md")
     args = parser.parse_args()
-    variants = [(k, {} if k == "default" else {"k": int(k)}) for k in args.ks]
+    chains = {"chains": args.chains} if args.chains != 1 else {}
+    variants = [(k, {**chains, **({} if k == "default" else {"k": int(k)})}) for k in args.ks]
     with tempfile.TemporaryDirectory() as tmp:
         lines = rows(Path(tmp), "K", variants)
     if args.write:
-        write_section("pypi_sweep", "\n".join([
-            "## Real pretrained models from PyPI wheels against K", "",
-            f"`benchmarks/pypi_sweep.py --ks {' '.join(args.ks)} --write` ({machine()}): pypi_models.py's NudeNet "
-            "and PP-OCR conversions and judgements (see that section) with `--k` for every site, or convert's "
+        flag = f" --chains {args.chains}" if chains else ""
+        write_section("pypi_sweep" + flag.replace(" --", "_").replace(" ", "_"), "\n".join([
+            "## Real pretrained models from PyPI wheels against K" + flag.replace(" --", ", --"), "",
+            f"`benchmarks/pypi_sweep.py --ks {' '.join(args.ks)}{flag} --write` ({machine()}): pypi_models.py's "
+            f"NudeNet and PP-OCR conversions and judgements (see that section){flag and ' with' + flag} with `--k` "
+            "for every site, or convert's "
             "default K per activation (NudeNet's SiLU 16; PP-OCR's composites and hard-swish 16, hard-sigmoid 12, "
             "ReLU 10), seed 0, convert's defaults otherwise (weight reconstruction). NudeNet's images and page.png "
             "(a scan) are unlike the calibration images; the 24 more pages are rendered as the calibration pages "

@@ -7,7 +7,9 @@
 //   for t in 0..K-1:  z = v > T[t];  y = z ? y + d[t] : y;  v = z ? v - h[t] : v   (h[K-1] unused)
 //
 // Attributes: k (int), thresholds, resets, weights (floats, K or C*K values),
-// axis (int, only for per-channel gates: parameters for channel c are [c*K, c*K+K)).
+// axis (int, only for per-channel gates: parameters for channel c are [c*K, c*K+K)),
+// chains (int, only for shared gates: that many circuits of K neurons side by side, parameters for chain c
+// at [c*K, c*K+K), each run from x with its own y, the chains' y added in chain order: ((y_1 + y_2) + ...)).
 // Inputs: x (float32, any shape). Outputs: y (float32, x's shape) and, optional,
 // spikes (int32, x's shape: how many of the K neurons fired for each element).
 // NaN inputs fire nothing (y = 0); +inf fires every neuron; -inf fires none.
@@ -34,46 +36,61 @@ constexpr int64_t kTaskElements = 16384; // elements per thread-pool task
 
 struct GateParams {
   int64_t k = 0;
+  int64_t chains = 1;
   int64_t channels = 1;
   int64_t axis = -1;  // -1: one shared gate
   std::vector<float> thresholds, resets, weights;
   std::vector<float> thresholds_t, resets_t, weights_t;  // per-channel: the same as [K, C], for rows of channels
 };
 
-// One run of elements that share a channel's parameters.
-// Built for AVX2 and for the baseline; the loader picks what the CPU has.
+// One chain of K neurons over a block of m elements: acc gets the chain's output from x, count its spikes.
+// Branch-free over the block, so gcc vectorises it (with -fno-trapping-math). With z in {0, 1}, acc + d*z and
+// v - h*z equal the function form's Where(z, acc + d, acc) and Where(z, v - h, v) bit for bit: d*1 = d, and
+// adding a zero leaves acc (never -0) unchanged; parameters are finite.
 template <bool kCountSpikes>
-__attribute__((target_clones("avx2", "default"))) void run_gate(const float* x, float* y, int32_t* spikes, int64_t n, const float* T, const float* h, const float* d,
-              int64_t k) {
-  float v[kBlock];
-  float acc[kBlock];
-  int32_t count[kBlock];
-  for (int64_t start = 0; start < n; start += kBlock) {
-    const int64_t m = std::min(kBlock, n - start);
-    for (int64_t i = 0; i < m; ++i) {
-      v[i] = x[start + i];
-      acc[i] = 0.0f;
-      count[i] = 0;
-    }
-    // Branch-free over a block, so gcc vectorises it (with -fno-trapping-math). With z in {0, 1},
-    // acc + d*z and v - h*z equal the function form's Where(z, acc + d, acc) and Where(z, v - h, v)
-    // bit for bit: d*1 = d, and adding a zero leaves acc (never -0) unchanged; parameters are finite.
-    for (int64_t t = 0; t + 1 < k; ++t) {
-      const float threshold = T[t], weight = d[t], reset = h[t];
-      for (int64_t i = 0; i < m; ++i) {
-        const float z = v[i] > threshold ? 1.0f : 0.0f;
-        acc[i] += weight * z;
-        v[i] -= reset * z;
-        if (kCountSpikes) count[i] += static_cast<int32_t>(z);
-      }
-    }
-    const float threshold = T[k - 1], weight = d[k - 1];  // the last neuron: its reset is never used
+__attribute__((always_inline)) inline void run_chain(const float* x, float* v, float* acc, int32_t* count, int64_t m,
+                                                     const float* T, const float* h, const float* d, int64_t k) {
+  for (int64_t i = 0; i < m; ++i) {
+    v[i] = x[i];
+    acc[i] = 0.0f;
+  }
+  for (int64_t t = 0; t + 1 < k; ++t) {
+    const float threshold = T[t], weight = d[t], reset = h[t];
     for (int64_t i = 0; i < m; ++i) {
       const float z = v[i] > threshold ? 1.0f : 0.0f;
       acc[i] += weight * z;
+      v[i] -= reset * z;
       if (kCountSpikes) count[i] += static_cast<int32_t>(z);
     }
-    for (int64_t i = 0; i < m; ++i) y[start + i] = acc[i];
+  }
+  const float threshold = T[k - 1], weight = d[k - 1];  // the last neuron: its reset is never used
+  for (int64_t i = 0; i < m; ++i) {
+    const float z = v[i] > threshold ? 1.0f : 0.0f;
+    acc[i] += weight * z;
+    if (kCountSpikes) count[i] += static_cast<int32_t>(z);
+  }
+}
+
+// One run of elements that share a channel's parameters (or a shared gate's `chains` chains, one after another in
+// T, h and d, their outputs added in chain order).
+// Built for AVX2 and for the baseline; the loader picks what the CPU has.
+template <bool kCountSpikes>
+__attribute__((target_clones("avx2", "default"))) void run_gate(const float* x, float* y, int32_t* spikes, int64_t n,
+                                                                 const float* T, const float* h, const float* d,
+                                                                 int64_t k, int64_t chains) {
+  float v[kBlock];
+  float acc[kBlock];
+  float total[kBlock];
+  int32_t count[kBlock];
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t m = std::min(kBlock, n - start);
+    for (int64_t i = 0; i < m; ++i) count[i] = 0;
+    run_chain<kCountSpikes>(x + start, v, total, count, m, T, h, d, k);
+    for (int64_t c = 1; c < chains; ++c) {
+      run_chain<kCountSpikes>(x + start, v, acc, count, m, T + c * k, h + c * k, d + c * k, k);
+      for (int64_t i = 0; i < m; ++i) total[i] += acc[i];
+    }
+    for (int64_t i = 0; i < m; ++i) y[start + i] = total[i];
     if (kCountSpikes)
       for (int64_t i = 0; i < m; ++i) spikes[start + i] = count[i];
   }
@@ -132,9 +149,9 @@ void run_gate_on(const Work& w, int64_t start, int64_t end, int64_t channel) {
   const int64_t off = channel * p.k;
   const float *T = p.thresholds.data() + off, *h = p.resets.data() + off, *d = p.weights.data() + off;
   if (w.spikes)
-    run_gate<true>(w.x + start, w.y + start, w.spikes + start, end - start, T, h, d, p.k);
+    run_gate<true>(w.x + start, w.y + start, w.spikes + start, end - start, T, h, d, p.k, p.chains);
   else
-    run_gate<false>(w.x + start, w.y + start, nullptr, end - start, T, h, d, p.k);
+    run_gate<false>(w.x + start, w.y + start, nullptr, end - start, T, h, d, p.k, p.chains);
 }
 
 void run_task(void* data, size_t task) {
@@ -229,17 +246,27 @@ struct AmosGateKernel {
 Ort::Status read_params(const OrtKernelInfo* raw, GateParams& p) {
   Ort::ConstKernelInfo info(raw);
   p.k = info.GetAttribute<int64_t>("k");
-  p.thresholds = info.GetAttributes<float>("thresholds");
-  p.resets = info.GetAttributes<float>("resets");
-  p.weights = info.GetAttributes<float>("weights");
   const std::string node = info.GetNodeName();
+  OrtStatus* chains_status = Ort::GetApi().KernelInfoGetAttribute_int64(raw, "chains", &p.chains);
+  if (chains_status != nullptr) {
+    Ort::GetApi().ReleaseStatus(chains_status);
+    p.chains = 1;
+  } else if (p.chains < 1) {
+    return error("node '" + node + "': chains must be >= 1, got " + std::to_string(p.chains));
+  }
+  // a gate of several chains keeps its parameters under chain_* (amos_onnx/rewrite/emit.py, CHAIN_ATTRS)
+  const std::string prefix = p.chains > 1 ? "chain_" : "";
+  p.thresholds = info.GetAttributes<float>((prefix + "thresholds").c_str());
+  p.resets = info.GetAttributes<float>((prefix + "resets").c_str());
+  p.weights = info.GetAttributes<float>((prefix + "weights").c_str());
   if (p.k < 1 || p.k > kMaxK)
     return error("node '" + node + "': k = " + std::to_string(p.k) + " is outside 1.." + std::to_string(kMaxK));
   const std::pair<const char*, const std::vector<float>*> named[] = {
       {"thresholds", &p.thresholds}, {"resets", &p.resets}, {"weights", &p.weights}};
   for (const auto& [name, values] : named)  // an INTS attribute reads as no floats
     if (values->empty())
-      return error("node '" + node + "': attribute '" + name + "' must be a non-empty list of floats (FLOATS)");
+      return error("node '" + node + "': attribute '" + prefix + name +
+                   "' must be a non-empty list of floats (FLOATS)");
   const size_t n = p.thresholds.size();
   if (p.resets.size() != n || p.weights.size() != n)
     return error("node '" + node + "': thresholds, resets and weights have different lengths (" + std::to_string(n) +
@@ -248,6 +275,12 @@ Ort::Status read_params(const OrtKernelInfo* raw, GateParams& p) {
     return error("node '" + node + "': " + std::to_string(n) + " parameters are not a multiple of k = " +
                  std::to_string(p.k));
   p.channels = static_cast<int64_t>(n) / p.k;
+  if (p.chains > 1) {
+    if (p.channels != p.chains)
+      return error("node '" + node + "': chains = " + std::to_string(p.chains) + " of k = " + std::to_string(p.k) +
+                   " neurons need " + std::to_string(p.chains * p.k) + " parameters, got " + std::to_string(n));
+    p.channels = 1;
+  }
   int64_t axis = -1;
   OrtStatus* status = Ort::GetApi().KernelInfoGetAttribute_int64(raw, "axis", &axis);
   if (status != nullptr) {
@@ -256,6 +289,8 @@ Ort::Status read_params(const OrtKernelInfo* raw, GateParams& p) {
   } else if (axis < 0) {
     return error("node '" + node + "': axis must be >= 0, got " + std::to_string(axis));
   }
+  if (axis >= 0 && p.chains > 1)
+    return error("node '" + node + "': a gate of several chains is shared: it takes no axis");
   if (axis < 0 && p.channels != 1)
     return error("node '" + node + "': " + std::to_string(n) + " parameters for k = " + std::to_string(p.k) +
                  " need an axis attribute (per-channel gate)");

@@ -110,12 +110,12 @@ def test_one_seed_option_seeds_calibration_and_fits(tmp_path: Path) -> None:
     values = {"k": "6", "k_per_op": None, "target_mse": 1e-4, "spike_penalty": 0.0, "seed": 7, "kicks": 6,
               "focus_kicks": 0, "per_channel": False, "bias_correction": True, "reconstruct": False, "sequential": True,
               "channel_axis": None, "latency": None, "spike_budget": None, "range_weight": 0.001, "channel_kicks": 0,
-              "emit": "function", "only": None,
+              "chains": 2, "emit": "function", "only": None,
               "skip": None, "image_size": None, "layout": None, "scale": 1 / 255, "mean": None, "std": None,
               "bgr": False, "batch_axes": ("state=1",), "address": None, "actors": None, "cpus": 1}
     options = convert_options(values, str(TRAIN), quiet=True)
     assert options.calibration.seed == options.fit.seed == 7 and options.fit.k == 6 and options.progress is False
-    assert options.fit.range_weight == 0.001
+    assert options.fit.range_weight == 0.001 and options.fit.chains == 2
     assert options.calibration.batch_axes == {"state": 1} and options.fit.bias_correction and options.fit.sequential
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -49,6 +49,7 @@ from amos_onnx.data.inputs import model_layout, sliceable
 from amos_onnx.find.gates import Activation
 from amos_onnx.find.sites import Site
 from amos_onnx.fit import focus
+from amos_onnx.fit.chains import fit_chains
 from amos_onnx.fit.channels import CHANNEL_MARGIN, CHANNEL_MIN_SAMPLES
 from amos_onnx.fit.kernel import sample_error
 from amos_onnx.fit.search import fit
@@ -130,9 +131,11 @@ def refit(job: Refit) -> Refitted:
     params, changed = job.start, False
     if hi - lo >= 1e-3:
         penalty = absolute_penalty(job.act, job.samples, lo, hi, job.options.spike_penalty)
-        params = fit(job.target, job.start.k, lo, hi, job.samples, warm=[job.start], kicks=job.options.kicks,
-                     seed=job.options.seed, keep_starts=REFIT_STARTS, spike_penalty=penalty,
-                     range_weight=job.options.range_weight).params
+        search: dict[str, Any] = dict(kicks=job.options.kicks, seed=job.options.seed, keep_starts=REFIT_STARTS,
+                                      spike_penalty=penalty, range_weight=job.options.range_weight)
+        params = (fit_chains(job.target, job.start.k, job.start.chains, lo, hi, job.samples, warm=job.start, **search)
+                  if job.start.chains > 1 else fit(job.target, job.start.k, lo, hi, job.samples, warm=[job.start],
+                                                   **search)).params
         changed = True
     return Refitted(params, changed, lo, hi, *sample_error(params, job.target, job.samples), job.samples.size)
 

@@ -96,7 +96,9 @@ def rest(T: np.ndarray, h: np.ndarray, d: np.ndarray, v: np.ndarray, start: int)
 
 def simulate(params: GateParams, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """amos_onnx.gate.simulate (output, spikes per element), in C for a shared gate with finite resets and weights
-    when the library is available, else gate.simulate itself."""
+    when the library is available, else gate.simulate itself (a gate of several chains chain by chain)."""
+    if params.chains > 1:
+        return gate.add_chains(simulate, params, x)
     lib = _library() if available() else None
     if lib is None or params.axis is not None or not (np.isfinite(params.resets).all()
                                                       and np.isfinite(params.weights).all()):

@@ -13,6 +13,7 @@ import numpy as np
 from amos_onnx.calibrate.reservoir import Reservoir
 from amos_onnx.find.gates import Activation
 from amos_onnx.fit import library
+from amos_onnx.fit.chains import fit_chains
 from amos_onnx.fit.channels import channel_gates
 from amos_onnx.fit.kernel import sample_error
 from amos_onnx.fit.search import FitResult, fit, solve_weights
@@ -67,7 +68,14 @@ TOP_K = library.K_RANGE.stop - 1  # the library's largest K: a fit beyond it com
 # ... at K - BEYOND_STEP, TOP_K at least (a chain: K=32's competitor is K=24's fit, whose is K=16's): searches
 # over 32 neurons landed above K=24's error on real detector sites (NudeNet: 9.4e-4 against 5.7e-4)
 BEYOND_STEP = 8
-_DATA_FREE: dict[tuple[str, float, float, bool, int, float], FitResult] = {}
+_DATA_FREE: dict[tuple[str, float, float, bool, int, float, int], FitResult] = {}
+
+
+def site_chains(act: Activation, res: Reservoir | None, options: FitOptions) -> int:
+    """The chains of a site's gate: options.chains, but one for per-channel gates (PRelu's slopes, --per-channel
+    where the calibration kept channels)."""
+    per_channel = act.channel_funcs is not None or (options.per_channel and res is not None and res.axis is not None)
+    return 1 if per_channel else options.chains
 
 
 def absolute_penalty(act: Activation, samples: np.ndarray | None, lo: float, hi: float, penalty: float) -> float:
@@ -80,13 +88,16 @@ def absolute_penalty(act: Activation, samples: np.ndarray | None, lo: float, hi:
     return penalty * float(np.mean(act.func(x) ** 2))
 
 
-def _data_free(act: Activation, k: int, penalty: float = 0.0) -> FitResult:
+def _data_free(act: Activation, k: int, penalty: float = 0.0, chains: int = 1) -> FitResult:
     """Data-free fits depend only on the function (its label), range, K and penalty: fit each once per process.
     Beyond the library's largest K, the fit at K - BEYOND_STEP (TOP_K at least), itself so fitted, competes with
     the search (as _calibrated's does). With a spike penalty the error-only gate at this K (the shipped one, or
     the search's beyond the library) is refitted from itself on the range, and that chain's penalised fit
-    competes."""
-    key = (act.label, act.lo, act.hi, act.relu_like, k, penalty)
+    competes. Several chains: fit.chains' gate on the range (penalised when there is a penalty)."""
+    key = (act.label, act.lo, act.hi, act.relu_like, k, penalty, chains)
+    if key not in _DATA_FREE and chains > 1:
+        _DATA_FREE[key] = fit_chains(act.func, k, chains, act.lo, act.hi, relu_like=act.relu_like,
+                                     spike_penalty=absolute_penalty(act, None, act.lo, act.hi, penalty))
     if key not in _DATA_FREE:
         fewer = [_data_free(act, max(TOP_K, k - BEYOND_STEP), penalty).params] if k > TOP_K else []
         if penalty:
@@ -167,12 +178,19 @@ def _fit_job(job: Job) -> SiteFit:
     if not 1 <= k <= MAX_K:
         raise ValueError(f"K must be in 1..{MAX_K}")
     lo, hi = site_range(act, res)
+    chains = site_chains(act, res, options)
     if res is None or res.seen == 0:
-        result = _data_free(act, k, options.spike_penalty)
+        result = _data_free(act, k, options.spike_penalty, chains)
         return SiteFit(result.params if act.channel_funcs is None else _per_channel(act, result, None),
                        FitSource.DATA_FREE, lo, hi, result.mse, result.max_error, result.mean_spikes, 0)
     samples = res.values
-    result = _calibrated(act, k, samples, (lo, hi), job)
+    if chains > 1:
+        lam = absolute_penalty(act, samples, lo, hi, options.spike_penalty)
+        result = fit_chains(act.func, k, chains, lo, hi, samples, warm=job.start, relu_like=act.relu_like,
+                            spike_penalty=lam, range_weight=options.range_weight, kicks=options.kicks,
+                            seed=options.seed, keep_starts=REFIT_STARTS)
+    else:
+        result = _calibrated(act, k, samples, (lo, hi), job)
     if act.channel_funcs is not None:
         params = _per_channel(act, result, samples)
         mse, max_err, spikes = sample_error(result.params, act.func, samples)

@@ -44,9 +44,10 @@ _REFITS: dict[tuple[object, ...], GateParams] = {}
 
 def _refit_key(job: Job) -> tuple[object, ...] | None:
     """What an error-only calibrated refit depends on (the samples by digest), or None for a job that makes
-    none to reuse (data-free, automatic K, per-channel gates)."""
+    none to reuse (data-free, automatic K, per-channel gates, gates of several chains)."""
     act, res, options = job.act, job.res, job.options
-    if job.k == AUTO or res is None or res.seen == 0 or act.channel_funcs is not None or options.per_channel:
+    if (job.k == AUTO or res is None or res.seen == 0 or act.channel_funcs is not None or options.per_channel
+            or options.chains > 1):
         return None
     return (act.label, act.relu_like, int(job.k), options.seed, options.kicks, options.range_weight, REFIT_STARTS,
             site_range(act, res), res.digest())

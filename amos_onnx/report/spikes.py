@@ -111,11 +111,11 @@ def gate_params(node: onnx.NodeProto) -> GateParams:
     not make a gate (a hand-edited node: missing, mistyped or mis-sized attributes)."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     try:
-        k, axis = int(attrs["k"]), attrs.get("axis")
-        arrays = [np.asarray(attrs[name], np.float32) for name in emit.PARAM_ATTRS]
+        k, axis, chains = int(attrs["k"]), attrs.get("axis"), int(attrs.get("chains", 1))
+        arrays = [np.asarray(attrs[name], np.float32) for name in emit.param_attrs(chains)]
         if axis is not None:
             arrays = [a.reshape(-1, k) for a in arrays]
-        params = GateParams(arrays[0], arrays[1], arrays[2], axis=None if axis is None else int(axis))
+        params = GateParams(arrays[0], arrays[1], arrays[2], axis=None if axis is None else int(axis), chains=chains)
     except (KeyError, ValueError, TypeError) as exc:
         text = f"attribute {exc} is missing" if isinstance(exc, KeyError) else str(exc)
         raise ModelLoadError(f"node '{node.name}': its AmosGate attributes do not make a gate: {text}") from None
@@ -131,13 +131,14 @@ class GateStats:
 
     node: str
     input: str
-    k: int
+    k: int  # neurons per chain: the gate's latency in steps
     output: str = ""
     inside: str | None = None  # the If branch or Scan body holding it (Counted.inside); None at top level
     spikes: int = 0  # neurons that fired, summed over all gate evaluations
     evaluations: int = 0  # gate evaluations: elements times samples
     silent: int = 0  # evaluations in which no neuron fired
     samples: Reservoir = field(default_factory=lambda: Reservoir(SAMPLE_CAP, np.random.default_rng(0)), repr=False)
+    chains: int = 1  # circuits of k neurons side by side (gate.GateParams.chains)
     # the gate's output against the original network's tensor of the same name (error accumulated upstream)
     error_sq: float = 0.0
     error_count: int = 0
@@ -155,7 +156,8 @@ class GateStats:
         per_input = self.evaluations / max(samples, 1)
         measured = self.error_count > 0
         return {"node": self.node, "input": self.input, "output": self.output, "inside": self.inside, "k": self.k,
-                "gates_per_input": per_input, "neurons_per_input": per_input * self.k,
+                **({"chains": self.chains} if self.chains > 1 else {}),
+                "gates_per_input": per_input, "neurons_per_input": per_input * self.k * self.chains,
                 "spikes_per_input": self.spikes / max(samples, 1), "mean_spikes_per_gate": self.mean_spikes,
                 "silent_share": self.silent_share,
                 "layer_rmse": float(np.sqrt(self.error_sq / self.error_count)) if measured else None,
@@ -171,7 +173,8 @@ class SpikeCounter:
         self.gates, self.uncounted = counted_gates(model)
         self.params = {g.key: gate_params(g.node) for g in self.gates}
         self.stats = {g.key: GateStats(g.key, g.node.input[0], self.params[g.key].k, g.node.output[0], g.inside,
-                                       samples=Reservoir(SAMPLE_CAP, np.random.default_rng(seed)))
+                                       samples=Reservoir(SAMPLE_CAP, np.random.default_rng(seed)),
+                                       chains=self.params[g.key].chains)
                       for g in self.gates}
 
     @property

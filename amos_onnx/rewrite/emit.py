@@ -20,27 +20,38 @@ DOMAIN = "amos"
 OP_TYPE = "AmosGate"
 DOMAIN_VERSION = 1
 FUNCTION_IR_VERSION = 10  # function overloads need IR version 10
-ATTRS = ("k", "thresholds", "resets", "weights")
 PARAM_ATTRS = ("thresholds", "resets", "weights")
+# A gate of several chains keeps its parameters under other names (beside its `chains`): a one-chain function body
+# refuses such a node (the attributes it reads are missing) rather than compute its first chain alone.
+CHAIN_ATTRS = ("chain_thresholds", "chain_resets", "chain_weights")
+
+
+def param_attrs(chains: int) -> tuple[str, str, str]:
+    """The attribute names of a gate's thresholds, resets and weights."""
+    return PARAM_ATTRS if chains == 1 else CHAIN_ATTRS
 
 Namer = Callable[[str], str]
 
 
 class Overload(NamedTuple):
-    """One function body: K, and for a per-channel gate the number of axes after its channel axis."""
+    """One function body: K, for a per-channel gate the number of axes after its channel axis, and the chains of a
+    shared gate."""
 
     k: int
     trailing: int | None = None
+    chains: int = 1
 
     @property
     def name(self) -> str:
-        return f"k{self.k}" if self.trailing is None else f"k{self.k}c{self.trailing}"
+        name = f"k{self.k}" if self.trailing is None else f"k{self.k}c{self.trailing}"
+        return name if self.chains == 1 else f"{name}x{self.chains}"
 
 
 def overload_of(params: GateParams, rank: int | None) -> Overload:
-    """Function overload for this gate: one per K (and trailing dims for per-channel gates)."""
+    """Function overload for this gate: one per K (and trailing dims for per-channel gates, chains for a gate of
+    several)."""
     if params.axis is None:
-        return Overload(params.k)
+        return Overload(params.k, None, params.chains)
     if rank is None:
         raise ValueError("a per-channel gate needs the input rank")
     return Overload(params.k, rank - 1 - params.axis)
@@ -97,15 +108,21 @@ def _attr_int(name: str, attr: str) -> onnx.NodeProto:
     return node
 
 
-def _checks(k: int, trailing: int | None) -> list[onnx.NodeProto]:
+def _checks(k: int, trailing: int | None, chains: int = 1) -> list[onnx.NodeProto]:
     """The body's refusal of a node whose attributes do not fit this overload (the native op reads them and would
-    compute another gate): k must be the overload's K, and a per-channel gate's axis must leave the overload's
-    number of axes after it. Gives `zero`, the body's float 0, through them."""
+    compute another gate): k must be the overload's K, a per-channel gate's axis must leave the overload's
+    number of axes after it, and a gate of several chains must say as many. Gives `zero`, the body's float 0,
+    through them."""
     nodes = [_const("zero_0", np.array(0.0, np.float32)), _const("zero_1", np.zeros(1, np.float32)),
              _const("one", np.ones(1, np.int64)), _const("k_own", np.array([k], np.int64)),
              _attr_int("k_scalar", "k"), helper.make_node("Reshape", ["k_scalar", "one"], ["k_given"]),
              *_must_match("k_given", "k_own", "k"),
-             helper.make_node("Add", ["zero_0", "k_ok"], ["zero" if trailing is None else "zero_k"])]
+             helper.make_node("Add", ["zero_0", "k_ok"], ["zero" if trailing is None and chains == 1 else "zero_k"])]
+    if chains > 1:
+        nodes += [_const("chains_own", np.array([chains], np.int64)), _attr_int("chains_scalar", "chains"),
+                  helper.make_node("Reshape", ["chains_scalar", "one"], ["chains_given"]),
+                  *_must_match("chains_given", "chains_own", "chains"),
+                  helper.make_node("Add", ["zero_k", "chains_ok"], ["zero"])]
     if trailing is not None:
         nodes += [_attr_int("axis_scalar", "axis"), helper.make_node("Reshape", ["axis_scalar", "one"], ["axis_given"]),
                   helper.make_node("Shape", ["x"], ["x_shape"]), helper.make_node("Shape", ["x_shape"], ["rank"]),
@@ -119,15 +136,15 @@ def _checks(k: int, trailing: int | None) -> list[onnx.NodeProto]:
 def function_proto(overload: Overload, opset_imports: list[onnx.OperatorSetIdProto]) -> onnx.FunctionProto:
     """The model-local function for one overload: parameters come from the node's attributes; a node whose k
     (or axis) does not fit the overload is refused (_checks)."""
-    k, trailing = overload
-    nodes = [_const("i1", np.array(0, np.int64)), *_checks(k, trailing)]
+    k, trailing, chains = overload
+    nodes = [_const("i1", np.array(0, np.int64)), *_checks(k, trailing, chains)]
     steps = []
-    for attr in PARAM_ATTRS:
-        nodes.append(_attr_const(f"{attr}_all", attr))
+    for attr, named in zip(PARAM_ATTRS, param_attrs(chains)):
+        nodes.append(_attr_const(f"{attr}_all", named))
         if trailing is not None:
             nodes.append(_const(f"{attr}_shape", np.array([-1, k], np.int64)))
             nodes.append(helper.make_node("Reshape", [f"{attr}_all", f"{attr}_shape"], [f"{attr}_ck"]))
-    for t in range(k):
+    for t in range(k * chains):
         if t > 0:
             nodes.append(_const(f"i{t + 1}", np.array(t, np.int64)))
         names = []
@@ -142,24 +159,48 @@ def function_proto(overload: Overload, opset_imports: list[onnx.OperatorSetIdPro
                 nodes.append(helper.make_node("Reshape", [f"{step}_c", "channel_shape"], [step]))
             names.append(step)
         steps.append((names[0], names[1], names[2]))
-    nodes += unroll("x", "y", steps, "zero", lambda s: s)
-    attributes = list(ATTRS) + (["axis"] if trailing is not None else [])
+    nodes += chained("x", "y", steps, chains, "zero", lambda s: s)
+    attributes = ["k", *param_attrs(chains)] + (["axis"] if trailing is not None else []) + (
+        ["chains"] if chains > 1 else [])
     return helper.make_function(
         DOMAIN, OP_TYPE, ["x"], ["y"], nodes, opset_imports, attributes=attributes, overload=overload.name,
-        doc_string=f"AMOS spiking gate, K={k}" + (" per channel" if trailing is not None else ""),
+        doc_string=f"AMOS spiking gate, K={k}" + (" per channel" if trailing is not None else "")
+        + (f", {chains} chains" if chains > 1 else ""),
     )
+
+
+def _prefixed(name: Namer, prefix: str) -> Namer:
+    return lambda s: name(prefix + s)
+
+
+def chained(x: str, y: str, steps: list[tuple[str, str, str]], chains: int, zero: str,
+            name: Namer) -> list[onnx.NodeProto]:
+    """unroll() for each chain's K steps (of `steps`, chain after chain), each from x, their outputs added in chain
+    order into y; one chain is unroll() itself."""
+    if chains == 1:
+        return unroll(x, y, steps, zero, name)
+    k = len(steps) // chains
+    nodes: list[onnx.NodeProto] = []
+    total = ""
+    for c in range(chains):
+        out = name(f"chain{c + 1}")
+        nodes += unroll(x, out, steps[c * k:(c + 1) * k], zero, _prefixed(name, f"c{c + 1}_"))
+        if c > 0:
+            nodes.append(helper.make_node("Add", [total, out], [y if c == chains - 1 else name(f"sum{c + 1}")],
+                                          name=name(f"chains{c + 1}")))
+        total = out if c == 0 else (y if c == chains - 1 else name(f"sum{c + 1}"))
+    return nodes
 
 
 def gate_node(x: str, y: str, params: GateParams, rank: int | None, node_name: str, doc: str) -> onnx.NodeProto:
     """The converted node: one AmosGate with K and T, h, d as attributes."""
-    attrs: dict[str, Any] = {
-        "k": params.k,
-        "thresholds": params.thresholds.ravel().tolist(),
-        "resets": params.resets.ravel().tolist(),
-        "weights": params.weights.ravel().tolist(),
-    }
+    attrs: dict[str, Any] = {"k": params.k}
+    for attr, named in zip(PARAM_ATTRS, param_attrs(params.chains)):
+        attrs[named] = getattr(params, attr).ravel().tolist()
     if params.axis is not None:
         attrs["axis"] = params.axis
+    if params.chains > 1:
+        attrs["chains"] = params.chains
     node = helper.make_node(OP_TYPE, [x], [y], name=node_name, domain=DOMAIN, doc_string=doc, **attrs)
     node.overload = overload_of(params, rank).name
     return node
@@ -173,9 +214,13 @@ def inline_nodes(x: str, y: str, params: GateParams, rank: int | None,
     zero = name("zero")
     inits = [numpy_helper.from_array(np.array(0.0, np.float32), zero)]
     steps = []
-    for t in range(params.k):
-        values = params.step(t, rank or 0)
-        names = (name(f"T{t + 1}"), name(f"h{t + 1}") if t < params.k - 1 else "", name(f"d{t + 1}"))
-        inits += [numpy_helper.from_array(np.asarray(v, np.float32), n) for v, n in zip(values, names) if n]
-        steps.append(names)
-    return unroll(x, y, steps, zero, name), inits
+    for c in range(params.chains):
+        chain = params.chain(c) if params.chains > 1 else params
+        tag = f"c{c + 1}_" if params.chains > 1 else ""
+        for t in range(params.k):
+            values = chain.step(t, rank or 0)
+            names = (name(f"{tag}T{t + 1}"), name(f"{tag}h{t + 1}") if t < params.k - 1 else "",
+                     name(f"{tag}d{t + 1}"))
+            inits += [numpy_helper.from_array(np.asarray(v, np.float32), n) for v, n in zip(values, names) if n]
+            steps.append(names)
+    return chained(x, y, steps, params.chains, zero, name), inits
