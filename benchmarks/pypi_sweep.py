@@ -72,8 +72,9 @@ def main() -> None:
         write_section("pypi_sweep" + flag.replace(" --", "_").replace(" ", "_"), "\n".join([
             "## Real pretrained models from PyPI wheels against K" + flag.replace(" --", ", --"), "",
             f"`benchmarks/pypi_sweep.py --ks {' '.join(args.ks)}{flag} --write` ({machine()}): pypi_models.py's "
-            f"NudeNet and PP-OCR conversions and judgements (see that section){flag and ' with' + flag} with `--k` "
-            "for every site, or convert's "
+            "NudeNet and PP-OCR conversions and judgements (see that section)"
+            + (f", every gate {args.chains} chains of K neurons (`--chains {args.chains}`)," if chains else "")
+            + " with `--k` for every site, or convert's "
             "default K per activation (NudeNet's SiLU 16; PP-OCR's composites and hard-swish 16, hard-sigmoid 12, "
             "ReLU 10), seed 0, convert's defaults otherwise (weight reconstruction). NudeNet's images and page.png "
             "(a scan) are unlike the calibration images; the 24 more pages are rendered as the calibration pages "
