@@ -34,8 +34,14 @@ for step in "fashion_nets.py" "fashion_k.py --write" "per_channel.py --write" "f
     "fit_spread.py --nets vgg:4 resnet:4 --seeds 5 --range-weight 0.001 --spike-penalty 0.02 --modes one-gate+sequential per-channel+sequential --write" \
     "fit_spread.py --nets vgg:L24 resnet:L48 effnet:L90 --seeds 5 --modes one-gate --write" \
     "fit_spread.py --nets effnet:L90 --seeds 5 --range-weight 0.001 --channel-kicks 60 --modes per-channel+sequential --write" \
+    "fit_spread.py --nets effnet:L90 vgg:L24 resnet:L48 --seeds 3 --modes one-gate --chains 1 2 --write" \
+    "fit_spread.py --nets effnet:L90 vgg:L24 resnet:L48 --seeds 3 --modes one-gate --chains 2 --spike-penalty 0.002 --write" \
+    "fit_spread.py --nets effnet:5 gelu:4 vgg:3 resnet:3 effnet:10 --seeds 3 --modes one-gate --chains 1 2 --write" \
+    "fit_spread.py --nets effnet:6 effnet:5 --seeds 3 --modes one-gate --chains 2 --spike-penalty 0.002 --write" \
+    "fit_spread.py --nets vgg:4 resnet:4 --seeds 3 --modes one-gate --chains 2 --spike-penalty 0.01 --write" \
+    "fit_spread.py --nets vgg:4 resnet:4 --seeds 3 --modes one-gate --chains 2 --spike-penalty 0.03 --write" \
     "range_weight.py --part fashion --nets vgg:4 resnet:4 effnet:6 gelu:5 --seeds 2 --write" \
-    "range_weight.py --part pypi --write" "pypi_sweep.py --write" "stability.py --write" "captcha_ocr.py --write" \
+    "range_weight.py --part pypi --write" "pypi_sweep.py --write" "pypi_sweep.py --ks default --chains 2 --write" "stability.py --write" "captcha_ocr.py --write" \
     "nudenet_calibration.py --write"; do
     start=$SECONDS
     echo "$PYTHON benchmarks/$step"
