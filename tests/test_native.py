@@ -16,7 +16,7 @@ from gate_cases import CASES, PRELU_SLOPES
 from onnx import TensorProto, helper
 
 import amos_onnx
-from amos_onnx.gate import GateParams, simulate
+from amos_onnx.gate import GateParams, of_chains, simulate
 from amos_onnx.rewrite import emit
 from amos_onnx.runtime import native_library, session
 
@@ -101,6 +101,22 @@ def test_property_random_parameters_and_inputs(seed: int) -> None:
         out = native.reshape(-1)
         assert out[1] == 0.0 and out[2] == 0.0  # -inf and NaN fire nothing
         assert out[0] == reference.reshape(-1)[0]  # +inf fires every neuron
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gates_of_several_chains_agree_bit_for_bit(seed: int) -> None:
+    """A gate of 2-4 chains (--chains): kernel, function form and numpy reference agree bit for bit, outputs and
+    spike counts, including +-inf and NaN, over blocks of the kernel's size and a ragged tail."""
+    rng = np.random.default_rng(50 + seed)
+    k, chains = int(rng.integers(1, 65)), int(rng.integers(2, 5))
+    params = of_chains([random_params(rng, k, None) for _ in range(chains)])
+    x = rng.normal(0, 6, (2, 3000)).astype(np.float32)
+    x[0, :4] = [np.inf, -np.inf, np.nan, 0.0]
+    y, s = session(gate_model(params, ["N", "M"], spikes=True), native=True).run(["y", "s"], {"x": x})
+    function, _ = both(gate_model(params, ["N", "M"]), x)
+    reference, spikes = simulate(params, x)
+    assert np.array_equal(y, reference, equal_nan=True) and np.array_equal(function, reference, equal_nan=True)
+    assert np.array_equal(s, spikes)
 
 
 @pytest.mark.parametrize("shape, axis", [((4, 9, 1500), 2), ((3, 7, 5), 2), ((2, 3000), 1), ((6, 40, 3), 1),
@@ -225,6 +241,13 @@ def bad_gate(**attrs: object) -> onnx.ModelProto:
         (dict(k=1, thresholds=[1.0]), "missing or malformed attribute"),
         (dict(k=3, thresholds=[1, 2, 3], resets=[1.0] * 3, weights=[1.0] * 3),
          "attribute 'thresholds' must be a non-empty list of floats"),
+        (dict(k=2, chains=2, chain_thresholds=[1.0] * 6, chain_resets=[1.0] * 6, chain_weights=[1.0] * 6),
+         "chains = 2 of k = 2 neurons need 4 parameters, got 6"),
+        (dict(k=2, chains=0, thresholds=[1.0] * 2, resets=[1.0] * 2, weights=[1.0] * 2), "chains must be >= 1"),
+        (dict(k=2, chains=2, thresholds=[1.0] * 4, resets=[1.0] * 4, weights=[1.0] * 4),
+         "missing or malformed attribute"),
+        (dict(k=1, chains=2, axis=0, chain_thresholds=[1.0] * 2, chain_resets=[1.0] * 2, chain_weights=[1.0] * 2),
+         "a gate of several chains is shared"),
     ],
 )
 def test_bad_attributes_fail_session_creation_cleanly(attrs: dict, message: str) -> None:
