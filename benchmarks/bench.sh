@@ -40,6 +40,7 @@ for step in "fashion_nets.py" "fashion_k.py --write" "per_channel.py --write" "f
     "fit_spread.py --nets effnet:6 effnet:5 --seeds 3 --modes one-gate --chains 2 --spike-penalty 0.002 --write" \
     "fit_spread.py --nets vgg:4 resnet:4 --seeds 3 --modes one-gate --chains 2 --spike-penalty 0.01 --write" \
     "fit_spread.py --nets vgg:4 resnet:4 --seeds 3 --modes one-gate --chains 2 --spike-penalty 0.03 --write" \
+    "latency_budget.py --nets effnet --modes reconstructed --chains 2 --spike-penalty 0.002 --write" \
     "range_weight.py --part fashion --nets vgg:4 resnet:4 effnet:6 gelu:5 --seeds 2 --write" \
     "range_weight.py --part pypi --write" "pypi_sweep.py --write" "pypi_sweep.py --ks default --chains 2 --write" "stability.py --write" "captcha_ocr.py --write" \
     "nudenet_calibration.py --write"; do

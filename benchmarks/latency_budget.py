@@ -2,6 +2,7 @@
 and against the rate-coded peer's accuracy at T steps.
 
     .venv/bin/python benchmarks/latency_budget.py [--nets vgg,resnet,effnet] [--images 2000] [--write]
+        [--modes plain bias-corrected reconstructed] [--chains 1] [--spike-penalty 0]
 
 - The networks of fashion_nets.py, calibrated on fashion_k.py's 2,000 training images (seed 0), convert's
   defaults otherwise. Uniform: --k K for K = 2..8 (latency per input: K times the gates on the deepest path).
@@ -22,7 +23,8 @@ and against the rate-coded peer's accuracy at T steps.
   run fashion_peer.py first; without it the plots go without the peer, and the section says so).
 
 Writes benchmarks/latency_budget_<net>.png (accuracy against time steps per input) and, with --write, its section
-of RESULTS.md.
+of RESULTS.md. --chains and --spike-penalty are convert's, for every conversion of the run (uniform, budgeted and
+the default K it is timed against); with either, or with fewer --modes, the plots and the section are its own.
 """
 
 from __future__ import annotations
@@ -121,17 +123,18 @@ def measure(path: Path, calib: Path, out: Path, x: np.ndarray, y: np.ndarray, an
     return row
 
 
-def network(name: str, images: int, folder: Path) -> dict[str, object]:
+def network(name: str, images: int, folder: Path, modes: dict[str, dict[str, object]] = MODES) -> dict[str, object]:
+    """Every mode's reference (default K), uniform and budgeted conversions of one network (`modes`: convert's
+    keywords per mode)."""
     path, _ = fashion_nets.network(name)
     x, y, where = test_set(name, images)
     calib = folder / "calib.npz"
     np.savez(calib, image=fashion_k.calibration_images())
     logits = fashion_k.run_original(path, x)
     ann = float((logits.argmax(1) == y).mean())
-    plain = measure(path, calib, folder / "plain.onnx", x, y, logits, **MODES["plain"])
-    res: dict[str, object] = {"name": name, "ann": ann, "where": where, "plain": plain, "modes": {}}
-    for mode, extra in MODES.items():
-        reference = plain if mode == "plain" else measure(path, calib, folder / "r.onnx", x, y, logits, **extra)
+    res: dict[str, object] = {"name": name, "ann": ann, "where": where, "modes": {}}
+    for mode, extra in modes.items():
+        reference = measure(path, calib, folder / "r.onnx", x, y, logits, **extra)
         uniform = [dict(measure(path, calib, folder / "u.onnx", x, y, logits, k=k, **extra), k=k) for k in KS]
         depth = uniform[0]["latency_steps"] // KS[0]  # type: ignore[operator]
         budgets = sorted({depth * k for k in KS} | {TARGETS[name][0]})
@@ -271,8 +274,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nets", default="vgg,resnet,effnet")
     parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument("--chains", type=int, default=1, help="convert's --chains for every conversion")
+    parser.add_argument("--spike-penalty", type=float, default=0.0, help="convert's --spike-penalty for every one")
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     args = parser.parse_args()
+    common = {**({"chains": args.chains} if args.chains != 1 else {}),
+              **({"spike_penalty": args.spike_penalty} if args.spike_penalty else {})}
+    modes = {mode: {**MODES[mode], **common} for mode in args.modes}
+    options = "".join(f" --{key.replace('_', '-')} {value:g}" for key, value in common.items())
+    flags = (f" --modes {' '.join(args.modes)}" if args.modes != list(MODES) else "") + options
+    suffix = flags.replace(" --", "_").replace(" ", "_").replace("-", "_")
     cache = fashion_data.ROOT / ".cache/latency-budget"
     cache.mkdir(parents=True, exist_ok=True)
     curves, targets, missing, results = [], [], [], []
@@ -281,18 +293,19 @@ def main() -> None:
             peer = peer_curves(name)
             if peer is None and name != "effnet":
                 missing.append(name)
-            res = network(name, args.images, Path(tmp))
-            (cache / f"{name}.json").write_text(json.dumps(res, indent=1))
-            plot(name, res, peer, OUT / f"latency_budget_{name}.png")
+            res = network(name, args.images, Path(tmp), modes)
+            (cache / f"{name}{suffix}.json").write_text(json.dumps(res, indent=1))
+            plot(name, res, peer, OUT / f"latency_budget_{name}{suffix}.png")
             results.append(res)
             curves += curve_lines(name, res)
             targets += target_lines(name, res)
     text = "\n".join([
-        "## K per site for a latency budget against one K for every site",
+        "## K per site for a latency budget against one K for every site" + flags.replace(" --", ", --"),
         "",
-        f"Command: `.venv/bin/python benchmarks/latency_budget.py --nets {args.nets} --images {args.images} --write` "
-        f"({machine()}; the networks of fashion_nets.py, calibrated on fashion_k.py's 2,000 training images, seed 0, "
-        "convert's defaults otherwise, focus on). Uniform: `--k K`; budgeted: `--latency N` (each site fitted at "
+        f"Command: `.venv/bin/python benchmarks/latency_budget.py --nets {args.nets} --images {args.images}{flags} "
+        f"--write` ({machine()}; the networks of fashion_nets.py, calibrated on fashion_k.py's 2,000 training images, "
+        f"seed 0, convert's defaults otherwise{', every conversion with' + options if common else ''}, focus on). "
+        "Uniform: `--k K`; budgeted: `--latency N` (each site fitted at "
         "the candidate K around N over the gates on the deepest path, its gate alone in place measured on the "
         "kept calibration samples, K chosen per site under the path constraint). Accuracy on the peer "
         "benchmark's test images (VGG, ResNet) or the full test set (EfficientNet), spikes per gate from the native "
@@ -318,10 +331,10 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|", *targets, "",
         *([f"The plots of {', '.join(missing)} go without the peer's curves: no fashion_peer.py run on record "
            "here.", ""] if missing else []),
-        *[f"![{n}](latency_budget_{n}.png)" for n in args.nets.split(",")]])
+        *[f"![{n}](latency_budget_{n}{suffix}.png)" for n in args.nets.split(",")]])
     print(text)
     if args.write:
-        write_section("latency_budget", text)
+        write_section("latency_budget" + suffix, text)
 
 
 if __name__ == "__main__":

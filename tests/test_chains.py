@@ -238,3 +238,18 @@ def test_chains_through_sequential_refits_reconstruction_and_a_time_budget(tmp_p
             if NATIVE:
                 assert np.array_equal(session(out, native=True).run(None, {"x": x})[0], got)
         assert errors[2] < 0.5 * errors[1], (mode, errors)
+
+
+@pytest.mark.parametrize("chains", [2, 3, 4])
+def test_the_inline_form_of_chains_in_a_converted_model(tmp_path: Path, chains: int) -> None:
+    """convert --emit inline with 2-4 chains (the converter's own unique names for every chain's nodes and sums):
+    the same outputs as the function form, bit for bit, and no AmosGate left."""
+    model = save(activation_model("Gelu", 20, shape=["N", 8]), tmp_path / "g.onnx")
+    amos_onnx.convert(model, tmp_path / "f.onnx", k=3, chains=chains)
+    amos_onnx.convert(model, tmp_path / "i.onnx", k=3, chains=chains, emit="inline")
+    inline = onnx.load(str(tmp_path / "i.onnx"))
+    assert "AmosGate" not in {n.op_type for n in inline.graph.node}
+    assert sum(n.op_type == "Add" and "chains" in n.name for n in inline.graph.node) == chains - 1
+    x = np.linspace(-6, 6, 64, dtype=np.float32).reshape(8, 8)
+    assert np.array_equal(session(tmp_path / "i.onnx", native=False).run(None, {"x": x})[0],
+                          session(tmp_path / "f.onnx", native=False).run(None, {"x": x})[0])

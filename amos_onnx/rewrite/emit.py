@@ -183,12 +183,14 @@ def chained(x: str, y: str, steps: list[tuple[str, str, str]], chains: int, zero
     nodes: list[onnx.NodeProto] = []
     total = ""
     for c in range(chains):
-        out = name(f"chain{c + 1}")
+        out = name(f"chain{c + 1}")  # each name made once: an inline form's namer makes every call unique
         nodes += unroll(x, out, steps[c * k:(c + 1) * k], zero, _prefixed(name, f"c{c + 1}_"))
-        if c > 0:
-            nodes.append(helper.make_node("Add", [total, out], [y if c == chains - 1 else name(f"sum{c + 1}")],
-                                          name=name(f"chains{c + 1}")))
-        total = out if c == 0 else (y if c == chains - 1 else name(f"sum{c + 1}"))
+        if c == 0:
+            total = out
+            continue
+        added = y if c == chains - 1 else name(f"sum{c + 1}")
+        nodes.append(helper.make_node("Add", [total, out], [added], name=name(f"chains{c + 1}")))
+        total = added
     return nodes
 
 
