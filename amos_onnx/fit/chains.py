@@ -5,9 +5,10 @@ The range is cut at C - 1 points m_1 < m_2 < ...; chain i is fitted to f's rise 
 f_i(x) = f(clip(x, m_{i-1}, m_i)) - f(m_{i-1}) (the first chain f(min(x, m_1)), the last
 f(max(x, m_{C-1})) - f(m_{C-1})), and the pieces add up to f for every x. So each chain spends all its K neurons
 on one piece's shape (one chain of K neurons must cover the curve near 0 and the whole range at once). The cuts
-are tried at CUT_SHIFTS of the samples' C-quantiles (of the range without samples); with every chain's thresholds
-and resets as fitted, the weights of all chains are solved together on the fit's points, and the cuts whose gate
-costs least there are kept.
+are tried at CUT_SHIFTS of the samples' C-quantiles (of the range without samples): each piece gets a quick fit
+(its best structured start, descended a little), the weights of all chains are solved together on the fit's
+points, and only the cuts whose gate costs least there are fitted in full (a full fit per piece and cut tried made
+the chains' fits several times slower, for the same choice at most sites).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from amos_onnx.fit.blocks import Problem, rest, spike_matrix
 from amos_onnx.fit.grids import GRID_FLOOR, Grids
-from amos_onnx.fit.search import FitResult, evaluate, fit
+from amos_onnx.fit.search import FitResult, evaluate, fit, quick_fit
 from amos_onnx.gate import GateParams, of_chains
 
 Func = Callable[[np.ndarray], np.ndarray]
@@ -27,6 +28,7 @@ Func = Callable[[np.ndarray], np.ndarray]
 # Cuts at the quantiles (j + shift) / C, j = 1..C-1, for each shift (two chains: the quartiles and the median)
 CUT_SHIFTS = (-0.5, 0.0, 0.5)
 FIT_POINTS = 8193  # the training set the chains' weights are solved and the cuts compared on
+SCREEN_STARTS = 3  # a piece's quick fit descends only this many of its starts (those best as they are)
 
 
 def pieces(func: Func, cuts: list[float]) -> list[Func]:
@@ -76,19 +78,23 @@ def cost(params: GateParams, p: Problem) -> float:
 def fit_chains(func: Func, k: int, chains: int, lo: float, hi: float, samples: np.ndarray | None = None, *,
                warm: GateParams | None = None, relu_like: bool = False, spike_penalty: float = 0.0,
                range_weight: float = GRID_FLOOR, **search: Any) -> FitResult:
-    """A gate of `chains` chains of K neurons for f on [lo, hi] (weighted by samples when given): each chain
-    fitted to its piece (search.fit, with `search`'s keywords: kicks, seed, keep_starts), warm-started from the
-    same chain of `warm` (a gate of as many chains: an earlier fit of this site), the weights solved together, the
-    best of cut_sets kept (also against `warm` itself, solved afresh)."""
+    """A gate of `chains` chains of K neurons for f on [lo, hi] (weighted by samples when given). The cuts are
+    chosen on quick fits of the pieces (search.quick_fit: each cut of cut_sets, weights solved together); at the
+    chosen cut each chain is fitted to its piece (search.fit, with `search`'s keywords: kicks, seed, keep_starts),
+    warm-started from its quick fit and from the same chain of `warm` (a gate of as many chains: an earlier fit of
+    this site), and the weights solved together; `warm` itself, solved afresh, competes."""
     grids = Grids.of(func, lo, hi, samples)
     p = grids.problem(spike_penalty, FIT_POINTS, floor=range_weight)
     warm = warm if warm is not None and warm.chains == chains else None
-    tried = []
+    keywords: dict[str, Any] = dict(relu_like=relu_like, spike_penalty=spike_penalty, range_weight=range_weight)
+    screened: list[tuple[float, int, list[float], list[GateParams]]] = []
     for cuts in cut_sets(chains, lo, hi, grids.ordered()):
-        gates = [fit(f, k, lo, hi, samples, relu_like=relu_like, spike_penalty=spike_penalty,
-                     range_weight=range_weight, warm=[warm.chain(i)] if warm is not None else [], **search).params
-                 for i, f in enumerate(pieces(func, cuts))]
-        tried.append(joint_weights(gates, p))
+        quick = [quick_fit(f, k, lo, hi, samples, keep_starts=SCREEN_STARTS, **keywords) for f in pieces(func, cuts)]
+        screened.append((cost(joint_weights(quick, p), p), len(screened), cuts, quick))
+    _, _, cuts, quick = min(screened)
+    gates = [fit(f, k, lo, hi, samples, warm=[quick[i], *([warm.chain(i)] if warm is not None else [])],
+                 **keywords, **search).params for i, f in enumerate(pieces(func, cuts))]
+    tried = [joint_weights(gates, p)]
     if warm is not None and warm.k == k:
         tried.append(joint_weights([warm.chain(i) for i in range(chains)], p))
     costs = [cost(g, p) for g in tried]

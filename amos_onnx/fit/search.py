@@ -249,6 +249,27 @@ def _finish(grids: Grids, problems: tuple[Problem, Problem], candidates: list[Pa
     return options[next(fair, ranked[0])]  # the best fair one: slivers looked for in order of cost, until one is not
 
 
+def _started(func: Func, k: int, lo: float, hi: float, samples: np.ndarray | None, search: Search,
+             warm: Sequence[GateParams]) -> tuple[Grids, Problem, Params, Params]:
+    """A fit's point sets, its coarse training set, and its best start (as given and descended on that set)."""
+    grids = Grids.of(func, lo, hi, samples)
+    # ReLU-like gates resolve 2^K levels: they need the fine set from the start.
+    coarse = grids.problem(search.spike_penalty, 8193 if search.relu_like else 2049, search.tails,
+                           floor=search.range_weight)
+    starts = _starts(func, k, lo, hi, grids.ordered(), samples, search, warm)
+    _, raw, start = _best_start(coarse, starts, search, hi - lo)
+    return grids, coarse, raw, start
+
+
+def quick_fit(func: Func, k: int, lo: float, hi: float, samples: np.ndarray | None = None, *,
+              search: Search | None = None, **keywords: Any) -> GateParams:
+    """A fit's first stage alone, about a quarter of its time: the best of the structured starts after a short
+    descent on the coarse set, without the local search, the polish on finer sets or the tails' refit. To compare
+    problems by (chains.fit_chains: the cuts), not to convert with."""
+    search = search if search is not None else Search(**keywords)
+    return GateParams(*_started(func, k, lo, hi, samples, search, ())[3])
+
+
 def fit(func: Func, k: int, lo: float, hi: float, samples: np.ndarray | None = None, *,
         warm: Sequence[GateParams] = (), fallback: Sequence[GateParams] = (), search: Search | None = None,
         **keywords: Any) -> FitResult:
@@ -266,13 +287,8 @@ def fit(func: Func, k: int, lo: float, hi: float, samples: np.ndarray | None = N
         raise ValueError(f"K must be at least 1, got {k}")
     deadline = time.perf_counter() + (search.time_budget if search.time_budget is not None else float("inf"))
     rng = np.random.default_rng(search.seed)
-    lam, tails = search.spike_penalty, search.tails
-    grids = Grids.of(func, lo, hi, samples)
-    # ReLU-like gates resolve 2^K levels: they need the fine set from the start.
-    floor = search.range_weight
-    coarse = grids.problem(lam, 8193 if search.relu_like else 2049, tails, floor=floor)
-    starts = _starts(func, k, lo, hi, grids.ordered(), samples, search, warm)
-    chosen, raw, start = _best_start(coarse, starts, search, hi - lo)
+    lam, tails, floor = search.spike_penalty, search.tails, search.range_weight
+    grids, coarse, raw, start = _started(func, k, lo, hi, samples, search, warm)
     T, h, d = (start if search.relu_like
                else _search(coarse, start, lo, hi, search.kicks, deadline, rng, grids.ranks()))
     fine = coarse if search.relu_like else grids.problem(lam, 8193, tails, floor=floor)
