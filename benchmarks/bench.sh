@@ -16,7 +16,7 @@ for step in "fashion_nets.py" "fashion_k.py --write" "per_channel.py --write" "f
     "conversion_cost.py --write" "conversion_speed.py --write" "large_model.py --write" "digits_activations.py --write" "fit.py --write" \
     "auto_k.py --write" "digits_report.py --write" "fuzz.py --cases 20000 --write" "graph_fuzz.py --cases 400 --write" \
     "graph_fuzz.py --cases 200 --grammar blocks --write" "runtime.py --write" "channel_axis_runtime.py --write" \
-    "pypi_models.py --write" "silero_vad.py --write" "ray_cluster.py --write" "compensation_cost.py --write" \
+    "pypi_models.py --write" "silero_vad.py --write" "ray_cluster.py --write" "compensation_cost.py --write" "compensation_cost.py --chains 2 --write" \
     "pypi_models.py --bias-correction --write" "pypi_models.py --reconstruct --write" \
     "pypi_models.py --sequential --bias-correction --write" "reservoir_draws.py --seeds 0,1,2,3 --write" \
     "bias_correction.py --nets vgg:3,4 resnet:3,4 effnet:6,8 gelu:5,6 --write" \
@@ -42,7 +42,7 @@ for step in "fashion_nets.py" "fashion_k.py --write" "per_channel.py --write" "f
     "fit_spread.py --nets vgg:4 resnet:4 --seeds 3 --modes one-gate --chains 2 --spike-penalty 0.03 --write" \
     "latency_budget.py --nets effnet --modes reconstructed --chains 2 --spike-penalty 0.002 --write" \
     "range_weight.py --part fashion --nets vgg:4 resnet:4 effnet:6 gelu:5 --seeds 2 --write" \
-    "range_weight.py --part pypi --write" "pypi_sweep.py --write" "pypi_sweep.py --ks default --chains 2 --write" "stability.py --write" "captcha_ocr.py --write" \
+    "range_weight.py --part pypi --write" "pypi_sweep.py --write" "pypi_sweep.py --ks default --chains 2 --seeds 3 --write" "stability.py --write" "captcha_ocr.py --write" \
     "nudenet_calibration.py --write"; do
     start=$SECONDS
     echo "$PYTHON benchmarks/$step"

@@ -7,10 +7,12 @@ How far the spiking twins move from the originals when every gate gets more neur
 loses and the lines the OCR reads differently come from the gates' resolution (they would come back as K grows)
 or are decisions at a threshold that any small change of the outputs flips.
 
-    .venv/bin/python benchmarks/pypi_sweep.py [--ks default 24 32] [--chains 1] [--write]
+    .venv/bin/python benchmarks/pypi_sweep.py [--ks default 24 32] [--chains 1] [--seeds 1] [--write]
 
 --chains N converts every row with convert's --chains N (N circuits of K neurons side by side in each gate, the
-latency still K) and writes a section of its own.
+latency still K) and writes a section of its own. --seeds N: a row per K and fit seed 0 .. N-1 (convert's --seed:
+the calibration's draws and the fits' local search; the images are the same), since one line of page.png or one
+box near NudeNet's score threshold can turn with the seed.
 """
 
 from __future__ import annotations
@@ -61,22 +63,27 @@ def main() -> None:
     parser.add_argument("--ks", nargs="+", default=["default", "24", "32"],
                         help="K for every site per row ('default': convert's K per activation)")
     parser.add_argument("--chains", type=int, default=1, help="convert's --chains for every row")
+    parser.add_argument("--seeds", type=int, default=1, help="a row per K and convert --seed 0 .. N-1")
     parser.add_argument("--write", action="store_true", help="replace this benchmark's section of RESULTS.md")
     args = parser.parse_args()
     chains = {"chains": args.chains} if args.chains != 1 else {}
-    variants = [(k, {**chains, **({} if k == "default" else {"k": int(k)})}) for k in args.ks]
+    variants = [(k if args.seeds == 1 else f"{k}, seed {seed}",
+                 {**chains, **({} if k == "default" else {"k": int(k)}), **({"seed": seed} if seed else {})})
+                for k in args.ks for seed in range(args.seeds)]
     with tempfile.TemporaryDirectory() as tmp:
         lines = rows(Path(tmp), "K", variants)
     if args.write:
         flag = f" --chains {args.chains}" if chains else ""
         write_section("pypi_sweep" + flag.replace(" --", "_").replace(" ", "_"), "\n".join([
             "## Real pretrained models from PyPI wheels against K" + flag.replace(" --", ", --"), "",
-            f"`benchmarks/pypi_sweep.py --ks {' '.join(args.ks)}{flag} --write` ({machine()}): pypi_models.py's "
+            f"`benchmarks/pypi_sweep.py --ks {' '.join(args.ks)}{flag}"
+            + (f" --seeds {args.seeds}" if args.seeds > 1 else "") + f" --write` ({machine()}): pypi_models.py's "
             "NudeNet and PP-OCR conversions and judgements (see that section)"
             + (f", every gate {args.chains} chains of K neurons (`--chains {args.chains}`)," if chains else "")
             + " with `--k` for every site, or convert's "
             "default K per activation (NudeNet's SiLU 16; PP-OCR's composites and hard-swish 16, hard-sigmoid 12, "
-            "ReLU 10), seed 0, convert's defaults otherwise (weight reconstruction). NudeNet's images and page.png "
+            f"ReLU 10), {'seed 0' if args.seeds == 1 else f'seeds 0-{args.seeds - 1}'}, convert's defaults otherwise "
+            "(weight reconstruction). NudeNet's images and page.png "
             "(a scan) are unlike the calibration images; the 24 more pages are rendered as the calibration pages "
             "are.", "", *lines]))
 
