@@ -13,7 +13,8 @@ from onnx import helper
 from amos_onnx.calibrate.branches import CARRIERS, expose_value, if_path, merged_steps, scans_in
 from amos_onnx.calibrate.reservoir import Reservoir
 from amos_onnx.errors import ModelLoadError
-from amos_onnx.gate import GateParams, simulate
+from amos_onnx.fit.kernel import simulate
+from amos_onnx.gate import GateParams
 from amos_onnx.rewrite import emit
 
 SAMPLE_CAP = 20_000  # gate inputs kept per gate for the pictures
