@@ -219,6 +219,8 @@ def report_command(original: str, converted: str, data: str | None, out: str, qu
 @click.option("--range-weight", type=float, default=GRID_FLOOR, show_default=True,
               help="With --samples: the share of the squared error taken evenly over the range, the rest on the "
                    "samples (convert's --range-weight).")
+@click.option("--chains", type=int, default=1, show_default=True,
+              help="Circuits of K neurons side by side, each fitted to one piece of the range (convert's --chains).")
 @click.option("--json", "as_json", is_flag=True, help="Print parameters and figures as JSON.")
 def fit_command(function: str, k: int, bounds: tuple[float, float] | None, samples: str | None, as_json: bool,
                 **budget: Any) -> None:
@@ -236,7 +238,11 @@ def fit_command(function: str, k: int, bounds: tuple[float, float] | None, sampl
         return
     for name in ("thresholds", "resets", "weights"):
         click.echo(f"{name}: {' '.join(f'{v:.8g}' for v in data[name])}")
-    click.echo(f"{function} K={k} on [{result.lo:g}, {result.hi:g}]: mse {result.mse:.3g}, "
+    chains = result.params.chains
+    if chains > 1:
+        click.echo(f"chains: {chains} (the values above chain by chain, K each)")
+    shape = f"K={k}" + (f" x {chains} chains" if chains > 1 else "")
+    click.echo(f"{function} {shape} on [{result.lo:g}, {result.hi:g}]: mse {result.mse:.3g}, "
                f"max error {result.max_error:.3g}, mean spikes {result.mean_spikes:.3f} (dense grid of 200,001 points)")
     if values is not None:
         click.echo(f"on the {values.size} samples: mse {data['samples_mse']:.3g}, max error "

@@ -263,7 +263,7 @@ def _started(func: Func, k: int, lo: float, hi: float, samples: np.ndarray | Non
 
 def quick_fit(func: Func, k: int, lo: float, hi: float, samples: np.ndarray | None = None, *,
               search: Search | None = None, **keywords: Any) -> GateParams:
-    """A fit's first stage alone, about a quarter of its time: the best of the structured starts after a short
+    """A fit's first stage alone, a fraction of its time: the best of the structured starts after a short
     descent on the coarse set, without the local search, the polish on finer sets or the tails' refit. To compare
     problems by (chains.fit_chains: the cuts), not to convert with."""
     search = search if search is not None else Search(**keywords)
