@@ -215,7 +215,8 @@ def report_command(original: str, converted: str, data: str | None, out: str, qu
 @click.option("--kicks", type=int, default=None,
               help=f"Iteration budget: local-search moves (default {KICKS}); more find better gates, for more time.")
 @click.option("--time-budget", type=float, default=None,
-              help="Seconds after which the local search stops (the result then depends on the machine's speed).")
+              help="Seconds after which the local search stops (the result then depends on the machine's speed; "
+                   "with --chains, each chain's).")
 @click.option("--range-weight", type=float, default=GRID_FLOOR, show_default=True,
               help="With --samples: the share of the squared error taken evenly over the range, the rest on the "
                    "samples (convert's --range-weight).")

@@ -6,7 +6,7 @@ f_i(x) = f(clip(x, m_{i-1}, m_i)) - f(m_{i-1}) (the first chain f(min(x, m_1)), 
 f(max(x, m_{C-1})) - f(m_{C-1})), and the pieces add up to f for every x. So each chain spends all its K neurons
 on one piece's shape (one chain of K neurons must cover the curve near 0 and the whole range at once). The cuts
 are tried at CUT_SHIFTS of the samples' C-quantiles (of the range without samples): each piece gets a quick fit
-(its best structured start, descended a little), the weights of all chains are solved together on the fit's
+(the best of its structured starts, descended a little), the weights of all chains are solved together on the fit's
 points, and only the cuts whose gate costs least there are fitted in full (a full fit per piece and cut tried made
 the chains' fits several times slower, for the same choice at most sites).
 """
